@@ -1,0 +1,168 @@
+"""Loading the user's procrastinate app, and the fork-safety steps around it.
+
+The supervisor loads the app once (so that bad input fails before anything is
+forked), then, before every fork, makes sure it holds nothing a child could
+share: no database connection, no pool, no event loop, no thread. After the
+fork, the child drops whatever state the libraries kept, without sending
+anything on sockets it may have inherited.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import importlib
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import procrastinate
+
+from . import compat
+
+
+class BootstrapError(Exception):
+    """The app cannot be loaded. The message is one line, for the user."""
+
+
+def _reset_asgiref_executor() -> None:
+    # asgiref keeps one class-level single-thread executor for thread-sensitive
+    # sync_to_async calls; its thread does not exist after fork, so the first
+    # such call in the child would wait forever on it.
+    try:
+        from asgiref.sync import SyncToAsync
+    except ImportError:  # pragma: no cover - asgiref comes with procrastinate
+        return
+    SyncToAsync.single_thread_executor = concurrent.futures.ThreadPoolExecutor(
+        max_workers=1
+    )
+
+
+_at_fork_registered = False
+
+
+def register_fork_hooks() -> None:
+    global _at_fork_registered
+    if not _at_fork_registered:
+        os.register_at_fork(after_in_child=_reset_asgiref_executor)
+        _at_fork_registered = True
+
+
+class Bootstrap:
+    """How to find the app and the database for one kind of project."""
+
+    #: shown in the banner
+    description = ""
+
+    @property
+    def app(self) -> procrastinate.App:
+        raise NotImplementedError
+
+    def connection_args(self) -> dict[str, Any]:
+        """``PsycopgConnector`` arguments (conninfo and/or kwargs)."""
+        raise NotImplementedError
+
+    def before_fork(self) -> None:
+        """In the supervisor: release anything a child must not inherit."""
+
+    def after_fork_in_child(self) -> None:
+        """In the child: forget inherited state without touching its sockets."""
+
+    @contextlib.contextmanager
+    def worker_app(self, connector: Any) -> Iterator[procrastinate.App]:
+        with self.app.replace_connector(connector) as app:
+            yield app
+
+    def check_fork_safety(self) -> None:
+        threads = [t for t in threading.enumerate() if t is not threading.main_thread()]
+        if threads:
+            names = ", ".join(t.name for t in threads)
+            raise RuntimeError(f"refusing to fork with threads running: {names}")
+
+
+class PlainBootstrap(Bootstrap):
+    def __init__(self, app_path: str):
+        self.app_path = app_path
+        self._app = load_app(app_path)
+        try:
+            self._args = compat.psycopg_pool_args(self._app.connector)
+        except TypeError as exc:
+            raise BootstrapError(f"--app {app_path}: {exc}") from None
+        self.description = f"app {app_path}"
+
+    @property
+    def app(self) -> procrastinate.App:
+        return self._app
+
+    def connection_args(self) -> dict[str, Any]:
+        return dict(self._args)
+
+
+def load_app(app_path: str) -> procrastinate.App:
+    module_name, sep, attribute = app_path.replace(":", ".").rpartition(".")
+    if not sep or not module_name:
+        raise BootstrapError(
+            f"--app {app_path!r}: expected a dotted path such as 'mypkg.tasks.app'"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # any import-time error of the user's module
+        raise BootstrapError(
+            f"--app {app_path!r}: cannot import {module_name!r}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
+    try:
+        app = getattr(module, attribute)
+    except AttributeError:
+        raise BootstrapError(
+            f"--app {app_path!r}: module {module_name!r} has no attribute {attribute!r}"
+        ) from None
+    if not isinstance(app, procrastinate.App):
+        raise BootstrapError(
+            f"--app {app_path!r}: {type(app).__name__} is not a procrastinate.App"
+        )
+    return app
+
+
+class DjangoBootstrap(Bootstrap):
+    """For ``manage.py prefork_worker``: Django is set up by manage.py."""
+
+    description = "Django project"
+
+    def __init__(self) -> None:
+        from procrastinate.contrib.django import settings as proc_settings
+
+        self.alias = proc_settings.settings.DATABASE_ALIAS
+
+    @property
+    def app(self) -> procrastinate.App:
+        from procrastinate.contrib.django import app
+
+        return app
+
+    def connection_args(self) -> dict[str, Any]:
+        from procrastinate.contrib.django.utils import connector_params
+
+        return {"kwargs": connector_params(self.alias)}
+
+    def before_fork(self) -> None:
+        from django.db import connections
+
+        connections.close_all()
+        for conn in connections.all(initialized_only=True):
+            pools = getattr(type(conn), "_connection_pools", None)  # Django 5.1+
+            if pools and conn.alias in pools:
+                # An open psycopg pool runs threads and holds sessions.
+                conn.close_pool()
+
+    def after_fork_in_child(self) -> None:
+        from django.db import connections
+
+        for conn in connections.all(initialized_only=True):
+            # Never close(): that would send a Terminate message on a socket the
+            # parent may still use. Dropping the reference is enough.
+            conn.connection = None
+            pools = getattr(type(conn), "_connection_pools", None)
+            if pools:
+                pools.clear()

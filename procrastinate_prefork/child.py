@@ -1,0 +1,234 @@
+"""What runs in a child after the fork: reset, bootstrap, run one worker.
+
+A child never returns into the supervisor's code: ``run_child`` ends with
+``os._exit`` so that nothing the parent registered (atexit hooks, finalizers of
+inherited objects) runs in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import dataclasses
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterable
+from typing import Any, NoReturn
+
+import psutil
+import setproctitle
+from procrastinate import connector as connector_module
+from procrastinate import psycopg_connector
+
+from . import bootstrap as bootstrap_module
+from . import compat, db
+from .config import PreforkConfig
+from .scoreboard import Scoreboard, SlotWriter, State
+
+logger = logging.getLogger("procrastinate_prefork.child")
+
+#: exit code of a child that could not bootstrap (the supervisor backs off)
+EXIT_BOOT_ERROR = 3
+#: how often the event loop proves it is alive to the supervisor
+BEAT_INTERVAL = 0.25
+PR_SET_PDEATHSIG = 1
+
+_RESET_SIGNALS = (
+    signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD,
+    signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2,
+)
+
+
+@dataclasses.dataclass
+class ChildSpec:
+    slot: int
+    config: PreforkConfig
+    bootstrap: bootstrap_module.Bootstrap
+    scoreboard: Scoreboard
+    wake_fd: int | None  # read end of the supervisor's wake-up pipe
+    supervisor_pid: int
+    inherited_fds: Iterable[int] = ()  # the supervisor's own fds, to close
+
+
+class PipeWakeConnector(psycopg_connector.PsycopgConnector):
+    """procrastinate's psycopg connector, except that LISTEN/NOTIFY is replaced
+    by the supervisor's pipe: one LISTEN session per host instead of one per
+    child, and the supervisor can wake a child after a recovery."""
+
+    def __init__(self, wake_fd: int | None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._wake_fd = wake_fd
+
+    async def listen_notify(
+        self, on_notification: connector_module.Notify, channels: Iterable[str]
+    ) -> None:
+        if self._wake_fd is None:
+            return
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        pipe = os.fdopen(self._wake_fd, "rb", buffering=0)
+        self._wake_fd = None
+        await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), pipe
+        )
+        while line := await reader.readline():
+            channel, _, payload = line.decode("utf-8", "replace").rstrip("\n").partition(" ")
+            await on_notification(channel=channel, payload=payload)
+
+
+def run_child(spec: ChildSpec) -> NoReturn:
+    code = 0
+    try:
+        _reset_process(spec)
+        code = asyncio.run(_serve(spec))
+    except bootstrap_module.BootstrapError as exc:
+        logger.error("Child %s cannot start: %s", spec.slot, exc)
+        code = EXIT_BOOT_ERROR
+    except BaseException:  # noqa: BLE001 - report anything, then die
+        logger.exception("Child %s crashed", spec.slot)
+        code = 1
+    finally:
+        for handler in logging.getLogger().handlers:
+            try:
+                handler.flush()
+            except Exception:  # noqa: BLE001
+                pass
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
+
+
+def _reset_process(spec: ChildSpec) -> None:
+    signal.set_wakeup_fd(-1)
+    for signum in _RESET_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
+    # Ctrl-C reaches the whole process group; the supervisor turns it into one
+    # drain of every child, so the children themselves ignore it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for fd in spec.inherited_fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _die_with_parent(spec.supervisor_pid)
+    setproctitle.setproctitle(
+        f"procrastinate-prefork child {spec.slot} [starting] ({spec.config.hostname})"
+    )
+    spec.bootstrap.after_fork_in_child()
+
+
+def _die_with_parent(supervisor_pid: int) -> None:
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the parent-pid check in the beat loop covers it
+    if os.getppid() != supervisor_pid:  # it died before prctl took effect
+        os._exit(1)
+
+
+async def _serve(spec: ChildSpec) -> int:
+    config = spec.config
+    writer = SlotWriter(spec.scoreboard, spec.slot)
+    pid = os.getpid()
+    args = spec.bootstrap.connection_args()
+    kwargs = dict(args.get("kwargs") or {})
+    kwargs["application_name"] = db.application_name(config.hostname, str(spec.slot), pid)
+    args.update(
+        kwargs=kwargs,
+        # One session per job that can run at once: psycopg_pool's default of 4
+        # per process would multiply the fleet's sessions for nothing.
+        min_size=1,
+        max_size=config.child_concurrency,
+    )
+    connector = PipeWakeConnector(spec.wake_fd, **args)
+    tracker = _JobTracker(writer, config)
+
+    with spec.bootstrap.worker_app(connector) as app:
+        compat.on_worker_registered(app, tracker.registered)
+        options = config.worker_options(spec.slot)
+        user_middleware = list(app.worker_defaults.get("worker_middleware") or [])
+        options["worker_middleware"] = [tracker.middleware, *user_middleware]
+        worker = compat.make_worker(app, **options)
+        tracker.worker = worker
+
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, tracker.stop)
+        beat = asyncio.create_task(tracker.beat_forever(spec.supervisor_pid))
+        try:
+            async with app.open_async():
+                await worker.run()
+        finally:
+            beat.cancel()
+            writer.set_state(State.STOPPED)
+    return 0
+
+
+class _JobTracker:
+    """Keeps the child's scoreboard slot up to date."""
+
+    def __init__(self, writer: SlotWriter, config: PreforkConfig):
+        self.writer = writer
+        self.config = config
+        self.worker: Any = None
+        self.running = 0
+        self.jobs_done = 0
+        self.draining = False
+        self._process = psutil.Process()
+
+    def _title(self, state: str) -> None:
+        setproctitle.setproctitle(
+            f"procrastinate-prefork child {self.writer.slot} [{state}] "
+            f"({self.config.hostname})"
+        )
+
+    def registered(self, worker_id: int) -> None:
+        self.writer.set_worker_id(worker_id)
+        self.writer.set_state(State.IDLE)
+        self._title("idle")
+        logger.info(
+            "Child %s (pid %s) ready, procrastinate worker id %s",
+            self.writer.slot, os.getpid(), worker_id,
+            extra={"action": "child_ready", "slot": self.writer.slot,
+                   "worker_id": worker_id},
+        )
+
+    def stop(self) -> None:
+        if not self.draining:
+            self.draining = True
+            self.writer.set_state(State.DRAINING)
+            self._title("draining")
+        if self.worker is not None:
+            self.worker.stop()
+
+    async def middleware(self, call_next: Any, context: Any, worker: Any) -> Any:
+        job = context.job
+        self.running += 1
+        self.writer.job_started(job.id, job.task_name, self.running)
+        self._title(f"busy job {job.id} {job.task_name}")
+        try:
+            return await call_next()
+        finally:
+            self.running -= 1
+            self.jobs_done += 1
+            self.writer.job_finished(self.running, self.jobs_done, self.draining)
+            if not self.running and not self.draining:
+                self._title("idle")
+
+    async def beat_forever(self, supervisor_pid: int) -> None:
+        ticks = 0
+        while True:
+            if os.getppid() != supervisor_pid:
+                os._exit(1)  # orphaned and PDEATHSIG unavailable
+            rss = None
+            if ticks % 20 == 0:
+                try:
+                    rss = self._process.memory_info().rss
+                except psutil.Error:
+                    rss = None
+            self.writer.beat(rss)
+            ticks += 1
+            await asyncio.sleep(BEAT_INTERVAL)

@@ -1,0 +1,125 @@
+"""``procrastinate-prefork``: the command line for plain procrastinate apps.
+
+    procrastinate-prefork --app mypkg.tasks.app worker --concurrency 4
+    procrastinate-prefork --app mypkg.tasks.app schema --apply
+
+The Django command ``manage.py prefork_worker`` shares the option table
+(``config.OPTIONS``) and ``run_fleet``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from . import __version__, config as config_module
+from .bootstrap import Bootstrap, BootstrapError, PlainBootstrap, register_fork_hooks
+from .config import ConfigError, PreforkConfig
+
+EXIT_USAGE = 2
+EXIT_STARTUP = 1
+
+logger = logging.getLogger("procrastinate_prefork")
+
+
+def setup_logging(level: str) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)-7s [%(process)d] %(name)s: %(message)s"
+        ))
+        root.addHandler(handler)
+        root.setLevel(level.upper())
+    logging.getLogger("procrastinate_prefork").setLevel(level.upper())
+
+
+def run_fleet(config: PreforkConfig, bootstrap: Bootstrap) -> int:
+    """Start the supervisor and run it until it stops. Returns the exit code."""
+    from .supervisor import StartupError, Supervisor, banner
+
+    register_fork_hooks()
+    setup_logging(config.log_level)
+    supervisor = Supervisor(config, bootstrap)
+    print(banner(config, bootstrap), file=sys.stderr, flush=True)
+    try:
+        return supervisor.run()
+    except StartupError as exc:
+        print(f"procrastinate-prefork: error: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="procrastinate-prefork",
+        description="Run procrastinate workers in a supervised pool of forked processes.",
+    )
+    parser.add_argument(
+        "-a", "--app", default=os.environ.get("PROCRASTINATE_APP"),
+        help="Dotted path to the procrastinate App (env: PROCRASTINATE_APP).",
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    worker = commands.add_parser("worker", help="Run the supervisor and its children.")
+    config_module.add_arguments(worker)
+    schema = commands.add_parser("schema", help="Create or show the prefork tables.")
+    action = schema.add_mutually_exclusive_group(required=True)
+    action.add_argument("--apply", action="store_true", help="Create the tables.")
+    action.add_argument("--print", action="store_true", dest="print_sql",
+                        help="Print the SQL.")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, settings: Mapping[str, Any] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        print(f"{parser.prog}: error: a command is required (worker, schema)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "schema" and args.print_sql:
+        from . import schema
+
+        sys.stdout.write(schema.schema_sql())
+        return 0
+    if not args.app:
+        print(f"{parser.prog}: error: --app (or PROCRASTINATE_APP) is required",
+              file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.command == "worker":
+            config = config_module.build_config(
+                config_module.cli_values_from_namespace(args), settings=settings
+            )
+        sys.path.insert(0, os.getcwd())
+        bootstrap = PlainBootstrap(args.app)
+    except (ConfigError, BootstrapError) as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "schema":
+        return _apply_schema(bootstrap)
+    return run_fleet(config, bootstrap)
+
+
+def _apply_schema(bootstrap: Bootstrap) -> int:
+    from . import db, schema
+
+    try:
+        with db.connect(bootstrap.connection_args(), "prefork:schema") as conn:
+            schema.apply(conn)
+    except Exception as exc:  # psycopg errors: one line for the user
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"procrastinate-prefork: error: cannot apply the schema: {first_line}",
+              file=sys.stderr)
+        return EXIT_STARTUP
+    print("procrastinate-prefork tables created (or already present)")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

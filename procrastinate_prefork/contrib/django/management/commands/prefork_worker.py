@@ -1,0 +1,37 @@
+"""``manage.py prefork_worker``: the prefork worker for a Django project."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from .... import config as config_module
+from ....bootstrap import DjangoBootstrap
+from ....cli import run_fleet
+from ....config import ConfigError
+from ..settings import prefork_settings
+
+
+class Command(BaseCommand):
+    help = "Run procrastinate workers in a supervised pool of forked processes."
+    requires_system_checks: list[str] = []
+    suppressed_base_arguments = {"--verbosity", "--traceback", "--no-color", "--force-color"}
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        config_module.add_arguments(parser)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            config = config_module.build_config(
+                config_module.cli_values_from_namespace(options),
+                settings=prefork_settings(),
+            )
+        except ConfigError as exc:
+            raise CommandError(str(exc), returncode=2) from None
+        code = run_fleet(config, DjangoBootstrap())
+        sys.stdout.flush()
+        if code:
+            sys.exit(code)

@@ -1,0 +1,20 @@
+"""The ``PROCRASTINATE_PREFORK`` Django setting: a dict of option names
+(see ``procrastinate_prefork.config.OPTIONS``) to values."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from django.conf import settings as django_settings
+
+from ...config import ConfigError
+
+
+def prefork_settings() -> Mapping[str, Any]:
+    value = getattr(django_settings, "PROCRASTINATE_PREFORK", None) or {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            f"setting PROCRASTINATE_PREFORK: expected a dict, got {type(value).__name__}"
+        )
+    return value

@@ -1,0 +1,217 @@
+"""The fleet table: one row per supervisor and per child slot.
+
+The supervisor writes its own row and all its children's rows, and refreshes
+its live children's procrastinate worker heartbeats, in one statement per
+interval over its one session. procrastinate's own worker heartbeat stops
+while a worker drains; ours does not, so a long job on a live child never
+looks stalled to a sweeper.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import psutil
+import psycopg
+from psycopg.rows import dict_row
+
+#: rows of supervisors silent for this long are deleted (with their children)
+DEFAULT_RETENTION = 3600.0
+PRUNE_LOCK_KEY = 0x7072_6566_6F72_6C  # transaction-scoped advisory lock
+
+
+@dataclasses.dataclass(frozen=True)
+class ChildRow:
+    slot: int
+    pid: int
+    worker_id: int | None
+    state: str
+    job_id: int | None
+    task_name: str | None
+    jobs_done: int
+    restarts: int
+    rss_bytes: int | None
+    started_at: datetime.datetime
+
+
+def register_supervisor(
+    conn: psycopg.Connection,
+    *,
+    host: str,
+    pid: int,
+    concurrency: int,
+    queues: Sequence[str] | None,
+) -> int:
+    row = conn.execute(
+        "INSERT INTO procrastinate_prefork_processes "
+        "(kind, host, pid, state, concurrency, queues) "
+        "VALUES ('supervisor', %s, %s, 'starting', %s, %s) RETURNING id",
+        [host, pid, concurrency, list(queues) if queues else None],
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+_HEARTBEAT_SQL = """
+WITH workers AS (
+    UPDATE procrastinate_workers SET last_heartbeat = now()
+    WHERE id = ANY(%(worker_ids)s)
+    RETURNING id
+), supervisor AS (
+    UPDATE procrastinate_prefork_processes
+    SET last_heartbeat = now(), state = %(state)s, crash_loop = %(crash_loop)s,
+        concurrency = %(concurrency)s, rss_bytes = %(rss)s
+    WHERE id = %(supervisor_id)s
+    RETURNING id
+), children AS (
+    SELECT * FROM jsonb_to_recordset(%(children)s::jsonb) AS c(
+        slot integer, pid integer, worker_id bigint, state text, job_id bigint,
+        task_name text, jobs_done bigint, restarts integer, rss_bytes bigint,
+        started_at timestamptz)
+), upserted AS (
+    INSERT INTO procrastinate_prefork_processes AS p
+        (kind, host, pid, supervisor_id, slot, worker_id, state, job_id, task_name,
+         jobs_done, restarts, rss_bytes, started_at, last_heartbeat)
+    SELECT 'child', %(host)s, c.pid, %(supervisor_id)s, c.slot, c.worker_id, c.state,
+           c.job_id, c.task_name, c.jobs_done, c.restarts, c.rss_bytes, c.started_at,
+           now()
+    FROM children AS c WHERE EXISTS (SELECT 1 FROM supervisor)
+    ON CONFLICT (supervisor_id, slot) WHERE kind = 'child' DO UPDATE SET
+        pid = EXCLUDED.pid, worker_id = EXCLUDED.worker_id, state = EXCLUDED.state,
+        job_id = EXCLUDED.job_id, task_name = EXCLUDED.task_name,
+        jobs_done = EXCLUDED.jobs_done, restarts = EXCLUDED.restarts,
+        rss_bytes = EXCLUDED.rss_bytes, started_at = EXCLUDED.started_at,
+        last_heartbeat = now()
+    RETURNING slot
+)
+UPDATE procrastinate_prefork_processes
+SET state = 'stopped', job_id = NULL, task_name = NULL, worker_id = NULL
+WHERE supervisor_id = %(supervisor_id)s AND kind = 'child'
+  AND state <> 'stopped' AND NOT (slot = ANY(%(live_slots)s))
+"""
+
+
+def heartbeat(
+    conn: psycopg.Connection,
+    *,
+    supervisor_id: int,
+    host: str,
+    state: str,
+    crash_loop: bool,
+    concurrency: int,
+    children: Sequence[ChildRow],
+    fresh_worker_ids: Sequence[int],
+) -> None:
+    payload = [
+        {**dataclasses.asdict(child), "started_at": child.started_at.isoformat()}
+        for child in children
+    ]
+    try:
+        rss = psutil.Process().memory_info().rss
+    except psutil.Error:
+        rss = None
+    conn.execute(
+        _HEARTBEAT_SQL,  # type: ignore[arg-type]
+        {
+            "worker_ids": list(fresh_worker_ids),
+            "supervisor_id": supervisor_id,
+            "state": state,
+            "crash_loop": crash_loop,
+            "concurrency": concurrency,
+            "rss": rss,
+            "children": json.dumps(payload),
+            "host": host,
+            "live_slots": [child.slot for child in children],
+        },
+    )
+
+
+def mark_stopped(conn: psycopg.Connection, supervisor_id: int) -> None:
+    conn.execute(
+        "UPDATE procrastinate_prefork_processes "
+        "SET state = 'stopped', job_id = NULL, task_name = NULL, worker_id = NULL, "
+        "last_heartbeat = now() "
+        "WHERE id = %s OR supervisor_id = %s",
+        [supervisor_id, supervisor_id],
+    )
+
+
+def prune(conn: psycopg.Connection, *, stalled_timeout: float, retention: float) -> int:
+    """Mark silent supervisors stopped, and delete the rows of those silent for
+    longer than ``retention``. Leaderless: one pruner at a time, others skip."""
+    with conn.transaction():
+        locked = conn.execute(
+            "SELECT pg_try_advisory_xact_lock(%s)", [PRUNE_LOCK_KEY]
+        ).fetchone()
+        if not locked or not locked[0]:
+            return 0
+        conn.execute(
+            "UPDATE procrastinate_prefork_processes AS p SET state = 'stopped', "
+            "job_id = NULL, task_name = NULL "
+            "WHERE p.state <> 'stopped' AND (CASE WHEN p.kind = 'supervisor' "
+            "  THEN p.last_heartbeat ELSE (SELECT s.last_heartbeat FROM "
+            "  procrastinate_prefork_processes AS s WHERE s.id = p.supervisor_id) END)"
+            " < now() - make_interval(secs => %s)",
+            [stalled_timeout],
+        )
+        deleted = conn.execute(
+            "DELETE FROM procrastinate_prefork_processes "
+            "WHERE kind = 'supervisor' AND last_heartbeat < now() - make_interval(secs => %s)",
+            [retention],
+        )
+        return deleted.rowcount
+
+
+def process_is_gone(pid: int, started_at: datetime.datetime) -> bool:
+    """Whether the process recorded as ``pid`` started at ``started_at`` is
+    dead: no such pid, or the pid now belongs to a process started later."""
+    try:
+        created = psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
+    return created > started_at.timestamp() + 2.0
+
+
+def dead_predecessors(
+    conn: psycopg.Connection, *, host: str, own_id: int
+) -> list[dict[str, Any]]:
+    """Supervisors recorded on this host, not stopped, whose process is gone,
+    with the worker ids of their children."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            "SELECT s.id, s.pid, s.started_at, "
+            "  COALESCE(array_agg(c.worker_id) FILTER (WHERE c.worker_id IS NOT NULL),"
+            "           '{}') AS worker_ids "
+            "FROM procrastinate_prefork_processes AS s "
+            "LEFT JOIN procrastinate_prefork_processes AS c ON c.supervisor_id = s.id "
+            "WHERE s.kind = 'supervisor' AND s.host = %s AND s.id <> %s "
+            "  AND s.state <> 'stopped' "
+            "GROUP BY s.id",
+            [host, own_id],
+        ).fetchall()
+    own_pid = os.getpid()
+    return [
+        row for row in rows
+        if (row["pid"] == own_pid or process_is_gone(row["pid"], row["started_at"]))
+    ]
+
+
+def fetch_fleet(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    """Every row, with ages in seconds computed by the database's clock."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            "SELECT id, kind, host, pid, supervisor_id, slot, worker_id, state, job_id, "
+            "task_name, jobs_done, restarts, rss_bytes, crash_loop, concurrency, queues, "
+            "started_at, last_heartbeat, "
+            "EXTRACT(EPOCH FROM now() - last_heartbeat)::float AS heartbeat_age, "
+            "EXTRACT(EPOCH FROM now() - started_at)::float AS uptime "
+            "FROM procrastinate_prefork_processes ORDER BY host, supervisor_id NULLS FIRST, "
+            "kind DESC, slot, id"
+        ).fetchall()

@@ -1,0 +1,89 @@
+"""Restart and liveness policy, as pure functions of the facts.
+
+The supervisor loop asks these questions; keeping the answers here (no I/O,
+no clock reads) lets the unit tests pin every rule down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+#: A child that dies sooner than this after it was forked died "early".
+MIN_UPTIME = 5.0
+#: Early deaths in a row of one slot that make the fleet "crash-looping".
+CRASH_LOOP_THRESHOLD = 3
+#: First re-fork delay after an early death; doubles with each further one.
+BACKOFF_BASE = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotHistory:
+    """What the supervisor remembers of one slot across re-forks."""
+
+    early_deaths: int = 0  # consecutive deaths within MIN_UPTIME of start
+    restarts: int = 0
+
+
+def record_death(
+    history: SlotHistory, uptime: float, clean_exit: bool, min_uptime: float = MIN_UPTIME
+) -> SlotHistory:
+    """The slot's history after its child died ``uptime`` seconds after start.
+
+    A clean exit (recycling, one-shot) never counts as an early death."""
+    early = (not clean_exit) and uptime < min_uptime
+    return SlotHistory(
+        early_deaths=history.early_deaths + 1 if early else 0,
+        restarts=history.restarts + 1,
+    )
+
+
+def restart_delay(
+    history: SlotHistory, base: float = BACKOFF_BASE, cap: float = 30.0
+) -> float:
+    """Seconds to wait before re-forking: none after a child that lived, then
+    exponential in the number of early deaths in a row, capped."""
+    if history.early_deaths == 0:
+        return 0.0
+    return min(cap, base * 2 ** (history.early_deaths - 1))
+
+
+def is_crash_looping(
+    history: SlotHistory, threshold: int = CRASH_LOOP_THRESHOLD
+) -> bool:
+    return history.early_deaths >= threshold
+
+
+def is_wedged(heartbeat_age: float, child_timeout: float) -> bool:
+    """A child whose event loop has not touched its slot for ``child_timeout``."""
+    return heartbeat_age > child_timeout
+
+
+def is_over_time_limit(job_age: float | None, limit: float | None) -> bool:
+    return job_age is not None and limit is not None and job_age > limit
+
+
+def should_replace(exit_code: int | None, wait: bool, stopping: bool) -> bool:
+    """Whether a dead child's slot gets a new child.
+
+    With ``wait=False`` (one-shot) a child that exits 0 has finished its work."""
+    if stopping:
+        return False
+    if not wait and exit_code == 0:
+        return False
+    return True
+
+
+def describe_exit(status: int) -> tuple[int | None, int | None, str]:
+    """(exit code, signal number, human text) from a ``waitpid`` status."""
+    import os
+    import signal
+
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        return None, signum, f"killed by {name}"
+    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+    return code, None, f"exited with code {code}"

@@ -1,0 +1,249 @@
+"""Putting the jobs of dead processes back to work.
+
+Three ways a ``doing`` job loses its process, one way back:
+
+* a child dies under the supervisor: its worker's jobs are recovered at once
+  (``recover_worker_jobs``), found by the worker id the child reported;
+* a whole host dies: any supervisor's periodic sweep (``sweep_stalled``)
+  recovers jobs whose worker has not sent a heartbeat for the stalled timeout;
+* a supervisor restarts on the same host: it recovers its dead predecessor's
+  children's jobs at start (``recover_worker_jobs`` on the fleet table's ids).
+
+Each job is locked ``FOR UPDATE SKIP LOCKED`` in a short transaction, so two
+supervisors never recover one job twice, and nothing outlives the transaction
+(safe behind a transaction-pooling PgBouncer). A retried job is announced with
+the same NOTIFY as a fresh insert: procrastinate's retry sends none.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+import json
+import logging
+from collections.abc import Callable, Collection, Iterable
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+logger = logging.getLogger("procrastinate_prefork.recovery")
+
+#: advisory lock key (transaction-scoped) so that only one sweeper scans at once
+SWEEP_LOCK_KEY = 0x7072_6566_6F72_6B  # "prefork"
+
+
+class JobTimeLimitExceeded(Exception):
+    """The job ran past its hard time limit and its process was stopped.
+
+    List it in a task's ``RetryStrategy(retry_exceptions=...)`` to retry such
+    jobs instead of failing them."""
+
+
+class Action(str, enum.Enum):
+    RETRIED = "retried"
+    FAILED = "failed"
+    ABORTED = "aborted"
+
+
+@dataclasses.dataclass(frozen=True)
+class Recovery:
+    job_id: int
+    task_name: str
+    queue: str
+    worker_id: int | None
+    cause: str
+    action: Action
+    crashes: int
+    reason: str
+
+
+#: ``(job row) -> (retry?, retry_at)`` for jobs stopped by their time limit
+TimeoutRetry = Callable[[dict[str, Any]], "tuple[bool, datetime.datetime | None]"]
+
+
+def decide(
+    *,
+    abort_requested: bool,
+    crashes: int,
+    max_crash_retries: int,
+    timed_out: bool = False,
+    retry_after_timeout: bool = False,
+) -> tuple[Action, str]:
+    """What to do with a job whose process died; ``crashes`` counts this death."""
+    if abort_requested:
+        return Action.ABORTED, "abort was requested"
+    if timed_out:
+        if retry_after_timeout:
+            return Action.RETRIED, "time limit exceeded, task retries"
+        return Action.FAILED, "time limit exceeded"
+    if crashes > max_crash_retries:
+        return Action.FAILED, f"process died under it {crashes} times (poison pill)"
+    return Action.RETRIED, "process died"
+
+
+_JOB_COLUMNS = (
+    "id, task_name, queue_name, abort_requested, attempts, lock, queueing_lock, "
+    "args, scheduled_at, priority, status, worker_id"
+)
+
+
+def recover_worker_jobs(
+    conn: psycopg.Connection,
+    worker_ids: Collection[int],
+    *,
+    cause: str,
+    max_crash_retries: int,
+    timed_out_job_ids: Collection[int] = (),
+    timeout_retry: TimeoutRetry | None = None,
+    child_pid: int | None = None,
+    delete_workers: bool = True,
+    count_crash: bool = True,
+) -> list[Recovery]:
+    """Recover the ``doing`` jobs of these procrastinate workers (known dead)
+    and remove their worker rows."""
+    if not worker_ids:
+        return []
+    with conn.transaction():
+        with conn.cursor(row_factory=dict_row) as cur:
+            rows = cur.execute(
+                f"SELECT {_JOB_COLUMNS} FROM procrastinate_jobs "  # noqa: S608
+                "WHERE worker_id = ANY(%s) AND status = 'doing' "
+                "ORDER BY id FOR UPDATE SKIP LOCKED",
+                [list(worker_ids)],
+            ).fetchall()
+        recoveries = [
+            _recover_row(
+                conn, row, cause=cause, max_crash_retries=max_crash_retries,
+                timed_out=row["id"] in timed_out_job_ids, timeout_retry=timeout_retry,
+                count_crash=count_crash,
+            )
+            for row in rows
+        ]
+        if delete_workers:
+            conn.execute(
+                "DELETE FROM procrastinate_workers WHERE id = ANY(%s)", [list(worker_ids)]
+            )
+    for recovery in recoveries:
+        log_recovery(recovery, child_pid)
+    return recoveries
+
+
+def sweep_stalled(
+    conn: psycopg.Connection,
+    *,
+    stalled_timeout: float,
+    max_crash_retries: int,
+    limit: int = 500,
+) -> list[Recovery] | None:
+    """Recover ``doing`` jobs whose worker is gone or silent for
+    ``stalled_timeout`` seconds, then prune such workers.
+
+    Returns None when another supervisor is sweeping right now."""
+    with conn.transaction():
+        locked = conn.execute(
+            "SELECT pg_try_advisory_xact_lock(%s)", [SWEEP_LOCK_KEY]
+        ).fetchone()
+        if not locked or not locked[0]:
+            return None
+        with conn.cursor(row_factory=dict_row) as cur:
+            rows = cur.execute(
+                f"SELECT {_JOB_COLUMNS} FROM procrastinate_jobs AS job "  # noqa: S608
+                "WHERE job.status = 'doing' AND NOT EXISTS ("
+                "  SELECT 1 FROM procrastinate_workers AS w"
+                "  WHERE w.id = job.worker_id"
+                "  AND w.last_heartbeat >= now() - make_interval(secs => %s))"
+                "ORDER BY job.id LIMIT %s FOR UPDATE OF job SKIP LOCKED",
+                [stalled_timeout, limit],
+            ).fetchall()
+        recoveries = [
+            _recover_row(
+                conn, row, cause="worker heartbeat lost",
+                max_crash_retries=max_crash_retries,
+            )
+            for row in rows
+        ]
+        conn.execute(
+            "DELETE FROM procrastinate_workers AS w "
+            "WHERE w.last_heartbeat < now() - make_interval(secs => %s)",
+            [stalled_timeout],
+        )
+    for recovery in recoveries:
+        log_recovery(recovery, None)
+    return recoveries
+
+
+def _recover_row(
+    conn: psycopg.Connection,
+    row: dict[str, Any],
+    *,
+    cause: str,
+    max_crash_retries: int,
+    timed_out: bool = False,
+    timeout_retry: TimeoutRetry | None = None,
+    count_crash: bool = True,
+) -> Recovery:
+    job_id = row["id"]
+    counted = None
+    if count_crash:
+        counted = conn.execute(
+            "INSERT INTO procrastinate_prefork_job_crashes AS c "
+            "(job_id, crashes, last_cause) VALUES (%s, 1, %s) "
+            "ON CONFLICT (job_id) DO UPDATE SET crashes = c.crashes + 1, "
+            "last_cause = EXCLUDED.last_cause, updated_at = now() RETURNING crashes",
+            [job_id, cause[:255]],
+        ).fetchone()
+    crashes = counted[0] if counted else 0
+    retry_after_timeout, retry_at = False, None
+    if timed_out and timeout_retry is not None and not row["abort_requested"]:
+        retry_after_timeout, retry_at = timeout_retry(row)
+    action, reason = decide(
+        abort_requested=row["abort_requested"], crashes=crashes,
+        max_crash_retries=max_crash_retries, timed_out=timed_out,
+        retry_after_timeout=retry_after_timeout,
+    )
+    if action is Action.RETRIED:
+        conn.execute(
+            "SELECT procrastinate_retry_job_v2(%s, %s, NULL, NULL, NULL)",
+            [job_id, retry_at],
+        )
+        payload = json.dumps({"type": "job_inserted", "job_id": job_id})
+        conn.execute(
+            "SELECT pg_notify('procrastinate_queue_v1#' || %s, %s), "
+            "pg_notify('procrastinate_any_queue_v1', %s)",
+            [row["queue_name"], payload, payload],
+        )
+    else:
+        conn.execute(
+            "SELECT procrastinate_finish_job_v1(%s, %s, false)",
+            [job_id, action.value],
+        )
+    return Recovery(
+        job_id=job_id, task_name=row["task_name"], queue=row["queue_name"],
+        worker_id=row["worker_id"], cause=cause, action=action, crashes=crashes,
+        reason=reason,
+    )
+
+
+def log_recovery(recovery: Recovery, child_pid: int | None) -> None:
+    level = logging.ERROR if recovery.action is Action.FAILED else logging.WARNING
+    logger.log(
+        level,
+        "Recovered job %s (%s): %s, %s [cause: %s, child pid: %s, crashes: %s]",
+        recovery.job_id, recovery.task_name, recovery.action.value, recovery.reason,
+        recovery.cause, child_pid, recovery.crashes,
+        extra={
+            "action": "job_recovered",
+            "job_id": recovery.job_id,
+            "task_name": recovery.task_name,
+            "child_pid": child_pid,
+            "cause": recovery.cause,
+            "recovery_action": recovery.action.value,
+            "crashes": recovery.crashes,
+        },
+    )
+
+
+def worker_ids_of(rows: Iterable[dict[str, Any]]) -> list[int]:
+    return [row["worker_id"] for row in rows if row.get("worker_id")]

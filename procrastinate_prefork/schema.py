@@ -1,0 +1,33 @@
+"""The SQL of our own tables, shipped with the package."""
+
+from __future__ import annotations
+
+import importlib.resources
+
+import psycopg
+
+REQUIRED_TABLES = ("procrastinate_prefork_processes", "procrastinate_prefork_job_crashes")
+
+
+def schema_sql() -> str:
+    return importlib.resources.files(__package__).joinpath("sql/schema.sql").read_text()
+
+
+def drop_sql() -> str:
+    return importlib.resources.files(__package__).joinpath("sql/drop.sql").read_text()
+
+
+def apply(conn: psycopg.Connection) -> None:
+    with conn.transaction():
+        conn.execute(schema_sql())  # type: ignore[arg-type]
+
+
+def missing_tables(conn: psycopg.Connection) -> list[str]:
+    """Tables of procrastinate and of ours that are not in the database."""
+    names = ("procrastinate_jobs", "procrastinate_workers", *REQUIRED_TABLES)
+    row = conn.execute(
+        "SELECT array_agg(name) FROM unnest(%s::text[]) AS name "
+        "WHERE to_regclass(name) IS NULL",
+        [list(names)],
+    ).fetchone()
+    return list(row[0] or []) if row else list(names)

@@ -1,0 +1,40 @@
+-- procrastinate-prefork schema. Applied after procrastinate's own schema, by
+-- the Django migration of procrastinate_prefork.contrib.django or by
+-- `procrastinate-prefork --app X schema --apply`. Idempotent.
+
+-- One row per supervisor and per child slot. A child row is keyed by its
+-- supervisor and slot: a re-forked child updates its slot's row.
+CREATE TABLE IF NOT EXISTS procrastinate_prefork_processes (
+    id bigserial PRIMARY KEY,
+    kind varchar(16) NOT NULL CHECK (kind IN ('supervisor', 'child')),
+    host varchar(255) NOT NULL,
+    pid integer NOT NULL,
+    supervisor_id bigint REFERENCES procrastinate_prefork_processes (id) ON DELETE CASCADE,
+    slot integer,
+    worker_id bigint,
+    state varchar(16) NOT NULL,
+    job_id bigint,
+    task_name varchar(255),
+    jobs_done bigint NOT NULL DEFAULT 0,
+    restarts integer NOT NULL DEFAULT 0,
+    rss_bytes bigint,
+    crash_loop boolean NOT NULL DEFAULT false,
+    concurrency integer,
+    queues varchar(255)[],
+    started_at timestamptz NOT NULL DEFAULT now(),
+    last_heartbeat timestamptz NOT NULL DEFAULT now(),
+    CHECK ((kind = 'supervisor') = (supervisor_id IS NULL))
+);
+
+CREATE UNIQUE INDEX IF NOT EXISTS procrastinate_prefork_processes_slot_idx
+    ON procrastinate_prefork_processes (supervisor_id, slot) WHERE kind = 'child';
+CREATE INDEX IF NOT EXISTS procrastinate_prefork_processes_host_idx
+    ON procrastinate_prefork_processes (host, kind);
+
+-- How many times a job's process died under it (the poison-pill cap).
+CREATE TABLE IF NOT EXISTS procrastinate_prefork_job_crashes (
+    job_id bigint PRIMARY KEY REFERENCES procrastinate_jobs (id) ON DELETE CASCADE,
+    crashes integer NOT NULL DEFAULT 0,
+    last_cause varchar(255),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);

@@ -1,0 +1,565 @@
+"""The arbiter: one single-threaded loop that forks, reaps, recovers and
+re-forks children, forwards wake-ups to them and keeps the fleet table fresh.
+
+Signals are only queued by their handlers and handled in the loop, which
+sleeps in ``select`` on a self-pipe (``signal.set_wakeup_fd``), the database
+session and the probe socket. Nothing here blocks on one child.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+import errno
+import json
+import logging
+import os
+import select
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import setproctitle
+from procrastinate import jobs as jobs_module
+from procrastinate import manager as manager_module
+
+from . import db, fleet, policy, recovery, schema
+from .bootstrap import Bootstrap
+from .child import ChildSpec, run_child
+from .config import MAX_CHILDREN, PreforkConfig
+from .scoreboard import Scoreboard, SlotView, State
+
+logger = logging.getLogger("procrastinate_prefork.supervisor")
+
+TICK = 0.25  # longest sleep of the loop: wedge and deadline checks
+TIME_LIMIT_GRACE = 2.0  # between SIGTERM and SIGKILL of a child past its time limit
+KILL_MARGIN = 1.0  # after the shared drain deadline, before SIGKILL
+
+
+class StartupError(Exception):
+    """The fleet cannot start. The message is one line, for the user."""
+
+
+class Phase(enum.Enum):
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPING = "stopping"
+
+
+@dataclasses.dataclass
+class Child:
+    slot: int
+    pid: int
+    started: float  # monotonic
+    started_at: datetime.datetime
+    wake_fd: int
+    kill_reason: str | None = None
+    kill_at: float | None = None  # SIGKILL when this monotonic time passes
+    timed_out_job: int | None = None
+
+
+class Supervisor:
+    def __init__(self, config: PreforkConfig, bootstrap: Bootstrap):
+        self.config = config
+        self.bootstrap = bootstrap
+        self.app = bootstrap.app
+        self.pid = os.getpid()
+        self.target = config.concurrency
+        self.children: dict[int, Child] = {}
+        self.history: dict[int, policy.SlotHistory] = {}
+        self.respawn_at: dict[int, float] = {}
+        self.unrecovered: list[tuple[int, str, int, set[int], bool]] = []
+        self.phase = Phase.RUNNING
+        self.deadline: float | None = None
+        self.crash_looping = False
+        self.supervisor_row: int | None = None
+        self.scoreboard = Scoreboard(2 * MAX_CHILDREN)
+        self._signals: list[int] = []
+        self._sig_r = self._sig_w = -1
+        self._next_heartbeat = 0.0
+        self._next_sweep = 0.0
+        self._wake_pending = False
+        self._recorded_worker_ids: frozenset[int] = frozenset()
+        self.ready_logged = False
+        channels = (
+            list(manager_module.get_channel_for_queues(config.queues))
+            if config.listen_notify else []
+        )
+        self.db = db.SupervisorDB(
+            bootstrap.connection_args(),
+            db.application_name(config.hostname, "sup", self.pid),
+            channels,
+        )
+        self.db.on_connect = self._request_wake
+
+    # ------------------------------------------------------------- main loop
+
+    def run(self) -> int:
+        self._preflight()
+        self._install_signals()
+        setproctitle.setproctitle(self._title())
+        for slot in range(self.target):
+            self.respawn_at[slot] = 0.0
+        self._spawn_due(at_start=True)
+        while not self._finished():
+            self._handle_signals()
+            self._reap()
+            self._police()
+            self._spawn_due()
+            self._forward_wakeups()
+            self._periodic()
+            self._sleep()
+        self._finish()
+        return 0
+
+    def _finished(self) -> bool:
+        if self.children:
+            return False
+        if self.phase is not Phase.RUNNING:
+            return True
+        return not self.respawn_at  # one-shot: every child is done
+
+    # --------------------------------------------------------------- start
+
+    def _preflight(self) -> None:
+        try:
+            conn = db.connect(
+                self.bootstrap.connection_args(), self.db.app_name, autocommit=True
+            )
+        except Exception as exc:  # psycopg.Error or a bad conninfo
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise StartupError(f"cannot connect to the database: {first_line}") from None
+        with conn:
+            missing = schema.missing_tables(conn)
+            if any(name.startswith("procrastinate_prefork") for name in missing) and not any(
+                not name.startswith("procrastinate_prefork") for name in missing
+            ):
+                raise StartupError(
+                    "the procrastinate-prefork tables are missing: run "
+                    "`manage.py migrate` or `procrastinate-prefork --app ... schema --apply`"
+                )
+            if missing:
+                raise StartupError(
+                    "the procrastinate schema is missing: run `manage.py migrate` or "
+                    "`procrastinate --app ... schema --apply`"
+                )
+            self.supervisor_row = fleet.register_supervisor(
+                conn, host=self.config.hostname, pid=self.pid,
+                concurrency=self.target, queues=self.config.queues,
+            )
+            for predecessor in fleet.dead_predecessors(
+                conn, host=self.config.hostname, own_id=self.supervisor_row
+            ):
+                recovered = recovery.recover_worker_jobs(
+                    conn, predecessor["worker_ids"],
+                    cause=f"supervisor pid {predecessor['pid']} on this host is gone",
+                    max_crash_retries=self.config.max_crash_retries,
+                )
+                fleet.mark_stopped(conn, predecessor["id"])
+                logger.warning(
+                    "Predecessor supervisor (pid %s) is gone: recovered %d job(s)",
+                    predecessor["pid"], len(recovered),
+                    extra={"action": "predecessor_recovered", "jobs": len(recovered)},
+                )
+        self.app.perform_import_paths()  # children inherit the imported tasks
+
+    def _install_signals(self) -> None:
+        self._sig_r, self._sig_w = os.pipe()
+        for fd in (self._sig_r, self._sig_w):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(self._sig_w, warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD):
+            signal.signal(signum, self._queue_signal)
+
+    def _queue_signal(self, signum: int, frame: Any) -> None:
+        self._signals.append(signum)
+
+    # ------------------------------------------------------------- signals
+
+    def _handle_signals(self) -> None:
+        while self._signals:
+            signum = self._signals.pop(0)
+            if signum == signal.SIGCHLD:
+                continue  # the loop reaps on every turn
+            if signum == signal.SIGQUIT or self.phase is not Phase.RUNNING:
+                self._stop_now(signal.Signals(signum).name)
+            else:
+                self._drain(signal.Signals(signum).name)
+
+    def _drain(self, why: str) -> None:
+        timeout = self.config.shutdown_graceful_timeout
+        self.phase = Phase.DRAINING
+        self.deadline = time.monotonic() + timeout
+        self.respawn_at.clear()
+        logger.info(
+            "%s: draining %d child(ren), %g s for running jobs",
+            why, len(self.children), timeout, extra={"action": "drain"},
+        )
+        for child in self.children.values():
+            self._kill(child, signal.SIGTERM)
+            child.kill_at = self.deadline + KILL_MARGIN
+            child.kill_reason = child.kill_reason or "shutdown deadline passed"
+        setproctitle.setproctitle(self._title())
+
+    def _stop_now(self, why: str) -> None:
+        self.phase = Phase.STOPPING
+        self.respawn_at.clear()
+        logger.warning(
+            "%s: stopping now, killing %d child(ren)", why, len(self.children),
+            extra={"action": "stop_now"},
+        )
+        for child in self.children.values():
+            child.kill_reason = child.kill_reason or "immediate stop"
+            self._kill(child, signal.SIGKILL)
+
+    def _kill(self, child: Child, signum: int) -> None:
+        try:
+            os.kill(child.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    # ---------------------------------------------------------------- reap
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            child = self.children.pop(pid, None)
+            if child is not None:
+                self._child_exited(child, status)
+
+    def _child_exited(self, child: Child, status: int) -> None:
+        now = time.monotonic()
+        code, signum, text = policy.describe_exit(status)
+        view = self.scoreboard.read(child.slot)
+        os.close(child.wake_fd)
+        cause = child.kill_reason or text
+        clean = code == 0
+        log = logger.info if clean else logger.warning
+        log(
+            "Child %s (pid %s) %s%s after %.1f s, %d job(s) done",
+            child.slot, child.pid, text,
+            f" ({child.kill_reason})" if child.kill_reason else "", now - child.started,
+            view.jobs_done,
+            extra={"action": "child_exited", "slot": child.slot, "pid": child.pid,
+                   "exit_code": code, "signal": signum, "cause": cause},
+        )
+        if view.worker_id is not None:
+            timed_out = {child.timed_out_job} if child.timed_out_job else set()
+            # Jobs killed at the shutdown deadline are not the job's fault.
+            count = child.kill_reason != "shutdown deadline passed"
+            self.unrecovered.append((view.worker_id, cause, child.pid, timed_out, count))
+            self._recover_pending()
+        self.scoreboard.clear(child.slot)
+        if not policy.should_replace(code, self.config.wait, self.phase is not Phase.RUNNING):
+            return
+        if child.slot >= self.target:
+            return  # scaled down meanwhile
+        history = policy.record_death(
+            self.history.get(child.slot, policy.SlotHistory()), now - child.started, clean
+        )
+        self.history[child.slot] = history
+        delay = policy.restart_delay(history, cap=self.config.restart_backoff_max)
+        self.respawn_at[child.slot] = now + delay
+        if delay:
+            logger.info("Re-forking slot %s in %.1f s", child.slot, delay,
+                        extra={"action": "respawn_backoff", "slot": child.slot})
+        self._update_crash_loop()
+
+    def _update_crash_loop(self) -> None:
+        looping = [s for s, h in self.history.items() if policy.is_crash_looping(h)]
+        if looping and not self.crash_looping:
+            logger.error(
+                "CRASH LOOP: slot(s) %s died within %g s of start %d times in a row; "
+                "re-forking with backoff (check the logs above for the cause)",
+                ", ".join(map(str, looping)), policy.MIN_UPTIME,
+                policy.CRASH_LOOP_THRESHOLD, extra={"action": "crash_loop"},
+            )
+        elif not looping and self.crash_looping:
+            logger.warning("Crash loop over", extra={"action": "crash_loop_over"})
+        self.crash_looping = bool(looping)
+
+    def _recover_pending(self) -> None:
+        while self.unrecovered:
+            worker_id, cause, pid, timed_out, count = self.unrecovered[0]
+            done = self.db.run(
+                lambda conn: recovery.recover_worker_jobs(
+                    conn, [worker_id], cause=cause,
+                    max_crash_retries=self.config.max_crash_retries,
+                    timed_out_job_ids=timed_out, timeout_retry=self._timeout_retry,
+                    child_pid=pid, count_crash=count,
+                )
+            )
+            if done is None:
+                return  # database down: try again next tick
+            self.unrecovered.pop(0)
+            if any(r.action is recovery.Action.RETRIED for r in done):
+                self._request_wake()
+
+    def _timeout_retry(self, row: dict[str, Any]) -> tuple[bool, datetime.datetime | None]:
+        task = self.app.tasks.get(row["task_name"])
+        if task is None:
+            return False, None
+        limit = self.config.time_limit_for(row["task_name"])
+        job_retry = task.get_retry_exception(
+            exception=recovery.JobTimeLimitExceeded(f"ran longer than {limit} s"),
+            job=jobs_module.Job.from_row(row),
+        )
+        if job_retry is None:
+            return False, None
+        return True, job_retry.retry_decision.retry_at
+
+    # -------------------------------------------------------------- police
+
+    def _police(self) -> None:
+        now = time.monotonic()
+        for child in list(self.children.values()):
+            view = self.scoreboard.read(child.slot)
+            if child.kill_at is not None and now >= child.kill_at:
+                child.kill_at = None
+                logger.warning("Child %s (pid %s): %s, SIGKILL", child.slot, child.pid,
+                               child.kill_reason, extra={"action": "child_killed"})
+                self._kill(child, signal.SIGKILL)
+            elif child.kill_reason is None and policy.is_wedged(
+                view.heartbeat_age(now), self.config.child_timeout
+            ):
+                child.kill_reason = f"wedged: no sign of life for {view.heartbeat_age(now):.0f} s"
+                logger.error("Child %s (pid %s) %s, SIGKILL", child.slot, child.pid,
+                             child.kill_reason, extra={"action": "child_wedged"})
+                self._kill(child, signal.SIGKILL)
+            elif child.timed_out_job is None and view.job_id is not None and (
+                policy.is_over_time_limit(
+                    view.job_age(now), self.config.time_limit_for(view.task_name)
+                )
+            ):
+                self._time_limit(child, view, now)
+
+    def _time_limit(self, child: Child, view: SlotView, now: float) -> None:
+        child.timed_out_job = view.job_id
+        child.kill_reason = f"job {view.job_id} ({view.task_name}) exceeded its time limit"
+        logger.error("Child %s (pid %s): %s, SIGTERM", child.slot, child.pid,
+                     child.kill_reason, extra={"action": "time_limit", "job_id": view.job_id})
+        self._kill(child, signal.SIGTERM)
+        child.kill_at = now + TIME_LIMIT_GRACE
+
+    # --------------------------------------------------------------- spawn
+
+    def _spawn_due(self, at_start: bool = False) -> None:
+        if self.phase is not Phase.RUNNING:
+            return
+        now = time.monotonic()
+        due = sorted(slot for slot, when in self.respawn_at.items() if when <= now)
+        if not due:
+            return
+        # The session must not be inherited: close it, fork them all, reopen.
+        self.db.close()
+        self.bootstrap.before_fork()
+        self.bootstrap.check_fork_safety()
+        for slot in due:
+            try:
+                self._spawn(slot)
+            except OSError as exc:
+                if at_start:
+                    self._stop_now("fork failed")
+                    raise StartupError(f"cannot fork child {slot}: {exc}") from None
+                logger.error("Cannot fork child %s: %s; retrying", slot, exc,
+                             extra={"action": "fork_failed", "slot": slot})
+                self.respawn_at[slot] = now + 1.0
+                return
+            del self.respawn_at[slot]
+
+    def _spawn(self, slot: int) -> None:
+        wake_r, wake_w = os.pipe()
+        self.scoreboard.reset(slot)
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(wake_r)
+            os.close(wake_w)
+            raise
+        if pid == 0:  # in the child: never returns
+            os.close(wake_w)
+            run_child(ChildSpec(
+                slot=slot, config=self.config, bootstrap=self.bootstrap,
+                scoreboard=self.scoreboard,
+                wake_fd=wake_r if self.config.listen_notify else None,
+                supervisor_pid=self.pid, inherited_fds=self._own_fds(),
+            ))
+        os.close(wake_r)
+        os.set_blocking(wake_w, False)
+        self.scoreboard.set_pid(slot, pid)
+        self.children[pid] = Child(
+            slot=slot, pid=pid, started=time.monotonic(),
+            started_at=datetime.datetime.now(datetime.timezone.utc), wake_fd=wake_w,
+        )
+        logger.info("Child %s started (pid %s)", slot, pid,
+                    extra={"action": "child_started", "slot": slot, "pid": pid})
+
+    def _own_fds(self) -> list[int]:
+        return [self._sig_r, self._sig_w, *(c.wake_fd for c in self.children.values())]
+
+    # ------------------------------------------------------------- wakeups
+
+    def _request_wake(self) -> None:
+        self._wake_pending = True
+
+    def _forward_wakeups(self) -> None:
+        lines = []
+        for channel, payload in self.db.notifications():
+            try:
+                kind = json.loads(payload).get("type")
+            except (ValueError, AttributeError):
+                continue
+            if kind == "job_inserted":
+                self._wake_pending = True  # one wake per child per turn is enough
+            else:
+                lines.append(f"{channel} {payload}\n")
+        if self._wake_pending:
+            lines.append('procrastinate_any_queue_v1 {"type": "job_inserted"}\n')
+            self._wake_pending = False
+        if lines and self.config.listen_notify:
+            data = "".join(lines).encode()
+            for child in self.children.values():
+                try:
+                    os.write(child.wake_fd, data)
+                except BlockingIOError:
+                    pass  # a child that reads nothing will poll anyway
+                except OSError as exc:
+                    if exc.errno != errno.EPIPE:
+                        raise
+
+    # ------------------------------------------------------------ periodic
+
+    def _periodic(self) -> None:
+        self._recover_pending()
+        now = time.monotonic()
+        self._log_ready()
+        views = {c.pid: self.scoreboard.read(c.slot) for c in self.children.values()}
+        # A new child's worker id goes to the fleet table at once: a successor
+        # supervisor finds its jobs there if this whole process tree dies.
+        worker_ids = frozenset(v.worker_id for v in views.values() if v.worker_id)
+        if now < self._next_heartbeat and worker_ids <= self._recorded_worker_ids:
+            return
+        self._recorded_worker_ids = worker_ids
+        self._next_heartbeat = now + self.config.heartbeat_interval
+        fresh = [
+            v.worker_id for v in views.values()
+            if v.worker_id and not policy.is_wedged(v.heartbeat_age(now), self.config.child_timeout)
+        ]
+        rows = [
+            fleet.ChildRow(
+                slot=c.slot, pid=c.pid, worker_id=views[c.pid].worker_id,
+                state=views[c.pid].state.name.lower(), job_id=views[c.pid].job_id,
+                task_name=views[c.pid].task_name, jobs_done=views[c.pid].jobs_done,
+                restarts=self.history.get(c.slot, policy.SlotHistory()).restarts,
+                rss_bytes=views[c.pid].rss_bytes or None, started_at=c.started_at,
+            )
+            for c in self.children.values()
+        ]
+        assert self.supervisor_row is not None
+        supervisor_row = self.supervisor_row
+        self.db.run(lambda conn: fleet.heartbeat(
+            conn, supervisor_id=supervisor_row, host=self.config.hostname,
+            state=self.phase.value, crash_loop=self.crash_looping,
+            concurrency=self.target, children=rows, fresh_worker_ids=fresh,
+        ))
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + self.config.heartbeat_interval
+        swept = self.db.run(lambda conn: recovery.sweep_stalled(
+            conn, stalled_timeout=self.config.stalled_timeout,
+            max_crash_retries=self.config.max_crash_retries,
+        ))
+        if swept:
+            self._request_wake()
+        self.db.run(lambda conn: fleet.prune(
+            conn, stalled_timeout=self.config.stalled_timeout,
+            retention=fleet.DEFAULT_RETENTION,
+        ))
+
+    def _log_ready(self) -> None:
+        if self.ready_logged or self.phase is not Phase.RUNNING:
+            return
+        states = [self.scoreboard.read(c.slot).state for c in self.children.values()]
+        if len(states) == self.target and all(s in (State.IDLE, State.BUSY) for s in states):
+            self.ready_logged = True
+            logger.info("All %d children ready", self.target,
+                        extra={"action": "fleet_ready"})
+
+    def all_ready(self) -> bool:
+        return self.ready_logged
+
+    # --------------------------------------------------------------- sleep
+
+    def _sleep(self) -> None:
+        timeout = TICK
+        if self.respawn_at and self.phase is Phase.RUNNING:
+            timeout = min(timeout, max(0.0, min(self.respawn_at.values()) - time.monotonic()))
+        if self._signals or self._wake_pending:
+            timeout = 0
+        fds = [self._sig_r]
+        db_fd = self.db.fileno()
+        if db_fd is not None:
+            fds.append(db_fd)
+        try:
+            readable, _, _ = select.select(fds, [], [], timeout)
+        except InterruptedError:
+            return
+        if self._sig_r in readable:
+            try:
+                while os.read(self._sig_r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+
+    # -------------------------------------------------------------- finish
+
+    def _finish(self) -> None:
+        self._recover_pending()
+        if self.supervisor_row is not None:
+            row = self.supervisor_row
+            self.db.run(lambda conn: fleet.mark_stopped(conn, row))
+        if self.unrecovered:
+            logger.error(
+                "%d dead child(ren)'s jobs could not be recovered (database down); "
+                "the stalled-job sweep of any supervisor will retry them",
+                len(self.unrecovered), extra={"action": "recovery_deferred"},
+            )
+        self.db.close()
+        logger.info("Supervisor stopped", extra={"action": "supervisor_stopped"})
+
+    def _title(self) -> str:
+        queues = ",".join(self.config.queues) if self.config.queues else "all queues"
+        return (
+            f"procrastinate-prefork supervisor [{self.phase.value}] "
+            f"{self.target} children, {queues} ({self.config.hostname})"
+        )
+
+
+def banner(config: PreforkConfig, bootstrap: Bootstrap) -> str:
+    queues = ", ".join(config.queues) if config.queues else "all queues"
+    limit = f"{config.job_timeout:g} s" if config.job_timeout else "none"
+    lines = [
+        f"procrastinate-prefork {__import__('procrastinate_prefork').__version__}"
+        f" -- {bootstrap.description}",
+        f"  host:          {config.hostname} (supervisor pid {os.getpid()})",
+        f"  children:      {config.concurrency} x {config.child_concurrency} job(s) at once",
+        f"  queues:        {queues}",
+        f"  wait:          {'yes' if config.wait else 'no (one-shot)'}",
+        f"  listen/notify: {'one LISTEN session, children woken by pipe' if config.listen_notify else 'off (polling every %g s)' % config.fetch_job_polling_interval}",
+        f"  graceful stop: {config.shutdown_graceful_timeout:g} s (shared deadline)",
+        f"  stalled after: {config.stalled_timeout:g} s; heartbeat every {config.heartbeat_interval:g} s",
+        f"  wedged after:  {config.child_timeout:g} s; job time limit: {limit}"
+        + (f" ({len(config.task_timeouts)} per-task)" if config.task_timeouts else ""),
+        f"  crash retries: {config.max_crash_retries}",
+    ]
+    return "\n".join(lines)
+
+
+ExitHook = Callable[[int, int | None, int | None], None]

@@ -1,0 +1,103 @@
+"""The plain procrastinate app the integration tests run under the fleet.
+
+Tasks leave a marker file per run in $PREFORK_TEST_RESULTS (job id, attempt,
+pid), so tests can see which process ran what without extra DB sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import procrastinate
+
+app = procrastinate.App(
+    connector=procrastinate.PsycopgConnector(conninfo=os.environ.get("DATABASE_URL", "")),
+)
+
+
+def _mark(context: procrastinate.JobContext, phase: str) -> None:
+    results = os.environ.get("PREFORK_TEST_RESULTS")
+    if not results:
+        return
+    job = context.job
+    path = os.path.join(results, f"{job.id}.{job.attempts}.{phase}")
+    with open(path, "w") as f:
+        f.write(f"{os.getpid()} {time.time()}\n")
+
+
+def burn(ms: float) -> int:
+    end = time.perf_counter() + ms / 1000
+    n = 0
+    while time.perf_counter() < end:
+        n += 1
+    return n
+
+
+@app.task(name="cpu", pass_context=True)
+def cpu(context: procrastinate.JobContext, ms: float = 20) -> None:
+    _mark(context, "start")
+    burn(ms)
+    _mark(context, "end")
+
+
+@app.task(name="sleep", pass_context=True)
+def sleep(context: procrastinate.JobContext, seconds: float = 1.0) -> None:
+    _mark(context, "start")
+    time.sleep(seconds)
+    _mark(context, "end")
+
+
+@app.task(name="async_sleep", pass_context=True)
+async def async_sleep(context: procrastinate.JobContext, seconds: float = 0.1) -> None:
+    _mark(context, "start")
+    await asyncio.sleep(seconds)
+    _mark(context, "end")
+
+
+@app.task(name="die", pass_context=True)
+def die(context: procrastinate.JobContext, code: int = 13) -> None:
+    """Kills its own process, like a segfault or the OOM killer would."""
+    _mark(context, "start")
+    os._exit(code)
+
+
+@app.task(name="die_once", pass_context=True)
+def die_once(context: procrastinate.JobContext) -> None:
+    _mark(context, "start")
+    if context.job.attempts == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    _mark(context, "end")
+
+
+@app.task(name="noop")
+def noop() -> None:
+    return None
+
+
+@app.task(
+    name="flaky",
+    pass_context=True,
+    retry=procrastinate.RetryStrategy(max_attempts=3, wait=0),
+)
+def flaky(context: procrastinate.JobContext, fail_times: int = 1) -> None:
+    _mark(context, "start")
+    if context.job.attempts < fail_times:
+        raise RuntimeError("flaky failure")
+    _mark(context, "end")
+
+
+@app.task(
+    name="slow_retry_on_timeout",
+    pass_context=True,
+    retry=procrastinate.RetryStrategy(
+        max_attempts=2, wait=0,
+        retry_exceptions={__import__("procrastinate_prefork.recovery", fromlist=["x"]).JobTimeLimitExceeded},
+    ),
+)
+def slow_retry_on_timeout(context: procrastinate.JobContext, seconds: float = 30) -> None:
+    _mark(context, "start")
+    time.sleep(seconds)
+    _mark(context, "end")

@@ -1,0 +1,84 @@
+"""Fixtures: a fresh PostgreSQL database per test (cloned from a template that
+holds procrastinate's schema and ours), and a handle on a running fleet."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from procrastinate import schema as procrastinate_schema
+
+from procrastinate_prefork import schema as prefork_schema
+
+from .fleet_helper import Fleet, FleetFactory
+
+TEMPLATE = "prefork_test_template"
+
+
+def _with_dbname(url: str, dbname: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + dbname))
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    url = os.environ.get("DATABASE_URL")
+    if not url:
+        pytest.fail("DATABASE_URL is not set: run the tests with scripts/test.sh")
+    return url
+
+
+@pytest.fixture(scope="session")
+def template_url(pg_url: str) -> str:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {TEMPLATE}")
+    url = _with_dbname(pg_url, TEMPLATE)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(procrastinate_schema.SchemaManager.get_schema())  # type: ignore[arg-type]
+        prefork_schema.apply(conn)
+    return url
+
+
+@pytest.fixture
+def db_url(pg_url: str, template_url: str) -> Iterator[str]:
+    name = f"prefork_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+    yield _with_dbname(pg_url, name)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def empty_db_url(pg_url: str) -> Iterator[str]:
+    """A database with no schema at all."""
+    name = f"prefork_empty_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield _with_dbname(pg_url, name)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def fleet_factory(db_url: str, tmp_path) -> Iterator[FleetFactory]:
+    factory = FleetFactory(db_url, tmp_path)
+    yield factory
+    factory.cleanup()
+
+
+@pytest.fixture
+def fleet(fleet_factory: FleetFactory) -> Fleet:
+    """Not started: call ``fleet.start(...)``."""
+    return fleet_factory.new()

@@ -1,0 +1,224 @@
+"""Drive a real fleet from the tests: start the CLI as a subprocess, defer
+jobs, read the database and the processes, wait for conditions."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psutil
+import psycopg
+from psycopg.rows import dict_row
+
+REPO = Path(__file__).resolve().parent.parent
+APP = "tests.apps.plain_app.app"
+T = TypeVar("T")
+
+
+def wait_for(
+    condition: Callable[[], T], timeout: float = 20.0, interval: float = 0.05,
+    message: str = "condition",
+) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
+
+
+def defer(db_url: str, task: str, count: int = 1, **kwargs: Any) -> list[int]:
+    """Insert jobs the way procrastinate's defer does (the same SQL function)."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT procrastinate_defer_jobs_v1(array_agg(ROW("
+            "  'default', %s, 0, NULL, NULL, %s::jsonb, NULL"
+            ")::procrastinate_job_to_defer_v1)) FROM generate_series(1, %s)",
+            [task, json.dumps(kwargs), count],
+        ).fetchone()
+    assert rows is not None
+    return list(rows[0])
+
+
+def jobs(db_url: str, ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    with psycopg.connect(db_url, autocommit=True) as conn, conn.cursor(row_factory=dict_row) as cur:
+        if ids is None:
+            return cur.execute("SELECT * FROM procrastinate_jobs ORDER BY id").fetchall()
+        return cur.execute(
+            "SELECT * FROM procrastinate_jobs WHERE id = ANY(%s) ORDER BY id", [list(ids)]
+        ).fetchall()
+
+
+def status_counts(db_url: str) -> dict[str, int]:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        return dict(conn.execute(
+            "SELECT status::text, count(*) FROM procrastinate_jobs GROUP BY 1"
+        ).fetchall())
+
+
+class Fleet:
+    """One supervisor process started from the command line."""
+
+    def __init__(self, db_url: str, workdir: Path, name: str):
+        self.db_url = db_url
+        self.workdir = workdir
+        self.results = workdir / f"results-{name}"
+        self.results.mkdir(exist_ok=True)
+        self.log_path = workdir / f"fleet-{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.name = name
+
+    # --- lifecycle
+
+    def start(self, *args: str, env: dict[str, str] | None = None, app: str = APP,
+              wait_ready: bool = True, command: Sequence[str] | None = None) -> Fleet:
+        full_env = {
+            **os.environ,
+            "DATABASE_URL": self.db_url,
+            "PREFORK_TEST_RESULTS": str(self.results),
+            "PYTHONPATH": str(REPO),
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        cmd = list(command) if command else [
+            sys.executable, "-m", "procrastinate_prefork.cli", "--app", app, "worker",
+            "--fetch-job-polling-interval", "30", *args,
+        ]
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        if wait_ready:
+            self.wait_ready()
+        return self
+
+    def run_to_exit(self, *args: str, timeout: float = 60, **kwargs: Any) -> int:
+        self.start(*args, wait_ready=False, **kwargs)
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        wait_for(lambda: "children ready" in self.log() or self.exited(),
+                 timeout, message="the fleet to be ready")
+        assert not self.exited(), f"fleet exited early:\n{self.log()}"
+
+    def exited(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self, timeout: float = 30) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill_all()
+            return None
+
+    def kill_all(self) -> None:
+        for pid in [*self.child_pids(), self.pid]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self.proc is not None:
+            self.proc.wait(timeout=10)
+
+    # --- processes
+
+    def child_pids(self) -> list[int]:
+        try:
+            return sorted(p.pid for p in psutil.Process(self.pid).children())
+        except psutil.NoSuchProcess:
+            return []
+
+    def wait_children(self, count: int, timeout: float = 20, exclude: Sequence[int] = ()) -> list[int]:
+        def ready() -> list[int] | None:
+            pids = [p for p in self.child_pids() if p not in exclude]
+            return pids if len(pids) == count else None
+        return wait_for(ready, timeout, message=f"{count} children")
+
+    def child_states(self) -> dict[int, str]:
+        """pid -> state, from the process titles."""
+        states = {}
+        for pid in self.child_pids():
+            try:
+                title = " ".join(psutil.Process(pid).cmdline())
+            except psutil.Error:
+                continue
+            if "[" in title:
+                states[pid] = title.split("[", 1)[1].split("]", 1)[0]
+        return states
+
+    def busy_child(self, timeout: float = 20) -> int:
+        def find() -> int | None:
+            for pid, state in self.child_states().items():
+                if state.startswith("busy"):
+                    return pid
+            return None
+        return wait_for(find, timeout, message="a busy child")
+
+    # --- results written by the test tasks
+
+    def marks(self, phase: str = "end") -> list[tuple[int, int, int]]:
+        """(job id, attempt, pid) of each task run that reached ``phase``."""
+        found = []
+        for path in self.results.glob(f"*.{phase}"):
+            job_id, attempt, _ = path.name.split(".")
+            pid = int(path.read_text().split()[0])
+            found.append((int(job_id), int(attempt), pid))
+        return sorted(found)
+
+    def mark_times(self, phase: str = "start") -> dict[tuple[int, int], float]:
+        times = {}
+        for path in self.results.glob(f"*.{phase}"):
+            job_id, attempt, _ = path.name.split(".")
+            times[(int(job_id), int(attempt))] = float(path.read_text().split()[1])
+        return times
+
+
+class FleetFactory:
+    def __init__(self, db_url: str, workdir: Path):
+        self.db_url = db_url
+        self.workdir = workdir
+        self.fleets: list[Fleet] = []
+
+    def new(self, name: str | None = None) -> Fleet:
+        fleet = Fleet(self.db_url, self.workdir, name or str(len(self.fleets)))
+        self.fleets.append(fleet)
+        return fleet
+
+    def cleanup(self) -> None:
+        for fleet in self.fleets:
+            if fleet.proc is not None and fleet.proc.poll() is None:
+                fleet.kill_all()
+            for pid in fleet.child_pids():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from procrastinate_prefork import config
+from procrastinate_prefork.config import ConfigError, build_config
+
+
+def parse(argv, environ=None, settings=None):
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser)
+    namespace = parser.parse_args(argv)
+    return build_config(config.cli_values_from_namespace(namespace), environ or {}, settings)
+
+
+def test_defaults():
+    cfg = parse([])
+    assert cfg.concurrency == config.default_concurrency()
+    assert cfg.child_concurrency == 1
+    assert cfg.queues is None
+    assert cfg.wait is True
+    assert cfg.listen_notify is True
+    assert cfg.task_timeouts == {}
+    assert cfg.shutdown_graceful_timeout == 30
+
+
+def test_precedence_cli_env_settings_default():
+    settings = {"concurrency": 2, "queues": ["a"], "child_concurrency": 5}
+    environ = {"PROCRASTINATE_PREFORK_CONCURRENCY": "3", "PROCRASTINATE_WORKER_QUEUES": "b,c"}
+    cfg = parse(["--concurrency", "4"], environ, settings)
+    assert cfg.concurrency == 4          # command line wins
+    assert cfg.queues == ("b", "c")      # environment beats settings
+    assert cfg.child_concurrency == 5    # settings beat the default
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "x", "2.5", "513", ""])
+def test_bad_concurrency(value):
+    with pytest.raises(ConfigError, match="--concurrency"):
+        parse(["--concurrency", value])
+
+
+def test_booleans_and_negative_flags():
+    assert parse(["--one-shot"]).wait is False
+    assert parse(["--no-listen-notify"]).listen_notify is False
+    assert parse([], {"PROCRASTINATE_WORKER_WAIT": "no"}).wait is False
+    with pytest.raises(ConfigError, match="PROCRASTINATE_WORKER_WAIT"):
+        parse([], {"PROCRASTINATE_WORKER_WAIT": "maybe"})
+
+
+def test_task_timeouts_from_cli_and_settings():
+    cfg = parse(["--task-timeout", "a=1", "--task-timeout", "b=2.5", "--job-timeout", "9"])
+    assert cfg.task_timeouts == {"a": 1.0, "b": 2.5}
+    assert cfg.time_limit_for("a") == 1.0
+    assert cfg.time_limit_for("other") == 9.0
+    assert parse([], settings={"task_timeouts": {"x": 3}}).task_timeouts == {"x": 3.0}
+    with pytest.raises(ConfigError, match="NAME=SECONDS"):
+        parse(["--task-timeout", "oops"])
+    with pytest.raises(ConfigError, match="more than zero"):
+        parse(["--task-timeout", "a=0"])
+
+
+def test_unknown_and_bad_settings():
+    with pytest.raises(ConfigError, match="unknown key 'concurency'"):
+        parse([], settings={"concurency": 2})
+    with pytest.raises(ConfigError, match=r"PROCRASTINATE_PREFORK\['concurrency'\]"):
+        parse([], settings={"concurrency": True})
+    with pytest.raises(ConfigError, match="delete_jobs|--delete-jobs"):
+        parse([], settings={"delete_jobs": "sometimes"})
+
+
+def test_heartbeat_must_fit_in_stalled_timeout():
+    with pytest.raises(ConfigError, match="--heartbeat-interval"):
+        parse(["--heartbeat-interval", "20", "--stalled-timeout", "30"])
+
+
+def test_nan_and_negative_seconds_rejected():
+    for value in ["nan", "inf", "-1"]:
+        with pytest.raises(ConfigError):
+            parse(["--stalled-timeout", value])
+
+
+def test_worker_options_pass_through():
+    cfg = parse(["-q", "a,b", "--child-concurrency", "3", "--delete-jobs", "successful",
+                 "--name", "w", "--fetch-job-polling-interval", "2",
+                 "--abort-job-polling-interval", "3", "--shutdown-graceful-timeout", "7"])
+    options = cfg.worker_options(slot=2)
+    assert options["queues"] == ["a", "b"]
+    assert options["concurrency"] == 3
+    assert options["delete_jobs"] == "successful"
+    assert options["name"] == "w-2"
+    assert options["fetch_job_polling_interval"] == 2
+    assert options["abort_job_polling_interval"] == 3
+    assert options["shutdown_graceful_timeout"] == 7
+    assert options["install_signal_handlers"] is False
+
+
+def test_every_option_has_help_and_env():
+    for option in config.OPTIONS:
+        assert option.help.strip()
+        assert option.env_vars[0] == "PROCRASTINATE_PREFORK_" + option.name.upper()

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from procrastinate_prefork import policy
+from procrastinate_prefork.policy import SlotHistory
+
+
+def test_child_that_lived_is_restarted_at_once():
+    history = policy.record_death(SlotHistory(), uptime=3600, clean_exit=False)
+    assert history == SlotHistory(early_deaths=0, restarts=1)
+    assert policy.restart_delay(history) == 0
+
+
+def test_early_deaths_back_off_exponentially_with_a_cap():
+    history = SlotHistory()
+    delays = []
+    for _ in range(8):
+        history = policy.record_death(history, uptime=0.5, clean_exit=False)
+        delays.append(policy.restart_delay(history, base=1.0, cap=30.0))
+    assert delays == [1, 2, 4, 8, 16, 30, 30, 30]
+
+
+def test_a_long_life_resets_the_backoff():
+    history = SlotHistory(early_deaths=5, restarts=5)
+    history = policy.record_death(history, uptime=policy.MIN_UPTIME + 1, clean_exit=False)
+    assert history.early_deaths == 0 and history.restarts == 6
+
+
+def test_clean_exit_is_never_an_early_death():
+    history = policy.record_death(SlotHistory(early_deaths=2), uptime=0.1, clean_exit=True)
+    assert history.early_deaths == 0
+
+
+def test_crash_loop_after_threshold_early_deaths():
+    history = SlotHistory()
+    states = []
+    for _ in range(policy.CRASH_LOOP_THRESHOLD):
+        states.append(policy.is_crash_looping(history))
+        history = policy.record_death(history, uptime=1, clean_exit=False)
+    states.append(policy.is_crash_looping(history))
+    assert states == [False] * policy.CRASH_LOOP_THRESHOLD + [True]
+
+
+def test_wedged_and_time_limit_rules():
+    assert policy.is_wedged(heartbeat_age=61, child_timeout=60)
+    assert not policy.is_wedged(heartbeat_age=59, child_timeout=60)
+    assert policy.is_over_time_limit(job_age=11, limit=10)
+    assert not policy.is_over_time_limit(job_age=9, limit=10)
+    assert not policy.is_over_time_limit(job_age=None, limit=10)
+    assert not policy.is_over_time_limit(job_age=1000, limit=None)
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "wait", "stopping", "expected"),
+    [
+        (0, True, False, True),     # a worker should not exit by itself: replace
+        (1, True, False, True),
+        (None, True, False, True),  # killed by a signal
+        (0, False, False, False),   # one-shot: done
+        (1, False, False, True),    # one-shot crash: its jobs need a worker
+        (1, True, True, False),     # never while stopping
+    ],
+)
+def test_should_replace(exit_code, wait, stopping, expected):
+    assert policy.should_replace(exit_code, wait, stopping) is expected
+
+
+def test_describe_exit():
+    # build real wait statuses
+    pid = os.fork()
+    if pid == 0:
+        os._exit(7)
+    _, status = os.waitpid(pid, 0)
+    assert policy.describe_exit(status) == (7, None, "exited with code 7")
+    pid = os.fork()
+    if pid == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    assert policy.describe_exit(status) == (None, 9, "killed by SIGKILL")
