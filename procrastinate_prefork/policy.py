@@ -25,12 +25,18 @@ class SlotHistory:
 
 
 def record_death(
-    history: SlotHistory, uptime: float, clean_exit: bool, min_uptime: float = MIN_UPTIME
+    history: SlotHistory,
+    uptime: float,
+    clean_exit: bool,
+    had_job: bool = False,
+    min_uptime: float = MIN_UPTIME,
 ) -> SlotHistory:
     """The slot's history after its child died ``uptime`` seconds after start.
 
-    A clean exit (recycling, one-shot) never counts as an early death."""
-    early = (not clean_exit) and uptime < min_uptime
+    A clean exit (recycling, one-shot) never counts as an early death, nor does
+    a death under a job: that job is recovered and capped by the poison-pill
+    rule, and backing off would starve the other jobs for the fault of one."""
+    early = not clean_exit and not had_job and uptime < min_uptime
     return SlotHistory(
         early_deaths=history.early_deaths + 1 if early else 0,
         restarts=history.restarts + 1,

@@ -262,7 +262,8 @@ class Supervisor:
         if child.slot >= self.target:
             return  # scaled down meanwhile
         history = policy.record_death(
-            self.history.get(child.slot, policy.SlotHistory()), now - child.started, clean
+            self.history.get(child.slot, policy.SlotHistory()), now - child.started,
+            clean, had_job=view.job_id is not None,
         )
         self.history[child.slot] = history
         delay = policy.restart_delay(history, cap=self.config.restart_backoff_max)

@@ -35,6 +35,15 @@ def test_clean_exit_is_never_an_early_death():
     assert history.early_deaths == 0
 
 
+def test_death_under_a_job_is_not_a_crash_loop():
+    history = SlotHistory()
+    for _ in range(10):
+        history = policy.record_death(history, uptime=0.2, clean_exit=False, had_job=True)
+    assert history.early_deaths == 0
+    assert policy.restart_delay(history) == 0
+    assert not policy.is_crash_looping(history)
+
+
 def test_crash_loop_after_threshold_early_deaths():
     history = SlotHistory()
     states = []
