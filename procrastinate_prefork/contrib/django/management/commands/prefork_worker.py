@@ -8,11 +8,11 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from .... import config as config_module
-from ....bootstrap import DjangoBootstrap
-from ....cli import run_fleet
-from ....config import ConfigError
-from ..settings import prefork_settings
+from ..... import config as config_module
+from .....bootstrap import DjangoBootstrap
+from .....cli import run_fleet
+from .....config import ConfigError
+from ...settings import prefork_settings
 
 
 class Command(BaseCommand):
