@@ -14,7 +14,7 @@ import contextlib
 import importlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import procrastinate
@@ -37,6 +37,41 @@ def _reset_asgiref_executor() -> None:
     SyncToAsync.single_thread_executor = concurrent.futures.ThreadPoolExecutor(
         max_workers=1
     )
+
+
+#: seconds the thread-sensitive thread gets to close its Django connections
+_RELEASE_TIMEOUT = 10.0
+
+
+def _release_asgiref_executor(in_its_thread: Callable[[], object] | None = None) -> None:
+    """In the supervisor, before a fork: stop the thread of asgiref's
+    thread-sensitive executor, if the process used it (Django's async ORM, a
+    thread-sensitive ``sync_to_async`` in ``AppConfig.ready`` or an
+    ``ON_APP_READY`` hook...). That idle thread would otherwise stay alive for
+    good and the supervisor must not fork with threads running.
+
+    ``in_its_thread`` runs there first: Django's connections are per thread,
+    so the ones that thread opened can only be closed from it. The next
+    thread-sensitive call, in either process, starts a new thread.
+    """
+    try:
+        from asgiref.sync import SyncToAsync
+    except ImportError:  # pragma: no cover - asgiref comes with procrastinate
+        return
+    executor = SyncToAsync.single_thread_executor
+    if not getattr(executor, "_threads", None):
+        return  # never used: it has no thread
+    finished = True
+    try:
+        if in_its_thread is not None:
+            executor.submit(in_its_thread).result(timeout=_RELEASE_TIMEOUT)
+    except concurrent.futures.TimeoutError:
+        finished = False  # busy: check_fork_safety will name the thread
+    finally:
+        executor.shutdown(wait=finished)
+        SyncToAsync.single_thread_executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1
+        )
 
 
 _at_fork_registered = False
@@ -65,6 +100,7 @@ class Bootstrap:
 
     def before_fork(self) -> None:
         """In the supervisor: release anything a child must not inherit."""
+        _release_asgiref_executor()
 
     def after_fork_in_child(self) -> None:
         """In the child: forget inherited state without touching its sockets."""
@@ -149,8 +185,13 @@ class DjangoBootstrap(Bootstrap):
     def before_fork(self) -> None:
         from django.db import connections
 
+        # The connections opened in asgiref's thread-sensitive thread (async
+        # ORM) belong to that thread: close them there, then stop it.
+        _release_asgiref_executor(in_its_thread=connections.close_all)
         connections.close_all()
-        for conn in connections.all(initialized_only=True):
+        # Every alias, not only those this thread initialized: a pool is shared
+        # by all threads (class-level), and the async ORM may have opened it.
+        for conn in connections.all():
             pools = getattr(type(conn), "_connection_pools", None)  # Django 5.1+
             if pools and conn.alias in pools:
                 # An open psycopg pool runs threads and holds sessions.
