@@ -3,6 +3,7 @@ holds procrastinate's schema and ours), and a handle on a running fleet."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -44,25 +45,30 @@ def template_url(pg_url: str) -> str:
     return url
 
 
+@contextlib.contextmanager
+def fresh_database(pg_url: str, prefix: str, template: str | None = None) -> Iterator[str]:
+    """A new database (a copy of ``template`` if given), dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else ""))
+    try:
+        yield _with_dbname(pg_url, name)
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 @pytest.fixture
 def db_url(pg_url: str, template_url: str) -> Iterator[str]:
-    name = f"prefork_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
-    yield _with_dbname(pg_url, name)
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with fresh_database(pg_url, "prefork_test", TEMPLATE) as url:
+        yield url
 
 
 @pytest.fixture
 def empty_db_url(pg_url: str) -> Iterator[str]:
     """A database with no schema at all."""
-    name = f"prefork_empty_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield _with_dbname(pg_url, name)
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with fresh_database(pg_url, "prefork_empty") as url:
+        yield url
 
 
 @pytest.fixture

@@ -1,0 +1,237 @@
+"""The Django integration against a real PostgreSQL with real processes.
+
+``manage.py`` of the demo project runs with the test settings of
+``tests/django_project`` (the demo's settings plus test tasks, a worker
+middleware recording which process ran each job, and switches for the
+variants under test). Each test gets a fresh database cloned from a template
+that ``manage.py migrate`` built once: the schema comes from the Django
+migrations, as in a real project.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import django
+import psycopg
+import pytest
+
+from ..conftest import _with_dbname, fresh_database
+from ..fleet_helper import REPO, Fleet, FleetFactory, defer, jobs, status_counts, wait_for
+
+MANAGE = REPO / "demo_project" / "manage.py"
+SETTINGS = "tests.django_project.settings"
+TEMPLATE = "prefork_django_template"
+
+
+def manage(*args: str) -> list[str]:
+    return [sys.executable, str(MANAGE), *args]
+
+
+def django_env(db_url: str, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": SETTINGS,
+        "DATABASE_URL": db_url,
+        "PYTHONPATH": str(REPO),
+        **extra,
+    }
+
+
+@pytest.fixture(scope="session")
+def django_template_url(pg_url: str) -> str:
+    """A database migrated by ``manage.py migrate``, cloned by each test."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {TEMPLATE}")
+    url = _with_dbname(pg_url, TEMPLATE)
+    result = subprocess.run(
+        manage("migrate", "-v0"), env=django_env(url), cwd=REPO,
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return url
+
+
+@pytest.fixture
+def django_db_url(pg_url: str, django_template_url: str) -> Iterator[str]:
+    with fresh_database(pg_url, "prefork_django", TEMPLATE) as url:
+        yield url
+
+
+@pytest.fixture
+def dj_fleet(django_db_url: str, tmp_path) -> Iterator[Fleet]:
+    """A fleet handle for ``manage.py prefork_worker`` (not started)."""
+    factory = FleetFactory(django_db_url, tmp_path)
+    yield factory.new()
+    factory.cleanup()
+
+
+def start_worker(fleet: Fleet, *args: str, wait_ready: bool = True, **env: str) -> Fleet:
+    return fleet.start(
+        command=manage("prefork_worker", *args),
+        env={"DJANGO_SETTINGS_MODULE": SETTINGS, **env},
+        wait_ready=wait_ready,
+    )
+
+
+def run_worker(fleet: Fleet, *args: str, timeout: float = 90, **env: str) -> int:
+    start_worker(fleet, *args, wait_ready=False, **env)
+    return fleet.wait(timeout=timeout)
+
+
+def middleware_names(fleet: Fleet) -> set[str]:
+    """The task middleware of the workers, as the recording middleware saw it."""
+    names: set[str] = set()
+    for path in fleet.results.glob("*.start"):
+        names.update(path.read_text().split()[2].split(","))
+    return names
+
+
+def other_sessions(db_url: str) -> list[tuple[Any, ...]]:
+    """Client sessions on the database that are neither the fleet's own
+    (procrastinate connectors, named ``prefork:...``) nor this one: Django's."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        return conn.execute(
+            "SELECT pid, application_name, state, query FROM pg_stat_activity "
+            "WHERE datname = current_database() AND backend_type = 'client backend' "
+            "AND pid <> pg_backend_pid() AND application_name NOT LIKE 'prefork:%%'"
+        ).fetchall()
+
+
+DEMO_MIX = [
+    ("demo_app.tasks.cpu_bound", 20, {"ms": 20}),
+    ("demo_app.tasks.sleeping", 8, {"ms": 50}),
+    ("demo_app.tasks.flaky", 4, {"fail_times": 1}),
+    ("demo_app.tasks.async_sleep", 8, {"ms": 50}),
+    ("tests.orm_sync", 4, {}),
+    ("tests.orm_async", 4, {}),
+]
+
+
+def test_prefork_worker_drains_the_demo_tasks(dj_fleet, django_db_url):
+    ids = {
+        task: defer(django_db_url, task, count, **kwargs)
+        for task, count, kwargs in DEMO_MIX
+    }
+    all_ids = [i for task_ids in ids.values() for i in task_ids]
+    code = run_worker(dj_fleet, "--concurrency", "2", "--one-shot")
+    assert code == 0, dj_fleet.log()
+
+    rows = jobs(django_db_url, all_ids)
+    assert {row["status"] for row in rows} == {"succeeded"}, rows
+    ends = dj_fleet.marks("end")
+    # the flaky ones failed on attempt 0, then their retry succeeded
+    flaky = set(ids["demo_app.tasks.flaky"])
+    assert sorted((j, a) for j, a, _ in dj_fleet.marks("start") if j in flaky) == sorted(
+        (j, a) for j in flaky for a in (0, 1)
+    )
+    assert {a for j, a, _ in ends if j in flaky} == {1}
+    assert sorted(job_id for job_id, _, _ in ends) == sorted(all_ids)
+    pids = {pid for _, _, pid in ends}
+    assert len(pids) == 2, pids
+    assert dj_fleet.pid not in pids
+    # procrastinate's Django DB-cleanup middleware survived into the children,
+    # next to the user's own worker defaults (the recording middleware)
+    assert {"close_db_connections", "close_db_connections_async"} <= middleware_names(dj_fleet)
+    # the only tracebacks are those procrastinate logs for the flaky failures
+    log = dj_fleet.log()
+    assert log.count("Traceback") == log.count("RuntimeError: flaky: failing") == len(flaky)
+
+
+def test_async_orm_in_the_parent_before_fork(dj_fleet, django_db_url):
+    """The supervisor process used Django's async ORM (asgiref's thread-sensitive
+    thread, which holds a connection of its own) before forking: the children's
+    thread-sensitive calls still complete, and no connection leaks."""
+    start_worker(dj_fleet, "--concurrency", "2",
+                 PREFORK_TEST_PARENT_ASYNC_ORM="1", PREFORK_TEST_CONN_MAX_AGE="0")
+    # the scenario did happen: the hook ran in the supervisor with a live thread
+    [parent_marker] = dj_fleet.results.glob("parent-*.threads")
+    assert parent_marker.name == f"parent-{dj_fleet.pid}.threads"
+    assert "ThreadPoolExecutor" in parent_marker.read_text()
+
+    ids = defer(django_db_url, "tests.orm_async", 6) + defer(django_db_url, "tests.orm_sync", 6)
+    # a child whose thread-sensitive executor was inherited from the parent
+    # would hang on its first async ORM call (or on the DB-cleanup middleware)
+    wait_for(lambda: all(r["status"] == "succeeded" for r in jobs(django_db_url, ids)),
+             timeout=20, message="the ORM jobs to succeed")
+    assert len({pid for _, _, pid in dj_fleet.marks("end")} - {dj_fleet.pid}) >= 1
+    assert dj_fleet.pid not in {pid for _, _, pid in dj_fleet.marks("end")}
+
+    # CONN_MAX_AGE = 0: the DB-cleanup middleware closes the connection each job
+    # opened (in a pool thread or the thread-sensitive thread), and the parent's
+    # thread-sensitive connection was closed before the fork
+    wait_for(lambda: not other_sessions(django_db_url), timeout=5,
+             message=f"Django's connections to be closed: {other_sessions(django_db_url)}")
+    assert dj_fleet.stop() == 0, dj_fleet.log()
+
+
+@pytest.mark.skipif(django.VERSION < (5, 1), reason="connection pools need Django 5.1+")
+@pytest.mark.parametrize("parent_used_it", [False, True], ids=["fresh", "opened-in-parent"])
+def test_django_connection_pool(dj_fleet, django_db_url, parent_used_it):
+    """``OPTIONS["pool"]``: when the parent opened the pool (async ORM in an
+    ON_APP_READY hook), it is closed before the fork and each child opens its own."""
+    env = {"PREFORK_TEST_DJANGO_POOL": "1"}
+    if parent_used_it:
+        env["PREFORK_TEST_PARENT_ASYNC_ORM"] = "1"
+    ids = defer(django_db_url, "tests.orm_sync", 10) + defer(django_db_url, "tests.orm_async", 10)
+    code = run_worker(dj_fleet, "--concurrency", "2", "--one-shot", **env)
+    assert code == 0, dj_fleet.log()
+    assert {r["status"] for r in jobs(django_db_url, ids)} == {"succeeded"}
+    assert len({pid for _, _, pid in dj_fleet.marks("end")}) == 2
+    assert "Traceback" not in dj_fleet.log()
+
+
+def one_error_line(log: str) -> str:
+    lines = [line for line in log.splitlines() if "error" in line.lower()]
+    assert len(lines) == 1, log
+    assert "Traceback" not in log
+    assert "Child" not in log  # nothing forked
+    return lines[0]
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "many"])
+def test_bad_concurrency_exits_2(dj_fleet, value):
+    assert run_worker(dj_fleet, "--concurrency", value, timeout=30) == 2
+    assert "--concurrency" in one_error_line(dj_fleet.log())
+
+
+def test_unknown_option_exits_2(dj_fleet):
+    assert run_worker(dj_fleet, "--no-such-option", timeout=30) == 2
+    line = one_error_line(dj_fleet.log())
+    assert "unrecognized arguments: --no-such-option" in line
+
+
+@pytest.mark.parametrize(("setting", "expected"), [
+    ('{"concurency": 2}', "unknown key 'concurency'"),
+    ('{"concurrency": 0}', "PROCRASTINATE_PREFORK['concurrency']"),
+    ('["concurrency"]', "expected a dict"),
+])
+def test_bad_prefork_setting_exits_2(dj_fleet, setting, expected):
+    code = run_worker(dj_fleet, timeout=30, PREFORK_TEST_PREFORK_SETTINGS=setting)
+    assert code == 2
+    assert expected in one_error_line(dj_fleet.log())
+
+
+def test_prefork_setting_configures_the_fleet(dj_fleet):
+    start_worker(dj_fleet, PREFORK_TEST_PREFORK_SETTINGS='{"concurrency": 3}')
+    assert len(dj_fleet.wait_children(3)) == 3
+    assert dj_fleet.stop() == 0
+
+
+def test_sigterm_drains_and_exits_0(dj_fleet, django_db_url):
+    start_worker(dj_fleet, "--concurrency", "2")
+    ids = defer(django_db_url, "demo_app.tasks.sleeping", 2, ms=1500)
+    wait_for(lambda: len(dj_fleet.marks("start")) == 2, message="both jobs started")
+    dj_fleet.signal(signal.SIGTERM)
+    assert dj_fleet.wait(timeout=20) == 0, dj_fleet.log()
+    assert [r["status"] for r in jobs(django_db_url, ids)] == ["succeeded", "succeeded"]
+    assert status_counts(django_db_url).get("doing", 0) == 0
+    assert len(dj_fleet.marks("end")) == 2
+
