@@ -37,6 +37,10 @@ class ChildRow:
     restarts: int
     rss_bytes: int | None
     started_at: datetime.datetime
+    #: seconds since the child's own last sign of life (its scoreboard beat)
+    heartbeat_age: float = 0.0
+    #: seconds since the current job started (None when idle)
+    job_age: float | None = None
 
 
 def register_supervisor(
@@ -46,12 +50,16 @@ def register_supervisor(
     pid: int,
     concurrency: int,
     queues: Sequence[str] | None,
+    heartbeat_interval: float | None = None,
+    stalled_timeout: float | None = None,
 ) -> int:
     row = conn.execute(
         "INSERT INTO procrastinate_prefork_processes "
-        "(kind, host, pid, state, concurrency, queues) "
-        "VALUES ('supervisor', %s, %s, 'starting', %s, %s) RETURNING id",
-        [host, pid, concurrency, list(queues) if queues else None],
+        "(kind, host, pid, state, concurrency, queues, heartbeat_interval, "
+        "stalled_timeout) "
+        "VALUES ('supervisor', %s, %s, 'starting', %s, %s, %s, %s) RETURNING id",
+        [host, pid, concurrency, list(queues) if queues else None,
+         heartbeat_interval, stalled_timeout],
     ).fetchone()
     assert row is not None
     return int(row[0])
@@ -72,25 +80,28 @@ WITH workers AS (
     SELECT * FROM jsonb_to_recordset(%(children)s::jsonb) AS c(
         slot integer, pid integer, worker_id bigint, state text, job_id bigint,
         task_name text, jobs_done bigint, restarts integer, rss_bytes bigint,
-        started_at timestamptz)
+        started_at timestamptz, heartbeat_age float8, job_age float8)
 ), upserted AS (
     INSERT INTO procrastinate_prefork_processes AS p
         (kind, host, pid, supervisor_id, slot, worker_id, state, job_id, task_name,
-         jobs_done, restarts, rss_bytes, started_at, last_heartbeat)
+         job_started_at, jobs_done, restarts, rss_bytes, started_at, last_heartbeat)
     SELECT 'child', %(host)s, c.pid, %(supervisor_id)s, c.slot, c.worker_id, c.state,
-           c.job_id, c.task_name, c.jobs_done, c.restarts, c.rss_bytes, c.started_at,
-           now()
+           c.job_id, c.task_name, now() - make_interval(secs => c.job_age),
+           c.jobs_done, c.restarts, c.rss_bytes, c.started_at,
+           now() - make_interval(secs => c.heartbeat_age)
     FROM children AS c WHERE EXISTS (SELECT 1 FROM supervisor)
     ON CONFLICT (supervisor_id, slot) WHERE kind = 'child' DO UPDATE SET
         pid = EXCLUDED.pid, worker_id = EXCLUDED.worker_id, state = EXCLUDED.state,
         job_id = EXCLUDED.job_id, task_name = EXCLUDED.task_name,
+        job_started_at = EXCLUDED.job_started_at,
         jobs_done = EXCLUDED.jobs_done, restarts = EXCLUDED.restarts,
         rss_bytes = EXCLUDED.rss_bytes, started_at = EXCLUDED.started_at,
-        last_heartbeat = now()
+        last_heartbeat = EXCLUDED.last_heartbeat
     RETURNING slot
 )
 UPDATE procrastinate_prefork_processes
-SET state = 'stopped', job_id = NULL, task_name = NULL, worker_id = NULL
+SET state = 'stopped', job_id = NULL, task_name = NULL, job_started_at = NULL,
+    worker_id = NULL
 WHERE supervisor_id = %(supervisor_id)s AND kind = 'child'
   AND state <> 'stopped' AND NOT (slot = ANY(%(live_slots)s))
 """
@@ -135,7 +146,7 @@ def mark_stopped(conn: psycopg.Connection, supervisor_id: int) -> None:
     conn.execute(
         "UPDATE procrastinate_prefork_processes "
         "SET state = 'stopped', job_id = NULL, task_name = NULL, worker_id = NULL, "
-        "last_heartbeat = now() "
+        "job_started_at = NULL, last_heartbeat = now() "
         "WHERE id = %s OR supervisor_id = %s",
         [supervisor_id, supervisor_id],
     )
@@ -152,7 +163,7 @@ def prune(conn: psycopg.Connection, *, stalled_timeout: float, retention: float)
             return 0
         conn.execute(
             "UPDATE procrastinate_prefork_processes AS p SET state = 'stopped', "
-            "job_id = NULL, task_name = NULL "
+            "job_id = NULL, task_name = NULL, job_started_at = NULL "
             "WHERE p.state <> 'stopped' AND (CASE WHEN p.kind = 'supervisor' "
             "  THEN p.last_heartbeat ELSE (SELECT s.last_heartbeat FROM "
             "  procrastinate_prefork_processes AS s WHERE s.id = p.supervisor_id) END)"
@@ -203,15 +214,33 @@ def dead_predecessors(
     ]
 
 
-def fetch_fleet(conn: psycopg.Connection) -> list[dict[str, Any]]:
-    """Every row, with ages in seconds computed by the database's clock."""
+#: Every column the status views show, with ages in seconds computed by the
+#: database's clock (so the clocks of the hosts do not matter). A child's
+#: ``stalled_timeout`` is its supervisor's. Runs on psycopg and on Django's
+#: cursor alike (no parameters).
+FLEET_SQL = """
+SELECT p.id, p.kind, p.host, p.pid, p.supervisor_id, p.slot, p.worker_id, p.state,
+       p.job_id, p.task_name, p.jobs_done, p.restarts, p.rss_bytes, p.crash_loop,
+       p.concurrency, p.queues, p.heartbeat_interval,
+       COALESCE(p.stalled_timeout, s.stalled_timeout) AS stalled_timeout,
+       p.started_at, p.last_heartbeat,
+       EXTRACT(EPOCH FROM now() - p.last_heartbeat)::float8 AS heartbeat_age,
+       EXTRACT(EPOCH FROM now() - p.started_at)::float8 AS uptime,
+       EXTRACT(EPOCH FROM now() - p.job_started_at)::float8 AS job_age
+FROM procrastinate_prefork_processes AS p
+LEFT JOIN procrastinate_prefork_processes AS s ON s.id = p.supervisor_id
+{where}
+ORDER BY p.host, COALESCE(p.supervisor_id, p.id), p.kind DESC, p.slot, p.id
+"""
+#: rows of processes that stopped cleanly (or were marked so by a prune) are left out
+LIVE_ONLY = "WHERE p.state <> 'stopped' AND COALESCE(s.state, '') <> 'stopped'"
+
+
+def fleet_sql(live_only: bool = True) -> str:
+    return FLEET_SQL.format(where=LIVE_ONLY if live_only else "")
+
+
+def fetch_fleet(conn: psycopg.Connection, live_only: bool = False) -> list[dict[str, Any]]:
+    """The fleet table's rows (see ``FLEET_SQL``), all of them by default."""
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(
-            "SELECT id, kind, host, pid, supervisor_id, slot, worker_id, state, job_id, "
-            "task_name, jobs_done, restarts, rss_bytes, crash_loop, concurrency, queues, "
-            "started_at, last_heartbeat, "
-            "EXTRACT(EPOCH FROM now() - last_heartbeat)::float AS heartbeat_age, "
-            "EXTRACT(EPOCH FROM now() - started_at)::float AS uptime "
-            "FROM procrastinate_prefork_processes ORDER BY host, supervisor_id NULLS FIRST, "
-            "kind DESC, slot, id"
-        ).fetchall()
+        return cur.execute(fleet_sql(live_only)).fetchall()  # type: ignore[arg-type]

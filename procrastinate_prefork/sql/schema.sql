@@ -3,7 +3,10 @@
 -- `procrastinate-prefork --app X schema --apply`. Idempotent.
 
 -- One row per supervisor and per child slot. A child row is keyed by its
--- supervisor and slot: a re-forked child updates its slot's row.
+-- supervisor and slot: a re-forked child updates its slot's row. The
+-- supervisor writes all of them in one statement per heartbeat interval; a
+-- child row's last_heartbeat is the child's own last sign of life as the
+-- supervisor saw it (a wedged child's row ages while its supervisor's does not).
 CREATE TABLE IF NOT EXISTS procrastinate_prefork_processes (
     id bigserial PRIMARY KEY,
     kind varchar(16) NOT NULL CHECK (kind IN ('supervisor', 'child')),
@@ -15,12 +18,17 @@ CREATE TABLE IF NOT EXISTS procrastinate_prefork_processes (
     state varchar(16) NOT NULL,
     job_id bigint,
     task_name varchar(255),
+    job_started_at timestamptz,
     jobs_done bigint NOT NULL DEFAULT 0,
     restarts integer NOT NULL DEFAULT 0,
     rss_bytes bigint,
     crash_loop boolean NOT NULL DEFAULT false,
+    -- supervisor rows: its configuration, and the heartbeat age after which
+    -- it and its children count as gone (its --stalled-timeout)
     concurrency integer,
     queues varchar(255)[],
+    heartbeat_interval double precision,
+    stalled_timeout double precision,
     started_at timestamptz NOT NULL DEFAULT now(),
     last_heartbeat timestamptz NOT NULL DEFAULT now(),
     CHECK ((kind = 'supervisor') = (supervisor_id IS NULL))

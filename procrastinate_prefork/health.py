@@ -1,0 +1,382 @@
+"""Health rules, as pure functions of the facts: no I/O, no clock reads.
+
+Two audiences ask:
+
+- the **fleet** view (Django view, ``status`` command, django-health-check):
+  rows of the fleet table, with ages computed by the database, decide whether
+  the fleet as a whole can run jobs;
+- the **probe port** of one supervisor (``/live``, ``/ready``, ``/status``):
+  what the supervisor knows of its own children, from its scoreboard.
+
+Everything returned here is meant to be shown: it holds no job arguments, no
+DSN, no password (the fleet table holds none; the supervisor facts are
+whitelisted fields).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+#: child states that count as able to run jobs
+WORKING_STATES = frozenset({"idle", "busy"})
+#: heartbeat age after which a row is stale, for rows that do not record their
+#: supervisor's --stalled-timeout
+DEFAULT_STALE_AFTER = 30.0
+MAX_MIN_CHILDREN = 100_000
+MAX_NAME = 255
+
+HEALTHY = "healthy"
+UNHEALTHY = "unhealthy"
+
+
+class QueryError(ValueError):
+    """A bad filter parameter. The message is one line, for the user."""
+
+
+# --------------------------------------------------------------- the fleet
+
+
+@dataclasses.dataclass(frozen=True)
+class FleetQuery:
+    """Which supervisors to judge, and how many fresh children are enough."""
+
+    host: str | None = None
+    queue: str | None = None
+    min_children: int = 1
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> FleetQuery:
+        """From query parameters (``host``, ``queue``, ``min_children``), each
+        given at most once; a value may be a string or a list of strings (as
+        Django's ``QueryDict.lists()`` gives them). Unknown names are errors."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise QueryError(
+                f"unknown parameter {unknown[0]!r} (known: {', '.join(sorted(known))})"
+            )
+        values: dict[str, Any] = {}
+        for name, raw in params.items():
+            if isinstance(raw, (list, tuple)):
+                if len(raw) != 1:
+                    raise QueryError(f"parameter {name!r} given {len(raw)} times")
+                raw = raw[0]
+            values[name] = raw
+        return cls.build(**values)
+
+    @classmethod
+    def build(
+        cls, host: Any = None, queue: Any = None, min_children: Any = None
+    ) -> FleetQuery:
+        return cls(
+            host=_name("host", host),
+            queue=_name("queue", queue),
+            min_children=_min_children(min_children),
+        )
+
+    def matches(self, supervisor: Mapping[str, Any]) -> bool:
+        if self.host is not None and supervisor.get("host") != self.host:
+            return False
+        if self.queue is not None:
+            queues = supervisor.get("queues")
+            # a supervisor without queues works on every queue
+            if queues and self.queue not in queues:
+                return False
+        return True
+
+
+def _name(param: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not text:
+        raise QueryError(f"parameter {param!r} must not be empty")
+    if len(text) > MAX_NAME:
+        raise QueryError(f"parameter {param!r} must be at most {MAX_NAME} characters")
+    if not text.isprintable():
+        raise QueryError(f"parameter {param!r} must be printable text")
+    return text
+
+
+def _min_children(value: Any) -> int:
+    if value is None:
+        return 1
+    if isinstance(value, bool):
+        raise QueryError(f"parameter 'min_children' must be an integer, got {value!r}")
+    try:
+        number = value if isinstance(value, int) else int(str(value).strip())
+    except ValueError:
+        raise QueryError(
+            f"parameter 'min_children' must be an integer, got {str(value)[:40]!r}"
+        ) from None
+    if not 0 <= number <= MAX_MIN_CHILDREN:
+        raise QueryError(
+            f"parameter 'min_children' must be between 0 and {MAX_MIN_CHILDREN}, "
+            f"got {number}"
+        )
+    return number
+
+
+def stale_after(row: Mapping[str, Any]) -> float:
+    """Heartbeat age beyond which ``row`` counts as gone: its supervisor's
+    ``--stalled-timeout`` (the age after which that supervisor's jobs would
+    be recovered by others anyway)."""
+    value = row.get("stalled_timeout")
+    return float(value) if value else DEFAULT_STALE_AFTER
+
+
+def is_fresh(row: Mapping[str, Any]) -> bool:
+    age = row.get("heartbeat_age")
+    return (
+        row.get("state") != "stopped"
+        and age is not None
+        and float(age) <= stale_after(row)
+    )
+
+
+_SUPERVISOR_FIELDS = (
+    "id", "host", "pid", "state", "crash_loop", "concurrency", "queues",
+    "heartbeat_interval", "stalled_timeout", "rss_bytes", "restarts",
+    "started_at", "last_heartbeat", "heartbeat_age", "uptime",
+)
+_CHILD_FIELDS = (
+    "slot", "pid", "worker_id", "state", "job_id", "task_name", "job_age",
+    "jobs_done", "restarts", "rss_bytes", "started_at", "last_heartbeat",
+    "heartbeat_age", "uptime",
+)
+_AGE_FIELDS = frozenset({"heartbeat_age", "uptime", "job_age"})
+
+
+def _public(row: Mapping[str, Any], fields: Sequence[str]) -> dict[str, Any]:
+    """The whitelisted fields of a row, JSON-ready."""
+    out: dict[str, Any] = {}
+    for name in fields:
+        value = row.get(name)
+        if isinstance(value, (datetime.datetime, datetime.date)):
+            value = value.isoformat()
+        elif name in _AGE_FIELDS and value is not None:
+            value = round(max(0.0, float(value)), 3)
+        elif name == "queues" and value is not None:
+            value = list(value)
+        out[name] = value
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class FleetHealth:
+    healthy: bool
+    problems: tuple[str, ...]  # why it is unhealthy
+    warnings: tuple[str, ...]  # worth a look, not failing
+    query: FleetQuery
+    supervisors: tuple[dict[str, Any], ...]  # each with its "children"
+    fresh_supervisors: int
+    fresh_children: int
+
+    @property
+    def status(self) -> str:
+        return HEALTHY if self.healthy else UNHEALTHY
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "problems": list(self.problems),
+            "warnings": list(self.warnings),
+            "filters": {"host": self.query.host, "queue": self.query.queue},
+            "min_children": self.query.min_children,
+            "fresh_supervisors": self.fresh_supervisors,
+            "fresh_children": self.fresh_children,
+            "supervisors": [dict(s) for s in self.supervisors],
+        }
+
+
+def fleet_health(
+    rows: Iterable[Mapping[str, Any]], query: FleetQuery | None = None
+) -> FleetHealth:
+    """Judge the fleet from its table's rows (``fleet.FLEET_SQL``).
+
+    Unhealthy when, among the supervisors the query selects: none is fresh;
+    their fresh children (idle or busy, heartbeat within their supervisor's
+    stalled timeout) are fewer than ``min_children``; or a fresh one is in a
+    crash loop. Rows marked stopped are left out of the listing.
+    """
+    query = query or FleetQuery()
+    rows = list(rows)
+    children_of: dict[Any, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        if row.get("kind") == "child":
+            children_of.setdefault(row.get("supervisor_id"), []).append(row)
+    supervisors: list[dict[str, Any]] = []
+    fresh_supervisors = fresh_children = 0
+    crash_loops: list[str] = []
+    warnings: list[str] = []
+    for row in rows:
+        if row.get("kind") != "supervisor" or row.get("state") == "stopped":
+            continue
+        if not query.matches(row):
+            continue
+        fresh = is_fresh(row)
+        entry = _public(row, _SUPERVISOR_FIELDS)
+        entry["fresh"] = fresh
+        children = []
+        for child in children_of.get(row.get("id"), []):
+            if child.get("state") == "stopped":
+                continue
+            child_fresh = (
+                fresh
+                and child.get("state") in WORKING_STATES
+                and is_fresh({**child, "stalled_timeout": stale_after(row)})
+            )
+            public = _public(child, _CHILD_FIELDS)
+            public["fresh"] = child_fresh
+            children.append(public)
+            fresh_children += child_fresh
+        entry["children"] = children
+        supervisors.append(entry)
+        name = f"supervisor pid {row.get('pid')} on {row.get('host')}"
+        if not fresh:
+            # Shown, not failed on by itself: its jobs go back to the queue
+            # through the others' sweeps, and min_children counts what is left.
+            warnings.append(
+                f"{name} has sent no heartbeat for "
+                f"{float(row.get('heartbeat_age') or 0):.0f} s"
+            )
+        else:
+            fresh_supervisors += 1
+            if row.get("crash_loop"):
+                crash_loops.append(f"{name} is in a crash loop")
+    problems: list[str] = []
+    if not fresh_supervisors:
+        problems.append("no fresh supervisor" + _scope(query))
+    if fresh_children < query.min_children:
+        problems.append(
+            f"{fresh_children} fresh child(ren), fewer than min_children="
+            f"{query.min_children}"
+        )
+    problems.extend(crash_loops)
+    return FleetHealth(
+        healthy=not problems,
+        problems=tuple(problems),
+        warnings=tuple(warnings),
+        query=query,
+        supervisors=tuple(supervisors),
+        fresh_supervisors=fresh_supervisors,
+        fresh_children=fresh_children,
+    )
+
+
+def _scope(query: FleetQuery) -> str:
+    parts = []
+    if query.host is not None:
+        parts.append(f"host={query.host}")
+    if query.queue is not None:
+        parts.append(f"queue={query.queue}")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+# ---------------------------------------------------------- one supervisor
+
+
+@dataclasses.dataclass(frozen=True)
+class ChildFacts:
+    """What a supervisor knows of one child (from its scoreboard slot)."""
+
+    slot: int
+    pid: int
+    state: str  # starting, idle, busy, draining, stopped
+    heartbeat_age: float
+    job_id: int | None = None
+    task_name: str | None = None
+    job_age: float | None = None
+    jobs_done: int = 0
+    rss_bytes: int | None = None
+    restarts: int = 0
+    uptime: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SupervisorFacts:
+    host: str
+    pid: int
+    phase: str  # running, draining, stopping
+    target: int  # children it means to run
+    crash_looping: bool
+    database_up: bool
+    child_timeout: float
+    children: Sequence[ChildFacts]
+    queues: Sequence[str] | None = None
+    uptime: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    reasons: tuple[str, ...] = ()
+
+
+def liveness(facts: SupervisorFacts) -> Verdict:
+    """Should the pod be left alive? The loop that answers is running; it
+    fails on a crash loop, or when every child is wedged (no sign of life for
+    ``child_timeout``, so not even the supervisor's SIGKILL got rid of them).
+    One stuck child, which the supervisor is replacing, does not fail it, nor
+    does a database outage (restarting the pod would not help)."""
+    reasons = []
+    if facts.crash_looping:
+        reasons.append("crash loop: children keep dying right after they start")
+    children = list(facts.children)
+    if children and all(c.heartbeat_age > facts.child_timeout for c in children):
+        reasons.append(
+            f"all {len(children)} child(ren) wedged (no sign of life for more than "
+            f"{facts.child_timeout:g} s)"
+        )
+    return Verdict(not reasons, tuple(reasons))
+
+
+def readiness(facts: SupervisorFacts) -> Verdict:
+    """Is this supervisor running its full complement of children, each past
+    its bootstrap, with the database answering?"""
+    reasons = []
+    if facts.phase != "running":
+        reasons.append(f"supervisor is {facts.phase}")
+    if not facts.database_up:
+        reasons.append("database unreachable")
+    ready = sum(1 for c in facts.children if c.state in WORKING_STATES)
+    if ready < facts.target:
+        reasons.append(f"{ready} of {facts.target} child(ren) ready")
+    return Verdict(not reasons, tuple(reasons))
+
+
+def supervisor_report(facts: SupervisorFacts) -> dict[str, Any]:
+    """The ``/status`` document of one supervisor."""
+    live, ready = liveness(facts), readiness(facts)
+    return {
+        "host": facts.host,
+        "pid": facts.pid,
+        "phase": facts.phase,
+        "uptime": round(max(0.0, facts.uptime), 3),
+        "queues": list(facts.queues) if facts.queues else None,
+        "concurrency": facts.target,
+        "crash_loop": facts.crash_looping,
+        "database": "up" if facts.database_up else "down",
+        "live": live.ok,
+        "ready": ready.ok,
+        "reasons": [*live.reasons, *ready.reasons],
+        "children": [
+            {
+                "slot": c.slot,
+                "pid": c.pid,
+                "state": c.state,
+                "job_id": c.job_id,
+                "task_name": c.task_name,
+                "job_age": None if c.job_age is None else round(c.job_age, 3),
+                "jobs_done": c.jobs_done,
+                "restarts": c.restarts,
+                "rss_bytes": c.rss_bytes,
+                "heartbeat_age": round(max(0.0, c.heartbeat_age), 3),
+                "uptime": round(max(0.0, c.uptime), 3),
+            }
+            for c in sorted(facts.children, key=lambda c: c.slot)
+        ],
+    }

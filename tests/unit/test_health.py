@@ -1,0 +1,256 @@
+"""The health rules, as pure functions (procrastinate_prefork.health)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+
+import pytest
+
+from procrastinate_prefork import health
+from procrastinate_prefork.health import (
+    ChildFacts,
+    FleetQuery,
+    QueryError,
+    SupervisorFacts,
+    fleet_health,
+    liveness,
+    readiness,
+    supervisor_report,
+)
+
+NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def sup(id=1, host="h1", age=1.0, crash_loop=False, queues=None, state="running",
+        stalled_timeout=30.0, **extra):
+    return {"kind": "supervisor", "id": id, "host": host, "pid": 100 + id,
+            "supervisor_id": None, "state": state, "crash_loop": crash_loop,
+            "queues": queues, "concurrency": 2, "heartbeat_age": age,
+            "stalled_timeout": stalled_timeout, "started_at": NOW,
+            "last_heartbeat": NOW, "uptime": 10.0, **extra}
+
+
+def child(sup_id=1, slot=0, state="idle", age=0.5, **extra):
+    return {"kind": "child", "id": 100 * sup_id + slot, "host": "h1",
+            "pid": 1000 * sup_id + slot, "supervisor_id": sup_id, "slot": slot,
+            "state": state, "heartbeat_age": age, "job_id": None, "task_name": None,
+            "jobs_done": 3, "restarts": 0, "rss_bytes": 1 << 20, "started_at": NOW,
+            "last_heartbeat": NOW, "uptime": 9.0, "job_age": None, **extra}
+
+
+# ------------------------------------------------------------------ fleet
+
+
+def test_healthy_fleet():
+    result = fleet_health([sup(), child(slot=0), child(slot=1, state="busy")])
+    assert result.healthy and result.status == "healthy"
+    assert result.problems == ()
+    assert result.fresh_supervisors == 1 and result.fresh_children == 2
+    [entry] = result.supervisors
+    assert [c["fresh"] for c in entry["children"]] == [True, True]
+
+
+def test_no_rows_is_unhealthy():
+    result = fleet_health([])
+    assert not result.healthy
+    assert result.problems[0] == "no fresh supervisor"
+
+
+def test_stale_supervisor_is_unhealthy():
+    result = fleet_health([sup(age=31.0), child(age=31.0)])
+    assert not result.healthy
+    assert "no fresh supervisor" in result.problems
+    assert result.fresh_children == 0  # its children do not count either
+    assert result.warnings and "31 s" in result.warnings[0]
+
+
+def test_freshness_uses_the_supervisor_stalled_timeout():
+    assert fleet_health([sup(age=4.0, stalled_timeout=5.0), child()]).healthy
+    assert not fleet_health([sup(age=6.0, stalled_timeout=5.0), child()]).healthy
+    # a row that does not say falls back to the default
+    assert fleet_health([sup(age=29.0, stalled_timeout=None), child()]).healthy
+    assert not fleet_health([sup(age=31.0, stalled_timeout=None), child()]).healthy
+
+
+def test_child_freshness_uses_its_supervisor_threshold():
+    result = fleet_health([sup(stalled_timeout=5.0), child(age=6.0), child(slot=1)])
+    assert result.fresh_children == 1
+
+
+def test_fewer_fresh_children_than_min_children():
+    rows = [sup(), child(slot=0), child(slot=1, state="starting"),
+            child(slot=2, state="draining")]
+    assert fleet_health(rows).healthy
+    result = fleet_health(rows, FleetQuery(min_children=2))
+    assert not result.healthy
+    assert result.problems == ("1 fresh child(ren), fewer than min_children=2",)
+    assert fleet_health(rows, FleetQuery(min_children=0)).healthy
+
+
+def test_supervisor_with_no_children_is_unhealthy_by_default():
+    assert not fleet_health([sup()]).healthy
+    assert fleet_health([sup()], FleetQuery(min_children=0)).healthy
+
+
+def test_crash_loop_is_unhealthy():
+    result = fleet_health([sup(crash_loop=True), child()])
+    assert not result.healthy
+    assert result.problems == ("supervisor pid 101 on h1 is in a crash loop",)
+
+
+def test_stale_crash_looping_supervisor_next_to_a_fresh_one():
+    rows = [sup(id=1, crash_loop=True, age=100), sup(id=2, host="h2"), child(sup_id=2)]
+    result = fleet_health(rows)
+    assert result.healthy, result.problems
+    assert len(result.warnings) == 1
+
+
+def test_stopped_rows_are_left_out():
+    rows = [sup(id=1, state="stopped"), child(sup_id=1, state="stopped"),
+            sup(id=2), child(sup_id=2, slot=0), child(sup_id=2, slot=1, state="stopped")]
+    result = fleet_health(rows)
+    assert [s["id"] for s in result.supervisors] == [2]
+    assert [c["slot"] for c in result.supervisors[0]["children"]] == [0]
+
+
+def test_host_filter():
+    rows = [sup(id=1, host="a"), child(sup_id=1), sup(id=2, host="b", age=99)]
+    assert fleet_health(rows, FleetQuery(host="a")).healthy
+    result = fleet_health(rows, FleetQuery(host="b"))
+    assert not result.healthy
+    assert result.problems[0] == "no fresh supervisor (host=b)"
+    assert not fleet_health(rows, FleetQuery(host="c")).healthy
+
+
+def test_queue_filter():
+    rows = [sup(id=1, queues=["mail"]), child(sup_id=1),
+            sup(id=2, queues=None, age=99), child(sup_id=2)]
+    # supervisor 2 works on all queues (but is stale)
+    assert fleet_health(rows, FleetQuery(queue="mail")).healthy
+    result = fleet_health(rows, FleetQuery(queue="reports"))
+    assert not result.healthy
+    assert [s["id"] for s in result.supervisors] == [2]
+
+
+def test_output_is_whitelisted_and_json_ready():
+    rows = [sup(secret="postgresql://u:pw@x/db"),
+            child(job_id=7, task_name="t", job_age=1.23456, args={"password": "x"})]
+    document = fleet_health(rows).as_dict()
+    text = json.dumps(document)
+    assert "pw@" not in text and "password" not in text
+    entry = document["supervisors"][0]
+    assert entry["started_at"] == NOW.isoformat()
+    assert entry["children"][0]["job_age"] == 1.235
+    assert document["status"] == "healthy" and document["min_children"] == 1
+
+
+# ------------------------------------------------------------------ query
+
+
+def test_query_from_params():
+    query = FleetQuery.from_params({"host": ["a"], "queue": "q", "min_children": "3"})
+    assert query == FleetQuery(host="a", queue="q", min_children=3)
+    assert FleetQuery.from_params({}) == FleetQuery()
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"min_children": "x"}, "must be an integer"),
+    ({"min_children": "-1"}, "between 0 and"),
+    ({"min_children": "1000001"}, "between 0 and"),
+    ({"min_children": ["1", "2"]}, "given 2 times"),
+    ({"host": ""}, "must not be empty"),
+    ({"queue": "a" * 300}, "at most 255"),
+    ({"host": "a\nb"}, "printable"),
+    ({"hots": "a"}, "unknown parameter 'hots'"),
+])
+def test_bad_query(params, message):
+    with pytest.raises(QueryError, match=message):
+        FleetQuery.from_params(params)
+
+
+# ------------------------------------------------------------ supervisor
+
+
+def facts(children=None, **changes):
+    base = dict(
+        host="h", pid=1, phase="running", target=2, crash_looping=False,
+        database_up=True, child_timeout=60.0,
+        children=[ChildFacts(slot=0, pid=10, state="idle", heartbeat_age=0.1),
+                  ChildFacts(slot=1, pid=11, state="busy", heartbeat_age=0.2,
+                             job_id=5, task_name="t", job_age=1.0)]
+        if children is None else children,
+    )
+    base.update(changes)
+    return SupervisorFacts(**base)
+
+
+def test_live_and_ready():
+    assert liveness(facts()).ok
+    assert readiness(facts()).ok
+
+
+def test_not_ready_while_a_child_boots():
+    children = [ChildFacts(slot=0, pid=10, state="idle", heartbeat_age=0.1),
+                ChildFacts(slot=1, pid=11, state="starting", heartbeat_age=2.0)]
+    verdict = readiness(facts(children))
+    assert not verdict.ok and verdict.reasons == ("1 of 2 child(ren) ready",)
+    assert liveness(facts(children)).ok
+
+
+def test_not_ready_with_a_missing_child():
+    verdict = readiness(facts(facts().children[:1]))
+    assert not verdict.ok
+
+
+def test_not_ready_without_database():
+    verdict = readiness(facts(database_up=False))
+    assert verdict.reasons == ("database unreachable",)
+    assert liveness(facts(database_up=False)).ok  # a restart would not help
+
+
+def test_not_ready_while_draining():
+    assert readiness(facts(phase="draining")).reasons == ("supervisor is draining",)
+    assert liveness(facts(phase="draining")).ok
+
+
+def test_one_wedged_child_does_not_fail_liveness():
+    children = [ChildFacts(slot=0, pid=10, state="busy", heartbeat_age=61.0),
+                ChildFacts(slot=1, pid=11, state="idle", heartbeat_age=0.1)]
+    assert liveness(facts(children)).ok
+
+
+def test_all_children_wedged_fails_liveness():
+    children = [ChildFacts(slot=0, pid=10, state="busy", heartbeat_age=61.0),
+                ChildFacts(slot=1, pid=11, state="busy", heartbeat_age=75.0)]
+    verdict = liveness(facts(children))
+    assert not verdict.ok and "wedged" in verdict.reasons[0]
+
+
+def test_crash_loop_fails_liveness():
+    verdict = liveness(facts(crash_looping=True, children=[]))
+    assert not verdict.ok and "crash loop" in verdict.reasons[0]
+
+
+def test_supervisor_report():
+    report = supervisor_report(facts(queues=("a", "b")))
+    assert report["live"] and report["ready"] and report["reasons"] == []
+    assert report["queues"] == ["a", "b"]
+    assert [c["slot"] for c in report["children"]] == [0, 1]
+    assert report["children"][1]["job_id"] == 5
+    assert set(report["children"][0]) == {
+        "slot", "pid", "state", "job_id", "task_name", "job_age", "jobs_done",
+        "restarts", "rss_bytes", "heartbeat_age", "uptime"}
+    json.dumps(report)
+
+
+def test_module_is_pure():
+    import ast
+
+    imported = set()
+    for node in ast.walk(ast.parse(open(health.__file__).read())):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            imported.add((node.module or "").split(".")[0])
+    assert imported <= {"__future__", "dataclasses", "datetime", "collections", "typing"}
