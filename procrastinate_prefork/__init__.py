@@ -3,3 +3,10 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+
+def run_worker(app, **options):  # type: ignore[no-untyped-def]
+    """Run a prefork fleet for ``app`` (see ``procrastinate_prefork.api``)."""
+    from .api import run_worker as _run_worker
+
+    return _run_worker(app, **options)

@@ -117,15 +117,16 @@ class Bootstrap:
             raise RuntimeError(f"refusing to fork with threads running: {names}")
 
 
-class PlainBootstrap(Bootstrap):
-    def __init__(self, app_path: str):
-        self.app_path = app_path
-        self._app = load_app(app_path)
+class AppBootstrap(Bootstrap):
+    """A procrastinate App object with a PsycopgConnector."""
+
+    def __init__(self, app: procrastinate.App, description: str = "app (Python API)"):
+        self._app = app
         try:
-            self._args = compat.psycopg_pool_args(self._app.connector)
+            self._args = compat.psycopg_pool_args(app.connector)
         except TypeError as exc:
-            raise BootstrapError(f"--app {app_path}: {exc}") from None
-        self.description = f"app {app_path}"
+            raise BootstrapError(str(exc)) from None
+        self.description = description
 
     @property
     def app(self) -> procrastinate.App:
@@ -133,6 +134,19 @@ class PlainBootstrap(Bootstrap):
 
     def connection_args(self) -> dict[str, Any]:
         return dict(self._args)
+
+
+class PlainBootstrap(AppBootstrap):
+    """``--app dotted.path``: the app is imported by the supervisor."""
+
+    def __init__(self, app_path: str):
+        self.app_path = app_path
+        try:
+            super().__init__(load_app(app_path), f"app {app_path}")
+        except BootstrapError as exc:
+            if str(exc).startswith("--app"):
+                raise
+            raise BootstrapError(f"--app {app_path}: {exc}") from None
 
 
 def load_app(app_path: str) -> procrastinate.App:

@@ -12,9 +12,10 @@ import ctypes
 import dataclasses
 import logging
 import os
+import random
 import signal
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
 import psutil
@@ -23,7 +24,7 @@ from procrastinate import connector as connector_module
 from procrastinate import psycopg_connector
 
 from . import bootstrap as bootstrap_module
-from . import compat, db
+from . import compat, db, policy
 from .config import PreforkConfig
 from .scoreboard import Scoreboard, SlotWriter, State
 
@@ -50,6 +51,7 @@ class ChildSpec:
     wake_fd: int | None  # read end of the supervisor's wake-up pipe
     supervisor_pid: int
     inherited_fds: Iterable[int] = ()  # the supervisor's own fds, to close
+    on_start: Callable[..., Any] | None = None
 
 
 class PipeWakeConnector(psycopg_connector.PsycopgConnector):
@@ -154,6 +156,8 @@ async def _serve(spec: ChildSpec) -> int:
         options["worker_middleware"] = [tracker.middleware, *user_middleware]
         worker = compat.make_worker(app, **options)
         tracker.worker = worker
+        if spec.on_start is not None:
+            spec.on_start(slot=spec.slot, pid=pid)
 
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, tracker.stop)
@@ -164,7 +168,7 @@ async def _serve(spec: ChildSpec) -> int:
         finally:
             beat.cancel()
             writer.set_state(State.STOPPED)
-    return 0
+    return policy.EXIT_RECYCLE if tracker.recycling else 0
 
 
 class _JobTracker:
@@ -177,7 +181,19 @@ class _JobTracker:
         self.running = 0
         self.jobs_done = 0
         self.draining = False
+        self.recycling = False
         self._process = psutil.Process()
+        self.recycle_after = policy.recycle_limit(
+            config.max_jobs_per_child, config.max_jobs_jitter,
+            random.randint(0, config.max_jobs_jitter),
+        )
+        self.baseline_mb = self._rss_mb()
+
+    def _rss_mb(self) -> float:
+        try:
+            return self._process.memory_info().rss / 2**20
+        except psutil.Error:
+            return 0.0
 
     def _title(self, state: str) -> None:
         setproctitle.setproctitle(
@@ -186,6 +202,19 @@ class _JobTracker:
         )
 
     def registered(self, worker_id: int) -> None:
+        if self.draining and self.worker is not None:
+            # asked to stop while starting: Worker.run() has just cleared its
+            # stop event, so ask again once it is running
+            asyncio.get_running_loop().call_soon(self.worker.stop)
+        self.baseline_mb = self._rss_mb()
+        if (self.config.max_memory_per_child is not None
+                and self.baseline_mb > self.config.max_memory_per_child):
+            logger.error(
+                "Child %s starts at %.0f MiB, above --max-memory-per-child %s: "
+                "memory recycling is off for it (a replacement would start as big)",
+                self.writer.slot, self.baseline_mb, self.config.max_memory_per_child,
+                extra={"action": "memory_limit_below_baseline"},
+            )
         self.writer.set_worker_id(worker_id)
         self.writer.set_state(State.IDLE)
         self._title("idle")
@@ -214,9 +243,31 @@ class _JobTracker:
         finally:
             self.running -= 1
             self.jobs_done += 1
+            self._maybe_recycle()
             self.writer.job_finished(self.running, self.jobs_done, self.draining)
             if not self.running and not self.draining:
                 self._title("idle")
+
+    def _maybe_recycle(self) -> None:
+        if self.draining:
+            return
+        reason = None
+        if self.recycle_after is not None and self.jobs_done >= self.recycle_after:
+            reason = f"{self.jobs_done} jobs done (limit {self.recycle_after})"
+        elif self.config.max_memory_per_child is not None:
+            rss_mb = self._rss_mb()
+            if policy.should_recycle_for_memory(
+                rss_mb, self.config.max_memory_per_child, self.baseline_mb
+            ):
+                reason = (f"{rss_mb:.0f} MiB resident "
+                          f"(limit {self.config.max_memory_per_child} MiB)")
+        if reason:
+            self.recycling = True
+            logger.info(
+                "Child %s (pid %s) recycling: %s", self.writer.slot, os.getpid(), reason,
+                extra={"action": "child_recycle", "slot": self.writer.slot},
+            )
+            self.stop()
 
     async def beat_forever(self, supervisor_pid: int) -> None:
         ticks = 0

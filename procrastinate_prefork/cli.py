@@ -44,7 +44,15 @@ def run_fleet(config: PreforkConfig, bootstrap: Bootstrap) -> int:
 
     register_fork_hooks()
     setup_logging(config.log_level)
-    supervisor = Supervisor(config, bootstrap)
+    try:
+        hooks = {
+            name: config_module.resolve_hook(name, getattr(config, name))
+            for name in ("on_child_start", "on_child_exit")
+        }
+    except ConfigError as exc:
+        print(f"procrastinate-prefork: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    supervisor = Supervisor(config, bootstrap, **hooks)
     print(banner(config, bootstrap), file=sys.stderr, flush=True)
     try:
         return supervisor.run()

@@ -164,6 +164,23 @@ def _dotted_path(value: Any) -> str | Callable[..., Any] | None:
     return text
 
 
+def resolve_hook(name: str, value: str | Callable[..., Any] | None) -> Callable[..., Any] | None:
+    """Import a hook given as a dotted path (``pkg.module.func`` or
+    ``pkg.module:func``); callables pass through."""
+    if value is None or callable(value):
+        return value
+    import importlib
+
+    module_name, sep, attribute = value.replace(":", ".").rpartition(".")
+    try:
+        hook = getattr(importlib.import_module(module_name), attribute) if sep else None
+    except Exception as exc:  # the user's module failed to import
+        raise ConfigError(f"--{name.replace('_', '-')}: cannot import {value!r}: {exc}") from None
+    if not callable(hook):
+        raise ConfigError(f"--{name.replace('_', '-')}: {value!r} is not a callable")
+    return hook
+
+
 def default_concurrency() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -298,6 +315,43 @@ OPTIONS: tuple[Option, ...] = (
         "dying early.",
     ),
     Option(
+        "max_jobs_per_child", ("--max-jobs-per-child",), _optional(_int_between(1, 10**9)),
+        None, "Recycle a child after it has run this many jobs: it finishes its "
+        "jobs, exits cleanly and is replaced.", metavar="N", default_doc="never",
+    ),
+    Option(
+        "max_jobs_jitter", ("--max-jobs-jitter",), _int_between(0, 10**9), 0,
+        "Add a random 0..J to each child's --max-jobs-per-child so that children "
+        "do not all recycle at once.", metavar="J",
+    ),
+    Option(
+        "max_memory_per_child", ("--max-memory-per-child",),
+        _optional(_int_between(1, 10**7)), None,
+        "Recycle a child once its resident memory exceeds this many MiB (checked "
+        "after each job).", metavar="MB", default_doc="never",
+    ),
+    Option(
+        "autoscale", ("--autoscale",), _autoscale, None,
+        "MIN,MAX: start MIN children, grow toward MAX while runnable jobs wait, "
+        "shrink toward MIN when idle (overrides --concurrency).", metavar="MIN,MAX",
+        default_doc="off",
+    ),
+    Option(
+        "autoscale_cooldown", ("--autoscale-cooldown",), _positive_float(), 30.0,
+        "Seconds without waiting jobs before autoscale removes an idle child.",
+    ),
+    Option(
+        "on_child_start", ("--on-child-start",), _dotted_path, None,
+        "Dotted path of a callable run in each child after its bootstrap, with "
+        "keyword arguments slot and pid.", metavar="PATH", default_doc="none",
+    ),
+    Option(
+        "on_child_exit", ("--on-child-exit",), _dotted_path, None,
+        "Dotted path of a callable run in the supervisor when a child exits, with "
+        "keyword arguments slot, pid, exit_code and signal.", metavar="PATH",
+        default_doc="none",
+    ),
+    Option(
         "log_level", ("--log-level",),
         _choice("debug", "info", "warning", "error", "critical"), "info",
         "Log level of the supervisor and children.",
@@ -327,7 +381,18 @@ class PreforkConfig:
     max_crash_retries: int
     hostname: str
     restart_backoff_max: float
+    max_jobs_per_child: int | None
+    max_jobs_jitter: int
+    max_memory_per_child: int | None
+    autoscale: tuple[int, int] | None
+    autoscale_cooldown: float
+    on_child_start: str | Callable[..., Any] | None
+    on_child_exit: str | Callable[..., Any] | None
     log_level: str
+
+    @property
+    def initial_children(self) -> int:
+        return self.autoscale[0] if self.autoscale else self.concurrency
 
     def worker_options(self, slot: int) -> dict[str, Any]:
         """Keyword arguments for procrastinate's ``App.run_worker_async``."""

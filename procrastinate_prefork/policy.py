@@ -14,6 +14,9 @@ MIN_UPTIME = 5.0
 CRASH_LOOP_THRESHOLD = 3
 #: First re-fork delay after an early death; doubles with each further one.
 BACKOFF_BASE = 1.0
+#: Exit code of a child that recycled itself (max jobs or memory): always
+#: replaced, even in one-shot mode, and never a crash.
+EXIT_RECYCLE = 75
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +77,8 @@ def should_replace(exit_code: int | None, wait: bool, stopping: bool) -> bool:
     With ``wait=False`` (one-shot) a child that exits 0 has finished its work."""
     if stopping:
         return False
+    if exit_code == EXIT_RECYCLE:
+        return True
     if not wait and exit_code == 0:
         return False
     return True
@@ -93,3 +98,46 @@ def describe_exit(status: int) -> tuple[int | None, int | None, str]:
         return None, signum, f"killed by {name}"
     code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
     return code, None, f"exited with code {code}"
+
+
+def autoscale_delta(
+    *,
+    current: int,
+    low: int,
+    high: int,
+    backlog: int,
+    idle: int,
+    quiet_for: float,
+    cooldown: float,
+) -> int:
+    """How many children to add (> 0) or retire (< 0) now.
+
+    Grow while more runnable jobs wait than idle children can take; shrink by
+    one idle child at a time once no job has waited for ``cooldown`` seconds."""
+    if current < low:
+        return low - current
+    if current > high:
+        return high - current
+    if backlog > idle and current < high:
+        return min(high - current, backlog - idle)
+    if backlog == 0 and idle > 0 and current > low and quiet_for >= cooldown:
+        return -1
+    return 0
+
+
+def recycle_limit(max_jobs: int | None, jitter: int, draw: int) -> int | None:
+    """Jobs a child may run before it is recycled; ``draw`` is a random number
+    in ``0..jitter`` chosen by the child."""
+    if max_jobs is None:
+        return None
+    return max_jobs + min(max(draw, 0), jitter)
+
+
+def should_recycle_for_memory(
+    rss_mb: float, limit_mb: int | None, baseline_mb: float
+) -> bool:
+    """Recycle when over the limit, unless the child was already over it when it
+    started: a replacement would be too, and would recycle in a loop."""
+    if limit_mb is None:
+        return False
+    return rss_mb > limit_mb and baseline_mb <= limit_mb

@@ -58,15 +58,31 @@ class Child:
     kill_reason: str | None = None
     kill_at: float | None = None  # SIGKILL when this monotonic time passes
     timed_out_job: int | None = None
+    generation: int = 0  # bumped by SIGHUP: older children are rolled over
+    retiring: bool = False  # asked to stop for good (scale down, rolling restart)
+    took_over: bool = False  # a new-generation child that already retired an old one
 
 
 class Supervisor:
-    def __init__(self, config: PreforkConfig, bootstrap: Bootstrap):
+    def __init__(
+        self,
+        config: PreforkConfig,
+        bootstrap: Bootstrap,
+        *,
+        on_child_start: Callable[..., Any] | None = None,
+        on_child_exit: Callable[..., Any] | None = None,
+    ):
         self.config = config
         self.bootstrap = bootstrap
         self.app = bootstrap.app
         self.pid = os.getpid()
-        self.target = config.concurrency
+        self.target = config.initial_children
+        self.generation = 0
+        self._rolling: list[int] = []  # pids of old children still to retire
+        self._quiet_since = time.monotonic()
+        self._next_autoscale = 0.0
+        self.on_child_start = on_child_start
+        self.on_child_exit = on_child_exit
         self.children: dict[int, Child] = {}
         self.history: dict[int, policy.SlotHistory] = {}
         self.respawn_at: dict[int, float] = {}
@@ -107,6 +123,7 @@ class Supervisor:
             self._handle_signals()
             self._reap()
             self._police()
+            self._scale()
             self._spawn_due()
             self._forward_wakeups()
             self._periodic()
@@ -170,7 +187,10 @@ class Supervisor:
         for fd in (self._sig_r, self._sig_w):
             os.set_blocking(fd, False)
         signal.set_wakeup_fd(self._sig_w, warn_on_full_buffer=False)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD):
+        for signum in (
+            signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD,
+            signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU,
+        ):
             signal.signal(signum, self._queue_signal)
 
     def _queue_signal(self, signum: int, frame: Any) -> None:
@@ -183,6 +203,11 @@ class Supervisor:
             signum = self._signals.pop(0)
             if signum == signal.SIGCHLD:
                 continue  # the loop reaps on every turn
+            if signum in (signal.SIGTTIN, signal.SIGTTOU, signal.SIGHUP):
+                if self.phase is Phase.RUNNING:
+                    {signal.SIGTTIN: self._grow, signal.SIGTTOU: self._shrink,
+                     signal.SIGHUP: self._rolling_restart}[signum]()
+                continue
             if signum == signal.SIGQUIT or self.phase is not Phase.RUNNING:
                 self._stop_now(signal.Signals(signum).name)
             else:
@@ -240,7 +265,9 @@ class Supervisor:
         view = self.scoreboard.read(child.slot)
         os.close(child.wake_fd)
         cause = child.kill_reason or text
-        clean = code == 0
+        clean = code in (0, policy.EXIT_RECYCLE)
+        if code == policy.EXIT_RECYCLE:
+            text = "recycled itself"
         log = logger.info if clean else logger.warning
         log(
             "Child %s (pid %s) %s%s after %.1f s, %d job(s) done",
@@ -257,9 +284,12 @@ class Supervisor:
             self.unrecovered.append((view.worker_id, cause, child.pid, timed_out, count))
             self._recover_pending()
         self.scoreboard.clear(child.slot)
+        self._call_exit_hook(child, code, signum)
         if not policy.should_replace(code, self.config.wait, self.phase is not Phase.RUNNING):
             return
-        if child.slot >= self.target:
+        if child.retiring or child.generation != self.generation:
+            return
+        if self._planned() >= self.target:
             return  # scaled down meanwhile
         history = policy.record_death(
             self.history.get(child.slot, policy.SlotHistory()), now - child.started,
@@ -349,6 +379,114 @@ class Supervisor:
         self._kill(child, signal.SIGTERM)
         child.kill_at = now + TIME_LIMIT_GRACE
 
+    # --------------------------------------------------------------- scale
+
+    def _planned(self) -> int:
+        """Children of the current generation that stay, plus pending forks."""
+        staying = sum(
+            1 for c in self.children.values()
+            if c.generation == self.generation and not c.retiring
+        )
+        return staying + len(self.respawn_at)
+
+    def _free_slot(self) -> int:
+        used = {c.slot for c in self.children.values()} | set(self.respawn_at)
+        return next(slot for slot in range(2 * MAX_CHILDREN) if slot not in used)
+
+    def _grow(self, count: int = 1, why: str = "SIGTTIN") -> None:
+        count = min(count, MAX_CHILDREN - self.target)
+        for _ in range(count):
+            self.target += 1
+            self.respawn_at[self._free_slot()] = 0.0
+        logger.info("%s: %d children now", why, self.target,
+                    extra={"action": "scale_up", "children": self.target})
+        setproctitle.setproctitle(self._title())
+
+    def _shrink(self, why: str = "SIGTTOU", only_idle: bool = False) -> None:
+        if self.target <= 1:
+            logger.info("%s: already at one child", why)
+            return
+        if self.respawn_at:  # a fork not made yet is the cheapest to drop
+            del self.respawn_at[max(self.respawn_at)]
+        else:
+            candidates = [
+                c for c in self.children.values()
+                if c.generation == self.generation and not c.retiring
+                and (not only_idle or self.scoreboard.read(c.slot).state is State.IDLE)
+            ]
+            if not candidates:
+                return
+            self._retire(max(candidates, key=lambda c: c.slot), why)
+        self.target -= 1
+        logger.info("%s: %d children now", why, self.target,
+                    extra={"action": "scale_down", "children": self.target})
+        setproctitle.setproctitle(self._title())
+
+    def _retire(self, child: Child, why: str) -> None:
+        """Stop a child for good: it finishes its jobs and is not replaced."""
+        child.retiring = True
+        child.kill_reason = child.kill_reason or f"retired ({why})"
+        child.kill_at = time.monotonic() + self.config.shutdown_graceful_timeout + KILL_MARGIN
+        self._kill(child, signal.SIGTERM)
+
+    def _rolling_restart(self) -> None:
+        self.generation += 1
+        self._rolling = [c.pid for c in self.children.values() if not c.retiring]
+        for _ in range(self.target):
+            self.respawn_at[self._free_slot()] = 0.0
+        logger.info(
+            "SIGHUP: rolling restart of %d children (new ones first)", len(self._rolling),
+            extra={"action": "rolling_restart", "generation": self.generation},
+        )
+
+    def _scale(self) -> None:
+        """Rolling-restart hand-overs, then autoscale decisions."""
+        if self.phase is not Phase.RUNNING:
+            return
+        for child in list(self.children.values()):
+            if not self._rolling:
+                break
+            if child.generation == self.generation and not child.took_over and (
+                self.scoreboard.read(child.slot).state in (State.IDLE, State.BUSY)
+            ):
+                child.took_over = True
+                old = self.children.get(self._rolling.pop(0))
+                if old is not None and not old.retiring:
+                    self._retire(old, "rolling restart")
+        if self.config.autoscale is None:
+            return
+        now = time.monotonic()
+        if now < self._next_autoscale:
+            return
+        self._next_autoscale = now + 1.0
+        backlog = self.db.run(lambda conn: count_runnable(conn, self.config.queues))
+        if backlog is None:
+            return
+        views = [self.scoreboard.read(c.slot) for c in self.children.values()
+                 if not c.retiring]
+        if backlog or any(v.state is State.BUSY for v in views):
+            self._quiet_since = now
+        low, high = self.config.autoscale
+        delta = policy.autoscale_delta(
+            current=self.target, low=low, high=high, backlog=backlog,
+            idle=sum(v.state is State.IDLE for v in views),
+            quiet_for=now - self._quiet_since, cooldown=self.config.autoscale_cooldown,
+        )
+        if delta > 0:
+            self._grow(delta, why=f"autoscale ({backlog} jobs waiting)")
+        elif delta < 0:
+            self._shrink(why="autoscale (idle)", only_idle=True)
+            self._quiet_since = now  # one child per cool-down
+
+    def _call_exit_hook(self, child: Child, code: int | None, signum: int | None) -> None:
+        if self.on_child_exit is None:
+            return
+        try:
+            self.on_child_exit(slot=child.slot, pid=child.pid, exit_code=code, signal=signum)
+        except Exception:  # a user hook must not take the supervisor down
+            logger.exception("on_child_exit hook failed",
+                             extra={"action": "hook_failed"})
+
     # --------------------------------------------------------------- spawn
 
     def _spawn_due(self, at_start: bool = False) -> None:
@@ -391,6 +529,7 @@ class Supervisor:
                 scoreboard=self.scoreboard,
                 wake_fd=wake_r if self.config.listen_notify else None,
                 supervisor_pid=self.pid, inherited_fds=self._own_fds(),
+                on_start=self.on_child_start,
             ))
         os.close(wake_r)
         os.set_blocking(wake_w, False)
@@ -398,6 +537,7 @@ class Supervisor:
         self.children[pid] = Child(
             slot=slot, pid=pid, started=time.monotonic(),
             started_at=datetime.datetime.now(datetime.timezone.utc), wake_fd=wake_w,
+            generation=self.generation,
         )
         logger.info("Child %s started (pid %s)", slot, pid,
                     extra={"action": "child_started", "slot": slot, "pid": pid})
@@ -546,6 +686,11 @@ class Supervisor:
 def banner(config: PreforkConfig, bootstrap: Bootstrap) -> str:
     queues = ", ".join(config.queues) if config.queues else "all queues"
     limit = f"{config.job_timeout:g} s" if config.job_timeout else "none"
+    recycle = []
+    if config.max_jobs_per_child:
+        recycle.append(f"{config.max_jobs_per_child} jobs (+0..{config.max_jobs_jitter})")
+    if config.max_memory_per_child:
+        recycle.append(f"{config.max_memory_per_child} MiB resident")
     lines = [
         f"procrastinate-prefork {__import__('procrastinate_prefork').__version__}"
         f" -- {bootstrap.description}",
@@ -559,8 +704,21 @@ def banner(config: PreforkConfig, bootstrap: Bootstrap) -> str:
         f"  wedged after:  {config.child_timeout:g} s; job time limit: {limit}"
         + (f" ({len(config.task_timeouts)} per-task)" if config.task_timeouts else ""),
         f"  crash retries: {config.max_crash_retries}",
+        "  recycle after: " + (", ".join(recycle) or "never"),
     ]
+    if config.autoscale:
+        lines[2] = (f"  children:      autoscale {config.autoscale[0]}..{config.autoscale[1]}"
+                    f" x {config.child_concurrency} job(s) at once")
     return "\n".join(lines)
 
 
-ExitHook = Callable[[int, int | None, int | None], None]
+def count_runnable(conn: Any, queues: Any) -> int:
+    """Runnable ``todo`` jobs in our queues (capped: only "how many more")."""
+    row = conn.execute(
+        "SELECT count(*) FROM (SELECT 1 FROM procrastinate_jobs WHERE status = 'todo' "
+        "AND (scheduled_at IS NULL OR scheduled_at <= now()) "
+        "AND (%(queues)s::varchar[] IS NULL OR queue_name = ANY(%(queues)s)) "
+        "LIMIT 1000) AS runnable",
+        {"queues": list(queues) if queues else None},
+    ).fetchone()
+    return int(row[0]) if row else 0

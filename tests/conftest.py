@@ -77,11 +77,23 @@ def db(db_url: str) -> Iterator[psycopg.Connection]:
         yield conn
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
 @pytest.fixture
-def fleet_factory(db_url: str, tmp_path) -> Iterator[FleetFactory]:
+def fleet_factory(request, db_url: str, tmp_path) -> Iterator[FleetFactory]:
     factory = FleetFactory(db_url, tmp_path)
     yield factory
     factory.cleanup()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        for fleet in factory.fleets:  # shown by pytest with the failure
+            print(f"----- log of fleet {fleet.name} -----")
+            print("\n".join(fleet.log().splitlines()[-60:]))
 
 
 @pytest.fixture

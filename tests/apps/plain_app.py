@@ -101,3 +101,28 @@ def slow_retry_on_timeout(context: procrastinate.JobContext, seconds: float = 30
     _mark(context, "start")
     time.sleep(seconds)
     _mark(context, "end")
+
+
+_hoard: list[bytes] = []
+
+
+@app.task(name="hog", pass_context=True)
+def hog(context: procrastinate.JobContext, mb: int = 50) -> None:
+    """Keeps ``mb`` MiB alive in the child, like a leak would."""
+    _mark(context, "start")
+    _hoard.append(b"x" * (mb * 2**20))
+    _mark(context, "end")
+
+
+def on_child_start(*, slot: int, pid: int) -> None:
+    results = os.environ.get("PREFORK_TEST_RESULTS")
+    if results:
+        with open(os.path.join(results, f"hook-start-{pid}"), "w") as f:
+            f.write(f"{slot} {os.getppid()}\n")
+
+
+def on_child_exit(*, slot: int, pid: int, exit_code: int | None, signal: int | None) -> None:
+    results = os.environ.get("PREFORK_TEST_RESULTS")
+    if results:
+        with open(os.path.join(results, f"hook-exit-{pid}"), "w") as f:
+            f.write(f"{slot} {exit_code} {signal} {os.getpid()}\n")

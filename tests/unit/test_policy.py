@@ -72,6 +72,8 @@ def test_wedged_and_time_limit_rules():
         (0, False, False, False),   # one-shot: done
         (1, False, False, True),    # one-shot crash: its jobs need a worker
         (1, True, True, False),     # never while stopping
+        (policy.EXIT_RECYCLE, False, False, True),  # recycled, even one-shot
+        (policy.EXIT_RECYCLE, True, True, False),
     ],
 )
 def test_should_replace(exit_code, wait, stopping, expected):
@@ -90,3 +92,41 @@ def test_describe_exit():
         os.kill(os.getpid(), signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
     assert policy.describe_exit(status) == (None, 9, "killed by SIGKILL")
+
+
+def autoscale(**kwargs):
+    base = dict(current=2, low=1, high=4, backlog=0, idle=0, quiet_for=0.0, cooldown=30.0)
+    return policy.autoscale_delta(**{**base, **kwargs})
+
+
+def test_autoscale_grows_with_backlog_up_to_max():
+    assert autoscale(backlog=10, idle=0) == 2
+    assert autoscale(backlog=1, idle=0) == 1
+    assert autoscale(current=4, backlog=100) == 0
+    assert autoscale(backlog=2, idle=2) == 0  # idle children will take them
+
+
+def test_autoscale_shrinks_only_after_cooldown_and_only_idle():
+    assert autoscale(idle=1, quiet_for=29) == 0
+    assert autoscale(idle=1, quiet_for=31) == -1
+    assert autoscale(idle=0, quiet_for=1000) == 0  # all busy: never kill busy
+    assert autoscale(current=1, idle=1, quiet_for=1000) == 0  # at MIN
+
+
+def test_autoscale_restores_bounds():
+    assert autoscale(current=0) == 1
+    assert autoscale(current=6) == -2
+
+
+def test_recycle_limit_with_jitter():
+    assert policy.recycle_limit(None, 5, 3) is None
+    assert policy.recycle_limit(100, 0, 3) == 100
+    assert policy.recycle_limit(100, 10, 3) == 103
+    assert policy.recycle_limit(100, 10, 50) == 110
+
+
+def test_memory_recycle_never_loops_on_a_fat_start():
+    assert policy.should_recycle_for_memory(300, 200, baseline_mb=50)
+    assert not policy.should_recycle_for_memory(150, 200, baseline_mb=50)
+    assert not policy.should_recycle_for_memory(300, 200, baseline_mb=250)
+    assert not policy.should_recycle_for_memory(300, None, baseline_mb=50)

@@ -1,0 +1,28 @@
+"""Running the prefork worker from Python, for plain procrastinate apps.
+
+    import procrastinate_prefork
+    procrastinate_prefork.run_worker(app, concurrency=4, on_child_start=setup)
+
+Options are the names of ``config.OPTIONS`` (as in the Django
+``PROCRASTINATE_PREFORK`` setting); they win over environment variables.
+Hooks may be callables here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import procrastinate
+
+from .bootstrap import AppBootstrap
+from .config import build_config
+
+
+def run_worker(app: procrastinate.App, **options: Any) -> int:
+    """Run the supervisor until it stops; returns its exit code.
+
+    Raises ``config.ConfigError`` on a bad option, ``bootstrap.BootstrapError``
+    when the app's connector is not a PsycopgConnector."""
+    from .cli import run_fleet
+
+    return run_fleet(build_config(options), AppBootstrap(app))
