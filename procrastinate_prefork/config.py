@@ -310,6 +310,17 @@ OPTIONS: tuple[Option, ...] = (
         default_doc="the machine's host name",
     ),
     Option(
+        "health_port", ("--health-port",), _optional(_int_between(1, 65535)), None,
+        "Serve the probe endpoints /live, /ready and /status on this TCP port "
+        "(from the supervisor's own loop: no thread, no extra process).",
+        metavar="PORT", default_doc="off",
+    ),
+    Option(
+        "health_host", ("--health-host",), _non_empty_str, "127.0.0.1",
+        "Address the probe port listens on (0.0.0.0 for a Kubernetes probe).",
+        metavar="HOST",
+    ),
+    Option(
         "restart_backoff_max", ("--restart-backoff-max",), _positive_float(), 30.0,
         "Upper bound in seconds of the delay before re-forking a child that keeps "
         "dying early.",
@@ -380,6 +391,8 @@ class PreforkConfig:
     task_timeouts: Mapping[str, float]
     max_crash_retries: int
     hostname: str
+    health_port: int | None
+    health_host: str
     restart_backoff_max: float
     max_jobs_per_child: int | None
     max_jobs_jitter: int

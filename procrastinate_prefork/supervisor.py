@@ -25,7 +25,7 @@ import setproctitle
 from procrastinate import jobs as jobs_module
 from procrastinate import manager as manager_module
 
-from . import db, fleet, policy, recovery, schema
+from . import db, fleet, policy, probe, recovery, schema
 from .bootstrap import Bootstrap
 from .child import ChildSpec, run_child
 from .config import MAX_CHILDREN, PreforkConfig
@@ -99,6 +99,7 @@ class Supervisor:
         self._wake_pending = False
         self._recorded_worker_ids: frozenset[int] = frozenset()
         self.ready_logged = False
+        self.probe: probe.ProbeServer | None = None  # --health-port
         channels = (
             list(manager_module.get_channel_for_queues(config.queues))
             if config.listen_notify else []
@@ -141,6 +142,10 @@ class Supervisor:
     # --------------------------------------------------------------- start
 
     def _preflight(self) -> None:
+        try:  # bound before anything is forked or registered
+            self.probe = probe.open_for(self)
+        except probe.ProbeBindError as exc:
+            raise StartupError(str(exc)) from None
         try:
             conn = db.connect(
                 self.bootstrap.connection_args(), self.db.app_name, autocommit=True
@@ -165,6 +170,8 @@ class Supervisor:
             self.supervisor_row = fleet.register_supervisor(
                 conn, host=self.config.hostname, pid=self.pid,
                 concurrency=self.target, queues=self.config.queues,
+                heartbeat_interval=self.config.heartbeat_interval,
+                stalled_timeout=self.config.stalled_timeout,
             )
             for predecessor in fleet.dead_predecessors(
                 conn, host=self.config.hostname, own_id=self.supervisor_row
@@ -543,7 +550,9 @@ class Supervisor:
                     extra={"action": "child_started", "slot": slot, "pid": pid})
 
     def _own_fds(self) -> list[int]:
-        return [self._sig_r, self._sig_w, *(c.wake_fd for c in self.children.values())]
+        probe_fds = self.probe.filenos() if self.probe is not None else []
+        return [self._sig_r, self._sig_w, *probe_fds,
+                *(c.wake_fd for c in self.children.values())]
 
     # ------------------------------------------------------------- wakeups
 
@@ -600,6 +609,8 @@ class Supervisor:
                 task_name=views[c.pid].task_name, jobs_done=views[c.pid].jobs_done,
                 restarts=self.history.get(c.slot, policy.SlotHistory()).restarts,
                 rss_bytes=views[c.pid].rss_bytes or None, started_at=c.started_at,
+                heartbeat_age=views[c.pid].heartbeat_age(now),
+                job_age=views[c.pid].job_age(now),
             )
             for c in self.children.values()
         ]
@@ -648,10 +659,14 @@ class Supervisor:
         db_fd = self.db.fileno()
         if db_fd is not None:
             fds.append(db_fd)
+        if self.probe is not None:
+            fds.extend(self.probe.filenos())
         try:
             readable, _, _ = select.select(fds, [], [], timeout)
         except InterruptedError:
             return
+        if self.probe is not None:
+            self.probe.handle(readable)
         if self._sig_r in readable:
             try:
                 while os.read(self._sig_r, 512):
@@ -672,6 +687,8 @@ class Supervisor:
                 "the stalled-job sweep of any supervisor will retry them",
                 len(self.unrecovered), extra={"action": "recovery_deferred"},
             )
+        if self.probe is not None:
+            self.probe.close()
         self.db.close()
         logger.info("Supervisor stopped", extra={"action": "supervisor_stopped"})
 

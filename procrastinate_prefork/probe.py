@@ -1,0 +1,272 @@
+"""The probe port: a tiny HTTP/1.0 server driven by the supervisor's loop.
+
+No thread and no process of its own: the supervisor forks, and forking with a
+thread alive is unsafe. The listening socket and every client socket are
+non-blocking and sit in the supervisor's ``select``; a client that sends its
+request slowly (or never) only holds a slot until ``CLIENT_TIMEOUT``, it never
+blocks the loop. Answering writes a small response; that write waits at most
+``WRITE_BUDGET`` for a client that does not read.
+
+    GET /live    200 while the loop runs and the fleet is not crash-looping
+                 or entirely wedged, else 503
+    GET /ready   200 once every child finished its bootstrap and the database
+                 answers, else 503
+    GET /status  200, this supervisor's JSON (``health.supervisor_report``)
+
+Other paths get 404, other methods 405, garbage 400. HEAD works like GET
+without a body.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import select
+import socket
+import time
+from collections.abc import Callable, Collection
+from typing import Any
+
+from . import health
+
+CLIENT_TIMEOUT = 2.0  # to send a complete request
+WRITE_BUDGET = 0.05  # longest the loop waits for a client to take the answer
+MAX_REQUEST = 8192
+MAX_CLIENTS = 32
+ACCEPT_BATCH = 16
+
+Responder = Callable[[str], "tuple[int, dict[str, Any]] | None"]
+
+_REASONS = {
+    200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+    408: "Request Timeout", 503: "Service Unavailable",
+}
+
+
+class ProbeBindError(Exception):
+    """The probe port cannot be opened. The message is one line."""
+
+
+@dataclasses.dataclass
+class _Client:
+    sock: socket.socket
+    deadline: float
+    data: bytes = b""
+
+
+class ProbeServer:
+    """Listen on ``host:port``; ``respond(path)`` returns (status, JSON body)
+    for a known path, None for an unknown one."""
+
+    def __init__(self, host: str, port: int, respond: Responder):
+        self.respond = respond
+        self._clients: dict[int, _Client] = {}
+        try:
+            infos = socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
+        except socket.gaierror as exc:
+            raise ProbeBindError(
+                f"cannot open the probe port: bad --health-host {host!r}: {exc.strerror}"
+            ) from None
+        family, _, _, _, address = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(64)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            why = "address already in use" if exc.errno == errno.EADDRINUSE else (
+                exc.strerror or str(exc)
+            )
+            raise ProbeBindError(
+                f"cannot listen on the probe port {_show(host, port)}: {why}"
+            ) from None
+        self.sock = sock
+        self.address = sock.getsockname()[:2]
+
+    @property
+    def port(self) -> int:
+        return int(self.address[1])
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def filenos(self) -> list[int]:
+        """Every descriptor to watch for reading: the listening socket and the
+        clients whose request is not complete yet."""
+        return [self.sock.fileno(), *self._clients]
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.sock.close()
+        self._clients.clear()
+        self.sock.close()
+
+    # ----------------------------------------------------------------- loop
+
+    def handle(self, readable: Collection[int], now: float | None = None) -> None:
+        """Accept, read and answer what is ready; drop clients past their
+        deadline. Call on every turn of the loop (it never blocks long)."""
+        now = time.monotonic() if now is None else now
+        if self.sock.fileno() in readable:
+            self._accept(now)
+        for fd in [fd for fd in self._clients if fd in readable]:
+            self._read(fd)
+        for fd, client in list(self._clients.items()):
+            if now >= client.deadline:
+                self._answer(fd, 408, {"error": "request timeout"})
+
+    def _accept(self, now: float) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # e.g. ECONNABORTED, EMFILE: try next turn
+                return
+            sock.setblocking(False)
+            if len(self._clients) >= MAX_CLIENTS:  # drop the oldest
+                oldest = min(self._clients, key=lambda fd: self._clients[fd].deadline)
+                self._drop(oldest)
+            self._clients[sock.fileno()] = _Client(sock, now + CLIENT_TIMEOUT)
+
+    def _read(self, fd: int) -> None:
+        client = self._clients[fd]
+        try:
+            chunk = client.sock.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(fd)
+            return
+        client.data += chunk
+        head_done = b"\r\n\r\n" in client.data or b"\n\n" in client.data
+        if len(client.data) > MAX_REQUEST:
+            self._answer(fd, 400, {"error": "request too large"})
+        elif head_done or not chunk:  # complete, or the client closed its side
+            self._serve(fd)
+
+    def _serve(self, fd: int) -> None:
+        line = self._clients[fd].data.split(b"\n", 1)[0].rstrip(b"\r")
+        parts = line.split(b" ")
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/") or not parts[1].startswith(b"/"):
+            self._answer(fd, 400, {"error": "bad request"})
+            return
+        method = parts[0]
+        path = parts[1].split(b"?", 1)[0].decode("latin-1")
+        if method not in (b"GET", b"HEAD"):
+            self._answer(fd, 405, {"error": "method not allowed"},
+                         extra_headers="Allow: GET, HEAD\r\n")
+            return
+        try:
+            result = self.respond(path)
+        except Exception:  # a bug here must not take the supervisor down
+            result = (503, {"error": "internal error"})
+        if result is None:
+            self._answer(fd, 404, {"error": "not found", "paths": ["/live", "/ready", "/status"]},
+                         head=method == b"HEAD")
+        else:
+            self._answer(fd, result[0], result[1], head=method == b"HEAD")
+
+    def _answer(
+        self, fd: int, status: int, body: dict[str, Any], head: bool = False,
+        extra_headers: str = "",
+    ) -> None:
+        payload = (json.dumps(body, indent=None) + "\n").encode()
+        header = (
+            f"HTTP/1.0 {status} {_REASONS.get(status, 'Unknown')}\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n"
+            "Cache-Control: no-store\r\n"
+            f"{extra_headers}"
+            "Connection: close\r\n\r\n"
+        ).encode()
+        data = header if head else header + payload
+        sock = self._clients[fd].sock
+        deadline = time.monotonic() + WRITE_BUDGET
+        try:
+            while data:
+                try:
+                    sent = sock.send(data)
+                    data = data[sent:]
+                except (BlockingIOError, InterruptedError):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    select.select([], [sock], [], left)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        self._drop(fd)
+
+    def _drop(self, fd: int) -> None:
+        client = self._clients.pop(fd)
+        try:
+            client.sock.close()
+        except OSError:
+            pass
+
+
+def _show(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def routes(facts: Callable[[], health.SupervisorFacts]) -> Responder:
+    """The three paths, answered from ``facts()`` (read when asked)."""
+
+    def respond(path: str) -> tuple[int, dict[str, Any]] | None:
+        if path not in ("/live", "/ready", "/status"):
+            return None
+        current = facts()
+        if path == "/status":
+            return 200, health.supervisor_report(current)
+        verdict = health.liveness(current) if path == "/live" else health.readiness(current)
+        return (200 if verdict.ok else 503), {
+            "status": "ok" if verdict.ok else "fail",
+            "reasons": list(verdict.reasons),
+        }
+
+    return respond
+
+
+def supervisor_facts(supervisor: Any, started: float) -> health.SupervisorFacts:
+    """What ``supervisor`` (a ``supervisor.Supervisor``) knows right now, from
+    its own state and its scoreboard: no I/O."""
+    from .policy import SlotHistory
+
+    now = time.monotonic()
+    children = []
+    for child in supervisor.children.values():
+        view = supervisor.scoreboard.read(child.slot)
+        children.append(health.ChildFacts(
+            slot=child.slot, pid=child.pid, state=view.state.name.lower(),
+            heartbeat_age=view.heartbeat_age(now), job_id=view.job_id,
+            task_name=view.task_name, job_age=view.job_age(now),
+            jobs_done=view.jobs_done, rss_bytes=view.rss_bytes or None,
+            restarts=supervisor.history.get(child.slot, SlotHistory()).restarts,
+            uptime=now - child.started,
+        ))
+    config = supervisor.config
+    return health.SupervisorFacts(
+        host=config.hostname, pid=supervisor.pid, phase=supervisor.phase.value,
+        target=supervisor.target, crash_looping=supervisor.crash_looping,
+        database_up=supervisor.db.is_up, child_timeout=config.child_timeout,
+        children=children, queues=config.queues, uptime=now - started,
+    )
+
+
+def open_for(supervisor: Any) -> ProbeServer | None:
+    """The probe server of ``supervisor``, bound before anything is forked;
+    None without ``--health-port``. Raises ProbeBindError."""
+    port = getattr(supervisor.config, "health_port", None)
+    if not port:
+        return None
+    started = time.monotonic()
+    return ProbeServer(
+        supervisor.config.health_host, port,
+        routes(lambda: supervisor_facts(supervisor, started)),
+    )
