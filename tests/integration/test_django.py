@@ -235,3 +235,24 @@ def test_sigterm_drains_and_exits_0(dj_fleet, django_db_url):
     assert status_counts(django_db_url).get("doing", 0) == 0
     assert len(dj_fleet.marks("end")) == 2
 
+
+def test_demo_command(django_db_url, tmp_path):
+    """``manage.py demo`` (what scripts/demo.sh runs after migrate), scaled down."""
+    result = subprocess.run(
+        manage("demo", "--jobs-scale", "0.05", "--concurrency", "2"),
+        # TMPDIR: where the demo writes the fleet's log
+        env=django_env(django_db_url, TMPDIR=str(tmp_path)), cwd=REPO,
+        capture_output=True, text=True, timeout=120,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    # 200, 100, 20 and 50 jobs at scale 1
+    assert re.search(r"^All 19 jobs succeeded in [\d.]+ s \([\d.]+ jobs/s\) on 2 children\.$",
+                     result.stdout, re.MULTILINE), output
+    assert status_counts(django_db_url) == {"succeeded": 19}
+    children = re.findall(r"^ +child (\d) \(pid \d+, worker \d+\) +(\d+)", result.stdout,
+                          re.MULTILINE)
+    assert sorted(slot for slot, _ in children) == ["0", "1"], output
+    assert sum(int(count) for _, count in children) == 19
+    assert "exit code 0" in result.stdout
+    assert list(tmp_path.glob("prefork-demo-*.log"))
