@@ -102,7 +102,7 @@ class Bootstrap:
         """In the supervisor: release anything a child must not inherit."""
         _release_asgiref_executor()
 
-    def after_fork_in_child(self) -> None:
+    def after_fork_in_child(self, application_name: str | None = None) -> None:
         """In the child: forget inherited state without touching its sockets."""
 
     @contextlib.contextmanager
@@ -211,9 +211,15 @@ class DjangoBootstrap(Bootstrap):
                 # An open psycopg pool runs threads and holds sessions.
                 conn.close_pool()
 
-    def after_fork_in_child(self) -> None:
+    def after_fork_in_child(self, application_name: str | None = None) -> None:
         from django.db import connections
 
+        if application_name:
+            # the child's own ORM sessions are named like its pool's
+            for settings_dict in connections.settings.values():
+                if "postgresql" in settings_dict.get("ENGINE", ""):
+                    options = settings_dict.setdefault("OPTIONS", {})
+                    options["application_name"] = application_name
         for conn in connections.all(initialized_only=True):
             # Never close(): that would send a Terminate message on a socket the
             # parent may still use. Dropping the reference is enough.

@@ -118,7 +118,9 @@ def _reset_process(spec: ChildSpec) -> None:
     setproctitle.setproctitle(
         f"procrastinate-prefork child {spec.slot} [starting] ({spec.config.hostname})"
     )
-    spec.bootstrap.after_fork_in_child()
+    spec.bootstrap.after_fork_in_child(
+        db.application_name(spec.config.hostname, str(spec.slot), os.getpid())
+    )
 
 
 def _die_with_parent(supervisor_pid: int) -> None:

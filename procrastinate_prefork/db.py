@@ -116,6 +116,11 @@ class SupervisorDB:
         except psycopg.OperationalError as exc:
             self._failed(exc)
             return None
+        except psycopg.Error as exc:
+            # e.g. a table dropped under us: say so, keep supervising
+            logger.error("Database error: %s", (str(exc).strip().splitlines() or [""])[0],
+                         extra={"action": "db_error"})
+            return None
 
     def notifications(self) -> list[tuple[str, str]]:
         """Notifications received so far, without blocking."""

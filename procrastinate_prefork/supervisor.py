@@ -120,15 +120,25 @@ class Supervisor:
         for slot in range(self.target):
             self.respawn_at[slot] = 0.0
         self._spawn_due(at_start=True)
-        while not self._finished():
-            self._handle_signals()
-            self._reap()
-            self._police()
-            self._scale()
-            self._spawn_due()
-            self._forward_wakeups()
-            self._periodic()
-            self._sleep()
+        try:
+            while not self._finished():
+                self._handle_signals()
+                self._reap()
+                self._police()
+                self._scale()
+                self._spawn_due()
+                self._forward_wakeups()
+                self._periodic()
+                self._sleep()
+        except Exception:
+            logger.exception("Supervisor failed; stopping its children",
+                             extra={"action": "supervisor_crashed"})
+            self._stop_now("supervisor failure")
+            while self.children:
+                self._reap()
+                time.sleep(0.05)
+            self._finish()
+            return 1
         self._finish()
         return 0
 

@@ -33,7 +33,7 @@ def test_each_child_has_its_own_sessions(fleet, db_url):
     with psycopg.connect(db_url, autocommit=True) as conn:
         rows = wait_for(lambda: (r := conn.execute(
             "SELECT application_name, pid FROM pg_stat_activity "
-            "WHERE application_name LIKE 'prefork:%%'"
+            "WHERE application_name LIKE 'prefork:%%' AND datname = current_database()"
         ).fetchall()) and len({a.rsplit(':', 1)[1] for a, _ in r}) == 4 and r,
             message="sessions of the supervisor and 3 children")
     by_process: dict[int, set[int]] = {}
