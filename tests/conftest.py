@@ -17,9 +17,6 @@ from procrastinate_prefork import schema as prefork_schema
 
 from .fleet_helper import Fleet, FleetFactory
 
-TEMPLATE = "prefork_test_template"
-
-
 def _with_dbname(url: str, dbname: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path="/" + dbname))
@@ -33,24 +30,15 @@ def pg_url() -> str:
     return url
 
 
-@pytest.fixture(scope="session")
-def template_url(pg_url: str) -> str:
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {TEMPLATE}")
-    url = _with_dbname(pg_url, TEMPLATE)
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(procrastinate_schema.SchemaManager.get_schema())  # type: ignore[arg-type]
-        prefork_schema.apply(conn)
-    return url
-
-
 @contextlib.contextmanager
-def fresh_database(pg_url: str, prefix: str, template: str | None = None) -> Iterator[str]:
-    """A new database (a copy of ``template`` if given), dropped afterwards."""
+def fresh_database(pg_url: str, prefix: str, template_url: str | None = None) -> Iterator[str]:
+    """A new database (a copy of the one at ``template_url`` if given), dropped
+    afterwards. Unique names: test runs in parallel (``tox -p``) on one server
+    do not drop each other's databases."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    template = f" TEMPLATE {urlsplit(template_url).path.lstrip('/')}" if template_url else ""
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else ""))
+        conn.execute(f"CREATE DATABASE {name}{template}")
     try:
         yield _with_dbname(pg_url, name)
     finally:
@@ -58,9 +46,19 @@ def fresh_database(pg_url: str, prefix: str, template: str | None = None) -> Ite
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+@pytest.fixture(scope="session")
+def template_url(pg_url: str) -> Iterator[str]:
+    """procrastinate's schema and ours, applied by SQL; cloned by ``db_url``."""
+    with fresh_database(pg_url, "prefork_template") as url:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(procrastinate_schema.SchemaManager.get_schema())  # type: ignore[arg-type]
+            prefork_schema.apply(conn)
+        yield url
+
+
 @pytest.fixture
 def db_url(pg_url: str, template_url: str) -> Iterator[str]:
-    with fresh_database(pg_url, "prefork_test", TEMPLATE) as url:
+    with fresh_database(pg_url, "prefork_test", template_url) as url:
         yield url
 
 
