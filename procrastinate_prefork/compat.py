@@ -7,11 +7,12 @@ one of these, this module is the only one to adapt, and
 
 from __future__ import annotations
 
-from collections.abc import Callable, Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import procrastinate
-from procrastinate import psycopg_connector, worker as worker_module
+from procrastinate import psycopg_connector
+from procrastinate import worker as worker_module
 
 
 def psycopg_pool_args(connector: Any) -> dict[str, Any]:

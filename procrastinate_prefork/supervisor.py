@@ -12,6 +12,7 @@ import dataclasses
 import datetime
 import enum
 import errno
+import functools
 import json
 import logging
 import os
@@ -63,6 +64,18 @@ class Child:
     took_over: bool = False  # a new-generation child that already retired an old one
 
 
+@dataclasses.dataclass(frozen=True)
+class _PendingRecovery:
+    """A dead child's worker whose jobs are still to recover (the database
+    may be down when the child dies)."""
+
+    worker_id: int
+    cause: str
+    pid: int
+    timed_out: set[int]
+    count_crash: bool
+
+
 class Supervisor:
     def __init__(
         self,
@@ -86,7 +99,7 @@ class Supervisor:
         self.children: dict[int, Child] = {}
         self.history: dict[int, policy.SlotHistory] = {}
         self.respawn_at: dict[int, float] = {}
-        self.unrecovered: list[tuple[int, str, int, set[int], bool]] = []
+        self.unrecovered: list[_PendingRecovery] = []
         self.phase = Phase.RUNNING
         self.deadline: float | None = None
         self.crash_looping = False
@@ -222,8 +235,11 @@ class Supervisor:
                 continue  # the loop reaps on every turn
             if signum in (signal.SIGTTIN, signal.SIGTTOU, signal.SIGHUP):
                 if self.phase is Phase.RUNNING:
-                    {signal.SIGTTIN: self._grow, signal.SIGTTOU: self._shrink,
-                     signal.SIGHUP: self._rolling_restart}[signum]()
+                    actions: dict[int, Callable[[], None]] = {
+                        signal.SIGTTIN: self._grow, signal.SIGTTOU: self._shrink,
+                        signal.SIGHUP: self._rolling_restart,
+                    }
+                    actions[signum]()
                 continue
             if signum == signal.SIGQUIT or self.phase is not Phase.RUNNING:
                 self._stop_now(signal.Signals(signum).name)
@@ -298,7 +314,9 @@ class Supervisor:
             timed_out = {child.timed_out_job} if child.timed_out_job else set()
             # Jobs killed at the shutdown deadline are not the job's fault.
             count = child.kill_reason != "shutdown deadline passed"
-            self.unrecovered.append((view.worker_id, cause, child.pid, timed_out, count))
+            self.unrecovered.append(_PendingRecovery(
+                view.worker_id, cause, child.pid, timed_out, count_crash=count
+            ))
             self._recover_pending()
         self.scoreboard.clear(child.slot)
         self._call_exit_hook(child, code, signum)
@@ -335,15 +353,14 @@ class Supervisor:
 
     def _recover_pending(self) -> None:
         while self.unrecovered:
-            worker_id, cause, pid, timed_out, count = self.unrecovered[0]
-            done = self.db.run(
-                lambda conn: recovery.recover_worker_jobs(
-                    conn, [worker_id], cause=cause,
-                    max_crash_retries=self.config.max_crash_retries,
-                    timed_out_job_ids=timed_out, timeout_retry=self._timeout_retry,
-                    child_pid=pid, count_crash=count,
-                )
-            )
+            pending = self.unrecovered[0]
+            done = self.db.run(functools.partial(
+                recovery.recover_worker_jobs,
+                worker_ids=[pending.worker_id], cause=pending.cause,
+                max_crash_retries=self.config.max_crash_retries,
+                timed_out_job_ids=pending.timed_out, timeout_retry=self._timeout_retry,
+                child_pid=pending.pid, count_crash=pending.count_crash,
+            ))
             if done is None:
                 return  # database down: try again next tick
             self.unrecovered.pop(0)
@@ -527,8 +544,9 @@ class Supervisor:
                 logger.error("Cannot fork child %s: %s; retrying", slot, exc,
                              extra={"action": "fork_failed", "slot": slot})
                 self.respawn_at[slot] = now + 1.0
-                return
+                break
             del self.respawn_at[slot]
+        self.db.ensure()  # LISTEN again at once: wake-ups must not wait
 
     def _spawn(self, slot: int) -> None:
         wake_r, wake_w = os.pipe()
