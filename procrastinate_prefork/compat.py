@@ -1,18 +1,26 @@
 """Everything we touch that is private in procrastinate, in one place.
 
-Supported: procrastinate 3.x (tested against 3.10). If procrastinate changes
+Supported: procrastinate 3.9 and later 3.x (3.9 added ``worker_middleware``,
+which the child uses to report its current job); tested against 3.9 and 3.10. If procrastinate changes
 one of these, this module is the only one to adapt, and
 ``tests/unit/test_compat.py`` is the test that says so.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import procrastinate
+import psycopg
+import psycopg_pool
+from procrastinate import exceptions as procrastinate_exceptions
 from procrastinate import psycopg_connector
 from procrastinate import worker as worker_module
+
+logger = logging.getLogger("procrastinate_prefork.child")
 
 
 def psycopg_pool_args(connector: Any) -> dict[str, Any]:
@@ -55,3 +63,88 @@ def on_worker_registered(
         return worker_id
 
     manager.register_worker = register_worker  # type: ignore[method-assign]
+
+
+#: longest wait between two attempts of a child's pool to reconnect
+POOL_RECONNECT_MAX_DELAY = 2.0
+
+
+class PromptReconnectPool(psycopg_pool.AsyncConnectionPool):
+    """psycopg_pool's pool, except that it retries a lost connection at least
+    every ``POOL_RECONNECT_MAX_DELAY`` seconds.
+
+    psycopg_pool doubles the delay after each failed attempt, without a cap
+    short of ``reconnect_timeout`` (5 min): after a 30 s database outage a
+    child would wait up to 30 s more before its next attempt, its jobs' ends
+    unrecorded and the pool's waiters timing out meanwhile. Relies on the
+    private ``_add_connection(attempt, growing)`` of psycopg_pool 3.x."""
+
+    async def _add_connection(self, attempt: Any, growing: bool = False) -> None:
+        if attempt is not None:  # a retry: update_delay() doubles it next
+            attempt.delay = min(
+                attempt.delay, POOL_RECONNECT_MAX_DELAY / attempt.DELAY_BACKOFF
+            )
+        await super()._add_connection(attempt, growing=growing)
+
+
+#: seconds between two attempts to record a job's outcome while the database
+#: is unreachable
+PERSIST_RETRY_DELAY = 1.0
+
+
+def _is_disconnection(exc: BaseException) -> bool:
+    return isinstance(exc.__cause__, psycopg.OperationalError)
+
+
+def persist_outcomes_across_outages(app: procrastinate.App) -> None:
+    """Make the worker's ``finish_job`` and ``retry_job`` wait for the database
+    instead of dropping a job's outcome when the connection is lost.
+
+    procrastinate logs the failure and moves on: the job stays ``doing`` under
+    a worker that is alive and heartbeating, so no recovery ever picks it up.
+    Here the call is repeated until the database answers. Before each repeat
+    the job must still be ``doing`` under this worker: if the first call was
+    committed before the connection broke, or a sweeper recovered the job
+    meanwhile, the outcome is not recorded twice."""
+    manager = app.job_manager
+
+    def wrap(name: str) -> None:
+        original: Callable[..., Awaitable[None]] = getattr(manager, name)
+
+        async def persist(job: Any, *args: Any, **kwargs: Any) -> None:
+            failures = 0
+            while True:
+                try:
+                    if failures and not await _still_ours(manager, job):
+                        logger.warning(
+                            "Job %s is no longer ours after a database outage: "
+                            "its outcome is not recorded", job.id,
+                            extra={"action": "persist_skipped", "job_id": job.id},
+                        )
+                        return None
+                    return await original(job, *args, **kwargs)
+                except procrastinate_exceptions.ConnectorException as exc:
+                    if not _is_disconnection(exc):
+                        raise
+                    failures += 1
+                    if failures == 1:
+                        logger.warning(
+                            "Database unreachable: the outcome of job %s will be "
+                            "recorded when it answers", job.id,
+                            extra={"action": "persist_retry", "job_id": job.id},
+                        )
+                    await asyncio.sleep(PERSIST_RETRY_DELAY)
+
+        setattr(manager, name, persist)
+
+    wrap("finish_job")
+    wrap("retry_job")
+
+
+async def _still_ours(manager: Any, job: Any) -> bool:
+    row = await manager.connector.execute_query_one_async(
+        "SELECT count(*) AS n FROM procrastinate_jobs "
+        "WHERE id = %(job_id)s AND status = 'doing' AND worker_id = %(worker_id)s",
+        job_id=job.id, worker_id=job.worker_id,
+    )
+    return bool(row["n"])
