@@ -24,7 +24,7 @@ from procrastinate import connector as connector_module
 from procrastinate import psycopg_connector
 
 from . import bootstrap as bootstrap_module
-from . import compat, db, policy
+from . import compat, db, policy, redact
 from .config import PreforkConfig
 from .scoreboard import Scoreboard, SlotWriter, State
 
@@ -154,6 +154,7 @@ async def _serve(spec: ChildSpec) -> int:
     with spec.bootstrap.worker_app(connector) as app:
         compat.on_worker_registered(app, tracker.registered)
         options = config.worker_options(spec.slot)
+        redact.install(options["name"])  # no job arguments in INFO logs
         user_middleware = list(app.worker_defaults.get("worker_middleware") or [])
         options["worker_middleware"] = [tracker.middleware, *user_middleware]
         worker = compat.make_worker(app, **options)

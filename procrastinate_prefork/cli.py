@@ -79,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     action.add_argument("--apply", action="store_true", help="Create the tables.")
     action.add_argument("--print", action="store_true", dest="print_sql",
                         help="Print the SQL.")
+    status = commands.add_parser(
+        "status", help="Show the fleet (from the fleet table); --check for a probe."
+    )
+    from . import status as status_module
+
+    status_module.add_arguments(status)
     return parser
 
 
@@ -87,7 +93,7 @@ def main(argv: Sequence[str] | None = None, *, settings: Mapping[str, Any] | Non
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_usage(sys.stderr)
-        print(f"{parser.prog}: error: a command is required (worker, schema)",
+        print(f"{parser.prog}: error: a command is required (worker, schema, status)",
               file=sys.stderr)
         return EXIT_USAGE
     if args.command == "schema" and args.print_sql:
@@ -111,7 +117,26 @@ def main(argv: Sequence[str] | None = None, *, settings: Mapping[str, Any] | Non
         return EXIT_USAGE
     if args.command == "schema":
         return _apply_schema(bootstrap)
+    if args.command == "status":
+        return _status(bootstrap, args)
     return run_fleet(config, bootstrap)
+
+
+def _status(bootstrap: Bootstrap, args: argparse.Namespace) -> int:
+    from . import db, health, status
+
+    try:
+        query = status.query_from_args(args)
+    except health.QueryError as exc:
+        print(f"procrastinate-prefork: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    def fetch() -> list[dict[str, Any]]:
+        with db.connect(bootstrap.connection_args(), "prefork:status") as conn:
+            return status.fetch_rows_psycopg(conn)
+
+    return status.report(fetch, query, as_json=args.as_json, check=args.check,
+                         out=sys.stdout, err=sys.stderr)
 
 
 def _apply_schema(bootstrap: Bootstrap) -> int:

@@ -1,0 +1,43 @@
+"""A read-only admin page of the fleet table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest
+from django.utils import timezone
+
+from .models import FleetProcess
+
+
+@admin.register(FleetProcess)
+class FleetProcessAdmin(admin.ModelAdmin):
+    list_display = (
+        "host", "kind", "pid", "slot", "state", "job_id", "task_name", "jobs_done",
+        "restarts", "memory", "crash_loop", "heartbeat_age", "started_at",
+    )
+    list_filter = ("kind", "state", "host", "crash_loop")
+    search_fields = ("host", "=pid", "task_name", "=job_id")
+    ordering = ("host", "id")
+    list_per_page = 200
+
+    @admin.display(description="memory")
+    def memory(self, obj: FleetProcess) -> str:
+        return f"{obj.rss_bytes / (1 << 20):.1f} MiB" if obj.rss_bytes else "-"
+
+    @admin.display(description="heartbeat age", ordering="last_heartbeat")
+    def heartbeat_age(self, obj: FleetProcess) -> str:
+        return f"{(timezone.now() - obj.last_heartbeat).total_seconds():.1f} s"
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [field.name for field in self.model._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

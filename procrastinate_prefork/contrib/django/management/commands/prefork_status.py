@@ -1,0 +1,37 @@
+"""``manage.py prefork_status``: the fleet as a table, ``--json``, ``--check``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from ..... import health, status
+
+
+class Command(BaseCommand):
+    help = "Show the procrastinate-prefork fleet; --check exits 0 healthy / 1 not."
+    requires_system_checks: list[str] = []
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        status.add_arguments(parser)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        from django.db import connections
+        from procrastinate.contrib.django import settings as procrastinate_settings
+
+        try:
+            query = status.query_from_args(options)
+        except health.QueryError as exc:
+            raise CommandError(str(exc), returncode=status.EXIT_USAGE) from None
+        connection = connections[procrastinate_settings.settings.DATABASE_ALIAS]
+        code = status.report(
+            lambda: status.fetch_rows_django(connection), query,
+            as_json=options["as_json"], check=options["check"],
+            out=self.stdout, err=self.stderr,
+        )
+        self.stdout.flush()
+        if code:
+            sys.exit(code)

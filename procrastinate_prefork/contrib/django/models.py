@@ -1,0 +1,90 @@
+"""Read-only models of the fleet table, for the Django admin.
+
+The table belongs to the SQL schema (``procrastinate_prefork/sql/schema.sql``,
+run by migration 0001): these models are unmanaged and refuse to write.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+from django.contrib.postgres.fields import ArrayField
+from django.db import models
+
+
+class ReadOnlyError(Exception):
+    pass
+
+
+def _read_only(*args: Any, **kwargs: Any) -> NoReturn:
+    raise ReadOnlyError(
+        "The fleet table is written by the supervisors only: it is read-only in Django."
+    )
+
+
+class ReadOnlyQuerySet(models.QuerySet):
+    def update(self, **kwargs: Any) -> NoReturn:
+        _read_only()
+
+    def delete(self) -> NoReturn:  # type: ignore[override]
+        _read_only()
+
+    def bulk_create(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
+        _read_only()
+
+    def bulk_update(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
+        _read_only()
+
+    def create(self, **kwargs: Any) -> NoReturn:
+        _read_only()
+
+
+class FleetProcess(models.Model):
+    """A supervisor or one of its children (``kind``)."""
+
+    id = models.BigAutoField(primary_key=True)
+    kind = models.CharField(max_length=16)
+    host = models.CharField(max_length=255)
+    pid = models.IntegerField()
+    supervisor = models.ForeignKey(
+        "self", on_delete=models.DO_NOTHING, null=True, blank=True,
+        related_name="children", db_constraint=False,
+    )
+    slot = models.IntegerField(null=True, blank=True)
+    worker_id = models.BigIntegerField(
+        null=True, blank=True, verbose_name="procrastinate worker id"
+    )
+    state = models.CharField(max_length=16)
+    job_id = models.BigIntegerField(null=True, blank=True, verbose_name="current job id")
+    task_name = models.CharField(max_length=255, null=True, blank=True)
+    job_started_at = models.DateTimeField(null=True, blank=True)
+    jobs_done = models.BigIntegerField(default=0)
+    restarts = models.IntegerField(default=0)
+    rss_bytes = models.BigIntegerField(null=True, blank=True, verbose_name="resident memory (bytes)")
+    crash_loop = models.BooleanField(default=False)
+    concurrency = models.IntegerField(null=True, blank=True)
+    queues = ArrayField(models.CharField(max_length=255), null=True, blank=True)
+    heartbeat_interval = models.FloatField(null=True, blank=True)
+    stalled_timeout = models.FloatField(null=True, blank=True)
+    started_at = models.DateTimeField()
+    last_heartbeat = models.DateTimeField()
+
+    objects = ReadOnlyQuerySet.as_manager()
+
+    class Meta:
+        managed = False
+        db_table = "procrastinate_prefork_processes"
+        ordering = ("host", "id")
+        verbose_name = "fleet process"
+        verbose_name_plural = "fleet processes"
+
+    def __str__(self) -> str:
+        if self.kind == "supervisor":
+            return f"supervisor {self.pid} on {self.host}"
+        return f"child {self.slot} (pid {self.pid}) on {self.host}"
+
+    def save(self, *args: Any, **kwargs: Any) -> NoReturn:
+        _read_only()
+
+    def delete(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
+        _read_only()

@@ -1,0 +1,79 @@
+"""Keep job arguments out of the logs at INFO and above.
+
+procrastinate's worker writes ``task[id](arg=value, ...)`` into its INFO
+messages ("Starting job ...", "Job ... ended with status ...") and the
+arguments into the record's ``job`` extra, where a JSON formatter would print
+them. Arguments may hold secrets; a child installs ``JobArgsFilter`` on its
+worker's logger so that, from INFO up, the message shows ``task[id](...)``
+and the extra has no ``task_kwargs``. DEBUG records keep everything, for
+debugging.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from typing import Any
+
+REDACTED = "..."
+
+
+def redacted_call_string(job: dict[str, Any]) -> str:
+    return f"{job.get('task_name')}[{job.get('id')}]({REDACTED})"
+
+
+class JobArgsFilter(logging.Filter):
+    """Records with a ``job`` extra teach the filter that job's call string;
+    from INFO up, every known call string in a message is shortened (some
+    messages, e.g. "Waiting for job to finish", carry no ``job`` extra)."""
+
+    MAX_KNOWN = 1024
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._known: collections.OrderedDict[str, str] = collections.OrderedDict()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        job = getattr(record, "job", None)
+        if isinstance(job, dict) and job.get("call_string"):
+            self._learn(job["call_string"], redacted_call_string(job))
+        if record.levelno < logging.INFO:
+            return True
+        if isinstance(job, dict):
+            record.job = {
+                **job, "task_kwargs": REDACTED, "call_string": redacted_call_string(job)
+            }
+        if not self._known:
+            return True
+        if isinstance(record.msg, str):
+            record.msg = self._shorten(record.msg)
+        if record.args:
+            args = record.args if isinstance(record.args, tuple) else (record.args,)
+            record.args = tuple(self._shorten(a) if isinstance(a, str) else a for a in args)
+        return True
+
+    def _learn(self, call_string: str, short: str) -> None:
+        self._known[call_string] = short
+        self._known.move_to_end(call_string)
+        while len(self._known) > self.MAX_KNOWN:
+            self._known.popitem(last=False)
+
+    def _shorten(self, text: str) -> str:
+        for call_string, short in reversed(self._known.items()):
+            if call_string in text:
+                text = text.replace(call_string, short)
+        return text
+
+
+_FILTER = JobArgsFilter()
+
+
+def install(worker_name: str | None) -> None:
+    """On the loggers procrastinate's worker named ``worker_name`` logs to."""
+    names = ["procrastinate.worker"]
+    if worker_name:
+        names.append(f"procrastinate.worker.{worker_name}")
+    for name in names:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)

@@ -1,0 +1,147 @@
+"""The fleet status, for people (a table) and machines (JSON, an exit code).
+
+Shared by ``procrastinate-prefork --app X status`` and ``manage.py
+prefork_status``; the rows come from ``fleet.FLEET_SQL`` (psycopg or Django's
+connection), the verdict from ``health.fleet_health``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TextIO
+
+from . import fleet, health
+
+EXIT_HEALTHY = 0
+EXIT_UNHEALTHY = 1
+EXIT_USAGE = 2
+
+COLUMNS = ("HOST", "PID", "SLOT", "STATE", "JOB", "AGE", "JOBS DONE", "MEMORY")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", dest="as_json",
+                        help="Print JSON (the Django health view's document).")
+    parser.add_argument("--check", action="store_true",
+                        help="Exit 0 when the fleet is healthy, 1 when not "
+                             "(an exec probe); prints one line (or the JSON).")
+    parser.add_argument("--host", default=None, help="Only the supervisors of this host.")
+    parser.add_argument("--queue", default=None,
+                        help="Only the supervisors that work on this queue.")
+    parser.add_argument("--min-children", default=None, metavar="N",
+                        help="Fresh children needed to be healthy (default 1).")
+
+
+def query_from_args(args: argparse.Namespace | Mapping[str, Any]) -> health.FleetQuery:
+    """Raises health.QueryError."""
+    data = vars(args) if isinstance(args, argparse.Namespace) else args
+    return health.FleetQuery.build(
+        host=data.get("host"), queue=data.get("queue"),
+        min_children=data.get("min_children"),
+    )
+
+
+def fetch_rows_psycopg(conn: Any) -> list[dict[str, Any]]:
+    return fleet.fetch_fleet(conn, live_only=True)
+
+
+def fetch_rows_django(connection: Any) -> list[dict[str, Any]]:
+    """The same rows through a Django database connection."""
+    with connection.cursor() as cursor:
+        cursor.execute(fleet.fleet_sql(live_only=True))
+        names = [column[0] for column in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+def report(
+    fetch: Callable[[], Iterable[Mapping[str, Any]]],
+    query: health.FleetQuery,
+    *,
+    as_json: bool,
+    check: bool,
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    """Print the fleet; return the exit code. A database error is one line on
+    ``err`` and counts as unhealthy."""
+    try:
+        rows = list(fetch())
+    except Exception as exc:  # psycopg or Django database errors
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        err.write(f"error: cannot read the fleet table: {first}\n")
+        return EXIT_UNHEALTHY
+    result = health.fleet_health(rows, query)
+    if as_json:
+        out.write(json.dumps(result.as_dict(), indent=2) + "\n")
+    elif check:
+        out.write(one_line(result) + "\n")
+    else:
+        out.write(render_table(result))
+    return EXIT_HEALTHY if (result.healthy or not check) else EXIT_UNHEALTHY
+
+
+def render_table(result: health.FleetHealth) -> str:
+    lines: list[tuple[str, ...]] = [COLUMNS]
+    for sup in result.supervisors:
+        state = sup["state"] + (" crash-loop" if sup.get("crash_loop") else "")
+        if not sup["fresh"]:
+            state += " STALE"
+        queues = ",".join(sup.get("queues") or []) or "all queues"
+        lines.append((
+            sup["host"], str(sup["pid"]), "-", state, f"({queues})",
+            _age(sup.get("heartbeat_age")),
+            str(sum(c.get("jobs_done") or 0 for c in sup["children"])),
+            _memory(sup.get("rss_bytes")),
+        ))
+        for child in sup["children"]:
+            job = "-"
+            if child.get("job_id") is not None:
+                job = f"{child['job_id']} {child.get('task_name') or '?'}"
+                if child.get("job_age") is not None:
+                    job += f" ({_age(child['job_age'])})"
+            child_state = child["state"] + ("" if child["fresh"] else " STALE")
+            lines.append((
+                "", str(child["pid"]), str(child["slot"]), child_state, job,
+                _age(child.get("heartbeat_age")), str(child.get("jobs_done") or 0),
+                _memory(child.get("rss_bytes")),
+            ))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
+    text = "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+        for line in lines
+    )
+    summary = (
+        f"{result.status.upper()}: {result.fresh_supervisors} fresh supervisor(s), "
+        f"{result.fresh_children} fresh child(ren) (min_children="
+        f"{result.query.min_children})"
+    )
+    notes = [f"  - {p}" for p in (*result.problems, *result.warnings)]
+    if not result.supervisors:
+        text += "\n(no supervisor in the fleet table)"
+    return "\n".join([text, "", summary, *notes]) + "\n"
+
+
+def one_line(result: health.FleetHealth) -> str:
+    if result.healthy:
+        return (f"healthy: {result.fresh_supervisors} supervisor(s), "
+                f"{result.fresh_children} child(ren)")
+    return "unhealthy: " + "; ".join(result.problems)
+
+
+def _age(seconds: Any) -> str:
+    if seconds is None:
+        return "-"
+    seconds = float(seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _memory(size: Any) -> str:
+    if not size:
+        return "-"
+    return f"{int(size) / (1 << 20):.1f}MiB"

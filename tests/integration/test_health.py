@@ -1,0 +1,512 @@
+"""Fleet table, probe port, status command, Django health view and admin,
+against a real PostgreSQL with real processes."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from ..fleet_helper import REPO, defer, wait_for
+
+HEALTH_APP = "tests.apps.health_app.app"
+FAST = ("--heartbeat-interval", "0.5", "--stalled-timeout", "2")
+MANAGE = REPO / "demo_project" / "manage.py"
+DJANGO_SETTINGS = "tests.django_project.settings"
+SECRET_PASSWORD = "pw-SECRET-7781"
+SECRET_ARG = "arg-SECRET-4402"
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def probe(port: int, path: str, method: str = "GET") -> tuple[int, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request(method, path)
+        response = conn.getresponse()
+        body = response.read()
+        return response.status, (json.loads(body) if body else None)
+    finally:
+        conn.close()
+
+
+def try_probe(port: int, path: str) -> tuple[int, Any] | None:
+    try:
+        return probe(port, path)
+    except OSError:
+        return None
+
+
+def fleet_rows(db_url: str) -> list[dict[str, Any]]:
+    with psycopg.connect(db_url, autocommit=True) as conn, conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            "SELECT *, EXTRACT(EPOCH FROM now() - last_heartbeat)::float8 AS age "
+            "FROM procrastinate_prefork_processes ORDER BY id"
+        ).fetchall()
+
+
+def children_rows(db_url: str, supervisor_pid: int) -> list[dict[str, Any]]:
+    rows = fleet_rows(db_url)
+    sup_ids = {r["id"] for r in rows if r["kind"] == "supervisor" and r["pid"] == supervisor_pid}
+    return sorted(
+        (r for r in rows if r["supervisor_id"] in sup_ids and r["state"] != "stopped"),
+        key=lambda r: r["slot"],
+    )
+
+
+def with_password(url: str, password: str) -> str:
+    parts = urlsplit(url)
+    user, _, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{user or 'postgres'}:{password}@{host}"))
+
+
+def status_cli(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "procrastinate_prefork.cli", "--app", HEALTH_APP,
+         "status", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "DATABASE_URL": db_url, "PYTHONPATH": str(REPO)},
+    )
+
+
+_DJANGO_CLIENT = r"""
+import asyncio, json, os
+from django.test import Client
+client = Client()
+results = []
+for op in json.loads(os.environ["PREFORK_TEST_OPS"]):
+    if op["op"] == "http":
+        response = getattr(client, op.get("method", "get").lower())(op["path"])
+        results.append({"status": response.status_code,
+                        "body": response.content.decode(),
+                        "allow": response.get("Allow")})
+    elif op["op"] == "superuser":
+        from django.contrib.auth import get_user_model
+        user = get_user_model().objects.create_superuser("admin", "a@example.com", "pw")
+        client.force_login(user)
+        results.append(None)
+    elif op["op"] == "health_check":
+        from procrastinate_prefork.contrib.django.health_check import PreforkFleetHealthCheck
+        result = asyncio.run(PreforkFleetHealthCheck(**op.get("kwargs", {})).get_result())
+        results.append({"error": str(result.error) if result.error else None})
+print("RESULTS " + json.dumps(results))
+"""
+
+
+def django_env(db_url: str) -> dict[str, str]:
+    return {**os.environ, "DJANGO_SETTINGS_MODULE": DJANGO_SETTINGS,
+            "DATABASE_URL": db_url, "PYTHONPATH": str(REPO)}
+
+
+def django_ops(db_url: str, ops: list[dict[str, Any]]) -> list[Any]:
+    """Run ``ops`` in ``manage.py shell`` with Django's test Client."""
+    result = subprocess.run(
+        [sys.executable, str(MANAGE), "shell", "-v", "0", "-c", _DJANGO_CLIENT],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**django_env(db_url), "PREFORK_TEST_OPS": json.dumps(ops)},
+    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULTS ")]
+    assert result.returncode == 0 and lines, result.stdout + result.stderr
+    return json.loads(lines[-1][len("RESULTS "):])
+
+
+def django_get(db_url: str, *paths: str, method: str = "GET") -> list[tuple[int, Any]]:
+    out = []
+    for item in django_ops(db_url, [{"op": "http", "method": method, "path": p} for p in paths]):
+        body = json.loads(item["body"]) if item["body"] else None
+        out.append((item["status"], body))
+    return out
+
+
+def insert_supervisor(db_url: str, *, host: str = "h1", pid: int = 4242, age: float = 0.5,
+                      crash_loop: bool = False, queues: list[str] | None = None,
+                      children: int = 2, child_state: str = "idle") -> int:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        row = conn.execute(
+            "INSERT INTO procrastinate_prefork_processes (kind, host, pid, state, "
+            "crash_loop, concurrency, queues, heartbeat_interval, stalled_timeout, "
+            "last_heartbeat) VALUES ('supervisor', %s, %s, 'running', %s, %s, %s, 5, 30, "
+            "now() - make_interval(secs => %s)) RETURNING id",
+            [host, pid, crash_loop, children, queues, age],
+        ).fetchone()
+        assert row is not None
+        for slot in range(children):
+            conn.execute(
+                "INSERT INTO procrastinate_prefork_processes (kind, host, pid, "
+                "supervisor_id, slot, worker_id, state, jobs_done, rss_bytes, "
+                "last_heartbeat) VALUES ('child', %s, %s, %s, %s, %s, %s, 7, 1048576, "
+                "now() - make_interval(secs => %s))",
+                [host, pid + 1 + slot, row[0], slot, 100 + slot, child_state, age],
+            )
+    return int(row[0])
+
+
+# ------------------------------------------------------------- fleet table
+
+
+def test_rows_appear_and_follow_the_children(fleet, db_url):
+    fleet.start("--concurrency", "2", "--queues", "default,other", *FAST, app=HEALTH_APP)
+    pids = fleet.wait_children(2)
+    started = time.monotonic()
+    rows = wait_for(lambda: (r := children_rows(db_url, fleet.pid)) and len(r) == 2
+                    and all(c["worker_id"] for c in r) and r, timeout=5,
+                    message="two child rows with worker ids")
+    assert time.monotonic() - started < 1.5  # within about one heartbeat interval
+    [sup] = [r for r in fleet_rows(db_url) if r["kind"] == "supervisor"]
+    assert (sup["pid"], sup["state"], sup["concurrency"]) == (fleet.pid, "running", 2)
+    assert sup["queues"] == ["default", "other"]
+    assert (sup["heartbeat_interval"], sup["stalled_timeout"]) == (0.5, 2.0)
+    assert sup["rss_bytes"] > 0 and sup["crash_loop"] is False and sup["age"] < 1.5
+    assert sorted(r["pid"] for r in rows) == pids
+    for row in rows:
+        assert row["state"] == "idle" and row["host"] == sup["host"]
+        assert row["jobs_done"] == 0 and row["restarts"] == 0 and row["job_id"] is None
+        assert row["rss_bytes"] > 0 and row["age"] < 1.5 and row["started_at"]
+
+    [job_id] = defer(db_url, "sleep", seconds=30)
+    busy = wait_for(lambda: [r for r in children_rows(db_url, fleet.pid) if r["job_id"]],
+                    timeout=5, message="a busy child row")
+    assert (busy[0]["state"], busy[0]["job_id"], busy[0]["task_name"]) == ("busy", job_id, "sleep")
+    assert busy[0]["job_started_at"] is not None
+
+    victim = busy[0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    replaced = wait_for(
+        lambda: [r for r in children_rows(db_url, fleet.pid)
+                 if r["slot"] == busy[0]["slot"] and r["pid"] != victim] or None,
+        timeout=10, message="the killed child's slot row to show its successor")
+    assert replaced[0]["restarts"] == 1
+    assert replaced[0]["worker_id"] != busy[0]["worker_id"]
+    fleet.stop()
+    assert {r["state"] for r in fleet_rows(db_url)} == {"stopped"}
+
+
+# -------------------------------------------------------------- probe port
+
+
+def test_probe_endpoints_before_and_after_ready(fleet):
+    port = free_port()
+    fleet.start("--concurrency", "2", "--health-port", str(port),
+                "--on-child-start", "tests.apps.health_app.slow_start",
+                app=HEALTH_APP, wait_ready=False, env={"PREFORK_TEST_SLOW_START": "3"})
+    status, body = wait_for(lambda: try_probe(port, "/ready"), timeout=15,
+                            interval=0.02, message="the probe port")
+    assert status == 503, body
+    assert body["status"] == "fail" and "0 of 2 child(ren) ready" in body["reasons"]
+    assert probe(port, "/live") == (200, {"status": "ok", "reasons": []})
+    _, early = probe(port, "/status")
+    assert early["ready"] is False and {c["state"] for c in early["children"]} == {"starting"}
+
+    fleet.wait_ready()
+    assert probe(port, "/ready") == (200, {"status": "ok", "reasons": []})
+    status, report = probe(port, "/status")
+    assert status == 200
+    assert report["pid"] == fleet.pid and report["live"] and report["ready"]
+    assert report["database"] == "up" and report["concurrency"] == 2
+    assert sorted(c["pid"] for c in report["children"]) == fleet.child_pids()
+    assert {c["state"] for c in report["children"]} == {"idle"}
+    assert all(c["heartbeat_age"] < 2 and c["rss_bytes"] for c in report["children"])
+
+    assert probe(port, "/nope")[0] == 404
+    assert probe(port, "/live", method="POST")[0] == 405
+    assert probe(port, "/live", method="HEAD") == (200, None)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"garbage\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.0 400 ")
+
+    # A client that connects and sends nothing does not hold the loop up.
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        started = time.monotonic()
+        assert probe(port, "/live")[0] == 200
+        assert time.monotonic() - started < 0.5
+    assert fleet.stop() == 0
+    assert try_probe(port, "/live") is None  # closed at exit
+
+
+def test_ready_fails_while_the_database_is_unreachable(fleet, db_url, pg_url):
+    port = free_port()
+    fleet.start("--concurrency", "1", "--health-port", str(port), *FAST, app=HEALTH_APP)
+    assert probe(port, "/ready")[0] == 200
+    dbname = urlsplit(db_url).path.lstrip("/")
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(f"ALTER DATABASE {dbname} ALLOW_CONNECTIONS false")
+        try:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND application_name LIKE %s",
+                [dbname, f"prefork:%:sup:{fleet.pid}"],
+            )
+            status, body = wait_for(
+                lambda: (r := probe(port, "/ready"))[0] == 503 and r, timeout=10,
+                message="/ready to fail")
+            assert "database unreachable" in body["reasons"]
+            assert probe(port, "/live")[0] == 200  # a restart would not help
+        finally:
+            admin.execute(f"ALTER DATABASE {dbname} ALLOW_CONNECTIONS true")
+    wait_for(lambda: probe(port, "/ready")[0] == 200, timeout=20,
+             message="/ready to recover")
+    assert fleet.stop() == 0
+
+
+def test_crash_loop_fails_live_and_the_fleet(fleet, db_url):
+    port = free_port()
+    fleet.start("--concurrency", "1", "--health-port", str(port), *FAST,
+                "--on-child-start", "tests.apps.health_app.crash_on_start",
+                app=HEALTH_APP, wait_ready=False)
+    status, body = wait_for(
+        lambda: (r := try_probe(port, "/live")) and r[0] == 503 and r, timeout=30,
+        message="/live to report the crash loop")
+    assert "crash loop" in body["reasons"][0]
+    assert probe(port, "/ready")[0] == 503
+    result = wait_for(lambda: (r := status_cli(db_url, "--check")).returncode == 1
+                      and "crash loop" in r.stdout and r, timeout=10,
+                      message="the status command to see the crash loop")
+    assert "crash loop" in result.stdout
+    fleet.stop()
+
+
+def test_probe_port_in_use_exits_1_before_forking(fleet, db_url):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        code = fleet.run_to_exit("--concurrency", "2", "--health-port", str(port),
+                                 app=HEALTH_APP, timeout=30)
+    assert code == 1
+    last = fleet.log().strip().splitlines()[-1]
+    assert last == (f"procrastinate-prefork: error: cannot listen on the probe port "
+                    f"127.0.0.1:{port}: address already in use")
+    assert "Child 0 started" not in fleet.log()
+    assert fleet_rows(db_url) == []  # not even registered
+
+
+# ---------------------------------------------------------- status command
+
+
+def test_status_command(fleet, db_url):
+    fleet.start("--concurrency", "2", *FAST, app=HEALTH_APP)
+    pids = fleet.wait_children(2)
+    wait_for(lambda: len(children_rows(db_url, fleet.pid)) == 2, timeout=5,
+             message="child rows")
+    text = status_cli(db_url)
+    assert text.returncode == 0, text.stderr
+    header, *lines = text.stdout.splitlines()
+    assert header.split() == ["HOST", "PID", "SLOT", "STATE", "JOB", "AGE", "JOBS",
+                              "DONE", "MEMORY"]
+    assert str(fleet.pid) in lines[0] and "running" in lines[0]
+    for pid in pids:
+        assert any(line.split()[0] == str(pid) and "idle" in line for line in lines)
+    assert "HEALTHY: 1 fresh supervisor(s), 2 fresh child(ren)" in text.stdout
+
+    document = json.loads(status_cli(db_url, "--json").stdout)
+    assert document["status"] == "healthy"
+    [sup] = document["supervisors"]
+    assert sup["pid"] == fleet.pid
+    assert sorted(c["pid"] for c in sup["children"]) == pids
+
+    check = status_cli(db_url, "--check")
+    assert (check.returncode, check.stdout.strip()) == (0, "healthy: 1 supervisor(s), 2 child(ren)")
+    check = status_cli(db_url, "--check", "--min-children", "3")
+    assert check.returncode == 1 and "fewer than min_children=3" in check.stdout
+    assert status_cli(db_url, "--check", "--host", "elsewhere").returncode == 1
+    bad = status_cli(db_url, "--min-children", "many")
+    assert bad.returncode == 2 and "min_children" in bad.stderr
+
+    assert fleet.stop() == 0
+    check = status_cli(db_url, "--check")
+    assert check.returncode == 1 and "no fresh supervisor" in check.stdout
+
+
+def test_sigstopped_supervisor_goes_stale(fleet, db_url):
+    fleet.start("--concurrency", "1", *FAST, app=HEALTH_APP)
+    wait_for(lambda: status_cli(db_url, "--check").returncode == 0, timeout=10,
+             message="a healthy fleet")
+    assert django_get(db_url, "/prefork/")[0][0] == 200
+    os.kill(fleet.pid, signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    try:
+        wait_for(lambda: status_cli(db_url, "--check").returncode == 1, timeout=10,
+                 interval=0.2, message="the fleet to turn unhealthy")
+        took = time.monotonic() - stopped_at
+        # stalled timeout 2 s + one heartbeat interval + one status command run
+        assert took < 2 + 0.5 + 2.0, took
+        [(status, body)] = django_get(db_url, "/prefork/")
+        assert status == 503 and body["problems"][0] == "no fresh supervisor"
+        assert body["supervisors"][0]["fresh"] is False
+    finally:
+        os.kill(fleet.pid, signal.SIGCONT)
+    wait_for(lambda: status_cli(db_url, "--check").returncode == 0, timeout=10,
+             message="the fleet to be healthy again")
+    assert fleet.stop() == 0
+
+
+# ------------------------------------------------------------------ secrets
+
+
+def test_secrets_never_show(fleet, db_url):
+    secret_url = with_password(db_url, SECRET_PASSWORD)
+    port = free_port()
+    fleet.db_url = secret_url  # the fleet's DATABASE_URL holds a password
+    fleet.start("--concurrency", "2", "--health-port", str(port), *FAST, app=HEALTH_APP)
+    defer(db_url, "secret_sleep", seconds=30, token=SECRET_ARG)
+    fleet.busy_child()
+    wait_for(lambda: any(r["job_id"] for r in children_rows(db_url, fleet.pid)),
+             timeout=5, message="the job in the fleet table")
+    outputs = {path: json.dumps(probe(port, path)) for path in ("/live", "/ready", "/status")}
+    assert "secret_sleep" in outputs["/status"]
+    outputs["status"] = status_cli(secret_url).stdout
+    outputs["status --json"] = status_cli(secret_url, "--json").stdout
+    assert "secret_sleep" in outputs["status"] and "secret_sleep" in outputs["status --json"]
+    [(code, body)] = django_get(secret_url, "/prefork/")
+    assert code == 200
+    outputs["view"] = json.dumps(body)
+    assert "secret_sleep" in outputs["view"]
+    assert fleet.stop(timeout=60) is not None
+    outputs["log"] = fleet.log()
+    assert "Starting job secret_sleep[" in outputs["log"]  # INFO is on
+    for name, text in outputs.items():
+        assert SECRET_ARG not in text, name
+        assert SECRET_PASSWORD not in text, name
+
+
+# ------------------------------------------------------------------ Django
+
+
+def test_django_view_with_a_real_fleet(fleet, db_url):
+    fleet.start("--concurrency", "2", *FAST, app=HEALTH_APP)
+    pids = fleet.wait_children(2)
+    wait_for(lambda: len(children_rows(db_url, fleet.pid)) == 2, timeout=5,
+             message="child rows")
+    results = django_get(
+        db_url, "/prefork/", "/prefork/?min_children=3", "/prefork/?host=elsewhere",
+        "/prefork/?queue=anything&min_children=2", "/prefork/?min_children=-1",
+        "/prefork/?min_children=two", "/prefork/?verbose=1",
+        "/prefork/?min_children=1&min_children=2",
+    )
+    (ok, body), (few, few_body), (host, _), (queue, _), *bad = results
+    assert ok == 200 and body["status"] == "healthy"
+    [sup] = body["supervisors"]
+    assert sup["pid"] == fleet.pid and sup["fresh"] and sup["concurrency"] == 2
+    assert sorted(c["pid"] for c in sup["children"]) == pids
+    child = sup["children"][0]
+    assert {"slot", "pid", "worker_id", "state", "job_id", "task_name", "job_age",
+            "jobs_done", "restarts", "rss_bytes", "started_at", "last_heartbeat",
+            "heartbeat_age", "uptime", "fresh"} <= set(child)
+    assert 0 <= child["heartbeat_age"] < 2 and child["state"] == "idle"
+    assert few == 503 and few_body["problems"] == ["2 fresh child(ren), fewer than min_children=3"]
+    assert host == 503
+    assert queue == 200  # a fleet without --queues works on every queue
+    assert [status for status, _ in bad] == [400, 400, 400, 400]
+    assert all(body["status"] == "error" and body["error"] for _, body in bad)
+    assert "unknown parameter 'verbose'" in bad[2][1]["error"]
+
+    methods = django_ops(db_url, [{"op": "http", "method": m, "path": "/prefork/"}
+                                  for m in ("POST", "PUT", "DELETE", "PATCH", "HEAD")])
+    assert [m["status"] for m in methods] == [405, 405, 405, 405, 200]
+    assert methods[0]["allow"] == "GET, HEAD"
+    assert json.loads(methods[0]["body"])["error"] == "method POST not allowed"
+    assert fleet.stop() == 0
+    [(status, body)] = django_get(db_url, "/prefork/")
+    assert status == 503 and body["supervisors"] == []
+
+
+def test_django_view_edge_cases(db_url):
+    assert django_get(db_url, "/prefork/")[0][0] == 503  # empty table
+    insert_supervisor(db_url, host="a", pid=100, queues=["mail"])
+    insert_supervisor(db_url, host="b", pid=200, age=3600)  # stale
+    insert_supervisor(db_url, host="c", pid=300, crash_loop=True)
+    insert_supervisor(db_url, host="d", pid=400, child_state="starting")
+    results = django_get(
+        db_url, "/prefork/", "/prefork/?host=a", "/prefork/?host=b", "/prefork/?host=c",
+        "/prefork/?host=d", "/prefork/?host=d&min_children=0", "/prefork/?queue=mail",
+        "/prefork/?queue=reports&min_children=2",
+    )
+    (all_status, everything), (a, _), (b, b_body), (c, c_body), (d, _), (d0, _), \
+        (mail, mail_body), (reports, reports_body) = results
+    assert all_status == 503  # c is in a crash loop
+    assert "supervisor pid 300 on c is in a crash loop" in everything["problems"]
+    assert any("pid 200 on b" in w for w in everything["warnings"])
+    assert everything["fresh_supervisors"] == 3 and everything["fresh_children"] == 4
+    assert (a, b, c, d, d0) == (200, 503, 503, 503, 200)
+    assert b_body["problems"][0] == "no fresh supervisor (host=b)"
+    assert c_body["supervisors"][0]["crash_loop"] is True
+    assert mail == 503  # c (all queues) crash-loops
+    assert {s["host"] for s in mail_body["supervisors"]} == {"a", "b", "c", "d"}
+    assert reports == 503 and {s["host"] for s in reports_body["supervisors"]} == {"b", "c", "d"}
+
+    commands = subprocess.run(
+        [sys.executable, str(MANAGE), "prefork_status", "--host", "a"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, env=django_env(db_url))
+    assert commands.returncode == 0, commands.stderr
+    assert "100" in commands.stdout and "HEALTHY" in commands.stdout
+    check = subprocess.run(
+        [sys.executable, str(MANAGE), "prefork_status", "--check", "--json"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, env=django_env(db_url))
+    assert check.returncode == 1
+    assert json.loads(check.stdout)["status"] == "unhealthy"
+
+
+def test_django_view_without_the_table(empty_db_url):
+    [(status, body)] = django_get(empty_db_url, "/prefork/")
+    assert status == 503
+    assert body["problems"] == ["cannot read the fleet table: ProgrammingError"]
+
+
+def test_django_health_check_backend(db_url):
+    pytest.importorskip("health_check")
+    insert_supervisor(db_url, host="a", pid=100)
+    ok, few, other_host = django_ops(db_url, [
+        {"op": "health_check"},
+        {"op": "health_check", "kwargs": {"min_children": 5}},
+        {"op": "health_check", "kwargs": {"host": "z"}},
+    ])
+    assert ok == {"error": None}
+    assert few["error"] == "Unavailable: 2 fresh child(ren), fewer than min_children=5"
+    assert "no fresh supervisor (host=z)" in other_host["error"]
+
+
+def test_admin_is_read_only_and_migrations_are_complete(django_db_url):
+    makemigrations = subprocess.run(
+        [sys.executable, str(MANAGE), "makemigrations", "--check", "--dry-run",
+         "procrastinate_prefork"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, env=django_env(django_db_url))
+    assert makemigrations.returncode == 0, makemigrations.stdout + makemigrations.stderr
+    sup_id = insert_supervisor(django_db_url, host="admin-host", pid=4321)
+    base = "/admin/procrastinate_prefork/fleetprocess/"
+    _, changelist, view, add, delete, post = django_ops(django_db_url, [
+        {"op": "superuser"},
+        {"op": "http", "path": base},
+        {"op": "http", "path": f"{base}{sup_id}/change/"},
+        {"op": "http", "path": f"{base}add/"},
+        {"op": "http", "path": f"{base}{sup_id}/delete/"},
+        {"op": "http", "method": "POST", "path": f"{base}{sup_id}/change/"},
+    ])
+    assert changelist["status"] == 200 and "admin-host" in changelist["body"]
+    assert "4321" in changelist["body"] and "4322" in changelist["body"]
+    assert view["status"] == 200 and "admin-host" in view["body"]
+    assert 'name="_save"' not in view["body"]
+    assert add["status"] == 403 and delete["status"] == 403 and post["status"] == 403
+    with psycopg.connect(django_db_url, autocommit=True) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM procrastinate_prefork_processes").fetchone() == (3,)
+
+
+from .test_django import django_db_url, django_template_url  # noqa: E402,F401  (fixtures)

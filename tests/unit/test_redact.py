@@ -1,0 +1,53 @@
+"""Job arguments are kept out of procrastinate's INFO logs (redact.py)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from procrastinate_prefork import redact
+
+JOB = {"id": 7, "task_name": "send", "call_string": "send[7](token='S3CRET')",
+       "task_kwargs": {"token": "S3CRET"}}
+
+
+@pytest.fixture
+def records():
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    handler = Keep()
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    redact.install("worker-3")
+    yield seen
+    root.removeHandler(handler)
+    root.setLevel(old_level)
+
+
+def test_info_messages_and_extras_are_redacted(records):
+    logger = logging.getLogger("procrastinate.worker.worker-3")
+    logger.info(f"Starting job {JOB['call_string']}", extra={"job": JOB})
+    logger.info(f"Waiting for job to finish: worker: {JOB['call_string']} (started 1 s ago)")
+    logging.getLogger("procrastinate.worker").error(
+        "Job %s ended with status: Error", JOB["call_string"], extra={"job": JOB})
+    messages = [r.getMessage() for r in records]
+    assert messages == [
+        "Starting job send[7](...)",
+        "Waiting for job to finish: worker: send[7](...) (started 1 s ago)",
+        "Job send[7](...) ended with status: Error",
+    ]
+    assert all("S3CRET" not in str(r.__dict__) for r in records)
+    assert JOB["task_kwargs"] == {"token": "S3CRET"}  # the job itself is untouched
+
+
+def test_debug_keeps_the_arguments(records):
+    logging.getLogger("procrastinate.worker.worker-3").debug(
+        f"Loaded job info, about to start job {JOB['call_string']}", extra={"job": JOB})
+    assert "S3CRET" in records[0].getMessage()
