@@ -183,6 +183,16 @@ class Fleet:
             return None
         return wait_for(find, timeout, message="a busy child")
 
+    def running_child(self, job_id: int, attempt: int = 0, timeout: float = 20) -> int:
+        """The pid of the child once it has started ``job_id`` (its start mark
+        is written: killing it now cannot race with the task's first line)."""
+        def find() -> int | None:
+            for j, a, pid in self.marks("start"):
+                if (j, a) == (job_id, attempt):
+                    return pid
+            return None
+        return wait_for(find, timeout, message=f"job {job_id} to start")
+
     # --- results written by the test tasks
 
     def marks(self, phase: str = "end") -> list[tuple[int, int, int]]:

@@ -25,7 +25,7 @@ def _attempt_starts(fleet, job_id):
 def test_sigkill_mid_job_runs_again_on_another_child(fleet, db_url):
     fleet.start("--concurrency", "2")
     [job_id] = defer(db_url, "sleep", seconds=1.0)
-    victim = fleet.busy_child()
+    victim = fleet.running_child(job_id)
     killed_at = time.time()
     os.kill(victim, signal.SIGKILL)
     wait_for(lambda: jobs(db_url, [job_id])[0]["status"] == "succeeded", timeout=20,
@@ -131,7 +131,7 @@ def test_long_job_on_healthy_child_is_never_recovered(fleet_factory, db_url):
 def test_job_timeout_fails_job_and_replaces_child(fleet, db_url):
     fleet.start("--concurrency", "1", "--job-timeout", "1")
     [job_id] = defer(db_url, "sleep", seconds=30)
-    victim = fleet.busy_child()
+    victim = fleet.running_child(job_id)
     wait_for(lambda: jobs(db_url, [job_id])[0]["status"] == "failed", timeout=20,
              message="the job to fail on its time limit")
     new = fleet.wait_children(1, exclude=[victim])
@@ -160,7 +160,7 @@ def test_per_task_timeout_retries_when_the_strategy_says_so(fleet, db_url):
 def test_sigstopped_child_is_detected_killed_and_replaced(fleet, db_url):
     fleet.start("--concurrency", "2", "--child-timeout", "2")
     [job_id] = defer(db_url, "sleep", seconds=1.0)
-    victim = fleet.busy_child()
+    victim = fleet.running_child(job_id)
     os.kill(victim, signal.SIGSTOP)
     wait_for(lambda: "wedged" in fleet.log(), timeout=15, message="wedge detection")
     wait_for(lambda: jobs(db_url, [job_id])[0]["status"] == "succeeded", timeout=20,
@@ -173,7 +173,7 @@ def test_sigstopped_child_is_detected_killed_and_replaced(fleet, db_url):
 def test_abort_requested_job_of_dead_child_ends_aborted(fleet, db_url):
     fleet.start("--concurrency", "1")
     [job_id] = defer(db_url, "sleep", seconds=30)
-    victim = fleet.busy_child()
+    victim = fleet.running_child(job_id)
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("SELECT procrastinate_cancel_job_v1(%s, true, false)", [job_id])
     os.kill(victim, signal.SIGKILL)
