@@ -147,12 +147,15 @@ async def _serve(spec: ChildSpec) -> int:
         # per process would multiply the fleet's sessions for nothing.
         min_size=1,
         max_size=config.child_concurrency,
+        # back within seconds of the end of a database outage, not minutes
+        pool_factory=compat.PromptReconnectPool,
     )
     connector = PipeWakeConnector(spec.wake_fd, **args)
     tracker = _JobTracker(writer, config)
 
     with spec.bootstrap.worker_app(connector) as app:
         compat.on_worker_registered(app, tracker.registered)
+        compat.survive_database_outages(app, keep_fetching=config.wait)
         options = config.worker_options(spec.slot)
         redact.install(options["name"])  # no job arguments in INFO logs
         user_middleware = list(app.worker_defaults.get("worker_middleware") or [])

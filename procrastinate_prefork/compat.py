@@ -96,21 +96,27 @@ def _is_disconnection(exc: BaseException) -> bool:
     return isinstance(exc.__cause__, psycopg.OperationalError)
 
 
-def persist_outcomes_across_outages(app: procrastinate.App) -> None:
-    """Make the worker's ``finish_job`` and ``retry_job`` wait for the database
-    instead of dropping a job's outcome when the connection is lost.
+def survive_database_outages(app: procrastinate.App, *, keep_fetching: bool) -> None:
+    """Let a child's worker ride out a database outage instead of crashing
+    or, worse, dropping a job's outcome.
 
-    procrastinate logs the failure and moves on: the job stays ``doing`` under
-    a worker that is alive and heartbeating, so no recovery ever picks it up.
-    Here the call is repeated until the database answers. Before each repeat
-    the job must still be ``doing`` under this worker: if the first call was
-    committed before the connection broke, or a sweeper recovered the job
-    meanwhile, the outcome is not recorded twice."""
+    procrastinate's worker, when the connection is lost (psycopg_pool gives up
+    after its 30 s timeout): crashes when fetching, stops when its heartbeat
+    fails, and logs and forgets a failed ``finish_job``/``retry_job``: that
+    job stays ``doing`` under a worker that is alive and heartbeating, so no
+    recovery ever picks it up. Here, on a lost connection only:
+
+    * ``finish_job``/``retry_job`` are repeated until the database answers.
+      Before each repeat the job must still be ``doing`` under this worker:
+      if the first call was committed before the connection broke, or a
+      sweeper recovered the job meanwhile, the outcome is not recorded twice;
+    * a failed heartbeat is skipped (the supervisor refreshes the worker rows);
+    * with ``keep_fetching`` (not in one-shot mode, where "no job" ends the
+      worker), a failed fetch finds no job: the worker tries again at its next
+      poll or wake-up."""
     manager = app.job_manager
 
-    def wrap(name: str) -> None:
-        original: Callable[..., Awaitable[None]] = getattr(manager, name)
-
+    def persisting(original: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
         async def persist(job: Any, *args: Any, **kwargs: Any) -> None:
             failures = 0
             while True:
@@ -135,10 +141,27 @@ def persist_outcomes_across_outages(app: procrastinate.App) -> None:
                         )
                     await asyncio.sleep(PERSIST_RETRY_DELAY)
 
-        setattr(manager, name, persist)
+        return persist
 
-    wrap("finish_job")
-    wrap("retry_job")
+    def tolerant(original: Callable[..., Awaitable[Any]], name: str) -> Callable[..., Awaitable[Any]]:
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await original(*args, **kwargs)
+            except procrastinate_exceptions.ConnectorException as exc:
+                if not _is_disconnection(exc):
+                    raise
+                logger.warning("Database unreachable: %s skipped", name,
+                               extra={"action": "db_call_skipped", "call": name})
+                return None
+
+        return call
+
+    manager.finish_job = persisting(manager.finish_job)  # type: ignore[method-assign]
+    manager.retry_job = persisting(manager.retry_job)  # type: ignore[method-assign]
+    manager.update_heartbeat = tolerant(  # type: ignore[method-assign]
+        manager.update_heartbeat, "heartbeat")
+    if keep_fetching:
+        manager.fetch_job = tolerant(manager.fetch_job, "fetch")  # type: ignore[method-assign]
 
 
 async def _still_ours(manager: Any, job: Any) -> bool:

@@ -46,3 +46,100 @@ def test_make_worker_merges_worker_defaults():
 
 # compat.on_worker_registered is exercised against PostgreSQL by every
 # recovery test: a dead child's jobs are found by the worker id it reports.
+
+
+def test_prompt_reconnect_pool_caps_psycopg_pools_backoff():
+    import inspect
+
+    import psycopg_pool
+    from psycopg_pool.base import AttemptWithBackoff
+
+    # the private method we override, with the arguments we pass on
+    params = list(inspect.signature(psycopg_pool.AsyncConnectionPool._add_connection).parameters)
+    assert params[:3] == ["self", "attempt", "growing"]
+    attempt = AttemptWithBackoff(timeout=300)
+    for _ in range(8):  # what the override does before each retry
+        attempt.delay = min(attempt.delay,
+                            compat.POOL_RECONNECT_MAX_DELAY / attempt.DELAY_BACKOFF)
+        attempt.update_delay(0.0)
+    assert 0 < attempt.delay <= compat.POOL_RECONNECT_MAX_DELAY
+
+
+def _connector_error(cause):
+    from procrastinate import exceptions
+
+    try:
+        raise exceptions.ConnectorException() from cause
+    except exceptions.ConnectorException as exc:
+        return exc
+
+
+def _lost_connection():
+    import psycopg
+
+    return _connector_error(psycopg.OperationalError("server closed the connection"))
+
+
+class _Job:
+    def __init__(self, job_id):
+        self.id, self.worker_id = job_id, 3
+
+
+def _survive(monkeypatch, still_ours, keep_fetching, **methods):
+    """An app whose job manager calls are ``methods``, wrapped by
+    survive_database_outages; the ownership check answers ``still_ours``."""
+    app = _app()
+
+    async def execute_query_one_async(query, **arguments):
+        assert arguments["worker_id"] == 3
+        return {"n": int(still_ours)}
+
+    for name, method in methods.items():
+        monkeypatch.setattr(app.job_manager, name, method)
+    monkeypatch.setattr(app.connector, "execute_query_one_async", execute_query_one_async)
+    monkeypatch.setattr(compat, "PERSIST_RETRY_DELAY", 0.0)
+    compat.survive_database_outages(app, keep_fetching=keep_fetching)
+    return app.job_manager
+
+
+def test_survive_database_outages_retries_a_lost_outcome(monkeypatch):
+    import asyncio
+
+    import psycopg
+    from procrastinate import exceptions
+
+    calls = []
+
+    async def finish_job(job, status, delete_job):
+        calls.append(job.id)
+        if len(calls) == 1:
+            raise _lost_connection()
+
+    async def fetch_job(queues, worker_id):
+        raise _lost_connection()
+
+    async def update_heartbeat(worker_id):
+        raise _connector_error(psycopg.errors.UndefinedTable("no table"))
+
+    manager = _survive(monkeypatch, True, True, finish_job=finish_job,
+                       fetch_job=fetch_job, update_heartbeat=update_heartbeat)
+    asyncio.run(manager.finish_job(_Job(7), "succeeded", False))
+    assert calls == [7, 7]  # repeated once the database answered
+    assert asyncio.run(manager.fetch_job(None, 3)) is None  # "no job": poll again
+    with pytest.raises(exceptions.ConnectorException):  # not a lost connection
+        asyncio.run(manager.update_heartbeat(3))
+
+
+def test_survive_database_outages_does_not_record_twice(monkeypatch):
+    import asyncio
+
+    calls = []
+
+    async def retry_job(job, retry_at=None):
+        calls.append(job.id)
+        raise _lost_connection()
+
+    # committed before the connection broke, or recovered by a sweeper
+    manager = _survive(monkeypatch, False, False, retry_job=retry_job)
+    asyncio.run(manager.retry_job(_Job(8)))
+    assert calls == [8]
