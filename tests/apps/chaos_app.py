@@ -1,0 +1,131 @@
+"""The procrastinate app of the chaos test, the outage test and the soak script.
+
+Every task's final state is known in advance, whatever kills it meets on the
+way (with a crash-retry cap high enough never to fail it):
+
+    chaos_cpu, chaos_sleep, chaos_async, chaos_locked   succeed
+    chaos_flaky    fails its first run, then succeeds (retry strategy)
+    chaos_fail     always fails: ends ``failed`` after its retries
+
+Each run appends events to ``$PREFORK_TEST_RESULTS/chaos-<pid>.log``, one line
+each: ``<event> <job id> <attempt> <pid> <unix time> <lock or ->`` where the
+event is ``start``, ``end`` (the task body returned) or ``raise`` (it is about
+to raise). A run with a ``start`` and neither ``end`` nor ``raise`` was
+interrupted. One file per process, opened in append mode and written with a
+single ``write`` per line: cheap enough for a soak of hours, and readable
+incrementally (``tests/chaos_driver.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+import procrastinate
+
+app = procrastinate.App(
+    connector=procrastinate.PsycopgConnector(conninfo=os.environ.get("DATABASE_URL", "")),
+)
+
+#: task name -> final status it must end in
+EXPECTED_STATUS = {
+    "chaos_cpu": "succeeded",
+    "chaos_sleep": "succeeded",
+    "chaos_async": "succeeded",
+    "chaos_locked": "succeeded",
+    "chaos_flaky": "succeeded",
+    "chaos_fail": "failed",
+}
+#: attempts the retry strategy of the failing tasks allows
+FAIL_MAX_ATTEMPTS = 2
+
+_log: dict[str, Any] = {"pid": None, "fd": None}
+
+
+def _mark(context: procrastinate.JobContext, event: str) -> None:
+    results = os.environ.get("PREFORK_TEST_RESULTS")
+    if not results:
+        return
+    pid = os.getpid()
+    if _log["pid"] != pid:  # first write in this process
+        _log["fd"] = os.open(
+            os.path.join(results, f"chaos-{pid}.log"),
+            os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644,
+        )
+        _log["pid"] = pid
+    job = context.job
+    line = f"{event} {job.id} {job.attempts} {pid} {time.time():.6f} {job.lock or '-'}\n"
+    os.write(_log["fd"], line.encode())
+
+
+def _burn(ms: float) -> None:
+    end = time.perf_counter() + ms / 1000
+    while time.perf_counter() < end:
+        pass
+
+
+@app.task(name="chaos_cpu", pass_context=True)
+def chaos_cpu(context: procrastinate.JobContext, ms: float = 20, **_: Any) -> None:
+    _mark(context, "start")
+    _burn(ms)
+    _mark(context, "end")
+
+
+@app.task(name="chaos_sleep", pass_context=True)
+def chaos_sleep(context: procrastinate.JobContext, seconds: float = 0.3, **_: Any) -> None:
+    _mark(context, "start")
+    time.sleep(seconds)
+    _mark(context, "end")
+
+
+@app.task(name="chaos_async", pass_context=True)
+async def chaos_async(
+    context: procrastinate.JobContext, seconds: float = 0.2, **_: Any
+) -> None:
+    _mark(context, "start")
+    await asyncio.sleep(seconds)
+    _mark(context, "end")
+
+
+@app.task(name="chaos_locked", pass_context=True)
+def chaos_locked(context: procrastinate.JobContext, seconds: float = 0.1, **_: Any) -> None:
+    """Deferred with a procrastinate ``lock``: two jobs of one lock never run
+    at the same time."""
+    _mark(context, "start")
+    time.sleep(seconds)
+    _mark(context, "end")
+
+
+@app.task(
+    name="chaos_flaky", pass_context=True,
+    retry=procrastinate.RetryStrategy(max_attempts=20, wait=0),
+)
+def chaos_flaky(context: procrastinate.JobContext, ms: float = 5, **_: Any) -> None:
+    _mark(context, "start")
+    _burn(ms)
+    if context.job.attempts == 0:
+        _mark(context, "raise")
+        raise RuntimeError("chaos_flaky: first run fails")
+    _mark(context, "end")
+
+
+@app.task(
+    name="chaos_fail", pass_context=True,
+    retry=procrastinate.RetryStrategy(max_attempts=FAIL_MAX_ATTEMPTS, wait=0),
+)
+def chaos_fail(context: procrastinate.JobContext, ms: float = 5, **_: Any) -> None:
+    _mark(context, "start")
+    _burn(ms)
+    _mark(context, "raise")
+    raise RuntimeError("chaos_fail: always fails")
+
+
+@app.task(name="chaos_strict")
+def chaos_strict(count: int) -> int:
+    """Takes exactly one integer argument: bad-input tests defer it with
+    arguments it rejects."""
+    if not isinstance(count, int):
+        raise TypeError(f"count must be an int, got {type(count).__name__}")
+    return count + 1
