@@ -754,6 +754,9 @@ def banner(config: PreforkConfig, bootstrap: Bootstrap) -> str:
     if config.autoscale:
         lines[2] = (f"  children:      autoscale {config.autoscale[0]}..{config.autoscale[1]}"
                     f" x {config.child_concurrency} job(s) at once")
+    if config.health_port:
+        lines.append(f"  probe port:    {config.health_host}:{config.health_port} "
+                     "(/live, /ready, /status)")
     return "\n".join(lines)
 
 

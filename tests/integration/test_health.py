@@ -19,6 +19,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from ..fleet_helper import REPO, defer, wait_for
+from .test_django import django_db_url, django_template_url  # noqa: F401 (fixtures)
 
 HEALTH_APP = "tests.apps.health_app.app"
 FAST = ("--heartbeat-interval", "0.5", "--stalled-timeout", "2")
@@ -254,7 +255,7 @@ def test_ready_fails_while_the_database_is_unreachable(fleet, db_url, pg_url):
                 "WHERE datname = %s AND application_name LIKE %s",
                 [dbname, f"prefork:%:sup:{fleet.pid}"],
             )
-            status, body = wait_for(
+            _, body = wait_for(
                 lambda: (r := probe(port, "/ready"))[0] == 503 and r, timeout=10,
                 message="/ready to fail")
             assert "database unreachable" in body["reasons"]
@@ -271,7 +272,7 @@ def test_crash_loop_fails_live_and_the_fleet(fleet, db_url):
     fleet.start("--concurrency", "1", "--health-port", str(port), *FAST,
                 "--on-child-start", "tests.apps.health_app.crash_on_start",
                 app=HEALTH_APP, wait_ready=False)
-    status, body = wait_for(
+    _, body = wait_for(
         lambda: (r := try_probe(port, "/live")) and r[0] == 503 and r, timeout=30,
         message="/live to report the crash loop")
     assert "crash loop" in body["reasons"][0]
@@ -483,7 +484,7 @@ def test_django_health_check_backend(db_url):
     assert "no fresh supervisor (host=z)" in other_host["error"]
 
 
-def test_admin_is_read_only_and_migrations_are_complete(django_db_url):
+def test_admin_is_read_only_and_migrations_are_complete(django_db_url):  # noqa: F811
     makemigrations = subprocess.run(
         [sys.executable, str(MANAGE), "makemigrations", "--check", "--dry-run",
          "procrastinate_prefork"],
@@ -508,5 +509,3 @@ def test_admin_is_read_only_and_migrations_are_complete(django_db_url):
         assert conn.execute(
             "SELECT count(*) FROM procrastinate_prefork_processes").fetchone() == (3,)
 
-
-from .test_django import django_db_url, django_template_url  # noqa: E402,F401  (fixtures)

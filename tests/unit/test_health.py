@@ -248,7 +248,9 @@ def test_module_is_pure():
     import ast
 
     imported = set()
-    for node in ast.walk(ast.parse(open(health.__file__).read())):
+    with open(health.__file__) as source:
+        tree = ast.parse(source.read())
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             imported.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
