@@ -19,6 +19,8 @@ from typing import Any
 
 ENV_PREFIX = "PROCRASTINATE_PREFORK_"
 MAX_CHILDREN = 512
+#: worker rows procrastinate's own start-up prune may delete: a day old
+PROCRASTINATE_PRUNE_AFTER = 86400.0
 
 
 class ConfigError(ValueError):
@@ -421,7 +423,13 @@ class PreforkConfig:
             "shutdown_graceful_timeout": self.shutdown_graceful_timeout,
             "listen_notify": self.listen_notify,
             "delete_jobs": self.delete_jobs,
-            "stalled_worker_timeout": self.stalled_timeout,
+            # procrastinate's worker deletes, when it starts, the worker rows
+            # older than this. Right after a database outage every row is old,
+            # the live workers' too: a child starting then would delete them
+            # (their jobs lose their worker id, the sweep retries them while
+            # they run). The supervisors' sweep prunes dead workers instead,
+            # with a grace period after an outage (policy.sweep_allowed).
+            "stalled_worker_timeout": max(self.stalled_timeout, PROCRASTINATE_PRUNE_AFTER),
             "update_heartbeat_interval": min(10.0, self.heartbeat_interval),
             "install_signal_handlers": False,
         }

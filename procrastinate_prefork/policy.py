@@ -67,6 +67,17 @@ def is_wedged(heartbeat_age: float, child_timeout: float) -> bool:
     return heartbeat_age > child_timeout
 
 
+def sweep_allowed(back_for: float | None, stalled_timeout: float) -> bool:
+    """Whether to sweep for stalled jobs, ``back_for`` seconds after the
+    database came back from an outage (None: no outage seen).
+
+    After an outage every worker's heartbeat is old, the live ones' too: a
+    sweeper that reconnects first would retry jobs still running on other
+    hosts. Sweep only once the database has been reachable for a stalled
+    timeout, time for every live worker to refresh its heartbeat."""
+    return back_for is None or back_for >= stalled_timeout
+
+
 def is_over_time_limit(job_age: float | None, limit: float | None) -> bool:
     return job_age is not None and limit is not None and job_age > limit
 

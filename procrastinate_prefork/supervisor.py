@@ -652,6 +652,9 @@ class Supervisor:
         if now < self._next_sweep:
             return
         self._next_sweep = now + self.config.heartbeat_interval
+        back_for = None if self.db.back_since is None else now - self.db.back_since
+        if not policy.sweep_allowed(back_for, self.config.stalled_timeout):
+            return
         swept = self.db.run(lambda conn: recovery.sweep_stalled(
             conn, stalled_timeout=self.config.stalled_timeout,
             max_crash_retries=self.config.max_crash_retries,

@@ -130,3 +130,10 @@ def test_memory_recycle_never_loops_on_a_fat_start():
     assert not policy.should_recycle_for_memory(150, 200, baseline_mb=50)
     assert not policy.should_recycle_for_memory(300, 200, baseline_mb=250)
     assert not policy.should_recycle_for_memory(300, None, baseline_mb=50)
+
+
+def test_no_sweep_until_the_database_has_been_back_for_a_stalled_timeout():
+    assert policy.sweep_allowed(None, 30)  # no outage seen
+    assert not policy.sweep_allowed(0.0, 30)  # just reconnected: all heartbeats old
+    assert not policy.sweep_allowed(29.9, 30)
+    assert policy.sweep_allowed(30.0, 30)
