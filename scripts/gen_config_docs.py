@@ -1,0 +1,264 @@
+#!/usr/bin/env python3
+"""Write docs/reference/configuration.md from ``procrastinate_prefork.config.OPTIONS``.
+
+    .venv/bin/python scripts/gen_config_docs.py           # (re)write the page
+    .venv/bin/python scripts/gen_config_docs.py --check   # exit 1 if it is stale
+
+The option table is the only source: flags, environment variables, Django
+setting key, default and meaning all come from it, and the kind of value each
+option takes is read from its parser (the closures built by ``config``), so
+that the page cannot drift from the code. ``tests/unit/test_docs.py`` fails
+when the committed page differs from what this script writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+OUTPUT = REPO / "docs" / "reference" / "configuration.md"
+
+if str(REPO) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(REPO))
+
+from procrastinate_prefork import config  # noqa: E402
+
+
+class Kind:
+    """How one option's values are written, in each place they can be set."""
+
+    def __init__(self, text: str, python: str, placeholder: str, unit: str = ""):
+        self.text = text  # command line and environment
+        self.python = python  # Django setting and Python API
+        self.placeholder = placeholder  # metavar when the option has none
+        self.unit = unit  # appended to plain numeric defaults
+
+
+def _nonlocals(parse: Callable[..., Any]) -> dict[str, Any]:
+    try:
+        return dict(inspect.getclosurevars(parse).nonlocals)
+    except TypeError:
+        return {}
+
+
+def kind_of(parse: Callable[..., Any]) -> Kind:
+    """Describe the values ``parse`` accepts, from the parser config built."""
+    name = parse.__qualname__.split(".<locals>")[0]
+    free = _nonlocals(parse)
+    if name == "_optional":
+        inner = kind_of(free["parse"])
+        return Kind(
+            f"{inner.text}; `none` leaves it unset",
+            f"{inner.python} or `None`",
+            inner.placeholder,
+            inner.unit,
+        )
+    if name == "_int_between":
+        return Kind(f"an integer from {free['low']} to {free['high']}", "`int`", "N")
+    if name == "_positive_float":
+        bound = "0 or more" if free.get("allow_zero") else "more than 0"
+        return Kind(f"seconds, {bound} (decimals allowed)", "`float` or `int`",
+                    "SECONDS", " s")
+    if name == "_bool":
+        return Kind(
+            "a boolean: `1`/`0`, `yes`/`no`, `true`/`false`, `on`/`off` "
+            "(the flags themselves take no value)",
+            "`bool`",
+            "",
+        )
+    if name == "_choice":
+        choices = ", ".join(f"`{c}`" for c in free["choices"])
+        return Kind(f"one of {choices}", "`str`", "CHOICE")
+    if name == "_queues":
+        return Kind("comma-separated names, e.g. `emails,reports`",
+                    "`list[str]` (or a comma-separated `str`)", "QUEUES")
+    if name == "_non_empty_str":
+        return Kind("text, 1 to 200 characters", "`str`", "TEXT")
+    if name == "_task_timeouts":
+        return Kind(
+            "`NAME=SECONDS`; repeat the flag for several tasks; in the "
+            "environment, comma-separated: `app.tasks.a=10,app.tasks.b=2.5`",
+            '`dict[str, float]`, e.g. `{"app.tasks.a": 10}`',
+            "NAME=SECONDS",
+            " s",
+        )
+    if name == "_autoscale":
+        return Kind("`MIN,MAX`, two integers with MIN not above MAX",
+                    "`(MIN, MAX)` (a tuple or list of two `int`) or `\"MIN,MAX\"`",
+                    "MIN,MAX")
+    if name == "_dotted_path":
+        return Kind(
+            "a dotted path to a callable: `pkg.module.func` or `pkg.module:func`",
+            "a dotted path `str`, or the callable itself",
+            "PATH",
+        )
+    raise SystemExit(
+        f"gen_config_docs: no description for the parser {parse.__qualname__!r}; "
+        "teach kind_of() about it"
+    )
+
+
+def default_text(option: config.Option, kind: Kind) -> str:
+    if option.default_doc is not None:
+        return option.default_doc
+    value = option.default
+    if callable(value):
+        raise SystemExit(
+            f"gen_config_docs: option {option.name!r} has a computed default; give "
+            "it default_doc so that the page does not depend on this machine"
+        )
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, float):
+        return f"`{value:g}`{kind.unit}"
+    if isinstance(value, int):
+        return f"`{value}`{kind.unit}"
+    return f"`{value}`"
+
+
+def flag_text(option: config.Option, kind: Kind) -> str:
+    if option.negative_flag:
+        return ", ".join(f"`{flag}`" for flag in option.flags)
+    metavar = option.metavar or kind.placeholder
+    return ", ".join(f"`{flag} {metavar}`" for flag in option.flags)
+
+
+def anchor(option: config.Option) -> str:
+    return option.name  # Python-Markdown's slug of a heading "name"
+
+
+GROUPS = (
+    ("prefork", "Supervisor and children",
+     "How the fleet is run: its size, recovery, time limits, recycling, health."),
+    ("worker", "Passed to each child's procrastinate worker",
+     "procrastinate's own worker options, given to the worker that runs in every "
+     "child. They also read the `PROCRASTINATE_WORKER_*` environment variables "
+     "that `procrastinate worker` users may already set."),
+)
+
+
+def example_settings() -> list[str]:
+    """A Django settings example, using only options that exist."""
+    example = [
+        ("concurrency", "4"),
+        ("queues", '["default", "emails"]'),
+        ("max_memory_per_child", "400"),
+        ("task_timeouts", '{"shop.tasks.checksum": 120}'),
+        ("health_port", "8001"),
+        ("health_host", '"0.0.0.0"'),
+    ]
+    body = [f'    "{name}": {value},' for name, value in example
+            if name in config.OPTIONS_BY_NAME]
+    return ["```python", "# settings.py", "PROCRASTINATE_PREFORK = {", *body, "}", "```"]
+
+
+def render() -> str:
+    options = config.OPTIONS
+    known_groups = {group for group, _, _ in GROUPS}
+    stray = [o.name for o in options if o.group not in known_groups]
+    if stray:
+        raise SystemExit(f"gen_config_docs: options in an unknown group: {stray}")
+    lines = [
+        "# Configuration",
+        "",
+        "<!-- Generated by scripts/gen_config_docs.py from "
+        "procrastinate_prefork.config.OPTIONS. Do not edit by hand: change the "
+        "option table, then run `.venv/bin/python scripts/gen_config_docs.py`. -->",
+        "",
+        f"Every option of the prefork worker ({len(options)} of them), as defined "
+        "in the code's single option table. The same option can be given in four "
+        "places; the first one that sets it wins:",
+        "",
+        "1. the **command line** of `manage.py prefork_worker` or "
+        "`procrastinate-prefork --app ... worker` (or a keyword argument of "
+        "`procrastinate_prefork.run_worker(app, ...)`, which counts as the command "
+        "line);",
+        "2. an **environment variable**; when an option has several, the first "
+        "one listed that is set and not empty is used;",
+        "3. the **Django setting** `PROCRASTINATE_PREFORK`, a dict whose keys are "
+        "the option names below;",
+        "4. the **default**.",
+        "",
+        "A bad value stops the worker before anything is forked, with a one-line "
+        "message naming the option and where it came from, and exit code 2.",
+        "",
+        *example_settings(),
+        "",
+        "One constraint spans two options: `heartbeat_interval` must be at most "
+        "half of `stalled_timeout`.",
+        "",
+        "## Summary",
+        "",
+        "| Option | Command line | Environment | Default |",
+        "| --- | --- | --- | --- |",
+    ]
+    for option in options:
+        kind = kind_of(option.parse)
+        flags = ", ".join(f"`{flag}`" for flag in option.flags)
+        if option.negative_flag:
+            flags += f" / `{option.negative_flag}`"
+        env = "<br>".join(f"`{var}`" for var in option.env_vars)
+        lines.append(
+            f"| [`{option.name}`](#{anchor(option)}) | {flags} | {env} | "
+            f"{default_text(option, kind)} |"
+        )
+    for group, title, intro in GROUPS:
+        members = [o for o in options if o.group == group]
+        if not members:
+            continue
+        lines += ["", f"## {title}", "", intro]
+        for option in members:
+            kind = kind_of(option.parse)
+            lines += [
+                "",
+                f"### {option.name}",
+                "",
+                option.help,
+                "",
+                "| | |",
+                "| --- | --- |",
+                f"| Command line | {flag_text(option, kind)} |",
+            ]
+            if option.negative_flag:
+                lines.append(f"| Negative flag | `{option.negative_flag}` |")
+            if option.repeatable:
+                lines.append("| Repeatable | yes: give the flag once per value |")
+            lines += [
+                "| Environment | " + ", ".join(f"`{v}`" for v in option.env_vars) + " |",
+                f"| Django setting | `PROCRASTINATE_PREFORK[\"{option.setting_key}\"]`: "
+                f"{kind.python} |",
+                f"| Python API | `run_worker(app, {option.name}=...)` |",
+                f"| Value | {kind.text} |",
+                f"| Default | {default_text(option, kind)} |",
+            ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 if the committed page is not what would be written")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check:
+        current = OUTPUT.read_text() if OUTPUT.exists() else ""
+        if current != text:
+            print(f"{OUTPUT.relative_to(REPO)} is stale: run "
+                  ".venv/bin/python scripts/gen_config_docs.py", file=sys.stderr)
+            return 1
+        return 0
+    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
+    OUTPUT.write_text(text)
+    print(f"wrote {OUTPUT.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
