@@ -134,4 +134,6 @@ LOGGING = {
         "console": {"class": "logging.StreamHandler", "formatter": "plain"},
     },
     "root": {"handlers": ["console"], "level": "INFO"},
+    # procrastinate logs "Adding tasks from blueprint" at every start (twice).
+    "loggers": {"procrastinate.blueprints": {"level": "WARNING"}},
 }
