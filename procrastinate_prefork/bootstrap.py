@@ -13,6 +13,7 @@ import concurrent.futures
 import contextlib
 import importlib
 import os
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,6 +21,9 @@ from typing import Any
 import procrastinate
 
 from . import compat
+
+
+logger = logging.getLogger("procrastinate_prefork.bootstrap")
 
 
 class BootstrapError(Exception):
@@ -110,11 +114,23 @@ class Bootstrap:
         with self.app.replace_connector(connector) as app:
             yield app
 
+    _warned_threads: frozenset[str] = frozenset()
+
     def check_fork_safety(self) -> None:
-        threads = [t for t in threading.enumerate() if t is not threading.main_thread()]
-        if threads:
-            names = ", ".join(t.name for t in threads)
-            raise RuntimeError(f"refusing to fork with threads running: {names}")
+        """Warn (once per set of threads) when someone else's threads run in
+        the supervisor at fork time: e.g. an error reporter's background
+        thread. The child does not get them, and a lock one of them held at
+        the fork stays locked in the child."""
+        names = frozenset(
+            t.name for t in threading.enumerate() if t is not threading.main_thread()
+        )
+        if names and names != self._warned_threads:
+            self._warned_threads = names
+            logger.warning(
+                "Forking while other threads run in the supervisor (%s): they do "
+                "not exist in the children; start them in on_child_start instead",
+                ", ".join(sorted(names)), extra={"action": "fork_with_threads"},
+            )
 
 
 class AppBootstrap(Bootstrap):
@@ -220,6 +236,12 @@ class DjangoBootstrap(Bootstrap):
                 if "postgresql" in settings_dict.get("ENGINE", ""):
                     options = settings_dict.setdefault("OPTIONS", {})
                     options["application_name"] = application_name
+                    if options.get("pool"):
+                        # one pool per child: psycopg_pool's default of 4
+                        # sessions each would multiply by the fleet size
+                        pool = {} if options["pool"] is True else dict(options["pool"])
+                        pool.setdefault("min_size", 1)
+                        options["pool"] = pool
         for conn in connections.all(initialized_only=True):
             # Never close(): that would send a Terminate message on a socket the
             # parent may still use. Dropping the reference is enough.

@@ -456,9 +456,12 @@ def build_config(
         raise ConfigError("setting PROCRASTINATE_PREFORK: expected a dict")
     unknown = sorted(set(settings) - set(OPTIONS_BY_NAME))
     if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], OPTIONS_BY_NAME, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "see the configuration reference"
         raise ConfigError(
-            f"setting PROCRASTINATE_PREFORK: unknown key {unknown[0]!r} "
-            f"(known: {', '.join(sorted(OPTIONS_BY_NAME))})"
+            f"setting PROCRASTINATE_PREFORK: unknown key {unknown[0]!r} ({hint})"
         )
     values: dict[str, Any] = {}
     for option in OPTIONS:

@@ -62,7 +62,7 @@ def test_task_timeouts_from_cli_and_settings():
 
 
 def test_unknown_and_bad_settings():
-    with pytest.raises(ConfigError, match="unknown key 'concurency'"):
+    with pytest.raises(ConfigError, match="unknown key 'concurency' .did you mean 'concurrency'"):
         parse([], settings={"concurency": 2})
     with pytest.raises(ConfigError, match=r"PROCRASTINATE_PREFORK\['concurrency'\]"):
         parse([], settings={"concurrency": True})
