@@ -4,6 +4,7 @@
   writes from ``config.OPTIONS``, and names every option, flag and variable;
 - every log event (``extra={"action": ...}``) and every signal the supervisor
   handles is documented, and every command of the CLI;
+- the Python and YAML examples parse;
 - ``mkdocs build --strict`` passes: no broken link or anchor, no page left out
   of the nav, no warning.
 """
@@ -106,6 +107,35 @@ def test_readme_links_into_docs_exist():
     assert targets, "the README links into docs/"
     missing = [t for t in targets if not (REPO / t).exists()]
     assert not missing, missing
+
+
+def _code_blocks(language: str) -> list[tuple[str, str]]:
+    pages = [REPO / "README.md", *sorted(DOCS.rglob("*.md"))]
+    return [
+        (str(page.relative_to(REPO)), body)
+        for page in pages
+        for lang, body in re.findall(r"```(\w+)\n(.*?)```", page.read_text(), re.DOTALL)
+        if lang == language
+    ]
+
+
+def test_python_and_yaml_examples_parse():
+    import ast
+
+    import yaml  # comes with mkdocs
+
+    python, manifests = _code_blocks("python"), _code_blocks("yaml")
+    assert python and manifests
+    for page, body in python:
+        try:
+            ast.parse(body)
+        except SyntaxError as exc:
+            pytest.fail(f"{page}: a python example does not parse: {exc}")
+    for page, body in manifests:
+        try:
+            list(yaml.safe_load_all(body))
+        except yaml.YAMLError as exc:
+            pytest.fail(f"{page}: a yaml example does not parse: {exc}")
 
 
 def test_mkdocs_build_is_strict_and_clean(tmp_path):
