@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import json
 import os
 import re
@@ -284,6 +285,38 @@ def _parse_log_time(text: str) -> float:
     return datetime.datetime.strptime(text, "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
+#: Where the workers import procrastinate_prefork and benchmarks from: a copy
+#: taken when the run starts (``snapshot_code``), so that edits made to the
+#: working tree during a long run do not change the code under measurement.
+CODE_PATH: list[Path] = [REPO]
+
+
+def snapshot_code(dest: Path) -> dict[str, Any]:
+    """Copy the package and the benchmarks into ``dest``; make the workers
+    import them from there. Returns what was measured: the commit, whether
+    the package differed from it, and a digest of the copied sources."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("procrastinate_prefork", "benchmarks"):
+        shutil.copytree(REPO / name, dest / name, ignore=ignore)
+    digest = hashlib.sha256()
+    for path in sorted(dest.rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(dest)).encode())
+            digest.update(path.read_bytes())
+    CODE_PATH[:] = [dest]
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True,
+                             text=True, check=False)
+        return out.stdout.strip()
+    return {
+        "commit": git("rev-parse", "--short", "HEAD") or "?",
+        "package_uncommitted_changes": bool(git("status", "--porcelain", "--",
+                                                 "procrastinate_prefork")),
+        "sources_sha256": digest.hexdigest()[:16],
+    }
+
+
 class Workers:
     """One benchmarked setup: ``stock`` (one ``procrastinate worker
     --concurrency n``), ``stock_procs`` (n of them with concurrency 1),
@@ -334,7 +367,7 @@ class Workers:
         base_env = {
             **os.environ,
             "DATABASE_URL": self.db_url,
-            "PYTHONPATH": str(REPO),
+            "PYTHONPATH": os.pathsep.join(str(p) for p in CODE_PATH),
             "PYTHONUNBUFFERED": "1",
         }
         base_env.pop("PGAPPNAME", None)
@@ -344,7 +377,7 @@ class Workers:
             self.logs.append(log_path)
             with open(log_path, "wb") as log:
                 self.procs.append(subprocess.Popen(
-                    cmd, cwd=REPO, env={**base_env, **env}, stdout=log,
+                    cmd, cwd=CODE_PATH[0], env={**base_env, **env}, stdout=log,
                     stderr=subprocess.STDOUT, start_new_session=True,
                 ))
         return self
@@ -539,6 +572,8 @@ def machine() -> dict[str, Any]:
     cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
     models = re.findall(r"^model name\s*:\s*(.*)$", cpuinfo, re.MULTILINE)
     mhz = re.findall(r"^cpu MHz\s*:\s*(.*)$", cpuinfo, re.MULTILINE)
+    cache = re.findall(r"^cache size\s*:\s*(.*)$", cpuinfo, re.MULTILINE)
+    flags = re.findall(r"^flags\s*:\s*(.*)$", cpuinfo, re.MULTILINE)
     free = subprocess.run(["free", "-m"], capture_output=True, text=True, check=False).stdout
     try:
         usable = len(os.sched_getaffinity(0))
@@ -549,6 +584,8 @@ def machine() -> dict[str, Any]:
         "logical_cpus": len(models) or os.cpu_count(),
         "usable_cpus": usable,
         "cpu_mhz": mhz[0] if mhz else None,
+        "cache": cache[0] if cache else None,
+        "virtual_machine": bool(flags) and "hypervisor" in flags[0].split(),
         "free_m": free.strip(),
         "kernel": os.uname().release,
         "python": sys.version.split()[0],

@@ -349,14 +349,19 @@ def _run_section(res: Results) -> list[str]:
          f"({meta.get('duration_s', '?')} s); {meta['reps']} repetitions of every drain "
          f"and lifecycle measurement, interleaved; figures are medians with "
          f"min-max{scaled}."),
-        (f"- Machine: {m['cpu_model']}, {m['logical_cpus']} logical CPUs "
-         f"({m['usable_cpus']} usable), kernel {m['kernel']}, Python {m['python']}; "
-         "PostgreSQL, the workers, Redis and the harness all share these CPUs."),
+        (f"- Machine (`/proc/cpuinfo`): {m['cpu_model']}, {m['logical_cpus']} logical "
+         f"CPUs ({m['usable_cpus']} usable)"
+         + (f" at {float(m['cpu_mhz']):.0f} MHz" if m.get("cpu_mhz") else "")
+         + (f", {m['cache']} cache" if m.get("cache") else "")
+         + (", a virtual machine (hypervisor flag)" if m.get("virtual_machine") else "")
+         + f"; kernel {m['kernel']}, Python {m['python']}. PostgreSQL, the workers, "
+         "Redis and the harness all share these CPUs."),
         (f"- Versions: PostgreSQL {v.get('postgresql', '?')}, procrastinate "
          f"{v.get('procrastinate', '?')}, procrastinate-prefork "
          f"{v.get('procrastinate-prefork', '?')}, psycopg {v.get('psycopg', '?')}, "
          f"psycopg-pool {v.get('psycopg-pool', '?')}{celery}."),
         f"- Celery: {meta.get('celery', '?')}.",
+        *_code_line(meta),
         "",
         "```",
         "$ free -m",
@@ -364,6 +369,16 @@ def _run_section(res: Results) -> list[str]:
         "```",
         "",
     ]
+
+
+def _code_line(meta: dict[str, Any]) -> list[str]:
+    code = meta.get("code")
+    if not code:
+        return []
+    dirty = (" plus uncommitted changes to `procrastinate_prefork/`"
+             if code["package_uncommitted_changes"] else "")
+    return [f"- Code measured: commit {code['commit']}{dirty} (copied when the run "
+            f"started; sources sha256 {code['sources_sha256']})."]
 
 
 def _median_of(values: list[float]) -> float:
@@ -401,6 +416,27 @@ def _noise_section(res: Results) -> list[str]:
     return lines
 
 
+NOTES = Path(__file__).resolve().parent / "notes.md"
+
+
+def _analysis_section(res: Results) -> list[str]:
+    """``benchmarks/notes.md``: analysis written by hand after reading one
+    run's numbers. Its first line, ``<!-- run: <started_at> -->``, names that
+    run; for any other run the notes are left out rather than shown against
+    numbers they were not written for."""
+    if not NOTES.exists():
+        return []
+    text = NOTES.read_text()
+    first, _, body = text.partition("\n")
+    run = first.removeprefix("<!-- run:").removesuffix("-->").strip()
+    if run != res.meta.get("started_at"):
+        why = (f"(`benchmarks/notes.md` was written for the run of {run or '?'}, "
+               "not this one, so it is left out.)")
+        return ["## Analysis", "", why, ""]
+    return ["## Analysis", "", "Written after reading this run's numbers.", "",
+            body.strip(), ""]
+
+
 def _targets_section(res: Results) -> list[str]:
     lines = ["## Targets", "", "| # | target | measured | |", "|---|---|---|---|"]
     tgs = targets(res)
@@ -434,6 +470,7 @@ def markdown(data: dict[str, Any]) -> str:
         "![benchmarks chart](benchmarks.png)",
         "",
         *_targets_section(res),
+        *_analysis_section(res),
         "## Drain rates",
         "",
         DRAIN_INTRO.format(settle=meta.get("settle_s", 2)),

@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     celery_reason = "skipped (--no-celery)" if args.no_celery else harness.Redis.available()
     meta["celery"] = celery_reason or "included"
     workdir = harness.workdir()
+    meta["code"] = harness.snapshot_code(workdir / "code")
     dbs = harness.Databases(db_url)
     meta["versions"]["postgresql"] = dbs.server_version()
     redis = None
