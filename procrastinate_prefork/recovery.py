@@ -83,9 +83,12 @@ def decide(
     return Action.RETRIED, "process died"
 
 
+# Without the arguments, which may weigh megabytes each: the supervisor reads
+# them only for a job stopped by its time limit, whose task's retry strategy
+# gets the job.
 _JOB_COLUMNS = (
     "id, task_name, queue_name, abort_requested, attempts, lock, queueing_lock, "
-    "args, scheduled_at, priority, status, worker_id"
+    "{args} AS args, scheduled_at, priority, status, worker_id"
 )
 
 
@@ -107,11 +110,12 @@ def recover_worker_jobs(
         return []
     with conn.transaction():
         with conn.cursor(row_factory=dict_row) as cur:
+            columns = _JOB_COLUMNS.format(args="CASE WHEN id = ANY(%s::bigint[]) THEN args END")
             rows = cur.execute(
-                f"SELECT {_JOB_COLUMNS} FROM procrastinate_jobs "  # noqa: S608
+                f"SELECT {columns} FROM procrastinate_jobs "  # noqa: S608
                 "WHERE worker_id = ANY(%s) AND status = 'doing' "
                 "ORDER BY id FOR UPDATE SKIP LOCKED",
-                [list(worker_ids)],
+                [list(timed_out_job_ids), list(worker_ids)],
             ).fetchall()
         recoveries = [
             _recover_row(
@@ -149,7 +153,8 @@ def sweep_stalled(
             return None
         with conn.cursor(row_factory=dict_row) as cur:
             rows = cur.execute(
-                f"SELECT {_JOB_COLUMNS} FROM procrastinate_jobs AS job "  # noqa: S608
+                f"SELECT {_JOB_COLUMNS.format(args='NULL::jsonb')} "  # noqa: S608
+                "FROM procrastinate_jobs AS job "
                 "WHERE job.status = 'doing' AND NOT EXISTS ("
                 "  SELECT 1 FROM procrastinate_workers AS w"
                 "  WHERE w.id = job.worker_id"

@@ -123,9 +123,9 @@ def chaos_fail(context: procrastinate.JobContext, ms: float = 5, **_: Any) -> No
 
 
 @app.task(name="chaos_strict")
-def chaos_strict(count: int) -> int:
+def chaos_strict(n: int) -> int:
     """Takes exactly one integer argument: bad-input tests defer it with
     arguments it rejects."""
-    if not isinstance(count, int):
-        raise TypeError(f"count must be an int, got {type(count).__name__}")
-    return count + 1
+    if not isinstance(n, int):
+        raise TypeError(f"n must be an int, got {type(n).__name__}")
+    return n + 1
