@@ -261,7 +261,8 @@ OPTIONS: tuple[Option, ...] = (
         "shutdown_graceful_timeout", ("--shutdown-graceful-timeout",),
         _positive_float(allow_zero=True), 30.0,
         "On SIGTERM/SIGINT, seconds the running jobs of all children get (one "
-        "shared deadline) before the stragglers are killed and their jobs retried.",
+        "shared deadline). Then procrastinate aborts async jobs, and children "
+        "still busy a second later are killed: their sync jobs are retried.",
         group="worker", env=("PROCRASTINATE_WORKER_SHUTDOWN_GRACEFUL_TIMEOUT",),
     ),
     Option(

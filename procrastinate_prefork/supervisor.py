@@ -56,8 +56,10 @@ class Child:
     started: float  # monotonic
     started_at: datetime.datetime
     wake_fd: int
-    kill_reason: str | None = None
-    kill_at: float | None = None  # SIGKILL when this monotonic time passes
+    kill_reason: str | None = None  # why we killed it, once we have
+    kill_at: float | None = None  # SIGKILL when this monotonic time passes...
+    kill_at_reason: str = ""  # ...and this is why
+    deadline_kill: bool = False  # killed at a drain/retire deadline: not the job's fault
     timed_out_job: int | None = None
     generation: int = 0  # bumped by SIGHUP: older children are rolled over
     retiring: bool = False  # asked to stop for good (scale down, rolling restart)
@@ -258,7 +260,7 @@ class Supervisor:
         for child in self.children.values():
             self._kill(child, signal.SIGTERM)
             child.kill_at = self.deadline + KILL_MARGIN
-            child.kill_reason = child.kill_reason or "shutdown deadline passed"
+            child.kill_at_reason = "shutdown deadline passed"
         setproctitle.setproctitle(self._title())
 
     def _stop_now(self, why: str) -> None:
@@ -298,6 +300,8 @@ class Supervisor:
         view = self.scoreboard.read(child.slot)
         os.close(child.wake_fd)
         cause = child.kill_reason or text
+        if child.retiring and child.kill_reason is None:
+            text += " (retired)"
         clean = code in (0, policy.EXIT_RECYCLE)
         if code == policy.EXIT_RECYCLE:
             text = "recycled itself"
@@ -313,7 +317,7 @@ class Supervisor:
         if view.worker_id is not None:
             timed_out = {child.timed_out_job} if child.timed_out_job else set()
             # Jobs killed at the shutdown deadline are not the job's fault.
-            count = child.kill_reason != "shutdown deadline passed"
+            count = not child.deadline_kill
             self.unrecovered.append(_PendingRecovery(
                 view.worker_id, cause, child.pid, timed_out, count_crash=count
             ))
@@ -388,6 +392,9 @@ class Supervisor:
             view = self.scoreboard.read(child.slot)
             if child.kill_at is not None and now >= child.kill_at:
                 child.kill_at = None
+                if child.kill_reason is None:
+                    child.kill_reason = child.kill_at_reason
+                    child.deadline_kill = True
                 logger.warning("Child %s (pid %s): %s, SIGKILL", child.slot, child.pid,
                                child.kill_reason, extra={"action": "child_killed"})
                 self._kill(child, signal.SIGKILL)
@@ -459,8 +466,8 @@ class Supervisor:
     def _retire(self, child: Child, why: str) -> None:
         """Stop a child for good: it finishes its jobs and is not replaced."""
         child.retiring = True
-        child.kill_reason = child.kill_reason or f"retired ({why})"
         child.kill_at = time.monotonic() + self.config.shutdown_graceful_timeout + KILL_MARGIN
+        child.kill_at_reason = f"retirement deadline passed ({why})"
         self._kill(child, signal.SIGTERM)
 
     def _rolling_restart(self) -> None:
