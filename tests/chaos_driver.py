@@ -87,6 +87,9 @@ class ChaosConfig:
     seed: int | None = None
     #: continuous load for the soak: jobs per second (0: ``jobs`` in all)
     rate: float = 0.0
+    #: for the soak: repeat the supervisor kill, the SIGSTOPs and the
+    #: PostgreSQL restart every this many seconds (0: once, in ``seconds``)
+    repeat_every: float = 0.0
 
     @classmethod
     def from_env(cls, **overrides: Any) -> ChaosConfig:
@@ -466,15 +469,22 @@ class ChaosRun:
     # --- the run
 
     def schedule(self) -> list[tuple[float, str]]:
-        """(fraction of the chaos window, action), in order."""
-        plan = []
+        """(seconds into the chaos, action), in order: once in the chaos
+        window, or once per ``repeat_every`` seconds."""
+        cycle = []
         if self.config.kill_supervisor:
-            plan.append((0.25, "kill_supervisor"))
+            cycle.append((0.25, "kill_supervisor"))
         if self.config.stop_children:
-            plan.append((0.40, "stop_long"))  # past --child-timeout: killed as wedged
-            plan.append((0.55, "stop_short"))  # resumed before --child-timeout
+            cycle.append((0.40, "stop_long"))  # past --child-timeout: killed as wedged
+            cycle.append((0.55, "stop_short"))  # resumed before --child-timeout
         if self.config.restart_db:
-            plan.append((0.70, "restart_db"))
+            cycle.append((0.70, "restart_db"))
+        period = self.config.repeat_every or self.config.seconds
+        plan = []
+        cycle_start = 0.0
+        while cycle_start + period <= self.config.seconds + 1e-9:
+            plan.extend((cycle_start + at * period, action) for at, action in cycle)
+            cycle_start += period
         return plan
 
     def run_chaos(self, on_tick: Callable[[ChaosRun], None] | None = None) -> None:
@@ -501,7 +511,7 @@ class ChaosRun:
                     except psycopg.OperationalError:
                         pass  # the database is restarting: next time
                 next_defer = now + 0.5
-            if plan and now >= start + plan[0][0] * config.seconds:
+            if plan and now >= start + plan[0][0]:
                 _, action = plan.pop(0)
                 if action == "kill_supervisor":
                     self.kill_supervisor(self.rng.choice(self.hostnames()))
