@@ -20,7 +20,10 @@ logger = logging.getLogger("procrastinate_prefork.db")
 
 T = TypeVar("T")
 CONNECT_TIMEOUT = 3
-RETRY_MIN, RETRY_MAX = 0.5, 10.0
+# Reconnection attempts: one connection per host, cheap even for a large fleet;
+# capped like the children's pools (compat.POOL_RECONNECT_MAX_DELAY) so that
+# the supervisor (its /ready, recoveries, heartbeats) is back as soon as they are.
+RETRY_MIN, RETRY_MAX = 0.5, 2.0
 
 
 def application_name(host: str, role: str, pid: int) -> str:
