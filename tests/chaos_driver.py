@@ -22,6 +22,7 @@ What a run checks (``ChaosReport.problems``):
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import random
@@ -309,6 +310,7 @@ class ChaosRun:
         self.job_ids: list[int] = []
         self._stopped: dict[int, float] = {}  # SIGSTOPped pid -> SIGCONT time
         self._pg: subprocess.Popen[str] | None = None
+        self._final_live: frozenset[int] = frozenset()  # see snapshot_live
         self.started = 0.0
 
     # --- fleet
@@ -684,7 +686,7 @@ class ChaosRun:
 
     def _check_reruns(self, job_id: int, runs: list[Run]) -> None:
         report = self.report
-        for earlier, later in zip(runs, runs[1:]):
+        for earlier, later in itertools.pairwise(runs):
             if earlier.outcome == "raise":
                 continue  # the task's retry strategy at work
             kind = "duplicate" if earlier.outcome == "end" else "interrupted"
@@ -711,7 +713,7 @@ class ChaosRun:
                     by_lock[run.lock].append(run)
         for lock, runs in by_lock.items():
             runs.sort(key=lambda r: r.start)
-            for earlier, later in zip(runs, runs[1:]):
+            for earlier, later in itertools.pairwise(runs):
                 if earlier.finish is not None:
                     busy_until = earlier.finish
                 else:  # interrupted: its process was alive at least until then
@@ -739,8 +741,6 @@ class ChaosRun:
             if pid not in supervisors and pid not in self.watch.killed
             and pid not in self._final_live
         )
-
-    _final_live: frozenset[int] = frozenset()
 
     def snapshot_live(self) -> None:
         """The fleet's processes alive just before the final stop: a job run

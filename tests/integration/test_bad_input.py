@@ -144,6 +144,6 @@ def test_oversized_arguments_run_and_do_not_flood_the_logs(fleet, db_url):
              timeout=60, message="the other jobs to succeed")
     wait_for(lambda: status_counts(db_url) == {"succeeded": 21}, timeout=60,
              message="the big job to succeed after the kill")
-    assert "Recovered job %d" % big in fleet.log()
+    assert f"Recovered job {big} " in fleet.log()
     assert len(fleet.log()) < 2**20, "job arguments in the logs"
     assert fleet.stop() == 0
