@@ -134,7 +134,14 @@ class Supervisor:
         setproctitle.setproctitle(self._title())
         for slot in range(self.target):
             self.respawn_at[slot] = 0.0
-        self._spawn_due(at_start=True)
+        try:
+            self._spawn_due(at_start=True)
+        except StartupError:
+            while self.children:  # the ones forked before the failure
+                self._reap()
+                time.sleep(0.05)
+            self._finish()
+            raise
         try:
             while not self._finished():
                 self._handle_signals()
@@ -171,6 +178,12 @@ class Supervisor:
             self.probe = probe.open_for(self)
         except probe.ProbeBindError as exc:
             raise StartupError(str(exc)) from None
+        try:
+            self.app.perform_import_paths()  # children inherit the imported tasks
+        except Exception as exc:  # the user's task modules
+            raise StartupError(
+                f"cannot import the task modules: {type(exc).__name__}: {exc}"
+            ) from None
         try:
             conn = db.connect(
                 self.bootstrap.connection_args(), self.db.app_name, autocommit=True
@@ -212,7 +225,6 @@ class Supervisor:
                     predecessor["pid"], len(recovered),
                     extra={"action": "predecessor_recovered", "jobs": len(recovered)},
                 )
-        self.app.perform_import_paths()  # children inherit the imported tasks
 
     def _install_signals(self) -> None:
         self._sig_r, self._sig_w = os.pipe()

@@ -9,6 +9,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from ..fleet_helper import APP, wait_for
@@ -42,7 +43,7 @@ def _command(group: Path, *args: str) -> list[str]:
             *args]
 
 
-def test_fork_failure_at_start_fails_fast(fleet, pids_cgroup):
+def test_fork_failure_at_start_fails_fast(fleet, pids_cgroup, db_url):
     (pids_cgroup / "pids.max").write_text("2")  # the supervisor and one child
     fleet.start(command=_command(pids_cgroup, "--concurrency", "3"), wait_ready=False)
     assert fleet.wait(timeout=30) == 1
@@ -50,6 +51,10 @@ def test_fork_failure_at_start_fails_fast(fleet, pids_cgroup):
     assert "error: cannot fork child" in log
     assert "Traceback" not in log
     assert not (pids_cgroup / "cgroup.procs").read_text().strip()  # nothing left
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        live = conn.execute("SELECT count(*) FROM procrastinate_prefork_processes "
+                            "WHERE state <> 'stopped'").fetchone()
+    assert live == (0,)  # no live-looking row of the failed start
 
 
 def test_fork_failure_later_is_retried(fleet, pids_cgroup):
