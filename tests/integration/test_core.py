@@ -217,3 +217,11 @@ def test_bad_environment_value_exits_2(fleet):
     code = fleet.run_to_exit(env={"PROCRASTINATE_WORKER_WAIT": "maybe"}, timeout=30)
     assert code == 2
     assert "environment variable PROCRASTINATE_WORKER_WAIT" in fleet.log()
+
+
+def test_task_modules_that_do_not_import(fleet):
+    code = fleet.run_to_exit(app="tests.apps.bad_import_paths_app.app", timeout=30)
+    assert code == 1
+    log = fleet.log()
+    assert "error: cannot import the task modules" in log
+    assert "Child" not in log and "Traceback" not in log
