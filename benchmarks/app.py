@@ -12,7 +12,7 @@ import time
 
 import procrastinate
 
-from .work import spin
+from .work import cpu_task
 
 app = procrastinate.App(
     connector=procrastinate.PsycopgConnector(conninfo=os.environ.get("DATABASE_URL", "")),
@@ -21,7 +21,7 @@ app = procrastinate.App(
 
 @app.task(name="cpu")
 def cpu(iterations: int) -> None:
-    spin(iterations)
+    cpu_task(iterations)
 
 
 @app.task(name="noop_sync")

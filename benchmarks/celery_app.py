@@ -15,7 +15,7 @@ import time
 
 from celery import Celery, signals
 
-from .work import spin
+from .work import cpu_task
 
 app = Celery("bench", broker=os.environ.get("BENCH_CELERY_BROKER", "redis://127.0.0.1:6390/0"))
 app.conf.update(
@@ -29,7 +29,7 @@ app.conf.update(
 
 @app.task(name="cpu")
 def cpu(iterations: int) -> None:
-    spin(iterations)
+    cpu_task(iterations)
 
 
 @app.task(name="noop_sync")

@@ -202,17 +202,54 @@ def cpu_by_pid(pids: Sequence[int]) -> dict[int, float]:
     return found
 
 
-def backend_pids(dbname: str, exclude: Sequence[int] = ()) -> list[int]:
-    """PostgreSQL backends of one database on this machine, found by their
-    process titles (``postgres: user dbname host(port) state``)."""
-    found = []
-    marker = f" {dbname} "
+_CLIENT_TITLE = re.compile(r"^postgres: (\S+) (\S+) (\S+\(\d+\)|\[local\]) ")
+
+
+def postmaster_pid(url: str) -> int | None:
+    """The PostgreSQL server process listening on the URL's port on this
+    machine, or None (a remote server, or not allowed to see it)."""
+    port = urlsplit(url).port or 5432
     for proc in psutil.process_iter(["name", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if proc.info["name"] not in ("postgres", "postmaster") or not cmdline:
+            continue
+        if cmdline[0].startswith("postgres:"):
+            continue  # a child: backends and background processes
         try:
-            title = " ".join(proc.info["cmdline"] or [])
+            listening = [c for c in proc.net_connections("inet")
+                         if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
         except psutil.Error:
             continue
-        if title.startswith("postgres:") and marker in title and proc.pid not in exclude:
+        if listening:
+            return proc.pid
+    return None
+
+
+def server_pids(postmaster: int | None, dbname: str, exclude: Sequence[int] = ()) -> list[int]:
+    """The PostgreSQL processes working for one database: its client backends
+    (by process title, ``postgres: user dbname host(port) state``) and, when
+    the server runs on this machine, its background processes too (WAL writer,
+    checkpointer, autovacuum...), which the drains keep busy as well."""
+    if postmaster is not None:
+        try:
+            candidates = psutil.Process(postmaster).children()
+        except psutil.Error:
+            candidates = []
+    else:
+        candidates = list(psutil.process_iter())
+    found = []
+    for proc in candidates:
+        try:
+            title = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        if not title.startswith("postgres:") or proc.pid in exclude:
+            continue
+        client = _CLIENT_TITLE.match(title)
+        if client:
+            if client.group(2) == dbname:
+                found.append(proc.pid)
+        elif postmaster is not None:
             found.append(proc.pid)
     return found
 
@@ -338,6 +375,7 @@ class Workers:
         self.logs: list[Path] = []
         self.spawned_at = 0.0
         self.celery_stats = workdir / f"celery-stats-{uuid.uuid4().hex[:6]}"
+        self.task_stats = workdir / f"task-stats-{uuid.uuid4().hex[:6]}"
         self.celery_node = f"bench-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
 
     # ---- lifecycle
@@ -371,6 +409,8 @@ class Workers:
             "PYTHONUNBUFFERED": "1",
         }
         base_env.pop("PGAPPNAME", None)
+        self.task_stats.mkdir(exist_ok=True)
+        base_env["BENCH_TASK_STATS"] = str(self.task_stats)
         self.spawned_at = time.time()
         for i, (cmd, env) in enumerate(self.commands()):
             log_path = self.workdir / f"{self.kind}-{self.n}-{uuid.uuid4().hex[:6]}-{i}.log"
@@ -447,6 +487,7 @@ class Workers:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=10)
         shutil.rmtree(self.celery_stats, ignore_errors=True)
+        shutil.rmtree(self.task_stats, ignore_errors=True)
 
     # ---- processes
 

@@ -243,6 +243,9 @@ def aggregate_drains(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 1000 * r["cpu"]["server_cpu_s"] / jobs for r in runs), 3),
             "foreign_cpu_frac_max": max(r["cpu"]["foreign_cpu_frac"] for r in runs),
         })
+        if all("task_cpu_s" in r for r in runs):
+            out[-1]["task_cpu_ms_per_job"] = round(statistics.median(
+                1000 * r["task_cpu_s"] / jobs for r in runs), 3)
     return out
 
 

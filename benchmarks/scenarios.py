@@ -24,16 +24,18 @@ from .harness import (
     Databases,
     Redis,
     Workers,
-    backend_pids,
     background_busy,
     connect,
     dbname_of,
     defer,
     drain_window,
+    postmaster_pid,
+    server_pids,
     sessions,
     unfinished,
     wait_for,
 )
+from .work import task_cpu_totals
 
 
 @dataclasses.dataclass
@@ -129,6 +131,9 @@ def drain(ctx: Context, name: str, kind: str, n: int, count: int) -> dict[str, A
                 result = _drain_celery(ctx, workers, task, args, count)
             else:
                 result = _drain_procrastinate(ctx, workers, conn, url, task, args, count)
+            tasks, task_cpu = task_cpu_totals(str(workers.task_stats))
+            if tasks:
+                result["task_cpu_s"] = round(task_cpu, 4)
         except BaseException:
             workers.kill()
             raise
@@ -145,7 +150,9 @@ def _drain_procrastinate(ctx: Context, workers: Workers, conn: Any, url: str,
                          task: str, args: dict[str, Any], count: int) -> dict[str, Any]:
     dbname = dbname_of(url)
     harness_backend = conn.info.backend_pid
-    meter = CpuMeter(workers.all_pids, lambda: backend_pids(dbname, exclude=[harness_backend]),
+    postmaster = postmaster_pid(url)
+    meter = CpuMeter(workers.all_pids,
+                     lambda: server_pids(postmaster, dbname, exclude=[harness_backend]),
                      harness_backend)
     meter.start()
     defer(conn, task, count, args)
