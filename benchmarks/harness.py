@@ -418,7 +418,12 @@ class Workers:
             with open(log_path, "wb") as log:
                 self.procs.append(subprocess.Popen(
                     cmd, cwd=CODE_PATH[0], env={**base_env, **env}, stdout=log,
-                    stderr=subprocess.STDOUT, start_new_session=True,
+                    # No new session: every setup's processes share the
+                    # harness's session, hence one scheduler autogroup, as
+                    # processes started from one shell would. (N stock
+                    # processes in N sessions would get N shares of the CPU
+                    # against PostgreSQL's one, a fleet only one.)
+                    stderr=subprocess.STDOUT, start_new_session=False,
                 ))
         return self
 
@@ -627,11 +632,19 @@ def machine() -> dict[str, Any]:
         "cpu_mhz": mhz[0] if mhz else None,
         "cache": cache[0] if cache else None,
         "virtual_machine": bool(flags) and "hypervisor" in flags[0].split(),
+        "sched_autogroup": _autogroup_enabled(),
         "free_m": free.strip(),
         "kernel": os.uname().release,
         "python": sys.version.split()[0],
         "loadavg_at_start": os.getloadavg(),
     }
+
+
+def _autogroup_enabled() -> bool | None:
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return None
 
 
 def versions() -> dict[str, str]:

@@ -219,7 +219,7 @@ def cpu_table(res: Results) -> list[str]:
     ]
     for scenario in ("cpu50", "cpu20", "noop_sync", "noop_async"):
         for kind in ("stock", "stock_procs", "prefork", "celery"):
-            for n in (1, 2):
+            for n in (1, 2, 4):
                 d = res.drains.get((scenario, kind, n))
                 if not d:
                     continue
@@ -504,6 +504,7 @@ def markdown(data: dict[str, Any]) -> str:
         lines += ["## Start-up, memory, shutdown, sessions", "", LIFECYCLE_INTRO, "",
                   *lifecycle_table(res)]
     lines += ["## Method", ""]
+    lines.append(_sessions_item(meta))
     lines += [item.format(poll=meta.get("poll_s", 1),
                           quiet_timeout=meta.get("quiet_timeout_s", "?"),
                           quiet_below=_pct(meta.get("quiet_below"))) for item in METHOD]
@@ -541,6 +542,23 @@ def _two_x_note(res: Results) -> list[str]:
     if lines:
         return ["Why N=2 is not 2.0x one process:", "", *lines, ""]
     return []
+
+
+def _sessions_item(meta: dict[str, Any]) -> str:
+    enabled = meta["machine"].get("sched_autogroup")
+    state = {True: "enabled on this machine", False: "disabled on this machine"}.get(
+        enabled, "not recorded for this run")
+    if meta.get("worker_sessions") == "harness":
+        return _para(f"""
+            - Every setup's processes run in the harness's session, as if started
+            from one shell: with Linux's scheduler autogroups ({state}), N stock
+            processes in N sessions would each get a CPU share as large as
+            PostgreSQL's, a prefork fleet only one. PostgreSQL and Redis run in
+            sessions of their own.""")
+    return _para(f"""
+        - Each worker command ran in a session of its own (scheduler autogroups:
+        {state}): N stock processes got N CPU shares against PostgreSQL's one, a
+        prefork fleet or Celery one share.""")
 
 
 def _pct(x: float | None) -> str:

@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             "versions": harness.versions(),
             "scale": scale, "reps": args.reps, "settle_s": args.settle, "poll_s": args.poll,
             "quick": args.quick, "noise": {},
-            "quiet_below": args.quiet_below, "quiet_timeout_s": args.quiet_timeout,
+            "quiet_below": args.quiet_below,
+            "worker_sessions": "harness", "quiet_timeout_s": args.quiet_timeout,
         },
     }
     meta = results["meta"]
