@@ -21,8 +21,10 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import statistics
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -87,8 +89,14 @@ class Progress:
         print(f"[{elapsed:7.1f} s] {message}", file=sys.stderr, flush=True)
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    # Let the finally blocks run: stop the workers and Redis, drop the databases.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     out_dir: Path = args.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "benchmarks.json"
@@ -106,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     scale = args.scale if args.scale is not None else (0.2 if args.quick else 1.0)
     kills = args.kills if args.kills is not None else (5 if args.quick else 25)
     log = Progress()
+    # Results so far go to a file of their own: docs/benchmarks.json is only
+    # replaced by a run that finished.
+    partial_path = Path(tempfile.gettempdir()) / f"prefork-bench-partial-{os.getpid()}.json"
+    log(f"results so far: {partial_path} (kept if the run fails)")
 
     results: dict[str, Any] = {
         "meta": {
@@ -143,13 +155,14 @@ def main(argv: list[str] | None = None) -> int:
                                 settle=args.settle, poll=args.poll, log=log,
                                 quiet_below=args.quiet_below if args.quiet_below < 1 else None,
                                 quiet_timeout=args.quiet_timeout)
-        run_all(ctx, args, scale, kills, results, json_path, log)
+        run_all(ctx, args, scale, kills, results, partial_path, log)
         meta["noise"]["background_busy_at_end"] = round(
             harness.background_busy(args.noise_seconds), 3)
         meta["loadavg_at_end"] = os.getloadavg()
         meta["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         meta["duration_s"] = round(time.monotonic() - log.start, 1)
         save(results, json_path)
+        partial_path.unlink(missing_ok=True)
         written = report.render(results, out_dir)
         log("wrote " + ", ".join(str(p) for p in [json_path, *written]))
     finally:
