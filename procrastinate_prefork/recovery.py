@@ -13,6 +13,11 @@ Each job is locked ``FOR UPDATE SKIP LOCKED`` in a short transaction, so two
 supervisors never recover one job twice, and nothing outlives the transaction
 (safe behind a transaction-pooling PgBouncer). A retried job is announced with
 the same NOTIFY as a fresh insert: procrastinate's retry sends none.
+
+Each job is recovered in its own savepoint: a job that cannot be recovered
+stays as it is and the others of the batch are recovered all the same. A job
+that cannot go back to ``todo`` because another job of its ``queueing_lock``
+waits there already is failed, as procrastinate would refuse to defer it.
 """
 
 from __future__ import annotations
@@ -57,6 +62,10 @@ class Recovery:
     action: Action
     crashes: int
     reason: str
+    #: its queueing lock stopped it from going back to ``todo``...
+    conflict: bool = False
+    #: ...held by this waiting job (None if that one left ``todo`` since)
+    conflict_job_id: int | None = None
 
 
 #: ``(job row) -> (retry?, retry_at)`` for jobs stopped by their time limit
@@ -117,14 +126,11 @@ def recover_worker_jobs(
                 "ORDER BY id FOR UPDATE SKIP LOCKED",
                 [list(timed_out_job_ids), list(worker_ids)],
             ).fetchall()
-        recoveries = [
-            _recover_row(
-                conn, row, cause=cause, max_crash_retries=max_crash_retries,
-                timed_out=row["id"] in timed_out_job_ids, timeout_retry=timeout_retry,
-                count_crash=count_crash,
-            )
-            for row in rows
-        ]
+        recoveries = _recover_each(
+            conn, rows, cause=cause, max_crash_retries=max_crash_retries,
+            timed_out_job_ids=timed_out_job_ids, timeout_retry=timeout_retry,
+            count_crash=count_crash,
+        )
         if delete_workers:
             conn.execute(
                 "DELETE FROM procrastinate_workers WHERE id = ANY(%s)", [list(worker_ids)]
@@ -162,13 +168,10 @@ def sweep_stalled(
                 "ORDER BY job.id LIMIT %s FOR UPDATE OF job SKIP LOCKED",
                 [stalled_timeout, limit],
             ).fetchall()
-        recoveries = [
-            _recover_row(
-                conn, row, cause="worker heartbeat lost",
-                max_crash_retries=max_crash_retries,
-            )
-            for row in rows
-        ]
+        recoveries = _recover_each(
+            conn, rows, cause="worker heartbeat lost",
+            max_crash_retries=max_crash_retries,
+        )
         conn.execute(
             "DELETE FROM procrastinate_workers AS w "
             "WHERE w.last_heartbeat < now() - make_interval(secs => %s)",
@@ -177,6 +180,80 @@ def sweep_stalled(
     for recovery in recoveries:
         log_recovery(recovery, None)
     return recoveries
+
+
+#: procrastinate's unique index on ``queueing_lock`` among ``todo`` jobs
+#: (``procrastinate_jobs_queueing_lock_idx_v1`` in procrastinate 3.x)
+_QUEUEING_LOCK_INDEX = "procrastinate_jobs_queueing_lock_idx"
+
+
+def _recover_each(
+    conn: psycopg.Connection,
+    rows: Iterable[dict[str, Any]],
+    *,
+    cause: str,
+    max_crash_retries: int,
+    timed_out_job_ids: Collection[int] = (),
+    timeout_retry: TimeoutRetry | None = None,
+    count_crash: bool = True,
+) -> list[Recovery]:
+    """Recover each row in a savepoint of its own. A lost connection (or a
+    cancelled statement) still ends the whole call: nothing can be done then."""
+    recoveries = []
+    for row in rows:
+        try:
+            with conn.transaction():
+                recoveries.append(_recover_row(
+                    conn, row, cause=cause, max_crash_retries=max_crash_retries,
+                    timed_out=row["id"] in timed_out_job_ids,
+                    timeout_retry=timeout_retry, count_crash=count_crash,
+                ))
+        except psycopg.errors.UniqueViolation as exc:
+            constraint = exc.diag.constraint_name or ""
+            if not constraint.startswith(_QUEUEING_LOCK_INDEX):
+                _log_failed(row, exc)
+                continue
+            with conn.transaction():
+                recoveries.append(_fail_queueing_lock_conflict(conn, row, cause))
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as exc:
+            _log_failed(row, exc)
+    return recoveries
+
+
+def _fail_queueing_lock_conflict(
+    conn: psycopg.Connection, row: dict[str, Any], cause: str
+) -> Recovery:
+    """Fail a job that cannot go back to ``todo``: a job of its queueing lock
+    waits there already. procrastinate refuses to defer a job in that case,
+    and the waiting job is the one that will do the work."""
+    waiting = conn.execute(
+        "SELECT id FROM procrastinate_jobs WHERE queueing_lock = %s "
+        "AND status = 'todo' AND id <> %s ORDER BY id LIMIT 1",
+        [row["queueing_lock"], row["id"]],
+    ).fetchone()
+    conflict_job_id = int(waiting[0]) if waiting else None
+    conn.execute(
+        "SELECT procrastinate_finish_job_v1(%s, %s, false)",
+        [row["id"], Action.FAILED.value],
+    )
+    return Recovery(
+        job_id=row["id"], task_name=row["task_name"], queue=row["queue_name"],
+        worker_id=row["worker_id"], cause=cause, action=Action.FAILED, crashes=0,
+        reason=f"its queueing lock is held by waiting job {conflict_job_id}",
+        conflict=True, conflict_job_id=conflict_job_id,
+    )
+
+
+def _log_failed(row: dict[str, Any], exc: psycopg.Error) -> None:
+    logger.error(
+        "Job %s (%s) could not be recovered, left as it is for a later attempt: %s",
+        row["id"], row["task_name"],
+        (str(exc).strip().splitlines() or [type(exc).__name__])[0],
+        extra={"action": "job_recovery_failed", "job_id": row["id"],
+               "task_name": row["task_name"], "sqlstate": exc.sqlstate},
+    )
 
 
 def _recover_row(
@@ -233,13 +310,15 @@ def _recover_row(
 
 def log_recovery(recovery: Recovery, child_pid: int | None) -> None:
     level = logging.ERROR if recovery.action is Action.FAILED else logging.WARNING
+    conflict = recovery.conflict
     logger.log(
         level,
         "Recovered job %s (%s): %s, %s [cause: %s, child pid: %s, crashes: %s]",
         recovery.job_id, recovery.task_name, recovery.action.value, recovery.reason,
         recovery.cause, child_pid, recovery.crashes,
         extra={
-            "action": "job_recovered",
+            "action": "job_recovery_conflict" if conflict else "job_recovered",
+            "conflict_job_id": recovery.conflict_job_id,
             "job_id": recovery.job_id,
             "task_name": recovery.task_name,
             "child_pid": child_pid,

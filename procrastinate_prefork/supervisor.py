@@ -66,7 +66,12 @@ class Child:
     took_over: bool = False  # a new-generation child that already retired an old one
 
 
-@dataclasses.dataclass(frozen=True)
+#: first and longest wait before trying again a recovery that failed while the
+#: database answered (an error, not an outage)
+RECOVERY_RETRY_MIN, RECOVERY_RETRY_MAX = 1.0, 30.0
+
+
+@dataclasses.dataclass
 class _PendingRecovery:
     """A dead child's worker whose jobs are still to recover (the database
     may be down when the child dies)."""
@@ -76,6 +81,8 @@ class _PendingRecovery:
     pid: int
     timed_out: set[int]
     count_crash: bool
+    failures: int = 0
+    next_attempt: float = 0.0  # monotonic
 
 
 class Supervisor:
@@ -368,8 +375,13 @@ class Supervisor:
         self.crash_looping = bool(looping)
 
     def _recover_pending(self) -> None:
-        while self.unrecovered:
-            pending = self.unrecovered[0]
+        """Recover dead children's jobs, oldest death first. One that fails
+        while the database answers is tried again later, with backoff, and
+        does not hold back the others; an outage stops them all."""
+        for pending in list(self.unrecovered):
+            now = time.monotonic()
+            if now < pending.next_attempt:
+                continue
             done = self.db.run(functools.partial(
                 recovery.recover_worker_jobs,
                 worker_ids=[pending.worker_id], cause=pending.cause,
@@ -378,8 +390,14 @@ class Supervisor:
                 child_pid=pending.pid, count_crash=pending.count_crash,
             ))
             if done is None:
-                return  # database down: try again next tick
-            self.unrecovered.pop(0)
+                if not self.db.is_up:
+                    return  # database down: try again next tick
+                pending.failures += 1
+                pending.next_attempt = now + min(
+                    RECOVERY_RETRY_MAX, RECOVERY_RETRY_MIN * 2 ** (pending.failures - 1)
+                )
+                continue
+            self.unrecovered.remove(pending)
             if any(r.action is recovery.Action.RETRIED for r in done):
                 self._request_wake()
 
@@ -727,6 +745,8 @@ class Supervisor:
     # -------------------------------------------------------------- finish
 
     def _finish(self) -> None:
+        for pending in self.unrecovered:
+            pending.next_attempt = 0.0  # a last attempt for each, backoff or not
         self._recover_pending()
         if self.supervisor_row is not None:
             row = self.supervisor_row

@@ -200,9 +200,20 @@ class Fleet:
         found = []
         for path in self.results.glob(f"*.{phase}"):
             job_id, attempt, _ = path.name.split(".")
-            pid = int(path.read_text().split()[0])
-            found.append((int(job_id), int(attempt), pid))
+            words = path.read_text().split()
+            if not words:  # created, not written yet
+                continue
+            found.append((int(job_id), int(attempt), int(words[0])))
         return sorted(found)
+
+    def events(self, action: str | None = None) -> list[dict[str, Any]]:
+        """Structured log records (``extra`` fields) of the fleet's processes,
+        written by tests/apps/events.py; those of ``action`` only if given."""
+        path = self.results / "events.jsonl"
+        if not path.exists():
+            return []
+        found = [json.loads(line) for line in path.read_text().splitlines() if line]
+        return [e for e in found if action is None or e.get("action") == action]
 
     def mark_times(self, phase: str = "start") -> dict[tuple[int, int], float]:
         times = {}

@@ -13,6 +13,10 @@ import time
 
 import procrastinate
 
+from . import events
+
+events.install()
+
 app = procrastinate.App(
     connector=procrastinate.PsycopgConnector(conninfo=os.environ.get("DATABASE_URL", "")),
 )
