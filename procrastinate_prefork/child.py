@@ -242,7 +242,12 @@ class _JobTracker:
     async def middleware(self, call_next: Any, context: Any, worker: Any) -> Any:
         job = context.job
         self.running += 1
-        self.writer.job_started(job.id, job.task_name, self.running)
+        if not self.writer.job_started(job.id, job.task_name, self.running):
+            logger.error(
+                "Child %s runs more jobs at once than its slot holds: job %s has "
+                "no time limit", self.writer.slot, job.id,
+                extra={"action": "job_untracked", "job_id": job.id},
+            )
         self._title(f"busy job {job.id} {job.task_name}")
         try:
             return await call_next()
@@ -250,7 +255,7 @@ class _JobTracker:
             self.running -= 1
             self.jobs_done += 1
             self._maybe_recycle()
-            self.writer.job_finished(self.running, self.jobs_done, self.draining)
+            self.writer.job_finished(job.id, self.running, self.jobs_done, self.draining)
             if not self.running and not self.draining:
                 self._title("idle")
 

@@ -39,8 +39,10 @@ class ChildRow:
     started_at: datetime.datetime
     #: seconds since the child's own last sign of life (its scoreboard beat)
     heartbeat_age: float = 0.0
-    #: seconds since the current job started (None when idle)
+    #: seconds since the oldest running job started (None when idle)
     job_age: float | None = None
+    #: every running job, oldest first (``job_id`` is the first)
+    job_ids: Sequence[int] = ()
 
 
 def register_supervisor(
@@ -80,20 +82,23 @@ WITH workers AS (
     SELECT * FROM jsonb_to_recordset(%(children)s::jsonb) AS c(
         slot integer, pid integer, worker_id bigint, state text, job_id bigint,
         task_name text, jobs_done bigint, restarts integer, rss_bytes bigint,
-        started_at timestamptz, heartbeat_age float8, job_age float8)
+        started_at timestamptz, heartbeat_age float8, job_age float8,
+        job_ids bigint[])
 ), upserted AS (
     INSERT INTO procrastinate_prefork_processes AS p
         (kind, host, pid, supervisor_id, slot, worker_id, state, job_id, task_name,
-         job_started_at, jobs_done, restarts, rss_bytes, started_at, last_heartbeat)
+         job_started_at, jobs_done, restarts, rss_bytes, started_at, last_heartbeat,
+         job_ids)
     SELECT 'child', %(host)s, c.pid, %(supervisor_id)s, c.slot, c.worker_id, c.state,
            c.job_id, c.task_name, now() - make_interval(secs => c.job_age),
            c.jobs_done, c.restarts, c.rss_bytes, c.started_at,
-           now() - make_interval(secs => c.heartbeat_age)
+           now() - make_interval(secs => c.heartbeat_age),
+           COALESCE(c.job_ids, '{}')
     FROM children AS c WHERE EXISTS (SELECT 1 FROM supervisor)
     ON CONFLICT (supervisor_id, slot) WHERE kind = 'child' DO UPDATE SET
         pid = EXCLUDED.pid, worker_id = EXCLUDED.worker_id, state = EXCLUDED.state,
         job_id = EXCLUDED.job_id, task_name = EXCLUDED.task_name,
-        job_started_at = EXCLUDED.job_started_at,
+        job_started_at = EXCLUDED.job_started_at, job_ids = EXCLUDED.job_ids,
         jobs_done = EXCLUDED.jobs_done, restarts = EXCLUDED.restarts,
         rss_bytes = EXCLUDED.rss_bytes, started_at = EXCLUDED.started_at,
         last_heartbeat = EXCLUDED.last_heartbeat
@@ -101,7 +106,7 @@ WITH workers AS (
 )
 UPDATE procrastinate_prefork_processes
 SET state = 'stopped', job_id = NULL, task_name = NULL, job_started_at = NULL,
-    worker_id = NULL
+    worker_id = NULL, job_ids = '{}'
 WHERE supervisor_id = %(supervisor_id)s AND kind = 'child'
   AND state <> 'stopped' AND NOT (slot = ANY(%(live_slots)s))
 """
@@ -119,7 +124,8 @@ def heartbeat(
     fresh_worker_ids: Sequence[int],
 ) -> None:
     payload = [
-        {**dataclasses.asdict(child), "started_at": child.started_at.isoformat()}
+        {**dataclasses.asdict(child), "started_at": child.started_at.isoformat(),
+         "job_ids": list(child.job_ids)}
         for child in children
     ]
     try:
@@ -146,7 +152,7 @@ def mark_stopped(conn: psycopg.Connection, supervisor_id: int) -> None:
     conn.execute(
         "UPDATE procrastinate_prefork_processes "
         "SET state = 'stopped', job_id = NULL, task_name = NULL, worker_id = NULL, "
-        "job_started_at = NULL, last_heartbeat = now() "
+        "job_started_at = NULL, job_ids = '{}', last_heartbeat = now() "
         "WHERE id = %s OR supervisor_id = %s",
         [supervisor_id, supervisor_id],
     )
@@ -163,7 +169,7 @@ def prune(conn: psycopg.Connection, *, stalled_timeout: float, retention: float)
             return 0
         conn.execute(
             "UPDATE procrastinate_prefork_processes AS p SET state = 'stopped', "
-            "job_id = NULL, task_name = NULL, job_started_at = NULL "
+            "job_id = NULL, task_name = NULL, job_started_at = NULL, job_ids = '{}' "
             "WHERE p.state <> 'stopped' AND (CASE WHEN p.kind = 'supervisor' "
             "  THEN p.last_heartbeat ELSE (SELECT s.last_heartbeat FROM "
             "  procrastinate_prefork_processes AS s WHERE s.id = p.supervisor_id) END)"

@@ -30,7 +30,7 @@ from . import db, fleet, policy, probe, recovery, schema
 from .bootstrap import Bootstrap
 from .child import ChildSpec, run_child
 from .config import MAX_CHILDREN, PreforkConfig
-from .scoreboard import Scoreboard, SlotView, State
+from .scoreboard import RunningJob, Scoreboard, State
 
 logger = logging.getLogger("procrastinate_prefork.supervisor")
 
@@ -60,7 +60,8 @@ class Child:
     kill_at: float | None = None  # SIGKILL when this monotonic time passes...
     kill_at_reason: str = ""  # ...and this is why
     deadline_kill: bool = False  # killed at a drain/retire deadline: not the job's fault
-    timed_out_job: int | None = None
+    #: its jobs that ran past their time limit (the child was stopped for them)
+    timed_out_jobs: set[int] = dataclasses.field(default_factory=set)
     generation: int = 0  # bumped by SIGHUP: older children are rolled over
     retiring: bool = False  # asked to stop for good (scale down, rolling restart)
     took_over: bool = False  # a new-generation child that already retired an old one
@@ -113,7 +114,7 @@ class Supervisor:
         self.deadline: float | None = None
         self.crash_looping = False
         self.supervisor_row: int | None = None
-        self.scoreboard = Scoreboard(2 * MAX_CHILDREN)
+        self.scoreboard = Scoreboard(2 * MAX_CHILDREN, config.child_concurrency)
         self._signals: list[int] = []
         self._sig_r = self._sig_w = -1
         self._next_heartbeat = 0.0
@@ -334,9 +335,10 @@ class Supervisor:
                    "exit_code": code, "signal": signum, "cause": cause},
         )
         if view.worker_id is not None:
-            timed_out = {child.timed_out_job} if child.timed_out_job else set()
-            # Jobs killed at the shutdown deadline are not the job's fault.
-            count = not child.deadline_kill
+            timed_out = set(child.timed_out_jobs)
+            # Jobs killed at the shutdown deadline are not the job's fault, nor
+            # are those of a child stopped for another job's time limit.
+            count = not child.deadline_kill and not timed_out
             self.unrecovered.append(_PendingRecovery(
                 view.worker_id, cause, child.pid, timed_out, count_crash=count
             ))
@@ -435,20 +437,27 @@ class Supervisor:
                 logger.error("Child %s (pid %s) %s, SIGKILL", child.slot, child.pid,
                              child.kill_reason, extra={"action": "child_wedged"})
                 self._kill(child, signal.SIGKILL)
-            elif child.timed_out_job is None and view.job_id is not None and (
-                policy.is_over_time_limit(
-                    view.job_age(now), self.config.time_limit_for(view.task_name)
-                )
-            ):
-                self._time_limit(child, view, now)
+            else:
+                for job in view.jobs:
+                    if job.job_id not in child.timed_out_jobs and policy.is_over_time_limit(
+                        job.age(now), self.config.time_limit_for(job.task_name)
+                    ):
+                        self._time_limit(child, job, now)
 
-    def _time_limit(self, child: Child, view: SlotView, now: float) -> None:
-        child.timed_out_job = view.job_id
-        child.kill_reason = f"job {view.job_id} ({view.task_name}) exceeded its time limit"
-        logger.error("Child %s (pid %s): %s, SIGTERM", child.slot, child.pid,
-                     child.kill_reason, extra={"action": "time_limit", "job_id": view.job_id})
-        self._kill(child, signal.SIGTERM)
-        child.kill_at = now + TIME_LIMIT_GRACE
+    def _time_limit(self, child: Child, job: RunningJob, now: float) -> None:
+        """Stop the child of a job past its time limit. Each job over its limit
+        is blamed (logged, then failed or retried by its task's strategy); the
+        child's other jobs are recovered without counting a crash."""
+        reason = f"job {job.job_id} ({job.task_name}) exceeded its time limit"
+        first = not child.timed_out_jobs
+        child.timed_out_jobs.add(job.job_id)
+        logger.error("Child %s (pid %s): %s%s", child.slot, child.pid, reason,
+                     ", SIGTERM" if first else "",
+                     extra={"action": "time_limit", "job_id": job.job_id})
+        if first:
+            child.kill_reason = reason
+            self._kill(child, signal.SIGTERM)
+            child.kill_at = now + TIME_LIMIT_GRACE
 
     # --------------------------------------------------------------- scale
 
@@ -672,6 +681,7 @@ class Supervisor:
                 slot=c.slot, pid=c.pid, worker_id=views[c.pid].worker_id,
                 state=views[c.pid].state.name.lower(), job_id=views[c.pid].job_id,
                 task_name=views[c.pid].task_name, jobs_done=views[c.pid].jobs_done,
+                job_ids=[job.job_id for job in views[c.pid].jobs],
                 restarts=self.history.get(c.slot, policy.SlotHistory()).restarts,
                 rss_bytes=views[c.pid].rss_bytes or None, started_at=c.started_at,
                 heartbeat_age=views[c.pid].heartbeat_age(now),

@@ -34,6 +34,20 @@ CREATE TABLE IF NOT EXISTS procrastinate_prefork_processes (
     CHECK ((kind = 'supervisor') = (supervisor_id IS NULL))
 );
 
+-- Added after the first release (hence ALTER ... IF NOT EXISTS, so that
+-- `schema --apply` upgrades a table of an earlier version).
+-- child rows: every job the child runs now (job_id is the oldest of them).
+ALTER TABLE procrastinate_prefork_processes
+    ADD COLUMN IF NOT EXISTS job_ids bigint[] NOT NULL DEFAULT '{}';
+-- supervisor rows: who the process is, in terms that neither a reused pid nor
+-- another PID namespace can fake (Linux; NULL elsewhere): the kernel's boot
+-- id, the inode of its PID namespace, and its start time in clock ticks since
+-- boot. A successor on the same host declares it dead on these only.
+ALTER TABLE procrastinate_prefork_processes
+    ADD COLUMN IF NOT EXISTS boot_id varchar(64),
+    ADD COLUMN IF NOT EXISTS pid_namespace bigint,
+    ADD COLUMN IF NOT EXISTS process_start bigint;
+
 CREATE UNIQUE INDEX IF NOT EXISTS procrastinate_prefork_processes_slot_idx
     ON procrastinate_prefork_processes (supervisor_id, slot) WHERE kind = 'child';
 CREATE INDEX IF NOT EXISTS procrastinate_prefork_processes_host_idx

@@ -253,3 +253,25 @@ def test_demo_command(django_db_url, tmp_path):
     assert sum(int(count) for _, count in children) == 19
     assert "exit code 0" in result.stdout
     assert list(tmp_path.glob("prefork-demo-*.log"))
+
+
+NEW_COLUMNS = {"job_ids", "boot_id", "pid_namespace", "process_start"}
+
+
+def _fleet_columns(db_url: str) -> set[str]:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        return {name for (name,) in conn.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_name = 'procrastinate_prefork_processes'").fetchall()}
+
+
+def test_migration_0002_adds_and_drops_the_new_columns(django_db_url):
+    assert NEW_COLUMNS <= _fleet_columns(django_db_url)
+    for target, present in ((["procrastinate_prefork", "0001"], False), ([], True)):
+        result = subprocess.run(
+            manage("migrate", *target, "-v0"), env=django_env(django_db_url), cwd=REPO,
+            capture_output=True, text=True, timeout=120,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert (NEW_COLUMNS <= _fleet_columns(django_db_url)) is present
+        assert not (NEW_COLUMNS & _fleet_columns(django_db_url)) or present
