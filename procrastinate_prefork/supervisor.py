@@ -213,14 +213,16 @@ class Supervisor:
                     "the procrastinate schema is missing: run `manage.py migrate` or "
                     "`procrastinate --app ... schema --apply`"
                 )
+            identity = fleet.process_identity()
             self.supervisor_row = fleet.register_supervisor(
                 conn, host=self.config.hostname, pid=self.pid,
                 concurrency=self.target, queues=self.config.queues,
                 heartbeat_interval=self.config.heartbeat_interval,
-                stalled_timeout=self.config.stalled_timeout,
+                stalled_timeout=self.config.stalled_timeout, identity=identity,
             )
             for predecessor in fleet.dead_predecessors(
-                conn, host=self.config.hostname, own_id=self.supervisor_row
+                conn, host=self.config.hostname, own_id=self.supervisor_row,
+                stalled_timeout=self.config.stalled_timeout, identity=identity,
             ):
                 recovered = recovery.recover_worker_jobs(
                     conn, predecessor["worker_ids"],
