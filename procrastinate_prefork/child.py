@@ -255,7 +255,9 @@ class _JobTracker:
             self.running -= 1
             self.jobs_done += 1
             self._maybe_recycle()
-            self.writer.job_finished(job.id, self.running, self.jobs_done, self.draining)
+            self.writer.job_finished(
+                job.id, self.running, self.jobs_done, self.draining
+            )
             if not self.running and not self.draining:
                 self._title("idle")
 

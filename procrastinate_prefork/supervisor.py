@@ -441,8 +441,9 @@ class Supervisor:
                 self._kill(child, signal.SIGKILL)
             else:
                 for job in view.jobs:
-                    if job.job_id not in child.timed_out_jobs and policy.is_over_time_limit(
-                        job.age(now), self.config.time_limit_for(job.task_name)
+                    limit = self.config.time_limit_for(job.task_name)
+                    if job.job_id not in child.timed_out_jobs and (
+                        policy.is_over_time_limit(job.age(now), limit)
                     ):
                         self._time_limit(child, job, now)
 
