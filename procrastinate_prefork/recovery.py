@@ -28,6 +28,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from . import fleet
+
 logger = logging.getLogger("procrastinate_prefork.recovery")
 
 #: advisory lock key (transaction-scoped) so that only one sweeper scans at once
@@ -134,17 +136,83 @@ def recover_worker_jobs(
     return recoveries
 
 
+@dataclasses.dataclass(frozen=True)
+class Judgement:
+    """What a sweeper goes by when it judges other processes dead.
+
+    A worker of a prefork child is judged by what its own supervisor declared
+    in the fleet table (its stalled timeout, or its heartbeat interval plus
+    ``slack`` if that is longer); a worker no fleet row claims (a stock
+    ``procrastinate worker``) by ``stock_timeout``. And a timeout is only
+    applied once the sweeper has seen its own heartbeats succeed, without a
+    stall, for that long (``healthy_for``): heartbeats that could not be
+    written (a database outage, a lock, the sweeper itself stalled or just
+    started) prove nothing."""
+
+    healthy_for: float
+    slack: float
+    own_timeout: float
+    own_interval: float
+    stock_timeout: float
+
+    def params(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+_WORKER_TIMEOUT = (
+    "COALESCE((SELECT max(" + fleet.supervisor_timeout("s") + ") "
+    "FROM procrastinate_prefork_processes AS c "
+    "JOIN procrastinate_prefork_processes AS s ON s.id = c.supervisor_id "
+    "WHERE c.kind = 'child' AND c.worker_id = w.id), %(stock_timeout)s)"
+)
+#: SQL: the procrastinate worker row ``w`` is judged dead
+WORKER_DEAD = fleet.silent("w.last_heartbeat", _WORKER_TIMEOUT)
+
+_CLAIMS = (
+    "SELECT 1 FROM procrastinate_prefork_processes AS c "
+    "JOIN procrastinate_prefork_processes AS s ON s.id = c.supervisor_id "
+    "WHERE c.kind = 'child' AND " + fleet.child_runs_job("c", "job.id")
+)
+_STARTED_AT = (
+    "COALESCE((SELECT max(e.at) FROM procrastinate_events AS e "
+    "WHERE e.job_id = job.id AND e.type = 'started'), '-infinity')"
+)
+# A job a live supervisor's child runs is that supervisor's to recover, even
+# if its worker row is stale (a wedged child) or gone (a stock worker's prune).
+# Otherwise its worker row decides; without one (deleted under it): a child
+# row of a dead supervisor, or, with no claim at all, its run time.
+_STALLED_SQL = (
+    "SELECT {columns} FROM procrastinate_jobs AS job "
+    "WHERE job.status = 'doing' "
+    f"AND NOT EXISTS ({_CLAIMS} AND NOT {fleet.supervisor_dead('s')}) "
+    "AND COALESCE("
+    f"  (SELECT {WORKER_DEAD} FROM procrastinate_workers AS w "
+    "   WHERE w.id = job.worker_id),"
+    f"  EXISTS ({_CLAIMS}),"
+    f"  {fleet.silent(_STARTED_AT, '%(stock_timeout)s')}) "
+    "ORDER BY job.id LIMIT %(limit)s FOR UPDATE OF job SKIP LOCKED"
+)
+# Rows of workers judged dead, once none of their jobs is left 'doing' (a job
+# skipped now keeps its worker id, and so its judge, for the next sweep).
+_PRUNE_WORKERS_SQL = (
+    f"DELETE FROM procrastinate_workers AS w WHERE {WORKER_DEAD} "
+    "AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs AS j "
+    "WHERE j.worker_id = w.id AND j.status = 'doing')"
+)
+
+
 def sweep_stalled(
     conn: psycopg.Connection,
     *,
-    stalled_timeout: float,
+    judgement: Judgement,
     max_crash_retries: int,
     limit: int = 500,
 ) -> list[Recovery] | None:
-    """Recover ``doing`` jobs whose worker is gone or silent for
-    ``stalled_timeout`` seconds, then prune such workers.
+    """Recover ``doing`` jobs whose process is judged gone (see
+    ``Judgement``), then prune the worker rows judged dead.
 
     Returns None when another supervisor is sweeping right now."""
+    params: dict[str, Any] = {**judgement.params(), "limit": limit}
     with conn.transaction():
         locked = conn.execute(
             "SELECT pg_try_advisory_xact_lock(%s)", [SWEEP_LOCK_KEY]
@@ -152,15 +220,10 @@ def sweep_stalled(
         if not locked or not locked[0]:
             return None
         with conn.cursor(row_factory=dict_row) as cur:
+            columns = _JOB_COLUMNS.format(args="NULL::jsonb")
             rows = cur.execute(
-                f"SELECT {_JOB_COLUMNS.format(args='NULL::jsonb')} "  # noqa: S608
-                "FROM procrastinate_jobs AS job "
-                "WHERE job.status = 'doing' AND NOT EXISTS ("
-                "  SELECT 1 FROM procrastinate_workers AS w"
-                "  WHERE w.id = job.worker_id"
-                "  AND w.last_heartbeat >= now() - make_interval(secs => %s))"
-                "ORDER BY job.id LIMIT %s FOR UPDATE OF job SKIP LOCKED",
-                [stalled_timeout, limit],
+                _STALLED_SQL.format(columns=columns),  # type: ignore[arg-type]
+                params,
             ).fetchall()
         recoveries = [
             _recover_row(
@@ -169,11 +232,7 @@ def sweep_stalled(
             )
             for row in rows
         ]
-        conn.execute(
-            "DELETE FROM procrastinate_workers AS w "
-            "WHERE w.last_heartbeat < now() - make_interval(secs => %s)",
-            [stalled_timeout],
-        )
+        conn.execute(_PRUNE_WORKERS_SQL, params)  # type: ignore[arg-type]
     for recovery in recoveries:
         log_recovery(recovery, None)
     return recoveries
