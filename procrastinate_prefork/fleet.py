@@ -188,9 +188,11 @@ def heartbeat(
 
 
 def mark_stopped(conn: psycopg.Connection, supervisor_id: int) -> None:
+    # worker_id stays: if a dead child's jobs could not be recovered (database
+    # down), the sweep still judges its worker by this supervisor's timeout
     conn.execute(
         "UPDATE procrastinate_prefork_processes "
-        "SET state = 'stopped', job_id = NULL, task_name = NULL, worker_id = NULL, "
+        "SET state = 'stopped', job_id = NULL, task_name = NULL, "
         "job_started_at = NULL, last_heartbeat = now() "
         "WHERE id = %s OR supervisor_id = %s",
         [supervisor_id, supervisor_id],
