@@ -93,6 +93,10 @@ def test_deleted_worker_rows_under_live_children(fleet_factory, db_url):
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("DELETE FROM procrastinate_workers")
     [short_id] = defer(db_url, "sleep", seconds=0.2)  # wakes the idle child
+    # the running job gets its worker back (so that its child's death would be
+    # recovered like any other) while it runs
+    wait_for(lambda: _worker_of(db_url, long_id) == worker_id, timeout=6,
+             message="the running job's worker id to come back")
     wait_for(lambda: all(r["status"] == "succeeded" for r in jobs(db_url, [long_id, short_id])),
              timeout=30, interval=0.2, message="both jobs to succeed")
     assert [a for a, _ in _starts(fleet, job_id=long_id)] == [0]
