@@ -112,9 +112,10 @@ def finish_only_owned_jobs(app: procrastinate.App) -> None:
         job: Any, retry_at: Any = None, priority: Any = None, queue: Any = None,
         lock: Any = None,
     ) -> None:
+        now = datetime.datetime.now(datetime.timezone.utc)
         await write(
-            _RETRY_OWNED, job, retry_at=retry_at or datetime.datetime.now(datetime.timezone.utc),
-            new_priority=priority, new_queue_name=queue, new_lock=lock,
+            _RETRY_OWNED, job, retry_at=retry_at or now, new_priority=priority,
+            new_queue_name=queue, new_lock=lock,
         )
 
     manager.finish_job = finish_job  # type: ignore[method-assign]

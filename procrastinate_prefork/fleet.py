@@ -70,7 +70,8 @@ def silent(since: str, timeout: str) -> str:
 
 def supervisor_dead(s: str) -> str:
     """SQL: the supervisor row ``s`` stopped or is judged gone."""
-    return f"({s}.state = 'stopped' OR {silent(f'{s}.last_heartbeat', supervisor_timeout(s))})"
+    gone = silent(f"{s}.last_heartbeat", supervisor_timeout(s))
+    return f"({s}.state = 'stopped' OR {gone})"
 
 
 def register_supervisor(
@@ -213,7 +214,8 @@ def prune(
         if not locked or not locked[0]:
             return 0
         conn.execute(
-            "UPDATE procrastinate_prefork_processes AS p SET state = 'stopped', "  # noqa: S608
+            "UPDATE procrastinate_prefork_processes AS p "  # noqa: S608
+            "SET state = 'stopped', "
             "job_id = NULL, task_name = NULL, job_started_at = NULL "
             "FROM procrastinate_prefork_processes AS s "
             "WHERE s.id = COALESCE(p.supervisor_id, p.id) AND p.state <> 'stopped' "

@@ -168,10 +168,13 @@ _WORKER_TIMEOUT = (
 #: SQL: the procrastinate worker row ``w`` is judged dead
 WORKER_DEAD = fleet.silent("w.last_heartbeat", _WORKER_TIMEOUT)
 
+# A child row's claim counts only for a job under its worker or under none: a
+# job that was recovered and fetched again by another worker is that one's.
 _CLAIMS = (
     "SELECT 1 FROM procrastinate_prefork_processes AS c "
     "JOIN procrastinate_prefork_processes AS s ON s.id = c.supervisor_id "
-    "WHERE c.kind = 'child' AND " + fleet.child_runs_job("c", "job.id")
+    "WHERE c.kind = 'child' AND " + fleet.child_runs_job("c", "job.id") + " "
+    "AND (job.worker_id IS NULL OR job.worker_id = c.worker_id)"
 )
 _STARTED_AT = (
     "COALESCE((SELECT max(e.at) FROM procrastinate_events AS e "
@@ -188,8 +191,7 @@ _STALLED_SQL = (
     "AND COALESCE("
     f"  (SELECT {WORKER_DEAD} FROM procrastinate_workers AS w "
     "   WHERE w.id = job.worker_id),"
-    f"  EXISTS ({_CLAIMS}),"
-    f"  {fleet.silent(_STARTED_AT, '%(stock_timeout)s')}) "
+    f"  EXISTS ({_CLAIMS}) OR {fleet.silent(_STARTED_AT, '%(stock_timeout)s')}) "
     "ORDER BY job.id LIMIT %(limit)s FOR UPDATE OF job SKIP LOCKED"
 )
 # Rows of workers judged dead, once none of their jobs is left 'doing' (a job
