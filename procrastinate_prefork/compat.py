@@ -68,10 +68,13 @@ def on_worker_registered(
 
 # The job is ours while it is 'doing' in the attempt we fetched (a recovery
 # adds one) under our worker, or under none (its row was deleted under us).
+_OWNED = (
+    "id = %(job_id)s AND status = 'doing' AND attempts = %(attempts)s "
+    "AND (worker_id = %(worker_id)s OR worker_id IS NULL)"
+)
 _OWNED_JOB = (
     "WITH owned AS MATERIALIZED (SELECT id FROM procrastinate_jobs "
-    "WHERE id = %(job_id)s AND status = 'doing' AND attempts = %(attempts)s "
-    "AND (worker_id = %(worker_id)s OR worker_id IS NULL) FOR UPDATE) "
+    f"WHERE {_OWNED} FOR UPDATE) "
 )
 _FINISH_OWNED = _OWNED_JOB + (
     "SELECT procrastinate_finish_job_v1(id, %(status)s, %(delete_job)s)::text "
@@ -249,8 +252,7 @@ def survive_database_outages(app: procrastinate.App, *, keep_fetching: bool) -> 
 
 async def _still_ours(manager: Any, job: Any) -> bool:
     row = await manager.connector.execute_query_one_async(
-        "SELECT count(*) AS n FROM procrastinate_jobs "
-        "WHERE id = %(job_id)s AND status = 'doing' AND worker_id = %(worker_id)s",
-        job_id=job.id, worker_id=job.worker_id,
+        f"SELECT count(*) AS n FROM procrastinate_jobs WHERE {_OWNED}",
+        job_id=job.id, attempts=job.attempts, worker_id=job.worker_id,
     )
     return bool(row["n"])

@@ -138,7 +138,7 @@ WITH workers AS (
     -- worker back: the child's death is then recovered like any other
     UPDATE procrastinate_jobs AS job SET worker_id = c.worker_id
     FROM children AS c
-    WHERE {runs} AND c.state = 'busy' AND c.worker_id = ANY(%(worker_ids)s)
+    WHERE {runs} AND c.worker_id = ANY(%(worker_ids)s)
       AND job.status = 'doing' AND job.worker_id IS NULL
       AND EXISTS (SELECT 1 FROM workers WHERE workers.id = c.worker_id)
     RETURNING job.id

@@ -82,7 +82,7 @@ def _lost_connection():
 
 class _Job:
     def __init__(self, job_id):
-        self.id, self.worker_id = job_id, 3
+        self.id, self.worker_id, self.attempts = job_id, 3, 0
 
 
 def _survive(monkeypatch, still_ours, keep_fetching, **methods):
