@@ -159,45 +159,54 @@ class Judgement:
         return dataclasses.asdict(self)
 
 
-_WORKER_TIMEOUT = (
-    "COALESCE((SELECT max(" + fleet.supervisor_timeout("s") + ") "
-    "FROM procrastinate_prefork_processes AS c "
-    "JOIN procrastinate_prefork_processes AS s ON s.id = c.supervisor_id "
-    "WHERE c.kind = 'child' AND c.worker_id = w.id), %(stock_timeout)s)"
+# Computed once per statement (hash joins, not a fleet-table scan per job):
+# each supervisor's timeout and verdict, the child rows with theirs, and the
+# worker rows judged dead (by their child's supervisor, or as stock workers).
+_JUDGED = (
+    "WITH sup AS ("
+    f"  SELECT s.id, {fleet.supervisor_timeout('s')} AS timeout, "
+    f"  {fleet.supervisor_dead('s')} AS dead "
+    "  FROM procrastinate_prefork_processes AS s WHERE s.kind = 'supervisor'"
+    "), claim AS ("
+    "  SELECT c.worker_id, c.job_id, sup.timeout, sup.dead "
+    "  FROM procrastinate_prefork_processes AS c JOIN sup ON sup.id = c.supervisor_id "
+    "  WHERE c.kind = 'child'"
+    "), worker_timeout AS ("
+    "  SELECT worker_id, max(timeout) AS timeout FROM claim "
+    "  WHERE worker_id IS NOT NULL GROUP BY worker_id"
+    "), dead_worker AS ("
+    "  SELECT w.id FROM procrastinate_workers AS w "
+    "  LEFT JOIN worker_timeout AS t ON t.worker_id = w.id WHERE "
+    + fleet.silent("w.last_heartbeat", "COALESCE(t.timeout, %(stock_timeout)s)")
+    + ") "
 )
-#: SQL: the procrastinate worker row ``w`` is judged dead
-WORKER_DEAD = fleet.silent("w.last_heartbeat", _WORKER_TIMEOUT)
-
-# A child row's claim counts only for a job under its worker or under none: a
-# job that was recovered and fetched again by another worker is that one's.
-_CLAIMS = (
-    "SELECT 1 FROM procrastinate_prefork_processes AS c "
-    "JOIN procrastinate_prefork_processes AS s ON s.id = c.supervisor_id "
-    "WHERE c.kind = 'child' AND " + fleet.child_runs_job("c", "job.id") + " "
-    "AND (job.worker_id IS NULL OR job.worker_id = c.worker_id)"
-)
+_CLAIMED = "SELECT 1 FROM claim AS c WHERE " + fleet.child_runs_job("c", "job.id")
 _STARTED_AT = (
     "COALESCE((SELECT max(e.at) FROM procrastinate_events AS e "
     "WHERE e.job_id = job.id AND e.type = 'started'), '-infinity')"
 )
 # A job a live supervisor's child runs is that supervisor's to recover, even
-# if its worker row is stale (a wedged child) or gone (a stock worker's prune).
-# Otherwise its worker row decides; without one (deleted under it): a child
-# row of a dead supervisor, or, with no claim at all, its run time.
-_STALLED_SQL = (
+# if its worker row is stale (a wedged child) or gone (a stock worker's prune);
+# such a claim counts only for a job under the child's worker or under none (a
+# job fetched again by another worker is that one's). Otherwise its worker row
+# decides; without one (deleted under it): a child row of a dead supervisor,
+# or, with no claim at all, how long it has been running.
+_STALLED_SQL = _JUDGED + (
     "SELECT {columns} FROM procrastinate_jobs AS job "
     "WHERE job.status = 'doing' "
-    f"AND NOT EXISTS ({_CLAIMS} AND NOT {fleet.supervisor_dead('s')}) "
-    "AND COALESCE("
-    f"  (SELECT {WORKER_DEAD} FROM procrastinate_workers AS w "
-    "   WHERE w.id = job.worker_id),"
-    f"  EXISTS ({_CLAIMS}) OR {fleet.silent(_STARTED_AT, '%(stock_timeout)s')}) "
+    f"AND NOT EXISTS ({_CLAIMED} AND NOT c.dead "
+    "  AND (job.worker_id IS NULL OR job.worker_id = c.worker_id)) "
+    "AND CASE WHEN job.worker_id IS NOT NULL "
+    "  THEN job.worker_id IN (SELECT id FROM dead_worker) "
+    f"  ELSE EXISTS ({_CLAIMED}) "
+    f"    OR {fleet.silent(_STARTED_AT, '%(stock_timeout)s')} END "
     "ORDER BY job.id LIMIT %(limit)s FOR UPDATE OF job SKIP LOCKED"
 )
 # Rows of workers judged dead, once none of their jobs is left 'doing' (a job
 # skipped now keeps its worker id, and so its judge, for the next sweep).
-_PRUNE_WORKERS_SQL = (
-    f"DELETE FROM procrastinate_workers AS w WHERE {WORKER_DEAD} "
+_PRUNE_WORKERS_SQL = _JUDGED + (
+    "DELETE FROM procrastinate_workers AS w "
+    "WHERE w.id IN (SELECT id FROM dead_worker) "
     "AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs AS j "
     "WHERE j.worker_id = w.id AND j.status = 'doing')"
 )
