@@ -155,6 +155,8 @@ async def _serve(spec: ChildSpec) -> int:
 
     with spec.bootstrap.worker_app(connector) as app:
         compat.on_worker_registered(app, tracker.registered)
+        compat.finish_only_owned_jobs(app)
+        compat.restore_deleted_worker_row(app)
         compat.survive_database_outages(app, keep_fetching=config.wait)
         options = config.worker_options(spec.slot)
         redact.install(options["name"])  # no job arguments in INFO logs

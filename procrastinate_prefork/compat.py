@@ -9,6 +9,7 @@ one of these, this module is the only one to adapt, and
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -63,6 +64,91 @@ def on_worker_registered(
         return worker_id
 
     manager.register_worker = register_worker  # type: ignore[method-assign]
+
+
+# The job is ours while it is 'doing' in the attempt we fetched (a recovery
+# adds one) under our worker, or under none (its row was deleted under us).
+_OWNED = (
+    "id = %(job_id)s AND status = 'doing' AND attempts = %(attempts)s "
+    "AND (worker_id = %(worker_id)s OR worker_id IS NULL)"
+)
+_OWNED_JOB = (
+    "WITH owned AS MATERIALIZED (SELECT id FROM procrastinate_jobs "
+    f"WHERE {_OWNED} FOR UPDATE) "
+)
+_FINISH_OWNED = _OWNED_JOB + (
+    "SELECT procrastinate_finish_job_v1(id, %(status)s, %(delete_job)s)::text "
+    "FROM owned"
+)
+_RETRY_OWNED = _OWNED_JOB + (
+    "SELECT procrastinate_retry_job_v2(id, %(retry_at)s, %(new_priority)s, "
+    "%(new_queue_name)s, %(new_lock)s)::text FROM owned"
+)
+
+
+def finish_only_owned_jobs(app: procrastinate.App) -> None:
+    """Record a job's outcome only if the job is still this run's.
+
+    procrastinate's ``finish_job``/``retry_job`` update the job whatever
+    happened meanwhile: if the job was recovered and runs again (or ran
+    again and ended), a late first run would overwrite the later run's
+    outcome. Here the outcome of a run that no longer owns its job is dropped,
+    with a log line. Same SQL functions as procrastinate's, behind a check."""
+    manager = app.job_manager
+
+    async def write(query: str, job: Any, **params: Any) -> None:
+        rows = await manager.connector.execute_query_all_async(
+            query, job_id=job.id, attempts=job.attempts, worker_id=job.worker_id,
+            **params,
+        )
+        if not rows:
+            logger.warning(
+                "Job %s is no longer this run's (recovered meanwhile): its outcome "
+                "is not recorded", job.id,
+                extra={"action": "outcome_dropped", "job_id": job.id},
+            )
+
+    async def finish_job(job: Any, status: Any, delete_job: bool) -> None:
+        await write(_FINISH_OWNED, job, status=status.value, delete_job=delete_job)
+
+    async def retry_job(
+        job: Any, retry_at: Any = None, priority: Any = None, queue: Any = None,
+        lock: Any = None,
+    ) -> None:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        await write(
+            _RETRY_OWNED, job, retry_at=retry_at or now, new_priority=priority,
+            new_queue_name=queue, new_lock=lock,
+        )
+
+    manager.finish_job = finish_job  # type: ignore[method-assign]
+    manager.retry_job = retry_job  # type: ignore[method-assign]
+
+
+def restore_deleted_worker_row(app: procrastinate.App) -> None:
+    """A fetch that fails because this worker's row was deleted under it (a
+    stock worker's start-up prune, a manual clean-up) puts the row back and
+    fetches again, instead of crashing the child on the foreign key."""
+    manager = app.job_manager
+    original = manager.fetch_job
+
+    async def fetch_job(queues: Any, worker_id: int) -> Any:
+        try:
+            return await original(queues, worker_id)
+        except procrastinate_exceptions.ConnectorException as exc:
+            if not isinstance(exc.__cause__, psycopg.errors.ForeignKeyViolation):
+                raise
+        logger.warning(
+            "Worker row %s was deleted under a live child: restored", worker_id,
+            extra={"action": "worker_row_restored", "worker_id": worker_id},
+        )
+        await manager.connector.execute_query_async(
+            "INSERT INTO procrastinate_workers (id) OVERRIDING SYSTEM VALUE "
+            "VALUES (%(worker_id)s) ON CONFLICT (id) DO NOTHING", worker_id=worker_id,
+        )
+        return await original(queues, worker_id)
+
+    manager.fetch_job = fetch_job  # type: ignore[method-assign]
 
 
 #: longest wait between two attempts of a child's pool to reconnect
@@ -166,8 +252,7 @@ def survive_database_outages(app: procrastinate.App, *, keep_fetching: bool) -> 
 
 async def _still_ours(manager: Any, job: Any) -> bool:
     row = await manager.connector.execute_query_one_async(
-        "SELECT count(*) AS n FROM procrastinate_jobs "
-        "WHERE id = %(job_id)s AND status = 'doing' AND worker_id = %(worker_id)s",
-        job_id=job.id, worker_id=job.worker_id,
+        f"SELECT count(*) AS n FROM procrastinate_jobs WHERE {_OWNED}",
+        job_id=job.id, attempts=job.attempts, worker_id=job.worker_id,
     )
     return bool(row["n"])

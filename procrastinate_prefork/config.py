@@ -278,8 +278,17 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "stalled_timeout", ("--stalled-timeout",), _positive_float(), 30.0,
-        "A 'doing' job whose worker has not sent a heartbeat for this many "
-        "seconds (or has no worker row) is retried by the sweep of any supervisor.",
+        "A 'doing' job of this supervisor's children whose worker has not sent "
+        "a heartbeat for this many seconds is retried by the sweep of any "
+        "supervisor (recorded in the fleet table: each host is judged by its own).",
+    ),
+    Option(
+        "stock_worker_timeout", ("--stock-worker-timeout",), _positive_float(),
+        3600.0,
+        "A 'doing' job of a worker no prefork supervisor runs (a stock "
+        "procrastinate worker) is retried by the sweep only once that worker has "
+        "sent no heartbeat for this many seconds (a job that lost its worker row: "
+        "once it has run this long). Make it longer than a stock worker's drain.",
     ),
     Option(
         "heartbeat_interval", ("--heartbeat-interval",), _positive_float(), 5.0,
@@ -388,6 +397,7 @@ class PreforkConfig:
     listen_notify: bool
     delete_jobs: str
     stalled_timeout: float
+    stock_worker_timeout: float
     heartbeat_interval: float
     child_timeout: float
     job_timeout: float | None
@@ -429,7 +439,7 @@ class PreforkConfig:
             # the live workers' too: a child starting then would delete them
             # (their jobs lose their worker id, the sweep retries them while
             # they run). The supervisors' sweep prunes dead workers instead,
-            # with a grace period after an outage (policy.sweep_allowed).
+            # only from heartbeats that could be written (recovery.Judgement).
             "stalled_worker_timeout": max(self.stalled_timeout, PROCRASTINATE_PRUNE_AFTER),
             "update_heartbeat_interval": min(10.0, self.heartbeat_interval),
             "install_signal_handlers": False,

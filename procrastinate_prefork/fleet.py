@@ -13,7 +13,7 @@ import dataclasses
 import datetime
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psutil
@@ -45,6 +45,37 @@ class ChildRow:
     job_ids: Sequence[int] = ()
 
 
+def child_runs_job(child: str, job_id: str) -> str:
+    """SQL: the child row ``child`` says it runs the job ``job_id``. The one
+    place that knows how a child row lists its running jobs."""
+    return f"{job_id} = ANY({child}.job_ids)"
+
+
+def supervisor_timeout(s: str) -> str:
+    """SQL: the seconds of silence after which the supervisor row ``s`` and its
+    children count as gone: its declared stalled timeout, or its declared
+    heartbeat interval plus the judge's slack if that is longer."""
+    return (
+        f"GREATEST(COALESCE({s}.stalled_timeout, %(own_timeout)s), "
+        f"COALESCE({s}.heartbeat_interval, %(own_interval)s) + %(slack)s)"
+    )
+
+
+def silent(since: str, timeout: str) -> str:
+    """SQL: nothing heard since ``since`` for ``timeout`` seconds, and the
+    sweeper has been healthy long enough to tell."""
+    return (
+        f"({since} < now() - make_interval(secs => {timeout}) "
+        f"AND {timeout} <= %(healthy_for)s)"
+    )
+
+
+def supervisor_dead(s: str) -> str:
+    """SQL: the supervisor row ``s`` stopped or is judged gone."""
+    gone = silent(f"{s}.last_heartbeat", supervisor_timeout(s))
+    return f"({s}.state = 'stopped' OR {gone})"
+
+
 def register_supervisor(
     conn: psycopg.Connection,
     *,
@@ -72,11 +103,15 @@ def register_supervisor(
     return int(row[0])
 
 
-_HEARTBEAT_SQL = """
+_HEARTBEAT_SQL_TEMPLATE = """
 WITH workers AS (
-    UPDATE procrastinate_workers SET last_heartbeat = now()
-    WHERE id = ANY(%(worker_ids)s)
-    RETURNING id
+    -- re-inserted if deleted under a live child (a stock worker's start-up
+    -- prune): its next fetch would fail on the foreign key
+    INSERT INTO procrastinate_workers AS w (id, last_heartbeat)
+    OVERRIDING SYSTEM VALUE
+    SELECT id, now() FROM unnest(%(worker_ids)s::bigint[]) AS id
+    ON CONFLICT (id) DO UPDATE SET last_heartbeat = now()
+    RETURNING w.id
 ), supervisor AS (
     UPDATE procrastinate_prefork_processes
     SET last_heartbeat = now(), state = %(state)s, crash_loop = %(crash_loop)s,
@@ -108,6 +143,15 @@ WITH workers AS (
         rss_bytes = EXCLUDED.rss_bytes, started_at = EXCLUDED.started_at,
         last_heartbeat = EXCLUDED.last_heartbeat
     RETURNING slot
+), reattached AS (
+    -- a job whose worker row was deleted under its live child gets its
+    -- worker back: the child's death is then recovered like any other
+    UPDATE procrastinate_jobs AS job SET worker_id = c.worker_id
+    FROM children AS c
+    WHERE {runs} AND c.worker_id = ANY(%(worker_ids)s)
+      AND job.status = 'doing' AND job.worker_id IS NULL
+      AND EXISTS (SELECT 1 FROM workers WHERE workers.id = c.worker_id)
+    RETURNING job.id
 )
 UPDATE procrastinate_prefork_processes
 SET state = 'stopped', job_id = NULL, task_name = NULL, job_started_at = NULL,
@@ -115,6 +159,8 @@ SET state = 'stopped', job_id = NULL, task_name = NULL, job_started_at = NULL,
 WHERE supervisor_id = %(supervisor_id)s AND kind = 'child'
   AND state <> 'stopped' AND NOT (slot = ANY(%(live_slots)s))
 """
+_HEARTBEAT_SQL = _HEARTBEAT_SQL_TEMPLATE.replace(
+    "{runs}", child_runs_job("c", "job.id"))
 
 
 def heartbeat(
@@ -154,32 +200,38 @@ def heartbeat(
 
 
 def mark_stopped(conn: psycopg.Connection, supervisor_id: int) -> None:
+    # worker_id stays: if a dead child's jobs could not be recovered (database
+    # down), the sweep still judges its worker by this supervisor's timeout
     conn.execute(
         "UPDATE procrastinate_prefork_processes "
-        "SET state = 'stopped', job_id = NULL, task_name = NULL, worker_id = NULL, "
+        "SET state = 'stopped', job_id = NULL, task_name = NULL, "
         "job_started_at = NULL, job_ids = '{}', last_heartbeat = now() "
         "WHERE id = %s OR supervisor_id = %s",
         [supervisor_id, supervisor_id],
     )
 
 
-def prune(conn: psycopg.Connection, *, stalled_timeout: float, retention: float) -> int:
-    """Mark silent supervisors stopped, and delete the rows of those silent for
-    longer than ``retention``. Leaderless: one pruner at a time, others skip."""
+def prune(
+    conn: psycopg.Connection, *, judgement: Mapping[str, float], retention: float
+) -> int:
+    """Mark the supervisors judged gone (see ``recovery.Judgement``, whose
+    parameters ``judgement`` holds) stopped with their children, and delete the
+    rows of those silent for longer than ``retention``. Leaderless: one pruner
+    at a time, others skip."""
     with conn.transaction():
         locked = conn.execute(
-            "SELECT pg_try_advisory_xact_lock(%s)", [PRUNE_LOCK_KEY]
+            "SELECT pg_try_advisory_xact_lock(%(key)s)", {"key": PRUNE_LOCK_KEY}
         ).fetchone()
         if not locked or not locked[0]:
             return 0
         conn.execute(
-            "UPDATE procrastinate_prefork_processes AS p SET state = 'stopped', "
+            "UPDATE procrastinate_prefork_processes AS p "  # noqa: S608
+            "SET state = 'stopped', "
             "job_id = NULL, task_name = NULL, job_started_at = NULL, job_ids = '{}' "
-            "WHERE p.state <> 'stopped' AND (CASE WHEN p.kind = 'supervisor' "
-            "  THEN p.last_heartbeat ELSE (SELECT s.last_heartbeat FROM "
-            "  procrastinate_prefork_processes AS s WHERE s.id = p.supervisor_id) END)"
-            " < now() - make_interval(secs => %s)",
-            [stalled_timeout],
+            "FROM procrastinate_prefork_processes AS s "
+            "WHERE s.id = COALESCE(p.supervisor_id, p.id) AND p.state <> 'stopped' "
+            f"AND {supervisor_dead('s')}",
+            dict(judgement),
         )
         deleted = conn.execute(
             "DELETE FROM procrastinate_prefork_processes "

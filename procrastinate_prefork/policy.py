@@ -67,15 +67,49 @@ def is_wedged(heartbeat_age: float, child_timeout: float) -> bool:
     return heartbeat_age > child_timeout
 
 
-def sweep_allowed(back_for: float | None, stalled_timeout: float) -> bool:
-    """Whether to sweep for stalled jobs, ``back_for`` seconds after the
-    database came back from an outage (None: no outage seen).
+#: A supervisor heartbeat that ends later than its interval plus this after
+#: the previous one breaks the series: the database or the loop stalled.
+STALL_MARGIN = 1.0
+#: Time a live host may need, once the database answers again, to reconnect
+#: (db.RETRY_MAX) and write a heartbeat.
+RECONNECT_ALLOWANCE = 3.0
 
-    After an outage every worker's heartbeat is old, the live ones' too: a
-    sweeper that reconnects first would retry jobs still running on other
-    hosts. Sweep only once the database has been reachable for a stalled
-    timeout, time for every live worker to refresh its heartbeat."""
-    return back_for is None or back_for >= stalled_timeout
+
+@dataclasses.dataclass(frozen=True)
+class HeartbeatSeries:
+    """The supervisor's own successful heartbeats, without a stall between
+    them: the time over which other processes had a chance to write theirs.
+    Times are monotonic."""
+
+    since: float | None = None  # end of the series' first heartbeat
+    last: float | None = None  # end of its latest
+
+    def healthy_for(self, now: float) -> float:
+        return 0.0 if self.since is None else max(0.0, now - self.since)
+
+
+def record_heartbeat(
+    series: HeartbeatSeries, ok: bool, ended: float, heartbeat_interval: float
+) -> HeartbeatSeries:
+    """The series after a heartbeat that ended at ``ended``.
+
+    A failed heartbeat (database down, an error) ends the series; so does one
+    that ends too long after the previous one: it waited on a lock, or the
+    supervisor itself was stopped, so nobody's heartbeat of that time proves
+    anything. The next success starts a new series."""
+    if not ok:
+        return HeartbeatSeries()
+    if series.last is None or ended - series.last > heartbeat_interval + STALL_MARGIN:
+        return HeartbeatSeries(since=ended, last=ended)
+    return dataclasses.replace(series, last=ended)
+
+
+def judgement_slack(heartbeat_interval: float) -> float:
+    """Added to another host's declared heartbeat interval to judge it, when
+    its declared stalled timeout is shorter: a database stall shorter than our
+    own series can see (our interval plus the stall margin) may have held its
+    heartbeats back, and after an outage it needs time to reconnect."""
+    return heartbeat_interval + STALL_MARGIN + RECONNECT_ALLOWANCE
 
 
 def is_over_time_limit(job_age: float | None, limit: float | None) -> bool:

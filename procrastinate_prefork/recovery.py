@@ -33,6 +33,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from . import fleet
+
 logger = logging.getLogger("procrastinate_prefork.recovery")
 
 #: advisory lock key (transaction-scoped) so that only one sweeper scans at once
@@ -140,17 +142,94 @@ def recover_worker_jobs(
     return recoveries
 
 
+@dataclasses.dataclass(frozen=True)
+class Judgement:
+    """What a sweeper goes by when it judges other processes dead.
+
+    A worker of a prefork child is judged by what its own supervisor declared
+    in the fleet table (its stalled timeout, or its heartbeat interval plus
+    ``slack`` if that is longer); a worker no fleet row claims (a stock
+    ``procrastinate worker``) by ``stock_timeout``. And a timeout is only
+    applied once the sweeper has seen its own heartbeats succeed, without a
+    stall, for that long (``healthy_for``): heartbeats that could not be
+    written (a database outage, a lock, the sweeper itself stalled or just
+    started) prove nothing."""
+
+    healthy_for: float
+    slack: float
+    own_timeout: float
+    own_interval: float
+    stock_timeout: float
+
+    def params(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+# Computed once per statement (hash joins, not a fleet-table scan per job):
+# each supervisor's timeout and verdict, the child rows with theirs, and the
+# worker rows judged dead (by their child's supervisor, or as stock workers).
+_JUDGED = (
+    "WITH sup AS ("
+    f"  SELECT s.id, {fleet.supervisor_timeout('s')} AS timeout, "
+    f"  {fleet.supervisor_dead('s')} AS dead "
+    "  FROM procrastinate_prefork_processes AS s WHERE s.kind = 'supervisor'"
+    "), claim AS ("
+    "  SELECT c.worker_id, c.job_id, sup.timeout, sup.dead "
+    "  FROM procrastinate_prefork_processes AS c JOIN sup ON sup.id = c.supervisor_id "
+    "  WHERE c.kind = 'child'"
+    "), worker_timeout AS ("
+    "  SELECT worker_id, max(timeout) AS timeout FROM claim "
+    "  WHERE worker_id IS NOT NULL GROUP BY worker_id"
+    "), dead_worker AS ("
+    "  SELECT w.id FROM procrastinate_workers AS w "
+    "  LEFT JOIN worker_timeout AS t ON t.worker_id = w.id WHERE "
+    + fleet.silent("w.last_heartbeat", "COALESCE(t.timeout, %(stock_timeout)s)")
+    + ") "
+)
+_CLAIMED = "SELECT 1 FROM claim AS c WHERE " + fleet.child_runs_job("c", "job.id")
+_STARTED_AT = (
+    "COALESCE((SELECT max(e.at) FROM procrastinate_events AS e "
+    "WHERE e.job_id = job.id AND e.type = 'started'), '-infinity')"
+)
+# A job a live supervisor's child runs is that supervisor's to recover, even
+# if its worker row is stale (a wedged child) or gone (a stock worker's prune);
+# such a claim counts only for a job under the child's worker or under none (a
+# job fetched again by another worker is that one's). Otherwise its worker row
+# decides; without one (deleted under it): a child row of a dead supervisor,
+# or, with no claim at all, how long it has been running.
+_STALLED_SQL = _JUDGED + (
+    "SELECT {columns} FROM procrastinate_jobs AS job "
+    "WHERE job.status = 'doing' "
+    f"AND NOT EXISTS ({_CLAIMED} AND NOT c.dead "
+    "  AND (job.worker_id IS NULL OR job.worker_id = c.worker_id)) "
+    "AND CASE WHEN job.worker_id IS NOT NULL "
+    "  THEN job.worker_id IN (SELECT id FROM dead_worker) "
+    f"  ELSE EXISTS ({_CLAIMED}) "
+    f"    OR {fleet.silent(_STARTED_AT, '%(stock_timeout)s')} END "
+    "ORDER BY job.id LIMIT %(limit)s FOR UPDATE OF job SKIP LOCKED"
+)
+# Rows of workers judged dead, once none of their jobs is left 'doing' (a job
+# skipped now keeps its worker id, and so its judge, for the next sweep).
+_PRUNE_WORKERS_SQL = _JUDGED + (
+    "DELETE FROM procrastinate_workers AS w "
+    "WHERE w.id IN (SELECT id FROM dead_worker) "
+    "AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs AS j "
+    "WHERE j.worker_id = w.id AND j.status = 'doing')"
+)
+
+
 def sweep_stalled(
     conn: psycopg.Connection,
     *,
-    stalled_timeout: float,
+    judgement: Judgement,
     max_crash_retries: int,
     limit: int = 500,
 ) -> list[Recovery] | None:
-    """Recover ``doing`` jobs whose worker is gone or silent for
-    ``stalled_timeout`` seconds, then prune such workers.
+    """Recover ``doing`` jobs whose process is judged gone (see
+    ``Judgement``), then prune the worker rows judged dead.
 
     Returns None when another supervisor is sweeping right now."""
+    params: dict[str, Any] = {**judgement.params(), "limit": limit}
     with conn.transaction():
         locked = conn.execute(
             "SELECT pg_try_advisory_xact_lock(%s)", [SWEEP_LOCK_KEY]
@@ -158,25 +237,16 @@ def sweep_stalled(
         if not locked or not locked[0]:
             return None
         with conn.cursor(row_factory=dict_row) as cur:
+            columns = _JOB_COLUMNS.format(args="NULL::jsonb")
             rows = cur.execute(
-                f"SELECT {_JOB_COLUMNS.format(args='NULL::jsonb')} "  # noqa: S608
-                "FROM procrastinate_jobs AS job "
-                "WHERE job.status = 'doing' AND NOT EXISTS ("
-                "  SELECT 1 FROM procrastinate_workers AS w"
-                "  WHERE w.id = job.worker_id"
-                "  AND w.last_heartbeat >= now() - make_interval(secs => %s))"
-                "ORDER BY job.id LIMIT %s FOR UPDATE OF job SKIP LOCKED",
-                [stalled_timeout, limit],
+                _STALLED_SQL.format(columns=columns),  # type: ignore[arg-type]
+                params,
             ).fetchall()
         recoveries = _recover_each(
             conn, rows, cause="worker heartbeat lost",
             max_crash_retries=max_crash_retries,
         )
-        conn.execute(
-            "DELETE FROM procrastinate_workers AS w "
-            "WHERE w.last_heartbeat < now() - make_interval(secs => %s)",
-            [stalled_timeout],
-        )
+        conn.execute(_PRUNE_WORKERS_SQL, params)  # type: ignore[arg-type]
     for recovery in recoveries:
         log_recovery(recovery, None)
     return recoveries

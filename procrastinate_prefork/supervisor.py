@@ -119,6 +119,8 @@ class Supervisor:
         self._sig_r = self._sig_w = -1
         self._next_heartbeat = 0.0
         self._next_sweep = 0.0
+        #: our own heartbeats: what the sweep may conclude from others' silence
+        self.heartbeats = policy.HeartbeatSeries()
         self._wake_pending = False
         self._recorded_worker_ids: frozenset[int] = frozenset()
         self.ready_logged = False
@@ -694,26 +696,37 @@ class Supervisor:
         ]
         assert self.supervisor_row is not None
         supervisor_row = self.supervisor_row
-        self.db.run(lambda conn: fleet.heartbeat(
-            conn, supervisor_id=supervisor_row, host=self.config.hostname,
-            state=self.phase.value, crash_loop=self.crash_looping,
-            concurrency=self.target, children=rows, fresh_worker_ids=fresh,
-        ))
-        if now < self._next_sweep:
+
+        def beat(conn: Any) -> bool:
+            fleet.heartbeat(
+                conn, supervisor_id=supervisor_row, host=self.config.hostname,
+                state=self.phase.value, crash_loop=self.crash_looping,
+                concurrency=self.target, children=rows, fresh_worker_ids=fresh,
+            )
+            return True
+
+        ok = bool(self.db.run(beat))
+        ended = time.monotonic()
+        self.heartbeats = policy.record_heartbeat(
+            self.heartbeats, ok, ended, self.config.heartbeat_interval
+        )
+        if not ok or now < self._next_sweep:
             return
         self._next_sweep = now + self.config.heartbeat_interval
-        back_for = None if self.db.back_since is None else now - self.db.back_since
-        if not policy.sweep_allowed(back_for, self.config.stalled_timeout):
-            return
+        judgement = recovery.Judgement(
+            healthy_for=self.heartbeats.healthy_for(ended),
+            slack=policy.judgement_slack(self.config.heartbeat_interval),
+            own_timeout=self.config.stalled_timeout,
+            own_interval=self.config.heartbeat_interval,
+            stock_timeout=self.config.stock_worker_timeout,
+        )
         swept = self.db.run(lambda conn: recovery.sweep_stalled(
-            conn, stalled_timeout=self.config.stalled_timeout,
-            max_crash_retries=self.config.max_crash_retries,
+            conn, judgement=judgement, max_crash_retries=self.config.max_crash_retries,
         ))
         if swept:
             self._request_wake()
         self.db.run(lambda conn: fleet.prune(
-            conn, stalled_timeout=self.config.stalled_timeout,
-            retention=fleet.DEFAULT_RETENTION,
+            conn, judgement=judgement.params(), retention=fleet.DEFAULT_RETENTION,
         ))
 
     def _log_ready(self) -> None:

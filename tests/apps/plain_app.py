@@ -76,6 +76,17 @@ def die_once(context: procrastinate.JobContext) -> None:
     _mark(context, "end")
 
 
+@app.task(name="first_run_fails", pass_context=True)
+def first_run_fails(context: procrastinate.JobContext, first: float = 4, later: float = 1) -> None:
+    """The first run fails after ``first`` seconds, a later one succeeds: which
+    outcome the job row ends with tells which run wrote it."""
+    _mark(context, "start")
+    time.sleep(first if context.job.attempts == 0 else later)
+    if context.job.attempts == 0:
+        raise RuntimeError("the first run fails")
+    _mark(context, "end")
+
+
 @app.task(name="noop")
 def noop() -> None:
     return None

@@ -11,6 +11,11 @@ from procrastinate_prefork import recovery
 
 from ..fleet_helper import defer
 
+#: workers with no fleet row (as here) are judged by the stock timeout
+JUDGE_STOCK_AFTER_30S = recovery.Judgement(
+    healthy_for=3600, slack=7, own_timeout=30, own_interval=5, stock_timeout=30,
+)
+
 
 def _doing_jobs(conn, count: int, heartbeat_age: str) -> tuple[int, list[int]]:
     worker_id = conn.execute(
@@ -44,7 +49,7 @@ def test_concurrent_sweeps_and_reaps_recover_each_job_once(db_url):
                 for _ in range(5):
                     if kind % 2:
                         found = recovery.sweep_stalled(
-                            conn, stalled_timeout=30, max_crash_retries=3
+                            conn, judgement=JUDGE_STOCK_AFTER_30S, max_crash_retries=3
                         ) or []
                     else:  # as a supervisor reaping the dead workers' children
                         found = recovery.recover_worker_jobs(
@@ -65,6 +70,9 @@ def test_concurrent_sweeps_and_reaps_recover_each_job_once(db_url):
     recovered = [r.job_id for batch in results for r in batch]
     assert sorted(recovered) == sorted(jobs_a + jobs_b)  # each exactly once
     with psycopg.connect(db_url, autocommit=True) as conn:
+        # a dead worker's row goes once none of its jobs is left doing: at the
+        # latest in the sweep after the reapers committed
+        recovery.sweep_stalled(conn, judgement=JUDGE_STOCK_AFTER_30S, max_crash_retries=3)
         rows = {job_id: rest for job_id, *rest in conn.execute(
             "SELECT j.id, j.status::text, j.attempts, c.crashes "
             "FROM procrastinate_jobs j "

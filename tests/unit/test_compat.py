@@ -82,7 +82,7 @@ def _lost_connection():
 
 class _Job:
     def __init__(self, job_id):
-        self.id, self.worker_id = job_id, 3
+        self.id, self.worker_id, self.attempts = job_id, 3, 0
 
 
 def _survive(monkeypatch, still_ours, keep_fetching, **methods):
@@ -143,3 +143,20 @@ def test_survive_database_outages_does_not_record_twice(monkeypatch):
     manager = _survive(monkeypatch, False, False, retry_job=retry_job)
     asyncio.run(manager.retry_job(_Job(8)))
     assert calls == [8]
+
+
+def test_job_manager_methods_we_replace_keep_their_signatures():
+    """compat.finish_only_owned_jobs and compat.restore_deleted_worker_row
+    replace these; the worker calls them with these argument names."""
+    import inspect
+
+    from procrastinate import manager
+
+    def params(name):
+        return list(inspect.signature(getattr(manager.JobManager, name)).parameters)
+
+    assert params("finish_job") == ["self", "job", "status", "delete_job"]
+    assert params("retry_job") == ["self", "job", "retry_at", "priority", "queue", "lock"]
+    assert params("fetch_job") == ["self", "queues", "worker_id"]
+    source = inspect.getsource(procrastinate.worker.Worker)
+    assert "job_manager.finish_job(" in source and "job_manager.retry_job(" in source

@@ -132,8 +132,28 @@ def test_memory_recycle_never_loops_on_a_fat_start():
     assert not policy.should_recycle_for_memory(300, None, baseline_mb=50)
 
 
-def test_no_sweep_until_the_database_has_been_back_for_a_stalled_timeout():
-    assert policy.sweep_allowed(None, 30)  # no outage seen
-    assert not policy.sweep_allowed(0.0, 30)  # just reconnected: all heartbeats old
-    assert not policy.sweep_allowed(29.9, 30)
-    assert policy.sweep_allowed(30.0, 30)
+def test_heartbeat_series_measures_how_long_others_could_write_theirs():
+    series = policy.HeartbeatSeries()
+    assert series.healthy_for(100.0) == 0.0  # never seen: judge nobody
+    series = policy.record_heartbeat(series, True, 10.0, heartbeat_interval=5)
+    for ended in (15.2, 20.1, 25.9):
+        series = policy.record_heartbeat(series, True, ended, heartbeat_interval=5)
+    assert series.healthy_for(26.0) == 16.0
+    # a heartbeat that waited on a lock (or a supervisor that was stopped):
+    # ends more than interval + margin after the previous one, a new series
+    stalled = policy.record_heartbeat(series, True, 32.0, heartbeat_interval=5)
+    assert stalled.healthy_for(32.0) == 0.0
+    assert stalled.healthy_for(40.0) == 8.0
+    # a failure (database down, an error) ends it; the next success restarts
+    down = policy.record_heartbeat(series, False, 30.0, heartbeat_interval=5)
+    assert down.healthy_for(1000.0) == 0.0
+    back = policy.record_heartbeat(down, True, 31.0, heartbeat_interval=5)
+    assert back.healthy_for(37.0) == 6.0
+
+
+def test_judgement_slack_leaves_the_default_stalled_timeout_alone():
+    # a host with the defaults (heartbeat 5 s, stalled 30 s) judged by another
+    # with the defaults: its declared 30 s stand
+    assert 5 + policy.judgement_slack(heartbeat_interval=5) <= 30
+    # a 2 s timeout with 1 s heartbeats is too short to tell from a stall
+    assert 1 + policy.judgement_slack(heartbeat_interval=1) > 2
