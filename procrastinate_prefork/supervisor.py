@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
 import setproctitle
 from procrastinate import jobs as jobs_module
 from procrastinate import manager as manager_module
@@ -119,17 +120,26 @@ class Supervisor:
             list(manager_module.get_channel_for_queues(config.queues))
             if config.listen_notify else []
         )
+        self.db_timeouts = db.Timeouts.for_heartbeat(config.heartbeat_interval)
         self.db = db.SupervisorDB(
             bootstrap.connection_args(),
             db.application_name(config.hostname, "sup", self.pid),
             channels,
+            timeouts=self.db_timeouts,
         )
         self.db.on_connect = self._request_wake
 
     # ------------------------------------------------------------- main loop
 
     def run(self) -> int:
-        self._preflight()
+        try:
+            self._preflight()
+        except psycopg.OperationalError as exc:
+            if not db.is_timeout(exc):
+                raise
+            raise StartupError(
+                f"the database did not answer in time ({db.first_line(exc)})"
+            ) from None
         self._install_signals()
         setproctitle.setproctitle(self._title())
         for slot in range(self.target):
@@ -186,12 +196,13 @@ class Supervisor:
             ) from None
         try:
             conn = db.connect(
-                self.bootstrap.connection_args(), self.db.app_name, autocommit=True
+                self.bootstrap.connection_args(), self.db.app_name, self.db_timeouts,
+                autocommit=True,
             )
         except Exception as exc:  # psycopg.Error or a bad conninfo
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise StartupError(f"cannot connect to the database: {first_line}") from None
-        with conn:
+        with conn, db.bounded(conn, self.db_timeouts):
             missing = schema.missing_tables(conn)
             if any(name.startswith("procrastinate_prefork") for name in missing) and not any(
                 not name.startswith("procrastinate_prefork") for name in missing
