@@ -27,7 +27,7 @@ import setproctitle
 from procrastinate import jobs as jobs_module
 from procrastinate import manager as manager_module
 
-from . import db, fleet, policy, probe, recovery, schema
+from . import db, fleet, policy, probe, recovery, schema, slots
 from .bootstrap import Bootstrap
 from .child import ChildSpec, run_child
 from .config import MAX_CHILDREN, PreforkConfig
@@ -64,7 +64,6 @@ class Child:
     timed_out_job: int | None = None
     generation: int = 0  # bumped by SIGHUP: older children are rolled over
     retiring: bool = False  # asked to stop for good (scale down, rolling restart)
-    took_over: bool = False  # a new-generation child that already retired an old one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +93,6 @@ class Supervisor:
         self.pid = os.getpid()
         self.target = config.initial_children
         self.generation = 0
-        self._rolling: list[int] = []  # pids of old children still to retire
         self._quiet_since = time.monotonic()
         self._next_autoscale = 0.0
         self.on_child_start = on_child_start
@@ -470,17 +468,14 @@ class Supervisor:
         if self.target <= 1:
             logger.info("%s: already at one child", why)
             return
-        if self.respawn_at:  # a fork not made yet is the cheapest to drop
-            del self.respawn_at[max(self.respawn_at)]
-        else:
-            candidates = [
-                c for c in self.children.values()
-                if c.generation == self.generation and not c.retiring
-                and (not only_idle or self.scoreboard.read(c.slot).state is State.IDLE)
-            ]
-            if not candidates:
-                return
-            self._retire(max(candidates, key=lambda c: c.slot), why)
+        if only_idle and not any(
+            c.generation == self.generation and not c.retiring
+            and self.scoreboard.read(c.slot).state is State.IDLE
+            for c in self.children.values()
+        ):
+            return
+        # ``_converge`` drops a pending fork or retires a child (one not ready
+        # yet, else an idle one, the highest slot), whatever else is going on.
         self.target -= 1
         logger.info("%s: %d children now", why, self.target,
                     extra={"action": "scale_down", "children": self.target})
@@ -494,29 +489,44 @@ class Supervisor:
         self._kill(child, signal.SIGTERM)
 
     def _rolling_restart(self) -> None:
+        # Only a new generation: ``_scale`` forks it and retires the older
+        # ones as it gets ready. A SIGHUP during a hand-over thereby restarts
+        # it rather than stacking another one.
         self.generation += 1
-        self._rolling = [c.pid for c in self.children.values() if not c.retiring]
-        for _ in range(self.target):
-            self.respawn_at[self._free_slot()] = 0.0
         logger.info(
-            "SIGHUP: rolling restart of %d children (new ones first)", len(self._rolling),
+            "SIGHUP: rolling restart of %d children (new ones first)", self.target,
             extra={"action": "rolling_restart", "generation": self.generation},
         )
 
     def _scale(self) -> None:
-        """Rolling-restart hand-overs, then autoscale decisions."""
+        """Converge to the target (hand-overs, sizes), then autoscale."""
         if self.phase is not Phase.RUNNING:
             return
-        for child in list(self.children.values()):
-            if not self._rolling:
-                break
-            if child.generation == self.generation and not child.took_over and (
-                self.scoreboard.read(child.slot).state in (State.IDLE, State.BUSY)
-            ):
-                child.took_over = True
-                old = self.children.get(self._rolling.pop(0))
-                if old is not None and not old.retiring:
-                    self._retire(old, "rolling restart")
+        self._converge()
+        self._autoscale()
+        self._converge()
+
+    def _converge(self) -> None:
+        members = []
+        for child in self.children.values():
+            state = self.scoreboard.read(child.slot).state
+            members.append(slots.Member(
+                pid=child.pid, slot=child.slot, generation=child.generation,
+                retiring=child.retiring, ready=state in (State.IDLE, State.BUSY),
+                busy=state is State.BUSY,
+            ))
+        plan = slots.plan(members, target=self.target, generation=self.generation,
+                          pending=len(self.respawn_at), refill=self.config.wait)
+        for _ in range(plan.fork):
+            self.respawn_at[self._free_slot()] = 0.0
+        for _ in range(plan.cancel):
+            del self.respawn_at[max(self.respawn_at)]
+        for pid in plan.retire:
+            child = self.children[pid]
+            self._retire(child, "rolling restart" if child.generation != self.generation
+                         else "scale down")
+
+    def _autoscale(self) -> None:
         if self.config.autoscale is None:
             return
         now = time.monotonic()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from collections.abc import Iterator
 
 import psutil
@@ -98,4 +99,49 @@ def test_locked_fleet_table_does_not_freeze_the_loop(fleet, db_url):
         finally:
             locker.rollback()
     assert not fleet.exited()
+    assert fleet.stop() == 0
+
+
+# ------------------------------------------------------------ signal bursts
+
+
+def child_sessions(db_url: str) -> set[int]:
+    """Client pids named in the children's sessions (``prefork:<host>:<slot>:<pid>``)."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT application_name FROM pg_stat_activity "
+            "WHERE application_name LIKE %s AND application_name NOT LIKE %s",
+            [f"prefork:{HOST}:%", f"prefork:{HOST}:sup:%"],
+        ).fetchall()
+    return {int(name.rsplit(":", 1)[1]) for (name,) in rows}
+
+
+def assert_converges(fleet, db_url: str, count: int) -> None:
+    """``count`` live children, each with its session, none other, and it stays so."""
+    def settled() -> bool:
+        pids = [p for p in fleet.child_pids() if not is_gone(p)]
+        return len(pids) == count and child_sessions(db_url) == set(pids)
+
+    wait_for(settled, timeout=60, interval=0.2, message=f"{count} children")
+    time.sleep(3)  # several heartbeats and hand-over turns later: still so
+    assert settled(), (fleet.child_pids(), child_sessions(db_url))
+
+
+def test_sighup_burst_converges_to_the_target(fleet, db_url):
+    fleet.start("--concurrency", "2", "--hostname", HOST, *FAST)
+    first = fleet.wait_children(2)
+    for _ in range(20):
+        fleet.signal(signal.SIGHUP)
+        time.sleep(0.1)
+    assert_converges(fleet, db_url, 2)
+    assert not set(fleet.child_pids()) & set(first)  # the restart did happen
+    assert fleet.stop() == 0
+
+
+def test_sighup_then_sigttou_converges_to_the_smaller_target(fleet, db_url):
+    fleet.start("--concurrency", "3", "--hostname", HOST, *FAST)
+    fleet.wait_children(3)
+    fleet.signal(signal.SIGHUP)
+    fleet.signal(signal.SIGTTOU)
+    assert_converges(fleet, db_url, 2)
     assert fleet.stop() == 0
