@@ -27,7 +27,7 @@ import setproctitle
 from procrastinate import jobs as jobs_module
 from procrastinate import manager as manager_module
 
-from . import db, fleet, policy, probe, recovery, schema, slots
+from . import db, fleet, logfiles, policy, probe, recovery, schema, slots
 from .bootstrap import Bootstrap
 from .child import ChildSpec, run_child
 from .config import MAX_CHILDREN, PreforkConfig
@@ -243,6 +243,10 @@ class Supervisor:
         for signum in (
             signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD,
             signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU,
+            # Their default action would end the supervisor: operators send
+            # SIGUSR1 by habit (log rotation), SIGUSR2 or SIGALRM by mistake
+            # (db.deadline uses SIGALRM during a database call).
+            signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM,
         ):
             signal.signal(signum, self._queue_signal)
 
@@ -256,6 +260,14 @@ class Supervisor:
             signum = self._signals.pop(0)
             if signum == signal.SIGCHLD:
                 continue  # the loop reaps on every turn
+            if signum == signal.SIGUSR1:
+                self._reopen_logs()
+                continue
+            if signum in (signal.SIGUSR2, signal.SIGALRM):
+                name = signal.Signals(signum).name
+                logger.info("%s: ignored", name,
+                            extra={"action": "signal_ignored", "signal": name})
+                continue
             if signum in (signal.SIGTTIN, signal.SIGTTOU, signal.SIGHUP):
                 if self.phase is Phase.RUNNING:
                     actions: dict[int, Callable[[], None]] = {
@@ -268,6 +280,13 @@ class Supervisor:
                 self._stop_now(signal.Signals(signum).name)
             else:
                 self._drain(signal.Signals(signum).name)
+
+    def _reopen_logs(self) -> None:
+        count = logfiles.reopen()
+        logger.info("SIGUSR1: %d log file(s) reopened; children asked to do the same",
+                    count, extra={"action": "reopen_logs", "files": count})
+        for child in self.children.values():
+            self._kill(child, signal.SIGUSR1)
 
     def _drain(self, why: str) -> None:
         timeout = self.config.shutdown_graceful_timeout

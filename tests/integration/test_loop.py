@@ -145,3 +145,25 @@ def test_sighup_then_sigttou_converges_to_the_smaller_target(fleet, db_url):
     fleet.signal(signal.SIGTTOU)
     assert_converges(fleet, db_url, 2)
     assert fleet.stop() == 0
+
+
+# ------------------------------------------------------------ other signals
+
+
+def test_sigusr1_and_sigusr2_kill_nobody(fleet, db_url):
+    """Operators send SIGUSR1 by habit (log rotation); neither it nor SIGUSR2
+    stops the supervisor or a child."""
+    fleet.start("--concurrency", "2", "--hostname", HOST, *FAST, app=JSON_APP)
+    children = fleet.wait_children(2)
+    for signum in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM):
+        fleet.signal(signum)
+        os.kill(children[0], signum)
+    wait_for(lambda: len(log_events(fleet, "reopen_logs")) >= 3, timeout=10,
+             message="the supervisor and its children to reopen their logs")
+    wait_for(lambda: log_events(fleet, "signal_ignored"), timeout=10,
+             message="SIGUSR2 to be logged and ignored")
+    time.sleep(1)  # a turn of the loop and of the children's event loops later
+    assert not fleet.exited()
+    assert fleet.child_pids() == children
+    assert {e["pid"] for e in log_events(fleet, "reopen_logs")} == {fleet.pid, *children}
+    assert fleet.stop() == 0
