@@ -26,6 +26,8 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import sql
 
+from . import redact
+
 logger = logging.getLogger("procrastinate_prefork.db")
 
 T = TypeVar("T")
@@ -226,7 +228,8 @@ class SupervisorDB:
         if self.down_since is None:
             self.down_since = now
             logger.error(
-                "Database unreachable: %s", first_line(exc),
+                "Database unreachable: %s",
+                redact.without_secrets(first_line(exc), self.connection_args),
                 extra={"action": "db_unreachable"},
             )
         self.close()

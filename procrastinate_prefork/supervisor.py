@@ -27,7 +27,7 @@ import setproctitle
 from procrastinate import jobs as jobs_module
 from procrastinate import manager as manager_module
 
-from . import db, fleet, logfiles, policy, probe, recovery, schema, slots
+from . import db, fleet, logfiles, policy, probe, recovery, redact, schema, slots
 from .bootstrap import Bootstrap
 from .child import ChildSpec, run_child
 from .config import MAX_CHILDREN, PreforkConfig
@@ -198,7 +198,10 @@ class Supervisor:
                 autocommit=True,
             )
         except Exception as exc:  # psycopg.Error or a bad conninfo
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            # libpq quotes what it cannot parse, a password included
+            first_line = redact.without_secrets(
+                db.first_line(exc), self.bootstrap.connection_args()
+            )
             raise StartupError(f"cannot connect to the database: {first_line}") from None
         with conn, db.bounded(conn, self.db_timeouts):
             missing = schema.missing_tables(conn)
