@@ -192,6 +192,13 @@ class Supervisor:
             raise StartupError(
                 f"cannot import the task modules: {type(exc).__name__}: {exc}"
             ) from None
+        unknown = sorted(set(self.config.task_timeouts) - set(self.app.tasks))
+        if unknown:  # a typo would leave the task without its limit, silently
+            logger.warning(
+                "--task-timeout names no registered task: %s (their limits apply "
+                "to nothing)", ", ".join(unknown),
+                extra={"action": "unknown_task_timeout", "tasks": unknown},
+            )
         try:
             conn = db.connect(
                 self.bootstrap.connection_args(), self.db.app_name, self.db_timeouts,

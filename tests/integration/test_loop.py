@@ -167,3 +167,11 @@ def test_sigusr1_and_sigusr2_kill_nobody(fleet, db_url):
     assert fleet.child_pids() == children
     assert {e["pid"] for e in log_events(fleet, "reopen_logs")} == {fleet.pid, *children}
     assert fleet.stop() == 0
+
+
+def test_task_timeout_for_an_unknown_task_is_warned_about(fleet):
+    fleet.start("--concurrency", "1", "--hostname", HOST, "--task-timeout", "nosuch=1",
+                "--task-timeout", "sleep=5", app=JSON_APP)
+    [event] = log_events(fleet, "unknown_task_timeout")
+    assert event["tasks"] == ["nosuch"] and event["level"] == "WARNING"
+    assert fleet.stop() == 0
