@@ -16,7 +16,7 @@ import psutil
 import psycopg
 import pytest
 
-from ..fleet_helper import log_events, wait_for
+from ..fleet_helper import defer, jobs, log_events, wait_for
 from .test_health import free_port, try_probe
 
 JSON_APP = "tests.apps.json_log_app.app"
@@ -81,6 +81,22 @@ def test_stopped_backend_does_not_freeze_the_loop(fleet, db_url):
                  message="a database call to time out")
         assert_loop_turns(fleet, port, 2)
     assert not fleet.exited()
+    assert fleet.stop() == 0
+
+
+def test_time_limits_hold_while_the_backend_is_stopped(fleet, db_url):
+    fleet.start("--concurrency", "1", "--hostname", HOST, "--job-timeout", "3",
+                *FAST, app=JSON_APP)
+    [job_id] = defer(db_url, "sleep", seconds=60)
+    child = fleet.running_child(job_id)
+    backend = supervisor_backend(db_url, fleet.pid)
+    with stopped(backend):
+        wait_for(lambda: log_events(fleet, "time_limit"), timeout=20,
+                 message="the time limit to be enforced")
+        wait_for(lambda: is_gone(child), timeout=20, message="the child to be gone")
+        fleet.wait_children(1, exclude=[child])
+    wait_for(lambda: jobs(db_url, [job_id])[0]["status"] == "failed", timeout=20,
+             message="the job to fail")
     assert fleet.stop() == 0
 
 
