@@ -146,7 +146,9 @@ def _apply_schema(bootstrap: Bootstrap) -> int:
         with db.connect(bootstrap.connection_args(), "prefork:schema") as conn:
             schema.apply(conn)
     except Exception as exc:  # psycopg errors: one line for the user
-        first_line = redact.without_secrets(db.first_line(exc), bootstrap.connection_args())
+        first_line = redact.without_secrets(
+            db.first_line(exc), bootstrap.connection_args()
+        )
         print(f"procrastinate-prefork: error: cannot apply the schema: {first_line}",
               file=sys.stderr)
         return EXIT_STARTUP

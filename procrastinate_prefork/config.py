@@ -344,7 +344,8 @@ OPTIONS: tuple[Option, ...] = (
         "task_timeouts", ("--task-timeout",), _task_timeouts, dict,
         "Per-task hard time limits, NAME=SECONDS (repeatable; a dict in Django "
         "settings); at most 2592000 s (30 days). A NAME that is not a "
-        "registered task is warned about at start.", metavar="NAME=SECONDS", repeatable=True, default_doc="none",
+        "registered task is warned about at start.", metavar="NAME=SECONDS",
+        repeatable=True, default_doc="none",
     ),
     Option(
         "max_crash_retries", ("--max-crash-retries",), _int_between(0, 1000), 3,

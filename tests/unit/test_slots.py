@@ -42,7 +42,8 @@ def test_sighup_during_a_handover_restarts_it():
     """Generation 1 was still booting when generation 2 was asked for: its
     children retire at once and only two new ones are forked."""
     children = [ready(1, 0), ready(2, 0), booting(3, 1), booting(4, 1)]
-    assert plan(children, target=2, generation=2, pending=0) == Plan(fork=2, retire=(3, 4))
+    result = plan(children, target=2, generation=2, pending=0)
+    assert result == Plan(fork=2, retire=(3, 4))
 
 
 def test_ready_children_of_an_intermediate_generation_serve_until_replaced():
@@ -55,7 +56,8 @@ def test_ready_children_of_an_intermediate_generation_serve_until_replaced():
 def test_scale_down_during_a_handover():
     """kill -HUP; kill -TTOU on three children: two are kept in the end."""
     children = [ready(1, 0), ready(2, 0), ready(3, 0)]
-    assert plan(children, target=2, generation=1, pending=3) == Plan(cancel=1, retire=(1,))
+    result = plan(children, target=2, generation=1, pending=3)
+    assert result == Plan(cancel=1, retire=(1,))
     new = [*children, ready(4, 1), ready(5, 1)]
     assert set(plan(new, target=2, generation=1, pending=0).retire) == {1, 2, 3}
 
@@ -81,7 +83,9 @@ class _Sim:
     generation: int = 0
     pending: int = 0
     children: dict[int, list] = dataclasses.field(default_factory=dict)
-    pids: itertools.count = dataclasses.field(default_factory=lambda: itertools.count(1))
+    pids: itertools.count = dataclasses.field(
+        default_factory=lambda: itertools.count(1)
+    )
 
     def turn(self) -> None:
         for pid, (_, age, retiring) in list(self.children.items()):
@@ -92,8 +96,10 @@ class _Sim:
         for _ in range(self.pending):  # every due fork is made
             self.children[next(self.pids)] = [self.generation, 0, False]
         self.pending = 0
-        members = [Member(pid=pid, slot=pid, generation=g, retiring=r, ready=age >= self.boot)
-                   for pid, (g, age, r) in self.children.items()]
+        members = [
+            Member(pid=pid, slot=pid, generation=g, retiring=r, ready=age >= self.boot)
+            for pid, (g, age, r) in self.children.items()
+        ]
         result = plan(members, target=self.target, generation=self.generation,
                       pending=self.pending)
         self.pending += result.fork - result.cancel
