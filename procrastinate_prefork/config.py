@@ -324,7 +324,7 @@ OPTIONS: tuple[Option, ...] = (
         "Seconds between the supervisor's heartbeats (its children's worker rows "
         "and the fleet table) and its stalled-job sweeps; at most 3600 s. It also "
         "sets the bounds of the supervisor's database calls (statement timeout: "
-        "this interval within 1..10 s; lock timeout: half of it; its own "
+        "this interval within 1..10 s; lock timeout: half of it, at most 1 s; its own "
         "deadline: one second more).",
     ),
     Option(

@@ -65,8 +65,11 @@ class Timeouts:
     def for_heartbeat(cls, heartbeat_interval: float) -> Timeouts:
         # A call longer than a heartbeat interval already delays the next
         # heartbeat; 1..10 s keeps the loop responsive whatever the interval.
+        # Its lock waits take milliseconds unless something holds a table: a
+        # short lock timeout keeps /live answering during such a lock.
         statement = min(max(heartbeat_interval, 1.0), 10.0)
-        return cls(statement=statement, lock=statement / 2, call=statement + 1.0)
+        return cls(statement=statement, lock=min(statement / 2, 1.0),
+                   call=statement + 1.0)
 
     def connection_params(self) -> dict[str, Any]:
         """libpq parameters (not startup ``options``: PgBouncer accepts these)."""
