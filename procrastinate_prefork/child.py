@@ -24,7 +24,7 @@ from procrastinate import connector as connector_module
 from procrastinate import psycopg_connector
 
 from . import bootstrap as bootstrap_module
-from . import compat, db, policy, redact
+from . import compat, db, logfiles, policy, redact
 from .config import PreforkConfig
 from .scoreboard import Scoreboard, SlotWriter, State
 
@@ -109,6 +109,11 @@ def _reset_process(spec: ChildSpec) -> None:
     # Ctrl-C reaches the whole process group; the supervisor turns it into one
     # drain of every child, so the children themselves ignore it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Their default action would end the child: ignored until its event loop
+    # takes SIGUSR1 over (reopen the logs, as the supervisor does).
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    signal.signal(signal.SIGALRM, signal.SIG_IGN)
     for fd in spec.inherited_fds:
         try:
             os.close(fd)
@@ -169,6 +174,7 @@ async def _serve(spec: ChildSpec) -> int:
 
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, tracker.stop)
+        loop.add_signal_handler(signal.SIGUSR1, _reopen_logs, spec.slot)
         beat = asyncio.create_task(tracker.beat_forever(spec.supervisor_pid))
         try:
             async with app.open_async():
@@ -177,6 +183,12 @@ async def _serve(spec: ChildSpec) -> int:
             beat.cancel()
             writer.set_state(State.STOPPED)
     return policy.EXIT_RECYCLE if tracker.recycling else 0
+
+
+def _reopen_logs(slot: int) -> None:
+    count = logfiles.reopen()
+    logger.info("Child %s: SIGUSR1, %d log file(s) reopened", slot, count,
+                extra={"action": "reopen_logs", "files": count})
 
 
 class _JobTracker:

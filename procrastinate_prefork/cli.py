@@ -140,13 +140,15 @@ def _status(bootstrap: Bootstrap, args: argparse.Namespace) -> int:
 
 
 def _apply_schema(bootstrap: Bootstrap) -> int:
-    from . import db, schema
+    from . import db, redact, schema
 
     try:
         with db.connect(bootstrap.connection_args(), "prefork:schema") as conn:
             schema.apply(conn)
     except Exception as exc:  # psycopg errors: one line for the user
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first_line = redact.without_secrets(
+            db.first_line(exc), bootstrap.connection_args()
+        )
         print(f"procrastinate-prefork: error: cannot apply the schema: {first_line}",
               file=sys.stderr)
         return EXIT_STARTUP

@@ -23,6 +23,26 @@ MAX_CHILDREN = 512
 PROCRASTINATE_PRUNE_AFTER = 86400.0
 
 
+HOUR, DAY = 3600.0, 86400.0
+#: Upper bounds of the options in seconds: beyond them a value is a mistake
+#: (1e16 s overflows PostgreSQL's intervals and timestamps).
+DURATION_MAXIMA = {
+    "fetch_job_polling_interval": HOUR,
+    "abort_job_polling_interval": HOUR,
+    "shutdown_graceful_timeout": DAY,
+    "stalled_timeout": DAY,
+    "stock_worker_timeout": DAY,
+    "heartbeat_interval": HOUR,
+    "child_timeout": DAY,
+    "job_timeout": 30 * DAY,
+    "task_timeouts": 30 * DAY,
+    "restart_backoff_max": HOUR,
+    "autoscale_cooldown": DAY,
+}
+#: procrastinate_jobs.queue_name is varchar(128): a longer name never has jobs
+MAX_QUEUE_NAME = 128
+
+
 class ConfigError(ValueError):
     """A bad option value. Its message is one line, meant for the user."""
 
@@ -46,7 +66,9 @@ def _int_between(low: int, high: int) -> Callable[[Any], int]:
     return parse
 
 
-def _positive_float(allow_zero: bool = False) -> Callable[[Any], float]:
+def _positive_float(
+    allow_zero: bool = False, maximum: float | None = None
+) -> Callable[[Any], float]:
     def parse(value: Any) -> float:
         if isinstance(value, bool):
             raise ConfigError(f"expected a number of seconds, got {value!r}")
@@ -61,9 +83,15 @@ def _positive_float(allow_zero: bool = False) -> Callable[[Any], float]:
                 f"must be {'zero or more' if allow_zero else 'more than zero'}, "
                 f"got {value!r}"
             )
+        if maximum is not None and number > maximum:
+            raise ConfigError(f"must be at most {maximum:.0f} (seconds), got {value!r}")
         return number
 
     return parse
+
+
+def _seconds(name: str, allow_zero: bool = False) -> Callable[[Any], float]:
+    return _positive_float(allow_zero, DURATION_MAXIMA[name])
 
 
 def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -96,6 +124,11 @@ def _queues(value: Any) -> tuple[str, ...] | None:
     else:
         raise ConfigError(f"expected a comma-separated list of queues, got {value!r}")
     items = [q for q in items if q]
+    if any(len(q) > MAX_QUEUE_NAME for q in items):
+        raise ConfigError(
+            f"a queue name must be at most {MAX_QUEUE_NAME} characters "
+            "(procrastinate's limit)"
+        )
     return tuple(items) or None
 
 
@@ -121,7 +154,7 @@ def _non_empty_str(value: Any) -> str:
 def _task_timeouts(value: Any) -> dict[str, float]:
     """``{"task.name": 10}`` from settings, or ``"a=10,b=2.5"`` / a list of
     ``NAME=SECONDS`` strings from the command line and environment."""
-    seconds = _positive_float()
+    seconds = _seconds("task_timeouts")
     if value is None:
         return {}
     if isinstance(value, Mapping):
@@ -230,7 +263,8 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "queues", ("-q", "--queues"), _queues, None,
-        "Comma-separated queues to work on (default: all queues).",
+        "Comma-separated queues to work on (default: all queues); a name has at "
+        "most 128 characters.",
         group="worker", env=("PROCRASTINATE_WORKER_QUEUES",), metavar="QUEUES",
         default_doc="all queues",
     ),
@@ -248,21 +282,24 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "fetch_job_polling_interval", ("--fetch-job-polling-interval",),
-        _positive_float(), 5.0,
-        "Seconds between polls for new jobs (a fallback to LISTEN/NOTIFY).",
+        _seconds("fetch_job_polling_interval"), 5.0,
+        "Seconds between polls for new jobs (a fallback to LISTEN/NOTIFY); "
+        "at most 3600 s.",
         group="worker", env=("PROCRASTINATE_WORKER_FETCH_JOB_POLLING_INTERVAL",),
     ),
     Option(
         "abort_job_polling_interval", ("--abort-job-polling-interval",),
-        _positive_float(), 5.0, "Seconds between polls for abort requests.",
+        _seconds("abort_job_polling_interval"), 5.0,
+        "Seconds between polls for abort requests; at most 3600 s.",
         group="worker", env=("PROCRASTINATE_WORKER_ABORT_JOB_POLLING_INTERVAL",),
     ),
     Option(
         "shutdown_graceful_timeout", ("--shutdown-graceful-timeout",),
-        _positive_float(allow_zero=True), 30.0,
+        _seconds("shutdown_graceful_timeout", allow_zero=True), 30.0,
         "On SIGTERM/SIGINT, seconds the running jobs of all children get (one "
         "shared deadline). Then procrastinate aborts async jobs, and children "
-        "still busy a second later are killed: their sync jobs are retried.",
+        "still busy a second later are killed: their sync jobs are retried. "
+        "At most 86400 s.",
         group="worker", env=("PROCRASTINATE_WORKER_SHUTDOWN_GRACEFUL_TIMEOUT",),
     ),
     Option(
@@ -277,39 +314,49 @@ OPTIONS: tuple[Option, ...] = (
         group="worker", env=("PROCRASTINATE_WORKER_DELETE_JOBS",),
     ),
     Option(
-        "stalled_timeout", ("--stalled-timeout",), _positive_float(), 30.0,
+        "stalled_timeout", ("--stalled-timeout",), _seconds("stalled_timeout"), 30.0,
         "A 'doing' job of this supervisor's children whose worker has not sent "
         "a heartbeat for this many seconds is retried by the sweep of any "
-        "supervisor (recorded in the fleet table: each host is judged by its own).",
+        "supervisor (recorded in the fleet table: each host is judged by its own). "
+        "At most 86400 s.",
     ),
     Option(
-        "stock_worker_timeout", ("--stock-worker-timeout",), _positive_float(),
+        "stock_worker_timeout", ("--stock-worker-timeout",),
+        _seconds("stock_worker_timeout"),
         3600.0,
         "A 'doing' job of a worker no prefork supervisor runs (a stock "
         "procrastinate worker) is retried by the sweep only once that worker has "
         "sent no heartbeat for this many seconds (a job that lost its worker row: "
-        "once it has run this long). Make it longer than a stock worker's drain.",
+        "once it has run this long). Make it longer than a stock worker's drain. At most 86400 s.",
     ),
     Option(
-        "heartbeat_interval", ("--heartbeat-interval",), _positive_float(), 5.0,
+        "heartbeat_interval", ("--heartbeat-interval",),
+        _seconds("heartbeat_interval"), 5.0,
         "Seconds between the supervisor's heartbeats (its children's worker rows "
-        "and the fleet table) and its stalled-job sweeps.",
+        "and the fleet table) and its stalled-job sweeps; at most 3600 s. It also "
+        "sets the bounds of the supervisor's database calls (statement timeout: "
+        "this interval within 1..10 s; lock timeout: half of it, at most 1 s; its own "
+        "deadline: one second more).",
     ),
     Option(
-        "child_timeout", ("--child-timeout",), _positive_float(), 60.0,
+        "child_timeout", ("--child-timeout",), _seconds("child_timeout"), 60.0,
         "A child whose event loop has not reported for this many seconds is "
-        "considered wedged: it is killed, its jobs retried and it is replaced.",
+        "considered wedged: it is killed, its jobs retried and it is replaced. "
+        "At most 86400 s.",
     ),
     Option(
-        "job_timeout", ("--job-timeout",), _optional(_positive_float()), None,
+        "job_timeout", ("--job-timeout",), _optional(_seconds("job_timeout")), None,
         "Hard time limit in seconds for any job: its child is stopped and "
-        "replaced and the job fails (or retries if its retry strategy says so).",
+        "replaced and the job fails (or retries if its retry strategy says so). "
+        "At most 2592000 s (30 days).",
         default_doc="no limit",
     ),
     Option(
         "task_timeouts", ("--task-timeout",), _task_timeouts, dict,
         "Per-task hard time limits, NAME=SECONDS (repeatable; a dict in Django "
-        "settings).", metavar="NAME=SECONDS", repeatable=True, default_doc="none",
+        "settings); at most 2592000 s (30 days). A NAME that is not a "
+        "registered task is warned about at start.", metavar="NAME=SECONDS",
+        repeatable=True, default_doc="none",
     ),
     Option(
         "max_crash_retries", ("--max-crash-retries",), _int_between(0, 1000), 3,
@@ -333,9 +380,10 @@ OPTIONS: tuple[Option, ...] = (
         metavar="HOST",
     ),
     Option(
-        "restart_backoff_max", ("--restart-backoff-max",), _positive_float(), 30.0,
+        "restart_backoff_max", ("--restart-backoff-max",),
+        _seconds("restart_backoff_max"), 30.0,
         "Upper bound in seconds of the delay before re-forking a child that keeps "
-        "dying early.",
+        "dying early; at most 3600 s.",
     ),
     Option(
         "max_jobs_per_child", ("--max-jobs-per-child",), _optional(_int_between(1, 10**9)),
@@ -360,8 +408,10 @@ OPTIONS: tuple[Option, ...] = (
         default_doc="off",
     ),
     Option(
-        "autoscale_cooldown", ("--autoscale-cooldown",), _positive_float(), 30.0,
-        "Seconds without waiting jobs before autoscale removes an idle child.",
+        "autoscale_cooldown", ("--autoscale-cooldown",),
+        _seconds("autoscale_cooldown"), 30.0,
+        "Seconds without waiting jobs before autoscale removes an idle child; "
+        "at most 86400 s.",
     ),
     Option(
         "on_child_start", ("--on-child-start",), _dotted_path, None,

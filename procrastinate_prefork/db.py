@@ -4,17 +4,29 @@ It carries the host's LISTEN, the fleet heartbeats, the sweeps and the
 recoveries. The supervisor closes it before every fork (a child must not
 inherit a session) and it reopens lazily on next use. When the database is
 down, every use fails fast and the next attempt waits a little longer.
+
+Every call is bounded (``Timeouts``): a lock held on a table, a backend that
+stopped answering (a failover without reset, a stopped process) or a
+black-holed connection cost the single-threaded loop at most a few seconds,
+then count as an outage (the session is dropped and reopened later).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
+import math
+import signal
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
+
+from . import redact
 
 logger = logging.getLogger("procrastinate_prefork.db")
 
@@ -26,14 +38,115 @@ CONNECT_TIMEOUT = 3
 RETRY_MIN, RETRY_MAX = 0.5, 2.0
 
 
+class CallTimeout(psycopg.OperationalError):
+    """The database did not answer a call within its bound (client side)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Timeouts:
+    """Bounds of the supervisor's database calls, in seconds.
+
+    ``statement`` and ``lock`` are the server's ``statement_timeout`` and
+    ``lock_timeout``, set with ``SET LOCAL`` in each call's transaction (a
+    session ``SET`` would stick to a pooled server connection behind a
+    transaction-pooling PgBouncer; startup ``options`` are refused there).
+    ``call`` is the loop's own deadline, for what the server cannot time
+    itself (a stopped backend, a lost network): a second more than
+    ``statement`` so that the server's cleaner error normally comes first.
+    TCP keepalives and ``tcp_user_timeout`` make the kernel notice a dead
+    peer of an idle session (the LISTEN) or unacknowledged data.
+    """
+
+    statement: float
+    lock: float
+    call: float
+
+    @classmethod
+    def for_heartbeat(cls, heartbeat_interval: float) -> Timeouts:
+        # A call longer than a heartbeat interval already delays the next
+        # heartbeat; 1..10 s keeps the loop responsive whatever the interval.
+        # Its lock waits take milliseconds unless something holds a table: a
+        # short lock timeout keeps /live answering during such a lock.
+        statement = min(max(heartbeat_interval, 1.0), 10.0)
+        return cls(statement=statement, lock=min(statement / 2, 1.0),
+                   call=statement + 1.0)
+
+    def connection_params(self) -> dict[str, Any]:
+        """libpq parameters (not startup ``options``: PgBouncer accepts these)."""
+        return {
+            "keepalives": 1,
+            "keepalives_idle": math.ceil(self.statement),
+            "keepalives_interval": 1,
+            "keepalives_count": 3,
+            "tcp_user_timeout": int(self.call * 1000),
+        }
+
+
+_SET_LOCAL = (
+    "SELECT set_config('statement_timeout', %s, true), "
+    "set_config('lock_timeout', %s, true)"
+)
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Raise ``CallTimeout`` in the block once ``seconds`` have passed.
+
+    A SIGALRM timer, re-fired every half second until the block ends, so
+    that a clean-up psycopg attempts after the first interruption (a
+    rollback on the dead session) is interrupted too. Main thread only (the
+    supervisor's); elsewhere the block runs unbounded."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    armed = True
+
+    def expire(signum: int, frame: Any) -> None:
+        if armed:
+            raise CallTimeout(f"no answer within {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds, 0.5)
+    try:
+        yield
+    finally:
+        armed = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@contextlib.contextmanager
+def bounded(conn: psycopg.Connection, timeouts: Timeouts | None) -> Iterator[None]:
+    """One transaction with the server-side timeouts, under the client-side
+    deadline. Raises ``CallTimeout`` or psycopg's ``QueryCanceled`` /
+    ``LockNotAvailable`` (all ``OperationalError``) when a bound is hit."""
+    if timeouts is None:
+        yield
+        return
+    with deadline(timeouts.call), conn.transaction():
+        conn.execute(_SET_LOCAL, [f"{int(timeouts.statement * 1000)}ms",
+                                  f"{int(timeouts.lock * 1000)}ms"])
+        yield
+
+
+def is_timeout(exc: BaseException) -> bool:
+    return isinstance(exc, (CallTimeout, psycopg.errors.QueryCanceled,
+                            psycopg.errors.LockNotAvailable))
+
+
 def application_name(host: str, role: str, pid: int) -> str:
     """``prefork:<host>:<slot or sup>:<pid>``, within PostgreSQL's 63 bytes."""
     tail = f":{role}:{pid}"
     return ("prefork:" + host)[: 63 - len(tail)] + tail
 
 
-def connect(connection_args: dict[str, Any], app_name: str, **extra: Any) -> psycopg.Connection:
+def connect(
+    connection_args: dict[str, Any], app_name: str, timeouts: Timeouts | None = None,
+    **extra: Any,
+) -> psycopg.Connection:
     kwargs = dict(connection_args.get("kwargs") or {})
+    if timeouts is not None:
+        kwargs.update(timeouts.connection_params())
     kwargs.update(application_name=app_name, connect_timeout=CONNECT_TIMEOUT, **extra)
     return psycopg.connect(connection_args.get("conninfo", ""), **kwargs)
 
@@ -44,8 +157,10 @@ class SupervisorDB:
         connection_args: dict[str, Any],
         app_name: str,
         channels: Iterable[str] = (),
+        timeouts: Timeouts | None = None,
     ):
         self.connection_args = connection_args
+        self.timeouts = timeouts
         self.app_name = app_name
         self.channels = list(channels)
         self.conn: psycopg.Connection | None = None
@@ -81,11 +196,16 @@ class SupervisorDB:
         now = time.monotonic()
         if now < self._next_attempt:
             return None
+        conn = None
         try:
-            conn = connect(self.connection_args, self.app_name, autocommit=True)
-            for channel in self.channels:
-                conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+            conn = connect(
+                self.connection_args, self.app_name, self.timeouts, autocommit=True
+            )
+            with bounded(conn, self.timeouts):
+                for channel in self.channels:
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
         except psycopg.Error as exc:
+            self.conn = conn  # closed by _failed
             self._failed(exc)
             return None
         if self.down_since is not None:
@@ -101,10 +221,18 @@ class SupervisorDB:
 
     def _failed(self, exc: BaseException) -> None:
         now = time.monotonic()
+        if is_timeout(exc):
+            # Logged each time: a lock or a hung backend is worth knowing about
+            # even while the outage it starts is already known.
+            logger.error(
+                "Database call timed out (%s); dropping the session",
+                first_line(exc), extra={"action": "db_timeout"},
+            )
         if self.down_since is None:
             self.down_since = now
             logger.error(
-                "Database unreachable: %s", str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                "Database unreachable: %s",
+                redact.without_secrets(first_line(exc), self.connection_args),
                 extra={"action": "db_unreachable"},
             )
         self.close()
@@ -118,13 +246,14 @@ class SupervisorDB:
         if conn is None:
             return None
         try:
-            return work(conn)
+            with bounded(conn, self.timeouts):
+                return work(conn)
         except psycopg.OperationalError as exc:
             self._failed(exc)
             return None
         except psycopg.Error as exc:
             # e.g. a table dropped under us: say so, keep supervising
-            logger.error("Database error: %s", (str(exc).strip().splitlines() or [""])[0],
+            logger.error("Database error: %s", first_line(exc),
                          extra={"action": "db_error"})
             return None
 
@@ -137,3 +266,7 @@ class SupervisorDB:
         except psycopg.OperationalError as exc:
             self._failed(exc)
             return []
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

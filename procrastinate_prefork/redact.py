@@ -1,4 +1,5 @@
-"""Keep job arguments out of the logs at INFO and above.
+"""Keep job arguments out of the logs at INFO and above, and passwords out
+of connection errors.
 
 procrastinate's worker writes ``task[id](arg=value, ...)`` into its INFO
 messages ("Starting job ...", "Job ... ended with status ...") and the
@@ -13,6 +14,9 @@ from __future__ import annotations
 
 import collections
 import logging
+import re
+import urllib.parse
+from collections.abc import Mapping
 from typing import Any
 
 REDACTED = "..."
@@ -77,3 +81,30 @@ def install(worker_name: str | None) -> None:
         logger = logging.getLogger(name)
         if _FILTER not in logger.filters:
             logger.addFilter(_FILTER)
+
+
+# ``scheme://user:PASSWORD@...`` and ``... password=PASSWORD ...`` (quoted or not)
+_URL_PASSWORD = re.compile(r"^[a-z][a-z0-9+.-]*://[^:@/]*:([^@]*)@", re.IGNORECASE)
+_KEYWORD_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
+
+
+def connection_secrets(connection_args: Mapping[str, Any]) -> set[str]:
+    """The passwords in a connection's conninfo and keyword arguments, as
+    written and decoded: libpq quotes the part of a DSN it cannot parse."""
+    conninfo = str(connection_args.get("conninfo") or "")
+    found = []
+    match = _URL_PASSWORD.match(conninfo)
+    if match:
+        found += [match.group(1), urllib.parse.unquote(match.group(1))]
+    for value in _KEYWORD_PASSWORD.findall(conninfo):
+        found += [value, value.strip("'")]
+    password = (connection_args.get("kwargs") or {}).get("password")
+    if password:
+        found.append(str(password))
+    return {secret for secret in found if secret}
+
+
+def without_secrets(text: str, connection_args: Mapping[str, Any]) -> str:
+    for secret in sorted(connection_secrets(connection_args), key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return text

@@ -22,11 +22,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
 import setproctitle
 from procrastinate import jobs as jobs_module
 from procrastinate import manager as manager_module
 
-from . import db, fleet, policy, probe, recovery, schema
+from . import db, fleet, logfiles, policy, probe, recovery, redact, schema, slots
 from .bootstrap import Bootstrap
 from .child import ChildSpec, run_child
 from .config import MAX_CHILDREN, PreforkConfig
@@ -64,7 +65,6 @@ class Child:
     timed_out_jobs: set[int] = dataclasses.field(default_factory=set)
     generation: int = 0  # bumped by SIGHUP: older children are rolled over
     retiring: bool = False  # asked to stop for good (scale down, rolling restart)
-    took_over: bool = False  # a new-generation child that already retired an old one
 
 
 #: first and longest wait before trying again a recovery that failed while the
@@ -101,7 +101,6 @@ class Supervisor:
         self.pid = os.getpid()
         self.target = config.initial_children
         self.generation = 0
-        self._rolling: list[int] = []  # pids of old children still to retire
         self._quiet_since = time.monotonic()
         self._next_autoscale = 0.0
         self.on_child_start = on_child_start
@@ -129,17 +128,26 @@ class Supervisor:
             list(manager_module.get_channel_for_queues(config.queues))
             if config.listen_notify else []
         )
+        self.db_timeouts = db.Timeouts.for_heartbeat(config.heartbeat_interval)
         self.db = db.SupervisorDB(
             bootstrap.connection_args(),
             db.application_name(config.hostname, "sup", self.pid),
             channels,
+            timeouts=self.db_timeouts,
         )
         self.db.on_connect = self._request_wake
 
     # ------------------------------------------------------------- main loop
 
     def run(self) -> int:
-        self._preflight()
+        try:
+            self._preflight()
+        except psycopg.OperationalError as exc:
+            if not db.is_timeout(exc):
+                raise
+            raise StartupError(
+                f"the database did not answer in time ({db.first_line(exc)})"
+            ) from None
         self._install_signals()
         setproctitle.setproctitle(self._title())
         for slot in range(self.target):
@@ -194,14 +202,25 @@ class Supervisor:
             raise StartupError(
                 f"cannot import the task modules: {type(exc).__name__}: {exc}"
             ) from None
+        unknown = sorted(set(self.config.task_timeouts) - set(self.app.tasks))
+        if unknown:  # a typo would leave the task without its limit, silently
+            logger.warning(
+                "--task-timeout names no registered task: %s (their limits apply "
+                "to nothing)", ", ".join(unknown),
+                extra={"action": "unknown_task_timeout", "tasks": unknown},
+            )
         try:
             conn = db.connect(
-                self.bootstrap.connection_args(), self.db.app_name, autocommit=True
+                self.bootstrap.connection_args(), self.db.app_name, self.db_timeouts,
+                autocommit=True,
             )
         except Exception as exc:  # psycopg.Error or a bad conninfo
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            # libpq quotes what it cannot parse, a password included
+            first_line = redact.without_secrets(
+                db.first_line(exc), self.bootstrap.connection_args()
+            )
             raise StartupError(f"cannot connect to the database: {first_line}") from None
-        with conn:
+        with conn, db.bounded(conn, self.db_timeouts):
             missing = schema.missing_tables(conn)
             if any(name.startswith("procrastinate_prefork") for name in missing) and not any(
                 not name.startswith("procrastinate_prefork") for name in missing
@@ -246,6 +265,10 @@ class Supervisor:
         for signum in (
             signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD,
             signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU,
+            # Their default action would end the supervisor: operators send
+            # SIGUSR1 by habit (log rotation), SIGUSR2 or SIGALRM by mistake
+            # (db.deadline uses SIGALRM during a database call).
+            signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM,
         ):
             signal.signal(signum, self._queue_signal)
 
@@ -259,6 +282,14 @@ class Supervisor:
             signum = self._signals.pop(0)
             if signum == signal.SIGCHLD:
                 continue  # the loop reaps on every turn
+            if signum == signal.SIGUSR1:
+                self._reopen_logs()
+                continue
+            if signum in (signal.SIGUSR2, signal.SIGALRM):
+                name = signal.Signals(signum).name
+                logger.info("%s: ignored", name,
+                            extra={"action": "signal_ignored", "signal": name})
+                continue
             if signum in (signal.SIGTTIN, signal.SIGTTOU, signal.SIGHUP):
                 if self.phase is Phase.RUNNING:
                     actions: dict[int, Callable[[], None]] = {
@@ -271,6 +302,13 @@ class Supervisor:
                 self._stop_now(signal.Signals(signum).name)
             else:
                 self._drain(signal.Signals(signum).name)
+
+    def _reopen_logs(self) -> None:
+        count = logfiles.reopen()
+        logger.info("SIGUSR1: %d log file(s) reopened; children asked to do the same",
+                    count, extra={"action": "reopen_logs", "files": count})
+        for child in self.children.values():
+            self._kill(child, signal.SIGUSR1)
 
     def _drain(self, why: str) -> None:
         timeout = self.config.shutdown_graceful_timeout
@@ -491,17 +529,14 @@ class Supervisor:
         if self.target <= 1:
             logger.info("%s: already at one child", why)
             return
-        if self.respawn_at:  # a fork not made yet is the cheapest to drop
-            del self.respawn_at[max(self.respawn_at)]
-        else:
-            candidates = [
-                c for c in self.children.values()
-                if c.generation == self.generation and not c.retiring
-                and (not only_idle or self.scoreboard.read(c.slot).state is State.IDLE)
-            ]
-            if not candidates:
-                return
-            self._retire(max(candidates, key=lambda c: c.slot), why)
+        if only_idle and not any(
+            c.generation == self.generation and not c.retiring
+            and self.scoreboard.read(c.slot).state is State.IDLE
+            for c in self.children.values()
+        ):
+            return
+        # ``_converge`` drops a pending fork or retires a child (one not ready
+        # yet, else an idle one, the highest slot), whatever else is going on.
         self.target -= 1
         logger.info("%s: %d children now", why, self.target,
                     extra={"action": "scale_down", "children": self.target})
@@ -515,29 +550,44 @@ class Supervisor:
         self._kill(child, signal.SIGTERM)
 
     def _rolling_restart(self) -> None:
+        # Only a new generation: ``_scale`` forks it and retires the older
+        # ones as it gets ready. A SIGHUP during a hand-over thereby restarts
+        # it rather than stacking another one.
         self.generation += 1
-        self._rolling = [c.pid for c in self.children.values() if not c.retiring]
-        for _ in range(self.target):
-            self.respawn_at[self._free_slot()] = 0.0
         logger.info(
-            "SIGHUP: rolling restart of %d children (new ones first)", len(self._rolling),
+            "SIGHUP: rolling restart of %d children (new ones first)", self.target,
             extra={"action": "rolling_restart", "generation": self.generation},
         )
 
     def _scale(self) -> None:
-        """Rolling-restart hand-overs, then autoscale decisions."""
+        """Converge to the target (hand-overs, sizes), then autoscale."""
         if self.phase is not Phase.RUNNING:
             return
-        for child in list(self.children.values()):
-            if not self._rolling:
-                break
-            if child.generation == self.generation and not child.took_over and (
-                self.scoreboard.read(child.slot).state in (State.IDLE, State.BUSY)
-            ):
-                child.took_over = True
-                old = self.children.get(self._rolling.pop(0))
-                if old is not None and not old.retiring:
-                    self._retire(old, "rolling restart")
+        self._converge()
+        self._autoscale()
+        self._converge()
+
+    def _converge(self) -> None:
+        members = []
+        for child in self.children.values():
+            state = self.scoreboard.read(child.slot).state
+            members.append(slots.Member(
+                pid=child.pid, slot=child.slot, generation=child.generation,
+                retiring=child.retiring, ready=state in (State.IDLE, State.BUSY),
+                busy=state is State.BUSY,
+            ))
+        plan = slots.plan(members, target=self.target, generation=self.generation,
+                          pending=len(self.respawn_at), refill=self.config.wait)
+        for _ in range(plan.fork):
+            self.respawn_at[self._free_slot()] = 0.0
+        for _ in range(plan.cancel):
+            del self.respawn_at[max(self.respawn_at)]
+        for pid in plan.retire:
+            child = self.children[pid]
+            self._retire(child, "rolling restart" if child.generation != self.generation
+                         else "scale down")
+
+    def _autoscale(self) -> None:
         if self.config.autoscale is None:
             return
         now = time.monotonic()

@@ -243,3 +243,19 @@ class FleetFactory:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+
+def log_events(fleet: Fleet, action: str | None = None) -> list[dict[str, Any]]:
+    """The JSON log records of a fleet started with ``tests.apps.json_log_app``
+    (all of them, or those with ``action``)."""
+    events = []
+    for line in fleet.log().splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if action is None or event.get("action") == action:
+            events.append(event)
+    return events

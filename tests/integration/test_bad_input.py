@@ -53,6 +53,10 @@ def assert_refused(fleet, code: int, expected: str) -> None:
     (("--health-port", "70000"), "--health-port: must be between 1 and 65535"),
     (("--max-memory-per-child", "lots"), "--max-memory-per-child: expected an integer"),
     (("--heartbeat-interval", "20"), "--heartbeat-interval (20) must be at most half"),
+    (("--stalled-timeout", "1e16"), "--stalled-timeout: must be at most 86400"),
+    (("--job-timeout", "1e16"), "--job-timeout: must be at most 2592000"),
+    (("--task-timeout", "chaos_cpu=1e16"), "--task-timeout: must be at most 2592000"),
+    (("--queues", "q" * 300), "--queues: a queue name must be at most 128 characters"),
 ])
 def test_invalid_option_value_exits_2(fleet, db_url, args, expected):
     [job_id] = defer(db_url, "chaos_cpu", ms=1)
@@ -147,3 +151,14 @@ def test_oversized_arguments_run_and_do_not_flood_the_logs(fleet, db_url):
     assert f"Recovered job {big} " in fleet.log()
     assert len(fleet.log()) < 2**20, "job arguments in the logs"
     assert fleet.stop() == 0
+
+
+def test_malformed_dsn_never_shows_its_password(fleet):
+    """libpq quotes the bad part of a DSN in its error: here, the password."""
+    code = fleet.run_to_exit(
+        app=CHAOS_APP, timeout=30,
+        env={"DATABASE_URL": "postgresql://u:Dsn%zzPw@host/db"},
+    )
+    assert code == 1
+    assert_refused(fleet, code, "cannot connect to the database")
+    assert "zzPw" not in fleet.log()

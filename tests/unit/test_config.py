@@ -100,3 +100,29 @@ def test_every_option_has_help_and_env():
     for option in config.OPTIONS:
         assert option.help.strip()
         assert option.env_vars[0] == "PROCRASTINATE_PREFORK_" + option.name.upper()
+
+
+DURATIONS = [o for o in config.OPTIONS if o.name in config.DURATION_MAXIMA]
+
+
+def test_every_duration_option_has_a_maximum():
+    seconds = {"fetch_job_polling_interval", "abort_job_polling_interval",
+               "shutdown_graceful_timeout", "stalled_timeout", "heartbeat_interval",
+               "child_timeout", "job_timeout", "task_timeouts", "restart_backoff_max",
+               "autoscale_cooldown"}
+    assert {o.name for o in DURATIONS} == seconds
+
+
+@pytest.mark.parametrize("option", DURATIONS, ids=lambda o: o.name)
+def test_durations_above_their_maximum_are_refused(option):
+    maximum = config.DURATION_MAXIMA[option.name]
+    value = f"x={maximum * 10}" if option.name == "task_timeouts" else "1e16"
+    with pytest.raises(ConfigError, match=f"{option.flags[-1]}: must be at most"):
+        build_config({option.name: value}, {})
+    assert f"at most {int(maximum)} s" in option.help.lower()  # documented
+
+
+def test_queue_names_longer_than_procrastinate_allows_are_refused():
+    assert parse(["--queues", "q" * 128]).queues == ("q" * 128,)
+    with pytest.raises(ConfigError, match="--queues: a queue name must be at most 128"):
+        parse(["--queues", "a," + "q" * 300])

@@ -51,3 +51,22 @@ def test_debug_keeps_the_arguments(records):
     logging.getLogger("procrastinate.worker.worker-3").debug(
         f"Loaded job info, about to start job {JOB['call_string']}", extra={"job": JOB})
     assert "S3CRET" in records[0].getMessage()
+
+
+@pytest.mark.parametrize(("args", "secret"), [
+    ({"conninfo": "postgresql://u:Dsn%zzPw@host/db"}, "Dsn%zzPw"),
+    ({"conninfo": "postgresql://u:p%40ss@host/db"}, "p@ss"),
+    ({"conninfo": "host=h password='se cret' dbname=d"}, "se cret"),
+    ({"conninfo": "host=h password=s3cret"}, "s3cret"),
+    ({"conninfo": "", "kwargs": {"password": "kw-secret"}}, "kw-secret"),
+])
+def test_connection_errors_lose_their_passwords(args, secret):
+    text = f'invalid token: "{secret}" near {secret}'
+    cleaned = redact.without_secrets(text, args)
+    assert secret not in cleaned
+    assert cleaned.startswith("invalid token:")
+
+
+def test_connection_without_password_is_left_alone():
+    text = 'could not translate host name "db" to address'
+    assert redact.without_secrets(text, {"conninfo": "postgresql://u@db/x"}) == text
