@@ -253,3 +253,19 @@ def test_demo_command(django_db_url, tmp_path):
     assert sum(int(count) for _, count in children) == 19
     assert "exit code 0" in result.stdout
     assert list(tmp_path.glob("prefork-demo-*.log"))
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12),
+                    reason="Python warns about fork() with threads from 3.12")
+def test_forks_without_threads(dj_fleet, django_db_url):
+    """Django's async ORM used in the supervisor before the first fork, a
+    Django 5.1+ psycopg pool (threads of its own), the probe port, a re-fork:
+    no thread at any fork (tests/integration/test_fork_hygiene.py)."""
+    from .test_fork_hygiene import WARNINGS_ON, exercise_forks
+    from .test_health import free_port
+
+    env = {**WARNINGS_ON, "PREFORK_TEST_PARENT_ASYNC_ORM": "1"}
+    if django.VERSION >= (5, 1):
+        env["PREFORK_TEST_DJANGO_POOL"] = "1"
+    start_worker(dj_fleet, "--concurrency", "2", "--health-port", str(free_port()), **env)
+    exercise_forks(dj_fleet, django_db_url, "tests.orm_sync")
