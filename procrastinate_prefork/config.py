@@ -471,7 +471,10 @@ def build_config(
             values[option.name] = option.default_value()
             continue
         try:
-            values[option.name] = option.parse(raw)
+            values[option.name] = (
+                parse_setting(option, raw) if source.startswith("setting ")
+                else option.parse(raw)
+            )
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
     config = PreforkConfig(**values)
@@ -481,6 +484,43 @@ def build_config(
             f"half of --stalled-timeout ({config.stalled_timeout:g})"
         )
     return config
+
+
+def parse_setting(option: Option, value: Any) -> Any:
+    """``option.parse`` for a value of the Django settings dict, where numbers
+    and booleans must be Python numbers and booleans: ``"4"`` is a string
+    there, a mistake the command line and the environment cannot make."""
+    parsed = option.parse(value)
+    if isinstance(value, str) and isinstance(parsed, (bool, int, float)):
+        kind = "a boolean" if isinstance(parsed, bool) else "a number"
+        raise ConfigError(f"expected {kind}, not the string {value!r}")
+    return parsed
+
+
+def settings_problems(settings: Any) -> list[tuple[str, str | None, str]]:
+    """Every problem of a ``PROCRASTINATE_PREFORK`` settings dict, for Django's
+    system checks: ``(kind, key, message)`` with kind ``not_a_dict``,
+    ``unknown``, ``invalid`` (type or range) or ``inconsistent`` (values that
+    do not go together). The messages are ``build_config``'s."""
+    if not isinstance(settings, Mapping):
+        return [("not_a_dict", None,
+                 f"setting PROCRASTINATE_PREFORK: expected a dict, got "
+                 f"{type(settings).__name__}")]
+    problems: list[tuple[str, str | None, str]] = []
+    for key, value in settings.items():
+        try:
+            build_config({}, environ={}, settings={key: value})
+        except ConfigError as exc:
+            if key not in OPTIONS_BY_NAME:
+                problems.append(("unknown", key, str(exc)))
+            elif str(exc).startswith("setting "):
+                problems.append(("invalid", key, str(exc)))
+    if not problems:
+        try:
+            build_config({}, environ={}, settings=settings)
+        except ConfigError as exc:
+            problems.append(("inconsistent", None, str(exc)))
+    return problems
 
 
 def _pick(

@@ -208,6 +208,7 @@ def test_unknown_option_exits_2(dj_fleet):
 @pytest.mark.parametrize(("setting", "expected"), [
     ('{"concurency": 2}', "unknown key 'concurency'"),
     ('{"concurrency": 0}', "PROCRASTINATE_PREFORK['concurrency']"),
+    ('{"concurrency": "4"}', "PROCRASTINATE_PREFORK['concurrency']"),
     ('["concurrency"]', "expected a dict"),
 ])
 def test_bad_prefork_setting_exits_2(dj_fleet, setting, expected):
@@ -269,3 +270,47 @@ def test_forks_without_threads(dj_fleet, django_db_url):
         env["PREFORK_TEST_DJANGO_POOL"] = "1"
     start_worker(dj_fleet, "--concurrency", "2", "--health-port", str(free_port()), **env)
     exercise_forks(dj_fleet, django_db_url, "tests.orm_sync")
+
+
+# ------------------------------------------------------- system checks
+
+
+def check_ids() -> list[str]:
+    from django.core import checks
+
+    return sorted(m.id for m in checks.run_checks() if m.id.startswith("procrastinate_prefork"))
+
+
+@pytest.mark.parametrize(("setting", "ids"), [
+    ({"concurency": 2}, ["procrastinate_prefork.E002"]),
+    ({"concurrency": "4"}, ["procrastinate_prefork.E003"]),
+    ({"concurrency": 0, "health_port": 70000}, ["procrastinate_prefork.E003"] * 2),
+    ({"wait": "no"}, ["procrastinate_prefork.E003"]),
+    ({"heartbeat_interval": 20}, ["procrastinate_prefork.E004"]),
+    (["concurrency"], ["procrastinate_prefork.E001"]),
+    ({"concurrency": 4, "queues": ["a", "b"], "wait": False, "health_port": 8001}, []),
+])
+def test_system_checks_report_bad_settings(settings, setting, ids):
+    settings.PROCRASTINATE_PREFORK = setting
+    assert check_ids() == ids
+
+
+def test_system_check_unknown_key_suggests(settings):
+    from django.core import checks
+
+    settings.PROCRASTINATE_PREFORK = {"concurency": 2}
+    [message] = [m for m in checks.run_checks() if m.id == "procrastinate_prefork.E002"]
+    assert "'concurrency'" in message.msg
+
+
+@pytest.mark.parametrize(("env", "check_id"), [
+    ({"PREFORK_TEST_PREFORK_SETTINGS": '{"concurrency": "4"}'}, "E003"),
+    ({"PREFORK_TEST_PREFORK_FIRST": "1"}, "E005"),
+])
+def test_manage_py_check_exits_1_with_the_ids(django_db_url, env, check_id):
+    result = subprocess.run(
+        manage("check"), cwd=REPO, capture_output=True, text=True, timeout=60,
+        env=django_env(django_db_url, **env),
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"(procrastinate_prefork.{check_id})" in result.stderr

@@ -100,3 +100,22 @@ def test_every_option_has_help_and_env():
     for option in config.OPTIONS:
         assert option.help.strip()
         assert option.env_vars[0] == "PROCRASTINATE_PREFORK_" + option.name.upper()
+
+
+def test_settings_problems_lists_every_problem_by_kind():
+    problems = config.settings_problems(
+        {"concurency": 2, "concurrency": "4", "health_port": 0, "wait": False})
+    assert [(kind, key) for kind, key, _ in problems] == [
+        ("unknown", "concurency"), ("invalid", "concurrency"), ("invalid", "health_port")]
+    assert "did you mean 'concurrency'?" in problems[0][2]
+    assert config.settings_problems({"heartbeat_interval": 20})[0][0] == "inconsistent"
+    # valid apart, inconsistent only together: not an "invalid" value
+    assert config.settings_problems({"heartbeat_interval": 20, "stalled_timeout": 60}) == []
+    assert config.settings_problems(["concurrency"])[0][0] == "not_a_dict"
+
+
+def test_settings_want_python_numbers_not_strings():
+    with pytest.raises(ConfigError, match="PROCRASTINATE_PREFORK\\['concurrency'\\]"):
+        parse([], settings={"concurrency": "4"})
+    assert parse([], environ={"PROCRASTINATE_PREFORK_CONCURRENCY": "4"}).concurrency == 4
+    assert parse([], settings={"queues": "a,b"}).queues == ("a", "b")
