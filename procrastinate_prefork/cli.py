@@ -26,16 +26,36 @@ EXIT_STARTUP = 1
 logger = logging.getLogger("procrastinate_prefork")
 
 
-def setup_logging(level: str) -> None:
+def log_formatter(config: PreforkConfig) -> logging.Formatter:
+    """Raises ConfigError for a format its style cannot use."""
+    try:
+        return logging.Formatter(config.log_format, style=config.log_format_style)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ConfigError(
+            f"--log-format: not a valid {config.log_format_style!r}-style format: {exc}"
+        ) from None
+
+
+def setup_logging(config: PreforkConfig) -> None:
+    """procrastinate's logging options, on a process whose logging nobody set
+    up; when it is set up already (Django's LOGGING), its handlers, formats
+    and levels stay, except for an explicit --log-level (or -v)."""
+    formatter = log_formatter(config)
+    level = config.effective_log_level
     root = logging.getLogger()
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(
-            "%(asctime)s %(levelname)-7s [%(process)d] %(name)s: %(message)s"
-        ))
+        handler.setFormatter(formatter)
         root.addHandler(handler)
-        root.setLevel(level.upper())
-    logging.getLogger("procrastinate_prefork").setLevel(level.upper())
+        root.setLevel((level or "info").upper())
+    if level:
+        logging.getLogger("procrastinate_prefork").setLevel(level.upper())
+    if config.verbose:
+        logger.warning(
+            "-v/--verbose (PROCRASTINATE_VERBOSE) is deprecated, as in procrastinate: "
+            "use --log-level (PROCRASTINATE_LOG_LEVEL)",
+            extra={"action": "deprecated_option", "option": "verbose"},
+        )
 
 
 def run_fleet(config: PreforkConfig, bootstrap: Bootstrap) -> int:
@@ -43,8 +63,8 @@ def run_fleet(config: PreforkConfig, bootstrap: Bootstrap) -> int:
     from .supervisor import StartupError, Supervisor, banner
 
     register_fork_hooks()
-    setup_logging(config.log_level)
     try:
+        setup_logging(config)
         hooks = {
             name: config_module.resolve_hook(name, getattr(config, name))
             for name in ("on_child_start", "on_child_exit")

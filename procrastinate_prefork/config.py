@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 ENV_PREFIX = "PROCRASTINATE_PREFORK_"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+DEFAULT_LOG_FORMAT = "%(asctime)s %(levelname)-7s [%(process)d] %(name)s: %(message)s"
 MAX_CHILDREN = 512
 #: worker rows procrastinate's own start-up prune may delete: a day old
 PROCRASTINATE_PRUNE_AFTER = 86400.0
@@ -203,6 +205,7 @@ class Option:
     negative_flag: str | None = None  # for booleans: the flag that sets False
     repeatable: bool = False
     default_doc: str | None = None  # how the default reads in the docs
+    count: bool = False  # a flag counted on the command line (-v -v)
 
     @property
     def env_vars(self) -> tuple[str, ...]:
@@ -274,6 +277,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "delete_jobs", ("--delete-jobs",), _choice("never", "successful", "always"),
         "never", "Delete finished jobs: never, successful or always.",
+        metavar="{never,successful,always}",
         group="worker", env=("PROCRASTINATE_WORKER_DELETE_JOBS",),
     ),
     Option(
@@ -367,8 +371,30 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "log_level", ("--log-level",),
-        _choice("debug", "info", "warning", "error", "critical"), "info",
-        "Log level of the supervisor and children.",
+        _optional(_choice(*LOG_LEVELS)), None,
+        "Log level of the supervisor and children (procrastinate's --log-level). "
+        "Under manage.py with LOGGING configured, unset leaves Django's levels.",
+        env=("PROCRASTINATE_LOG_LEVEL",), default_doc="`info`, or Django's `LOGGING`",
+        metavar="{" + ",".join(LOG_LEVELS) + "}",
+    ),
+    # procrastinate's CLI logging options, with the same names and variables.
+    Option(
+        "log_format", ("--log-format",), _non_empty_str, DEFAULT_LOG_FORMAT,
+        "Format of the log lines (Python logging's LogRecord attributes), when "
+        "logging is not configured already (Django's LOGGING wins under manage.py).",
+        env=("PROCRASTINATE_LOG_FORMAT",), metavar="FORMAT",
+    ),
+    Option(
+        "log_format_style", ("--log-format-style",), _choice("%", "{", "$"), "%",
+        "Style of --log-format: %, { or $ (Python logging's styles).",
+        env=("PROCRASTINATE_LOG_FORMAT_STYLE",), metavar="STYLE",
+    ),
+    Option(
+        "verbose", ("-v", "--verbose"), _int_between(0, 100), 0,
+        "Deprecated (as in procrastinate): -v means --log-level debug; "
+        "--log-level wins over it. Under manage.py only --verbose: -v is Django's "
+        "--verbosity.",
+        env=("PROCRASTINATE_VERBOSE",), count=True, default_doc="`0`",
     ),
 )
 
@@ -404,7 +430,17 @@ class PreforkConfig:
     autoscale_cooldown: float
     on_child_start: str | Callable[..., Any] | None
     on_child_exit: str | Callable[..., Any] | None
-    log_level: str
+    log_level: str | None
+    log_format: str
+    log_format_style: str
+    verbose: int
+
+    @property
+    def effective_log_level(self) -> str | None:
+        """procrastinate's rule: --log-level, else -v means debug, else unset."""
+        if self.log_level:
+            return self.log_level
+        return "debug" if self.verbose > 0 else None
 
     @property
     def initial_children(self) -> int:
@@ -541,30 +577,52 @@ def _pick(
     return None, None
 
 
+def help_text(option: Option) -> str:
+    """The option's help for ``--help``: with its default and its environment
+    variables (escaped for argparse, which %-formats help strings)."""
+    if option.default_doc is not None:
+        default = option.default_doc.replace("`", "")
+    elif callable(option.default) or option.default is None:
+        default = "none"
+    else:
+        default = str(option.default).lower() if isinstance(option.default, bool) \
+            else str(option.default)
+    text = f"{option.help} (default: {default}; env: {', '.join(option.env_vars)})"
+    return text.replace("%", "%%")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add every option to ``parser``; unset options stay absent from the
     namespace (``argparse.SUPPRESS``) so that the other sources can apply."""
     for option in OPTIONS:
+        # Flags the parser already has are left to it: Django's commands own
+        # -v (--verbosity).
+        flags = [f for f in option.flags if f not in parser._option_string_actions]
         if option.negative_flag:
             group = parser.add_mutually_exclusive_group()
             group.add_argument(
-                *option.flags, dest=option.name, action="store_const", const="1",
-                default=argparse.SUPPRESS, help=option.help,
+                *flags, dest=option.name, action="store_const", const="1",
+                default=argparse.SUPPRESS, help=help_text(option),
             )
             group.add_argument(
                 option.negative_flag, dest=option.name, action="store_const",
                 const="0", default=argparse.SUPPRESS,
                 help=f"Opposite of {option.flags[-1]}.",
             )
+        elif option.count:
+            parser.add_argument(
+                *flags, dest=option.name, action="count", default=argparse.SUPPRESS,
+                help=help_text(option),
+            )
         elif option.repeatable:
             parser.add_argument(
-                *option.flags, dest=option.name, action="append",
-                default=argparse.SUPPRESS, metavar=option.metavar, help=option.help,
+                *flags, dest=option.name, action="append",
+                default=argparse.SUPPRESS, metavar=option.metavar, help=help_text(option),
             )
         else:
             parser.add_argument(
-                *option.flags, dest=option.name, default=argparse.SUPPRESS,
-                metavar=option.metavar, help=option.help,
+                *flags, dest=option.name, default=argparse.SUPPRESS,
+                metavar=option.metavar, help=help_text(option),
             )
 
 

@@ -314,3 +314,24 @@ def test_manage_py_check_exits_1_with_the_ids(django_db_url, env, check_id):
     )
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"(procrastinate_prefork.{check_id})" in result.stderr
+
+
+def test_django_logging_keeps_precedence(dj_fleet, django_db_url):
+    """LOGGING's handlers, format and levels stay; an explicit level still
+    applies to our loggers."""
+    ids = defer(django_db_url, "demo_app.tasks.sleeping", 2, ms=10)
+    code = run_worker(dj_fleet, "--concurrency", "1", "--one-shot",
+                      "--log-format", "CUSTOM %(message)s", "--log-level", "warning",
+                      PROCRASTINATE_LOG_FORMAT="ENV %(message)s")
+    assert code == 0, dj_fleet.log()
+    assert {r["status"] for r in jobs(django_db_url, ids)} == {"succeeded"}
+    lines = dj_fleet.log().splitlines()
+    assert not [line for line in lines if line.startswith(("CUSTOM", "ENV"))]
+    # the demo's LOGGING format, "<asctime> <levelname> <name> <message>", and
+    # its root level (INFO) for procrastinate's loggers; ours at WARNING
+    assert [line for line in lines if " INFO procrastinate.worker" in line]
+    assert not [line for line in lines if " INFO procrastinate_prefork." in line]
+    code = run_worker(dj_fleet, "--concurrency", "1", "--one-shot")
+    assert code == 0, dj_fleet.log()
+    assert [line for line in dj_fleet.log().splitlines()
+            if " INFO procrastinate_prefork.supervisor " in line]
