@@ -626,6 +626,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             )
 
 
+def suggest_flags(parser: argparse.ArgumentParser, message: str) -> str:
+    """argparse's ``unrecognized arguments: ...`` message, with the closest
+    flag ``parser`` knows for each mistyped one (as the settings keys get)."""
+    prefix = "unrecognized arguments: "
+    if not message.startswith(prefix):
+        return message
+    import difflib
+
+    known = [flag for flag in parser._option_string_actions if flag.startswith("--")]
+    hints = []
+    for token in message[len(prefix):].split():
+        flag = token.split("=", 1)[0]
+        if flag.startswith("--"):
+            close = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
+            if close:
+                hints.append(f"{flag}: did you mean {close[0]}?")
+    return f"{message} ({'; '.join(hints)})" if hints else message
+
+
 def cli_values_from_namespace(
     namespace: argparse.Namespace | Mapping[str, Any], names: Sequence[str] | None = None
 ) -> dict[str, Any]:

@@ -186,7 +186,7 @@ def test_django_connection_pool(dj_fleet, django_db_url, parent_used_it):
 
 
 def one_error_line(log: str) -> str:
-    lines = [line for line in log.splitlines() if "error" in line.lower()]
+    lines = [line for line in log.splitlines() if "error:" in line.lower()]
     assert len(lines) == 1, log
     assert "Traceback" not in log
     assert "Child" not in log  # nothing forked

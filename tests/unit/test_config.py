@@ -119,3 +119,15 @@ def test_settings_want_python_numbers_not_strings():
         parse([], settings={"concurrency": "4"})
     assert parse([], environ={"PROCRASTINATE_PREFORK_CONCURRENCY": "4"}).concurrency == 4
     assert parse([], settings={"queues": "a,b"}).queues == ("a", "b")
+
+
+def test_suggest_flags_names_the_closest_flag():
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser)
+    message = config.suggest_flags(
+        parser, "unrecognized arguments: --concurency 2 --bogus --stalled-timout=3")
+    assert message.endswith("(--concurency: did you mean --concurrency?; "
+                            "--stalled-timout: did you mean --stalled-timeout?)")
+    assert config.suggest_flags(parser, "unrecognized arguments: --zzzz") == (
+        "unrecognized arguments: --zzzz")
+    assert config.suggest_flags(parser, "other error") == "other error"
