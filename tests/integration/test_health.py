@@ -96,11 +96,13 @@ def django_env(db_url: str) -> dict[str, str]:
 
 
 class DjangoView:
-    """pytest-django's test ``Client`` and the health check, in this process,
-    on the database of a test (the fleet's, not pytest-django's own)."""
+    """pytest-django's ``client`` and the health check, in this process, on
+    the database of a test (the fleet's, not pytest-django's own test
+    database: the fleet under test writes there)."""
 
-    def __init__(self, blocker: Any):
+    def __init__(self, blocker: Any, client: Any):
         self.blocker = blocker
+        self.client = client
 
     @contextlib.contextmanager
     def on(self, db_url: str) -> Iterator[None]:
@@ -124,22 +126,17 @@ class DjangoView:
                 connection.settings_dict.update(saved)
 
     def get(self, db_url: str, *paths: str, method: str = "GET") -> list[tuple[int, Any]]:
-        from django.test import Client
-
-        client, out = Client(), []
+        out = []
         with self.on(db_url):
             for path in paths:
-                response = getattr(client, method.lower())(path)
+                response = getattr(self.client, method.lower())(path)
                 body = json.loads(response.content) if response.content else None
                 out.append((response.status_code, body))
         return out
 
     def responses(self, db_url: str, path: str, methods: list[str]) -> list[Any]:
-        from django.test import Client
-
-        client = Client()
         with self.on(db_url):
-            return [getattr(client, method.lower())(path) for method in methods]
+            return [getattr(self.client, method.lower())(path) for method in methods]
 
     def health_check(self, db_url: str, **kwargs: Any) -> str | None:
         """The django-health-check check's error, or None."""
@@ -153,9 +150,10 @@ class DjangoView:
 
 
 @pytest.fixture
-def django_view(django_db_blocker: Any) -> DjangoView:
+def django_view(request: pytest.FixtureRequest) -> DjangoView:
     pytest.importorskip("django")
-    return DjangoView(django_db_blocker)
+    return DjangoView(request.getfixturevalue("django_db_blocker"),
+                      request.getfixturevalue("client"))
 
 
 def insert_supervisor(db: str | Any, *, host: str = "h1", pid: int = 4242, age: float = 0.5,
