@@ -227,7 +227,9 @@ class FleetFactory:
 
     def cleanup(self) -> None:
         for fleet in self.fleets:
-            if fleet.proc is not None and fleet.proc.poll() is None:
+            if fleet.proc is None:  # never started (e.g. the test was skipped)
+                continue
+            if fleet.proc.poll() is None:
                 fleet.kill_all()
             for pid in fleet.child_pids():
                 try:
