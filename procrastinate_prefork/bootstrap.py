@@ -102,6 +102,13 @@ class Bootstrap:
         """``PsycopgConnector`` arguments (conninfo and/or kwargs)."""
         raise NotImplementedError
 
+    def schema_hint(self, tables: str) -> str:
+        """How to create the missing ``tables``: ``"procrastinate"`` (its
+        schema) or ``"prefork"`` (ours), in this kind of project."""
+        app = getattr(self, "app_path", "...")
+        program = "procrastinate" if tables == "procrastinate" else "procrastinate-prefork"
+        return f"run `{program} --app {app} schema --apply`"
+
     def before_fork(self) -> None:
         """In the supervisor: release anything a child must not inherit."""
         _release_asgiref_executor()
@@ -206,6 +213,9 @@ class DjangoBootstrap(Bootstrap):
         from procrastinate.contrib.django import app
 
         return app
+
+    def schema_hint(self, tables: str) -> str:
+        return "run `manage.py migrate`"
 
     def connection_args(self) -> dict[str, Any]:
         from procrastinate.contrib.django.utils import connector_params

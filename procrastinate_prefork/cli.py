@@ -13,7 +13,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import __version__, config as config_module
@@ -26,38 +26,65 @@ EXIT_STARTUP = 1
 logger = logging.getLogger("procrastinate_prefork")
 
 
-def setup_logging(level: str) -> None:
+def log_formatter(config: PreforkConfig) -> logging.Formatter:
+    """Raises ConfigError for a format its style cannot use."""
+    try:
+        return logging.Formatter(config.log_format, style=config.log_format_style)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ConfigError(
+            f"--log-format: not a valid {config.log_format_style!r}-style format: {exc}"
+        ) from None
+
+
+def setup_logging(config: PreforkConfig) -> None:
+    """procrastinate's logging options, on a process whose logging nobody set
+    up; when it is set up already (Django's LOGGING), its handlers, formats
+    and levels stay, except for an explicit --log-level (or -v)."""
+    formatter = log_formatter(config)
+    level = config.effective_log_level
     root = logging.getLogger()
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(
-            "%(asctime)s %(levelname)-7s [%(process)d] %(name)s: %(message)s"
-        ))
+        handler.setFormatter(formatter)
         root.addHandler(handler)
-        root.setLevel(level.upper())
-    logging.getLogger("procrastinate_prefork").setLevel(level.upper())
+        root.setLevel((level or "info").upper())
+    if level:
+        logging.getLogger("procrastinate_prefork").setLevel(level.upper())
+    if config.verbose:
+        logger.warning(
+            "-v/--verbose (PROCRASTINATE_VERBOSE) is deprecated, as in procrastinate: "
+            "use --log-level (PROCRASTINATE_LOG_LEVEL)",
+            extra={"action": "deprecated_option", "option": "verbose"},
+        )
 
 
-def run_fleet(config: PreforkConfig, bootstrap: Bootstrap) -> int:
-    """Start the supervisor and run it until it stops. Returns the exit code."""
+def _print_error(message: str, code: int) -> None:
+    print(f"procrastinate-prefork: error: {message}", file=sys.stderr)
+
+
+def run_fleet(config: PreforkConfig, bootstrap: Bootstrap,
+              on_error: Callable[[str, int], None] = _print_error) -> int:
+    """Start the supervisor and run it until it stops. Returns the exit code.
+    A start-up error goes to ``on_error(message, exit_code)`` first (Django's
+    command raises its CommandError there)."""
     from .supervisor import StartupError, Supervisor, banner
 
     register_fork_hooks()
-    setup_logging(config.log_level)
     try:
+        setup_logging(config)
         hooks = {
             name: config_module.resolve_hook(name, getattr(config, name))
             for name in ("on_child_start", "on_child_exit")
         }
     except ConfigError as exc:
-        print(f"procrastinate-prefork: error: {exc}", file=sys.stderr)
+        on_error(str(exc), EXIT_USAGE)
         return EXIT_USAGE
     supervisor = Supervisor(config, bootstrap, **hooks)
     print(banner(config, bootstrap), file=sys.stderr, flush=True)
     try:
         return supervisor.run()
     except StartupError as exc:
-        print(f"procrastinate-prefork: error: {exc}", file=sys.stderr)
+        on_error(str(exc), EXIT_STARTUP)
         return EXIT_STARTUP
 
 
@@ -75,13 +102,19 @@ def build_parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="Run the supervisor and its children.")
     config_module.add_arguments(worker)
     schema = commands.add_parser("schema", help="Create or show the prefork tables.")
+    status = commands.add_parser(
+        "status", help="Show the fleet (from the fleet table); exit 1 when unhealthy."
+    )
+    for command in (worker, schema, status):
+        # --app also after the command, as people type it; the one before
+        # the command stays unless repeated here.
+        command.add_argument("-a", "--app", default=argparse.SUPPRESS,
+                             help="The same as --app before the command.")
+    parser.commands = {"worker": worker, "schema": schema, "status": status}  # type: ignore[attr-defined]
     action = schema.add_mutually_exclusive_group(required=True)
     action.add_argument("--apply", action="store_true", help="Create the tables.")
     action.add_argument("--print", action="store_true", dest="print_sql",
                         help="Print the SQL.")
-    status = commands.add_parser(
-        "status", help="Show the fleet (from the fleet table); --check for a probe."
-    )
     from . import status as status_module
 
     status_module.add_arguments(status)
@@ -90,7 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, *, settings: Mapping[str, Any] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        command = parser.commands.get(args.command, parser)  # type: ignore[attr-defined]
+        command.error(config_module.suggest_flags(
+            command, "unrecognized arguments: " + " ".join(extras)))
     if args.command is None:
         parser.print_usage(sys.stderr)
         print(f"{parser.prog}: error: a command is required (worker, schema, status)",
@@ -136,7 +173,8 @@ def _status(bootstrap: Bootstrap, args: argparse.Namespace) -> int:
             return status.fetch_rows_psycopg(conn)
 
     return status.report(fetch, query, as_json=args.as_json, check=args.check,
-                         out=sys.stdout, err=sys.stderr)
+                         out=sys.stdout, err=sys.stderr,
+                         schema_hint=bootstrap.schema_hint("prefork"))
 
 
 def _apply_schema(bootstrap: Bootstrap) -> int:
@@ -144,6 +182,12 @@ def _apply_schema(bootstrap: Bootstrap) -> int:
 
     try:
         with db.connect(bootstrap.connection_args(), "prefork:schema") as conn:
+            if any(not name.startswith("procrastinate_prefork")
+                   for name in schema.missing_tables(conn)):
+                print("procrastinate-prefork: error: procrastinate's schema must be "
+                      f"there first: {bootstrap.schema_hint('procrastinate')}",
+                      file=sys.stderr)
+                return EXIT_STARTUP
             schema.apply(conn)
     except Exception as exc:  # psycopg errors: one line for the user
         first_line = redact.without_secrets(

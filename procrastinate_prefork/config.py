@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 ENV_PREFIX = "PROCRASTINATE_PREFORK_"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+DEFAULT_LOG_FORMAT = "%(asctime)s %(levelname)-7s [%(process)d] %(name)s: %(message)s"
 MAX_CHILDREN = 512
 #: worker rows procrastinate's own start-up prune may delete: a day old
 PROCRASTINATE_PRUNE_AFTER = 86400.0
@@ -236,6 +238,7 @@ class Option:
     negative_flag: str | None = None  # for booleans: the flag that sets False
     repeatable: bool = False
     default_doc: str | None = None  # how the default reads in the docs
+    count: bool = False  # a flag counted on the command line (-v -v)
 
     @property
     def env_vars(self) -> tuple[str, ...]:
@@ -311,6 +314,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "delete_jobs", ("--delete-jobs",), _choice("never", "successful", "always"),
         "never", "Delete finished jobs: never, successful or always.",
+        metavar="{never,successful,always}",
         group="worker", env=("PROCRASTINATE_WORKER_DELETE_JOBS",),
     ),
     Option(
@@ -426,8 +430,30 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "log_level", ("--log-level",),
-        _choice("debug", "info", "warning", "error", "critical"), "info",
-        "Log level of the supervisor and children.",
+        _optional(_choice(*LOG_LEVELS)), None,
+        "Log level of the supervisor and children (procrastinate's --log-level). "
+        "Under manage.py with LOGGING configured, unset leaves Django's levels.",
+        env=("PROCRASTINATE_LOG_LEVEL",), default_doc="`info`, or Django's `LOGGING`",
+        metavar="{" + ",".join(LOG_LEVELS) + "}",
+    ),
+    # procrastinate's CLI logging options, with the same names and variables.
+    Option(
+        "log_format", ("--log-format",), _non_empty_str, DEFAULT_LOG_FORMAT,
+        "Format of the log lines (Python logging's LogRecord attributes), when "
+        "logging is not configured already (Django's LOGGING wins under manage.py).",
+        env=("PROCRASTINATE_LOG_FORMAT",), metavar="FORMAT",
+    ),
+    Option(
+        "log_format_style", ("--log-format-style",), _choice("%", "{", "$"), "%",
+        "Style of --log-format: %, { or $ (Python logging's styles).",
+        env=("PROCRASTINATE_LOG_FORMAT_STYLE",), metavar="STYLE",
+    ),
+    Option(
+        "verbose", ("-v", "--verbose"), _int_between(0, 100), 0,
+        "Deprecated (as in procrastinate): -v means --log-level debug; "
+        "--log-level wins over it. Under manage.py only --verbose: -v is Django's "
+        "--verbosity.",
+        env=("PROCRASTINATE_VERBOSE",), count=True, default_doc="`0`",
     ),
 )
 
@@ -464,7 +490,17 @@ class PreforkConfig:
     autoscale_cooldown: float
     on_child_start: str | Callable[..., Any] | None
     on_child_exit: str | Callable[..., Any] | None
-    log_level: str
+    log_level: str | None
+    log_format: str
+    log_format_style: str
+    verbose: int
+
+    @property
+    def effective_log_level(self) -> str | None:
+        """procrastinate's rule: --log-level, else -v means debug, else unset."""
+        if self.log_level:
+            return self.log_level
+        return "debug" if self.verbose > 0 else None
 
     @property
     def initial_children(self) -> int:
@@ -531,7 +567,10 @@ def build_config(
             values[option.name] = option.default_value()
             continue
         try:
-            values[option.name] = option.parse(raw)
+            values[option.name] = (
+                parse_setting(option, raw) if source.startswith("setting ")
+                else option.parse(raw)
+            )
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
     config = PreforkConfig(**values)
@@ -541,6 +580,43 @@ def build_config(
             f"half of --stalled-timeout ({config.stalled_timeout:g})"
         )
     return config
+
+
+def parse_setting(option: Option, value: Any) -> Any:
+    """``option.parse`` for a value of the Django settings dict, where numbers
+    and booleans must be Python numbers and booleans: ``"4"`` is a string
+    there, a mistake the command line and the environment cannot make."""
+    parsed = option.parse(value)
+    if isinstance(value, str) and isinstance(parsed, (bool, int, float)):
+        kind = "a boolean" if isinstance(parsed, bool) else "a number"
+        raise ConfigError(f"expected {kind}, not the string {value!r}")
+    return parsed
+
+
+def settings_problems(settings: Any) -> list[tuple[str, str | None, str]]:
+    """Every problem of a ``PROCRASTINATE_PREFORK`` settings dict, for Django's
+    system checks: ``(kind, key, message)`` with kind ``not_a_dict``,
+    ``unknown``, ``invalid`` (type or range) or ``inconsistent`` (values that
+    do not go together). The messages are ``build_config``'s."""
+    if not isinstance(settings, Mapping):
+        return [("not_a_dict", None,
+                 f"setting PROCRASTINATE_PREFORK: expected a dict, got "
+                 f"{type(settings).__name__}")]
+    problems: list[tuple[str, str | None, str]] = []
+    for key, value in settings.items():
+        try:
+            build_config({}, environ={}, settings={key: value})
+        except ConfigError as exc:
+            if key not in OPTIONS_BY_NAME:
+                problems.append(("unknown", key, str(exc)))
+            elif str(exc).startswith("setting "):
+                problems.append(("invalid", key, str(exc)))
+    if not problems:
+        try:
+            build_config({}, environ={}, settings=settings)
+        except ConfigError as exc:
+            problems.append(("inconsistent", None, str(exc)))
+    return problems
 
 
 def _pick(
@@ -561,31 +637,72 @@ def _pick(
     return None, None
 
 
+def help_text(option: Option) -> str:
+    """The option's help for ``--help``: with its default and its environment
+    variables (escaped for argparse, which %-formats help strings)."""
+    if option.default_doc is not None:
+        default = option.default_doc.replace("`", "")
+    elif callable(option.default) or option.default is None:
+        default = "none"
+    else:
+        default = str(option.default).lower() if isinstance(option.default, bool) \
+            else str(option.default)
+    text = f"{option.help} (default: {default}; env: {', '.join(option.env_vars)})"
+    return text.replace("%", "%%")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add every option to ``parser``; unset options stay absent from the
     namespace (``argparse.SUPPRESS``) so that the other sources can apply."""
     for option in OPTIONS:
+        # Flags the parser already has are left to it: Django's commands own
+        # -v (--verbosity).
+        flags = [f for f in option.flags if f not in parser._option_string_actions]
         if option.negative_flag:
             group = parser.add_mutually_exclusive_group()
             group.add_argument(
-                *option.flags, dest=option.name, action="store_const", const="1",
-                default=argparse.SUPPRESS, help=option.help,
+                *flags, dest=option.name, action="store_const", const="1",
+                default=argparse.SUPPRESS, help=help_text(option),
             )
             group.add_argument(
                 option.negative_flag, dest=option.name, action="store_const",
                 const="0", default=argparse.SUPPRESS,
                 help=f"Opposite of {option.flags[-1]}.",
             )
+        elif option.count:
+            parser.add_argument(
+                *flags, dest=option.name, action="count", default=argparse.SUPPRESS,
+                help=help_text(option),
+            )
         elif option.repeatable:
             parser.add_argument(
-                *option.flags, dest=option.name, action="append",
-                default=argparse.SUPPRESS, metavar=option.metavar, help=option.help,
+                *flags, dest=option.name, action="append",
+                default=argparse.SUPPRESS, metavar=option.metavar, help=help_text(option),
             )
         else:
             parser.add_argument(
-                *option.flags, dest=option.name, default=argparse.SUPPRESS,
-                metavar=option.metavar, help=option.help,
+                *flags, dest=option.name, default=argparse.SUPPRESS,
+                metavar=option.metavar, help=help_text(option),
             )
+
+
+def suggest_flags(parser: argparse.ArgumentParser, message: str) -> str:
+    """argparse's ``unrecognized arguments: ...`` message, with the closest
+    flag ``parser`` knows for each mistyped one (as the settings keys get)."""
+    prefix = "unrecognized arguments: "
+    if not message.startswith(prefix):
+        return message
+    import difflib
+
+    known = [flag for flag in parser._option_string_actions if flag.startswith("--")]
+    hints = []
+    for token in message[len(prefix):].split():
+        flag = token.split("=", 1)[0]
+        if flag.startswith("--"):
+            close = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
+            if close:
+                hints.append(f"{flag}: did you mean {close[0]}?")
+    return f"{message} ({'; '.join(hints)})" if hints else message
 
 
 def cli_values_from_namespace(

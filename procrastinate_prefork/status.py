@@ -25,8 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", dest="as_json",
                         help="Print JSON (the Django health view's document).")
     parser.add_argument("--check", action="store_true",
-                        help="Exit 0 when the fleet is healthy, 1 when not "
-                             "(an exec probe); prints one line (or the JSON).")
+                        help="Print one line instead of the table (an exec "
+                             "probe). The exit code is 0 when the fleet is "
+                             "healthy and 1 when not, with or without --check.")
     parser.add_argument("--host", default=None, help="Only the supervisors of this host.")
     parser.add_argument("--queue", default=None,
                         help="Only the supervisors that work on this queue.")
@@ -63,13 +64,17 @@ def report(
     check: bool,
     out: TextIO,
     err: TextIO,
+    schema_hint: str | None = None,
 ) -> int:
-    """Print the fleet; return the exit code. A database error is one line on
-    ``err`` and counts as unhealthy."""
+    """Print the fleet; return the exit code: 0 healthy, 1 not. A database
+    error is one line on ``err`` (with ``schema_hint`` when the table does not
+    exist) and counts as unhealthy."""
     try:
         rows = list(fetch())
     except Exception as exc:  # psycopg or Django database errors
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if schema_hint and _undefined_table(exc):
+            first += f" ({schema_hint})"
         err.write(f"error: cannot read the fleet table: {first}\n")
         return EXIT_UNHEALTHY
     result = health.fleet_health(rows, query)
@@ -79,7 +84,15 @@ def report(
         out.write(one_line(result) + "\n")
     else:
         out.write(render_table(result))
-    return EXIT_HEALTHY if (result.healthy or not check) else EXIT_UNHEALTHY
+    return EXIT_HEALTHY if result.healthy else EXIT_UNHEALTHY
+
+
+def _undefined_table(exc: BaseException) -> bool:
+    """psycopg's UndefinedTable, or Django's error wrapping it."""
+    import psycopg.errors
+
+    return any(isinstance(e, psycopg.errors.UndefinedTable)
+               for e in (exc, exc.__cause__) if e is not None)
 
 
 def render_table(result: health.FleetHealth) -> str:

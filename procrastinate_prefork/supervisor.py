@@ -226,13 +226,13 @@ class Supervisor:
                 not name.startswith("procrastinate_prefork") for name in missing
             ):
                 raise StartupError(
-                    "the procrastinate-prefork tables are missing: run "
-                    "`manage.py migrate` or `procrastinate-prefork --app ... schema --apply`"
+                    "the procrastinate-prefork tables are missing: "
+                    + self.bootstrap.schema_hint("prefork")
                 )
             if missing:
                 raise StartupError(
-                    "the procrastinate schema is missing: run `manage.py migrate` or "
-                    "`procrastinate --app ... schema --apply`"
+                    "the procrastinate schema is missing: "
+                    + self.bootstrap.schema_hint("procrastinate")
                 )
             identity = fleet.process_identity()
             self.supervisor_row = fleet.register_supervisor(

@@ -2,13 +2,17 @@
 # Create/refresh the project virtualenv at $REPO/.venv with the package installed
 # in editable mode plus the django and test extras.
 #
+# PYTHON (default python3) is the interpreter; PREFORK_VENV (default
+# $REPO/.venv) the virtualenv's directory: scripts/test.sh --newest uses
+# both for a second virtualenv with the newest Python.
+#
 # Idempotent and fast: the pip install is skipped while a stamp file named after
 # the sha256 of pyproject.toml exists (editing pyproject.toml re-runs it).
 # Progress messages go to stderr; stdout stays empty.
 set -euo pipefail
 
 REPO="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)"
-VENV="$REPO/.venv"
+VENV="${PREFORK_VENV:-$REPO/.venv}"
 PYTHON="${PYTHON:-python3}"
 
 log() { printf 'bootstrap: %s\n' "$*" >&2; }

@@ -124,7 +124,7 @@ def default_text(option: config.Option, kind: Kind) -> str:
 
 
 def flag_text(option: config.Option, kind: Kind) -> str:
-    if option.negative_flag:
+    if option.negative_flag or option.count:
         return ", ".join(f"`{flag}`" for flag in option.flags)
     metavar = option.metavar or kind.placeholder
     return ", ".join(f"`{flag} {metavar}`" for flag in option.flags)

@@ -16,9 +16,11 @@
 # full_page_writes): never put anything you want to keep in it.
 #
 # PostgreSQL refuses to run as root. As root the server runs as the system user
-# "pgthrow" (created on first use) and its files live in
-# /tmp/procrastinate-prefork-pg-<port> (the repo may not be traversable by that
-# user), with a symlink at .pgdata/<port>. Otherwise they live in .pgdata/<port>.
+# "pgthrow" (created on first use with useradd --system, and kept: say so on
+# stderr) and its files live in /tmp/procrastinate-prefork-pg-<port> (the repo
+# may not be traversable by that user), with a symlink at .pgdata/<port>; a
+# lock file /tmp/procrastinate-prefork-pg-<port>.lock stays after `stop`.
+# Otherwise they live in .pgdata/<port>.
 #
 # stdout carries nothing but the URL (start, restart, url) or pg_ctl's own
 # output (ctl); messages and errors go to stderr.
@@ -126,6 +128,8 @@ bring_up() {
 
 ensure_os_user() {
     id -u "$PGUSER_OS" >/dev/null 2>&1 && return 0
+    printf 'pg.sh: creating the system user %s (PostgreSQL refuses to run as root); it stays\n' \
+        "$PGUSER_OS" >&2
     useradd --system --no-create-home --shell /usr/sbin/nologin "$PGUSER_OS" \
         || id -u "$PGUSER_OS" >/dev/null 2>&1 \
         || die "could not create system user $PGUSER_OS"
@@ -149,6 +153,8 @@ cmd_start() {
     rm -rf -- "$BASE" "$POINTER"
     if [[ -n "$RUN_AS" ]]; then
         ensure_os_user
+        printf 'pg.sh: as root: the cluster and its log in %s (deleted by stop), lock file %s (left)\n' \
+            "$BASE" "$LOCKFILE" >&2
         mkdir -m 700 -- "$BASE"  # fails if it reappeared: never reuse a foreign /tmp dir
         chown "$RUN_AS:" -- "$BASE"
         mkdir -p -- "$REPO/.pgdata"

@@ -4,7 +4,10 @@ holds procrastinate's schema and ours), and a handle on a running fleet."""
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.util
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
@@ -15,7 +18,31 @@ from procrastinate import schema as procrastinate_schema
 
 from procrastinate_prefork import schema as prefork_schema
 
-from .fleet_helper import Fleet, FleetFactory
+from .fleet_helper import REPO, Fleet, FleetFactory
+
+DJANGO_SETTINGS = "tests.django_project.settings"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """pytest-django for the in-process Django tests, with the settings of
+    tests/django_project, set here rather than through DJANGO_SETTINGS_MODULE:
+    that variable would reach every process the tests start. Without Django
+    (the nodjango tox env) nothing is configured and those tests skip."""
+    if importlib.util.find_spec("django") is None or os.environ.get(
+        "DJANGO_SETTINGS_MODULE"
+    ):
+        return
+    from django.conf import settings
+
+    if settings.configured:
+        return
+    sys.path.insert(0, str(REPO / "demo_project"))  # the demo's apps and settings
+    module = importlib.import_module(DJANGO_SETTINGS)
+    values = {name: getattr(module, name) for name in dir(module) if name.isupper()}
+    # pytest-django's test database: unique, so that runs in parallel on one
+    # server (tox -p) do not drop each other's.
+    values["DATABASES"]["default"]["TEST"] = {"NAME": f"test_prefork_{uuid.uuid4().hex[:12]}"}
+    settings.configure(**values)
 
 def _with_dbname(url: str, dbname: str) -> str:
     parts = urlsplit(url)

@@ -93,10 +93,12 @@ class Fleet:
             sys.executable, "-m", "procrastinate_prefork.cli", "--app", app, "worker",
             "--fetch-job-polling-interval", "30", *args,
         ]
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            cmd, cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
-        )
+        # The child writes to its own copy of the descriptor: ours is closed
+        # at once, so that no test leaves the file open.
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                cmd, cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+            )
         if wait_ready:
             self.wait_ready()
         return self
@@ -236,7 +238,9 @@ class FleetFactory:
 
     def cleanup(self) -> None:
         for fleet in self.fleets:
-            if fleet.proc is not None and fleet.proc.poll() is None:
+            if fleet.proc is None:  # never started (e.g. the test was skipped)
+                continue
+            if fleet.proc.poll() is None:
                 fleet.kill_all()
             for pid in fleet.child_pids():
                 try:

@@ -11,6 +11,7 @@ Variants, from environment variables:
   Django's async ORM (asgiref's thread-sensitive executor) in the supervisor,
   before anything is forked.
 - ``PREFORK_TEST_PREFORK_SETTINGS=<json>``: the ``PROCRASTINATE_PREFORK`` dict.
+- ``PREFORK_TEST_PREFORK_FIRST=1``: our app listed before procrastinate's.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import json
 import os
 
 from demo_project.settings import *  # noqa: F403
-from demo_project.settings import DATABASES
+from demo_project.settings import DATABASES, INSTALLED_APPS
 
 from .middleware import record_runs
 
@@ -42,6 +43,11 @@ if os.environ.get("PREFORK_TEST_PARENT_ASYNC_ORM") == "1":
 
 if os.environ.get("PREFORK_TEST_PREFORK_SETTINGS"):
     PROCRASTINATE_PREFORK = json.loads(os.environ["PREFORK_TEST_PREFORK_SETTINGS"])
+
+if os.environ.get("PREFORK_TEST_PREFORK_FIRST") == "1":
+    INSTALLED_APPS = [app for app in INSTALLED_APPS if app != "procrastinate_prefork.contrib.django"]
+    INSTALLED_APPS.insert(INSTALLED_APPS.index("procrastinate.contrib.django"),
+                          "procrastinate_prefork.contrib.django")
 
 # Records which process ran every job (see tests/django_project/middleware.py).
 PROCRASTINATE_WORKER_DEFAULTS = {

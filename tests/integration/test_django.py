@@ -186,7 +186,7 @@ def test_django_connection_pool(dj_fleet, django_db_url, parent_used_it):
 
 
 def one_error_line(log: str) -> str:
-    lines = [line for line in log.splitlines() if "error" in line.lower()]
+    lines = [line for line in log.splitlines() if "error:" in line.lower()]
     assert len(lines) == 1, log
     assert "Traceback" not in log
     assert "Child" not in log  # nothing forked
@@ -208,6 +208,7 @@ def test_unknown_option_exits_2(dj_fleet):
 @pytest.mark.parametrize(("setting", "expected"), [
     ('{"concurency": 2}', "unknown key 'concurency'"),
     ('{"concurrency": 0}', "PROCRASTINATE_PREFORK['concurrency']"),
+    ('{"concurrency": "4"}', "PROCRASTINATE_PREFORK['concurrency']"),
     ('["concurrency"]', "expected a dict"),
 ])
 def test_bad_prefork_setting_exits_2(dj_fleet, setting, expected):
@@ -265,7 +266,7 @@ def _fleet_columns(db_url: str) -> set[str]:
             "WHERE table_name = 'procrastinate_prefork_processes'").fetchall()}
 
 
-def test_migration_0002_adds_and_drops_the_new_columns(django_db_url):
+def test_migration_0003_adds_and_drops_the_new_columns(django_db_url):
     assert NEW_COLUMNS <= _fleet_columns(django_db_url)
     for target, present in ((["procrastinate_prefork", "0001"], False), ([], True)):
         result = subprocess.run(
@@ -275,3 +276,84 @@ def test_migration_0002_adds_and_drops_the_new_columns(django_db_url):
         assert result.returncode == 0, result.stdout + result.stderr
         assert (NEW_COLUMNS <= _fleet_columns(django_db_url)) is present
         assert not (NEW_COLUMNS & _fleet_columns(django_db_url)) or present
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12),
+                    reason="Python warns about fork() with threads from 3.12")
+def test_forks_without_threads(dj_fleet, django_db_url):
+    """Django's async ORM used in the supervisor before the first fork, a
+    Django 5.1+ psycopg pool (threads of its own), the probe port, a re-fork:
+    no thread at any fork (tests/integration/test_fork_hygiene.py)."""
+    from .test_fork_hygiene import WARNINGS_ON, exercise_forks
+    from .test_health import free_port
+
+    env = {**WARNINGS_ON, "PREFORK_TEST_PARENT_ASYNC_ORM": "1"}
+    if django.VERSION >= (5, 1):
+        env["PREFORK_TEST_DJANGO_POOL"] = "1"
+    start_worker(dj_fleet, "--concurrency", "2", "--health-port", str(free_port()), **env)
+    exercise_forks(dj_fleet, django_db_url, "tests.orm_sync")
+
+
+# ------------------------------------------------------- system checks
+
+
+def check_ids() -> list[str]:
+    from django.core import checks
+
+    return sorted(m.id for m in checks.run_checks() if m.id.startswith("procrastinate_prefork"))
+
+
+@pytest.mark.parametrize(("setting", "ids"), [
+    ({"concurency": 2}, ["procrastinate_prefork.E002"]),
+    ({"concurrency": "4"}, ["procrastinate_prefork.E003"]),
+    ({"concurrency": 0, "health_port": 70000}, ["procrastinate_prefork.E003"] * 2),
+    ({"wait": "no"}, ["procrastinate_prefork.E003"]),
+    ({"heartbeat_interval": 20}, ["procrastinate_prefork.E004"]),
+    (["concurrency"], ["procrastinate_prefork.E001"]),
+    ({"concurrency": 4, "queues": ["a", "b"], "wait": False, "health_port": 8001}, []),
+])
+def test_system_checks_report_bad_settings(settings, setting, ids):
+    settings.PROCRASTINATE_PREFORK = setting
+    assert check_ids() == ids
+
+
+def test_system_check_unknown_key_suggests(settings):
+    from django.core import checks
+
+    settings.PROCRASTINATE_PREFORK = {"concurency": 2}
+    [message] = [m for m in checks.run_checks() if m.id == "procrastinate_prefork.E002"]
+    assert "'concurrency'" in message.msg
+
+
+@pytest.mark.parametrize(("env", "check_id"), [
+    ({"PREFORK_TEST_PREFORK_SETTINGS": '{"concurrency": "4"}'}, "E003"),
+    ({"PREFORK_TEST_PREFORK_FIRST": "1"}, "E005"),
+])
+def test_manage_py_check_exits_1_with_the_ids(django_db_url, env, check_id):
+    result = subprocess.run(
+        manage("check"), cwd=REPO, capture_output=True, text=True, timeout=60,
+        env=django_env(django_db_url, **env),
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"(procrastinate_prefork.{check_id})" in result.stderr
+
+
+def test_django_logging_keeps_precedence(dj_fleet, django_db_url):
+    """LOGGING's handlers, format and levels stay; an explicit level still
+    applies to our loggers."""
+    ids = defer(django_db_url, "demo_app.tasks.sleeping", 2, ms=10)
+    code = run_worker(dj_fleet, "--concurrency", "1", "--one-shot",
+                      "--log-format", "CUSTOM %(message)s", "--log-level", "warning",
+                      PROCRASTINATE_LOG_FORMAT="ENV %(message)s")
+    assert code == 0, dj_fleet.log()
+    assert {r["status"] for r in jobs(django_db_url, ids)} == {"succeeded"}
+    lines = dj_fleet.log().splitlines()
+    assert not [line for line in lines if line.startswith(("CUSTOM", "ENV"))]
+    # the demo's LOGGING format, "<asctime> <levelname> <name> <message>", and
+    # its root level (INFO) for procrastinate's loggers; ours at WARNING
+    assert [line for line in lines if " INFO procrastinate.worker" in line]
+    assert not [line for line in lines if " INFO procrastinate_prefork." in line]
+    code = run_worker(dj_fleet, "--concurrency", "1", "--one-shot")
+    assert code == 0, dj_fleet.log()
+    assert [line for line in dj_fleet.log().splitlines()
+            if " INFO procrastinate_prefork.supervisor " in line]

@@ -3,8 +3,9 @@ against a real PostgreSQL with real processes."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import http.client
-import importlib.util
 import json
 import os
 import signal
@@ -12,15 +13,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import psycopg
 import pytest
 from psycopg.rows import dict_row
 
 from ..fleet_helper import REPO, defer, wait_for
-from .test_django import django_db_url, django_template_url  # noqa: F401 (fixtures)
 
 HEALTH_APP = "tests.apps.health_app.app"
 FAST = ("--heartbeat-interval", "0.5", "--stalled-timeout", "2")
@@ -89,59 +90,86 @@ def status_cli(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-_DJANGO_CLIENT = r"""
-import asyncio, json, os
-from django.test import Client
-client = Client()
-results = []
-for op in json.loads(os.environ["PREFORK_TEST_OPS"]):
-    if op["op"] == "http":
-        response = getattr(client, op.get("method", "get").lower())(op["path"])
-        results.append({"status": response.status_code,
-                        "body": response.content.decode(),
-                        "allow": response.get("Allow")})
-    elif op["op"] == "superuser":
-        from django.contrib.auth import get_user_model
-        user = get_user_model().objects.create_superuser("admin", "a@example.com", "pw")
-        client.force_login(user)
-        results.append(None)
-    elif op["op"] == "health_check":
-        from procrastinate_prefork.contrib.django.health_check import PreforkFleetHealthCheck
-        result = asyncio.run(PreforkFleetHealthCheck(**op.get("kwargs", {})).get_result())
-        results.append({"error": str(result.error) if result.error else None})
-print("RESULTS " + json.dumps(results))
-"""
-
-
 def django_env(db_url: str) -> dict[str, str]:
     return {**os.environ, "DJANGO_SETTINGS_MODULE": DJANGO_SETTINGS,
             "DATABASE_URL": db_url, "PYTHONPATH": str(REPO)}
 
 
-def django_ops(db_url: str, ops: list[dict[str, Any]]) -> list[Any]:
-    """Run ``ops`` in ``manage.py shell`` with Django's test Client."""
-    result = subprocess.run(
-        [sys.executable, str(MANAGE), "shell", "-v", "0", "-c", _DJANGO_CLIENT],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-        env={**django_env(db_url), "PREFORK_TEST_OPS": json.dumps(ops)},
-    )
-    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULTS ")]
-    assert result.returncode == 0 and lines, result.stdout + result.stderr
-    return json.loads(lines[-1][len("RESULTS "):])
+class DjangoView:
+    """pytest-django's ``client`` and the health check, in this process, on
+    the database of a test (the fleet's, not pytest-django's own test
+    database: the fleet under test writes there)."""
+
+    def __init__(self, blocker: Any, client: Any):
+        self.blocker = blocker
+        self.client = client
+
+    @contextlib.contextmanager
+    def on(self, db_url: str) -> Iterator[None]:
+        from django.db import connections
+
+        connection = connections["default"]
+        saved = dict(connection.settings_dict)
+        parts = urlsplit(db_url)
+        with self.blocker.unblock():
+            connection.close()
+            connection.settings_dict.update(
+                NAME=parts.path.lstrip("/"), USER=unquote(parts.username or ""),
+                PASSWORD=unquote(parts.password or ""), HOST=parts.hostname or "",
+                PORT=str(parts.port or ""),
+            )
+            try:
+                yield
+            finally:
+                connection.close()
+                connection.settings_dict.clear()
+                connection.settings_dict.update(saved)
+
+    def get(self, db_url: str, *paths: str, method: str = "GET") -> list[tuple[int, Any]]:
+        out = []
+        with self.on(db_url):
+            for path in paths:
+                response = getattr(self.client, method.lower())(path)
+                body = json.loads(response.content) if response.content else None
+                out.append((response.status_code, body))
+        return out
+
+    def responses(self, db_url: str, path: str, methods: list[str]) -> list[Any]:
+        with self.on(db_url):
+            return [getattr(self.client, method.lower())(path) for method in methods]
+
+    def health_check(self, db_url: str, **kwargs: Any) -> str | None:
+        """The django-health-check check's error, or None."""
+        from procrastinate_prefork.contrib.django.health_check import (
+            PreforkFleetHealthCheck,
+        )
+
+        with self.on(db_url):
+            if hasattr(PreforkFleetHealthCheck, "get_result"):  # 4.x
+                result = asyncio.run(PreforkFleetHealthCheck(**kwargs).get_result())
+                return str(result.error) if result.error else None
+            check = PreforkFleetHealthCheck()  # 3.x: settings as attributes
+            for name, value in kwargs.items():
+                setattr(check, name, value)
+            check.run_check()
+            return "; ".join(str(error) for error in check.errors) or None
 
 
-def django_get(db_url: str, *paths: str, method: str = "GET") -> list[tuple[int, Any]]:
-    out = []
-    for item in django_ops(db_url, [{"op": "http", "method": method, "path": p} for p in paths]):
-        body = json.loads(item["body"]) if item["body"] else None
-        out.append((item["status"], body))
-    return out
+@pytest.fixture
+def django_view(request: pytest.FixtureRequest) -> DjangoView:
+    pytest.importorskip("django")
+    return DjangoView(request.getfixturevalue("django_db_blocker"),
+                      request.getfixturevalue("client"))
 
 
-def insert_supervisor(db_url: str, *, host: str = "h1", pid: int = 4242, age: float = 0.5,
+def insert_supervisor(db: str | Any, *, host: str = "h1", pid: int = 4242, age: float = 0.5,
                       crash_loop: bool = False, queues: list[str] | None = None,
                       children: int = 2, child_state: str = "idle") -> int:
-    with psycopg.connect(db_url, autocommit=True) as conn:
+    """Rows of a supervisor and its children, through a psycopg connection to
+    the database at ``db`` or through ``db``, a cursor (Django's)."""
+    with contextlib.ExitStack() as stack:
+        conn = db if not isinstance(db, str) else stack.enter_context(
+            psycopg.connect(db, autocommit=True))
         row = conn.execute(
             "INSERT INTO procrastinate_prefork_processes (kind, host, pid, state, "
             "crash_loop, concurrency, queues, heartbeat_interval, stalled_timeout, "
@@ -338,11 +366,11 @@ def test_status_command(fleet, db_url):
     assert check.returncode == 1 and "no fresh supervisor" in check.stdout
 
 
-def test_sigstopped_supervisor_goes_stale(fleet, db_url):
+def test_sigstopped_supervisor_goes_stale(fleet, db_url, django_view):
     fleet.start("--concurrency", "1", *FAST, app=HEALTH_APP)
     wait_for(lambda: status_cli(db_url, "--check").returncode == 0, timeout=10,
              message="a healthy fleet")
-    assert django_get(db_url, "/prefork/")[0][0] == 200
+    assert django_view.get(db_url, "/prefork/")[0][0] == 200
     os.kill(fleet.pid, signal.SIGSTOP)
     stopped_at = time.monotonic()
     try:
@@ -351,7 +379,7 @@ def test_sigstopped_supervisor_goes_stale(fleet, db_url):
         took = time.monotonic() - stopped_at
         # stalled timeout 2 s + one heartbeat interval + one status command run
         assert took < 2 + 0.5 + 2.0, took
-        [(status, body)] = django_get(db_url, "/prefork/")
+        [(status, body)] = django_view.get(db_url, "/prefork/")
         assert status == 503 and body["problems"][0] == "no fresh supervisor"
         assert body["supervisors"][0]["fresh"] is False
     finally:
@@ -364,7 +392,7 @@ def test_sigstopped_supervisor_goes_stale(fleet, db_url):
 # ------------------------------------------------------------------ secrets
 
 
-def test_secrets_never_show(fleet, db_url):
+def test_secrets_never_show(fleet, db_url, django_view):
     secret_url = with_password(db_url, SECRET_PASSWORD)
     port = free_port()
     fleet.db_url = secret_url  # the fleet's DATABASE_URL holds a password
@@ -378,7 +406,7 @@ def test_secrets_never_show(fleet, db_url):
     outputs["status"] = status_cli(secret_url).stdout
     outputs["status --json"] = status_cli(secret_url, "--json").stdout
     assert "secret_sleep" in outputs["status"] and "secret_sleep" in outputs["status --json"]
-    [(code, body)] = django_get(secret_url, "/prefork/")
+    [(code, body)] = django_view.get(secret_url, "/prefork/")
     assert code == 200
     outputs["view"] = json.dumps(body)
     assert "secret_sleep" in outputs["view"]
@@ -393,12 +421,12 @@ def test_secrets_never_show(fleet, db_url):
 # ------------------------------------------------------------------ Django
 
 
-def test_django_view_with_a_real_fleet(fleet, db_url):
+def test_django_view_with_a_real_fleet(fleet, db_url, django_view):
     fleet.start("--concurrency", "2", *FAST, app=HEALTH_APP)
     pids = fleet.wait_children(2)
     wait_for(lambda: len(children_rows(db_url, fleet.pid)) == 2, timeout=5,
              message="child rows")
-    results = django_get(
+    results = django_view.get(
         db_url, "/prefork/", "/prefork/?min_children=3", "/prefork/?host=elsewhere",
         "/prefork/?queue=anything&min_children=2", "/prefork/?min_children=-1",
         "/prefork/?min_children=two", "/prefork/?verbose=1",
@@ -421,23 +449,23 @@ def test_django_view_with_a_real_fleet(fleet, db_url):
     assert all(body["status"] == "error" and body["error"] for _, body in bad)
     assert "unknown parameter 'verbose'" in bad[2][1]["error"]
 
-    methods = django_ops(db_url, [{"op": "http", "method": m, "path": "/prefork/"}
-                                  for m in ("POST", "PUT", "DELETE", "PATCH", "HEAD")])
-    assert [m["status"] for m in methods] == [405, 405, 405, 405, 200]
-    assert methods[0]["allow"] == "GET, HEAD"
-    assert json.loads(methods[0]["body"])["error"] == "method POST not allowed"
+    methods = django_view.responses(db_url, "/prefork/",
+                                    ["POST", "PUT", "DELETE", "PATCH", "HEAD"])
+    assert [m.status_code for m in methods] == [405, 405, 405, 405, 200]
+    assert methods[0]["Allow"] == "GET, HEAD"
+    assert json.loads(methods[0].content)["error"] == "method POST not allowed"
     assert fleet.stop() == 0
-    [(status, body)] = django_get(db_url, "/prefork/")
+    [(status, body)] = django_view.get(db_url, "/prefork/")
     assert status == 503 and body["supervisors"] == []
 
 
-def test_django_view_edge_cases(db_url):
-    assert django_get(db_url, "/prefork/")[0][0] == 503  # empty table
+def test_django_view_edge_cases(db_url, django_view):
+    assert django_view.get(db_url, "/prefork/")[0][0] == 503  # empty table
     insert_supervisor(db_url, host="a", pid=100, queues=["mail"])
     insert_supervisor(db_url, host="b", pid=200, age=3600)  # stale
     insert_supervisor(db_url, host="c", pid=300, crash_loop=True)
     insert_supervisor(db_url, host="d", pid=400, child_state="starting")
-    results = django_get(
+    results = django_view.get(
         db_url, "/prefork/", "/prefork/?host=a", "/prefork/?host=b", "/prefork/?host=c",
         "/prefork/?host=d", "/prefork/?host=d&min_children=0", "/prefork/?queue=mail",
         "/prefork/?queue=reports&min_children=2",
@@ -467,50 +495,45 @@ def test_django_view_edge_cases(db_url):
     assert json.loads(check.stdout)["status"] == "unhealthy"
 
 
-def test_django_view_without_the_table(empty_db_url):
-    [(status, body)] = django_get(empty_db_url, "/prefork/")
+def test_django_view_without_the_table(empty_db_url, django_view):
+    [(status, body)] = django_view.get(empty_db_url, "/prefork/")
     assert status == 503
     assert body["problems"] == ["cannot read the fleet table: ProgrammingError"]
 
 
-def test_django_health_check_backend(db_url):
-    # Not importorskip: django-health-check 3.x reads Django settings on import,
-    # and this process has none (the check runs in a Django subprocess).
-    if importlib.util.find_spec("health_check") is None:
-        pytest.skip("django-health-check is not installed")
+def test_django_health_check_backend(db_url, django_view):
+    pytest.importorskip("health_check")
     insert_supervisor(db_url, host="a", pid=100)
-    ok, few, other_host = django_ops(db_url, [
-        {"op": "health_check"},
-        {"op": "health_check", "kwargs": {"min_children": 5}},
-        {"op": "health_check", "kwargs": {"host": "z"}},
-    ])
-    assert ok == {"error": None}
-    assert few["error"] == "Unavailable: 2 fresh child(ren), fewer than min_children=5"
-    assert "no fresh supervisor (host=z)" in other_host["error"]
+    assert django_view.health_check(db_url) is None
+    assert django_view.health_check(db_url, min_children=5).endswith(
+        "navailable: 2 fresh child(ren), fewer than min_children=5")
+    assert "no fresh supervisor (host=z)" in django_view.health_check(db_url, host="z")
 
 
-def test_admin_is_read_only_and_migrations_are_complete(django_db_url):  # noqa: F811
-    makemigrations = subprocess.run(
-        [sys.executable, str(MANAGE), "makemigrations", "--check", "--dry-run",
-         "procrastinate_prefork"],
-        cwd=REPO, capture_output=True, text=True, timeout=60, env=django_env(django_db_url))
-    assert makemigrations.returncode == 0, makemigrations.stdout + makemigrations.stderr
-    sup_id = insert_supervisor(django_db_url, host="admin-host", pid=4321)
+@pytest.mark.django_db
+def test_admin_is_read_only_and_migrations_are_complete(admin_client):
+    from django.core.management import call_command
+    from django.db import connection
+
+    # pytest-django's test database was built by the migrations: no change left
+    call_command("makemigrations", "--check", "--dry-run", "procrastinate_prefork",
+                 verbosity=0)
+    with connection.cursor() as cursor:
+        sup_id = insert_supervisor(cursor, host="admin-host", pid=4321)
     base = "/admin/procrastinate_prefork/fleetprocess/"
-    _, changelist, view, add, delete, post = django_ops(django_db_url, [
-        {"op": "superuser"},
-        {"op": "http", "path": base},
-        {"op": "http", "path": f"{base}{sup_id}/change/"},
-        {"op": "http", "path": f"{base}add/"},
-        {"op": "http", "path": f"{base}{sup_id}/delete/"},
-        {"op": "http", "method": "POST", "path": f"{base}{sup_id}/change/"},
-    ])
-    assert changelist["status"] == 200 and "admin-host" in changelist["body"]
-    assert "4321" in changelist["body"] and "4322" in changelist["body"]
-    assert view["status"] == 200 and "admin-host" in view["body"]
-    assert 'name="_save"' not in view["body"]
-    assert add["status"] == 403 and delete["status"] == 403 and post["status"] == 403
-    with psycopg.connect(django_db_url, autocommit=True) as conn:
-        assert conn.execute(
-            "SELECT count(*) FROM procrastinate_prefork_processes").fetchone() == (3,)
+    changelist = admin_client.get(base)
+    view = admin_client.get(f"{base}{sup_id}/change/")
+    add = admin_client.get(f"{base}add/")
+    delete = admin_client.get(f"{base}{sup_id}/delete/")
+    post = admin_client.post(f"{base}{sup_id}/change/")
+    body = changelist.content.decode()
+    assert changelist.status_code == 200 and "admin-host" in body
+    assert "4321" in body and "4322" in body
+    assert view.status_code == 200 and "admin-host" in view.content.decode()
+    assert 'name="_save"' not in view.content.decode()
+    assert (add.status_code, delete.status_code, post.status_code) == (403, 403, 403)
+    from procrastinate_prefork.contrib.django.models import FleetProcess, ReadOnlyError
 
+    assert FleetProcess.objects.count() == 3
+    with pytest.raises(ReadOnlyError):
+        FleetProcess.objects.filter(pk=sup_id).delete()

@@ -107,7 +107,7 @@ DURATIONS = [o for o in config.OPTIONS if o.name in config.DURATION_MAXIMA]
 
 def test_every_duration_option_has_a_maximum():
     seconds = {"fetch_job_polling_interval", "abort_job_polling_interval",
-               "shutdown_graceful_timeout", "stalled_timeout", "heartbeat_interval",
+               "shutdown_graceful_timeout", "stalled_timeout", "stock_worker_timeout", "heartbeat_interval",
                "child_timeout", "job_timeout", "task_timeouts", "restart_backoff_max",
                "autoscale_cooldown"}
     assert {o.name for o in DURATIONS} == seconds
@@ -126,3 +126,34 @@ def test_queue_names_longer_than_procrastinate_allows_are_refused():
     assert parse(["--queues", "q" * 128]).queues == ("q" * 128,)
     with pytest.raises(ConfigError, match="--queues: a queue name must be at most 128"):
         parse(["--queues", "a," + "q" * 300])
+
+
+def test_settings_problems_lists_every_problem_by_kind():
+    problems = config.settings_problems(
+        {"concurency": 2, "concurrency": "4", "health_port": 0, "wait": False})
+    assert [(kind, key) for kind, key, _ in problems] == [
+        ("unknown", "concurency"), ("invalid", "concurrency"), ("invalid", "health_port")]
+    assert "did you mean 'concurrency'?" in problems[0][2]
+    assert config.settings_problems({"heartbeat_interval": 20})[0][0] == "inconsistent"
+    # valid apart, inconsistent only together: not an "invalid" value
+    assert config.settings_problems({"heartbeat_interval": 20, "stalled_timeout": 60}) == []
+    assert config.settings_problems(["concurrency"])[0][0] == "not_a_dict"
+
+
+def test_settings_want_python_numbers_not_strings():
+    with pytest.raises(ConfigError, match="PROCRASTINATE_PREFORK\\['concurrency'\\]"):
+        parse([], settings={"concurrency": "4"})
+    assert parse([], environ={"PROCRASTINATE_PREFORK_CONCURRENCY": "4"}).concurrency == 4
+    assert parse([], settings={"queues": "a,b"}).queues == ("a", "b")
+
+
+def test_suggest_flags_names_the_closest_flag():
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser)
+    message = config.suggest_flags(
+        parser, "unrecognized arguments: --concurency 2 --bogus --stalled-timout=3")
+    assert message.endswith("(--concurency: did you mean --concurrency?; "
+                            "--stalled-timout: did you mean --stalled-timeout?)")
+    assert config.suggest_flags(parser, "unrecognized arguments: --zzzz") == (
+        "unrecognized arguments: --zzzz")
+    assert config.suggest_flags(parser, "other error") == "other error"

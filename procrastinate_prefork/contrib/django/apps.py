@@ -11,6 +11,8 @@ class PreforkConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from . import checks  # noqa: F401 (registers the system checks)
+
         names = [config.name for config in apps.get_app_configs()]
         if "procrastinate.contrib.django" not in names:
             raise ImproperlyConfigured(

@@ -74,7 +74,10 @@ if _Base4 is not None:
                 check_fleet(self.host, self.queue, self.min_children)
 
 else:  # pragma: no cover - django-health-check 3.x
-    from health_check.backends import BaseHealthCheckBackend
+    try:
+        from health_check.backends import BaseHealthCheckBackend
+    except ImportError:  # 3.20+ (the last for Django 4.2) renamed it
+        from health_check.backends import HealthCheck as BaseHealthCheckBackend
 
     class PreforkFleetHealthCheck(BaseHealthCheckBackend):  # type: ignore[no-redef]
         critical_service = True
@@ -90,6 +93,9 @@ else:  # pragma: no cover - django-health-check 3.x
 
         def identifier(self) -> str:
             return "procrastinate-prefork fleet"
+
+        def __repr__(self) -> str:  # what 3.20+ asks for instead of identifier()
+            return self.identifier()
 
 
 def register() -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any, NoReturn
 
-from django.contrib.postgres.fields import ArrayField
 from django.db import models
 
 
@@ -39,6 +38,25 @@ class ReadOnlyQuerySet(models.QuerySet):
         _read_only()
 
 
+class QueueListField(models.Field):
+    """The ``varchar(255)[]`` column of queue names, read as a list of str.
+
+    Not ``django.contrib.postgres``'s ``ArrayField``: Django 6 refuses that
+    field unless ``django.contrib.postgres`` is in ``INSTALLED_APPS``, which a
+    read-only admin column must not force on every project. psycopg already
+    turns the array into a list; the model is unmanaged, so the column type
+    below is never used to create anything.
+    """
+
+    description = "List of queue names"
+
+    def db_type(self, connection: Any) -> str:
+        return "varchar(255)[]"
+
+    def value_to_string(self, obj: Any) -> str:
+        return ",".join(self.value_from_object(obj) or [])
+
+
 class FleetProcess(models.Model):
     """A supervisor or one of its children (``kind``)."""
 
@@ -63,7 +81,7 @@ class FleetProcess(models.Model):
     rss_bytes = models.BigIntegerField(null=True, blank=True, verbose_name="resident memory (bytes)")
     crash_loop = models.BooleanField(default=False)
     concurrency = models.IntegerField(null=True, blank=True)
-    queues = ArrayField(models.CharField(max_length=255), null=True, blank=True)
+    queues = QueueListField(null=True, blank=True)
     heartbeat_interval = models.FloatField(null=True, blank=True)
     stalled_timeout = models.FloatField(null=True, blank=True)
     started_at = models.DateTimeField()

@@ -12,7 +12,7 @@ from ..... import health, status
 
 
 class Command(BaseCommand):
-    help = "Show the procrastinate-prefork fleet; --check exits 0 healthy / 1 not."
+    help = "Show the procrastinate-prefork fleet; exits 0 when healthy, 1 when not."
     requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -30,7 +30,7 @@ class Command(BaseCommand):
         code = status.report(
             lambda: status.fetch_rows_django(connection), query,
             as_json=options["as_json"], check=options["check"],
-            out=self.stdout, err=self.stderr,
+            out=self.stdout, err=self.stderr, schema_hint="run `manage.py migrate`",
         )
         self.stdout.flush()
         if code:

@@ -20,6 +20,13 @@ class Command(BaseCommand):
     requires_system_checks: list[str] = []
     suppressed_base_arguments = {"--verbosity", "--traceback", "--no-color", "--force-color"}
 
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> Any:
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+        error = parser.error
+        parser.error = lambda message: error(  # type: ignore[method-assign]
+            config_module.suggest_flags(parser, message))
+        return parser
+
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         config_module.add_arguments(parser)
 
@@ -31,7 +38,12 @@ class Command(BaseCommand):
             )
         except ConfigError as exc:
             raise CommandError(str(exc), returncode=2) from None
-        code = run_fleet(config, DjangoBootstrap())
+        code = run_fleet(config, DjangoBootstrap(), on_error=_raise_command_error)
         sys.stdout.flush()
         if code:
             sys.exit(code)
+
+
+def _raise_command_error(message: str, code: int) -> None:
+    # Django prints "CommandError: <message>" and exits with the code.
+    raise CommandError(message, returncode=code)

@@ -24,6 +24,6 @@ ALTER TABLE procrastinate_prefork_processes
 
 
 class Migration(migrations.Migration):
-    dependencies = [("procrastinate_prefork", "0001_initial")]
+    dependencies = [("procrastinate_prefork", "0002_queues_without_contrib_postgres")]
 
     operations = [migrations.RunSQL(sql=FORWARD, reverse_sql=REVERSE)]
