@@ -9,6 +9,7 @@ down, every use fails fast and the next attempt waits a little longer.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -36,6 +37,35 @@ def connect(connection_args: dict[str, Any], app_name: str, **extra: Any) -> psy
     kwargs = dict(connection_args.get("kwargs") or {})
     kwargs.update(application_name=app_name, connect_timeout=CONNECT_TIMEOUT, **extra)
     return psycopg.connect(connection_args.get("conninfo", ""), **kwargs)
+
+
+#: seconds a LISTEN check waits for its own notification: on a direct
+#: connection it arrives within milliseconds
+LISTEN_CHECK_TIMEOUT = 1.5
+
+
+def listen_works(
+    connection_args: dict[str, Any], app_name: str,
+    timeout: float = LISTEN_CHECK_TIMEOUT,
+) -> bool:
+    """Whether a LISTEN on these connections receives notifications.
+
+    Behind a transaction pooler (PgBouncer in ``pool_mode = transaction``) a
+    client holds a server session only during a transaction: the LISTEN lands
+    on whichever session the pool lends for that one statement, and a
+    notification reaches that session, never this client. A second connection
+    sends the NOTIFY while the listening one sits idle, as the supervisor's
+    does: a pooled idle client has no server session, so nothing arrives.
+    Checking the behaviour, not the product, covers every pooler."""
+    channel = f"procrastinate_prefork_check_{os.getpid()}_{time.monotonic_ns()}"
+    # prepare_threshold=None: nothing is repeated here, but stay pooler-safe
+    with connect(connection_args, app_name, autocommit=True,
+                 prepare_threshold=None) as listener:
+        listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        with connect(connection_args, app_name, autocommit=True,
+                     prepare_threshold=None) as sender:
+            sender.execute("SELECT pg_notify(%s, '')", [channel])
+        return any(True for _ in listener.notifies(timeout=timeout, stop_after=1))
 
 
 class SupervisorDB:
