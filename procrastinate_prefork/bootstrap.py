@@ -252,8 +252,10 @@ class DjangoBootstrap(Bootstrap):
                     options = settings_dict.setdefault("OPTIONS", {})
                     options["application_name"] = application_name
                     if self.transaction_pooled:
-                        # the ORM's sessions go through the same pooler
-                        options.setdefault("prepare_threshold", None)
+                        # QuerySet.iterator()'s cursor would outlive its
+                        # transaction, on a server session the pooler then
+                        # lends to another client. (Django already turns
+                        # psycopg's prepared statements off by default.)
                         settings_dict["DISABLE_SERVER_SIDE_CURSORS"] = True
                     if options.get("pool"):
                         # one pool per child: psycopg_pool's default of 4

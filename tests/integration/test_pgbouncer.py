@@ -28,8 +28,15 @@ import pytest
 from procrastinate_prefork import db as prefork_db
 
 from ..apps.logged_app import events
-from ..fleet_helper import defer, jobs, wait_for
+from ..fleet_helper import FleetFactory, defer, jobs, wait_for
 from .test_health import free_port, probe
+
+try:  # the tox environment without Django skips the Django test only
+    from .test_django import (  # noqa: F401 - fixtures
+        SETTINGS, django_db_url, django_template_url, manage,
+    )
+except pytest.skip.Exception:
+    SETTINGS = None
 
 APP = "tests.apps.logged_app.app"
 POOL_SIZE = 2
@@ -265,3 +272,25 @@ def test_listen_dsn_through_the_pooler_falls_back_to_polling(fleet, bouncer_url)
     [fallback] = actions(fleet)["listen_unavailable"]
     assert fallback["fallback"] == "polling"
     assert fleet.stop() == 0
+
+
+def test_django_orm_tasks_through_pgbouncer(request, tmp_path, pgbouncer_port):
+    if SETTINGS is None:
+        pytest.skip("Django is not installed")
+    django_db_url = request.getfixturevalue("django_db_url")
+    fleet = FleetFactory(django_db_url, tmp_path).new()
+    ids = (defer(django_db_url, "tests.orm_iterate", 16, times=5)
+           + defer(django_db_url, "tests.orm_async", 16))
+    try:
+        code = fleet.run_to_exit(
+            command=manage("prefork_worker", "--concurrency", "4", "--one-shot"),
+            env={"DJANGO_SETTINGS_MODULE": SETTINGS,
+                 "DATABASE_URL": _with_port(django_db_url, pgbouncer_port),
+                 "PREFORK_TEST_CONN_MAX_AGE": "60"},
+            timeout=120,
+        )
+    finally:
+        if fleet.proc is not None and fleet.proc.poll() is None:
+            fleet.kill_all()
+    assert code == 0, fleet.log()
+    assert {row["status"] for row in jobs(django_db_url, ids)} == {"succeeded"}, fleet.log()
