@@ -40,8 +40,9 @@ def connect(connection_args: dict[str, Any], app_name: str, **extra: Any) -> psy
 
 
 #: seconds a LISTEN check waits for its own notification: on a direct
-#: connection it arrives within milliseconds
-LISTEN_CHECK_TIMEOUT = 1.5
+#: connection it arrives within milliseconds; generous for a loaded machine, paid
+#: in full only at the start of a pooled fleet
+LISTEN_CHECK_TIMEOUT = 3.0
 
 
 def listen_works(

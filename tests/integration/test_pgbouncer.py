@@ -254,7 +254,9 @@ def test_listen_dsn_wakes_an_idle_fleet_by_notification(fleet, db_url, bouncer_u
     assert pooling["listen_dsn"] is True
     assert "listen_unavailable" not in started
     assert db_url not in fleet.log()  # never shown: it may hold a password
-    time.sleep(1.0)  # every child idle in its first wait
+    wait_for(lambda: list(fleet.child_states().values()) == ["idle"] * 4,
+             message="every child idle")
+    time.sleep(1.0)  # and past its first fetch, waiting for a wake-up or a poll
     for _ in range(2):  # twice: more than one notification gets through
         deferred_at = time.time()
         [job_id] = defer(db_url, "cpu", ms=1)
