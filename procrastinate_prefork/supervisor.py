@@ -189,6 +189,8 @@ class Supervisor:
             conn = db.connect(
                 self.bootstrap.connection_args(), self.db.app_name, autocommit=True
             )
+        except StartupError:
+            raise
         except Exception as exc:  # psycopg.Error or a bad conninfo
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise StartupError(f"cannot connect to the database: {first_line}") from None
@@ -244,7 +246,12 @@ class Supervisor:
         if config.listen_dsn is not None:
             # on its own: the app's kwargs (host, port...) would override it
             self.db.connection_args = {"conninfo": config.listen_dsn}
-            direct = db.listen_works(self.db.connection_args, self.db.app_name)
+            try:
+                direct = db.listen_works(self.db.connection_args, self.db.app_name)
+            except Exception as exc:  # psycopg.Error: libpq never shows a password
+                first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise StartupError(f"cannot connect with --listen-dsn: {first_line}"
+                                   ) from None
             if not direct:  # pooled too: same precaution as the app's
                 self.db.connection_args["kwargs"] = {"prepare_threshold": None}
         else:

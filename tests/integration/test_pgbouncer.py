@@ -296,3 +296,13 @@ def test_django_orm_tasks_through_pgbouncer(request, tmp_path, pgbouncer_port):
             fleet.kill_all()
     assert code == 0, fleet.log()
     assert {row["status"] for row in jobs(django_db_url, ids)} == {"succeeded"}, fleet.log()
+
+
+def test_unreachable_listen_dsn_stops_the_start_and_says_which(fleet, db_url):
+    code = fleet.run_to_exit(
+        "--listen-dsn", "postgresql://nobody:SECRET-77@127.0.0.1:1/x", timeout=30)
+    assert code == 1
+    assert "error: cannot connect with --listen-dsn: " in fleet.log()
+    assert "SECRET-77" not in fleet.log()
+    assert "Child" not in fleet.log()
+    assert "Traceback" not in fleet.log()
