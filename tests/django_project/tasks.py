@@ -38,5 +38,6 @@ def orm_iterate(times: int = 10) -> int:
     from django.contrib.contenttypes.models import ContentType
 
     return sum(
-        1 for _ in range(times) for _ in ContentType.objects.all().iterator(chunk_size=2)
+        1 for _ in range(times)
+        for _ in ContentType.objects.all().iterator(chunk_size=2)
     )
