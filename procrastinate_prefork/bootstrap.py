@@ -93,6 +93,21 @@ class Bootstrap:
 
     #: shown in the banner
     description = ""
+    #: set by the supervisor before any fork when the app's connections go
+    #: through a transaction pooler (see ``pooler_safe``)
+    transaction_pooled = False
+
+    def pooler_safe(self, args: dict[str, Any]) -> dict[str, Any]:
+        """``args`` with psycopg's prepared statements off when pooled: psycopg
+        prepares a query after 5 runs on one connection, and a transaction
+        pooler (PgBouncer before 1.21, or without max_prepared_statements)
+        then sends its next run to a server session that never saw it. An
+        explicit ``prepare_threshold`` of the user's is kept."""
+        if not self.transaction_pooled:
+            return args
+        kwargs = dict(args.get("kwargs") or {})
+        kwargs.setdefault("prepare_threshold", None)
+        return {**args, "kwargs": kwargs}
 
     @property
     def app(self) -> procrastinate.App:
@@ -156,7 +171,7 @@ class AppBootstrap(Bootstrap):
         return self._app
 
     def connection_args(self) -> dict[str, Any]:
-        return dict(self._args)
+        return self.pooler_safe(dict(self._args))
 
 
 class PlainBootstrap(AppBootstrap):
@@ -220,7 +235,7 @@ class DjangoBootstrap(Bootstrap):
     def connection_args(self) -> dict[str, Any]:
         from procrastinate.contrib.django.utils import connector_params
 
-        return {"kwargs": connector_params(self.alias)}
+        return self.pooler_safe({"kwargs": connector_params(self.alias)})
 
     def before_fork(self) -> None:
         from django.db import connections
@@ -246,6 +261,12 @@ class DjangoBootstrap(Bootstrap):
                 if "postgresql" in settings_dict.get("ENGINE", ""):
                     options = settings_dict.setdefault("OPTIONS", {})
                     options["application_name"] = application_name
+                    if self.transaction_pooled:
+                        # QuerySet.iterator()'s cursor would outlive its
+                        # transaction, on a server session the pooler then
+                        # lends to another client. (Django already turns
+                        # psycopg's prepared statements off by default.)
+                        settings_dict["DISABLE_SERVER_SIDE_CURSORS"] = True
                     if options.get("pool"):
                         # one pool per child: psycopg_pool's default of 4
                         # sessions each would multiply by the fleet size

@@ -153,6 +153,24 @@ def _non_empty_str(value: Any) -> str:
     return text
 
 
+def _listen_dsn(value: Any) -> str | None:
+    """A libpq connection string. Errors never repeat it: it may hold a
+    password."""
+    if value is None or not str(value).strip():
+        return None
+    import psycopg
+
+    text = str(value).strip()
+    try:
+        psycopg.conninfo.conninfo_to_dict(text)
+    except psycopg.Error:
+        raise ConfigError(
+            "not a valid libpq connection string (a postgresql:// URL or "
+            "key=value pairs)"
+        ) from None
+    return text
+
+
 def _task_timeouts(value: Any) -> dict[str, float]:
     """``{"task.name": 10}`` from settings, or ``"a=10,b=2.5"`` / a list of
     ``NAME=SECONDS`` strings from the command line and environment."""
@@ -310,6 +328,14 @@ OPTIONS: tuple[Option, ...] = (
         "Wake children on new jobs through the supervisor's single LISTEN session.",
         group="worker", env=("PROCRASTINATE_WORKER_LISTEN_NOTIFY",),
         negative_flag="--no-listen-notify",
+    ),
+    Option(
+        "listen_dsn", ("--listen-dsn",), _listen_dsn, None,
+        "libpq connection string of a direct (unpooled) connection for the "
+        "supervisor's session (LISTEN, heartbeats, sweeps, recoveries), when the "
+        "app's database URL goes through PgBouncer in transaction mode; without "
+        "it the fleet then finds new jobs by polling.", metavar="DSN",
+        default_doc="the app's connection",
     ),
     Option(
         "delete_jobs", ("--delete-jobs",), _choice("never", "successful", "always"),
@@ -471,6 +497,7 @@ class PreforkConfig:
     abort_job_polling_interval: float
     shutdown_graceful_timeout: float
     listen_notify: bool
+    listen_dsn: str | None = dataclasses.field(repr=False)  # may hold a password
     delete_jobs: str
     stalled_timeout: float
     stock_worker_timeout: float

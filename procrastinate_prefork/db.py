@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -149,6 +150,36 @@ def connect(
         kwargs.update(timeouts.connection_params())
     kwargs.update(application_name=app_name, connect_timeout=CONNECT_TIMEOUT, **extra)
     return psycopg.connect(connection_args.get("conninfo", ""), **kwargs)
+
+
+#: seconds a LISTEN check waits for its own notification: on a direct
+#: connection it arrives within milliseconds; generous for a loaded machine, paid
+#: in full only at the start of a pooled fleet
+LISTEN_CHECK_TIMEOUT = 3.0
+
+
+def listen_works(
+    connection_args: dict[str, Any], app_name: str,
+    timeout: float = LISTEN_CHECK_TIMEOUT,
+) -> bool:
+    """Whether a LISTEN on these connections receives notifications.
+
+    Behind a transaction pooler (PgBouncer in ``pool_mode = transaction``) a
+    client holds a server session only during a transaction: the LISTEN lands
+    on whichever session the pool lends for that one statement, and a
+    notification reaches that session, never this client. A second connection
+    sends the NOTIFY while the listening one sits idle, as the supervisor's
+    does: a pooled idle client has no server session, so nothing arrives.
+    Checking the behaviour, not the product, covers every pooler."""
+    channel = f"procrastinate_prefork_check_{os.getpid()}_{time.monotonic_ns()}"
+    # prepare_threshold=None: nothing is repeated here, but stay pooler-safe
+    with connect(connection_args, app_name, autocommit=True,
+                 prepare_threshold=None) as listener:
+        listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        with connect(connection_args, app_name, autocommit=True,
+                     prepare_threshold=None) as sender:
+            sender.execute("SELECT pg_notify(%s, '')", [channel])
+        return any(True for _ in listener.notifies(timeout=timeout, stop_after=1))
 
 
 class SupervisorDB:

@@ -210,10 +210,13 @@ class Supervisor:
                 extra={"action": "unknown_task_timeout", "tasks": unknown},
             )
         try:
+            self._check_pooling()
             conn = db.connect(
                 self.bootstrap.connection_args(), self.db.app_name, self.db_timeouts,
                 autocommit=True,
             )
+        except StartupError:
+            raise
         except Exception as exc:  # psycopg.Error or a bad conninfo
             # libpq quotes what it cannot parse, a password included
             first_line = redact.without_secrets(
@@ -256,6 +259,53 @@ class Supervisor:
                     predecessor["pid"], len(recovered),
                     extra={"action": "predecessor_recovered", "jobs": len(recovered)},
                 )
+
+    def _check_pooling(self) -> None:
+        """Before any fork: are the app's connections pooled per transaction
+        (PgBouncer), and where can the supervisor LISTEN?
+
+        Pooled: prepared statements go off on every connection of the fleet
+        (``Bootstrap.pooler_safe``); the supervisor's session moves to
+        ``--listen-dsn`` if that one receives notifications, else it stops
+        LISTENing and new jobs are found by the children's polling. Either way
+        the supervisor still wakes children through their pipes after a
+        recovery or a sweep."""
+        config = self.config
+        self.bootstrap.transaction_pooled = not db.listen_works(
+            self.bootstrap.connection_args(), self.db.app_name
+        )
+        if config.listen_dsn is not None:
+            # on its own: the app's kwargs (host, port...) would override it
+            self.db.connection_args = {"conninfo": config.listen_dsn}
+            try:
+                direct = db.listen_works(self.db.connection_args, self.db.app_name)
+            except Exception as exc:  # psycopg.Error: libpq never shows a password
+                first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise StartupError(f"cannot connect with --listen-dsn: {first_line}"
+                                   ) from None
+            if not direct:  # pooled too: same precaution as the app's
+                self.db.connection_args["kwargs"] = {"prepare_threshold": None}
+        else:
+            direct = not self.bootstrap.transaction_pooled
+            self.db.connection_args = self.bootstrap.connection_args()
+        if self.bootstrap.transaction_pooled:
+            logger.info(
+                "The database connections go through a transaction pooler: "
+                "prepared statements off", extra={
+                    "action": "transaction_pooling",
+                    "listen_dsn": config.listen_dsn is not None,
+                },
+            )
+        if not direct and config.listen_notify:
+            self.db.channels = []  # a LISTEN there would receive nothing
+            logger.warning(
+                "LISTEN receives no notification on %s: new jobs are found by "
+                "polling every %g s (give --listen-dsn a direct connection)",
+                "the --listen-dsn connection" if config.listen_dsn
+                else "the database connection", config.fetch_job_polling_interval,
+                extra={"action": "listen_unavailable", "fallback": "polling",
+                       "polling_interval": config.fetch_job_polling_interval},
+            )
 
     def _install_signals(self) -> None:
         self._sig_r, self._sig_w = os.pipe()
@@ -862,6 +912,10 @@ def banner(config: PreforkConfig, bootstrap: Bootstrap) -> str:
         f"  queues:        {queues}",
         f"  wait:          {'yes' if config.wait else 'no (one-shot)'}",
         f"  listen/notify: {'one LISTEN session, children woken by pipe' if config.listen_notify else 'off (polling every %g s)' % config.fetch_job_polling_interval}",
+    ]
+    if config.listen_dsn and config.listen_notify:
+        lines[-1] += " (session on --listen-dsn)"
+    lines += [
         f"  graceful stop: {config.shutdown_graceful_timeout:g} s (shared deadline)",
         f"  stalled after: {config.stalled_timeout:g} s; heartbeat every {config.heartbeat_interval:g} s",
         f"  wedged after:  {config.child_timeout:g} s; job time limit: {limit}"

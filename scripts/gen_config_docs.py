@@ -97,6 +97,13 @@ def kind_of(parse: Callable[..., Any]) -> Kind:
             "a dotted path `str`, or the callable itself",
             "PATH",
         )
+    if name == "_listen_dsn":
+        return Kind(
+            "a libpq connection string: `postgresql://user@host:5432/db` or "
+            "`host=... dbname=...` (passwords: better in a `.pgpass` file)",
+            "`str`",
+            "DSN",
+        )
     raise SystemExit(
         f"gen_config_docs: no description for the parser {parse.__qualname__!r}; "
         "teach kind_of() about it"

@@ -28,3 +28,16 @@ async def orm_async() -> int:
     again = await sync_to_async(_count_content_types, thread_sensitive=True)()
     assert count == again
     return count
+
+
+
+@app.task(name="tests.orm_iterate")
+def orm_iterate(times: int = 10) -> int:
+    """``QuerySet.iterator()`` (a server-side cursor unless the database's
+    DISABLE_SERVER_SIDE_CURSORS), fetched in small chunks, several times."""
+    from django.contrib.contenttypes.models import ContentType
+
+    return sum(
+        1 for _ in range(times)
+        for _ in ContentType.objects.all().iterator(chunk_size=2)
+    )

@@ -74,6 +74,8 @@ def test_invalid_option_value_exits_2(fleet, db_url, args, expected):
      "environment variable PROCRASTINATE_WORKER_DELETE_JOBS: expected one of"),
     ({"PROCRASTINATE_PREFORK_LISTEN_NOTIFY": "sometimes"},
      "environment variable PROCRASTINATE_PREFORK_LISTEN_NOTIFY: expected a boolean"),
+    ({"PROCRASTINATE_PREFORK_LISTEN_DSN": "host=db password=SECRET-77 dangling"},
+     "environment variable PROCRASTINATE_PREFORK_LISTEN_DSN: not a valid libpq"),
     ({"PROCRASTINATE_PREFORK_HOSTNAME": "x" * 300},
      "environment variable PROCRASTINATE_PREFORK_HOSTNAME: must be at most 200"),
 ])

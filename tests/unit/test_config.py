@@ -157,3 +157,23 @@ def test_suggest_flags_names_the_closest_flag():
     assert config.suggest_flags(parser, "unrecognized arguments: --zzzz") == (
         "unrecognized arguments: --zzzz")
     assert config.suggest_flags(parser, "other error") == "other error"
+
+
+def test_listen_dsn_from_every_source_and_never_shown():
+    url = "postgresql://prefork:SECRET-77@db.internal:5432/app"
+    assert parse([]).listen_dsn is None
+    assert parse(["--listen-dsn", url]).listen_dsn == url
+    environ = {"PROCRASTINATE_PREFORK_LISTEN_DSN": "host=db.internal dbname=app"}
+    assert parse([], environ).listen_dsn == "host=db.internal dbname=app"
+    assert parse([], settings={"listen_dsn": url}).listen_dsn == url
+    assert "SECRET-77" not in repr(parse(["--listen-dsn", url]))
+
+
+@pytest.mark.parametrize("value", [
+    "host=db password=SECRET-77 dangling",
+    "postgresql://u:SECRET-77@db/app?nosuchparameter=1",
+])
+def test_bad_listen_dsn_is_refused_without_repeating_it(value):
+    with pytest.raises(ConfigError, match="--listen-dsn: not a valid libpq") as caught:
+        parse(["--listen-dsn", value])
+    assert "SECRET-77" not in str(caught.value)
