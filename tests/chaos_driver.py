@@ -749,7 +749,15 @@ class ChaosRun:
                 starter = self._pg_ctl_async("start", "-w")
             if self._db_down and starter is not None and starter.poll() is not None:
                 if starter.returncode != 0:
-                    raise RuntimeError(f"pg.sh ctl start failed: {starter.communicate()[0]}")
+                    # the port may be taken for a moment as another program's
+                    # ephemeral client port: try again
+                    if now > give_up - 30:
+                        raise RuntimeError(
+                            f"pg.sh ctl start failed: {starter.communicate()[0]}")
+                    starter = None
+                    back_at = now + 1
+                    yield
+                    continue
                 self._db_down = False
                 self._db_calm_at = now + 10
                 self.say("PostgreSQL is back")
@@ -921,9 +929,9 @@ class ChaosRun:
         if config.stop_children:
             cycle.append((0.27, "stop_long"))  # past --child-timeout: killed as wedged
         if config.fleet_lock:
-            cycle.append((0.33, "fleet_lock"))
+            cycle.append((0.38, "fleet_lock"))  # after stop_long
         if config.stop_children:
-            cycle.append((0.55, "stop_short"))  # resumed before --child-timeout
+            cycle.append((0.56, "stop_short"))  # resumed before --child-timeout
         if config.restart_db:
             cycle.append((0.62, "restart_db"))
         if config.db_outage:
@@ -1232,6 +1240,8 @@ class ChaosRun:
         for lock, runs in by_lock.items():
             runs.sort(key=lambda r: r.start)
             for earlier, later in itertools.pairwise(runs):
+                if earlier.job_id == later.job_id:
+                    continue  # a rerun of one job: the rerun check judges it
                 if earlier.finish is not None:
                     busy_until = earlier.finish
                 else:  # interrupted: its process was alive at least until then
