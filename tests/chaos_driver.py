@@ -72,10 +72,12 @@ def overrun_seconds(long: bool, limit: float, rng: random.Random) -> float:
 
 
 def time_limit_blames(lines: list[str]) -> list[int]:
-    """Job ids the supervisors' logs name as past their time limit."""
+    """Job ids the supervisors' logs name as past their time limit, once per
+    enforcement (its SIGTERM line; the SIGKILL and recovery lines repeat it)."""
     return [
         int(m.group(1)) for line in lines
-        if (m := _TIME_LIMIT_LINE.search(line)) and "procrastinate_prefork" in line
+        if "procrastinate_prefork.supervisor:" in line and line.endswith(", SIGTERM")
+        and (m := _TIME_LIMIT_LINE.search(line))
     ]
 
 
@@ -814,10 +816,6 @@ class ChaosRun:
         the worker (it drains: no heartbeat any more) and start a new stock
         worker at once, as a rolling deploy does. The job must not run again
         while the first worker lives (the rerun check)."""
-        worker = self._stock_current()
-        if worker is None:
-            self.report.problems.append("stock worker: none alive to SIGTERM")
-            return
         params = json.dumps({"seconds": self.config.stock_job_seconds})
         while True:
             try:
@@ -825,13 +823,20 @@ class ChaosRun:
                 break
             except psycopg.OperationalError:
                 yield
+        # only stock workers serve its queue; one may die (procrastinate's
+        # own crashes are reported elsewhere): the job runs on the next one
         deadline = time.monotonic() + 60
-        while not any(
-            r.job_id == job_id and r.pid == worker.pid for r in self.markers.runs.values()
-        ):
-            if time.monotonic() > deadline or worker.exited():
-                self.say(f"stock worker {worker.pid} did not start job {job_id}: "
-                         "no SIGTERM mid-job")
+        while True:
+            stock = {f.pid: f for f in self.stock if not f.exited()}
+            running = [r.pid for r in self.markers.runs.values()
+                       if r.job_id == job_id and r.outcome is None and r.pid in stock]
+            if running:
+                worker = stock[running[-1]]
+                break
+            if time.monotonic() > deadline:
+                self.report.problems.append(
+                    f"stock worker: job {job_id} not started on a live stock worker "
+                    "within 60 s")
                 return
             yield
         worker.signal(signal.SIGTERM)

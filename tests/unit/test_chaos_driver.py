@@ -152,10 +152,12 @@ def test_a_job_blamed_for_a_time_limit_it_was_not_deferred_to_exceed_is_caught()
         "2026-01-01 10:00:02,100 WARNING [7] procrastinate_prefork.recovery: Recovered "
         "job 20 (chaos_cpu): retried, crash [cause: job 19 (chaos_cpu) exceeded its "
         "time limit, child pid: 9, crashes: 1]",
-        "a task's own output: job 21 (x) exceeded its time limit",
+        "a task's own output: job 21 (x) exceeded its time limit, SIGTERM",
+        "2026-01-01 10:00:03,000 ERROR   [7] procrastinate_prefork.supervisor: Child 2 "
+        "(pid 8): job 19 (chaos_cpu) exceeded its time limit, SIGTERM",
     ]
     blamed = time_limit_blames(lines)
-    assert blamed == [18, 19, 19]
+    assert blamed == [18, 19]
     assert wrongly_blamed(blamed, long={18}) == [19]
     assert wrongly_blamed([18, 18], long={18, 22}) == []
 
