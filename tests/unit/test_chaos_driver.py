@@ -11,6 +11,8 @@ from ..chaos_driver import (
     ATTACKS,
     ChaosConfig,
     ChaosRun,
+    Steady,
+    last_error_line,
     overrun_seconds,
     time_limit_blames,
     wrongly_blamed,
@@ -199,3 +201,31 @@ def test_books_of_queueing_lock_and_time_limited_jobs(tmp_path):
     assert problems[4] == "job 7 (chaos_overrun) ended failed, expected succeeded"
     assert len(problems) == 5
     assert (run.report.lost, run.report.wrong_status) == (3, 1)
+
+
+def test_a_count_converges_only_once_it_holds():
+    steady = Steady(4, 3.0)
+    # a stacked rolling restart passes through the target on its way up
+    assert [steady.update(n, t) for n, t in [(4, 0.0), (8, 0.5), (4, 1.0), (3, 2.0)]] \
+        == [False] * 4
+    assert not steady.update(4, 2.5)
+    assert not steady.update(4, 5.4)
+    assert steady.update(4, 5.5)
+
+
+def test_a_stock_worker_death_is_told_in_one_line():
+    log = ("INFO:procrastinate.worker:Starting job\nTraceback (most recent call last):\n"
+           "psycopg.errors.ForeignKeyViolation: insert or update on table\n"
+           "DETAIL:  Key (worker_id)=(5) is not present\nDatabase error.\n")
+    assert last_error_line(log) == "psycopg.errors.ForeignKeyViolation: insert or update on table"
+    assert last_error_line("just\nthis\n") == "this"
+    assert last_error_line("") == ""
+
+
+def test_supervisor_kills_spare_the_hosts_under_watch(tmp_path):
+    run = ChaosRun("", tmp_path, ChaosConfig(seed=3))
+    hosts = run.hostnames()
+    assert run.host_with("sighup") == hosts[1]
+    assert run.killable_hosts() == [hosts[0], hosts[2]]
+    run._outage_hosts.add(hosts[2])
+    assert run.killable_hosts() == [hosts[0]]
