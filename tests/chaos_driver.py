@@ -190,8 +190,8 @@ class ChaosConfig:
     #: runs a ``stock_job_seconds`` job (a new one is started at once)
     stock_worker: bool = True
     stock_job_seconds: float = 12.0
-    #: ACCESS EXCLUSIVE lock on the fleet table held past the longest
-    #: stalled timeout
+    #: ACCESS EXCLUSIVE lock on the fleet table held for twice the longest
+    #: stalled timeout (plus a second)
     fleet_lock: bool = True
     stalled_timeout: float = 6.0
     heartbeat_interval: float = 1.0
@@ -908,8 +908,9 @@ class ChaosRun:
 
     def fleet_lock(self) -> Iterator[None]:
         """``LOCK TABLE procrastinate_prefork_processes IN ACCESS EXCLUSIVE
-        MODE`` held past the longest stalled timeout of the fleet."""
-        hold = self.config.longest_stalled_timeout() + 3
+        MODE`` held for twice the longest stalled timeout of the fleet: every
+        heartbeat written behind it is older than any host's timeout."""
+        hold = 2 * self.config.longest_stalled_timeout() + 1
         try:
             conn = psycopg.connect(self.db_url, connect_timeout=5)
             conn.execute("SET lock_timeout = '20s'")
@@ -971,11 +972,11 @@ class ChaosRun:
         if config.fleet_lock:
             cycle.append((0.38, "fleet_lock"))  # after stop_long
         if config.stop_children:
-            cycle.append((0.56, "stop_short"))  # resumed before --child-timeout
+            cycle.append((0.62, "stop_short"))  # resumed before --child-timeout
         if config.restart_db:
-            cycle.append((0.62, "restart_db"))
+            cycle.append((0.66, "restart_db"))
         if config.db_outage:
-            cycle.append((0.72, "db_outage"))
+            cycle.append((0.75, "db_outage"))
         period = config.repeat_every or config.seconds
         plan = []
         cycle_start = 0.0
