@@ -44,7 +44,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from procrastinate_prefork import schema as prefork_schema  # noqa: E402
-from tests.chaos_driver import ATTACKS, ChaosConfig, ChaosRun, throwaway_pg  # noqa: E402
+from tests.chaos_driver import (  # noqa: E402
+    ATTACKS,
+    ChaosConfig,
+    ChaosRun,
+    throwaway_pg,
+)
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,8 @@ MIX = {
     "chaos_fail": 0.10,
 }
 LOCKS = 6  # distinct lock strings the locked jobs share
+#: (queue, task, lock, queueing_lock, json args) of a job to defer
+JobRow = tuple[str, str, str | None, str | None, str]
 QUEUEING_LOCKS = 3  # distinct queueing_lock (= lock) values of chaos_queued
 #: A recovered queueing-lock job may find another job of its queueing lock
 #: already ``todo``: it cannot go back to ``todo`` itself, and ``failed`` is a
@@ -354,7 +356,7 @@ class ProcessWatch:
         self.killed: dict[int, str] = {}  # pid -> why the driver killed it
 
     def observe(
-        self, supervisors: list[int], others: list[int] = (),  # type: ignore[assignment]
+        self, supervisors: list[int], others: Sequence[int] = (),
     ) -> dict[int, list[int]]:
         """Supervisors and their children; ``others`` (stock workers) are only
         watched for being alive."""
@@ -460,8 +462,9 @@ class ChaosReport:
             f"{self.interrupted_reruns}; duplicates (completed, then run again "
             f"after a kill): {self.duplicates}",
             f"lost: {self.lost}; wrong final status: {self.wrong_status}",
-            f"queueing-lock jobs: {self.queueing_lock_jobs} ({self.queueing_lock_refused} "
-            f"defers refused by the lock, {self.queueing_lock_failed} ended failed)",
+            f"queueing-lock jobs: {self.queueing_lock_jobs} "
+            f"({self.queueing_lock_refused} defers refused by the lock, "
+            f"{self.queueing_lock_failed} ended failed)",
             f"hosts (stalled timeout/heartbeat): {self.host_timeouts}",
             f"database outages: {self.db_outages} ({self.outage_start_attempts} "
             f"supervisor starts across it)",
@@ -584,18 +587,18 @@ class ChaosRun:
 
     # --- jobs
 
-    def _insert(self, rows: list[tuple[str, str, str | None, str | None, str]]) -> list[int]:
+    def _insert(self, rows: list[JobRow]) -> list[int]:
         """(queue, task, lock, queueing_lock, json args) rows inserted in one
         statement, the way procrastinate's defer does; returns their ids."""
-        queues, names, locks, qlocks, args = (list(col) for col in zip(*rows, strict=True))
+        columns = [list(col) for col in zip(*rows, strict=True)]
         with psycopg.connect(self.db_url, autocommit=True, connect_timeout=5) as conn:
             row = conn.execute(
                 "SELECT procrastinate_defer_jobs_v1(array_agg(ROW("
                 "  t.queue, t.task, 0, t.lock, t.qlock, t.args::jsonb, NULL"
                 ")::procrastinate_job_to_defer_v1 ORDER BY t.n)) "
-                "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[]) "
-                "WITH ORDINALITY AS t(queue, task, lock, qlock, args, n)",
-                [queues, names, locks, qlocks, args],
+                "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], "
+                "  %s::text[]) WITH ORDINALITY AS t(queue, task, lock, qlock, args, n)",
+                columns,
             ).fetchone()
         assert row is not None
         ids = list(row[0])
@@ -842,7 +845,8 @@ class ChaosRun:
             if time.monotonic() > deadline:
                 self.report.problems.append(
                     f"SIGHUP burst: supervisor {fleet.pid} has {count} live children "
-                    f"{self.config.converge_timeout:g} s after the burst, target {target}")
+                    f"{self.config.converge_timeout:g} s after the burst, "
+                    f"target {target}")
                 return
             yield
 
@@ -881,7 +885,8 @@ class ChaosRun:
         self.start_stock_worker()
 
     def _stock_current(self) -> Fleet | None:
-        live = [f for f in self.stock if not f.exited() and f.pid not in self.watch.killed]
+        live = [f for f in self.stock
+                if not f.exited() and f.pid not in self.watch.killed]
         return live[-1] if live else None
 
     def keep_stock_worker(self) -> None:
@@ -899,8 +904,8 @@ class ChaosRun:
             why = self.watch.killed.setdefault(fleet.pid, f"stock worker exited {code}")
             if code != 0 and not why.startswith("SIGTERM") and now >= self._db_calm_at:
                 self.report.problems.append(
-                    f"stock worker {fleet.pid} died (exit {code}) with the database up: "
-                    f"{last_error_line(fleet.log())}")
+                    f"stock worker {fleet.pid} died (exit {code}) with the database "
+                    f"up: {last_error_line(fleet.log())}")
         if (self.config.stock_worker and self._stock_current() is None
                 and now >= self._stock_next_start and not self._stopping):
             self.start_stock_worker()
@@ -999,7 +1004,8 @@ class ChaosRun:
             # a host judging by the long stalled timeout: a double run it
             # causes is then the outage's, not the short timeout's
             short = self.host_with("short-timeout")
-            hosts = [h for h in self.killable_hosts() if h != short] or self.killable_hosts()
+            killable = self.killable_hosts()
+            hosts = [h for h in killable if h != short] or killable
             self._tasks.append(self.db_outage(self.rng.choice(hosts)))
         elif action == "sighup_burst":
             hostname = self.host_with("sighup")
@@ -1234,7 +1240,8 @@ class ChaosRun:
         expected = self.expected.get(row["id"]) or {EXPECTED_STATUS[row["task_name"]]}
         if row["status"] in ("todo", "doing"):
             report.lost += 1
-            report.problems.append(f"job {row['id']} ({row['task_name']}) left {row['status']}")
+            report.problems.append(
+                f"job {row['id']} ({row['task_name']}) left {row['status']}")
         elif row["status"] not in expected:
             report.wrong_status += 1
             report.problems.append(

@@ -107,7 +107,9 @@ def chaos_locked(context: procrastinate.JobContext, seconds: float = 0.1, **_: A
 
 
 @app.task(name="chaos_queued", pass_context=True)
-def chaos_queued(context: procrastinate.JobContext, seconds: float = 0.5, **_: Any) -> None:
+def chaos_queued(
+    context: procrastinate.JobContext, seconds: float = 0.5, **_: Any
+) -> None:
     """Deferred with ``queueing_lock`` and ``lock`` equal."""
     _mark(context, "start")
     time.sleep(seconds)
@@ -115,7 +117,9 @@ def chaos_queued(context: procrastinate.JobContext, seconds: float = 0.5, **_: A
 
 
 @app.task(name="chaos_overrun", pass_context=True)
-def chaos_overrun(context: procrastinate.JobContext, seconds: float = 0.5, **_: Any) -> None:
+def chaos_overrun(
+    context: procrastinate.JobContext, seconds: float = 0.5, **_: Any
+) -> None:
     """Given a time limit (``--task-timeout chaos_overrun=...``) on one host."""
     _mark(context, "start")
     time.sleep(seconds)

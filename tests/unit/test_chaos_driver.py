@@ -107,7 +107,8 @@ def test_each_attack_can_be_left_out(tmp_path, monkeypatch):
     assert none == []
     monkeypatch.setenv("CHAOS_OFF", "fleet_lock,sighup_burst")
     config = ChaosConfig.from_env()
-    assert (config.fleet_lock, config.sighup_burst, config.db_outage) == (False, 0, True)
+    assert (config.fleet_lock, config.sighup_burst) == (False, 0)
+    assert config.db_outage
     actions = [a for _, a in ChaosRun("", tmp_path, config).schedule()]
     assert "fleet_lock" not in actions and "sighup_burst" not in actions
     monkeypatch.setenv("CHAOS_OFF", "nosuch")
@@ -130,7 +131,8 @@ def test_hosts_get_their_roles():
     # nobody but the stock worker serves the stock queue
     assert _opt(args[2], "--child-concurrency") == "2"
     assert _opt(args[2], "--task-timeout") == "chaos_overrun=2"
-    assert [_opt(a, "--queues") for a in args] == ["default", "default", "default,timed"]
+    queues = [_opt(a, "--queues") for a in args]
+    assert queues == ["default", "default", "default,timed"]
     assert config.roles() == {"short-timeout": 0, "sighup": 1, "timed": 2}
     assert config.longest_stalled_timeout() == 6.0
     # all off: every host alike, as before these attacks
@@ -191,7 +193,8 @@ def test_books_of_queueing_lock_and_time_limited_jobs(tmp_path):
     for row in [_job(1, "chaos_queued", "succeeded"), _job(2, "chaos_queued", "failed"),
                 _job(3, "chaos_queued", "doing"), _job(9, "chaos_queued", "todo"),
                 _job(4, "chaos_overrun", "failed"), _job(5, "chaos_overrun", "failed"),
-                _job(6, "chaos_overrun", "succeeded"), _job(7, "chaos_overrun", "failed")]:
+                _job(6, "chaos_overrun", "succeeded"),
+                _job(7, "chaos_overrun", "failed")]:
         run.check_job(row, by_job.get(row["id"], []))
     problems = run.report.problems
     assert problems[0] == "job 3 (chaos_queued) left doing"
@@ -214,10 +217,11 @@ def test_a_count_converges_only_once_it_holds():
 
 
 def test_a_stock_worker_death_is_told_in_one_line():
-    log = ("INFO:procrastinate.worker:Starting job\nTraceback (most recent call last):\n"
-           "psycopg.errors.ForeignKeyViolation: insert or update on table\n"
+    error = "psycopg.errors.ForeignKeyViolation: insert or update on table"
+    log = ("INFO:procrastinate.worker:Starting job\n"
+           f"Traceback (most recent call last):\n{error}\n"
            "DETAIL:  Key (worker_id)=(5) is not present\nDatabase error.\n")
-    assert last_error_line(log) == "psycopg.errors.ForeignKeyViolation: insert or update on table"
+    assert last_error_line(log) == error
     assert last_error_line("just\nthis\n") == "this"
     assert last_error_line("") == ""
 
