@@ -7,8 +7,13 @@ A steady stream of mixed jobs (--rate per second) goes to --supervisors
 fleets of --children children while a random child is SIGKILLed about every
 --kill-interval seconds and, every --cycle-minutes, one supervisor is
 SIGKILLed and restarted, two children are SIGSTOPped (one past
---child-timeout) and PostgreSQL is restarted (only on the throwaway server of
-scripts/pg.sh, which scripts/soak.sh starts when DATABASE_URL is unset).
+--child-timeout), PostgreSQL is restarted and stopped for a few seconds
+while a supervisor is started in a loop (both only on the throwaway server of
+scripts/pg.sh, which scripts/soak.sh starts when DATABASE_URL is unset), one
+supervisor gets a burst of SIGHUPs, a stock procrastinate worker is SIGTERMed
+mid-job and the fleet table is locked; queueing-lock jobs, hosts with
+different stalled timeouts and time-limited jobs at --child-concurrency 2 run
+throughout (the chaos test's attacks; --off leaves some out).
 
 Each report line: elapsed time, jobs deferred and finished, throughput over
 the last interval, child kills, recoveries and duplicates so far, and the
@@ -39,7 +44,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from procrastinate_prefork import schema as prefork_schema  # noqa: E402
-from tests.chaos_driver import ChaosConfig, ChaosRun, throwaway_pg  # noqa: E402
+from tests.chaos_driver import (  # noqa: E402
+    ATTACKS,
+    ChaosConfig,
+    ChaosRun,
+    throwaway_pg,
+)
 
 
 @contextlib.contextmanager
@@ -158,7 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cycle-minutes", type=float, default=2.0,
                    help="a supervisor kill, two SIGSTOPs and a PostgreSQL "
                    "restart per cycle")
-    p.add_argument("--no-db-restart", action="store_true")
+    p.add_argument("--no-db-restart", action="store_true",
+                   help="no PostgreSQL restart nor outage")
+    p.add_argument("--off", default="", metavar="ATTACK,...",
+                   help=f"attacks to leave out, among: {', '.join(ATTACKS)}")
     p.add_argument("--report-every", type=float, default=10.0, help="seconds")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--keep", action="store_true",
@@ -167,18 +180,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    off = [name for name in args.off.split(",") if name]
+    unknown = sorted(set(off) - set(ATTACKS))
+    if unknown:
+        parser.error(f"--off: unknown attack(s) {', '.join(unknown)}")
     restart_db = throwaway_pg() and not args.no_db_restart
     if not restart_db and not args.no_db_restart:
         print("soak: DATABASE_URL is not the throwaway server: no PostgreSQL "
               "restarts", file=sys.stderr)
-    config = ChaosConfig(
+    settings = dict(
         supervisors=args.supervisors, children=args.children,
         child_concurrency=args.child_concurrency, seconds=args.minutes * 60,
         rate=args.rate, jobs=0, kill_interval=args.kill_interval or float("inf"),
-        restart_db=restart_db, repeat_every=args.cycle_minutes * 60,
-        drain_timeout=600, seed=args.seed,
+        restart_db=restart_db, db_outage=restart_db,
+        repeat_every=args.cycle_minutes * 60, drain_timeout=600, seed=args.seed,
     )
+    settings.update({name: 0 if name == "sighup_burst" else False for name in off})
+    config = ChaosConfig(**settings)  # type: ignore[arg-type]
     workdir = Path(tempfile.mkdtemp(prefix="prefork-soak-"))
     print(f"soak: {args.minutes:g} min, {args.rate:g} jobs/s, {args.supervisors} "
           f"supervisors x {args.children} children; logs and markers in {workdir}",

@@ -27,10 +27,12 @@ import json
 import os
 import random
 import signal
+import re
 import subprocess
+import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,71 @@ MIX = {
     "chaos_fail": 0.10,
 }
 LOCKS = 6  # distinct lock strings the locked jobs share
+#: (queue, task, lock, queueing_lock, json args) of a job to defer
+JobRow = tuple[str, str, str | None, str | None, str]
+QUEUEING_LOCKS = 3  # distinct queueing_lock (= lock) values of chaos_queued
+#: A recovered queueing-lock job may find another job of its queueing lock
+#: already ``todo``: it cannot go back to ``todo`` itself, and ``failed`` is a
+#: defined outcome for it (issue 11, A). Never ``todo`` or ``doing`` for good.
+QUEUEING_LOCK_STATUSES = frozenset({"succeeded", "failed"})
+_TIME_LIMIT_LINE = re.compile(r"job (\d+) \(([^)]*)\) exceeded its time limit")
+
+
+def overrun_seconds(long: bool, limit: float, rng: random.Random) -> float:
+    """How long a ``chaos_overrun`` job sleeps: 3 x its limit (it must end
+    ``failed``, stopped by the limit) or well within it (it must succeed,
+    whatever ran beside it)."""
+    if long:
+        return round(3 * limit, 3)
+    return round(rng.uniform(0.05, 0.25) * limit, 3)
+
+
+def time_limit_blames(lines: list[str]) -> list[int]:
+    """Job ids the supervisors' logs name as past their time limit, once per
+    enforcement (its SIGTERM line; the SIGKILL and recovery lines repeat it)."""
+    return [
+        int(m.group(1)) for line in lines
+        if "procrastinate_prefork.supervisor:" in line and line.endswith(", SIGTERM")
+        and (m := _TIME_LIMIT_LINE.search(line))
+    ]
+
+
+#: a count of children must hold this long to count as converged (a random
+#: kill makes it dip for a moment; a stacked rolling restart passes through it)
+SETTLE_SECONDS = 3.0
+
+
+class Steady:
+    """Whether a sampled value has stayed at ``target`` for ``seconds``."""
+
+    def __init__(self, target: int, seconds: float):
+        self.target = target
+        self.seconds = seconds
+        self.since: float | None = None
+
+    def update(self, value: int, now: float) -> bool:
+        if value != self.target:
+            self.since = None
+            return False
+        if self.since is None:
+            self.since = now
+        return now - self.since >= self.seconds
+
+
+_EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception|Violation)\b")
+
+
+def last_error_line(log: str) -> str:
+    """The last line of a log naming an exception (else its last line), for a
+    one-line problem."""
+    lines = log.strip().splitlines()
+    errors = [line for line in lines if _EXCEPTION_LINE.match(line)]
+    return (errors or lines or [""])[-1][:300]
+
+
+def wrongly_blamed(blamed: list[int], long: set[int]) -> list[int]:
+    """Blamed jobs that were not deferred to overrun their limit."""
+    return sorted(set(blamed) - long)
 
 
 def throwaway_pg() -> bool:
@@ -68,23 +135,73 @@ def pg_ctl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     )
 
 
+#: the switchable attacks of ChaosConfig (CHAOS_OFF="name,name" turns some off)
+ATTACKS = (
+    "kill_supervisor", "stop_children", "restart_db", "queueing_locks",
+    "mixed_timeouts", "db_outage", "sighup_burst", "time_limits",
+    "stock_worker", "fleet_lock",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class HostPlan:
+    """How one supervisor of the run is started (see ChaosConfig.host)."""
+
+    stalled_timeout: float
+    heartbeat_interval: float
+    child_concurrency: int
+    queues: tuple[str, ...] = ()  # () = all queues
+    task_timeouts: tuple[tuple[str, float], ...] = ()
+    roles: tuple[str, ...] = ()
+
+
 @dataclasses.dataclass
 class ChaosConfig:
     supervisors: int = 3
     children: int = 4
     child_concurrency: int = 1
-    jobs: int = 600
+    jobs: int = 1000
     #: seconds of chaos; the jobs are deferred over its first 80 %
-    seconds: float = 30.0
+    seconds: float = 60.0
     kill_interval: float = 0.5  # a random child SIGKILLed about this often
     kill_supervisor: bool = True
     stop_children: bool = True
     restart_db: bool = True
+    #: jobs deferred with ``queueing_lock`` = ``lock`` (QUEUEING_LOCKS values)
+    queueing_locks: bool = True
+    #: host 0 runs with a short stalled timeout (``short_stalled_timeout``,
+    #: heartbeat every second), the others heartbeat every half
+    #: ``stalled_timeout``
+    mixed_timeouts: bool = True
+    short_stalled_timeout: float = 2.0
+    #: PostgreSQL stopped for ``outage_seconds``; a supervisor SIGKILLed when
+    #: it stops and started again in a loop until one comes up
+    db_outage: bool = True
+    outage_seconds: float = 8.0
+    #: SIGHUPs sent 0.1 s apart to one supervisor (0: none); its children
+    #: must come back to ``children`` within ``converge_timeout``
+    sighup_burst: int = 10
+    converge_timeout: float = 60.0
+    #: one host runs ``--child-concurrency 2 --task-timeout
+    #: chaos_overrun=<time_limit>`` and serves the ``timed`` queue, which
+    #: gets ``overrun_jobs`` jobs, half of them sleeping 3 x the limit
+    time_limits: bool = True
+    time_limit: float = 2.0
+    overrun_jobs: int = 16
+    #: a stock ``procrastinate worker`` beside the fleet; SIGTERMed while it
+    #: runs a ``stock_job_seconds`` job (a new one is started at once)
+    stock_worker: bool = True
+    stock_job_seconds: float = 12.0
+    #: ACCESS EXCLUSIVE lock on the fleet table held for twice the longest
+    #: stalled timeout (plus a second)
+    fleet_lock: bool = True
     stalled_timeout: float = 6.0
     heartbeat_interval: float = 1.0
     child_timeout: float = 3.0
     polling_interval: float = 2.0
     drain_timeout: float = 180.0  # after the chaos, for the last jobs
+    #: give up draining when the pending jobs did not change for this long
+    stuck_timeout: float = 60.0
     seed: int | None = None
     #: continuous load for the soak: jobs per second (0: ``jobs`` in all)
     rate: float = 0.0
@@ -96,21 +213,61 @@ class ChaosConfig:
     def from_env(cls, **overrides: Any) -> ChaosConfig:
         """CHAOS_JOBS, CHAOS_SECONDS, CHAOS_SEED override the defaults; the
         seed is drawn at random unless given (the report shows it: the job
-        mix and the victims repeat with it, the timings do not)."""
-        env = {
+        mix and the victims repeat with it, the timings do not).
+        CHAOS_OFF: comma-separated attacks (ATTACKS) to leave out."""
+        env: dict[str, Any] = {
             "jobs": int(os.environ.get("CHAOS_JOBS", cls.jobs)),
             "seconds": float(os.environ.get("CHAOS_SECONDS", cls.seconds)),
             "seed": int(os.environ.get("CHAOS_SEED") or random.randrange(10**6)),
         }
+        for name in filter(None, os.environ.get("CHAOS_OFF", "").split(",")):
+            if name.strip() not in ATTACKS:
+                raise ValueError(f"CHAOS_OFF: unknown attack {name!r}: {ATTACKS}")
+            env[name.strip()] = 0 if name.strip() == "sighup_burst" else False
         return cls(**{**env, **overrides})
 
-    def fleet_args(self, hostname: str) -> list[str]:
-        return [
+    def roles(self) -> dict[str, int]:
+        """role -> index of the host that plays it."""
+        n = self.supervisors
+        roles = {}
+        if self.mixed_timeouts:
+            roles["short-timeout"] = 0
+        if self.sighup_burst:
+            roles["sighup"] = 1 % n
+        if self.time_limits:
+            roles["timed"] = 2 % n
+        return roles
+
+    def host(self, index: int) -> HostPlan:
+        roles = tuple(r for r, i in self.roles().items() if i == index)
+        stalled, heartbeat = self.stalled_timeout, self.heartbeat_interval
+        if "short-timeout" in roles:
+            stalled, heartbeat = self.short_stalled_timeout, 1.0
+        elif self.mixed_timeouts:
+            heartbeat = stalled / 2  # the longest interval allowed
+        concurrency, task_timeouts = self.child_concurrency, ()
+        queues: tuple[str, ...] = ()
+        if self.time_limits or self.stock_worker:
+            # the timed queue only where its limit is enforced; the stock
+            # worker's own queue not at all
+            queues = ("default",)
+        if "timed" in roles:
+            concurrency = max(2, concurrency)
+            task_timeouts = (("chaos_overrun", self.time_limit),)
+            queues = ("default", "timed")
+        return HostPlan(stalled, heartbeat, concurrency, queues, task_timeouts, roles)
+
+    def longest_stalled_timeout(self) -> float:
+        return max(self.host(i).stalled_timeout for i in range(self.supervisors))
+
+    def fleet_args(self, hostname: str, index: int = 0) -> list[str]:
+        plan = self.host(index)
+        args = [
             "--concurrency", str(self.children),
-            "--child-concurrency", str(self.child_concurrency),
+            "--child-concurrency", str(plan.child_concurrency),
             "--hostname", hostname,
-            "--stalled-timeout", str(self.stalled_timeout),
-            "--heartbeat-interval", str(self.heartbeat_interval),
+            "--stalled-timeout", str(plan.stalled_timeout),
+            "--heartbeat-interval", str(plan.heartbeat_interval),
             "--child-timeout", str(self.child_timeout),
             "--fetch-job-polling-interval", str(self.polling_interval),
             # the final state of every job must not depend on how often a
@@ -118,6 +275,11 @@ class ChaosConfig:
             "--max-crash-retries", "1000",
             "--shutdown-graceful-timeout", "20",
         ]
+        if plan.queues:
+            args += ["--queues", ",".join(plan.queues)]
+        for task, seconds in plan.task_timeouts:
+            args += ["--task-timeout", f"{task}={seconds:g}"]
+        return args
 
 
 # ------------------------------------------------------------------ markers
@@ -193,10 +355,14 @@ class ProcessWatch:
         self.parent: dict[int, int] = {}  # child pid -> supervisor pid
         self.killed: dict[int, str] = {}  # pid -> why the driver killed it
 
-    def observe(self, supervisors: list[int]) -> dict[int, list[int]]:
+    def observe(
+        self, supervisors: list[int], others: Sequence[int] = (),
+    ) -> dict[int, list[int]]:
+        """Supervisors and their children; ``others`` (stock workers) are only
+        watched for being alive."""
         now = time.time()
         seen: dict[int, list[int]] = {}
-        alive: set[int] = set()
+        alive: set[int] = {pid for pid in others if pid_alive(pid)}
         for sup in supervisors:
             try:
                 process = psutil.Process(sup)
@@ -258,6 +424,24 @@ class ChaosReport:
     duplicates: int = 0
     lost: int = 0
     wrong_status: int = 0
+    # the attacks of the guarantees issues (see ChaosConfig)
+    queueing_lock_jobs: int = 0
+    queueing_lock_refused: int = 0  # defer refused: one was already todo
+    queueing_lock_failed: int = 0
+    host_timeouts: dict[str, str] = dataclasses.field(default_factory=dict)
+    db_outages: int = 0
+    outage_start_attempts: int = 0  # supervisor starts during/after the outage
+    sighups: int = 0
+    sighup_converged: int = 0
+    overrun_jobs: int = 0
+    overrun_long: int = 0
+    time_limit_kills: int = 0
+    stock_workers: int = 0
+    stock_worker_runs: int = 0
+    stock_worker_terms: int = 0
+    stock_worker_exits: dict[str, int] = dataclasses.field(default_factory=dict)
+    fleet_locks: int = 0
+    fleet_lock_seconds: float = 0.0
     seconds: float = 0.0
     throughput: float = 0.0
     problems: list[str] = dataclasses.field(default_factory=list)
@@ -278,6 +462,19 @@ class ChaosReport:
             f"{self.interrupted_reruns}; duplicates (completed, then run again "
             f"after a kill): {self.duplicates}",
             f"lost: {self.lost}; wrong final status: {self.wrong_status}",
+            f"queueing-lock jobs: {self.queueing_lock_jobs} "
+            f"({self.queueing_lock_refused} defers refused by the lock, "
+            f"{self.queueing_lock_failed} ended failed)",
+            f"hosts (stalled timeout/heartbeat): {self.host_timeouts}",
+            f"database outages: {self.db_outages} ({self.outage_start_attempts} "
+            f"supervisor starts across it)",
+            f"SIGHUPs: {self.sighups} (bursts converged: {self.sighup_converged})",
+            f"time-limited jobs: {self.overrun_jobs} ({self.overrun_long} past the "
+            f"limit); time-limit kills logged: {self.time_limit_kills}",
+            f"stock workers: {self.stock_workers} ({self.stock_worker_runs} runs, "
+            f"{self.stock_worker_terms} SIGTERMed mid-job, exits "
+            f"{self.stock_worker_exits})",
+            f"fleet-table locks: {self.fleet_locks} ({self.fleet_lock_seconds:.1f} s)",
         ]
         if self.problems:
             lines.append(f"PROBLEMS ({len(self.problems)}):")
@@ -307,30 +504,70 @@ class ChaosRun:
         self.watch = ProcessWatch()
         self.report = ChaosReport()
         self.deferred = 0
+        self.deferred_mix = 0  # of them, jobs of MIX (``config.jobs`` in all)
         self.job_ids: list[int] = []
         self._stopped: dict[int, float] = {}  # SIGSTOPped pid -> SIGCONT time
         self._pg: subprocess.Popen[str] | None = None
         self._final_live: frozenset[int] = frozenset()  # see snapshot_live
         self.started = 0.0
+        #: job id -> the final statuses its books accept (default: its task's)
+        self.expected: dict[int, frozenset[str]] = {}
+        self.queueing_jobs: set[int] = set()
+        self.overrun_long: set[int] = set()
+        self.overrun_short: set[int] = set()
+        self.stock: list[Fleet] = []  # every stock worker started
+        self._stock_exits_seen: set[int] = set()
+        self._stock_next_start = 0.0
+        self._tasks: list[Iterator[None]] = []  # attacks that span ticks
+        self._db_down = False  # stopped by the outage attack
+        self._db_calm_at = 0.0  # monotonic time the database was last back + 10 s
+        self._outage_hosts: set[str] = set()  # in a start loop right now
+        self._stopping = False
 
     # --- fleet
 
     def hostnames(self) -> list[str]:
         return [f"{self.tag}-h{i}" for i in range(self.config.supervisors)]
 
+    def host_with(self, role: str) -> str | None:
+        index = self.config.roles().get(role)
+        return None if index is None else self.hostnames()[index]
+
     def start_supervisor(self, hostname: str, wait_ready: bool = False) -> Fleet:
+        index = self.hostnames().index(hostname)
         fleet = Fleet(self.db_url, self.workdir, f"{hostname}-{len(self.fleets)}")
         fleet.start(
-            *self.config.fleet_args(hostname), app=CHAOS_APP, wait_ready=wait_ready,
-            env={"PREFORK_TEST_RESULTS": str(self.results)},
+            *self.config.fleet_args(hostname, index), app=CHAOS_APP,
+            wait_ready=wait_ready, env={"PREFORK_TEST_RESULTS": str(self.results)},
         )
         self.fleets.append(fleet)
         self.current[hostname] = fleet
         return fleet
 
+    def start_stock_worker(self) -> Fleet:
+        """procrastinate's own worker, serving the default queue beside the
+        fleet and the ``stock`` queue alone."""
+        fleet = Fleet(self.db_url, self.workdir, f"{self.tag}-stock-{len(self.stock)}")
+        fleet.start(
+            app=CHAOS_APP, wait_ready=False,
+            env={"PREFORK_TEST_RESULTS": str(self.results)},
+            command=[
+                sys.executable, "-m", "procrastinate", "--app", CHAOS_APP, "worker",
+                "--name", fleet.name, "--queues", "default,stock", "--concurrency", "2",
+            ],
+        )
+        self.stock.append(fleet)
+        self.report.stock_workers += 1
+        return fleet
+
     def start(self) -> None:
-        for hostname in self.hostnames():
+        for index, hostname in enumerate(self.hostnames()):
             self.start_supervisor(hostname)
+            plan = self.config.host(index)
+            self.report.host_timeouts[hostname.rsplit("-", 1)[1]] = (
+                f"{plan.stalled_timeout:g}/{plan.heartbeat_interval:g}")
+        if self.config.stock_worker:
+            self.start_stock_worker()
         for fleet in self.current.values():
             fleet.wait_ready(timeout=60)
         self.observe()
@@ -339,7 +576,8 @@ class ChaosRun:
         return [f.pid for f in self.current.values() if not f.exited()]
 
     def observe(self) -> dict[int, list[int]]:
-        return self.watch.observe(self.supervisor_pids())
+        stock = [f.pid for f in self.stock if not f.exited()]
+        return self.watch.observe(self.supervisor_pids(), stock)
 
     def live_children(self) -> list[int]:
         return [
@@ -349,10 +587,28 @@ class ChaosRun:
 
     # --- jobs
 
+    def _insert(self, rows: list[JobRow]) -> list[int]:
+        """(queue, task, lock, queueing_lock, json args) rows inserted in one
+        statement, the way procrastinate's defer does; returns their ids."""
+        columns = [list(col) for col in zip(*rows, strict=True)]
+        with psycopg.connect(self.db_url, autocommit=True, connect_timeout=5) as conn:
+            row = conn.execute(
+                "SELECT procrastinate_defer_jobs_v1(array_agg(ROW("
+                "  t.queue, t.task, 0, t.lock, t.qlock, t.args::jsonb, NULL"
+                ")::procrastinate_job_to_defer_v1 ORDER BY t.n)) "
+                "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], "
+                "  %s::text[]) WITH ORDINALITY AS t(queue, task, lock, qlock, args, n)",
+                columns,
+            ).fetchone()
+        assert row is not None
+        ids = list(row[0])
+        self.job_ids.extend(ids)
+        self.deferred += len(ids)
+        return ids
+
     def defer(self, count: int) -> list[int]:
-        """Insert ``count`` jobs of the mix in one statement, the way
-        procrastinate's defer does; returns their ids."""
-        names, locks, args = [], [], []
+        """``count`` jobs of the mix; returns their ids."""
+        rows = []
         tasks = list(MIX)
         weights = [MIX[t] for t in tasks]
         for _ in range(count):
@@ -361,7 +617,11 @@ class ChaosRun:
             if task == "chaos_cpu":
                 params: dict[str, Any] = {"ms": self.rng.randint(5, 60)}
             elif task == "chaos_sleep":
-                params = {"seconds": round(self.rng.uniform(0.2, 1.5), 3)}
+                # a few long ones: a sweep judging by the wrong timeout, or
+                # too early after an outage, finds them running
+                long = self.config.mixed_timeouts and self.rng.random() < 0.1
+                low, high = (2.0, 5.0) if long else (0.2, 1.5)
+                params = {"seconds": round(self.rng.uniform(low, high), 3)}
             elif task == "chaos_async":
                 params = {"seconds": round(self.rng.uniform(0.1, 1.0), 3)}
             elif task == "chaos_locked":
@@ -369,23 +629,33 @@ class ChaosRun:
                 lock = f"{self.tag}-lock-{self.rng.randrange(LOCKS)}"
             else:
                 params = {"ms": self.rng.randint(1, 10)}
-            names.append(task)
-            locks.append(lock)
-            args.append(json.dumps(params))
-        with psycopg.connect(self.db_url, autocommit=True, connect_timeout=5) as conn:
-            row = conn.execute(
-                "SELECT procrastinate_defer_jobs_v1(array_agg(ROW("
-                "  'default', t.task, 0, t.lock, NULL, t.args::jsonb, NULL"
-                ")::procrastinate_job_to_defer_v1 ORDER BY t.n)) "
-                "FROM unnest(%s::text[], %s::text[], %s::text[]) "
-                "WITH ORDINALITY AS t(task, lock, args, n)",
-                [names, locks, args],
-            ).fetchone()
-        assert row is not None
-        ids = list(row[0])
-        self.job_ids.extend(ids)
-        self.deferred += len(ids)
-        return ids
+            rows.append(("default", task, lock, None, json.dumps(params)))
+        return self._insert(rows)
+
+    def defer_queueing_locked(self) -> None:
+        """One ``chaos_queued`` job per queueing-lock value, unless one of that
+        value is already ``todo`` (then PostgreSQL refuses it: counted)."""
+        for n in range(QUEUEING_LOCKS):
+            value = f"{self.tag}-qlock-{n}"
+            params = {"seconds": round(self.rng.uniform(0.3, 1.5), 3)}
+            try:
+                [job_id] = self._insert(
+                    [("default", "chaos_queued", value, value, json.dumps(params))])
+            except psycopg.errors.UniqueViolation:
+                self.report.queueing_lock_refused += 1
+                continue
+            self.queueing_jobs.add(job_id)
+            self.expected[job_id] = QUEUEING_LOCK_STATUSES
+
+    def defer_overrun(self) -> None:
+        """One ``chaos_overrun`` job on the ``timed`` queue, long and short in
+        turn."""
+        long = len(self.overrun_long) <= len(self.overrun_short)
+        seconds = overrun_seconds(long, self.config.time_limit, self.rng)
+        [job_id] = self._insert(
+            [("timed", "chaos_overrun", None, None, json.dumps({"seconds": seconds}))])
+        (self.overrun_long if long else self.overrun_short).add(job_id)
+        self.expected[job_id] = frozenset({"failed" if long else "succeeded"})
 
     def counts(self) -> dict[str, int]:
         with psycopg.connect(self.db_url, autocommit=True, connect_timeout=5) as conn:
@@ -408,9 +678,7 @@ class ChaosRun:
         self.report.child_kills += 1
         return victim
 
-    def kill_supervisor(self, hostname: str) -> None:
-        """SIGKILL the supervisor of ``hostname`` (its children die with it)
-        and start a new one under the same host name."""
+    def _sigkill_supervisor(self, hostname: str) -> None:
         fleet = self.current[hostname]
         children = self.observe().get(fleet.pid, [])
         os.kill(fleet.pid, signal.SIGKILL)
@@ -421,7 +689,18 @@ class ChaosRun:
         self.report.supervisor_kills += 1
         self.report.children_lost_with_supervisor += len(children)
         self.say(f"SIGKILLed supervisor {fleet.pid} of {hostname} "
-                 f"({len(children)} children); starting it again")
+                 f"({len(children)} children)")
+
+    def killable_hosts(self) -> list[str]:
+        """Hosts the supervisor kills may hit: not the one whose children the
+        SIGHUP check counts, nor one in an outage's start loop."""
+        spared = {self.host_with("sighup"), *self._outage_hosts}
+        return [h for h in self.hostnames() if h not in spared] or self.hostnames()
+
+    def kill_supervisor(self, hostname: str) -> None:
+        """SIGKILL the supervisor of ``hostname`` (its children die with it)
+        and start a new one under the same host name."""
+        self._sigkill_supervisor(hostname)
         self.start_supervisor(hostname)
 
     def stop_child(self, seconds: float) -> int | None:
@@ -457,6 +736,7 @@ class ChaosRun:
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         self.report.db_restarts += 1
+        self._db_calm_at = float("inf")
 
     def _db_restart_done(self) -> bool:
         if self._pg is None:
@@ -467,28 +747,299 @@ class ChaosRun:
         if self._pg.returncode != 0:
             raise RuntimeError(f"pg.sh ctl restart failed: {output}")
         self._pg = None
+        self._db_calm_at = time.monotonic() + 10
         return True
+
+    # --- attacks that span ticks (generators stepped by the run loop)
+
+    def _pg_ctl_async(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [str(REPO / "scripts" / "pg.sh"), "ctl", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+
+    def db_outage(self, hostname: str) -> Iterator[None]:
+        """Stop PostgreSQL for ``outage_seconds``; SIGKILL the supervisor of
+        ``hostname`` as it stops and start it again in a loop (the way a
+        service manager restarts a unit that exits 1) until one comes up:
+        attempts while the database is down, one right when it is back."""
+        config = self.config
+        self._outage_hosts.add(hostname)
+        self._db_down = True
+        self._db_calm_at = float("inf")
+        self.say(f"stopping PostgreSQL for {config.outage_seconds:g} s")
+        stopper = self._pg_ctl_async("stop", "-m", "fast", "-w")
+        while stopper.poll() is None:
+            yield
+        if stopper.returncode != 0:
+            raise RuntimeError(f"pg.sh ctl stop failed: {stopper.communicate()[0]}")
+        self.report.db_outages += 1
+        back_at = time.monotonic() + config.outage_seconds
+        self._sigkill_supervisor(hostname)
+        fleet = self.start_supervisor(hostname)
+        self.report.outage_start_attempts += 1
+        starter: subprocess.Popen[str] | None = None
+        retry_at: float | None = None
+        give_up = back_at + 90
+        while True:
+            now = time.monotonic()
+            if starter is None and now >= back_at:
+                starter = self._pg_ctl_async("start", "-w")
+            if self._db_down and starter is not None and starter.poll() is not None:
+                if starter.returncode != 0:
+                    # the port may be taken for a moment as another program's
+                    # ephemeral client port: try again
+                    if now > give_up - 30:
+                        raise RuntimeError(
+                            f"pg.sh ctl start failed: {starter.communicate()[0]}")
+                    starter = None
+                    back_at = now + 1
+                    yield
+                    continue
+                self._db_down = False
+                self._db_calm_at = now + 10
+                self.say("PostgreSQL is back")
+            if fleet.exited():
+                if retry_at is None:
+                    retry_at = now + 0.5
+                elif now >= retry_at:
+                    fleet = self.start_supervisor(hostname)
+                    self.report.outage_start_attempts += 1
+                    retry_at = None
+            elif not self._db_down and "children ready" in fleet.log():
+                break
+            if now > give_up:
+                self.report.problems.append(
+                    f"outage: no supervisor of {hostname} came up 90 s after "
+                    "PostgreSQL was back")
+                break
+            yield
+        self._outage_hosts.discard(hostname)
+        self.say(f"supervisor of {hostname} up after the outage "
+                 f"({self.report.outage_start_attempts} starts)")
+
+    def sighup_burst(self, hostname: str) -> Iterator[None]:
+        """``sighup_burst`` SIGHUPs 0.1 s apart; then the supervisor's live
+        children must come back to the target within ``converge_timeout``."""
+        fleet = self.current[hostname]
+        for _ in range(self.config.sighup_burst):
+            fleet.signal(signal.SIGHUP)
+            self.report.sighups += 1
+            until = time.monotonic() + 0.1
+            while time.monotonic() < until:
+                yield
+        self.say(f"{self.config.sighup_burst} SIGHUPs sent to supervisor {fleet.pid}")
+        deadline = time.monotonic() + self.config.converge_timeout
+        target = self.config.children
+        steady = Steady(target, SETTLE_SECONDS)
+        while True:
+            count = len(self.observe().get(fleet.pid, []))
+            if fleet is not self.current.get(hostname) or fleet.exited():
+                self.report.problems.append(
+                    f"SIGHUP burst: supervisor {fleet.pid} gone before converging")
+                return
+            if steady.update(count, time.monotonic()):
+                self.report.sighup_converged += 1
+                self.say(f"supervisor {fleet.pid} back to {target} children")
+                return
+            if time.monotonic() > deadline:
+                self.report.problems.append(
+                    f"SIGHUP burst: supervisor {fleet.pid} has {count} live children "
+                    f"{self.config.converge_timeout:g} s after the burst, "
+                    f"target {target}")
+                return
+            yield
+
+    def stock_term(self) -> Iterator[None]:
+        """A long job on the stock worker's own queue; once it runs, SIGTERM
+        the worker (it drains: no heartbeat any more) and start a new stock
+        worker at once, as a rolling deploy does. The job must not run again
+        while the first worker lives (the rerun check)."""
+        params = json.dumps({"seconds": self.config.stock_job_seconds})
+        while True:
+            try:
+                [job_id] = self._insert([("stock", "chaos_sleep", None, None, params)])
+                break
+            except psycopg.OperationalError:
+                yield
+        # only stock workers serve its queue; one may die (procrastinate's
+        # own crashes are reported elsewhere): the job runs on the next one
+        deadline = time.monotonic() + 60
+        while True:
+            stock = {f.pid: f for f in self.stock if not f.exited()}
+            running = [r.pid for r in self.markers.runs.values()
+                       if r.job_id == job_id and r.outcome is None and r.pid in stock]
+            if running:
+                worker = stock[running[-1]]
+                break
+            if time.monotonic() > deadline:
+                self.report.problems.append(
+                    f"stock worker: job {job_id} not started on a live stock worker "
+                    "within 60 s")
+                return
+            yield
+        worker.signal(signal.SIGTERM)
+        self.watch.killed[worker.pid] = "SIGTERM (stock worker, draining)"
+        self.report.stock_worker_terms += 1
+        self.say(f"SIGTERMed stock worker {worker.pid} running job {job_id}")
+        self.start_stock_worker()
+
+    def _stock_current(self) -> Fleet | None:
+        live = [f for f in self.stock
+                if not f.exited() and f.pid not in self.watch.killed]
+        return live[-1] if live else None
+
+    def keep_stock_worker(self) -> None:
+        """Record stock workers' exits; start a new one when none serves (a
+        stock worker may die of a database restart: procrastinate's own
+        behaviour, reported, not judged, unless the database was calm)."""
+        now = time.monotonic()
+        for fleet in self.stock:
+            if fleet.pid in self._stock_exits_seen or not fleet.exited():
+                continue
+            self._stock_exits_seen.add(fleet.pid)
+            code = fleet.proc.returncode if fleet.proc else None
+            exits = self.report.stock_worker_exits
+            exits[str(code)] = exits.get(str(code), 0) + 1
+            why = self.watch.killed.setdefault(fleet.pid, f"stock worker exited {code}")
+            if code != 0 and not why.startswith("SIGTERM") and now >= self._db_calm_at:
+                self.report.problems.append(
+                    f"stock worker {fleet.pid} died (exit {code}) with the database "
+                    f"up: {last_error_line(fleet.log())}")
+        if (self.config.stock_worker and self._stock_current() is None
+                and now >= self._stock_next_start and not self._stopping):
+            self.start_stock_worker()
+            self._stock_next_start = now + 3
+
+    def fleet_lock(self) -> Iterator[None]:
+        """``LOCK TABLE procrastinate_prefork_processes IN ACCESS EXCLUSIVE
+        MODE`` held for twice the longest stalled timeout of the fleet: every
+        heartbeat written behind it is older than any host's timeout."""
+        hold = 2 * self.config.longest_stalled_timeout() + 1
+        try:
+            conn = psycopg.connect(self.db_url, connect_timeout=5)
+            conn.execute("SET lock_timeout = '20s'")
+            conn.execute(
+                "LOCK TABLE procrastinate_prefork_processes IN ACCESS EXCLUSIVE MODE")
+        except psycopg.Error as exc:
+            self.report.problems.append(f"fleet lock: could not take it: {exc}")
+            return
+        start = time.monotonic()
+        self.report.fleet_locks += 1
+        self.say(f"fleet table locked for {hold:g} s")
+        try:
+            while time.monotonic() < start + hold:
+                yield
+            conn.commit()
+        finally:
+            conn.close()
+        self.report.fleet_lock_seconds += time.monotonic() - start
+        self.say("fleet table unlocked")
+
+    def step_attacks(self) -> None:
+        for task in list(self._tasks):
+            try:
+                next(task)
+            except StopIteration:
+                self._tasks.remove(task)
+        if self.config.stock_worker:
+            self.keep_stock_worker()
+
+    def finish_attacks(self, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while self._tasks:
+            self.markers.read()
+            self.step_attacks()
+            if time.monotonic() > deadline:
+                self.report.problems.append(f"attacks unfinished after {timeout:g} s")
+                for task in self._tasks:
+                    task.close()
+                self._tasks.clear()
+            time.sleep(0.05)
 
     # --- the run
 
     def schedule(self) -> list[tuple[float, str]]:
         """(seconds into the chaos, action), in order: once in the chaos
-        window, or once per ``repeat_every`` seconds."""
+        window, or once per ``repeat_every`` seconds. The attacks on the
+        database and the fleet table do not overlap, so that each problem
+        found can be told apart."""
+        config = self.config
         cycle = []
-        if self.config.kill_supervisor:
-            cycle.append((0.25, "kill_supervisor"))
-        if self.config.stop_children:
-            cycle.append((0.40, "stop_long"))  # past --child-timeout: killed as wedged
-            cycle.append((0.55, "stop_short"))  # resumed before --child-timeout
-        if self.config.restart_db:
-            cycle.append((0.70, "restart_db"))
-        period = self.config.repeat_every or self.config.seconds
+        if config.sighup_burst:
+            cycle.append((0.05, "sighup_burst"))
+        if config.stock_worker:
+            cycle.append((0.08, "stock_term"))
+        if config.kill_supervisor:
+            cycle.append((0.20, "kill_supervisor"))
+        if config.stop_children:
+            cycle.append((0.27, "stop_long"))  # past --child-timeout: killed as wedged
+        if config.fleet_lock:
+            cycle.append((0.38, "fleet_lock"))  # after stop_long
+        if config.stop_children:
+            cycle.append((0.62, "stop_short"))  # resumed before --child-timeout
+        if config.restart_db:
+            cycle.append((0.66, "restart_db"))
+        if config.db_outage:
+            cycle.append((0.75, "db_outage"))
+        period = config.repeat_every or config.seconds
         plan = []
         cycle_start = 0.0
-        while cycle_start + period <= self.config.seconds + 1e-9:
+        while cycle_start + period <= config.seconds + 1e-9:
             plan.extend((cycle_start + at * period, action) for at, action in cycle)
             cycle_start += period
         return plan
+
+    def _act(self, action: str) -> None:
+        config = self.config
+        if action == "kill_supervisor":
+            self.kill_supervisor(self.rng.choice(self.killable_hosts()))
+        elif action == "stop_long":
+            self.stop_child(config.child_timeout + 2)
+        elif action == "stop_short":
+            self.stop_child(config.child_timeout / 3)
+        elif action == "restart_db":
+            self.restart_db()
+        elif action == "db_outage":
+            # a host judging by the long stalled timeout: a double run it
+            # causes is then the outage's, not the short timeout's
+            short = self.host_with("short-timeout")
+            killable = self.killable_hosts()
+            hosts = [h for h in killable if h != short] or killable
+            self._tasks.append(self.db_outage(self.rng.choice(hosts)))
+        elif action == "sighup_burst":
+            hostname = self.host_with("sighup")
+            assert hostname is not None
+            self._tasks.append(self.sighup_burst(hostname))
+        elif action == "stock_term":
+            self._tasks.append(self.stock_term())
+        elif action == "fleet_lock":
+            self._tasks.append(self.fleet_lock())
+
+    def _db_busy(self) -> bool:
+        return self._db_down or not self._db_restart_done()
+
+    def _defer_tick(self, now: float, defer_until: float) -> None:
+        config = self.config
+        if config.rate:
+            batch = max(1, round(config.rate * 0.5))
+        else:
+            batches_left = max(1, round((defer_until - now) / 0.5))
+            batch = -(-(config.jobs - self.deferred_mix) // batches_left)
+        try:
+            if batch > 0:
+                self.deferred_mix += len(self.defer(batch))
+            if config.queueing_locks:
+                self.defer_queueing_locked()
+            if config.time_limits:
+                # the overrun jobs spread over the window (or, in the soak,
+                # overrun_jobs per repeat_every)
+                span = config.repeat_every or (defer_until - self.started)
+                due = config.overrun_jobs * (now - self.started) / span
+                if len(self.overrun_long) + len(self.overrun_short) < due:
+                    self.defer_overrun()
+        except psycopg.OperationalError:
+            pass  # the database is restarting: next time
 
     def run_chaos(self, on_tick: Callable[[ChaosRun], None] | None = None) -> None:
         """Defer the jobs and wreak havoc for ``config.seconds``."""
@@ -502,28 +1053,13 @@ class ChaosRun:
         while (now := time.monotonic()) < end:
             self._continue_stopped()
             self.markers.read()
-            if now >= next_defer and self._db_restart_done():
-                if config.rate:
-                    batch = max(1, round(config.rate * 0.5))
-                else:
-                    batches_left = max(1, round((defer_until - now) / 0.5))
-                    batch = -(-(config.jobs - self.deferred) // batches_left)
-                if batch > 0:
-                    try:
-                        self.defer(batch)
-                    except psycopg.OperationalError:
-                        pass  # the database is restarting: next time
+            if now >= next_defer and not self._db_busy():
+                self._defer_tick(now, defer_until)
                 next_defer = now + 0.5
             if plan and now >= start + plan[0][0]:
                 _, action = plan.pop(0)
-                if action == "kill_supervisor":
-                    self.kill_supervisor(self.rng.choice(self.hostnames()))
-                elif action == "stop_long":
-                    self.stop_child(config.child_timeout + 2)
-                elif action == "stop_short":
-                    self.stop_child(config.child_timeout / 3)
-                elif action == "restart_db":
-                    self.restart_db()
+                self._act(action)
+            self.step_attacks()
             if now >= next_kill:
                 self.kill_random_child()
                 next_kill = now + config.kill_interval * self.rng.uniform(0.6, 1.4)
@@ -533,20 +1069,32 @@ class ChaosRun:
         self._continue_stopped(force=True)
         while not self._db_restart_done():
             time.sleep(0.1)
+        self.finish_attacks()
 
     def drain(self) -> None:
         """Wait until no job is left ``todo`` or ``doing``."""
         deadline = time.monotonic() + self.config.drain_timeout
+        pending: tuple[int, int] | None = None
+        changed = time.monotonic()
         while True:
             self.observe()
             self.markers.read()
+            self.step_attacks()
             try:
                 counts = self.counts()
             except psycopg.OperationalError:
                 counts = {"todo": -1}
             if not counts.get("todo") and not counts.get("doing"):
                 return
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if (counts.get("todo"), counts.get("doing")) != pending:
+                pending, changed = (counts.get("todo", 0), counts.get("doing", 0)), now
+            if now - changed > self.config.stuck_timeout:
+                self.report.problems.append(
+                    f"jobs stuck: no change for {self.config.stuck_timeout:g} s "
+                    f"after the chaos: {counts}")
+                return
+            if now > deadline:
                 self.report.problems.append(
                     f"jobs still pending {self.config.drain_timeout:g} s after the "
                     f"chaos: {counts}")
@@ -563,13 +1111,15 @@ class ChaosRun:
                 "FROM procrastinate_prefork_processes WHERE kind = 'supervisor'"
             ).fetchall()
         live = {f.pid: h for h, f in self.current.items() if not f.exited()}
+        stalled = {h: self.config.host(i).stalled_timeout
+                   for i, h in enumerate(self.hostnames())}
         for pid, host in live.items():
             mine = [r for r in rows if r["pid"] == pid and r["host"] == host]
             if len(mine) != 1:
                 self.report.problems.append(f"supervisor {pid} on {host}: {len(mine)} rows")
                 continue
             row = mine[0]
-            if row["state"] != "running" or row["age"] > self.config.stalled_timeout:
+            if row["state"] != "running" or row["age"] > stalled[host]:
                 self.report.problems.append(
                     f"supervisor {pid} on {host}: state {row['state']}, "
                     f"heartbeat {row['age']:.1f} s old")
@@ -581,6 +1131,7 @@ class ChaosRun:
 
     def stop(self) -> None:
         """SIGTERM every live supervisor; each must drain and exit 0."""
+        self._stopping = True
         self._continue_stopped(force=True)
         self.observe()
         live = [f for f in self.current.values() if not f.exited()]
@@ -595,6 +1146,17 @@ class ChaosRun:
             if code != 0:
                 self.report.problems.append(
                     f"supervisor {fleet.pid} ({fleet.name}) exited with {code}")
+        # stock workers drain their jobs; their exit codes are procrastinate's
+        for worker in self.stock:
+            if not worker.exited():
+                self.watch.killed.setdefault(worker.pid, "SIGTERM (final stop)")
+                worker.signal(signal.SIGTERM)
+        for worker in self.stock:
+            try:
+                worker.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                worker.kill_all()
+        self.keep_stock_worker()
 
     def leftovers(self) -> list[str]:
         """Processes of this run still alive (by pid and by title)."""
@@ -616,7 +1178,11 @@ class ChaosRun:
         self._continue_stopped(force=True)
         if self._pg is not None:
             self._pg.wait(timeout=120)
-        for fleet in self.fleets:
+        for task in self._tasks:
+            task.close()  # a fleet lock's connection closes with it
+        if self._db_down:
+            pg_ctl("start", "-w")
+        for fleet in [*self.fleets, *self.stock]:
             if fleet.proc is not None and fleet.proc.poll() is None:
                 fleet.kill_all()
         for pid in self.watch.last_seen:
@@ -629,6 +1195,7 @@ class ChaosRun:
     # --- the books
 
     def logs(self) -> Iterator[str]:
+        """The supervisors' logs (not the stock workers')."""
         for fleet in self.fleets:
             yield fleet.log()
 
@@ -656,33 +1223,44 @@ class ChaosRun:
         runs_by_job = self.markers.by_job()
         report.runs = len(self.markers.runs)
         for row in rows:
-            expected = EXPECTED_STATUS[row["task_name"]]
-            runs = runs_by_job.get(row["id"], [])
-            if row["status"] in ("todo", "doing"):
-                report.lost += 1
-                report.problems.append(f"job {row['id']} ({row['task_name']}) left {row['status']}")
-            elif row["status"] != expected:
-                report.wrong_status += 1
-                report.problems.append(
-                    f"job {row['id']} ({row['task_name']}) ended {row['status']}, "
-                    f"expected {expected}")
-            if not runs:
-                report.lost += 1
-                report.problems.append(f"job {row['id']} ({row['task_name']}) never ran")
-                continue
-            last = runs[-1]
-            if row["status"] == "succeeded" and last.outcome != "end":
-                report.problems.append(
-                    f"job {row['id']} succeeded but its last run ended {last.outcome}")
-            self._check_reruns(row["id"], runs)
+            self.check_job(row, runs_by_job.get(row["id"], []))
         self._check_locks(runs_by_job)
         self._count_processes()
+        self._count_attacks(rows)
         report.seconds = max(
             (r.finish or r.start for r in self.markers.runs.values()), default=0
         ) - min((r.start for r in self.markers.runs.values()), default=0)
         done = sum(1 for r in rows if r["status"] in ("succeeded", "failed"))
         report.throughput = done / report.seconds if report.seconds else 0.0
         return report
+
+    def check_job(self, row: dict[str, Any], runs: list[Run]) -> None:
+        """One job's books: its final status, its runs, its reruns."""
+        report = self.report
+        expected = self.expected.get(row["id"]) or {EXPECTED_STATUS[row["task_name"]]}
+        if row["status"] in ("todo", "doing"):
+            report.lost += 1
+            report.problems.append(
+                f"job {row['id']} ({row['task_name']}) left {row['status']}")
+        elif row["status"] not in expected:
+            report.wrong_status += 1
+            report.problems.append(
+                f"job {row['id']} ({row['task_name']}) ended {row['status']}, "
+                f"expected {' or '.join(sorted(expected))}")
+        if not runs:
+            report.lost += 1
+            report.problems.append(f"job {row['id']} ({row['task_name']}) never ran")
+            return
+        last = runs[-1]
+        if row["status"] == "succeeded" and last.outcome != "end":
+            report.problems.append(
+                f"job {row['id']} succeeded but its last run ended {last.outcome}")
+        if row["id"] in self.overrun_long and last.outcome is not None:
+            report.problems.append(
+                f"job {row['id']} (chaos_overrun, {3 * self.config.time_limit:g} s, "
+                f"limit {self.config.time_limit:g} s): its last run was not stopped "
+                f"by the time limit (it ended {last.outcome})")
+        self._check_reruns(row["id"], runs)
 
     def _check_reruns(self, job_id: int, runs: list[Run]) -> None:
         report = self.report
@@ -714,6 +1292,8 @@ class ChaosRun:
         for lock, runs in by_lock.items():
             runs.sort(key=lambda r: r.start)
             for earlier, later in itertools.pairwise(runs):
+                if earlier.job_id == later.job_id:
+                    continue  # a rerun of one job: the rerun check judges it
                 if earlier.finish is not None:
                     busy_until = earlier.finish
                 else:  # interrupted: its process was alive at least until then
@@ -742,12 +1322,55 @@ class ChaosRun:
             and pid not in self._final_live
         )
 
+    def _count_attacks(self, rows: list[dict[str, Any]]) -> None:
+        report = self.report
+        status = {r["id"]: r["status"] for r in rows}
+        report.queueing_lock_jobs = len(self.queueing_jobs)
+        report.queueing_lock_failed = sum(
+            1 for j in self.queueing_jobs if status.get(j) == "failed")
+        report.overrun_jobs = len(self.overrun_long) + len(self.overrun_short)
+        report.overrun_long = len(self.overrun_long)
+        blamed = time_limit_blames("\n".join(self.logs()).splitlines())
+        report.time_limit_kills = len(blamed)
+        for job_id in wrongly_blamed(blamed, self.overrun_long):
+            report.problems.append(
+                f"job {job_id} ({status.get(job_id, '?')} in the end) was blamed for "
+                f"exceeding a time limit it was not deferred to exceed")
+        stock_pids = {f.pid for f in self.stock}
+        report.stock_worker_runs = sum(
+            1 for r in self.markers.runs.values() if r.pid in stock_pids)
+
+    def check_children_counts(self) -> None:
+        """Once the attacks are over, every supervisor comes back to its
+        number of children and stays there (a SIGHUP burst, crash loops and
+        kills must not leave a fleet over- or undersized)."""
+        target = self.config.children
+        deadline = time.monotonic() + self.config.converge_timeout
+        steady = {h: Steady(target, SETTLE_SECONDS) for h in self.current}
+        pending = set(steady)
+        counts: dict[str, int] = {}
+        while pending and time.monotonic() < deadline:
+            seen = self.observe()
+            for hostname in list(pending):
+                fleet = self.current[hostname]
+                counts[hostname] = len(seen.get(fleet.pid, []))
+                if fleet.exited() or steady[hostname].update(
+                        counts[hostname], time.monotonic()):
+                    pending.discard(hostname)
+            time.sleep(0.2)
+        for hostname in sorted(pending):
+            self.report.problems.append(
+                f"supervisor {self.current[hostname].pid} of {hostname}: "
+                f"{counts[hostname]} live children, target {target}, "
+                f"{self.config.converge_timeout:g} s after the chaos")
+
     def snapshot_live(self) -> None:
         """The fleet's processes alive just before the final stop: a job run
         by one of them must never have run again."""
         seen = self.observe()
         self._final_live = frozenset(
-            [*seen, *(pid for pids in seen.values() for pid in pids)]
+            [*seen, *(pid for pids in seen.values() for pid in pids),
+             *(f.pid for f in self.stock if not f.exited())]
         )
 
     def execute(self, on_tick: Callable[[ChaosRun], None] | None = None) -> ChaosReport:
@@ -756,12 +1379,17 @@ class ChaosRun:
             self.start()
             self.run_chaos(on_tick)
             if not self.config.rate:  # every job deferred
-                missing = self.config.jobs - self.deferred
+                missing = self.config.jobs - self.deferred_mix
                 if missing > 0:
-                    self.defer(missing)
+                    self.deferred_mix += len(self.defer(missing))
+                if self.config.time_limits:
+                    while (len(self.overrun_long) + len(self.overrun_short)
+                           < self.config.overrun_jobs):
+                        self.defer_overrun()
             self.say("chaos over; waiting for the last jobs")
             self.drain()
             time.sleep(2 * self.config.heartbeat_interval)
+            self.check_children_counts()
             self.snapshot_live()
             self.check_fleet_table_live()
             self.stop()

@@ -1,9 +1,15 @@
 """Chaos: 3 supervisors (distinct host names) x 4 children on one database,
 mixed jobs, while a driver SIGKILLs a random child about every half second,
 SIGKILLs a supervisor and starts it again under the same host name, SIGSTOPs
-children (one past --child-timeout, one not) and restarts PostgreSQL.
+children (one past --child-timeout, one not) and restarts PostgreSQL; and the
+attacks of the delivery-guarantees issues: queueing-lock jobs, hosts with
+different stalled timeouts, a database outage with a supervisor started in a
+loop across it, a SIGHUP burst, time limits at --child-concurrency 2, a stock
+procrastinate worker SIGTERMed mid-job, and a lock on the fleet table.
 
-The short CI version: CHAOS_JOBS (600) jobs over CHAOS_SECONDS (30) seconds.
+The short CI version: CHAOS_JOBS (1000) jobs over CHAOS_SECONDS (60) seconds.
+CHAOS_OFF="fleet_lock,db_outage" leaves attacks out (names: ATTACKS in the
+driver).
 Run it alone with ``scripts/test.sh -m chaos -s``; ``scripts/soak.sh`` runs
 the same driver for longer. The checks are in ``tests/chaos_driver.py``.
 """
@@ -34,9 +40,32 @@ def test_nothing_lost_under_chaos(db_url, tmp_path, capsys):
         print(f"\n----- chaos report (seed {config.seed}) -----\n{summary}")
     assert not report.problems, summary
     assert report.lost == 0 and report.wrong_status == 0
-    assert report.jobs == config.jobs
+    assert report.jobs >= config.jobs
     # the chaos really happened
     assert report.child_kills >= config.seconds / config.kill_interval / 3
-    assert report.supervisor_kills == 1 and report.db_restarts == 1
-    assert report.sigstops == 2 and report.wedged_kills >= 1
     assert report.recoveries >= 1
+    if config.kill_supervisor:
+        assert report.supervisor_kills >= 1
+    if config.restart_db:
+        assert report.db_restarts == 1
+    if config.stop_children:
+        assert report.sigstops == 2 and report.wedged_kills >= 1
+    if config.queueing_locks:
+        assert report.queueing_lock_jobs >= 10 and report.queueing_lock_refused >= 1
+    if config.mixed_timeouts:
+        assert len(set(report.host_timeouts.values())) >= 2
+    if config.db_outage:
+        # SIGKILLed as it stopped, started while down and when back
+        assert report.db_outages == 1 and report.outage_start_attempts >= 2
+    if config.sighup_burst:
+        assert report.sighups == config.sighup_burst
+        assert report.sighup_converged == 1
+    if config.time_limits:
+        # their enforcement is judged by the books (each long one failed,
+        # its last run stopped)
+        assert report.overrun_jobs == config.overrun_jobs and report.overrun_long >= 1
+    if config.stock_worker:
+        assert report.stock_worker_terms == 1 and report.stock_worker_runs >= 1
+    if config.fleet_lock:
+        assert report.fleet_locks == 1
+        assert report.fleet_lock_seconds > 2 * config.longest_stalled_timeout()

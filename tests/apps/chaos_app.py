@@ -6,6 +6,12 @@ way (with a crash-retry cap high enough never to fail it):
     chaos_cpu, chaos_sleep, chaos_async, chaos_locked   succeed
     chaos_flaky    fails its first run, then succeeds (retry strategy)
     chaos_fail     always fails: ends ``failed`` after its retries
+    chaos_queued   deferred with ``queueing_lock`` = ``lock``: succeeds, unless
+                   a recovery cannot put it back to ``todo`` (the driver
+                   accepts ``failed`` then)
+    chaos_overrun  sleeps; run under a time limit on one host: ends ``failed``
+                   if it sleeps past the limit, ``succeeded`` otherwise (the
+                   driver decides from its arguments)
 
 Each run appends events to ``$PREFORK_TEST_RESULTS/chaos-<pid>.log``, one line
 each: ``<event> <job id> <attempt> <pid> <unix time> <lock or ->`` where the
@@ -37,6 +43,8 @@ EXPECTED_STATUS = {
     "chaos_locked": "succeeded",
     "chaos_flaky": "succeeded",
     "chaos_fail": "failed",
+    "chaos_queued": "succeeded",
+    "chaos_overrun": "succeeded",
 }
 #: attempts the retry strategy of the failing tasks allows
 FAIL_MAX_ATTEMPTS = 2
@@ -93,6 +101,26 @@ async def chaos_async(
 def chaos_locked(context: procrastinate.JobContext, seconds: float = 0.1, **_: Any) -> None:
     """Deferred with a procrastinate ``lock``: two jobs of one lock never run
     at the same time."""
+    _mark(context, "start")
+    time.sleep(seconds)
+    _mark(context, "end")
+
+
+@app.task(name="chaos_queued", pass_context=True)
+def chaos_queued(
+    context: procrastinate.JobContext, seconds: float = 0.5, **_: Any
+) -> None:
+    """Deferred with ``queueing_lock`` and ``lock`` equal."""
+    _mark(context, "start")
+    time.sleep(seconds)
+    _mark(context, "end")
+
+
+@app.task(name="chaos_overrun", pass_context=True)
+def chaos_overrun(
+    context: procrastinate.JobContext, seconds: float = 0.5, **_: Any
+) -> None:
+    """Given a time limit (``--task-timeout chaos_overrun=...``) on one host."""
     _mark(context, "start")
     time.sleep(seconds)
     _mark(context, "end")

@@ -3,7 +3,20 @@ marker files, no database)."""
 
 from __future__ import annotations
 
-from ..chaos_driver import ChaosConfig, ChaosRun
+import random
+
+import pytest
+
+from ..chaos_driver import (
+    ATTACKS,
+    ChaosConfig,
+    ChaosRun,
+    Steady,
+    last_error_line,
+    overrun_seconds,
+    time_limit_blames,
+    wrongly_blamed,
+)
 
 
 def _run(tmp_path, lines: list[str]) -> ChaosRun:
@@ -73,9 +86,150 @@ def test_marker_reader_is_incremental_and_ignores_a_partial_line(tmp_path):
     assert run.markers.anomalies == []
 
 
+def _all_off(**overrides) -> ChaosConfig:
+    off = {name: 0 if name == "sighup_burst" else False for name in ATTACKS}
+    return ChaosConfig(**{**off, **overrides})
+
+
 def test_schedule_once_or_per_cycle(tmp_path):
     once = ChaosRun("", tmp_path, ChaosConfig(seconds=100)).schedule()
-    assert [a for _, a in once] == ["kill_supervisor", "stop_long", "stop_short", "restart_db"]
-    assert once[0][0] == 25.0
+    assert [a for _, a in once] == [
+        "sighup_burst", "stock_term", "kill_supervisor", "stop_long", "fleet_lock",
+        "stop_short", "restart_db", "db_outage",
+    ]
+    assert once[2] == (20.0, "kill_supervisor")
     cycles = ChaosRun("", tmp_path, ChaosConfig(seconds=100, repeat_every=40)).schedule()
-    assert len(cycles) == 8 and cycles[4] == (50.0, "kill_supervisor")
+    assert len(cycles) == 16 and cycles[10] == (48.0, "kill_supervisor")
+
+
+def test_each_attack_can_be_left_out(tmp_path, monkeypatch):
+    none = ChaosRun("", tmp_path, _all_off(seconds=100)).schedule()
+    assert none == []
+    monkeypatch.setenv("CHAOS_OFF", "fleet_lock,sighup_burst")
+    config = ChaosConfig.from_env()
+    assert (config.fleet_lock, config.sighup_burst) == (False, 0)
+    assert config.db_outage
+    actions = [a for _, a in ChaosRun("", tmp_path, config).schedule()]
+    assert "fleet_lock" not in actions and "sighup_burst" not in actions
+    monkeypatch.setenv("CHAOS_OFF", "nosuch")
+    with pytest.raises(ValueError, match="nosuch"):
+        ChaosConfig.from_env()
+
+
+def _opt(args: list[str], name: str) -> str | None:
+    return args[args.index(name) + 1] if name in args else None
+
+
+def test_hosts_get_their_roles():
+    config = ChaosConfig()
+    args = [config.fleet_args(f"h{i}", i) for i in range(3)]
+    # host 0: the short stalled timeout; the others heartbeat every half of
+    # theirs, so that host 0 judging them by its own timeout would show
+    assert [(_opt(a, "--stalled-timeout"), _opt(a, "--heartbeat-interval"))
+            for a in args] == [("2.0", "1.0"), ("6.0", "3.0"), ("6.0", "3.0")]
+    # host 2: two jobs per child under a time limit, alone on the timed queue;
+    # nobody but the stock worker serves the stock queue
+    assert _opt(args[2], "--child-concurrency") == "2"
+    assert _opt(args[2], "--task-timeout") == "chaos_overrun=2"
+    queues = [_opt(a, "--queues") for a in args]
+    assert queues == ["default", "default", "default,timed"]
+    assert config.roles() == {"short-timeout": 0, "sighup": 1, "timed": 2}
+    assert config.longest_stalled_timeout() == 6.0
+    # all off: every host alike, as before these attacks
+    plain = _all_off()
+    assert all(plain.fleet_args("h", i) == plain.fleet_args("h", 0) for i in range(3))
+    assert "--queues" not in plain.fleet_args("h", 0)
+
+
+def test_overrun_jobs_are_well_past_or_well_within_their_limit():
+    rng = random.Random(1)
+    assert overrun_seconds(True, 2.0, rng) == 6.0
+    assert all(0.1 <= overrun_seconds(False, 2.0, rng) <= 0.5 for _ in range(100))
+
+
+def test_a_job_blamed_for_a_time_limit_it_was_not_deferred_to_exceed_is_caught():
+    lines = [
+        "2026-01-01 10:00:00,000 ERROR   [7] procrastinate_prefork.supervisor: Child 1 "
+        "(pid 9): job 18 (chaos_overrun) exceeded its time limit, SIGTERM",
+        "2026-01-01 10:00:02,000 WARNING [7] procrastinate_prefork.supervisor: Child 1 "
+        "(pid 9): job 19 (chaos_cpu) exceeded its time limit, SIGKILL",
+        "2026-01-01 10:00:02,100 WARNING [7] procrastinate_prefork.recovery: Recovered "
+        "job 20 (chaos_cpu): retried, crash [cause: job 19 (chaos_cpu) exceeded its "
+        "time limit, child pid: 9, crashes: 1]",
+        "a task's own output: job 21 (x) exceeded its time limit, SIGTERM",
+        "2026-01-01 10:00:03,000 ERROR   [7] procrastinate_prefork.supervisor: Child 2 "
+        "(pid 8): job 19 (chaos_cpu) exceeded its time limit, SIGTERM",
+    ]
+    blamed = time_limit_blames(lines)
+    assert blamed == [18, 19]
+    assert wrongly_blamed(blamed, long={18}) == [19]
+    assert wrongly_blamed([18, 18], long={18, 22}) == []
+
+
+def _job(job_id: int, task: str, status: str) -> dict:
+    return {"id": job_id, "task_name": task, "status": status}
+
+
+def test_books_of_queueing_lock_and_time_limited_jobs(tmp_path):
+    run = _run(tmp_path, [
+        "start 1 0 100 10.0 Q", "end 1 0 100 10.5 Q",
+        "start 2 0 100 11.0 Q",  # interrupted; could not go back to todo
+        "start 3 0 100 12.0 Q", "end 3 0 100 12.5 Q",
+        "start 4 0 200 10.0 -",  # long overrun, stopped by its limit
+        "start 5 0 200 10.0 -", "end 5 0 200 16.0 -",  # long, never stopped
+        "start 6 0 200 10.0 -", "end 6 0 200 10.3 -",  # short overrun
+        "start 7 0 300 10.0 -", "end 7 0 300 10.3 -",  # short, failed: blamed
+    ])
+    run.watch.last_seen.update({100: 11.2, 200: 20.0, 300: 10.4})
+    run._final_live = frozenset({200})
+    for job_id in (1, 2, 3, 9):
+        run.queueing_jobs.add(job_id)
+        run.expected[job_id] = frozenset({"succeeded", "failed"})
+    run.overrun_long.update({4, 5})
+    run.overrun_short.update({6, 7})
+    run.expected.update({4: frozenset({"failed"}), 5: frozenset({"failed"}),
+                         6: frozenset({"succeeded"}), 7: frozenset({"succeeded"})})
+    by_job = run.markers.by_job()
+    for row in [_job(1, "chaos_queued", "succeeded"), _job(2, "chaos_queued", "failed"),
+                _job(3, "chaos_queued", "doing"), _job(9, "chaos_queued", "todo"),
+                _job(4, "chaos_overrun", "failed"), _job(5, "chaos_overrun", "failed"),
+                _job(6, "chaos_overrun", "succeeded"),
+                _job(7, "chaos_overrun", "failed")]:
+        run.check_job(row, by_job.get(row["id"], []))
+    problems = run.report.problems
+    assert problems[0] == "job 3 (chaos_queued) left doing"
+    assert problems[1] == "job 9 (chaos_queued) left todo"
+    assert problems[2] == "job 9 (chaos_queued) never ran"
+    assert problems[3].startswith("job 5 (chaos_overrun, 6 s, limit 2 s): its last run")
+    assert problems[4] == "job 7 (chaos_overrun) ended failed, expected succeeded"
+    assert len(problems) == 5
+    assert (run.report.lost, run.report.wrong_status) == (3, 1)
+
+
+def test_a_count_converges_only_once_it_holds():
+    steady = Steady(4, 3.0)
+    # a stacked rolling restart passes through the target on its way up
+    assert [steady.update(n, t) for n, t in [(4, 0.0), (8, 0.5), (4, 1.0), (3, 2.0)]] \
+        == [False] * 4
+    assert not steady.update(4, 2.5)
+    assert not steady.update(4, 5.4)
+    assert steady.update(4, 5.5)
+
+
+def test_a_stock_worker_death_is_told_in_one_line():
+    error = "psycopg.errors.ForeignKeyViolation: insert or update on table"
+    log = ("INFO:procrastinate.worker:Starting job\n"
+           f"Traceback (most recent call last):\n{error}\n"
+           "DETAIL:  Key (worker_id)=(5) is not present\nDatabase error.\n")
+    assert last_error_line(log) == error
+    assert last_error_line("just\nthis\n") == "this"
+    assert last_error_line("") == ""
+
+
+def test_supervisor_kills_spare_the_hosts_under_watch(tmp_path):
+    run = ChaosRun("", tmp_path, ChaosConfig(seed=3))
+    hosts = run.hostnames()
+    assert run.host_with("sighup") == hosts[1]
+    assert run.killable_hosts() == [hosts[0], hosts[2]]
+    run._outage_hosts.add(hosts[2])
+    assert run.killable_hosts() == [hosts[0]]
