@@ -174,7 +174,7 @@ _JUDGED = (
     f"  {fleet.supervisor_dead('s')} AS dead "
     "  FROM procrastinate_prefork_processes AS s WHERE s.kind = 'supervisor'"
     "), claim AS ("
-    "  SELECT c.worker_id, c.job_id, sup.timeout, sup.dead "
+    "  SELECT c.worker_id, c.job_ids, sup.timeout, sup.dead "
     "  FROM procrastinate_prefork_processes AS c JOIN sup ON sup.id = c.supervisor_id "
     "  WHERE c.kind = 'child'"
     "), worker_timeout AS ("

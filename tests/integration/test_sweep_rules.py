@@ -41,8 +41,9 @@ class Rows:
               job: int | None = None) -> None:
         self.conn.execute(
             "INSERT INTO procrastinate_prefork_processes (kind, host, pid, state, "
-            "supervisor_id, slot, worker_id, job_id) VALUES "
-            "('child', 'h', 2, 'busy', %s, %s, %s, %s)", [supervisor, slot, worker, job])
+            "supervisor_id, slot, worker_id, job_id, job_ids) VALUES "
+            "('child', 'h', 2, 'busy', %s, %s, %s, %s, %s)",
+            [supervisor, slot, worker, job, [job] if job else []])
 
     def doing(self, worker: int, started_ago: float = 0) -> int:
         [job_id] = defer(self.db_url, "sleep")
