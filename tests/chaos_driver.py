@@ -1036,6 +1036,8 @@ class ChaosRun:
                 # overrun_jobs per repeat_every)
                 span = config.repeat_every or (defer_until - self.started)
                 due = config.overrun_jobs * (now - self.started) / span
+                if not config.repeat_every:  # the window may end late: no more
+                    due = min(due, config.overrun_jobs)
                 if len(self.overrun_long) + len(self.overrun_short) < due:
                     self.defer_overrun()
         except psycopg.OperationalError:

@@ -41,7 +41,8 @@ except pytest.skip.Exception:
 APP = "tests.apps.logged_app.app"
 POOL_SIZE = 2
 FAST = ("--fetch-job-polling-interval", "0.5", "--abort-job-polling-interval", "0.5",
-        "--stalled-timeout", "3", "--heartbeat-interval", "0.5")
+        "--stalled-timeout", "3", "--heartbeat-interval", "0.5",
+        "--stock-worker-timeout", "3")  # the stray job below has no worker
 
 
 def _with_port(url: str, port: int) -> str:
