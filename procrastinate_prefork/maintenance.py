@@ -19,6 +19,7 @@ from procrastinate import jobs as jobs_module
 from . import fleet, policy, recovery
 from .children import Phase
 from .scoreboard import State
+from .snapshot import take as take_snapshot
 
 if TYPE_CHECKING:
     from .supervisor import Supervisor
@@ -57,41 +58,19 @@ class Maintenance:
         self._recover_pending()
         now = self.system.monotonic()
         self._log_ready()
-        views = {c.pid: self.scoreboard.read(c.slot) for c in self.children.values()}
+        snapshot = take_snapshot(self, now)
         # A new child's worker id goes to the fleet table at once: a successor
         # supervisor finds its jobs there if this whole process tree dies.
-        worker_ids = frozenset(v.worker_id for v in views.values() if v.worker_id)
+        worker_ids = frozenset(c.worker_id for c in snapshot.children if c.worker_id)
         if now < self._next_heartbeat and worker_ids <= self._recorded_worker_ids:
             return
         self._recorded_worker_ids = worker_ids
         self._next_heartbeat = now + self.config.heartbeat_interval
-        fresh = [
-            v.worker_id for v in views.values()
-            if v.worker_id
-            and not policy.is_wedged(v.heartbeat_age(now), self.config.child_timeout)
-        ]
-        rows = [
-            fleet.ChildRow(
-                slot=c.slot, pid=c.pid, worker_id=views[c.pid].worker_id,
-                state=views[c.pid].state.name.lower(), job_id=views[c.pid].job_id,
-                task_name=views[c.pid].task_name, jobs_done=views[c.pid].jobs_done,
-                job_ids=[job.job_id for job in views[c.pid].jobs],
-                restarts=self.history.get(c.slot, policy.SlotHistory()).restarts,
-                rss_bytes=views[c.pid].rss_bytes or None, started_at=c.started_at,
-                heartbeat_age=views[c.pid].heartbeat_age(now),
-                job_age=views[c.pid].job_age(now),
-            )
-            for c in self.children.values()
-        ]
         assert self.supervisor_row is not None
         supervisor_row = self.supervisor_row
 
         def beat(conn: Any) -> bool:
-            fleet.heartbeat(
-                conn, supervisor_id=supervisor_row, host=self.config.hostname,
-                state=self.phase.value, crash_loop=self.crash_looping,
-                concurrency=self.target, children=rows, fresh_worker_ids=fresh,
-            )
+            fleet.heartbeat(conn, supervisor_id=supervisor_row, snapshot=snapshot)
             return True
 
         ok = bool(self.db.run(beat))
@@ -123,9 +102,9 @@ class Maintenance:
             return
         states = [self.scoreboard.read(c.slot).state for c in self.children.values()]
         ready = all(s in (State.IDLE, State.BUSY) for s in states)
-        if len(states) == self.target and ready:
+        if len(states) == self.concurrency and ready:
             self.ready_logged = True
-            logger.info("All %d children ready", self.target,
+            logger.info("All %d children ready", self.concurrency,
                         extra={"action": "fleet_ready"})
 
     def all_ready(self: Supervisor) -> bool:

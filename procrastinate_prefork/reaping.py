@@ -71,7 +71,7 @@ class Reaping:
             return
         if child.retiring or child.generation != self.generation:
             return
-        if self._planned() >= self.target:
+        if self._planned() >= self.concurrency:
             return  # scaled down meanwhile
         history = policy.record_death(
             self.history.get(child.slot, policy.SlotHistory()), now - child.started,

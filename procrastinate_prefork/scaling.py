@@ -42,18 +42,18 @@ class Scaling:
         return slots.free_slot(used, limit=2 * MAX_CHILDREN)
 
     def _grow(self: Supervisor, count: int = 1, why: str = "SIGTTIN") -> None:
-        count = min(count, MAX_CHILDREN - self.target)
+        count = min(count, MAX_CHILDREN - self.concurrency)
         for _ in range(count):
-            self.target += 1
+            self.concurrency += 1
             self.respawn_at[self._free_slot()] = 0.0
-        logger.info("%s: %d children now", why, self.target,
-                    extra={"action": "scale_up", "children": self.target})
+        logger.info("%s: %d children now", why, self.concurrency,
+                    extra={"action": "scale_up", "children": self.concurrency})
         setproctitle.setproctitle(self._title())
 
     def _shrink(
         self: Supervisor, why: str = "SIGTTOU", only_idle: bool = False
     ) -> None:
-        if self.target <= 1:
+        if self.concurrency <= 1:
             logger.info("%s: already at one child", why)
             return
         if only_idle and not any(
@@ -64,9 +64,9 @@ class Scaling:
             return
         # ``_converge`` drops a pending fork or retires a child (one not ready
         # yet, else an idle one, the highest slot), whatever else is going on.
-        self.target -= 1
-        logger.info("%s: %d children now", why, self.target,
-                    extra={"action": "scale_down", "children": self.target})
+        self.concurrency -= 1
+        logger.info("%s: %d children now", why, self.concurrency,
+                    extra={"action": "scale_down", "children": self.concurrency})
         setproctitle.setproctitle(self._title())
 
     def _retire(self: Supervisor, child: Child, why: str) -> None:
@@ -84,7 +84,7 @@ class Scaling:
         # it rather than stacking another one.
         self.generation += 1
         logger.info(
-            "SIGHUP: rolling restart of %d children (new ones first)", self.target,
+            "SIGHUP: rolling restart of %d children (new ones first)", self.concurrency,
             extra={"action": "rolling_restart", "generation": self.generation},
         )
 
@@ -105,7 +105,7 @@ class Scaling:
                 retiring=child.retiring, ready=state in (State.IDLE, State.BUSY),
                 busy=state is State.BUSY,
             ))
-        plan = slots.plan(members, target=self.target, generation=self.generation,
+        plan = slots.plan(members, target=self.concurrency, generation=self.generation,
                           pending=len(self.respawn_at), refill=self.config.wait)
         for _ in range(plan.fork):
             self.respawn_at[self._free_slot()] = 0.0
@@ -134,7 +134,7 @@ class Scaling:
             self._quiet_since = now
         low, high = self.config.autoscale
         delta = policy.autoscale_delta(
-            current=self.target, low=low, high=high, backlog=backlog,
+            current=self.concurrency, low=low, high=high, backlog=backlog,
             idle=sum(v.state is State.IDLE for v in views),
             quiet_for=now - self._quiet_since, cooldown=self.config.autoscale_cooldown,
         )

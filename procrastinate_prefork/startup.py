@@ -27,7 +27,7 @@ class Startup:
 
     def _preflight(self: Supervisor) -> None:
         try:  # bound before anything is forked or registered
-            self.probe = probe.open_for(self)
+            self.probe = probe.open_for(self.config, self.snapshot)
         except probe.ProbeBindError as exc:
             raise StartupError(str(exc)) from None
         try:
@@ -74,7 +74,7 @@ class Startup:
             identity = fleet.process_identity()
             self.supervisor_row = own_row = fleet.register_supervisor(
                 conn, host=self.config.hostname, pid=self.pid,
-                concurrency=self.target, queues=self.config.queues,
+                concurrency=self.concurrency, queues=self.config.queues,
                 heartbeat_interval=self.config.heartbeat_interval,
                 stalled_timeout=self.config.stalled_timeout, identity=identity,
             )

@@ -37,6 +37,8 @@ from .reaping import Reaping
 from .scaling import Scaling
 from .scoreboard import Scoreboard
 from .signals import SignalHandling
+from .snapshot import FleetSnapshot
+from .snapshot import take as take_snapshot
 from .startup import Startup, StartupError
 from .system import System
 
@@ -62,9 +64,13 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
         self.app = bootstrap.app
         self.system: System = system or System()
         self.pid: int = os.getpid()
-        self.target: int = config.initial_children
+        #: children wanted now: --concurrency, or autoscale's low end at first
+        self.concurrency: int = (
+            config.autoscale[0] if config.autoscale else config.concurrency
+        )
         self.generation: int = 0
-        self._quiet_since: float = self.system.monotonic()
+        self.started: float = self.system.monotonic()
+        self._quiet_since: float = self.started
         self._next_autoscale: float = 0.0
         self.on_child_start = on_child_start
         self.on_child_exit = on_child_exit
@@ -112,7 +118,7 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
             ) from None
         self._install_signals()
         setproctitle.setproctitle(self._title())
-        for slot in range(self.target):
+        for slot in range(self.concurrency):
             self.respawn_at[slot] = 0.0
         try:
             self._spawn_due(at_start=True)
@@ -266,11 +272,14 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
         self.db.close()
         logger.info("Supervisor stopped", extra={"action": "supervisor_stopped"})
 
+    def snapshot(self) -> FleetSnapshot:
+        return take_snapshot(self, self.system.monotonic())
+
     def _title(self) -> str:
         queues = ",".join(self.config.queues) if self.config.queues else "all queues"
         return (
             f"procrastinate-prefork supervisor [{self.phase.value}] "
-            f"{self.target} children, {queues} ({self.config.hostname})"
+            f"{self.concurrency} children, {queues} ({self.config.hostname})"
         )
 
 

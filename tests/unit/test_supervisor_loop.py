@@ -135,7 +135,7 @@ def make(**options: Any) -> tuple[Supervisor, FakeSystem]:
     sup = Supervisor(config, FakeBootstrap(), system=system)  # type: ignore[arg-type]
     sup.db = DownDB()  # type: ignore[assignment]
     sup.supervisor_row = 1
-    for slot in range(sup.target):
+    for slot in range(sup.concurrency):
         sup.respawn_at[slot] = 0.0
     return sup, system
 
@@ -265,7 +265,7 @@ def test_sigttou_retires_one_child_which_is_not_replaced(caplog_info):
     mark_ready(sup)
     sup._queue_signal(signal.SIGTTOU, None)
     turn(sup)
-    assert sup.target == 2
+    assert sup.concurrency == 2
     retiring = [c for c in sup.children.values() if c.retiring]
     assert len(retiring) == 1 and retiring[0].slot == 2  # the highest slot
     assert (retiring[0].pid, signal.SIGTERM) in system.sent
@@ -322,7 +322,7 @@ def test_sigttin_grows_the_fleet(caplog_info):
     turn(sup)
     sup._queue_signal(signal.SIGTTIN, None)
     turn(sup)
-    assert sup.target == 2
+    assert sup.concurrency == 2
     assert sorted(c.slot for c in sup.children.values()) == [0, 1]
     assert "scale_up" in actions(caplog_info)
     close_all(sup)
