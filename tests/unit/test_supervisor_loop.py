@@ -388,3 +388,19 @@ def test_a_scheduled_kill_blames_the_deadline_only_without_a_reason():
     blamed = PendingKill().blame("time limit").schedule(10.0, "").fire()
     assert (blamed.reason, blamed.deadline_kill) == ("time limit", False)
     assert not PendingKill().due(1e9) and PendingKill(at=5.0).due(5.0)
+
+
+def test_the_snapshot_is_what_the_supervisor_knows():
+    sup, system = make(concurrency=2, child_timeout=30)
+    turn(sup)
+    mark_ready(sup)
+    system.sleep(10)
+    snap = sup.snapshot()
+    assert (snap.concurrency, snap.phase, snap.database_up) == (2, "running", False)
+    assert sorted(c.slot for c in snap.children) == [0, 1]
+    assert {c.state for c in snap.children} == {"idle"}
+    assert [c.uptime for c in snap.children] == [pytest.approx(10)] * 2
+    assert sorted(snap.fresh_worker_ids()) == sorted(sup.children)
+    system.sleep(30)  # no beat from either: both wedged, none fresh
+    assert sup.snapshot().fresh_worker_ids() == []
+    close_all(sup)
