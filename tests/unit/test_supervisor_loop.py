@@ -132,6 +132,7 @@ def make(**options: Any) -> tuple[Supervisor, FakeSystem]:
     options.setdefault("hostname", "test-host")
     system = FakeSystem()
     config = build_config(options, {})
+    # duck-typed stand-ins for a Bootstrap and a SupervisorDB
     sup = Supervisor(config, FakeBootstrap(), system=system)  # type: ignore[arg-type]
     sup.db = DownDB()  # type: ignore[assignment]
     sup.supervisor_row = 1
