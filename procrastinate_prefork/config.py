@@ -17,6 +17,8 @@ import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from .policy import STALLED_TIMEOUT
+
 ENV_PREFIX = "PROCRASTINATE_PREFORK_"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 DEFAULT_LOG_FORMAT = "%(asctime)s %(levelname)-7s [%(process)d] %(name)s: %(message)s"
@@ -344,7 +346,8 @@ OPTIONS: tuple[Option, ...] = (
         group="worker", env=("PROCRASTINATE_WORKER_DELETE_JOBS",),
     ),
     Option(
-        "stalled_timeout", ("--stalled-timeout",), _seconds("stalled_timeout"), 30.0,
+        "stalled_timeout", ("--stalled-timeout",), _seconds("stalled_timeout"),
+        STALLED_TIMEOUT,
         "A 'doing' job of this supervisor's children whose worker has not sent "
         "a heartbeat for this many seconds is retried by the sweep of any "
         "supervisor (recorded in the fleet table: each host is judged by its own). "
@@ -528,10 +531,6 @@ class PreforkConfig:
         if self.log_level:
             return self.log_level
         return "debug" if self.verbose > 0 else None
-
-    @property
-    def initial_children(self) -> int:
-        return self.autoscale[0] if self.autoscale else self.concurrency
 
     def worker_options(self, slot: int) -> dict[str, Any]:
         """Keyword arguments for procrastinate's ``App.run_worker_async``."""

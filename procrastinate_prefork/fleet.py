@@ -10,7 +10,6 @@ looks stalled to a sweeper.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -20,29 +19,18 @@ import psutil
 import psycopg
 from psycopg.rows import dict_row
 
+from .snapshot import FleetSnapshot
+
 #: rows of supervisors silent for this long are deleted (with their children)
 DEFAULT_RETENTION = 3600.0
 PRUNE_LOCK_KEY = 0x7072_6566_6F72_6C  # transaction-scoped advisory lock
 
 
-@dataclasses.dataclass(frozen=True)
-class ChildRow:
-    slot: int
-    pid: int
-    worker_id: int | None
-    state: str
-    job_id: int | None
-    task_name: str | None
-    jobs_done: int
-    restarts: int
-    rss_bytes: int | None
-    started_at: datetime.datetime
-    #: seconds since the child's own last sign of life (its scoreboard beat)
-    heartbeat_age: float = 0.0
-    #: seconds since the oldest running job started (None when idle)
-    job_age: float | None = None
-    #: every running job, oldest first (``job_id`` is the first)
-    job_ids: Sequence[int] = ()
+#: what the heartbeat writes of each child (``snapshot.ChildSnapshot``)
+CHILD_ROW_FIELDS = (
+    "slot", "pid", "worker_id", "state", "job_id", "task_name", "jobs_done",
+    "restarts", "rss_bytes", "started_at", "heartbeat_age", "job_age", "job_ids",
+)
 
 
 def child_runs_job(child: str, job_id: str) -> str:
@@ -164,21 +152,18 @@ _HEARTBEAT_SQL = _HEARTBEAT_SQL_TEMPLATE.replace(
 
 
 def heartbeat(
-    conn: psycopg.Connection,
-    *,
-    supervisor_id: int,
-    host: str,
-    state: str,
-    crash_loop: bool,
-    concurrency: int,
-    children: Sequence[ChildRow],
-    fresh_worker_ids: Sequence[int],
+    conn: psycopg.Connection, *, supervisor_id: int, snapshot: FleetSnapshot
 ) -> None:
-    payload = [
-        {**dataclasses.asdict(child), "started_at": child.started_at.isoformat(),
-         "job_ids": list(child.job_ids)}
-        for child in children
-    ]
+    """Write ``snapshot``: the supervisor's row, its children's rows, and the
+    heartbeats of its children's procrastinate workers that are not wedged."""
+    children = snapshot.children
+    payload = []
+    for child in children:
+        row = {name: getattr(child, name) for name in CHILD_ROW_FIELDS}
+        started_at = child.started_at
+        row["started_at"] = started_at.isoformat() if started_at else None
+        row["job_ids"] = list(child.job_ids)
+        payload.append(row)
     try:
         rss = psutil.Process().memory_info().rss
     except psutil.Error:
@@ -186,14 +171,14 @@ def heartbeat(
     conn.execute(
         _HEARTBEAT_SQL,  # type: ignore[arg-type]
         {
-            "worker_ids": list(fresh_worker_ids),
+            "worker_ids": snapshot.fresh_worker_ids(),
             "supervisor_id": supervisor_id,
-            "state": state,
-            "crash_loop": crash_loop,
-            "concurrency": concurrency,
+            "state": snapshot.phase,
+            "crash_loop": snapshot.crash_looping,
+            "concurrency": snapshot.concurrency,
             "rss": rss,
             "children": json.dumps(payload),
-            "host": host,
+            "host": snapshot.host,
             "live_slots": [child.slot for child in children],
         },
     )

@@ -18,13 +18,18 @@ from __future__ import annotations
 import dataclasses
 import datetime
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .policy import STALLED_TIMEOUT, is_wedged
+
+if TYPE_CHECKING:
+    from .snapshot import FleetSnapshot
 
 #: child states that count as able to run jobs
 WORKING_STATES = frozenset({"idle", "busy"})
 #: heartbeat age after which a row is stale, for rows that do not record their
-#: supervisor's --stalled-timeout
-DEFAULT_STALE_AFTER = 30.0
+#: supervisor's --stalled-timeout: that option's default
+DEFAULT_STALE_AFTER = STALLED_TIMEOUT
 MAX_MIN_CHILDREN = 100_000
 MAX_NAME = 255
 
@@ -280,43 +285,12 @@ def _scope(query: FleetQuery) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class ChildFacts:
-    """What a supervisor knows of one child (from its scoreboard slot)."""
-
-    slot: int
-    pid: int
-    state: str  # starting, idle, busy, draining, stopped
-    heartbeat_age: float
-    job_id: int | None = None
-    task_name: str | None = None
-    job_age: float | None = None
-    jobs_done: int = 0
-    rss_bytes: int | None = None
-    restarts: int = 0
-    uptime: float = 0.0
-
-
-@dataclasses.dataclass(frozen=True)
-class SupervisorFacts:
-    host: str
-    pid: int
-    phase: str  # running, draining, stopping
-    target: int  # children it means to run
-    crash_looping: bool
-    database_up: bool
-    child_timeout: float
-    children: Sequence[ChildFacts]
-    queues: Sequence[str] | None = None
-    uptime: float = 0.0
-
-
-@dataclasses.dataclass(frozen=True)
 class Verdict:
     ok: bool
     reasons: tuple[str, ...] = ()
 
 
-def liveness(facts: SupervisorFacts) -> Verdict:
+def liveness(facts: FleetSnapshot) -> Verdict:
     """Should the pod be left alive? The loop that answers is running; it
     fails on a crash loop, or when every child is wedged (no sign of life for
     ``child_timeout``, so not even the supervisor's SIGKILL got rid of them).
@@ -326,7 +300,9 @@ def liveness(facts: SupervisorFacts) -> Verdict:
     if facts.crash_looping:
         reasons.append("crash loop: children keep dying right after they start")
     children = list(facts.children)
-    if children and all(c.heartbeat_age > facts.child_timeout for c in children):
+    if children and all(
+        is_wedged(c.heartbeat_age, facts.child_timeout) for c in children
+    ):
         reasons.append(
             f"all {len(children)} child(ren) wedged (no sign of life for more than "
             f"{facts.child_timeout:g} s)"
@@ -334,7 +310,7 @@ def liveness(facts: SupervisorFacts) -> Verdict:
     return Verdict(not reasons, tuple(reasons))
 
 
-def readiness(facts: SupervisorFacts) -> Verdict:
+def readiness(facts: FleetSnapshot) -> Verdict:
     """Is this supervisor running its full complement of children, each past
     its bootstrap, with the database answering?"""
     reasons = []
@@ -343,12 +319,12 @@ def readiness(facts: SupervisorFacts) -> Verdict:
     if not facts.database_up:
         reasons.append("database unreachable")
     ready = sum(1 for c in facts.children if c.state in WORKING_STATES)
-    if ready < facts.target:
-        reasons.append(f"{ready} of {facts.target} child(ren) ready")
+    if ready < facts.concurrency:
+        reasons.append(f"{ready} of {facts.concurrency} child(ren) ready")
     return Verdict(not reasons, tuple(reasons))
 
 
-def supervisor_report(facts: SupervisorFacts) -> dict[str, Any]:
+def supervisor_report(facts: FleetSnapshot) -> dict[str, Any]:
     """The ``/status`` document of one supervisor."""
     live, ready = liveness(facts), readiness(facts)
     return {
@@ -357,7 +333,7 @@ def supervisor_report(facts: SupervisorFacts) -> dict[str, Any]:
         "phase": facts.phase,
         "uptime": round(max(0.0, facts.uptime), 3),
         "queues": list(facts.queues) if facts.queues else None,
-        "concurrency": facts.target,
+        "concurrency": facts.concurrency,
         "crash_loop": facts.crash_looping,
         "database": "up" if facts.database_up else "down",
         "live": live.ok,

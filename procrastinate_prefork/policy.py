@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
+#: --stalled-timeout's default (health rules use it for rows without one)
+STALLED_TIMEOUT = 30.0
 #: A child that dies sooner than this after it was forked died "early".
 MIN_UPTIME = 5.0
 #: Early deaths in a row of one slot that make the fleet "crash-looping".

@@ -29,6 +29,7 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from . import health
+from .snapshot import FleetSnapshot
 
 CLIENT_TIMEOUT = 2.0  # to send a complete request
 WRITE_BUDGET = 0.05  # longest the loop waits for a client to take the answer
@@ -215,7 +216,7 @@ def _show(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def routes(facts: Callable[[], health.SupervisorFacts]) -> Responder:
+def routes(facts: Callable[[], FleetSnapshot]) -> Responder:
     """The three paths, answered from ``facts()`` (read when asked)."""
 
     def respond(path: str) -> tuple[int, dict[str, Any]] | None:
@@ -233,40 +234,12 @@ def routes(facts: Callable[[], health.SupervisorFacts]) -> Responder:
     return respond
 
 
-def supervisor_facts(supervisor: Any, started: float) -> health.SupervisorFacts:
-    """What ``supervisor`` (a ``supervisor.Supervisor``) knows right now, from
-    its own state and its scoreboard: no I/O."""
-    from .policy import SlotHistory
-
-    now = time.monotonic()
-    children = []
-    for child in supervisor.children.values():
-        view = supervisor.scoreboard.read(child.slot)
-        children.append(health.ChildFacts(
-            slot=child.slot, pid=child.pid, state=view.state.name.lower(),
-            heartbeat_age=view.heartbeat_age(now), job_id=view.job_id,
-            task_name=view.task_name, job_age=view.job_age(now),
-            jobs_done=view.jobs_done, rss_bytes=view.rss_bytes or None,
-            restarts=supervisor.history.get(child.slot, SlotHistory()).restarts,
-            uptime=now - child.started,
-        ))
-    config = supervisor.config
-    return health.SupervisorFacts(
-        host=config.hostname, pid=supervisor.pid, phase=supervisor.phase.value,
-        target=supervisor.target, crash_looping=supervisor.crash_looping,
-        database_up=supervisor.db.is_up, child_timeout=config.child_timeout,
-        children=children, queues=config.queues, uptime=now - started,
-    )
-
-
-def open_for(supervisor: Any) -> ProbeServer | None:
-    """The probe server of ``supervisor``, bound before anything is forked;
-    None without ``--health-port``. Raises ProbeBindError."""
-    port = getattr(supervisor.config, "health_port", None)
+def open_for(
+    config: Any, snapshot: Callable[[], FleetSnapshot]
+) -> ProbeServer | None:
+    """The probe server serving what ``snapshot`` returns, bound before
+    anything is forked; None without ``--health-port``. Raises ProbeBindError."""
+    port = getattr(config, "health_port", None)
     if not port:
         return None
-    started = time.monotonic()
-    return ProbeServer(
-        supervisor.config.health_host, port,
-        routes(lambda: supervisor_facts(supervisor, started)),
-    )
+    return ProbeServer(config.health_host, port, routes(snapshot))

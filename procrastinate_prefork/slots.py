@@ -21,7 +21,7 @@ The rules:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,3 +79,8 @@ def plan(
         if child.pid not in kept:
             retire.append(child.pid)
     return Plan(fork=fork, cancel=cancel, retire=tuple(retire))
+
+
+def free_slot(used: Collection[int], *, limit: int) -> int:
+    """The lowest slot below ``limit`` that no child holds nor waits for."""
+    return next(slot for slot in range(limit) if slot not in used)

@@ -8,11 +8,11 @@ import json
 import pytest
 
 from procrastinate_prefork import health
+from procrastinate_prefork.snapshot import ChildSnapshot as ChildFacts
+from procrastinate_prefork.snapshot import FleetSnapshot as SupervisorFacts
 from procrastinate_prefork.health import (
-    ChildFacts,
     FleetQuery,
     QueryError,
-    SupervisorFacts,
     fleet_health,
     liveness,
     readiness,
@@ -174,7 +174,7 @@ def test_bad_query(params, message):
 
 def facts(children=None, **changes):
     base = dict(
-        host="h", pid=1, phase="running", target=2, crash_looping=False,
+        host="h", pid=1, phase="running", concurrency=2, crash_looping=False,
         database_up=True, child_timeout=60.0,
         children=[ChildFacts(slot=0, pid=10, state="idle", heartbeat_age=0.1),
                   ChildFacts(slot=1, pid=11, state="busy", heartbeat_age=0.2,
@@ -255,4 +255,5 @@ def test_module_is_pure():
             imported.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             imported.add((node.module or "").split(".")[0])
-    assert imported <= {"__future__", "dataclasses", "datetime", "collections", "typing"}
+    assert imported <= {"__future__", "dataclasses", "datetime", "collections", "typing",
+                        "policy", "snapshot"}  # the package's pure modules

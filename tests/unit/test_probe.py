@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from procrastinate_prefork import health, probe
+from procrastinate_prefork import probe
+from procrastinate_prefork.snapshot import FleetSnapshot
 
 
 def respond(path: str):
@@ -128,8 +129,8 @@ def test_port_in_use():
 
 
 def test_routes():
-    facts = health.SupervisorFacts(
-        host="h", pid=1, phase="running", target=1, crash_looping=True,
+    facts = FleetSnapshot(
+        host="h", pid=1, phase="running", concurrency=1, crash_looping=True,
         database_up=True, child_timeout=60, children=[])
     respond_ = probe.routes(lambda: facts)
     assert respond_("/live")[0] == 503

@@ -136,3 +136,12 @@ def test_any_burst_converges_to_the_target(events, gap):
         sim.turn()
     assert sim.live() == sim.target
     assert {g for g, _, _ in sim.children.values()} == {sim.generation}
+
+
+def test_free_slot_is_the_lowest_unused():
+    from procrastinate_prefork.slots import free_slot
+
+    assert free_slot(set(), limit=4) == 0
+    assert free_slot({0, 1, 3}, limit=4) == 2
+    with pytest.raises(StopIteration):
+        free_slot({0, 1}, limit=2)

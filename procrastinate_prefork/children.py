@@ -1,0 +1,95 @@
+"""One child as the supervisor sees it, and the fork that makes one."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+import logging
+import os
+from collections.abc import Callable
+
+from .child import ChildSpec, run_child
+from .scoreboard import Scoreboard
+from .system import System
+
+logger = logging.getLogger("procrastinate_prefork.supervisor")
+
+
+class Phase(enum.Enum):
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPING = "stopping"
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingKill:
+    """Why and when the supervisor kills a child, if it does."""
+
+    reason: str | None = None  # why we killed it, once we have
+    at: float | None = None  # SIGKILL when this monotonic time passes...
+    why: str = ""  # ...and this is why
+    #: killed at a drain/retire deadline: not the job's fault
+    deadline_kill: bool = False
+
+    def schedule(self, at: float, why: str) -> PendingKill:
+        return dataclasses.replace(self, at=at, why=why)
+
+    def blame(self, reason: str) -> PendingKill:
+        return dataclasses.replace(self, reason=reason)
+
+    def due(self, now: float) -> bool:
+        return self.at is not None and now >= self.at
+
+    def fire(self) -> PendingKill:
+        """The scheduled SIGKILL goes out: its ``why`` is the reason unless
+        the child was already being killed for one."""
+        if self.reason is not None:
+            return dataclasses.replace(self, at=None)
+        return PendingKill(reason=self.why, at=None, why=self.why, deadline_kill=True)
+
+
+@dataclasses.dataclass
+class Child:
+    slot: int
+    pid: int
+    started: float  # monotonic
+    started_at: datetime.datetime
+    wake_fd: int
+    kill: PendingKill = PendingKill()
+    #: its jobs that ran past their time limit (the child was stopped for them)
+    timed_out_jobs: set[int] = dataclasses.field(default_factory=set)
+    generation: int = 0  # bumped by SIGHUP: older children are rolled over
+    retiring: bool = False  # asked to stop for good (scale down, rolling restart)
+
+
+def fork_child(
+    system: System,
+    slot: int,
+    *,
+    scoreboard: Scoreboard,
+    generation: int,
+    spec: Callable[[int], ChildSpec],
+) -> Child:
+    """Fork the child of ``slot``; ``spec`` makes its ``ChildSpec`` from the
+    read end of its wake-up pipe (in the child, which never returns)."""
+    wake_r, wake_w = os.pipe()
+    scoreboard.reset(slot)
+    try:
+        pid = system.fork()
+    except OSError:
+        os.close(wake_r)
+        os.close(wake_w)
+        raise
+    if pid == 0:  # in the child: never returns
+        os.close(wake_w)
+        run_child(spec(wake_r))
+    os.close(wake_r)
+    os.set_blocking(wake_w, False)
+    scoreboard.set_pid(slot, pid)
+    logger.info("Child %s started (pid %s)", slot, pid,
+                extra={"action": "child_started", "slot": slot, "pid": pid})
+    return Child(
+        slot=slot, pid=pid, started=system.monotonic(), started_at=system.now(),
+        wake_fd=wake_w, generation=generation,
+    )
