@@ -178,7 +178,7 @@ def _status(bootstrap: Bootstrap, args: argparse.Namespace) -> int:
 
 
 def _apply_schema(bootstrap: Bootstrap) -> int:
-    from . import db, redact, schema
+    from . import db, errors, redact, schema
 
     try:
         with db.connect(bootstrap.connection_args(), "prefork:schema") as conn:
@@ -191,7 +191,7 @@ def _apply_schema(bootstrap: Bootstrap) -> int:
             schema.apply(conn)
     except Exception as exc:  # psycopg errors: one line for the user
         first_line = redact.without_secrets(
-            db.first_line(exc), bootstrap.connection_args()
+            errors.one_line(exc), bootstrap.connection_args()
         )
         print(f"procrastinate-prefork: error: cannot apply the schema: {first_line}",
               file=sys.stderr)

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import sql
 
-from . import redact
+from . import errors, redact
 
 logger = logging.getLogger("procrastinate_prefork.db")
 
@@ -257,13 +257,13 @@ class SupervisorDB:
             # even while the outage it starts is already known.
             logger.error(
                 "Database call timed out (%s); dropping the session",
-                first_line(exc), extra={"action": "db_timeout"},
+                errors.one_line(exc), extra={"action": "db_timeout"},
             )
         if self.down_since is None:
             self.down_since = now
             logger.error(
                 "Database unreachable: %s",
-                redact.without_secrets(first_line(exc), self.connection_args),
+                redact.without_secrets(errors.one_line(exc), self.connection_args),
                 extra={"action": "db_unreachable"},
             )
         self.close()
@@ -284,7 +284,7 @@ class SupervisorDB:
             return None
         except psycopg.Error as exc:
             # e.g. a table dropped under us: say so, keep supervising
-            logger.error("Database error: %s", first_line(exc),
+            logger.error("Database error: %s", errors.one_line(exc),
                          extra={"action": "db_error"})
             return None
 
@@ -298,6 +298,3 @@ class SupervisorDB:
             self._failed(exc)
             return []
 
-
-def first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

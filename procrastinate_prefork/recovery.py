@@ -33,7 +33,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from . import fleet
+from . import errors, fleet
 
 logger = logging.getLogger("procrastinate_prefork.recovery")
 
@@ -320,7 +320,7 @@ def _log_failed(row: dict[str, Any], exc: psycopg.Error) -> None:
     logger.error(
         "Job %s (%s) could not be recovered, left as it is for a later attempt: %s",
         row["id"], row["task_name"],
-        (str(exc).strip().splitlines() or [type(exc).__name__])[0],
+        errors.one_line(exc),
         extra={"action": "job_recovery_failed", "job_id": row["id"],
                "task_name": row["task_name"], "sqlstate": exc.sqlstate},
     )

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TextIO
 
-from . import fleet, health
+from . import errors, fleet, health
 
 EXIT_HEALTHY = 0
 EXIT_UNHEALTHY = 1
@@ -72,7 +72,7 @@ def report(
     try:
         rows = list(fetch())
     except Exception as exc:  # psycopg or Django database errors
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = errors.one_line(exc)
         if schema_hint and _undefined_table(exc):
             first += f" ({schema_hint})"
         err.write(f"error: cannot read the fleet table: {first}\n")

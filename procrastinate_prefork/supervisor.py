@@ -27,7 +27,7 @@ import setproctitle
 from procrastinate import jobs as jobs_module
 from procrastinate import manager as manager_module
 
-from . import db, fleet, logfiles, policy, probe, recovery, redact, schema, slots
+from . import db, errors, fleet, logfiles, policy, probe, recovery, redact, schema, slots
 from .bootstrap import Bootstrap
 from .child import ChildSpec, run_child
 from .config import MAX_CHILDREN, PreforkConfig
@@ -146,7 +146,7 @@ class Supervisor:
             if not db.is_timeout(exc):
                 raise
             raise StartupError(
-                f"the database did not answer in time ({db.first_line(exc)})"
+                f"the database did not answer in time ({errors.one_line(exc)})"
             ) from None
         self._install_signals()
         setproctitle.setproctitle(self._title())
@@ -220,7 +220,7 @@ class Supervisor:
         except Exception as exc:  # psycopg.Error or a bad conninfo
             # libpq quotes what it cannot parse, a password included
             first_line = redact.without_secrets(
-                db.first_line(exc), self.bootstrap.connection_args()
+                errors.one_line(exc), self.bootstrap.connection_args()
             )
             raise StartupError(f"cannot connect to the database: {first_line}") from None
         with conn, db.bounded(conn, self.db_timeouts):
@@ -280,7 +280,7 @@ class Supervisor:
             try:
                 direct = db.listen_works(self.db.connection_args, self.db.app_name)
             except Exception as exc:  # psycopg.Error: libpq never shows a password
-                first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                first_line = errors.one_line(exc)
                 raise StartupError(f"cannot connect with --listen-dsn: {first_line}"
                                    ) from None
             if not direct:  # pooled too: same precaution as the app's
