@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
-import errno
 import functools
 import json
 import logging
@@ -27,7 +26,8 @@ import setproctitle
 from procrastinate import jobs as jobs_module
 from procrastinate import manager as manager_module
 
-from . import db, errors, fleet, logfiles, policy, probe, recovery, redact, schema, slots
+from . import db, fleet, logfiles, policy, probe, recovery, redact, schema, slots
+from . import errors, wakepipe
 from .bootstrap import Bootstrap
 from .child import ChildSpec, run_child
 from .config import MAX_CHILDREN, PreforkConfig
@@ -748,20 +748,14 @@ class Supervisor:
             if kind == "job_inserted":
                 self._wake_pending = True  # one wake per child per turn is enough
             else:
-                lines.append(f"{channel} {payload}\n")
+                lines.append((channel, payload))
         if self._wake_pending:
-            lines.append('procrastinate_any_queue_v1 {"type": "job_inserted"}\n')
+            lines.append(wakepipe.JOB_INSERTED)
             self._wake_pending = False
         if lines and self.config.listen_notify:
-            data = "".join(lines).encode()
+            data = wakepipe.encode(lines)
             for child in self.children.values():
-                try:
-                    os.write(child.wake_fd, data)
-                except BlockingIOError:
-                    pass  # a child that reads nothing will poll anyway
-                except OSError as exc:
-                    if exc.errno != errno.EPIPE:
-                        raise
+                wakepipe.send_wake(child.wake_fd, data)
 
     # ------------------------------------------------------------ periodic
 
