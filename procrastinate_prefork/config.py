@@ -262,10 +262,6 @@ class Option:
     def env_vars(self) -> tuple[str, ...]:
         return (ENV_PREFIX + self.name.upper(), *self.env)
 
-    @property
-    def setting_key(self) -> str:
-        return self.name
-
     def default_value(self) -> Any:
         return self.default() if callable(self.default) else self.default
 
@@ -657,9 +653,9 @@ def _pick(
     for var in option.env_vars:
         if environ.get(var, "") != "":
             return environ[var], f"environment variable {var}"
-    if option.setting_key in settings:
-        return settings[option.setting_key], (
-            f"setting PROCRASTINATE_PREFORK[{option.setting_key!r}]"
+    if option.name in settings:
+        return settings[option.name], (
+            f"setting PROCRASTINATE_PREFORK[{option.name!r}]"
         )
     return None, None
 

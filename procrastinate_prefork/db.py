@@ -196,8 +196,6 @@ class SupervisorDB:
         self.channels = list(channels)
         self.conn: psycopg.Connection | None = None
         self.down_since: float | None = None
-        #: when the session came back after the last outage (monotonic)
-        self.back_since: float | None = None
         self._next_attempt = 0.0
         self._delay = RETRY_MIN
         #: Called after each (re)connection, e.g. to wake children that may
@@ -240,7 +238,6 @@ class SupervisorDB:
             self._failed(exc)
             return None
         if self.down_since is not None:
-            self.back_since = now
             logger.warning(
                 "Database reachable again after %.1f s",
                 now - self.down_since,

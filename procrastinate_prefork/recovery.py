@@ -398,6 +398,3 @@ def log_recovery(recovery: Recovery, child_pid: int | None) -> None:
         },
     )
 
-
-def worker_ids_of(rows: Iterable[dict[str, Any]]) -> list[int]:
-    return [row["worker_id"] for row in rows if row.get("worker_id")]
