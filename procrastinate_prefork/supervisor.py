@@ -890,42 +890,6 @@ class Supervisor:
         )
 
 
-def banner(config: PreforkConfig, bootstrap: Bootstrap) -> str:
-    queues = ", ".join(config.queues) if config.queues else "all queues"
-    limit = f"{config.job_timeout:g} s" if config.job_timeout else "none"
-    recycle = []
-    if config.max_jobs_per_child:
-        recycle.append(f"{config.max_jobs_per_child} jobs (+0..{config.max_jobs_jitter})")
-    if config.max_memory_per_child:
-        recycle.append(f"{config.max_memory_per_child} MiB resident")
-    lines = [
-        f"procrastinate-prefork {__import__('procrastinate_prefork').__version__}"
-        f" -- {bootstrap.description}",
-        f"  host:          {config.hostname} (supervisor pid {os.getpid()})",
-        f"  children:      {config.concurrency} x {config.child_concurrency} job(s) at once",
-        f"  queues:        {queues}",
-        f"  wait:          {'yes' if config.wait else 'no (one-shot)'}",
-        f"  listen/notify: {'one LISTEN session, children woken by pipe' if config.listen_notify else 'off (polling every %g s)' % config.fetch_job_polling_interval}",
-    ]
-    if config.listen_dsn and config.listen_notify:
-        lines[-1] += " (session on --listen-dsn)"
-    lines += [
-        f"  graceful stop: {config.shutdown_graceful_timeout:g} s (shared deadline)",
-        f"  stalled after: {config.stalled_timeout:g} s; heartbeat every {config.heartbeat_interval:g} s",
-        f"  wedged after:  {config.child_timeout:g} s; job time limit: {limit}"
-        + (f" ({len(config.task_timeouts)} per-task)" if config.task_timeouts else ""),
-        f"  crash retries: {config.max_crash_retries}",
-        "  recycle after: " + (", ".join(recycle) or "never"),
-    ]
-    if config.autoscale:
-        lines[2] = (f"  children:      autoscale {config.autoscale[0]}..{config.autoscale[1]}"
-                    f" x {config.child_concurrency} job(s) at once")
-    if config.health_port:
-        lines.append(f"  probe port:    {config.health_host}:{config.health_port} "
-                     "(/live, /ready, /status)")
-    return "\n".join(lines)
-
-
 def count_runnable(conn: Any, queues: Any) -> int:
     """Runnable ``todo`` jobs in our queues (capped: only "how many more")."""
     row = conn.execute(

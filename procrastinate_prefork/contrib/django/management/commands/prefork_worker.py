@@ -10,8 +10,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from ..... import config as config_module
 from .....bootstrap import DjangoBootstrap
-from .....cli import run_fleet
 from .....config import ConfigError
+from .....launcher import run_fleet
 from ...settings import prefork_settings
 
 
