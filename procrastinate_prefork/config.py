@@ -454,7 +454,8 @@ OPTIONS: tuple[Option, ...] = (
         "log_level", ("--log-level",),
         _optional(_choice(*LOG_LEVELS)), None,
         "Log level of the supervisor and children (procrastinate's --log-level). "
-        "Under manage.py with LOGGING configured, unset leaves Django's levels.",
+        "Under manage.py with LOGGING configured, unset leaves Django's levels. "
+        "run_worker() sets only the procrastinate_prefork logger's level.",
         env=("PROCRASTINATE_LOG_LEVEL",), default_doc="`info`, or Django's `LOGGING`",
         metavar="{" + ",".join(LOG_LEVELS) + "}",
     ),
@@ -462,7 +463,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "log_format", ("--log-format",), _non_empty_str, DEFAULT_LOG_FORMAT,
         "Format of the log lines (Python logging's LogRecord attributes), when "
-        "logging is not configured already (Django's LOGGING wins under manage.py).",
+        "logging is not configured already (Django's LOGGING wins under manage.py). "
+        "Not used by run_worker(), which leaves logging to its caller.",
         env=("PROCRASTINATE_LOG_FORMAT",), metavar="FORMAT",
     ),
     Option(
