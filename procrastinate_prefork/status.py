@@ -48,14 +48,6 @@ def fetch_rows_psycopg(conn: Any) -> list[dict[str, Any]]:
     return fleet.fetch_fleet(conn, live_only=True)
 
 
-def fetch_rows_django(connection: Any) -> list[dict[str, Any]]:
-    """The same rows through a Django database connection."""
-    with connection.cursor() as cursor:
-        cursor.execute(fleet.fleet_sql(live_only=True))
-        names = [column[0] for column in cursor.description]
-        return [dict(zip(names, row)) for row in cursor.fetchall()]
-
-
 def report(
     fetch: Callable[[], Iterable[Mapping[str, Any]]],
     query: health.FleetQuery,
