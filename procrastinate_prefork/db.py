@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import sql
 
-from . import errors, redact
+from . import errors, queries, redact
 
 logger = logging.getLogger("procrastinate_prefork.db")
 
@@ -83,10 +83,6 @@ class Timeouts:
         }
 
 
-_SET_LOCAL = (
-    "SELECT set_config('statement_timeout', %s, true), "
-    "set_config('lock_timeout', %s, true)"
-)
 
 
 @contextlib.contextmanager
@@ -125,7 +121,7 @@ def bounded(conn: psycopg.Connection, timeouts: Timeouts | None) -> Iterator[Non
         yield
         return
     with deadline(timeouts.call), conn.transaction():
-        conn.execute(_SET_LOCAL, [f"{int(timeouts.statement * 1000)}ms",
+        conn.execute(queries.get("set_local_timeouts"), [f"{int(timeouts.statement * 1000)}ms",
                                   f"{int(timeouts.lock * 1000)}ms"])
         yield
 
@@ -178,7 +174,7 @@ def listen_works(
         listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
         with connect(connection_args, app_name, autocommit=True,
                      prepare_threshold=None) as sender:
-            sender.execute("SELECT pg_notify(%s, '')", [channel])
+            sender.execute(queries.get("notify_empty"), [channel])
         return any(True for _ in listener.notifies(timeout=timeout, stop_after=1))
 
 

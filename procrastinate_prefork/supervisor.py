@@ -28,6 +28,7 @@ from procrastinate import manager as manager_module
 
 from . import db, fleet, logfiles, policy, probe, recovery, redact, schema, slots
 from . import errors, wakepipe
+from .fleet import count_runnable
 from .bootstrap import Bootstrap
 from .child import ChildSpec, run_child
 from .config import MAX_CHILDREN, PreforkConfig
@@ -888,15 +889,3 @@ class Supervisor:
             f"procrastinate-prefork supervisor [{self.phase.value}] "
             f"{self.target} children, {queues} ({self.config.hostname})"
         )
-
-
-def count_runnable(conn: Any, queues: Any) -> int:
-    """Runnable ``todo`` jobs in our queues (capped: only "how many more")."""
-    row = conn.execute(
-        "SELECT count(*) FROM (SELECT 1 FROM procrastinate_jobs WHERE status = 'todo' "
-        "AND (scheduled_at IS NULL OR scheduled_at <= now()) "
-        "AND (%(queues)s::varchar[] IS NULL OR queue_name = ANY(%(queues)s)) "
-        "LIMIT 1000) AS runnable",
-        {"queues": list(queues) if queues else None},
-    ).fetchone()
-    return int(row[0]) if row else 0
