@@ -21,8 +21,14 @@ from .config import build_config
 def run_worker(app: procrastinate.App, **options: Any) -> int:
     """Run the supervisor until it stops; returns its exit code.
 
+    Logging is the caller's: this does not configure the root logger (no
+    handler, format or level is installed; the ``log_format`` options are not
+    used); an explicit ``log_level`` applies to the ``procrastinate_prefork``
+    logger only. Configure logging (e.g. ``logging.basicConfig``) before
+    calling this to see the supervisor's and children's records.
+
     Raises ``config.ConfigError`` on a bad option, ``bootstrap.BootstrapError``
     when the app's connector is not a PsycopgConnector."""
-    from .cli import run_fleet
+    from .launcher import run_fleet
 
-    return run_fleet(build_config(options), AppBootstrap(app))
+    return run_fleet(build_config(options), AppBootstrap(app), configure_logging=False)

@@ -24,7 +24,7 @@ from procrastinate import connector as connector_module
 from procrastinate import psycopg_connector
 
 from . import bootstrap as bootstrap_module
-from . import compat, db, logfiles, policy, redact
+from . import compat, db, logfiles, policy, redact, wakepipe
 from .config import PreforkConfig
 from .scoreboard import Scoreboard, SlotWriter, State
 
@@ -68,15 +68,8 @@ class PipeWakeConnector(psycopg_connector.PsycopgConnector):
     ) -> None:
         if self._wake_fd is None:
             return
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        pipe = os.fdopen(self._wake_fd, "rb", buffering=0)
-        self._wake_fd = None
-        await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), pipe
-        )
-        while line := await reader.readline():
-            channel, _, payload = line.decode("utf-8", "replace").rstrip("\n").partition(" ")
+        fd, self._wake_fd = self._wake_fd, None
+        async for channel, payload in wakepipe.read_wakes(fd):
             await on_notification(channel=channel, payload=payload)
 
 

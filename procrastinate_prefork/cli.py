@@ -4,88 +4,21 @@
     procrastinate-prefork --app mypkg.tasks.app schema --apply
 
 The Django command ``manage.py prefork_worker`` shares the option table
-(``config.OPTIONS``) and ``run_fleet``.
+(``config.OPTIONS``) and ``launcher.run_fleet``.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import __version__, config as config_module
-from .bootstrap import Bootstrap, BootstrapError, PlainBootstrap, register_fork_hooks
-from .config import ConfigError, PreforkConfig
-
-EXIT_USAGE = 2
-EXIT_STARTUP = 1
-
-logger = logging.getLogger("procrastinate_prefork")
-
-
-def log_formatter(config: PreforkConfig) -> logging.Formatter:
-    """Raises ConfigError for a format its style cannot use."""
-    try:
-        return logging.Formatter(config.log_format, style=config.log_format_style)  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise ConfigError(
-            f"--log-format: not a valid {config.log_format_style!r}-style format: {exc}"
-        ) from None
-
-
-def setup_logging(config: PreforkConfig) -> None:
-    """procrastinate's logging options, on a process whose logging nobody set
-    up; when it is set up already (Django's LOGGING), its handlers, formats
-    and levels stay, except for an explicit --log-level (or -v)."""
-    formatter = log_formatter(config)
-    level = config.effective_log_level
-    root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(formatter)
-        root.addHandler(handler)
-        root.setLevel((level or "info").upper())
-    if level:
-        logging.getLogger("procrastinate_prefork").setLevel(level.upper())
-    if config.verbose:
-        logger.warning(
-            "-v/--verbose (PROCRASTINATE_VERBOSE) is deprecated, as in procrastinate: "
-            "use --log-level (PROCRASTINATE_LOG_LEVEL)",
-            extra={"action": "deprecated_option", "option": "verbose"},
-        )
-
-
-def _print_error(message: str, code: int) -> None:
-    print(f"procrastinate-prefork: error: {message}", file=sys.stderr)
-
-
-def run_fleet(config: PreforkConfig, bootstrap: Bootstrap,
-              on_error: Callable[[str, int], None] = _print_error) -> int:
-    """Start the supervisor and run it until it stops. Returns the exit code.
-    A start-up error goes to ``on_error(message, exit_code)`` first (Django's
-    command raises its CommandError there)."""
-    from .supervisor import StartupError, Supervisor, banner
-
-    register_fork_hooks()
-    try:
-        setup_logging(config)
-        hooks = {
-            name: config_module.resolve_hook(name, getattr(config, name))
-            for name in ("on_child_start", "on_child_exit")
-        }
-    except ConfigError as exc:
-        on_error(str(exc), EXIT_USAGE)
-        return EXIT_USAGE
-    supervisor = Supervisor(config, bootstrap, **hooks)
-    print(banner(config, bootstrap), file=sys.stderr, flush=True)
-    try:
-        return supervisor.run()
-    except StartupError as exc:
-        on_error(str(exc), EXIT_STARTUP)
-        return EXIT_STARTUP
+from .bootstrap import Bootstrap, BootstrapError, PlainBootstrap
+from .config import ConfigError
+from .launcher import EXIT_STARTUP, EXIT_USAGE, run_fleet
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,7 +111,7 @@ def _status(bootstrap: Bootstrap, args: argparse.Namespace) -> int:
 
 
 def _apply_schema(bootstrap: Bootstrap) -> int:
-    from . import db, redact, schema
+    from . import db, errors, redact, schema
 
     try:
         with db.connect(bootstrap.connection_args(), "prefork:schema") as conn:
@@ -191,7 +124,7 @@ def _apply_schema(bootstrap: Bootstrap) -> int:
             schema.apply(conn)
     except Exception as exc:  # psycopg errors: one line for the user
         first_line = redact.without_secrets(
-            db.first_line(exc), bootstrap.connection_args()
+            errors.one_line(exc), bootstrap.connection_args()
         )
         print(f"procrastinate-prefork: error: cannot apply the schema: {first_line}",
               file=sys.stderr)

@@ -264,10 +264,6 @@ class Option:
     def env_vars(self) -> tuple[str, ...]:
         return (ENV_PREFIX + self.name.upper(), *self.env)
 
-    @property
-    def setting_key(self) -> str:
-        return self.name
-
     def default_value(self) -> Any:
         return self.default() if callable(self.default) else self.default
 
@@ -461,7 +457,8 @@ OPTIONS: tuple[Option, ...] = (
         "log_level", ("--log-level",),
         _optional(_choice(*LOG_LEVELS)), None,
         "Log level of the supervisor and children (procrastinate's --log-level). "
-        "Under manage.py with LOGGING configured, unset leaves Django's levels.",
+        "Under manage.py with LOGGING configured, unset leaves Django's levels. "
+        "run_worker() sets only the procrastinate_prefork logger's level.",
         env=("PROCRASTINATE_LOG_LEVEL",), default_doc="`info`, or Django's `LOGGING`",
         metavar="{" + ",".join(LOG_LEVELS) + "}",
     ),
@@ -469,7 +466,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "log_format", ("--log-format",), _non_empty_str, DEFAULT_LOG_FORMAT,
         "Format of the log lines (Python logging's LogRecord attributes), when "
-        "logging is not configured already (Django's LOGGING wins under manage.py).",
+        "logging is not configured already (Django's LOGGING wins under manage.py). "
+        "Not used by run_worker(), which leaves logging to its caller.",
         env=("PROCRASTINATE_LOG_FORMAT",), metavar="FORMAT",
     ),
     Option(
@@ -656,9 +654,9 @@ def _pick(
     for var in option.env_vars:
         if environ.get(var, "") != "":
             return environ[var], f"environment variable {var}"
-    if option.setting_key in settings:
-        return settings[option.setting_key], (
-            f"setting PROCRASTINATE_PREFORK[{option.setting_key!r}]"
+    if option.name in settings:
+        return settings[option.name], (
+            f"setting PROCRASTINATE_PREFORK[{option.name!r}]"
         )
     return None, None
 

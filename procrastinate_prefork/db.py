@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import sql
 
-from . import redact
+from . import errors, queries, redact
 
 logger = logging.getLogger("procrastinate_prefork.db")
 
@@ -83,10 +83,6 @@ class Timeouts:
         }
 
 
-_SET_LOCAL = (
-    "SELECT set_config('statement_timeout', %s, true), "
-    "set_config('lock_timeout', %s, true)"
-)
 
 
 @contextlib.contextmanager
@@ -125,7 +121,7 @@ def bounded(conn: psycopg.Connection, timeouts: Timeouts | None) -> Iterator[Non
         yield
         return
     with deadline(timeouts.call), conn.transaction():
-        conn.execute(_SET_LOCAL, [f"{int(timeouts.statement * 1000)}ms",
+        conn.execute(queries.get("set_local_timeouts"), [f"{int(timeouts.statement * 1000)}ms",
                                   f"{int(timeouts.lock * 1000)}ms"])
         yield
 
@@ -178,7 +174,7 @@ def listen_works(
         listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
         with connect(connection_args, app_name, autocommit=True,
                      prepare_threshold=None) as sender:
-            sender.execute("SELECT pg_notify(%s, '')", [channel])
+            sender.execute(queries.get("notify_empty"), [channel])
         return any(True for _ in listener.notifies(timeout=timeout, stop_after=1))
 
 
@@ -196,8 +192,6 @@ class SupervisorDB:
         self.channels = list(channels)
         self.conn: psycopg.Connection | None = None
         self.down_since: float | None = None
-        #: when the session came back after the last outage (monotonic)
-        self.back_since: float | None = None
         self._next_attempt = 0.0
         self._delay = RETRY_MIN
         #: Called after each (re)connection, e.g. to wake children that may
@@ -240,7 +234,6 @@ class SupervisorDB:
             self._failed(exc)
             return None
         if self.down_since is not None:
-            self.back_since = now
             logger.warning(
                 "Database reachable again after %.1f s",
                 now - self.down_since,
@@ -257,13 +250,13 @@ class SupervisorDB:
             # even while the outage it starts is already known.
             logger.error(
                 "Database call timed out (%s); dropping the session",
-                first_line(exc), extra={"action": "db_timeout"},
+                errors.one_line(exc), extra={"action": "db_timeout"},
             )
         if self.down_since is None:
             self.down_since = now
             logger.error(
                 "Database unreachable: %s",
-                redact.without_secrets(first_line(exc), self.connection_args),
+                redact.without_secrets(errors.one_line(exc), self.connection_args),
                 extra={"action": "db_unreachable"},
             )
         self.close()
@@ -284,7 +277,7 @@ class SupervisorDB:
             return None
         except psycopg.Error as exc:
             # e.g. a table dropped under us: say so, keep supervising
-            logger.error("Database error: %s", first_line(exc),
+            logger.error("Database error: %s", errors.one_line(exc),
                          extra={"action": "db_error"})
             return None
 
@@ -298,6 +291,3 @@ class SupervisorDB:
             self._failed(exc)
             return []
 
-
-def first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

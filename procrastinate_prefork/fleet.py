@@ -19,6 +19,7 @@ import psutil
 import psycopg
 from psycopg.rows import dict_row
 
+from . import queries
 from .snapshot import FleetSnapshot
 
 #: rows of supervisors silent for this long are deleted (with their children)
@@ -76,11 +77,7 @@ def register_supervisor(
     identity: ProcessIdentity | None = None,
 ) -> int:
     row = conn.execute(
-        "INSERT INTO procrastinate_prefork_processes "
-        "(kind, host, pid, state, concurrency, queues, heartbeat_interval, "
-        "stalled_timeout, boot_id, pid_namespace, process_start) "
-        "VALUES ('supervisor', %s, %s, 'starting', %s, %s, %s, %s, %s, %s, %s) "
-        "RETURNING id",
+        queries.get("insert_supervisor"),
         [host, pid, concurrency, list(queues) if queues else None,
          heartbeat_interval, stalled_timeout,
          identity.boot_id if identity else None,
@@ -188,10 +185,7 @@ def mark_stopped(conn: psycopg.Connection, supervisor_id: int) -> None:
     # worker_id stays: if a dead child's jobs could not be recovered (database
     # down), the sweep still judges its worker by this supervisor's timeout
     conn.execute(
-        "UPDATE procrastinate_prefork_processes "
-        "SET state = 'stopped', job_id = NULL, task_name = NULL, "
-        "job_started_at = NULL, job_ids = '{}', last_heartbeat = now() "
-        "WHERE id = %s OR supervisor_id = %s",
+        queries.get("mark_stopped"),
         [supervisor_id, supervisor_id],
     )
 
@@ -205,7 +199,7 @@ def prune(
     at a time, others skip."""
     with conn.transaction():
         locked = conn.execute(
-            "SELECT pg_try_advisory_xact_lock(%(key)s)", {"key": PRUNE_LOCK_KEY}
+            queries.get("try_xact_lock"), {"key": PRUNE_LOCK_KEY}
         ).fetchone()
         if not locked or not locked[0]:
             return 0
@@ -219,8 +213,7 @@ def prune(
             dict(judgement),
         )
         deleted = conn.execute(
-            "DELETE FROM procrastinate_prefork_processes "
-            "WHERE kind = 'supervisor' AND last_heartbeat < now() - make_interval(secs => %s)",
+            queries.get("delete_silent_supervisors"),
             [retention],
         )
         return deleted.rowcount
@@ -372,3 +365,11 @@ def fetch_fleet(conn: psycopg.Connection, live_only: bool = False) -> list[dict[
     """The fleet table's rows (see ``FLEET_SQL``), all of them by default."""
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(fleet_sql(live_only)).fetchall()  # type: ignore[arg-type]
+
+
+def count_runnable(conn: psycopg.Connection, queues: Sequence[str] | None) -> int:
+    """Runnable ``todo`` jobs in our queues (capped: only "how many more")."""
+    row = conn.execute(
+        queries.get("count_runnable"), {"queues": list(queues) if queues else None},
+    ).fetchone()
+    return int(row[0]) if row else 0

@@ -107,9 +107,6 @@ class Maintenance:
             logger.info("All %d children ready", self.concurrency,
                         extra={"action": "fleet_ready"})
 
-    def all_ready(self: Supervisor) -> bool:
-        return self.ready_logged
-
     def _recover_pending(self: Supervisor) -> None:
         """Recover dead children's jobs, oldest death first. One that fails
         while the database answers is tried again later, with backoff, and

@@ -33,7 +33,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from . import fleet
+from . import errors, fleet, queries
 
 logger = logging.getLogger("procrastinate_prefork.recovery")
 
@@ -134,9 +134,7 @@ def recover_worker_jobs(
             count_crash=count_crash,
         )
         if delete_workers:
-            conn.execute(
-                "DELETE FROM procrastinate_workers WHERE id = ANY(%s)", [list(worker_ids)]
-            )
+            conn.execute(queries.get("delete_workers"), [list(worker_ids)])
     for recovery in recoveries:
         log_recovery(recovery, child_pid)
     return recoveries
@@ -232,7 +230,7 @@ def sweep_stalled(
     params: dict[str, Any] = {**judgement.params(), "limit": limit}
     with conn.transaction():
         locked = conn.execute(
-            "SELECT pg_try_advisory_xact_lock(%s)", [SWEEP_LOCK_KEY]
+            queries.get("try_xact_lock"), {"key": SWEEP_LOCK_KEY}
         ).fetchone()
         if not locked or not locked[0]:
             return None
@@ -299,13 +297,12 @@ def _fail_queueing_lock_conflict(
     waits there already. procrastinate refuses to defer a job in that case,
     and the waiting job is the one that will do the work."""
     waiting = conn.execute(
-        "SELECT id FROM procrastinate_jobs WHERE queueing_lock = %s "
-        "AND status = 'todo' AND id <> %s ORDER BY id LIMIT 1",
+        queries.get("waiting_lock_holder"),
         [row["queueing_lock"], row["id"]],
     ).fetchone()
     conflict_job_id = int(waiting[0]) if waiting else None
     conn.execute(
-        "SELECT procrastinate_finish_job_v1(%s, %s, false)",
+        queries.get("finish_job"),
         [row["id"], Action.FAILED.value],
     )
     return Recovery(
@@ -320,7 +317,7 @@ def _log_failed(row: dict[str, Any], exc: psycopg.Error) -> None:
     logger.error(
         "Job %s (%s) could not be recovered, left as it is for a later attempt: %s",
         row["id"], row["task_name"],
-        (str(exc).strip().splitlines() or [type(exc).__name__])[0],
+        errors.one_line(exc),
         extra={"action": "job_recovery_failed", "job_id": row["id"],
                "task_name": row["task_name"], "sqlstate": exc.sqlstate},
     )
@@ -340,10 +337,7 @@ def _recover_row(
     counted = None
     if count_crash:
         counted = conn.execute(
-            "INSERT INTO procrastinate_prefork_job_crashes AS c "
-            "(job_id, crashes, last_cause) VALUES (%s, 1, %s) "
-            "ON CONFLICT (job_id) DO UPDATE SET crashes = c.crashes + 1, "
-            "last_cause = EXCLUDED.last_cause, updated_at = now() RETURNING crashes",
+            queries.get("count_crash"),
             [job_id, cause[:255]],
         ).fetchone()
     crashes = counted[0] if counted else 0
@@ -357,18 +351,17 @@ def _recover_row(
     )
     if action is Action.RETRIED:
         conn.execute(
-            "SELECT procrastinate_retry_job_v2(%s, %s, NULL, NULL, NULL)",
+            queries.get("retry_job"),
             [job_id, retry_at],
         )
         payload = json.dumps({"type": "job_inserted", "job_id": job_id})
         conn.execute(
-            "SELECT pg_notify('procrastinate_queue_v1#' || %s, %s), "
-            "pg_notify('procrastinate_any_queue_v1', %s)",
+            queries.get("notify_job_inserted"),
             [row["queue_name"], payload, payload],
         )
     else:
         conn.execute(
-            "SELECT procrastinate_finish_job_v1(%s, %s, false)",
+            queries.get("finish_job"),
             [job_id, action.value],
         )
     return Recovery(
@@ -398,6 +391,3 @@ def log_recovery(recovery: Recovery, child_pid: int | None) -> None:
         },
     )
 
-
-def worker_ids_of(rows: Iterable[dict[str, Any]]) -> list[int]:
-    return [row["worker_id"] for row in rows if row.get("worker_id")]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import setproctitle
 
-from . import policy, slots
+from . import fleet, policy, slots
 from .children import Child, Phase
 from .config import MAX_CHILDREN
 from .scoreboard import State
@@ -123,9 +123,8 @@ class Scaling:
         if now < self._next_autoscale:
             return
         self._next_autoscale = now + 1.0
-        from .supervisor import count_runnable  # its SQL stays there for now
 
-        backlog = self.db.run(lambda conn: count_runnable(conn, self.config.queues))
+        backlog = self.db.run(lambda conn: fleet.count_runnable(conn, self.config.queues))
         if backlog is None:
             return
         views = [self.scoreboard.read(c.slot) for c in self.children.values()

@@ -6,6 +6,8 @@ import importlib.resources
 
 import psycopg
 
+from . import queries
+
 REQUIRED_TABLES = ("procrastinate_prefork_processes", "procrastinate_prefork_job_crashes")
 
 
@@ -26,8 +28,7 @@ def missing_tables(conn: psycopg.Connection) -> list[str]:
     """Tables of procrastinate and of ours that are not in the database."""
     names = ("procrastinate_jobs", "procrastinate_workers", *REQUIRED_TABLES)
     row = conn.execute(
-        "SELECT array_agg(name) FROM unnest(%s::text[]) AS name "
-        "WHERE to_regclass(name) IS NULL",
+        queries.get("missing_tables"),
         [list(names)],
     ).fetchone()
     return list(row[0] or []) if row else list(names)

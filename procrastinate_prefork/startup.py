@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from . import db, fleet, probe, recovery, redact, schema
+from . import db, errors, fleet, probe, recovery, redact, schema
 
 if TYPE_CHECKING:
     from .supervisor import Supervisor
@@ -54,7 +54,7 @@ class Startup:
         except Exception as exc:  # psycopg.Error or a bad conninfo
             # libpq quotes what it cannot parse, a password included
             first_line = redact.without_secrets(
-                db.first_line(exc), self.bootstrap.connection_args()
+                errors.one_line(exc), self.bootstrap.connection_args()
             )
             raise StartupError(f"cannot connect to the database: {first_line}") from None
         with conn, db.bounded(conn, self.db_timeouts):
@@ -114,7 +114,7 @@ class Startup:
             try:
                 direct = db.listen_works(self.db.connection_args, self.db.app_name)
             except Exception as exc:  # psycopg.Error: libpq never shows a password
-                first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                first_line = errors.one_line(exc)
                 raise StartupError(f"cannot connect with --listen-dsn: {first_line}"
                                    ) from None
             if not direct:  # pooled too: same precaution as the app's

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TextIO
 
-from . import fleet, health
+from . import errors, fleet, health
 
 EXIT_HEALTHY = 0
 EXIT_UNHEALTHY = 1
@@ -48,14 +48,6 @@ def fetch_rows_psycopg(conn: Any) -> list[dict[str, Any]]:
     return fleet.fetch_fleet(conn, live_only=True)
 
 
-def fetch_rows_django(connection: Any) -> list[dict[str, Any]]:
-    """The same rows through a Django database connection."""
-    with connection.cursor() as cursor:
-        cursor.execute(fleet.fleet_sql(live_only=True))
-        names = [column[0] for column in cursor.description]
-        return [dict(zip(names, row)) for row in cursor.fetchall()]
-
-
 def report(
     fetch: Callable[[], Iterable[Mapping[str, Any]]],
     query: health.FleetQuery,
@@ -72,7 +64,7 @@ def report(
     try:
         rows = list(fetch())
     except Exception as exc:  # psycopg or Django database errors
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = errors.one_line(exc)
         if schema_hint and _undefined_table(exc):
             first += f" ({schema_hint})"
         err.write(f"error: cannot read the fleet table: {first}\n")

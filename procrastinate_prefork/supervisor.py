@@ -14,7 +14,6 @@ heartbeats, sweeps). ``system`` is what it asks of the OS and the clock.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -26,7 +25,7 @@ import psycopg
 import setproctitle
 from procrastinate import manager as manager_module
 
-from . import db, fleet, policy, probe
+from . import db, errors, fleet, policy, probe, wakepipe
 from .bootstrap import Bootstrap
 from .child import ChildSpec
 from .children import Child, Phase, fork_child
@@ -42,7 +41,7 @@ from .snapshot import take as take_snapshot
 from .startup import Startup, StartupError
 from .system import System
 
-__all__ = ["Phase", "StartupError", "Supervisor", "banner", "count_runnable"]
+__all__ = ["Phase", "StartupError", "Supervisor"]
 
 logger = logging.getLogger("procrastinate_prefork.supervisor")
 
@@ -114,7 +113,7 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
             if not db.is_timeout(exc):
                 raise
             raise StartupError(
-                f"the database did not answer in time ({db.first_line(exc)})"
+                f"the database did not answer in time ({errors.one_line(exc)})"
             ) from None
         self._install_signals()
         setproctitle.setproctitle(self._title())
@@ -214,20 +213,14 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
             if kind == "job_inserted":
                 self._wake_pending = True  # one wake per child per turn is enough
             else:
-                lines.append(f"{channel} {payload}\n")
+                lines.append((channel, payload))
         if self._wake_pending:
-            lines.append('procrastinate_any_queue_v1 {"type": "job_inserted"}\n')
+            lines.append(wakepipe.JOB_INSERTED)
             self._wake_pending = False
         if lines and self.config.listen_notify:
-            data = "".join(lines).encode()
+            data = wakepipe.encode(lines)
             for child in self.children.values():
-                try:
-                    os.write(child.wake_fd, data)
-                except BlockingIOError:
-                    pass  # a child that reads nothing will poll anyway
-                except OSError as exc:
-                    if exc.errno != errno.EPIPE:
-                        raise
+                wakepipe.send_wake(child.wake_fd, data)
 
     def _sleep(self) -> None:
         timeout = TICK
@@ -282,50 +275,3 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
             f"{self.concurrency} children, {queues} ({self.config.hostname})"
         )
 
-
-def banner(config: PreforkConfig, bootstrap: Bootstrap) -> str:
-    queues = ", ".join(config.queues) if config.queues else "all queues"
-    limit = f"{config.job_timeout:g} s" if config.job_timeout else "none"
-    recycle = []
-    if config.max_jobs_per_child:
-        recycle.append(f"{config.max_jobs_per_child} jobs (+0..{config.max_jobs_jitter})")
-    if config.max_memory_per_child:
-        recycle.append(f"{config.max_memory_per_child} MiB resident")
-    lines = [
-        f"procrastinate-prefork {__import__('procrastinate_prefork').__version__}"
-        f" -- {bootstrap.description}",
-        f"  host:          {config.hostname} (supervisor pid {os.getpid()})",
-        f"  children:      {config.concurrency} x {config.child_concurrency} job(s) at once",
-        f"  queues:        {queues}",
-        f"  wait:          {'yes' if config.wait else 'no (one-shot)'}",
-        f"  listen/notify: {'one LISTEN session, children woken by pipe' if config.listen_notify else 'off (polling every %g s)' % config.fetch_job_polling_interval}",
-    ]
-    if config.listen_dsn and config.listen_notify:
-        lines[-1] += " (session on --listen-dsn)"
-    lines += [
-        f"  graceful stop: {config.shutdown_graceful_timeout:g} s (shared deadline)",
-        f"  stalled after: {config.stalled_timeout:g} s; heartbeat every {config.heartbeat_interval:g} s",
-        f"  wedged after:  {config.child_timeout:g} s; job time limit: {limit}"
-        + (f" ({len(config.task_timeouts)} per-task)" if config.task_timeouts else ""),
-        f"  crash retries: {config.max_crash_retries}",
-        "  recycle after: " + (", ".join(recycle) or "never"),
-    ]
-    if config.autoscale:
-        lines[2] = (f"  children:      autoscale {config.autoscale[0]}..{config.autoscale[1]}"
-                    f" x {config.child_concurrency} job(s) at once")
-    if config.health_port:
-        lines.append(f"  probe port:    {config.health_host}:{config.health_port} "
-                     "(/live, /ready, /status)")
-    return "\n".join(lines)
-
-
-def count_runnable(conn: Any, queues: Any) -> int:
-    """Runnable ``todo`` jobs in our queues (capped: only "how many more")."""
-    row = conn.execute(
-        "SELECT count(*) FROM (SELECT 1 FROM procrastinate_jobs WHERE status = 'todo' "
-        "AND (scheduled_at IS NULL OR scheduled_at <= now()) "
-        "AND (%(queues)s::varchar[] IS NULL OR queue_name = ANY(%(queues)s)) "
-        "LIMIT 1000) AS runnable",
-        {"queues": list(queues) if queues else None},
-    ).fetchone()
-    return int(row[0]) if row else 0

@@ -254,7 +254,7 @@ def render() -> str:
                 lines.append("| Repeatable | yes: give the flag once per value |")
             lines += [
                 "| Environment | " + ", ".join(f"`{v}`" for v in option.env_vars) + " |",
-                (f"| Django setting | `PROCRASTINATE_PREFORK[\"{option.setting_key}\"]`: "
+                (f"| Django setting | `PROCRASTINATE_PREFORK[\"{option.name}\"]`: "
                  f"{kind.python} |"),
                 f"| Python API | `run_worker(app, {option.name}=...)` |",
                 f"| Value | {kind.text} |",

@@ -56,7 +56,7 @@ def test_every_option_is_in_the_configuration_reference(option):
         assert f"`{option.negative_flag}`" in text
     for var in option.env_vars:
         assert f"`{var}`" in text, var
-    assert f'PROCRASTINATE_PREFORK["{option.setting_key}"]' in text
+    assert f'PROCRASTINATE_PREFORK["{option.name}"]' in text
     assert option.help in text
 
 

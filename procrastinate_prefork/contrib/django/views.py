@@ -14,7 +14,8 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 
-from ... import health, status
+from ... import health
+from .status import fetch_rows_django
 
 
 def fleet_report(query: health.FleetQuery) -> health.FleetHealth:
@@ -23,7 +24,7 @@ def fleet_report(query: health.FleetQuery) -> health.FleetHealth:
     from procrastinate.contrib.django import settings as procrastinate_settings
 
     alias = procrastinate_settings.settings.DATABASE_ALIAS
-    return health.fleet_health(status.fetch_rows_django(connections[alias]), query)
+    return health.fleet_health(fetch_rows_django(connections[alias]), query)
 
 
 @csrf_exempt  # so that every other method gets 405, not a CSRF 403

@@ -9,6 +9,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from ..... import health, status
+from ...status import fetch_rows_django
 
 
 class Command(BaseCommand):
@@ -28,7 +29,7 @@ class Command(BaseCommand):
             raise CommandError(str(exc), returncode=status.EXIT_USAGE) from None
         connection = connections[procrastinate_settings.settings.DATABASE_ALIAS]
         code = status.report(
-            lambda: status.fetch_rows_django(connection), query,
+            lambda: fetch_rows_django(connection), query,
             as_json=options["as_json"], check=options["check"],
             out=self.stdout, err=self.stderr, schema_hint="run `manage.py migrate`",
         )

@@ -9,9 +9,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from ..... import config as config_module
-from .....bootstrap import DjangoBootstrap
-from .....cli import run_fleet
 from .....config import ConfigError
+from .....launcher import run_fleet
+from ...bootstrap import DjangoBootstrap
 from ...settings import prefork_settings
 
 

@@ -1,0 +1,15 @@
+"""The fleet table read through a Django database connection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ... import fleet
+
+
+def fetch_rows_django(connection: Any) -> list[dict[str, Any]]:
+    """The rows ``status.fetch_rows_psycopg`` reads, through Django's connection."""
+    with connection.cursor() as cursor:
+        cursor.execute(fleet.fleet_sql(live_only=True))
+        names = [column[0] for column in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]

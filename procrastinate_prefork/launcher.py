@@ -1,0 +1,139 @@
+"""Between the entry points and the supervisor.
+
+The command line (``cli``), the Django command (``manage.py prefork_worker``)
+and the Python API (``run_worker``) all start a fleet here: logging set-up,
+the banner, start-up errors and exit codes live in this one place, so the
+library does not depend on its command line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from . import __version__
+from . import config as config_module
+from .bootstrap import Bootstrap, register_fork_hooks
+from .config import ConfigError, PreforkConfig
+
+EXIT_USAGE = 2
+EXIT_STARTUP = 1
+
+logger = logging.getLogger("procrastinate_prefork")
+
+
+def log_formatter(config: PreforkConfig) -> logging.Formatter:
+    """Raises ConfigError for a format its style cannot use."""
+    try:
+        return logging.Formatter(config.log_format, style=config.log_format_style)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ConfigError(
+            f"--log-format: not a valid {config.log_format_style!r}-style format: {exc}"
+        ) from None
+
+
+def setup_logging(config: PreforkConfig) -> None:
+    """procrastinate's logging options, on a process whose logging nobody set
+    up; when it is set up already (Django's LOGGING), its handlers, formats
+    and levels stay, except for an explicit --log-level (or -v)."""
+    formatter = log_formatter(config)
+    level = config.effective_log_level
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+        root.setLevel((level or "info").upper())
+    _package_level(config)
+
+
+def _package_level(config: PreforkConfig) -> None:
+    level = config.effective_log_level
+    if level:
+        logging.getLogger("procrastinate_prefork").setLevel(level.upper())
+    if config.verbose:
+        logger.warning(
+            "-v/--verbose (PROCRASTINATE_VERBOSE) is deprecated, as in procrastinate: "
+            "use --log-level (PROCRASTINATE_LOG_LEVEL)",
+            extra={"action": "deprecated_option", "option": "verbose"},
+        )
+
+
+def _print_error(message: str, code: int) -> None:
+    print(f"procrastinate-prefork: error: {message}", file=sys.stderr)
+
+
+def run_fleet(config: PreforkConfig, bootstrap: Bootstrap,
+              on_error: Callable[[str, int], None] = _print_error,
+              configure_logging: bool = True) -> int:
+    """Start the supervisor and run it until it stops. Returns the exit code.
+    A start-up error goes to ``on_error(message, exit_code)`` first (Django's
+    command raises its CommandError there). Without ``configure_logging`` (the
+    Python API) the root logger is left to the caller: only an explicit
+    log level is applied, to the ``procrastinate_prefork`` logger."""
+    from .supervisor import StartupError, Supervisor
+
+    register_fork_hooks()
+    try:
+        if configure_logging:
+            setup_logging(config)
+        else:
+            _package_level(config)
+        hooks = {
+            name: config_module.resolve_hook(name, getattr(config, name))
+            for name in ("on_child_start", "on_child_exit")
+        }
+    except ConfigError as exc:
+        on_error(str(exc), EXIT_USAGE)
+        return EXIT_USAGE
+    supervisor = Supervisor(config, bootstrap, **hooks)
+    print(banner(config, bootstrap), file=sys.stderr, flush=True)
+    try:
+        return supervisor.run()
+    except StartupError as exc:
+        on_error(str(exc), EXIT_STARTUP)
+        return EXIT_STARTUP
+
+
+
+def banner(config: PreforkConfig, bootstrap: Bootstrap) -> str:
+    """The effective configuration, printed to stderr at start-up."""
+    queues = ", ".join(config.queues) if config.queues else "all queues"
+    limit = f"{config.job_timeout:g} s" if config.job_timeout else "none"
+    recycle = []
+    if config.max_jobs_per_child:
+        recycle.append(f"{config.max_jobs_per_child} jobs (+0..{config.max_jobs_jitter})")
+    if config.max_memory_per_child:
+        recycle.append(f"{config.max_memory_per_child} MiB resident")
+    if config.listen_notify:
+        listen = "one LISTEN session, children woken by pipe"
+    else:
+        listen = f"off (polling every {config.fetch_job_polling_interval:g} s)"
+    lines = [
+        (f"procrastinate-prefork {__version__} -- {bootstrap.description}"),
+        f"  host:          {config.hostname} (supervisor pid {os.getpid()})",
+        (f"  children:      {config.concurrency} x {config.child_concurrency}"
+         " job(s) at once"),
+        f"  queues:        {queues}",
+        f"  wait:          {'yes' if config.wait else 'no (one-shot)'}",
+        f"  listen/notify: {listen}",
+    ]
+    if config.listen_dsn and config.listen_notify:
+        lines[-1] += " (session on --listen-dsn)"
+    lines += [
+        f"  graceful stop: {config.shutdown_graceful_timeout:g} s (shared deadline)",
+        f"  stalled after: {config.stalled_timeout:g} s; heartbeat every {config.heartbeat_interval:g} s",
+        f"  wedged after:  {config.child_timeout:g} s; job time limit: {limit}"
+        + (f" ({len(config.task_timeouts)} per-task)" if config.task_timeouts else ""),
+        f"  crash retries: {config.max_crash_retries}",
+        "  recycle after: " + (", ".join(recycle) or "never"),
+    ]
+    if config.autoscale:
+        lines[2] = (f"  children:      autoscale {config.autoscale[0]}..{config.autoscale[1]}"
+                    f" x {config.child_concurrency} job(s) at once")
+    if config.health_port:
+        lines.append(f"  probe port:    {config.health_host}:{config.health_port} "
+                     "(/live, /ready, /status)")
+    return "\n".join(lines)

@@ -1,0 +1,44 @@
+"""The wake-up pipe between the supervisor and each child.
+
+The supervisor holds the host's one LISTEN session and forwards what it hears
+to every child through a pipe, one notification a line: ``<channel> <payload>``
+(the payload is procrastinate's JSON, which holds no newline). The child hands
+each line to procrastinate's worker as if its own LISTEN had received it."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from collections.abc import AsyncIterator, Iterable
+
+#: What procrastinate's worker takes as "a job may be waiting in any queue".
+JOB_INSERTED = ("procrastinate_any_queue_v1", '{"type": "job_inserted"}')
+
+
+def encode(notifications: Iterable[tuple[str, str]]) -> bytes:
+    return "".join(f"{channel} {payload}\n" for channel, payload in notifications).encode()
+
+
+def send_wake(fd: int, data: bytes) -> None:
+    """Write ``data`` to a child's (non-blocking) pipe without ever waiting."""
+    try:
+        os.write(fd, data)
+    except BlockingIOError:
+        pass  # a child that reads nothing will poll anyway
+    except OSError as exc:
+        if exc.errno != errno.EPIPE:  # a child that died is reaped elsewhere
+            raise
+
+
+async def read_wakes(fd: int) -> AsyncIterator[tuple[str, str]]:
+    """``(channel, payload)`` for each line the supervisor writes, until it closes
+    the pipe. Takes ownership of ``fd``."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    pipe = os.fdopen(fd, "rb", buffering=0)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    while line := await reader.readline():
+        text = line.decode("utf-8", "replace").rstrip("\n")
+        channel, _, payload = text.partition(" ")
+        yield channel, payload

@@ -1,0 +1,42 @@
+import pathlib
+import re
+
+import pytest
+
+from procrastinate_prefork import queries
+
+PACKAGE = pathlib.Path(queries.__file__).parent
+
+
+def _package_source() -> str:
+    return "\n".join(
+        path.read_text() for path in PACKAGE.rglob("*.py") if path.name != "queries.py"
+    )
+
+
+def test_every_named_query_is_used():
+    source = _package_source()
+    unused = [name for name in queries.QUERIES if f'queries.get("{name}")' not in source]
+    assert unused == []
+
+
+def test_every_query_the_package_asks_for_exists():
+    asked = set(re.findall(r'queries\.get\("([a-z_]+)"\)', _package_source()))
+    assert asked
+    assert asked <= set(queries.QUERIES)
+
+
+def test_each_block_needs_its_comment_and_a_statement():
+    with pytest.raises(ValueError, match="comment"):
+        queries.parse("-- a --\nSELECT 1\n")
+    with pytest.raises(ValueError, match="statement"):
+        queries.parse("-- a --\n-- does nothing\n\n")
+    with pytest.raises(ValueError, match="twice"):
+        queries.parse("-- a --\n-- one\nSELECT 1\n-- a --\n-- two\nSELECT 2\n")
+
+
+def test_a_block_runs_to_the_next_one():
+    parsed = queries.parse(
+        "-- file header\n\n-- a --\n-- first\nSELECT 1\nFROM x\n\n-- b --\n-- second\nSELECT 2\n"
+    )
+    assert parsed == {"a": "SELECT 1\nFROM x", "b": "SELECT 2"}
