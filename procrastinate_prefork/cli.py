@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from . import __version__, config as config_module
+from . import __version__, config as config_module, jsonlog
 from .bootstrap import Bootstrap, BootstrapError, PlainBootstrap, register_fork_hooks
 from .config import ConfigError, PreforkConfig
 
@@ -28,6 +28,8 @@ logger = logging.getLogger("procrastinate_prefork")
 
 def log_formatter(config: PreforkConfig) -> logging.Formatter:
     """Raises ConfigError for a format its style cannot use."""
+    if config.log_format == jsonlog.FORMAT:
+        return jsonlog.JsonFormatter()
     try:
         return logging.Formatter(config.log_format, style=config.log_format_style)  # type: ignore[arg-type]
     except ValueError as exc:
@@ -80,7 +82,7 @@ def run_fleet(config: PreforkConfig, bootstrap: Bootstrap,
         on_error(str(exc), EXIT_USAGE)
         return EXIT_USAGE
     supervisor = Supervisor(config, bootstrap, **hooks)
-    print(banner(config, bootstrap), file=sys.stderr, flush=True)
+    print(jsonlog.banner(banner(config, bootstrap)), file=sys.stderr, flush=True)
     try:
         return supervisor.run()
     except StartupError as exc:
