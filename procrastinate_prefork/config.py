@@ -487,8 +487,9 @@ OPTIONS: tuple[Option, ...] = (
     # procrastinate's CLI logging options, with the same names and variables.
     Option(
         "log_format", ("--log-format",), _non_empty_str, DEFAULT_LOG_FORMAT,
-        "Format of the log lines (Python logging's LogRecord attributes), when "
-        "logging is not configured already (Django's LOGGING wins under manage.py).",
+        "Format of the log lines (Python logging's LogRecord attributes), or "
+        "json: one JSON object per line. Applies when logging is not configured "
+        "already (Django's LOGGING wins under manage.py).",
         env=("PROCRASTINATE_LOG_FORMAT",), metavar="FORMAT",
     ),
     Option(

@@ -5,6 +5,7 @@ exceptions as one field."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 
 from ..fleet_helper import defer, jobs, wait_for
@@ -20,7 +21,6 @@ def test_every_line_of_a_fleet_log_is_json(fleet, db_url):
     [killed] = defer(db_url, "sleep", seconds=60)
     victim = fleet.running_child(killed)
     fleet.running_child(soft)
-    import os
     os.kill(victim, signal.SIGKILL)
     wait_for(lambda: all(r["status"] in ("succeeded", "failed")
                          for r in jobs(db_url, [*ok, failing, soft, killed])),
