@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from .softlimit import SoftTimeLimitExceeded
+
 __version__ = "0.1.0"
+__all__ = ["SoftTimeLimitExceeded", "run_worker"]
 
 
 def run_worker(app, **options):  # type: ignore[no-untyped-def]

@@ -24,7 +24,7 @@ from procrastinate import connector as connector_module
 from procrastinate import psycopg_connector
 
 from . import bootstrap as bootstrap_module
-from . import compat, db, logfiles, policy, redact, wakepipe
+from . import compat, db, jsonlog, logfiles, policy, redact, softlimit, wakepipe
 from .config import PreforkConfig
 from .scoreboard import Scoreboard, SlotWriter, State
 
@@ -97,6 +97,7 @@ def run_child(spec: ChildSpec) -> NoReturn:
 
 def _reset_process(spec: ChildSpec) -> None:
     signal.set_wakeup_fd(-1)
+    jsonlog.set_process("child", spec.slot)
     for signum in _RESET_SIGNALS:
         signal.signal(signum, signal.SIG_DFL)
     # Ctrl-C reaches the whole process group; the supervisor turns it into one
@@ -160,6 +161,12 @@ async def _serve(spec: ChildSpec) -> int:
         redact.install(options["name"])  # no job arguments in INFO logs
         user_middleware = list(app.worker_defaults.get("worker_middleware") or [])
         options["worker_middleware"] = [tracker.middleware, *user_middleware]
+        if config.soft_job_timeout is not None or config.task_soft_timeouts:
+            tracker.soft = softlimit.SoftLimits(config.soft_time_limit_for)
+            options["task_middleware"] = [
+                *(app.worker_defaults.get("task_middleware") or []),
+                tracker.soft.sync_middleware, tracker.soft.async_middleware,
+            ]
         worker = compat.make_worker(app, **options)
         tracker.worker = worker
         if spec.on_start is not None:
@@ -191,6 +198,7 @@ class _JobTracker:
         self.writer = writer
         self.config = config
         self.worker: Any = None
+        self.soft: softlimit.SoftLimits | None = None
         self.running = 0
         self.jobs_done = 0
         self.draining = False
@@ -256,9 +264,13 @@ class _JobTracker:
                 extra={"action": "job_untracked", "job_id": job.id},
             )
         self._title(f"busy job {job.id} {job.task_name}")
+        if self.soft is not None:
+            self.soft.job_started(job.id, job.task_name)
         try:
             return await call_next()
         finally:
+            if self.soft is not None:
+                self.soft.job_ended(job.id)
             self.running -= 1
             self.jobs_done += 1
             self._maybe_recycle()

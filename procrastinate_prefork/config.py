@@ -40,6 +40,8 @@ DURATION_MAXIMA = {
     "child_timeout": DAY,
     "job_timeout": 30 * DAY,
     "task_timeouts": 30 * DAY,
+    "soft_job_timeout": 30 * DAY,
+    "task_soft_timeouts": 30 * DAY,
     "restart_backoff_max": HOUR,
     "autoscale_cooldown": DAY,
 }
@@ -173,10 +175,10 @@ def _listen_dsn(value: Any) -> str | None:
     return text
 
 
-def _task_timeouts(value: Any) -> dict[str, float]:
+def _task_timeouts(value: Any, option: str = "task_timeouts") -> dict[str, float]:
     """``{"task.name": 10}`` from settings, or ``"a=10,b=2.5"`` / a list of
     ``NAME=SECONDS`` strings from the command line and environment."""
-    seconds = _seconds("task_timeouts")
+    seconds = _seconds(option)
     if value is None:
         return {}
     if isinstance(value, Mapping):
@@ -192,6 +194,10 @@ def _task_timeouts(value: Any) -> dict[str, float]:
             raise ConfigError(f"expected NAME=SECONDS, got {item!r}")
         result[name.strip()] = seconds(raw)
     return result
+
+
+def _task_soft_timeouts(value: Any) -> dict[str, float]:
+    return _task_timeouts(value, "task_soft_timeouts")
 
 
 def _autoscale(value: Any) -> tuple[int, int] | None:
@@ -388,6 +394,22 @@ OPTIONS: tuple[Option, ...] = (
         repeatable=True, default_doc="none",
     ),
     Option(
+        "soft_job_timeout", ("--soft-job-timeout",),
+        _optional(_seconds("soft_job_timeout")), None,
+        "Soft time limit in seconds for any job: past it, the job's child raises "
+        "procrastinate_prefork.SoftTimeLimitExceeded in the task (a sync task at "
+        "its next Python instruction; an async task at its current await), which "
+        "it may catch to clean up; the child lives on. Must be below the hard "
+        "limit of the same task. At most 2592000 s (30 days).",
+        default_doc="no limit",
+    ),
+    Option(
+        "task_soft_timeouts", ("--task-soft-timeout",), _task_soft_timeouts, dict,
+        "Per-task soft time limits, NAME=SECONDS (repeatable; a dict in Django "
+        "settings); at most 2592000 s (30 days).", metavar="NAME=SECONDS",
+        repeatable=True, default_doc="none",
+    ),
+    Option(
         "max_crash_retries", ("--max-crash-retries",), _int_between(0, 1000), 3,
         "A job whose child died under it is retried at most this many times, "
         "then it is marked failed (poison-pill cap).",
@@ -465,8 +487,9 @@ OPTIONS: tuple[Option, ...] = (
     # procrastinate's CLI logging options, with the same names and variables.
     Option(
         "log_format", ("--log-format",), _non_empty_str, DEFAULT_LOG_FORMAT,
-        "Format of the log lines (Python logging's LogRecord attributes), when "
-        "logging is not configured already (Django's LOGGING wins under manage.py). "
+        "Format of the log lines (Python logging's LogRecord attributes), or "
+        "json: one JSON object per line. Applies when logging is not configured "
+        "already (Django's LOGGING wins under manage.py). "
         "Not used by run_worker(), which leaves logging to its caller.",
         env=("PROCRASTINATE_LOG_FORMAT",), metavar="FORMAT",
     ),
@@ -506,6 +529,8 @@ class PreforkConfig:
     child_timeout: float
     job_timeout: float | None
     task_timeouts: Mapping[str, float]
+    soft_job_timeout: float | None
+    task_soft_timeouts: Mapping[str, float]
     max_crash_retries: int
     hostname: str
     health_port: int | None
@@ -560,6 +585,21 @@ class PreforkConfig:
             return self.task_timeouts[task_name]
         return self.job_timeout
 
+    def soft_time_limit_for(self, task_name: str | None) -> float | None:
+        if task_name and task_name in self.task_soft_timeouts:
+            return self.task_soft_timeouts[task_name]
+        return self.soft_job_timeout
+
+    def soft_limit_problem(self) -> str | None:
+        """The first task whose soft limit could never fire before its hard one."""
+        for task in (None, *sorted({*self.task_timeouts, *self.task_soft_timeouts})):
+            soft, hard = self.soft_time_limit_for(task), self.time_limit_for(task)
+            if soft is not None and hard is not None and soft >= hard:
+                which = f"task {task!r}" if task else "every task"
+                return (f"the soft time limit of {which} ({soft:g} s) must be below "
+                        f"its hard time limit ({hard:g} s)")
+        return None
+
 
 def build_config(
     cli_values: Mapping[str, Any],
@@ -603,6 +643,9 @@ def build_config(
             f"--heartbeat-interval ({config.heartbeat_interval:g}) must be at most "
             f"half of --stalled-timeout ({config.stalled_timeout:g})"
         )
+    problem = config.soft_limit_problem()
+    if problem:
+        raise ConfigError(f"--soft-job-timeout/--task-soft-timeout: {problem}")
     return config
 
 

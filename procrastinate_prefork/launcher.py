@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from . import __version__
 from . import config as config_module
+from . import jsonlog
 from .bootstrap import Bootstrap, register_fork_hooks
 from .config import ConfigError, PreforkConfig
 
@@ -26,6 +27,8 @@ logger = logging.getLogger("procrastinate_prefork")
 
 def log_formatter(config: PreforkConfig) -> logging.Formatter:
     """Raises ConfigError for a format its style cannot use."""
+    if config.log_format == jsonlog.FORMAT:
+        return jsonlog.JsonFormatter()
     try:
         return logging.Formatter(config.log_format, style=config.log_format_style)  # type: ignore[arg-type]
     except ValueError as exc:
@@ -89,7 +92,7 @@ def run_fleet(config: PreforkConfig, bootstrap: Bootstrap,
         on_error(str(exc), EXIT_USAGE)
         return EXIT_USAGE
     supervisor = Supervisor(config, bootstrap, **hooks)
-    print(banner(config, bootstrap), file=sys.stderr, flush=True)
+    print(jsonlog.banner(banner(config, bootstrap)), file=sys.stderr, flush=True)
     try:
         return supervisor.run()
     except StartupError as exc:

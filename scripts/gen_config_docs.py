@@ -79,7 +79,7 @@ def kind_of(parse: Callable[..., Any]) -> Kind:
                     "`list[str]` (or a comma-separated `str`)", "QUEUES")
     if name == "_non_empty_str":
         return Kind("text, 1 to 200 characters", "`str`", "TEXT")
-    if name == "_task_timeouts":
+    if name in ("_task_timeouts", "_task_soft_timeouts"):
         return Kind(
             "`NAME=SECONDS`; repeat the flag for several tasks; in the "
             "environment, comma-separated: `app.tasks.a=10,app.tasks.b=2.5`",

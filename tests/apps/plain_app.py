@@ -141,3 +141,53 @@ def on_child_exit(*, slot: int, pid: int, exit_code: int | None, signal: int | N
     if results:
         with open(os.path.join(results, f"hook-exit-{pid}"), "w") as f:
             f.write(f"{slot} {exit_code} {signal} {os.getpid()}\n")
+
+
+def _soft_stop(context: procrastinate.JobContext, exc: BaseException) -> None:
+    """The clean-up of a task stopped by its soft time limit: the phase names
+    the exception the task saw."""
+    from procrastinate_prefork import SoftTimeLimitExceeded
+
+    _mark(context, "soft" if isinstance(exc, SoftTimeLimitExceeded) else "cancelled")
+
+
+@app.task(name="soft_loop", pass_context=True)
+def soft_loop(context: procrastinate.JobContext, seconds: float = 30) -> None:
+    _mark(context, "start")
+    try:
+        burn(seconds * 1000)
+    except BaseException as exc:
+        _soft_stop(context, exc)
+        raise
+    _mark(context, "end")
+
+
+@app.task(name="soft_async", pass_context=True)
+async def soft_async(context: procrastinate.JobContext, seconds: float = 30) -> None:
+    _mark(context, "start")
+    try:
+        await asyncio.sleep(seconds)
+    except BaseException as exc:
+        _soft_stop(context, exc)
+        raise
+    _mark(context, "end")
+
+
+@app.task(
+    name="soft_retry", pass_context=True,
+    retry=procrastinate.RetryStrategy(
+        max_attempts=1, wait=0,
+        retry_exceptions={
+            __import__("procrastinate_prefork").SoftTimeLimitExceeded},
+    ),
+)
+def soft_retry(context: procrastinate.JobContext, seconds: float = 30) -> None:
+    _mark(context, "start")
+    burn(seconds * 1000)
+    _mark(context, "end")
+
+
+@app.task(name="fails", pass_context=True)
+def fails(context: procrastinate.JobContext) -> None:
+    _mark(context, "start")
+    raise RuntimeError("this task fails\nover two lines")

@@ -57,6 +57,8 @@ def assert_refused(fleet, code: int, expected: str) -> None:
     (("--job-timeout", "1e16"), "--job-timeout: must be at most 2592000"),
     (("--task-timeout", "chaos_cpu=1e16"), "--task-timeout: must be at most 2592000"),
     (("--queues", "q" * 300), "--queues: a queue name must be at most 128 characters"),
+    (("--task-soft-timeout", "chaos_cpu=5", "--task-timeout", "chaos_cpu=5"),
+     "soft time limit of task 'chaos_cpu' (5 s) must be below its hard time limit"),
 ])
 def test_invalid_option_value_exits_2(fleet, db_url, args, expected):
     [job_id] = defer(db_url, "chaos_cpu", ms=1)

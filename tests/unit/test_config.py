@@ -109,14 +109,14 @@ def test_every_duration_option_has_a_maximum():
     seconds = {"fetch_job_polling_interval", "abort_job_polling_interval",
                "shutdown_graceful_timeout", "stalled_timeout", "stock_worker_timeout", "heartbeat_interval",
                "child_timeout", "job_timeout", "task_timeouts", "restart_backoff_max",
-               "autoscale_cooldown"}
+               "autoscale_cooldown", "soft_job_timeout", "task_soft_timeouts"}
     assert {o.name for o in DURATIONS} == seconds
 
 
 @pytest.mark.parametrize("option", DURATIONS, ids=lambda o: o.name)
 def test_durations_above_their_maximum_are_refused(option):
     maximum = config.DURATION_MAXIMA[option.name]
-    value = f"x={maximum * 10}" if option.name == "task_timeouts" else "1e16"
+    value = f"x={maximum * 10}" if option.name.startswith("task_") else "1e16"
     with pytest.raises(ConfigError, match=f"{option.flags[-1]}: must be at most"):
         build_config({option.name: value}, {})
     assert f"at most {int(maximum)} s" in option.help.lower()  # documented
@@ -177,3 +177,34 @@ def test_bad_listen_dsn_is_refused_without_repeating_it(value):
     with pytest.raises(ConfigError, match="--listen-dsn: not a valid libpq") as caught:
         parse(["--listen-dsn", value])
     assert "SECRET-77" not in str(caught.value)
+
+
+def test_soft_time_limits_from_every_source():
+    cfg = parse(["--soft-job-timeout", "5", "--task-soft-timeout", "a=1",
+                 "--task-soft-timeout", "b=2.5"])
+    assert cfg.soft_job_timeout == 5.0
+    assert cfg.task_soft_timeouts == {"a": 1.0, "b": 2.5}
+    assert cfg.soft_time_limit_for("a") == 1.0 and cfg.soft_time_limit_for("z") == 5.0
+    env = {"PROCRASTINATE_PREFORK_TASK_SOFT_TIMEOUTS": "x=3,y=4"}
+    assert parse([], environ=env).task_soft_timeouts == {"x": 3.0, "y": 4.0}
+    settings = {"soft_job_timeout": 2, "task_soft_timeouts": {"x": 1}}
+    cfg = parse([], settings=settings)
+    assert (cfg.soft_job_timeout, cfg.soft_time_limit_for("x")) == (2.0, 1.0)
+
+
+@pytest.mark.parametrize("args", [
+    ["--soft-job-timeout", "10", "--job-timeout", "10"],
+    ["--task-soft-timeout", "a=5", "--task-timeout", "a=4"],
+    ["--task-soft-timeout", "a=5", "--job-timeout", "3"],
+    ["--soft-job-timeout", "20", "--task-timeout", "a=10"],
+])
+def test_a_soft_limit_not_below_the_hard_one_is_refused(args):
+    with pytest.raises(ConfigError, match="soft time limit .* must be below") as info:
+        parse(args)
+    assert "\n" not in str(info.value)
+
+
+def test_soft_limits_below_the_hard_ones_are_accepted():
+    cfg = parse(["--soft-job-timeout", "5", "--job-timeout", "10",
+                 "--task-soft-timeout", "a=20", "--task-timeout", "a=30"])
+    assert (cfg.soft_time_limit_for("a"), cfg.time_limit_for("a")) == (20.0, 30.0)
