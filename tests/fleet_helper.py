@@ -263,3 +263,11 @@ def log_events(fleet: Fleet, action: str | None = None) -> list[dict[str, Any]]:
         if action is None or event.get("action") == action:
             events.append(event)
     return events
+
+
+def error_line(fleet: Fleet) -> str:
+    """The one line a fleet wrote before exiting on bad input: tests check
+    that it names the option or value at fault, not its wording."""
+    lines = [line for line in fleet.log().splitlines() if line.strip()]
+    assert len(lines) == 1, fleet.log()
+    return lines[0]
