@@ -117,8 +117,8 @@ class Fleet:
         return self.log_path.read_text(errors="replace")
 
     def wait_ready(self, timeout: float = 30) -> None:
-        wait_for(lambda: "children ready" in self.log() or self.exited(),
-                 timeout, message="the fleet to be ready")
+        wait_for(lambda: self.events("fleet_ready") or self.exited(),
+                 timeout, message="the fleet to be ready (its fleet_ready event)")
         assert not self.exited(), f"fleet exited early:\n{self.log()}"
 
     def exited(self) -> bool:
