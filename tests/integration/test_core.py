@@ -196,6 +196,8 @@ def test_new_jobs_wake_idle_children_without_polling(fleet, db_url):
     # and the wake pipe can make the job start quickly
     fleet.start("--concurrency", "2")
     fleet.wait_children(2)
+    # lets time pass on purpose: past the children's first fetch, so that
+    # only a wake-up (not that fetch) can start the job quickly
     time.sleep(0.5)
     deferred_at = time.time()
     defer(db_url, "cpu", ms=1)

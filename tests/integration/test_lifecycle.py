@@ -9,7 +9,7 @@ from collections import Counter
 
 import psycopg
 
-from ..fleet_helper import defer, jobs, wait_for
+from ..fleet_helper import defer, error_line, jobs, wait_for
 
 
 def _ran_once_each(fleet, ids):
@@ -143,4 +143,4 @@ def test_hooks(fleet, db_url):
 def test_bad_hook_path_exits_2(fleet):
     code = fleet.run_to_exit("--on-child-start", "tests.apps.nope.hook", timeout=30)
     assert code == 2
-    assert "--on-child-start: cannot import" in fleet.log()
+    assert "--on-child-start" in error_line(fleet)
