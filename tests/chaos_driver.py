@@ -1191,11 +1191,6 @@ class ChaosRun:
 
     # --- the books
 
-    def logs(self) -> Iterator[str]:
-        """The supervisors' logs (not the stock workers')."""
-        for fleet in self.fleets:
-            yield fleet.log()
-
     def events(self) -> list[dict[str, Any]]:
         """The structured log records of every fleet (tests/apps/events.py:
         they share one results directory, so one file)."""
@@ -1310,16 +1305,10 @@ class ChaosRun:
 
     def _count_processes(self) -> None:
         report = self.report
-        text = "\n".join(self.logs())
-        report.recoveries = text.count("Recovered job ")
-        report.wedged_kills = sum(
-            1 for line in text.splitlines()
-            if "wedged: no sign of life" in line and line.endswith(", SIGKILL")
-        )
-        report.children_forked = len(
-            [line for line in text.splitlines()
-             if "procrastinate_prefork.supervisor: Child " in line and " started (pid " in line]
-        )
+        actions = Counter(e.get("action") for e in self.events())
+        report.recoveries = actions["job_recovered"]
+        report.wedged_kills = actions["child_wedged"]
+        report.children_forked = actions["child_started"]
         supervisors = {f.pid for f in self.fleets}
         report.other_child_deaths = sum(
             1 for pid in self.watch.gone_at
