@@ -61,7 +61,6 @@ QUEUEING_LOCKS = 3  # distinct queueing_lock (= lock) values of chaos_queued
 #: already ``todo``: it cannot go back to ``todo`` itself, and ``failed`` is a
 #: defined outcome for it (issue 11, A). Never ``todo`` or ``doing`` for good.
 QUEUEING_LOCK_STATUSES = frozenset({"succeeded", "failed"})
-_TIME_LIMIT_LINE = re.compile(r"job (\d+) \(([^)]*)\) exceeded its time limit")
 
 
 def overrun_seconds(long: bool, limit: float, rng: random.Random) -> float:
@@ -73,14 +72,10 @@ def overrun_seconds(long: bool, limit: float, rng: random.Random) -> float:
     return round(rng.uniform(0.05, 0.25) * limit, 3)
 
 
-def time_limit_blames(lines: list[str]) -> list[int]:
-    """Job ids the supervisors' logs name as past their time limit, once per
-    enforcement (its SIGTERM line; the SIGKILL and recovery lines repeat it)."""
-    return [
-        int(m.group(1)) for line in lines
-        if "procrastinate_prefork.supervisor:" in line and line.endswith(", SIGTERM")
-        and (m := _TIME_LIMIT_LINE.search(line))
-    ]
+def time_limit_blames(events: list[dict[str, Any]]) -> list[int]:
+    """Job ids the supervisors' ``time_limit`` events name as past their time
+    limit: one event per job a limit was enforced on."""
+    return [int(e["job_id"]) for e in events if e.get("action") == "time_limit"]
 
 
 #: a count of children must hold this long to count as converged (a random
@@ -806,7 +801,9 @@ class ChaosRun:
                     fleet = self.start_supervisor(hostname)
                     self.report.outage_start_attempts += 1
                     retry_at = None
-            elif not self._db_down and "children ready" in fleet.log():
+            elif not self._db_down and any(
+                    e["process"] == fleet.pid for e in self.events()
+                    if e["action"] == "fleet_ready"):
                 break
             if now > give_up:
                 self.report.problems.append(
@@ -1196,10 +1193,13 @@ class ChaosRun:
 
     # --- the books
 
-    def logs(self) -> Iterator[str]:
-        """The supervisors' logs (not the stock workers')."""
-        for fleet in self.fleets:
-            yield fleet.log()
+    def events(self) -> list[dict[str, Any]]:
+        """The structured log records of every fleet (tests/apps/events.py:
+        they share one results directory, so one file)."""
+        path = self.results / "events.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line]
 
     def analyze(self) -> ChaosReport:
         report = self.report
@@ -1307,16 +1307,10 @@ class ChaosRun:
 
     def _count_processes(self) -> None:
         report = self.report
-        text = "\n".join(self.logs())
-        report.recoveries = text.count("Recovered job ")
-        report.wedged_kills = sum(
-            1 for line in text.splitlines()
-            if "wedged: no sign of life" in line and line.endswith(", SIGKILL")
-        )
-        report.children_forked = len(
-            [line for line in text.splitlines()
-             if "procrastinate_prefork.supervisor: Child " in line and " started (pid " in line]
-        )
+        actions = Counter(e.get("action") for e in self.events())
+        report.recoveries = actions["job_recovered"]
+        report.wedged_kills = actions["child_wedged"]
+        report.children_forked = actions["child_started"]
         supervisors = {f.pid for f in self.fleets}
         report.other_child_deaths = sum(
             1 for pid in self.watch.gone_at
@@ -1332,7 +1326,7 @@ class ChaosRun:
             1 for j in self.queueing_jobs if status.get(j) == "failed")
         report.overrun_jobs = len(self.overrun_long) + len(self.overrun_short)
         report.overrun_long = len(self.overrun_long)
-        blamed = time_limit_blames("\n".join(self.logs()).splitlines())
+        blamed = time_limit_blames(self.events())
         report.time_limit_kills = len(blamed)
         for job_id in wrongly_blamed(blamed, self.overrun_long):
             report.problems.append(

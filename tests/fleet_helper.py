@@ -76,6 +76,9 @@ class Fleet:
         self.log_path = workdir / f"fleet-{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.name = name
+        # where its processes write events.jsonl: ``results`` unless the
+        # test gives several fleets one directory (PREFORK_TEST_RESULTS)
+        self.events_dir = self.results
 
     # --- lifecycle
 
@@ -89,6 +92,7 @@ class Fleet:
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }
+        self.events_dir = Path(full_env["PREFORK_TEST_RESULTS"])
         cmd = list(command) if command else [
             sys.executable, "-m", "procrastinate_prefork.cli", "--app", app, "worker",
             "--fetch-job-polling-interval", "30", *args,
@@ -117,8 +121,12 @@ class Fleet:
         return self.log_path.read_text(errors="replace")
 
     def wait_ready(self, timeout: float = 30) -> None:
-        wait_for(lambda: "children ready" in self.log() or self.exited(),
-                 timeout, message="the fleet to be ready")
+        def ready() -> bool:
+            shared = self.events_dir != self.results
+            return any(not shared or e.get("process") == self.pid
+                       for e in self.events("fleet_ready"))
+        wait_for(lambda: ready() or self.exited(),
+                 timeout, message="the fleet to be ready (its fleet_ready event)")
         assert not self.exited(), f"fleet exited early:\n{self.log()}"
 
     def exited(self) -> bool:
@@ -211,7 +219,7 @@ class Fleet:
     def events(self, action: str | None = None) -> list[dict[str, Any]]:
         """Structured log records (``extra`` fields) of the fleet's processes,
         written by tests/apps/events.py; those of ``action`` only if given."""
-        path = self.results / "events.jsonl"
+        path = self.events_dir / "events.jsonl"
         if not path.exists():
             return []
         found = [json.loads(line) for line in path.read_text().splitlines() if line]
@@ -263,3 +271,11 @@ def log_events(fleet: Fleet, action: str | None = None) -> list[dict[str, Any]]:
         if action is None or event.get("action") == action:
             events.append(event)
     return events
+
+
+def error_line(fleet: Fleet) -> str:
+    """The one line a fleet wrote before exiting on bad input: tests check
+    that it names the option or value at fault, not its wording."""
+    lines = [line for line in fleet.log().splitlines() if line.strip()]
+    assert len(lines) == 1, fleet.log()
+    return lines[0]

@@ -31,6 +31,11 @@ from typing import Any
 
 import procrastinate
 
+from . import events
+
+# the supervisors' structured records, e.g. ``time_limit`` for the books
+events.install()
+
 app = procrastinate.App(
     connector=procrastinate.PsycopgConnector(conninfo=os.environ.get("DATABASE_URL", "")),
 )

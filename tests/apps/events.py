@@ -24,7 +24,10 @@ class _EventHandler(logging.Handler):
         if not hasattr(record, "action"):
             return
         fields = {k: v for k, v in vars(record).items() if k not in _STANDARD}
-        fields.update(pid=record.process, level=record.levelname)
+        # ``pid`` is the record's own field when it has one (a child's pid
+        # logged by the supervisor); the emitting process is ``process``.
+        fields.update(process=record.process, level=record.levelname)
+        fields.setdefault("pid", record.process)
         line = json.dumps(fields, default=str) + "\n"
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:

@@ -22,7 +22,13 @@ import os
 from demo_project.settings import *  # noqa: F403
 from demo_project.settings import DATABASES, INSTALLED_APPS
 
+from tests.apps import events
+
 from .middleware import record_runs
+
+# The fleets' structured log records, for the tests (tests/apps/events.py);
+# LOGGING below leaves the handler in place (disable_existing_loggers False).
+events.install()
 
 # Our own URLs: the tests must not depend on the demo's URL configuration.
 ROOT_URLCONF = "tests.django_project.urls"

@@ -84,7 +84,7 @@ class Outage:
         slots = CHILDREN * len(self.fleets)
         assert forked <= 2 * slots, f"{forked} children for {slots} slots: a re-fork storm"
         for fleet in self.fleets:
-            assert "CRASH LOOP" not in fleet.log()
+            assert fleet.events("crash_loop") == []
             assert not fleet.exited()
         with psycopg.connect(db_url, autocommit=True) as conn:
             ages = conn.execute(

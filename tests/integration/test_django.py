@@ -185,36 +185,39 @@ def test_django_connection_pool(dj_fleet, django_db_url, parent_used_it):
     assert "Traceback" not in dj_fleet.log()
 
 
-def one_error_line(log: str) -> str:
+def one_error_line(fleet) -> str:
+    """The one error line (Django may print its usage first), for the test
+    to check the option or setting it names."""
+    log = fleet.log()
     lines = [line for line in log.splitlines() if "error:" in line.lower()]
     assert len(lines) == 1, log
     assert "Traceback" not in log
-    assert "Child" not in log  # nothing forked
+    assert fleet.events("child_started") == []  # nothing forked
     return lines[0]
 
 
 @pytest.mark.parametrize("value", ["0", "-3", "many"])
 def test_bad_concurrency_exits_2(dj_fleet, value):
     assert run_worker(dj_fleet, "--concurrency", value, timeout=30) == 2
-    assert "--concurrency" in one_error_line(dj_fleet.log())
+    assert "--concurrency" in one_error_line(dj_fleet)
 
 
 def test_unknown_option_exits_2(dj_fleet):
     assert run_worker(dj_fleet, "--no-such-option", timeout=30) == 2
-    line = one_error_line(dj_fleet.log())
-    assert "unrecognized arguments: --no-such-option" in line
+    line = one_error_line(dj_fleet)
+    assert "--no-such-option" in line
 
 
 @pytest.mark.parametrize(("setting", "expected"), [
-    ('{"concurency": 2}', "unknown key 'concurency'"),
+    ('{"concurency": 2}', "concurency"),
     ('{"concurrency": 0}', "PROCRASTINATE_PREFORK['concurrency']"),
     ('{"concurrency": "4"}', "PROCRASTINATE_PREFORK['concurrency']"),
-    ('["concurrency"]', "expected a dict"),
+    ('["concurrency"]', "PROCRASTINATE_PREFORK"),
 ])
 def test_bad_prefork_setting_exits_2(dj_fleet, setting, expected):
     code = run_worker(dj_fleet, timeout=30, PREFORK_TEST_PREFORK_SETTINGS=setting)
     assert code == 2
-    assert expected in one_error_line(dj_fleet.log())
+    assert expected in one_error_line(dj_fleet)
 
 
 def test_prefork_setting_configures_the_fleet(dj_fleet):

@@ -323,9 +323,8 @@ def test_probe_port_in_use_exits_1_before_forking(fleet, db_url):
                                  app=HEALTH_APP, timeout=30)
     assert code == 1
     last = fleet.log().strip().splitlines()[-1]
-    assert last == (f"procrastinate-prefork: error: cannot listen on the probe port "
-                    f"127.0.0.1:{port}: address already in use")
-    assert "Child 0 started" not in fleet.log()
+    assert f"127.0.0.1:{port}" in last  # the one line naming the busy address
+    assert fleet.events("child_started") == []
     assert fleet_rows(db_url) == []  # not even registered
 
 

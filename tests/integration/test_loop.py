@@ -233,7 +233,7 @@ def test_sighup_burst_converges_to_the_target(fleet, db_url):
     first = fleet.wait_children(2)
     for _ in range(20):
         fleet.signal(signal.SIGHUP)
-        time.sleep(0.1)
+        time.sleep(0.1)  # on purpose: signals sent at once would merge into one
     assert_converges(fleet, db_url, 2)
     assert not set(fleet.child_pids()) & set(first)  # the restart did happen
     assert fleet.stop() == 0

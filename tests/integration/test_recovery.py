@@ -39,7 +39,7 @@ def test_sigkill_mid_job_runs_again_on_another_child(fleet, db_url):
     restarted_after = fleet.mark_times("start")[(job_id, 1)] - killed_at
     # runnable at once and started without waiting for the 30 s poll
     assert restarted_after < 10, restarted_after
-    assert "Recovered job %d" % job_id in fleet.log()
+    assert job_id in [e["job_id"] for e in fleet.events("job_recovered")]
     assert fleet.stop() == 0
 
 
@@ -53,10 +53,11 @@ def test_poison_pill_fails_after_cap_while_others_flow(fleet, db_url):
              timeout=60, message="the other jobs to succeed")
     # ran once, then retried twice (the cap), then failed: 3 starts in all
     assert _attempt_starts(fleet, poison) == [0, 1, 2]
-    log = fleet.log()
-    assert "exited with code 13" in log
-    assert "poison pill" in log
-    assert "CRASH LOOP" not in log
+    assert 13 in [e["exit_code"] for e in fleet.events("child_exited")]
+    [failed] = [e for e in fleet.events("job_recovered")
+                if e["job_id"] == poison and e["recovery_action"] == "failed"]
+    assert failed["crashes"] == 3  # past the cap of 2: a poison pill
+    assert fleet.events("crash_loop") == []
     with psycopg.connect(db_url) as conn:
         crashes = conn.execute(
             "SELECT crashes FROM procrastinate_prefork_job_crashes WHERE job_id = %s",
@@ -83,7 +84,9 @@ def test_whole_supervisor_killed_another_host_recovers_after_timeout(
              message="the sweep to recover the job and host b to run it")
     # not before the stalled timeout (3 s, minus up to one 0.5 s heartbeat)
     assert second.mark_times("start")[(job_id, 1)] - killed_at >= 2.4
-    assert "worker heartbeat lost" in second.log()
+    # by a sweep: no child of this fleet died under it
+    assert [(e["job_id"], e["child_pid"]) for e in second.events("job_recovered")
+            ] == [(job_id, None)]
     second.stop(timeout=5)
 
 
@@ -100,7 +103,7 @@ def test_restarted_supervisor_recovers_predecessor_at_once(fleet_factory, db_url
                  "--stalled-timeout", "600")
     wait_for(lambda: second.marks("start"), timeout=10,
              message="the predecessor's job to run again")
-    assert "Predecessor supervisor" in second.log()
+    assert [e["jobs"] for e in second.events("predecessor_recovered")] == [1]
     assert jobs(db_url, [job_id])[0]["attempts"] == 1
     second.stop(timeout=5)
 
@@ -124,7 +127,7 @@ def test_long_job_on_healthy_child_is_never_recovered(fleet_factory, db_url):
     assert row["attempts"] == 1  # procrastinate counts the successful run
     all_starts = owner.marks("start") + other.marks("start")
     assert [(j, a) for j, a, _ in all_starts] == [(job_id, 0)]
-    assert "Recovered job" not in owner.log() + other.log()
+    assert owner.events("job_recovered") + other.events("job_recovered") == []
     other.stop(timeout=10)
 
 
@@ -136,8 +139,9 @@ def test_job_timeout_fails_job_and_replaces_child(fleet, db_url):
              message="the job to fail on its time limit")
     new = fleet.wait_children(1, exclude=[victim])
     assert new and victim not in new
-    assert "exceeded its time limit" in fleet.log()
-    assert "time limit exceeded" in fleet.log()
+    assert [e["job_id"] for e in fleet.events("time_limit")] == [job_id]
+    assert [(e["job_id"], e["recovery_action"]) for e in fleet.events("job_recovered")
+            ] == [(job_id, "failed")]
     # the fleet still works
     [after] = defer(db_url, "cpu", ms=1)
     wait_for(lambda: jobs(db_url, [after])[0]["status"] == "succeeded", timeout=20,
@@ -153,7 +157,9 @@ def test_per_task_timeout_retries_when_the_strategy_says_so(fleet, db_url):
     # RetryStrategy(max_attempts=2) retries while attempts < 2, as it would
     # for any exception under stock procrastinate: three runs in all
     assert _attempt_starts(fleet, job_id) == [0, 1, 2]
-    assert "time limit exceeded, task retries" in fleet.log()
+    assert {e["job_id"] for e in fleet.events("time_limit")} == {job_id}
+    assert [e["recovery_action"] for e in fleet.events("job_recovered")
+            if e["job_id"] == job_id] == ["retried", "retried", "failed"]
     assert fleet.stop() == 0
 
 
@@ -162,7 +168,7 @@ def test_sigstopped_child_is_detected_killed_and_replaced(fleet, db_url):
     [job_id] = defer(db_url, "sleep", seconds=1.0)
     victim = fleet.running_child(job_id)
     os.kill(victim, signal.SIGSTOP)
-    wait_for(lambda: "wedged" in fleet.log(), timeout=15, message="wedge detection")
+    wait_for(lambda: fleet.events("child_wedged"), timeout=15, message="wedge detection")
     wait_for(lambda: jobs(db_url, [job_id])[0]["status"] == "succeeded", timeout=20,
              message="the job to run again elsewhere")
     fleet.wait_children(2, exclude=[victim])

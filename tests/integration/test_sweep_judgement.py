@@ -31,7 +31,7 @@ def _worker_of(db_url, job_id):
 
 def _no_recovery(*fleets):
     for fleet in fleets:
-        assert "Recovered job" not in fleet.log(), fleet.log()[-3000:]
+        assert fleet.events("job_recovered") == [], fleet.log()[-3000:]
 
 
 def _workers(db_url):

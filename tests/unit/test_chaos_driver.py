@@ -148,19 +148,13 @@ def test_overrun_jobs_are_well_past_or_well_within_their_limit():
 
 
 def test_a_job_blamed_for_a_time_limit_it_was_not_deferred_to_exceed_is_caught():
-    lines = [
-        "2026-01-01 10:00:00,000 ERROR   [7] procrastinate_prefork.supervisor: Child 1 "
-        "(pid 9): job 18 (chaos_overrun) exceeded its time limit, SIGTERM",
-        "2026-01-01 10:00:02,000 WARNING [7] procrastinate_prefork.supervisor: Child 1 "
-        "(pid 9): job 19 (chaos_cpu) exceeded its time limit, SIGKILL",
-        "2026-01-01 10:00:02,100 WARNING [7] procrastinate_prefork.recovery: Recovered "
-        "job 20 (chaos_cpu): retried, crash [cause: job 19 (chaos_cpu) exceeded its "
-        "time limit, child pid: 9, crashes: 1]",
-        "a task's own output: job 21 (x) exceeded its time limit, SIGTERM",
-        "2026-01-01 10:00:03,000 ERROR   [7] procrastinate_prefork.supervisor: Child 2 "
-        "(pid 8): job 19 (chaos_cpu) exceeded its time limit, SIGTERM",
+    events = [
+        {"action": "time_limit", "job_id": 18, "pid": 9},
+        {"action": "child_killed", "pid": 9},
+        {"action": "job_recovered", "job_id": 20, "cause": "job 19 exceeded"},
+        {"action": "time_limit", "job_id": 19, "pid": 8},
     ]
-    blamed = time_limit_blames(lines)
+    blamed = time_limit_blames(events)
     assert blamed == [18, 19]
     assert wrongly_blamed(blamed, long={18}) == [19]
     assert wrongly_blamed([18, 18], long={18, 22}) == []

@@ -49,20 +49,48 @@ def test_make_worker_merges_worker_defaults():
 
 
 def test_prompt_reconnect_pool_caps_psycopg_pools_backoff():
-    import inspect
+    """The real pool, against a port that refuses connections: psycopg_pool's
+    own retry chain is followed (each failed attempt schedules the next; the
+    test runs it at once instead of waiting), and every delay it asks for is
+    capped, where psycopg_pool alone doubles it to 64 s by the seventh."""
+    import asyncio
+    import socket
 
-    import psycopg_pool
-    from psycopg_pool.base import AttemptWithBackoff
+    from psycopg_pool.pool_async import AddConnection
 
-    # the private method we override, with the arguments we pass on
-    params = list(inspect.signature(psycopg_pool.AsyncConnectionPool._add_connection).parameters)
-    assert params[:3] == ["self", "attempt", "growing"]
-    attempt = AttemptWithBackoff(timeout=300)
-    for _ in range(8):  # what the override does before each retry
-        attempt.delay = min(attempt.delay,
-                            compat.POOL_RECONNECT_MAX_DELAY / attempt.DELAY_BACKOFF)
-        attempt.update_delay(0.0)
-    assert 0 < attempt.delay <= compat.POOL_RECONNECT_MAX_DELAY
+    async def retry_delays(port: int) -> list[float]:
+        pool = compat.PromptReconnectPool(
+            f"host=127.0.0.1 port={port} connect_timeout=5",
+            min_size=1, open=False, reconnect_timeout=300,
+        )
+        scheduled: list = []
+
+        async def schedule_task(task, delay):
+            if isinstance(task, AddConnection):  # not the periodic shrink
+                scheduled.append((task, delay))
+
+        pool.schedule_task = schedule_task  # type: ignore[method-assign]
+        delays = []
+        await pool.open(wait=False)
+        try:
+            for _ in range(7):
+                while not scheduled:  # the pool's first attempt, in its worker
+                    await asyncio.sleep(0.01)
+                task, delay = scheduled.pop()
+                delays.append(delay)
+                await task.tick()
+        finally:
+            await pool.close(timeout=1)
+        return delays
+
+    with socket.socket() as refusing:  # bound, never listening
+        refusing.bind(("127.0.0.1", 0))
+        delays = asyncio.run(
+            asyncio.wait_for(retry_delays(refusing.getsockname()[1]), 60)
+        )
+    assert len(delays) == 7
+    assert max(delays) <= compat.POOL_RECONNECT_MAX_DELAY, delays
+    assert min(delays) > 0, delays  # it still waits between attempts
 
 
 def _connector_error(cause):

@@ -55,14 +55,15 @@ def test_task_timeouts_from_cli_and_settings():
     assert cfg.time_limit_for("a") == 1.0
     assert cfg.time_limit_for("other") == 9.0
     assert parse([], settings={"task_timeouts": {"x": 3}}).task_timeouts == {"x": 3.0}
-    with pytest.raises(ConfigError, match="NAME=SECONDS"):
+    with pytest.raises(ConfigError, match="--task-timeout"):
         parse(["--task-timeout", "oops"])
-    with pytest.raises(ConfigError, match="more than zero"):
+    with pytest.raises(ConfigError, match="--task-timeout"):
         parse(["--task-timeout", "a=0"])
 
 
 def test_unknown_and_bad_settings():
-    with pytest.raises(ConfigError, match="unknown key 'concurency' .did you mean 'concurrency'"):
+    # names the key given and the one meant
+    with pytest.raises(ConfigError, match="concurency.*'concurrency'"):
         parse([], settings={"concurency": 2})
     with pytest.raises(ConfigError, match=r"PROCRASTINATE_PREFORK\['concurrency'\]"):
         parse([], settings={"concurrency": True})
@@ -117,14 +118,14 @@ def test_every_duration_option_has_a_maximum():
 def test_durations_above_their_maximum_are_refused(option):
     maximum = config.DURATION_MAXIMA[option.name]
     value = f"x={maximum * 10}" if option.name.startswith("task_") else "1e16"
-    with pytest.raises(ConfigError, match=f"{option.flags[-1]}: must be at most"):
+    with pytest.raises(ConfigError, match=option.flags[-1]):
         build_config({option.name: value}, {})
     assert f"at most {int(maximum)} s" in option.help.lower()  # documented
 
 
 def test_queue_names_longer_than_procrastinate_allows_are_refused():
     assert parse(["--queues", "q" * 128]).queues == ("q" * 128,)
-    with pytest.raises(ConfigError, match="--queues: a queue name must be at most 128"):
+    with pytest.raises(ConfigError, match="--queues"):
         parse(["--queues", "a," + "q" * 300])
 
 
@@ -174,7 +175,7 @@ def test_listen_dsn_from_every_source_and_never_shown():
     "postgresql://u:SECRET-77@db/app?nosuchparameter=1",
 ])
 def test_bad_listen_dsn_is_refused_without_repeating_it(value):
-    with pytest.raises(ConfigError, match="--listen-dsn: not a valid libpq") as caught:
+    with pytest.raises(ConfigError, match="--listen-dsn") as caught:
         parse(["--listen-dsn", value])
     assert "SECRET-77" not in str(caught.value)
 
@@ -199,7 +200,7 @@ def test_soft_time_limits_from_every_source():
     ["--soft-job-timeout", "20", "--task-timeout", "a=10"],
 ])
 def test_a_soft_limit_not_below_the_hard_one_is_refused(args):
-    with pytest.raises(ConfigError, match="soft time limit .* must be below") as info:
+    with pytest.raises(ConfigError, match="soft") as info:
         parse(args)
     assert "\n" not in str(info.value)
 

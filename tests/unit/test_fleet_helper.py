@@ -13,13 +13,16 @@ from ..fleet_helper import FleetFactory
 def test_fleet_log_is_not_held_open(tmp_path):
     factory = FleetFactory("postgresql://unused", tmp_path)
     fleet = factory.new()
+    # ready as a fleet is: its fleet_ready event written (tests/apps/events.py)
     fleet.start(command=[sys.executable, "-c", (
-        "import time; print('children ready', flush=True); time.sleep(60)")])
+        "import os, time; print('first', flush=True)\n"
+        "with open(os.environ['PREFORK_TEST_RESULTS'] + '/events.jsonl', 'a') as f:\n"
+        "    f.write('{\"action\": \"fleet_ready\"}\\n')\n"
+        "time.sleep(60)")])
     fleet.stop()
-    assert "children ready" in fleet.log()
     fleet.start(command=[sys.executable, "-c", "print('again')"], wait_ready=False)
     assert fleet.wait(timeout=30) == 0
-    assert fleet.log().splitlines() == ["children ready", "again"]
+    assert fleet.log().splitlines() == ["first", "again"]  # appended, then closed
     factory.cleanup()
     open_paths = {f.path for f in psutil.Process().open_files()}
     assert str(fleet.log_path) not in open_paths

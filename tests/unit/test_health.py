@@ -154,18 +154,19 @@ def test_query_from_params():
     assert FleetQuery.from_params({}) == FleetQuery()
 
 
-@pytest.mark.parametrize("params, message", [
-    ({"min_children": "x"}, "must be an integer"),
-    ({"min_children": "-1"}, "between 0 and"),
-    ({"min_children": "1000001"}, "between 0 and"),
-    ({"min_children": ["1", "2"]}, "given 2 times"),
-    ({"host": ""}, "must not be empty"),
-    ({"queue": "a" * 300}, "at most 255"),
-    ({"host": "a\nb"}, "printable"),
-    ({"hots": "a"}, "unknown parameter 'hots'"),
+@pytest.mark.parametrize("params", [
+    {"min_children": "x"},
+    {"min_children": "-1"},
+    {"min_children": "1000001"},
+    {"min_children": ["1", "2"]},
+    {"host": ""},
+    {"queue": "a" * 300},
+    {"host": "a\nb"},
+    {"hots": "a"},
 ])
-def test_bad_query(params, message):
-    with pytest.raises(QueryError, match=message):
+def test_bad_query(params):
+    [name] = params
+    with pytest.raises(QueryError, match=name):  # names the parameter at fault
         FleetQuery.from_params(params)
 
 
