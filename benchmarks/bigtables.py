@@ -32,12 +32,12 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import psycopg  # noqa: E402
+import psycopg
 
-from benchmarks import harness  # noqa: E402
-from procrastinate_prefork import fleet, recovery, status  # noqa: E402
-from procrastinate_prefork import health as fleet_health  # noqa: E402
-from procrastinate_prefork.supervisor import count_runnable  # noqa: E402
+from benchmarks import harness
+from procrastinate_prefork import fleet, recovery, status
+from procrastinate_prefork import health as fleet_health
+from procrastinate_prefork.supervisor import count_runnable
 
 FINISHED = 1_000_000
 TODO = 100_000
@@ -112,7 +112,7 @@ def counts(url: str) -> dict[str, int]:
         out = {}
         for table in ("procrastinate_jobs", "procrastinate_events",
                       "procrastinate_workers", "procrastinate_prefork_processes"):
-            row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608
+            row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
             out[table] = int(row[0]) if row else 0
         return out
 
