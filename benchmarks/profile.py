@@ -39,33 +39,48 @@ from benchmarks.work import calibrate
 
 DRAINS = {"cpu50": ("cpu", 50, 200), "noop_sync": ("noop_sync", 0, 3000)}
 
-#: (item, substrings of a frame's file); the innermost frame that matches any
-#: item names the sample's item, except that logging and the task win from
-#: anywhere in the stack (a log call is logging whatever it calls).
-ANYWHERE: tuple[tuple[str, tuple[str, ...]], ...] = (("the task itself", ("benchmarks/work.py",)),
-            ("logging", ("/logging/",)))
+#: (item, how a frame's file name starts, as py-spy prints it); the innermost
+#: frame that matches names the sample's item, except that logging and the task
+#: win from anywhere in the stack (a log call is logging whatever it calls).
+ANYWHERE: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("the task itself", ("benchmarks/work.py",)),
+    ("logging", ("logging/",)),
+)
 INNERMOST: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("psycopg (queries, client side)", ("/psycopg/", "/psycopg_pool/")),
-    ("prefork child (scoreboard, middleware, wake-ups)",
+    ("psycopg (queries, client side)", ("psycopg/", "psycopg_pool/")),
+    ("prefork child (scoreboard, middleware, compat wrappers)",
      ("procrastinate_prefork/child.py", "procrastinate_prefork/compat.py",
       "procrastinate_prefork/scoreboard.py", "procrastinate_prefork/db.py")),
     ("prefork supervisor", ("procrastinate_prefork/",)),
-    ("procrastinate worker and job manager", ("/procrastinate/",)),
+    ("procrastinate worker and job manager", ("procrastinate/",)),
     ("thread hand-off (asgiref, executor, threading)",
-     ("/asgiref/", "/concurrent/", "/threading.py", "/queue.py")),
-    ("asyncio event loop", ("/asyncio/", "/selectors.py")),
-    ("json, datetime, other stdlib", ("/json/", "/datetime.py", "/python3.")),
+     ("asgiref/", "concurrent/", "threading.py", "queue.py")),
+    ("asyncio event loop (epoll wait included)", ("asyncio/", "selectors.py")),
+    ("json, datetime, contextlib, other stdlib",
+     ("json/", "datetime.py", "contextlib.py", "<frozen", "enum.py", "uuid.py")),
 )
+
+
+def _file(frame: str) -> str:
+    """``function (file:line)`` -> ``file``."""
+    return frame.rpartition(" (")[2].rpartition(":")[0]
+
+
+#: py-spy --nonblocking also samples a thread asleep in epoll: not CPU time
+WAITING = "(asleep in epoll: left out)"
 
 
 def item_of(stack: str) -> str:
     frames = stack.split(";")
-    for item, needles in ANYWHERE:
-        if any(n in f for f in frames for n in needles):
+    if frames[-1].startswith("EpollSelector.select ("):
+        return WAITING
+    files = [_file(frame) for frame in frames]
+    for item, starts in ANYWHERE:
+        if any(f.startswith(starts) for f in files):
             return item
-    for frame in reversed(frames):
-        for item, needles in INNERMOST:
-            if any(n in frame for n in needles):
+    for name in reversed(files):
+        for item, starts in INNERMOST:
+            if name.startswith(starts):
                 return item
     return "other"
 
@@ -121,6 +136,7 @@ def profile_drain(name: str, n: int, url: str, workdir: Path, iters_per_ms: floa
     for role, pid, out, _ in spies:
         samples = parse_collapsed(out)
         cpu = after.get(pid, 0.0) - before.get(pid, 0.0)
+        samples.pop(WAITING, None)
         total = sum(samples.values()) or 1
         mine = items.setdefault(role, collections.defaultdict(float))
         for item, k in samples.items():
