@@ -10,7 +10,6 @@ import pytest
 
 from procrastinate_prefork import recovery
 
-
 ROWS = 30_000
 
 
@@ -44,7 +43,7 @@ def big(db: psycopg.Connection) -> psycopg.Connection:
 
 def _doing_job(db: psycopg.Connection, heartbeat: str = "now()") -> tuple[int, int]:
     row = db.execute(
-        f"WITH w AS (INSERT INTO procrastinate_workers (last_heartbeat) "  # noqa: S608
+        f"WITH w AS (INSERT INTO procrastinate_workers (last_heartbeat) "
         f"VALUES ({heartbeat}) RETURNING id) "
         "INSERT INTO procrastinate_jobs (queue_name, task_name, args, status, "
         "worker_id) SELECT 'default', 'victim', '{}', 'doing', id FROM w "
