@@ -55,7 +55,7 @@ INNERMOST: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("procrastinate worker and job manager", ("procrastinate/",)),
     ("thread hand-off (asgiref, executor, threading)",
      ("asgiref/", "concurrent/", "threading.py", "queue.py")),
-    ("asyncio event loop (epoll wait included)", ("asyncio/", "selectors.py")),
+    ("asyncio event loop", ("asyncio/", "selectors.py")),
     ("json, datetime, contextlib, other stdlib",
      ("json/", "datetime.py", "contextlib.py", "<frozen", "enum.py", "uuid.py")),
 )

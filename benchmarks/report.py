@@ -840,11 +840,23 @@ SIDE_FILES = (("benchmarks-bigtables.json", bigtables_section),
 
 
 def side_sections(out_dir: Path) -> list[str]:
+    """The sections of the side files found in ``out_dir``, each followed by
+    ``benchmarks/notes-<name>.md`` when that was written for the same run
+    (first line ``<!-- run: <started_at> -->``, as for benchmarks/notes.md)."""
     import json
 
     lines: list[str] = []
     for name, section in SIDE_FILES:
         path = out_dir / name
-        if path.exists():
-            lines += section(json.loads(path.read_text()))
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text())
+        lines += section(data)
+        notes = NOTES.with_name("notes-" + name.removeprefix("benchmarks-")
+                                .replace(".json", ".md"))
+        if notes.exists():
+            first, _, body = notes.read_text().partition("\n")
+            run = first.removeprefix("<!-- run:").removesuffix("-->").strip()
+            if run == data.get("started_at"):
+                lines += [body.strip(), ""]
     return lines
