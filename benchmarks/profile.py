@@ -111,8 +111,7 @@ def profile_drain(name: str, n: int, url: str, workdir: Path, iters_per_ms: floa
             for role, pid in roles:
                 out = workdir / f"{name}-{role}-{pid}.txt"
                 spies.append((role, pid, out, subprocess.Popen(
-                    [shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
-                     "record", "--nonblocking", "--rate", str(rate), "--format", "raw",
+                    [_py_spy(), "record", "--nonblocking", "--rate", str(rate), "--format", "raw",
                      "--pid", str(pid), "--output", str(out)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
             time.sleep(1.0)  # py-spy attached
@@ -153,6 +152,13 @@ def profile_drain(name: str, n: int, url: str, workdir: Path, iters_per_ms: floa
     }
 
 
+def _py_spy() -> str:
+    found = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(found).exists():
+        raise harness.BenchError("py-spy is not installed (pip install py-spy)")
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=2)
@@ -164,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     db_url = os.environ.get("DATABASE_URL")
     if not db_url:
         print("profile.py: set DATABASE_URL", file=sys.stderr)
+        return 2
+    try:
+        _py_spy()
+    except harness.BenchError as exc:
+        print(f"profile.py: {exc}", file=sys.stderr)
         return 2
     log = harness_log()
     workdir = harness.workdir()
