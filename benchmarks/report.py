@@ -470,7 +470,7 @@ def _targets_section(res: Results) -> list[str]:
     return lines + _two_x_note(res)
 
 
-def markdown(data: dict[str, Any]) -> str:
+def markdown(data: dict[str, Any], side: list[str] | None = None) -> str:
     res = Results(data)
     meta = res.meta
     lines = [
@@ -503,6 +503,7 @@ def markdown(data: dict[str, Any]) -> str:
     if res.life:
         lines += ["## Start-up, memory, shutdown, sessions", "", LIFECYCLE_INTRO, "",
                   *lifecycle_table(res)]
+    lines += side or []
     lines += ["## Method", ""]
     lines.append(_sessions_item(meta))
     lines += [item.format(poll=meta.get("poll_s", 1),
@@ -695,7 +696,7 @@ def _memory_sessions(ax: Any, res: Results) -> None:
 def render(data: dict[str, Any], out_dir: Path) -> list[Path]:
     """Write benchmarks.md and, when matplotlib is installed, benchmarks.png."""
     written = [out_dir / "benchmarks.md"]
-    written[0].write_text(markdown(data))
+    written[0].write_text(markdown(data, side_sections(out_dir)))
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -705,3 +706,157 @@ def render(data: dict[str, Any], out_dir: Path) -> list[Path]:
     chart(data, out_dir / "benchmarks.png")
     written.append(out_dir / "benchmarks.png")
     return written
+
+
+# ------------------------------------------- side files of the standalone runs
+# benchmarks/bigtables.py, pgbouncer.py and profile.py write one JSON file each
+# next to benchmarks.json; their sections come from there.
+
+
+def _ms(x: float) -> str:
+    return f"{x:.2f}" if x < 100 else f"{x:.0f}"
+
+
+def bigtables_section(d: dict[str, Any]) -> list[str]:
+    sizes = d["sizes"]
+    lines = [
+        "## Big tables",
+        "",
+        _para(f"""The fleet's own queries on an empty database and on one holding
+              {sizes['finished']:,} finished jobs (3 events each), {sizes['todo']:,}
+              `todo` jobs in a queue the fleet does not serve, and
+              {sizes['supervisors']:,} other supervisors x {sizes['children']} children
+              (alive, each child with a worker row, half of them running a job).
+              Command: `{d['command']}`; {d['started_at']} to {d['finished_at']};
+              PostgreSQL {d['postgresql']}; load average at the start
+              {_load(d.get('loadavg_at_start'))} (a shared machine: the figures
+              are ratios within one run). Per call: median (max) of
+              {next(iter(d['queries']['big'].values()))['calls']} calls, client
+              side, after one call that warmed up and captured the plans
+              (`auto_explain`, EXPLAIN ANALYZE of every statement, nested ones too).
+              "Full scans" lists the tables of a plan read by a sequential scan."""),
+        "",
+        "| query | empty ms/call | big ms/call | big / empty | full scans on big |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for name, big in d["queries"]["big"].items():
+        empty = d["queries"]["empty"][name]
+        ratio = big["median_ms"] / empty["median_ms"] if empty["median_ms"] else 0
+        scans = ", ".join(f"`{t}`" for t in big["seq_scans"]) or "none"
+        lines.append(f"| {name} | {_ms(empty['median_ms'])} ({_ms(empty['max_ms'])}) | "
+                     f"{_ms(big['median_ms'])} ({_ms(big['max_ms'])}) | {ratio:.1f}x | "
+                     f"{scans} |")
+    lines += ["", _para("""Idle 4-child fleet (`--queues default`, every other option
+              at its default): CPU of the PostgreSQL sessions serving it, from
+              /proc, per second of wall time, each repetition
+              (interleaved)."""), "",
+              "| database | server CPU ms/s | fleet processes CPU ms/s | sessions |",
+              "|---|---|---|---:|"]
+    medians = {}
+    for name in ("empty", "big"):
+        runs = d["idle"][name]
+        medians[name] = statistics_median([r["server_cpu_ms_per_s"] for r in runs])
+        lines.append(
+            f"| {name} | {', '.join(_ms(r['server_cpu_ms_per_s']) for r in runs)} | "
+            f"{', '.join(_ms(r['fleet_cpu_ms_per_s']) for r in runs)} | "
+            f"{runs[0]['sessions']} |")
+    if medians["empty"]:
+        ratio = medians["big"] / medians["empty"]
+        verdict = "met" if ratio <= 1.5 else "**missed**"
+        lines += ["", (f"Target: idle fleet database CPU on big tables within 1.5x "
+                       f"of empty: {ratio:.2f}x (medians), {verdict}.")]
+    return lines + [""]
+
+
+def statistics_median(values: list[float]) -> float:
+    import statistics
+
+    return statistics.median(values) if values else 0.0
+
+
+def pgbouncer_section(d: dict[str, Any]) -> list[str]:
+    s = d["summary"]
+    first = d["runs"][0]
+    lines = [
+        "## Through PgBouncer",
+        "",
+        _para(f"""prefork with {d['children']} children, its connections through
+              {(d.get('pgbouncer') or ['PgBouncer'])[0]} in transaction pooling mode
+              with a pool of {d['pool_size']} server sessions (the supervisor's
+              LISTEN session direct, `--listen-dsn`), against the same fleet on
+              direct connections. Command: `{d['command']}`; {d['started_at']} to
+              {d['finished_at']}; {len(d['runs']) // 2} repetitions, interleaved;
+              load average at the start {_load(d.get('loadavg_at_start'))}.
+              Sessions: client backends of the database in `pg_stat_activity`
+              (the harness's excluded), idle and the most seen by a 1 s poll
+              during the drains."""),
+        "",
+        (f"| setup | sessions idle | sessions in drain (max) | no-op sync jobs/s "
+         f"({first['noop_sync']['jobs']} jobs) | 20 ms CPU jobs/s "
+         f"({first['cpu']['jobs']} jobs) |"),
+        "|---|---:|---:|---:|---:|",
+    ]
+    for setup in ("direct", "pgbouncer"):
+        e = s[setup]
+        most = max(e["noop_sync"]["sessions_max"], e["cpu"]["sessions_max"])
+        cells = [f"{e[t]['rate_median']:.1f} ({e[t]['rate_min']:.1f}-{e[t]['rate_max']:.1f})"
+                 for t in ("noop_sync", "cpu")]
+        lines.append(f"| {setup} | {e['sessions_idle']} | {most} | {cells[0]} | "
+                     f"{cells[1]} |")
+    for t, label in (("noop_sync", "no-op"), ("cpu", "20 ms CPU")):
+        ratio = s["pgbouncer"][t]["rate_median"] / s["direct"][t]["rate_median"]
+        lines.append(f"\nThrough PgBouncer, {label} jobs drain at {ratio:.2f}x the "
+                     "direct rate.")
+    return lines + [""]
+
+
+def profile_section(d: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Where a fleet's CPU goes, item by item",
+        "",
+        _para(f"""Every process of a prefork fleet sampled by `py-spy record
+              --nonblocking` during a drain; each process's CPU time (from /proc)
+              divided among the items in proportion to its on-CPU samples, per job.
+              Command: `{d['command']}`; {d['started_at']}; load average at the
+              start {_load(d.get('loadavg_at_start'))}. Sampling slows the
+              processes down a little: the rates are not comparable with the
+              drains above."""),
+        "",
+    ]
+    for run in d["runs"]:
+        lines += [(f"### {run['drain']}, N={run['n']}: {run['jobs']} jobs, "
+                   f"{run['rate']} jobs/s while sampled"), "",
+                  "| process | item | CPU ms/job |", "|---|---|---:|"]
+        for role, items in run["cpu_ms_per_job"].items():
+            for item, ms in items.items():
+                lines.append(f"| {role} | {item} | {ms:.3f} |")
+        lines.append("")
+    return lines
+
+
+SIDE_FILES = (("benchmarks-bigtables.json", bigtables_section),
+              ("benchmarks-pgbouncer.json", pgbouncer_section),
+              ("benchmarks-profile.json", profile_section))
+
+
+def side_sections(out_dir: Path) -> list[str]:
+    """The sections of the side files found in ``out_dir``, each followed by
+    ``benchmarks/notes-<name>.md`` when that was written for the same run
+    (first line ``<!-- run: <started_at> -->``, as for benchmarks/notes.md)."""
+    import json
+
+    lines: list[str] = []
+    for name, section in SIDE_FILES:
+        path = out_dir / name
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text())
+        lines += section(data)
+        notes = NOTES.with_name("notes-" + name.removeprefix("benchmarks-")
+                                .replace(".json", ".md"))
+        if notes.exists():
+            first, _, body = notes.read_text().partition("\n")
+            run = first.removeprefix("<!-- run:").removesuffix("-->").strip()
+            if run == data.get("started_at"):
+                lines += [body.strip(), ""]
+    return lines

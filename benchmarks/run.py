@@ -8,7 +8,9 @@ docs/benchmarks.md and docs/benchmarks.png.
     benchmarks/run.py --only cpu50 --ns 2 --reps 1   # with DATABASE_URL set
 
 Scenarios (``--only``): cpu50, cpu20, noop_sync, noop_async, sleep50,
-lifecycle (start-up, memory, sessions, shutdown at N = 1, 4, 8), recovery.
+lifecycle (start-up, memory, sessions, shutdown at N = 1, 4, 8), recovery;
+and, only when named, bigtables, pgbouncer and profile (benchmarks/<name>.py,
+each writing docs/benchmarks-<name>.json).
 DATABASE_URL must point at a PostgreSQL the harness may create databases in
 (``scripts/bench.sh`` starts a throwaway one).
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import json
 import os
 import shlex
@@ -38,6 +41,9 @@ from benchmarks import harness, report, scenarios
 from benchmarks.work import calibrate
 
 ALL = ("cpu50", "cpu20", "noop_sync", "noop_async", "sleep50", "lifecycle", "recovery")
+#: run only when named in --only; each writes docs/benchmarks-<name>.json, whose
+#: section benchmarks.md gets at its next rendering
+STANDALONE = ("bigtables", "pgbouncer", "profile")
 
 
 def _csv(kind: type) -> Any:
@@ -103,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.render_only:
         report.render(json.loads(json_path.read_text()), out_dir)
         return 0
-    unknown = set(args.only) - set(ALL)
+    unknown = set(args.only) - set(ALL) - set(STANDALONE)
     if unknown:
         print(f"run.py: unknown scenario(s) {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
@@ -111,6 +117,17 @@ def main(argv: list[str] | None = None) -> int:
     if not db_url:
         print("run.py: set DATABASE_URL (or use scripts/bench.sh)", file=sys.stderr)
         return 2
+    standalone = [name for name in STANDALONE if name in args.only]
+    for name in standalone:
+        module = importlib.import_module(f"benchmarks.{name}")
+        rc = module.main(["--out", str(out_dir / f"benchmarks-{name}.json")])
+        if rc:
+            return int(rc)
+    if standalone and not set(args.only) & set(ALL):
+        print("run.py: re-render docs/benchmarks.md with --render-only to include "
+              "the new figures", file=sys.stderr)
+        return 0
+    args.only = tuple(name for name in args.only if name in ALL)
     scale = args.scale if args.scale is not None else (0.2 if args.quick else 1.0)
     kills = args.kills if args.kills is not None else (5 if args.quick else 25)
     log = Progress()

@@ -35,7 +35,11 @@ class JobArgsFilter(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._known: collections.OrderedDict[str, str] = collections.OrderedDict()
+        # by the job id of the call string (``task[id](``): a message is only
+        # compared with the call strings of the job ids it holds, not with
+        # every known one (that was most of the filter's cost per job)
+        self._known: collections.OrderedDict[str, dict[str, str]] = (
+            collections.OrderedDict())
 
     def filter(self, record: logging.LogRecord) -> bool:
         job = getattr(record, "job", None)
@@ -57,16 +61,29 @@ class JobArgsFilter(logging.Filter):
         return True
 
     def _learn(self, call_string: str, short: str) -> None:
-        self._known[call_string] = short
-        self._known.move_to_end(call_string)
+        key = _job_key(call_string)
+        self._known.setdefault(key, {})[call_string] = short
+        self._known.move_to_end(key)
         while len(self._known) > self.MAX_KNOWN:
             self._known.popitem(last=False)
 
     def _shorten(self, text: str) -> str:
-        for call_string, short in reversed(self._known.items()):
-            if call_string in text:
-                text = text.replace(call_string, short)
+        keys = {match.group(1) for match in _CALL_ID.finditer(text)}
+        keys.add("")  # call strings without a job id
+        for key in keys:
+            for call_string, short in self._known.get(key, {}).items():
+                if call_string in text:
+                    text = text.replace(call_string, short)
         return text
+
+
+#: ``task_name[42](`` in procrastinate's call strings
+_CALL_ID = re.compile(r"\[(\d+)\]\(")
+
+
+def _job_key(call_string: str) -> str:
+    match = _CALL_ID.search(call_string)
+    return match.group(1) if match else ""
 
 
 _FILTER = JobArgsFilter()

@@ -12,6 +12,12 @@
 # Writes docs/benchmarks.json, docs/benchmarks.md and docs/benchmarks.png
 # (--out-dir DIR to write elsewhere). The full run takes about 40 minutes on a
 # 2-core machine; --quick scales the job counts down (not for the docs).
+#
+# Run only when named: --only bigtables (the fleet's queries on 1M finished
+# jobs, about 6 minutes), --only pgbouncer (needs pgbouncer installed, about 2
+# minutes), --only profile (py-spy; root or ptrace allowed, 1 minute). Each
+# writes docs/benchmarks-<name>.json; its section in docs/benchmarks.md comes
+# with the next rendering (--render-only, or a full run).
 set -euo pipefail
 
 REPO="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)"

@@ -60,3 +60,14 @@ CREATE TABLE IF NOT EXISTS procrastinate_prefork_job_crashes (
     last_cause varchar(255),
     updated_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- Indexes on procrastinate's job table, for queries of ours that would read
+-- it whole otherwise (benchmarks/bigtables.py). Deleting a worker row (a dead
+-- child's, or one the sweep prunes) makes procrastinate's foreign key set
+-- worker_id to NULL on that worker's jobs: a full scan without this index.
+CREATE INDEX IF NOT EXISTS procrastinate_prefork_jobs_worker_id_idx
+    ON procrastinate_jobs (worker_id) WHERE worker_id IS NOT NULL;
+-- The sweep walks the 'doing' jobs in id order; procrastinate's own index in
+-- that order holds the 'todo' ones too.
+CREATE INDEX IF NOT EXISTS procrastinate_prefork_jobs_doing_idx
+    ON procrastinate_jobs (id) WHERE status = 'doing';

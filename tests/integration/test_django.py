@@ -281,6 +281,23 @@ def test_migration_0003_adds_and_drops_the_new_columns(django_db_url):
         assert not (NEW_COLUMNS & _fleet_columns(django_db_url)) or present
 
 
+def test_migration_0004_adds_and_drops_the_job_indexes(django_db_url):
+    from .test_schema_upgrade import JOB_INDEXES, _job_indexes
+
+    def indexes() -> set[str]:
+        with psycopg.connect(django_db_url, autocommit=True) as conn:
+            return _job_indexes(conn)
+    assert indexes() == JOB_INDEXES
+    for target, expected in ((["procrastinate_prefork", "0003"], set()),
+                             ([], JOB_INDEXES)):
+        result = subprocess.run(
+            manage("migrate", *target, "-v0"), env=django_env(django_db_url), cwd=REPO,
+            capture_output=True, text=True, timeout=120, check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert indexes() == expected
+
+
 @pytest.mark.skipif(sys.version_info < (3, 12),
                     reason="Python warns about fork() with threads from 3.12")
 def test_forks_without_threads(dj_fleet, django_db_url):

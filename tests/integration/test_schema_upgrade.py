@@ -21,3 +21,21 @@ def test_apply_adds_the_columns_of_a_later_version(db):
     schema.apply(db)
     schema.apply(db)  # idempotent
     assert NEW_COLUMNS <= _columns(db)
+
+
+JOB_INDEXES = {"procrastinate_prefork_jobs_worker_id_idx",
+               "procrastinate_prefork_jobs_doing_idx"}
+
+
+def _job_indexes(db):
+    return {name for (name,) in db.execute(
+        "SELECT indexname FROM pg_indexes WHERE tablename = 'procrastinate_jobs'"
+    ).fetchall()} & JOB_INDEXES
+
+
+def test_apply_adds_the_job_indexes_of_a_later_version(db):
+    db.execute("DROP INDEX " + ", ".join(sorted(JOB_INDEXES)))
+    assert not _job_indexes(db)
+    schema.apply(db)
+    schema.apply(db)  # idempotent
+    assert _job_indexes(db) == JOB_INDEXES

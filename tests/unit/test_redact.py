@@ -47,6 +47,22 @@ def test_info_messages_and_extras_are_redacted(records):
     assert JOB["task_kwargs"] == {"token": "S3CRET"}  # the job itself is untouched
 
 
+def test_redacted_among_many_known_jobs(records):
+    """A message names jobs learned long before and just now; the oldest
+    known job is forgotten only past MAX_KNOWN."""
+    logger = logging.getLogger("procrastinate.worker.worker-3")
+    jobs = [{"id": i, "task_name": "send", "call_string": f"send[{i}](token='T{i}X')",
+             "task_kwargs": {"token": f"T{i}X"}}
+            for i in range(1000, 1000 + redact.JobArgsFilter.MAX_KNOWN)]
+    for job in jobs:
+        logger.info("Starting job %s", job["call_string"], extra={"job": job})
+    first, last = jobs[0]["call_string"], jobs[-1]["call_string"]
+    logger.info(f"Waiting for jobs: {first}, {last}, send[5](token='T5X')")
+    assert records[-1].getMessage() == (
+        "Waiting for jobs: send[1000](...), send[2023](...), send[5](token='T5X')")
+    assert all(f"T{j['id']}X" not in r.getMessage() for r, j in zip(records, jobs))
+
+
 def test_debug_keeps_the_arguments(records):
     logging.getLogger("procrastinate.worker.worker-3").debug(
         f"Loaded job info, about to start job {JOB['call_string']}", extra={"job": JOB})
