@@ -18,7 +18,7 @@ import pytest
 
 pytest.importorskip("django")
 
-from ..fleet_helper import REPO, Fleet, FleetFactory, wait_for
+from ..fleet_helper import REPO, Fleet, FleetFactory, defer, wait_for
 from .test_health import insert_supervisor
 
 BASE = "/admin/procrastinate_prefork/fleetprocess/"
@@ -219,7 +219,13 @@ def test_browser_sees_a_killed_child_replaced_without_reload(
     wait_for(lambda: _children_pids(page) == old, 30, message="the children shown")
     # A marker that a reload would wipe out.
     page.evaluate("window.__noReload = 1")
-    victim = min(old)
+    (job_id,) = defer(fleet.db_url, "sleep", seconds=600)
+    link = page.wait_for_selector(
+        f'#fleet-live tr.child a[href$="/procrastinatejob/{job_id}/change/"]',
+        timeout=30_000,
+    )
+    busy = int(link.evaluate("a => a.closest('tr').dataset.pid"))
+    victim = next(pid for pid in old if pid != busy)  # the idle one
     os.kill(victim, signal.SIGKILL)
     new = wait_for(
         lambda: (lambda pids: pids if len(pids) == 2 and victim not in pids else None)(
@@ -241,4 +247,4 @@ def test_browser_sees_a_killed_child_replaced_without_reload(
         "document.documentElement.scrollWidth - document.documentElement.clientWidth"
     )
     assert overflow <= 0
-    assert fleet.stop() == 0
+    fleet.kill_all()  # the sleeping job would hold a drain up for minutes
