@@ -12,6 +12,7 @@ import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -175,7 +176,8 @@ def _chromium() -> str:
 def browser_page() -> Iterator[object]:
     executable = _chromium()
     sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
+        "playwright.sync_api",
+        reason="playwright is not installed (pip install playwright)",
     )
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, headless=True)
@@ -198,7 +200,7 @@ def test_db_fleet(pg_url: str, live_server, tmp_path: Path) -> Iterator[Fleet]:
     factory.cleanup()
 
 
-def _children_pids(page) -> set[int]:
+def _children_pids(page: Any) -> set[int]:
     pids = page.eval_on_selector_all(
         "#fleet-live tr.child", "rows => rows.map(r => r.dataset.pid)"
     )
@@ -227,12 +229,11 @@ def test_browser_sees_a_killed_child_replaced_without_reload(
     busy = int(link.evaluate("a => a.closest('tr').dataset.pid"))
     victim = next(pid for pid in old if pid != busy)  # the idle one
     os.kill(victim, signal.SIGKILL)
-    new = wait_for(
-        lambda: (lambda pids: pids if len(pids) == 2 and victim not in pids else None)(
-            _children_pids(page)
-        ),
-        40, message="the replacement shown",
-    )
+    def replaced() -> set[int] | None:
+        pids = _children_pids(page)
+        return pids if len(pids) == 2 and victim not in pids else None
+
+    new = wait_for(replaced, 40, message="the replacement shown")
     assert new - old and set(fleet.child_pids()) == new
     assert page.evaluate("window.__noReload") == 1
     if os.environ.get("PREFORK_SCREENSHOTS"):

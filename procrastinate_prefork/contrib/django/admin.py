@@ -23,7 +23,7 @@ class FleetProcessAdmin(admin.ModelAdmin):
     search_fields = ("host", "=pid", "task_name", "=job_id")
     ordering = ("host", "id")
     list_per_page = 200
-    # The changelist links to the live page (templates/admin/...).
+    # Adds the "Watch live" button (templates/procrastinate_prefork/).
     change_list_template = "procrastinate_prefork/fleet_change_list.html"
 
     def get_urls(self) -> list[URLPattern]:
@@ -35,7 +35,8 @@ class FleetProcessAdmin(admin.ModelAdmin):
 
         return [
             path("live/", page, name="{}_{}_live".format(*info)),
-            path("live.json", live.fleet_live_json, name="{}_{}_live_json".format(*info)),
+            path("live.json", live.fleet_live_json,
+                 name="{}_{}_live_json".format(*info)),
             *super().get_urls(),
         ]
 

@@ -25,21 +25,16 @@ JOB_ADMIN_URL = "admin:procrastinate_procrastinatejob_change"
 REFRESH_SECONDS = 3
 
 
-def _job_url_maker() -> Callable[[int], str | None]:
-    """A function job id -> admin URL, or -> None without the job admin."""
+def job_admin_url(job_id: int) -> str | None:
+    """procrastinate's admin page of the job, or None without that admin."""
     try:
-        template = reverse(JOB_ADMIN_URL, args=[0])
+        return str(reverse(JOB_ADMIN_URL, args=[job_id]))
     except NoReverseMatch:
-        return lambda job_id: None
-    # Reverse once with a marker id: one URL per child otherwise costs a
-    # reverse() each refresh for nothing.
-    head, _, tail = template.rpartition("/0/")
-    return lambda job_id: f"{head}/{int(job_id)}/{tail}"
+        return None
 
 
 def live_data(query: health.FleetQuery) -> dict[str, Any]:
     report = fleet_report(query)
-    job_url = _job_url_maker()
     supervisors = []
     for supervisor in report.supervisors:
         children = []
@@ -47,7 +42,8 @@ def live_data(query: health.FleetQuery) -> dict[str, Any]:
             stale = not health.is_fresh(
                 {**child, "stalled_timeout": health.stale_after(supervisor)}
             )
-            url = job_url(child["job_id"]) if child.get("job_id") is not None else None
+            job_id = child.get("job_id")
+            url = job_admin_url(job_id) if job_id is not None else None
             children.append({**child, "stale": stale, "job_url": url})
         supervisors.append(
             {**supervisor, "stale": not supervisor["fresh"], "children": children}
