@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.urls import URLPattern, path
 from django.utils import timezone
 
+from . import live
 from .models import FleetProcess
 
 
@@ -21,6 +23,22 @@ class FleetProcessAdmin(admin.ModelAdmin):
     search_fields = ("host", "=pid", "task_name", "=job_id")
     ordering = ("host", "id")
     list_per_page = 200
+    # Adds the "Watch live" button (templates/procrastinate_prefork/).
+    change_list_template = "procrastinate_prefork/fleet_change_list.html"
+
+    def get_urls(self) -> list[URLPattern]:
+        info = self.opts.app_label, self.opts.model_name
+
+        @live.staff_only
+        def page(request: HttpRequest) -> HttpResponse:
+            return live.fleet_live_page(request, self.admin_site.each_context(request))
+
+        return [
+            path("live/", page, name="{}_{}_live".format(*info)),
+            path("live.json", live.fleet_live_json,
+                 name="{}_{}_live_json".format(*info)),
+            *super().get_urls(),
+        ]
 
     @admin.display(description="memory")
     def memory(self, obj: FleetProcess) -> str:

@@ -1,0 +1,111 @@
+"""The live fleet page of the admin and the JSON it refreshes itself from.
+
+Staff only. The JSON holds the whitelisted fields of
+``health.fleet_health`` (no job arguments, DSN or password: the fleet table
+holds none) plus, per row, its stale mark and, per child, the admin URL of
+its current job when procrastinate's own job admin is installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.contrib.admin.views.decorators import staff_member_required
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
+
+from ... import health
+from .views import fleet_report
+
+JOB_ADMIN_URL = "admin:procrastinate_procrastinatejob_change"
+REFRESH_SECONDS = 3
+
+
+def job_admin_url(job_id: int) -> str | None:
+    """procrastinate's admin page of the job, or None without that admin."""
+    try:
+        return str(reverse(JOB_ADMIN_URL, args=[job_id]))
+    except NoReverseMatch:
+        return None
+
+
+def live_data(query: health.FleetQuery) -> dict[str, Any]:
+    report = fleet_report(query)
+    supervisors = []
+    for supervisor in report.supervisors:
+        children = []
+        for child in supervisor["children"]:
+            stale = not health.is_fresh(
+                {**child, "stalled_timeout": health.stale_after(supervisor)}
+            )
+            job_id = child.get("job_id")
+            url = job_admin_url(job_id) if job_id is not None else None
+            children.append({**child, "stale": stale, "job_url": url})
+        supervisors.append(
+            {**supervisor, "stale": not supervisor["fresh"], "children": children}
+        )
+    data = report.as_dict()
+    data["supervisors"] = supervisors
+    data["generated_at"] = timezone.now().isoformat()
+    return data
+
+
+def _query(request: HttpRequest) -> health.FleetQuery:
+    return health.FleetQuery.from_params(dict(request.GET.lists()))
+
+
+def staff_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Anonymous -> the admin login page; logged in but not staff -> 403
+    (the admin's own decorator would send a non-staff user to a login loop)."""
+
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        user = request.user
+        if user.is_authenticated and not (user.is_active and user.is_staff):
+            return HttpResponse("Staff only.", status=403, content_type="text/plain")
+        return staff_member_required(view)(request, *args, **kwargs)
+
+    wrapper.__name__ = view.__name__
+    wrapper.__doc__ = view.__doc__
+    return wrapper
+
+
+@staff_only
+@never_cache
+def fleet_live_json(request: HttpRequest) -> JsonResponse:
+    if request.method not in ("GET", "HEAD"):
+        return JsonResponse({"error": "method not allowed"}, status=405)
+    try:
+        query = _query(request)
+    except health.QueryError as exc:
+        return JsonResponse({"error": str(exc)}, status=400)
+    return JsonResponse(live_data(query))
+
+
+def fleet_live_page(
+    request: HttpRequest, context: dict[str, Any]
+) -> HttpResponse:
+    """The page (``context`` is the admin's ``each_context``): its table is
+    filled and refreshed by the script from the JSON endpoint."""
+    if request.method not in ("GET", "HEAD"):
+        return HttpResponse(status=405)
+    try:
+        query = _query(request)
+    except health.QueryError as exc:
+        return HttpResponse(str(exc), status=400, content_type="text/plain")
+    json_url = reverse("admin:procrastinate_prefork_fleetprocess_live_json")
+    params = request.GET.urlencode()
+    return render(
+        request,
+        "procrastinate_prefork/fleet_live.html",
+        {
+            **context,
+            "title": "Fleet, live",
+            "json_url": f"{json_url}?{params}" if params else json_url,
+            "refresh_ms": REFRESH_SECONDS * 1000,
+            "filters": {"host": query.host, "queue": query.queue},
+        },
+    )

@@ -1,0 +1,255 @@
+"""The live fleet page of the admin and its JSON endpoint.
+
+The view tests run in this process with pytest-django; the browser test
+drives Debian's chromium through Playwright against pytest-django's live
+server while a real fleet runs on the same database. The docs' screenshots
+come from it: ``PREFORK_SCREENSHOTS=1 scripts/test.sh
+tests/integration/test_live_page.py -k browser`` rewrites docs/img/fleet-live*.png.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+pytest.importorskip("django")
+
+from ..fleet_helper import REPO, Fleet, FleetFactory, defer, wait_for
+from .test_health import insert_supervisor
+
+BASE = "/admin/procrastinate_prefork/fleetprocess/"
+PAGE = BASE + "live/"
+JSON = BASE + "live.json"
+SCREENSHOT = REPO / "docs" / "img" / "fleet-live.png"
+
+
+@pytest.fixture
+def staff_client(client, django_user_model):
+    user = django_user_model.objects.create_user("staff", password="pw", is_staff=True)
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def plain_client(client, django_user_model):
+    user = django_user_model.objects.create_user("plain", password="pw")
+    client.force_login(user)
+    return client
+
+
+def _rows() -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        return insert_supervisor(cursor, host="live-host", pid=5000, crash_loop=True)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", [PAGE, JSON])
+def test_anonymous_and_non_staff_are_refused(client, plain_client, path):
+    _rows()
+    from django.test import Client
+
+    anonymous = Client().get(path)
+    assert anonymous.status_code == 302
+    assert "/admin/login/" in anonymous["Location"]
+    refused = plain_client.get(path)
+    assert refused.status_code == 403
+    assert b"live-host" not in refused.content
+
+
+@pytest.mark.django_db
+def test_json_shape_and_marks(staff_client):
+    from django.db import connection
+
+    sup_id = _rows()
+    with connection.cursor() as cursor:
+        # A child running job 77 whose heartbeat is older than the
+        # supervisor's stalled timeout (30 s in insert_supervisor).
+        cursor.execute(
+            "UPDATE procrastinate_prefork_processes SET state = 'busy', job_id = 77,"
+            " task_name = 't.slow', job_started_at = now() - interval '12 s',"
+            " last_heartbeat = now() - interval '90 s'"
+            " WHERE supervisor_id = %s AND slot = 0",
+            [sup_id],
+        )
+    response = staff_client.get(JSON)
+    assert response.status_code == 200
+    assert response["Cache-Control"].startswith("max-age=0")
+    data = response.json()
+    (supervisor,) = data["supervisors"]
+    assert supervisor["host"] == "live-host" and supervisor["crash_loop"] is True
+    assert supervisor["stale"] is False
+    children = {c["slot"]: c for c in supervisor["children"]}
+    assert set(children) == {0, 1}
+    busy, idle = children[0], children[1]
+    assert (busy["state"], busy["job_id"], busy["task_name"]) == ("busy", 77, "t.slow")
+    assert busy["stale"] is True and idle["stale"] is False
+    assert busy["job_age"] >= 12
+    # procrastinate's job admin is installed in the test project: a link.
+    assert busy["job_url"] == "/admin/procrastinate/procrastinatejob/77/change/"
+    assert idle["job_url"] is None
+    for key in ("pid", "rss_bytes", "jobs_done", "restarts", "uptime"):
+        assert key in idle
+    assert data["status"] == "unhealthy"  # the crash loop
+
+
+@pytest.mark.django_db
+def test_job_link_falls_back_to_text_without_the_job_admin(staff_client, monkeypatch):
+    from procrastinate_prefork.contrib.django import live
+
+    monkeypatch.setattr(live, "JOB_ADMIN_URL", "admin:no_such_model_change")
+    from django.db import connection
+
+    sup_id = _rows()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE procrastinate_prefork_processes SET state = 'busy', job_id = 5"
+            " WHERE supervisor_id = %s AND slot = 0", [sup_id],
+        )
+    children = staff_client.get(JSON).json()["supervisors"][0]["children"]
+    assert {c["job_id"]: c["job_url"] for c in children} == {5: None, None: None}
+
+
+@pytest.mark.django_db
+def test_no_secrets_in_the_page_or_the_json(staff_client, settings):
+    from django.db import connection
+
+    _rows()
+    password = settings.DATABASES["default"].get("PASSWORD") or "no-password-set"
+    with connection.cursor() as cursor:
+        # Job arguments live in procrastinate's jobs table: never read here.
+        cursor.execute(
+            "INSERT INTO procrastinate_jobs (queue_name, task_name, args, status)"
+            " VALUES ('default', 't', '{\"secret\": \"hunter2-arg\"}', 'doing')"
+            " RETURNING id"
+        )
+        (job_id,) = cursor.fetchone()
+        cursor.execute(
+            "UPDATE procrastinate_prefork_processes SET state = 'busy', job_id = %s"
+            " WHERE slot = 0", [job_id],
+        )
+    for path in (PAGE, JSON):
+        body = staff_client.get(path).content.decode()
+        assert "hunter2-arg" not in body
+        assert "postgres://" not in body and "postgresql://" not in body
+        assert password not in body
+    assert str(job_id) in staff_client.get(JSON).content.decode()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("query", ["min_children=x", "host=", "queue=a&queue=b",
+                                   "min_children=-1"])
+def test_bad_parameters_are_4xx(staff_client, query):
+    for path in (PAGE, JSON):
+        response = staff_client.get(f"{path}?{query}")
+        assert 400 <= response.status_code < 500, (path, query)
+
+
+@pytest.mark.django_db
+def test_changelist_links_the_live_page_and_filters_pass_on(staff_client, admin_client):
+    _rows()
+    assert PAGE in admin_client.get(BASE).content.decode()
+    page = staff_client.get(PAGE + "?host=live-host")
+    assert page.status_code == 200
+    assert "live.json?host=live-host" in page.content.decode()
+    assert staff_client.get(JSON + "?host=other").json()["supervisors"] == []
+    assert staff_client.post(JSON).status_code == 405
+
+
+# ------------------------------------------------------------ the browser
+
+
+def _chromium() -> str:
+    path = os.environ.get("PREFORK_CHROMIUM") or shutil.which("chromium")
+    if not path:
+        pytest.skip("no chromium on PATH (Debian: apt-get install chromium)")
+    return path
+
+
+@pytest.fixture
+def browser_page() -> Iterator[object]:
+    executable = _chromium()
+    sync_api = pytest.importorskip(
+        "playwright.sync_api",
+        reason="playwright is not installed (pip install playwright)",
+    )
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 700})
+            yield page
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def test_db_fleet(pg_url: str, live_server, tmp_path: Path) -> Iterator[Fleet]:
+    """A fleet on pytest-django's test database, which the live server reads."""
+    from django.db import connection
+
+    parts = urlsplit(pg_url)
+    url = urlunsplit(parts._replace(path="/" + connection.settings_dict["NAME"]))
+    factory = FleetFactory(url, tmp_path)
+    yield factory.new()
+    factory.cleanup()
+
+
+def _children_pids(page: Any) -> set[int]:
+    pids = page.eval_on_selector_all(
+        "#fleet-live tr.child", "rows => rows.map(r => r.dataset.pid)"
+    )
+    return {int(p) for p in pids}
+
+
+def test_browser_sees_a_killed_child_replaced_without_reload(
+    live_server, admin_user, test_db_fleet, browser_page
+):
+    fleet = test_db_fleet.start("--concurrency", "2", "--heartbeat-interval", "1")
+    old = set(fleet.wait_children(2))
+    page = browser_page
+    page.goto(live_server.url + "/admin/login/?next=" + PAGE)
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", "password")
+    page.click("input[type=submit]")
+    page.wait_for_url("**" + PAGE)
+    wait_for(lambda: _children_pids(page) == old, 30, message="the children shown")
+    # A marker that a reload would wipe out.
+    page.evaluate("window.__noReload = 1")
+    (job_id,) = defer(fleet.db_url, "sleep", seconds=600)
+    link = page.wait_for_selector(
+        f'#fleet-live tr.child a[href$="/procrastinatejob/{job_id}/change/"]',
+        timeout=30_000,
+    )
+    busy = int(link.evaluate("a => a.closest('tr').dataset.pid"))
+    victim = next(pid for pid in old if pid != busy)  # the idle one
+    os.kill(victim, signal.SIGKILL)
+    def replaced() -> set[int] | None:
+        pids = _children_pids(page)
+        return pids if len(pids) == 2 and victim not in pids else None
+
+    new = wait_for(replaced, 40, message="the replacement shown")
+    assert new - old and set(fleet.child_pids()) == new
+    assert page.evaluate("window.__noReload") == 1
+    if os.environ.get("PREFORK_SCREENSHOTS"):
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        page.set_viewport_size({"width": 390, "height": 800})
+        page.screenshot(path=str(SCREENSHOT.with_name("fleet-live-phone.png")),
+                        full_page=True)
+    # At 1400 px and on a phone (390 px) nothing scrolls sideways.
+    for width in (1400, 390):
+        page.set_viewport_size({"width": width, "height": 800})
+        overflow = page.evaluate(
+            "document.documentElement.scrollWidth"
+            " - document.documentElement.clientWidth"
+        )
+        assert overflow <= 0, width
+    fleet.kill_all()  # the sleeping job would hold a drain up for minutes
