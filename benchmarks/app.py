@@ -15,7 +15,9 @@ import procrastinate
 from .work import cpu_task
 
 app = procrastinate.App(
-    connector=procrastinate.PsycopgConnector(conninfo=os.environ.get("DATABASE_URL", "")),
+    connector=procrastinate.PsycopgConnector(
+        conninfo=os.environ.get("DATABASE_URL", "")
+    ),
 )
 
 
@@ -45,4 +47,3 @@ def hold(context: procrastinate.JobContext, seconds: float = 30) -> None:
     (and gets SIGKILLed meanwhile) and returns at once when retried."""
     if context.job.attempts == 0:
         time.sleep(seconds)
-

@@ -97,8 +97,11 @@ def fill(url: str) -> float:
     start = time.monotonic()
     with harness.connect(url) as conn:
         params = {
-            "finished": FINISHED, "todo": TODO, "supervisors": SUPERVISORS,
-            "children": CHILDREN, "others_timeout": OTHERS_TIMEOUT,
+            "finished": FINISHED,
+            "todo": TODO,
+            "supervisors": SUPERVISORS,
+            "children": CHILDREN,
+            "others_timeout": OTHERS_TIMEOUT,
         }
         for statement in FILL_SQL.split(";\n"):
             if statement.strip():
@@ -110,8 +113,12 @@ def fill(url: str) -> float:
 def counts(url: str) -> dict[str, int]:
     with harness.connect(url) as conn:
         out = {}
-        for table in ("procrastinate_jobs", "procrastinate_events",
-                      "procrastinate_workers", "procrastinate_prefork_processes"):
+        for table in (
+            "procrastinate_jobs",
+            "procrastinate_events",
+            "procrastinate_workers",
+            "procrastinate_prefork_processes",
+        ):
             row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
             out[table] = int(row[0]) if row else 0
         return out
@@ -128,9 +135,13 @@ class Plans:
         self.recording = False
         conn.add_notice_handler(self._notice)
         conn.execute("LOAD 'auto_explain'")
-        for name, value in (("log_min_duration", "0"), ("log_analyze", "on"),
-                            ("log_nested_statements", "on"), ("log_timing", "off"),
-                            ("log_buffers", "on")):
+        for name, value in (
+            ("log_min_duration", "0"),
+            ("log_analyze", "on"),
+            ("log_nested_statements", "on"),
+            ("log_timing", "off"),
+            ("log_buffers", "on"),
+        ):
             conn.execute(f"SET auto_explain.{name} = {value}")
         conn.execute("SET client_min_messages = log")
 
@@ -154,27 +165,49 @@ class Fixture:
     def __init__(self, conn: psycopg.Connection) -> None:
         self.conn = conn
         self.supervisor = fleet.register_supervisor(
-            conn, host=HOST, pid=1, concurrency=4, queues=["default"],
-            heartbeat_interval=5, stalled_timeout=30)
+            conn,
+            host=HOST,
+            pid=1,
+            concurrency=4,
+            queues=["default"],
+            heartbeat_interval=5,
+            stalled_timeout=30,
+        )
         rows = conn.execute(
             "INSERT INTO procrastinate_workers (last_heartbeat) "
-            "SELECT now() FROM generate_series(1, 4) RETURNING id").fetchall()
+            "SELECT now() FROM generate_series(1, 4) RETURNING id"
+        ).fetchall()
         now = datetime.datetime.now(datetime.timezone.utc)
         self.children = [
-            fleet.ChildRow(slot=i, pid=10 + i, worker_id=int(r[0]), state="idle",
-                           job_id=None, task_name=None, jobs_done=0, restarts=0,
-                           rss_bytes=None, started_at=now)
+            fleet.ChildRow(
+                slot=i,
+                pid=10 + i,
+                worker_id=int(r[0]),
+                state="idle",
+                job_id=None,
+                task_name=None,
+                jobs_done=0,
+                restarts=0,
+                rss_bytes=None,
+                started_at=now,
+            )
             for i, r in enumerate(rows)
         ]
         self.judgement = recovery.Judgement(
-            healthy_for=3600, slack=5, own_timeout=30, own_interval=5,
-            stock_timeout=30)
+            healthy_for=3600, slack=5, own_timeout=30, own_interval=5, stock_timeout=30
+        )
 
     def heartbeat(self) -> None:
         fleet.heartbeat(
-            self.conn, supervisor_id=self.supervisor, host=HOST, state="running",
-            crash_loop=False, concurrency=4, children=self.children,
-            fresh_worker_ids=[c.worker_id for c in self.children if c.worker_id])
+            self.conn,
+            supervisor_id=self.supervisor,
+            host=HOST,
+            state="running",
+            crash_loop=False,
+            concurrency=4,
+            children=self.children,
+            fresh_worker_ids=[c.worker_id for c in self.children if c.worker_id],
+        )
 
     def dead_child(self) -> int:
         row = self.conn.execute(
@@ -182,23 +215,29 @@ class Fixture:
             "VALUES (now()) RETURNING id) "
             "INSERT INTO procrastinate_jobs (queue_name, task_name, args, status, "
             "worker_id) SELECT 'recovered', 'noop_sync', '{}', 'doing', id FROM w "
-            "RETURNING worker_id").fetchone()
+            "RETURNING worker_id"
+        ).fetchone()
         assert row is not None
         return int(row[0])
 
     def recover(self, worker_id: int) -> None:
         done = recovery.recover_worker_jobs(
-            self.conn, [worker_id], cause="bench", max_crash_retries=3)
+            self.conn, [worker_id], cause="bench", max_crash_retries=3
+        )
         assert len(done) == 1, done
 
     def sweep(self) -> None:
         swept = recovery.sweep_stalled(
-            self.conn, judgement=self.judgement, max_crash_retries=3)
+            self.conn, judgement=self.judgement, max_crash_retries=3
+        )
         assert swept == [], swept
 
     def prune(self) -> None:
-        fleet.prune(self.conn, judgement=self.judgement.params(),
-                    retention=fleet.DEFAULT_RETENTION)
+        fleet.prune(
+            self.conn,
+            judgement=self.judgement.params(),
+            retention=fleet.DEFAULT_RETENTION,
+        )
 
     def status(self) -> None:
         rows = status.fetch_rows_psycopg(self.conn)
@@ -211,8 +250,13 @@ class Fixture:
             cur.fetchall()
 
     def predecessors(self) -> None:
-        fleet.dead_predecessors(self.conn, host=HOST, own_id=self.supervisor,
-                                stalled_timeout=30, identity=None)
+        fleet.dead_predecessors(
+            self.conn,
+            host=HOST,
+            own_id=self.supervisor,
+            stalled_timeout=30,
+            identity=None,
+        )
 
 
 def time_queries(url: str, calls: int) -> dict[str, Any]:
@@ -228,7 +272,10 @@ def time_queries(url: str, calls: int) -> dict[str, Any]:
             "status": (None, lambda _: fx.status()),
             "health_view": (None, lambda _: fx.health_view()),
             "autoscale_count_all": (None, lambda _: count_runnable(conn, None)),
-            "autoscale_count_queue": (None, lambda _: count_runnable(conn, ["default"])),
+            "autoscale_count_queue": (
+                None,
+                lambda _: count_runnable(conn, ["default"]),
+            ),
             "dead_predecessors": (None, lambda _: fx.predecessors()),
         }
         for name, (prepare, call) in cases.items():
@@ -237,7 +284,9 @@ def time_queries(url: str, calls: int) -> dict[str, Any]:
                 arg = prepare() if prepare else None
                 explain = i == 0  # the first call, also warming up, explains
                 plans.recording = explain
-                conn.execute(f"SET auto_explain.log_min_duration = {0 if explain else -1}")
+                conn.execute(
+                    f"SET auto_explain.log_min_duration = {0 if explain else -1}"
+                )
                 start = time.perf_counter()
                 call(arg)
                 elapsed = time.perf_counter() - start
@@ -261,15 +310,19 @@ def time_queries(url: str, calls: int) -> dict[str, Any]:
 def backend_pids(conn: psycopg.Connection) -> list[int]:
     rows = conn.execute(
         "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-        "AND pid <> pg_backend_pid() AND backend_type = 'client backend'").fetchall()
+        "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+    ).fetchall()
     return [int(r[0]) for r in rows]
 
 
-def idle_fleet_cpu(url: str, workdir: Path, seconds: float, settle: float) -> dict[str, Any]:
+def idle_fleet_cpu(
+    url: str, workdir: Path, seconds: float, settle: float
+) -> dict[str, Any]:
     """CPU seconds per second of the database sessions of an idle 4-child
     fleet (and of the fleet's own processes)."""
-    workers = harness.Workers("prefork", 4, url, workdir,
-                              extra_args=["--queues", "default"]).start()
+    workers = harness.Workers(
+        "prefork", 4, url, workdir, extra_args=["--queues", "default"]
+    ).start()
     try:
         with harness.connect(url) as conn:
             workers.wait_ready(conn)
@@ -282,9 +335,12 @@ def idle_fleet_cpu(url: str, workdir: Path, seconds: float, settle: float) -> di
             fleet_after = harness.cpu_by_pid(workers.all_pids())
         server = sum(t - before.get(pid, 0.0) for pid, t in after.items())
         own = sum(t - fleet_before.get(pid, 0.0) for pid, t in fleet_after.items())
-        return {"seconds": seconds, "sessions": len(pids),
-                "server_cpu_ms_per_s": round(1000 * server / seconds, 3),
-                "fleet_cpu_ms_per_s": round(1000 * own / seconds, 3)}
+        return {
+            "seconds": seconds,
+            "sessions": len(pids),
+            "server_cpu_ms_per_s": round(1000 * server / seconds, 3),
+            "fleet_cpu_ms_per_s": round(1000 * own / seconds, 3),
+        }
     finally:
         workers.stop()
 
@@ -298,13 +354,27 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--calls", type=int, default=50, help="timed calls per query")
     p.add_argument("--idle-seconds", type=float, default=60.0)
-    p.add_argument("--idle-reps", type=int, default=2,
-                   help="idle-fleet measurements per database, interleaved")
-    p.add_argument("--settle", type=float, default=10.0,
-                   help="seconds between 'fleet ready' and the idle measurement")
-    p.add_argument("--scale", type=float, default=1.0,
-                   help="multiply the row counts (a smoke-sized run; not for the docs)")
-    p.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks-bigtables.json")
+    p.add_argument(
+        "--idle-reps",
+        type=int,
+        default=2,
+        help="idle-fleet measurements per database, interleaved",
+    )
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=10.0,
+        help="seconds between 'fleet ready' and the idle measurement",
+    )
+    p.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="multiply the row counts (a smoke-sized run; not for the docs)",
+    )
+    p.add_argument(
+        "--out", type=Path, default=REPO / "docs" / "benchmarks-bigtables.json"
+    )
     args = p.parse_args(argv)
     db_url = os.environ.get("DATABASE_URL")
     if not db_url:
@@ -318,14 +388,19 @@ def main(argv: list[str] | None = None) -> int:
     workdir = harness.workdir()
     dbs = harness.Databases(db_url)
     out: dict[str, Any] = {
-        "command": os.environ.get("BENCH_COMMAND") or "benchmarks/bigtables.py "
+        "command": os.environ.get("BENCH_COMMAND")
+        or "benchmarks/bigtables.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "started_at": started.isoformat(timespec="seconds"),
         "machine_busy_at_start": round(harness.background_busy(3.0), 3),
         "loadavg_at_start": os.getloadavg(),
         "postgresql": dbs.server_version(),
-        "sizes": {"finished": FINISHED, "todo": TODO, "supervisors": SUPERVISORS,
-                  "children": CHILDREN},
+        "sizes": {
+            "finished": FINISHED,
+            "todo": TODO,
+            "supervisors": SUPERVISORS,
+            "children": CHILDREN,
+        },
     }
     dbs.create_template()
     try:
@@ -350,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         dbs.drop_template()
     out["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
-        timespec="seconds")
+        timespec="seconds"
+    )
     out["loadavg_at_end"] = os.getloadavg()
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     log(f"wrote {args.out}")
@@ -361,8 +437,12 @@ def harness_log() -> Callable[[str], None]:
     start = time.monotonic()
 
     def log(message: str) -> None:
-        print(f"[{time.monotonic() - start:7.1f} s] {message}", file=sys.stderr,
-              flush=True)
+        print(
+            f"[{time.monotonic() - start:7.1f} s] {message}",
+            file=sys.stderr,
+            flush=True,
+        )
+
     return log
 
 

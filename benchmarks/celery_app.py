@@ -17,7 +17,9 @@ from celery import Celery, signals
 
 from .work import cpu_task
 
-app = Celery("bench", broker=os.environ.get("BENCH_CELERY_BROKER", "redis://127.0.0.1:6390/0"))
+app = Celery(
+    "bench", broker=os.environ.get("BENCH_CELERY_BROKER", "redis://127.0.0.1:6390/0")
+)
 app.conf.update(
     task_acks_late=True,
     worker_prefetch_multiplier=1,
@@ -56,8 +58,13 @@ def _stats_fd() -> int:
         _Stats.count, _Stats.first, _Stats.last = 0, 0.0, 0.0
         directory = os.environ.get("BENCH_CELERY_STATS")
         _Stats.fd = (
-            os.open(os.path.join(directory, str(_Stats.pid)), os.O_WRONLY | os.O_CREAT, 0o644)
-            if directory else -1
+            os.open(
+                os.path.join(directory, str(_Stats.pid)),
+                os.O_WRONLY | os.O_CREAT,
+                0o644,
+            )
+            if directory
+            else -1
         )
     return _Stats.fd
 

@@ -47,8 +47,9 @@ class BenchError(RuntimeError):
     pass
 
 
-def wait_for(condition: Callable[[], T | None], timeout: float, interval: float,
-             what: str) -> T:
+def wait_for(
+    condition: Callable[[], T | None], timeout: float, interval: float, what: str
+) -> T:
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -117,7 +118,9 @@ def dbname_of(url: str) -> str:
     return urlsplit(url).path.lstrip("/")
 
 
-def defer(conn: psycopg.Connection, task: str, count: int, args: dict[str, Any]) -> None:
+def defer(
+    conn: psycopg.Connection, task: str, count: int, args: dict[str, Any]
+) -> None:
     """Insert ``count`` jobs in one statement, through procrastinate's own
     defer function (same rows, triggers and NOTIFYs as ``defer``)."""
     conn.execute(
@@ -216,8 +219,11 @@ def postmaster_pid(url: str) -> int | None:
         if cmdline[0].startswith("postgres:"):
             continue  # a child: backends and background processes
         try:
-            listening = [c for c in proc.net_connections("inet")
-                         if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+            listening = [
+                c
+                for c in proc.net_connections("inet")
+                if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+            ]
         except psutil.Error:
             continue
         if listening:
@@ -225,7 +231,9 @@ def postmaster_pid(url: str) -> int | None:
     return None
 
 
-def server_pids(postmaster: int | None, dbname: str, exclude: Sequence[int] = ()) -> list[int]:
+def server_pids(
+    postmaster: int | None, dbname: str, exclude: Sequence[int] = ()
+) -> list[int]:
     """The PostgreSQL processes working for one database: its client backends
     (by process title, ``postgres: user dbname host(port) state``) and, when
     the server runs on this machine, its background processes too (WAL writer,
@@ -268,8 +276,12 @@ class CpuMeter:
     database backends (or Redis) serving them, by the harness, and by anything
     else on the machine (``foreign``: the noise)."""
 
-    def __init__(self, worker_pids: Callable[[], list[int]],
-                 server_pids: Callable[[], list[int]], harness_backend: int | None = None):
+    def __init__(
+        self,
+        worker_pids: Callable[[], list[int]],
+        server_pids: Callable[[], list[int]],
+        harness_backend: int | None = None,
+    ):
         self.worker_pids = worker_pids
         self.server_pids = server_pids
         # The harness's own database session (inserts, polls) counts as harness.
@@ -281,7 +293,8 @@ class CpuMeter:
         return {
             "workers": cpu_by_pid(self.worker_pids()),
             "server": cpu_by_pid(self.server_pids()),
-            "harness": me.user + me.system
+            "harness": me.user
+            + me.system
             + sum(cpu_by_pid(self.harness_backend).values()),
             "busy": busy,
             "total": total,
@@ -310,7 +323,9 @@ class CpuMeter:
             "harness_cpu_s": round(d["harness"], 3),
             "wall_s": round(d["wall"], 3),
             "machine_busy_frac": round(d["busy"] / max(1e-9, d["total"]), 3),
-            "foreign_cpu_frac": round(max(0.0, d["busy"] - ours) / max(1e-9, d["total"]), 3),
+            "foreign_cpu_frac": round(
+                max(0.0, d["busy"] - ours) / max(1e-9, d["total"]), 3
+            ),
         }
 
 
@@ -343,13 +358,16 @@ def snapshot_code(dest: Path) -> dict[str, Any]:
     CODE_PATH[:] = [dest]
 
     def git(*args: str) -> str:
-        out = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True,
-                             text=True, check=False)
+        out = subprocess.run(
+            ["git", "-C", str(REPO), *args], capture_output=True, text=True, check=False
+        )
         return out.stdout.strip()
+
     return {
         "commit": git("rev-parse", "--short", "HEAD") or "?",
-        "package_uncommitted_changes": bool(git("status", "--porcelain", "--",
-                                                 "procrastinate_prefork")),
+        "package_uncommitted_changes": bool(
+            git("status", "--porcelain", "--", "procrastinate_prefork")
+        ),
         "sources_sha256": digest.hexdigest()[:16],
     }
 
@@ -362,8 +380,15 @@ class Workers:
 
     KINDS = ("stock", "stock_procs", "prefork", "celery")
 
-    def __init__(self, kind: str, n: int, db_url: str, workdir: Path,
-                 extra_args: Sequence[str] = (), broker: str | None = None):
+    def __init__(
+        self,
+        kind: str,
+        n: int,
+        db_url: str,
+        workdir: Path,
+        extra_args: Sequence[str] = (),
+        broker: str | None = None,
+    ):
         assert kind in self.KINDS, kind
         self.kind = kind
         self.n = n
@@ -383,23 +408,90 @@ class Workers:
     def commands(self) -> list[tuple[list[str], dict[str, str]]]:
         py = sys.executable
         if self.kind == "stock":
-            return [([py, "-m", "procrastinate", "--app", APP, "worker",
-                      "--concurrency", str(self.n), *self.extra_args],
-                     {"PGAPPNAME": f"{STOCK_APPNAME}:0"})]
+            return [
+                (
+                    [
+                        py,
+                        "-m",
+                        "procrastinate",
+                        "--app",
+                        APP,
+                        "worker",
+                        "--concurrency",
+                        str(self.n),
+                        *self.extra_args,
+                    ],
+                    {"PGAPPNAME": f"{STOCK_APPNAME}:0"},
+                )
+            ]
         if self.kind == "stock_procs":
-            return [([py, "-m", "procrastinate", "--app", APP, "worker",
-                      "--concurrency", "1", *self.extra_args],
-                     {"PGAPPNAME": f"{STOCK_APPNAME}:{i}"}) for i in range(self.n)]
+            return [
+                (
+                    [
+                        py,
+                        "-m",
+                        "procrastinate",
+                        "--app",
+                        APP,
+                        "worker",
+                        "--concurrency",
+                        "1",
+                        *self.extra_args,
+                    ],
+                    {"PGAPPNAME": f"{STOCK_APPNAME}:{i}"},
+                )
+                for i in range(self.n)
+            ]
         if self.kind == "prefork":
-            return [([py, "-m", "procrastinate_prefork.cli", "--app", APP, "worker",
-                      "--concurrency", str(self.n), *self.extra_args], {})]
+            return [
+                (
+                    [
+                        py,
+                        "-m",
+                        "procrastinate_prefork.cli",
+                        "--app",
+                        APP,
+                        "worker",
+                        "--concurrency",
+                        str(self.n),
+                        *self.extra_args,
+                    ],
+                    {},
+                )
+            ]
         self.celery_stats.mkdir(exist_ok=True)
-        return [([py, "-m", "celery", "-A", CELERY_APP, "worker", "-P", "prefork",
-                  "-c", str(self.n), "--prefetch-multiplier", "1", "-l", "info",
-                  "-n", self.celery_node, "--without-gossip", "--without-mingle",
-                  "--without-heartbeat", "-Q", "celery", *self.extra_args],
-                 {"BENCH_CELERY_STATS": str(self.celery_stats),
-                  "BENCH_CELERY_BROKER": self.broker or ""})]
+        return [
+            (
+                [
+                    py,
+                    "-m",
+                    "celery",
+                    "-A",
+                    CELERY_APP,
+                    "worker",
+                    "-P",
+                    "prefork",
+                    "-c",
+                    str(self.n),
+                    "--prefetch-multiplier",
+                    "1",
+                    "-l",
+                    "info",
+                    "-n",
+                    self.celery_node,
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--without-heartbeat",
+                    "-Q",
+                    "celery",
+                    *self.extra_args,
+                ],
+                {
+                    "BENCH_CELERY_STATS": str(self.celery_stats),
+                    "BENCH_CELERY_BROKER": self.broker or "",
+                },
+            )
+        ]
 
     def start(self) -> Workers:
         base_env = {
@@ -413,18 +505,26 @@ class Workers:
         base_env["BENCH_TASK_STATS"] = str(self.task_stats)
         self.spawned_at = time.time()
         for i, (cmd, env) in enumerate(self.commands()):
-            log_path = self.workdir / f"{self.kind}-{self.n}-{uuid.uuid4().hex[:6]}-{i}.log"
+            log_path = (
+                self.workdir / f"{self.kind}-{self.n}-{uuid.uuid4().hex[:6]}-{i}.log"
+            )
             self.logs.append(log_path)
             with open(log_path, "wb") as log:
-                self.procs.append(subprocess.Popen(
-                    cmd, cwd=CODE_PATH[0], env={**base_env, **env}, stdout=log,
-                    # No new session: every setup's processes share the
-                    # harness's session, hence one scheduler autogroup, as
-                    # processes started from one shell would. (N stock
-                    # processes in N sessions would get N shares of the CPU
-                    # against PostgreSQL's one, a fleet only one.)
-                    stderr=subprocess.STDOUT, start_new_session=False,
-                ))
+                self.procs.append(
+                    subprocess.Popen(
+                        cmd,
+                        cwd=CODE_PATH[0],
+                        env={**base_env, **env},
+                        stdout=log,
+                        # No new session: every setup's processes share the
+                        # harness's session, hence one scheduler autogroup, as
+                        # processes started from one shell would. (N stock
+                        # processes in N sessions would get N shares of the CPU
+                        # against PostgreSQL's one, a fleet only one.)
+                        stderr=subprocess.STDOUT,
+                        start_new_session=False,
+                    )
+                )
         return self
 
     def log_text(self) -> str:
@@ -443,14 +543,18 @@ class Workers:
         at which the last one became ready (from the logs or the database)."""
         if self.kind == "prefork":
             pattern = re.compile(
-                rf"^(\S+ \S+) \S+ +\[\d+\] \S+: All {self.n} children ready", re.MULTILINE)
+                rf"^(\S+ \S+) \S+ +\[\d+\] \S+: All {self.n} children ready",
+                re.MULTILINE,
+            )
 
             def ready() -> float | None:
                 self.check_alive()
                 m = pattern.search(self.logs[0].read_text(errors="replace"))
                 return _parse_log_time(m.group(1)) if m else None
         elif self.kind == "celery":
-            pattern = re.compile(r"^\[(\S+ \S+): \w+/MainProcess\] \S+ ready\.", re.MULTILINE)
+            pattern = re.compile(
+                r"^\[(\S+ \S+): \w+/MainProcess\] \S+ ready\.", re.MULTILINE
+            )
 
             def ready() -> float | None:
                 self.check_alive()
@@ -466,6 +570,7 @@ class Workers:
                 self.check_alive()
                 count, latest = registered_workers(conn)
                 return latest if count >= expected else None
+
         return wait_for(ready, timeout, 0.05, f"{self.kind} x{self.n} to be ready")
 
     def stop(self, timeout: float = 60) -> float:
@@ -479,7 +584,9 @@ class Workers:
                 proc.wait(timeout=max(0.1, timeout - (time.monotonic() - start)))
         except subprocess.TimeoutExpired:
             self.kill()
-            raise BenchError(f"{self.kind} x{self.n} did not stop within {timeout:g} s") from None
+            raise BenchError(
+                f"{self.kind} x{self.n} did not stop within {timeout:g} s"
+            ) from None
         return time.monotonic() - start
 
     def kill(self) -> None:
@@ -518,7 +625,11 @@ class Workers:
     def job_processes(self) -> list[int]:
         """The processes that run jobs: the children of a prefork fleet or a
         Celery pool, or the stock processes themselves."""
-        return self.child_pids() if self.kind in ("prefork", "celery") else self.main_pids()
+        return (
+            self.child_pids()
+            if self.kind in ("prefork", "celery")
+            else self.main_pids()
+        )
 
     def child_titles(self) -> dict[int, str]:
         titles = {}
@@ -574,10 +685,24 @@ class Redis:
     def start(self) -> Redis:
         with open(self.workdir / "redis.log", "wb") as log:
             self.proc = subprocess.Popen(
-                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                 "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
-                 "--protected-mode", "yes"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    "redis-server",
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.workdir),
+                    "--protected-mode",
+                    "yes",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         import redis
 
@@ -585,11 +710,14 @@ class Redis:
 
         def up() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
-                raise BenchError(f"redis-server exited: {(self.workdir / 'redis.log').read_text()}")
+                raise BenchError(
+                    f"redis-server exited: {(self.workdir / 'redis.log').read_text()}"
+                )
             try:
                 return bool(client.ping())
             except redis.RedisError:
                 return False
+
         wait_for(up, 10, 0.05, "redis-server")
         return self
 
@@ -620,7 +748,9 @@ def machine() -> dict[str, Any]:
     mhz = re.findall(r"^cpu MHz\s*:\s*(.*)$", cpuinfo, re.MULTILINE)
     cache = re.findall(r"^cache size\s*:\s*(.*)$", cpuinfo, re.MULTILINE)
     flags = re.findall(r"^flags\s*:\s*(.*)$", cpuinfo, re.MULTILINE)
-    free = subprocess.run(["free", "-m"], capture_output=True, text=True, check=False).stdout
+    free = subprocess.run(
+        ["free", "-m"], capture_output=True, text=True, check=False
+    ).stdout
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -642,7 +772,9 @@ def machine() -> dict[str, Any]:
 
 def _autogroup_enabled() -> bool | None:
     try:
-        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+        return (
+            Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+        )
     except OSError:
         return None
 
@@ -651,15 +783,23 @@ def versions() -> dict[str, str]:
     from importlib import metadata
 
     found = {}
-    for dist in ("procrastinate", "procrastinate-prefork", "psycopg", "psycopg-pool",
-                 "celery", "kombu", "redis"):
+    for dist in (
+        "procrastinate",
+        "procrastinate-prefork",
+        "psycopg",
+        "psycopg-pool",
+        "celery",
+        "kombu",
+        "redis",
+    ):
         try:
             found[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             pass
     if shutil.which("redis-server"):
-        out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True,
-                             check=False).stdout
+        out = subprocess.run(
+            ["redis-server", "--version"], capture_output=True, text=True, check=False
+        ).stdout
         m = re.search(r"v=(\S+)", out)
         found["redis-server"] = m.group(1) if m else out.strip()
     return found

@@ -59,8 +59,11 @@ def _free_port() -> int:
 def _port_url(url: str, port: int) -> str:
     parts = urlsplit(url)
     user = parts.netloc.rpartition("@")[0]
-    return urlunsplit(parts._replace(
-        netloc=f"{user}@127.0.0.1:{port}" if user else f"127.0.0.1:{port}"))
+    return urlunsplit(
+        parts._replace(
+            netloc=f"{user}@127.0.0.1:{port}" if user else f"127.0.0.1:{port}"
+        )
+    )
 
 
 @contextmanager
@@ -68,12 +71,16 @@ def pgbouncer(server_url: str) -> Iterator[int]:
     """A PgBouncer in transaction mode for every database of the server."""
     binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
     if not os.access(binary, os.X_OK):
-        raise harness.BenchError("pgbouncer is not installed (apt-get install pgbouncer)")
+        raise harness.BenchError(
+            "pgbouncer is not installed (apt-get install pgbouncer)"
+        )
     as_user: list[str] = []
     if os.geteuid() == 0:
         users = [u for u in ("pgthrow", "postgres") if _user_exists(u)]
         if not users:
-            raise harness.BenchError("as root, pgbouncer needs a 'pgthrow' or 'postgres' user")
+            raise harness.BenchError(
+                "as root, pgbouncer needs a 'pgthrow' or 'postgres' user"
+            )
         as_user = ["-u", users[0]]
     server = urlsplit(server_url)
     port = _free_port()
@@ -87,21 +94,28 @@ def pgbouncer(server_url: str) -> Iterator[int]:
         f"unix_socket_dir =\nauth_type = trust\nauth_file = {home}/users.txt\n"
         f"pool_mode = transaction\ndefault_pool_size = {POOL_SIZE}\n"
         f"max_client_conn = 500\nlogfile = {home}/pgbouncer.log\n"
-        f"pidfile = {home}/pgbouncer.pid\n")
+        f"pidfile = {home}/pgbouncer.pid\n"
+    )
     for path in home.iterdir():
         path.chmod(0o644)
-    proc = subprocess.Popen([binary, *as_user, str(home / "pgbouncer.ini")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [binary, *as_user, str(home / "pgbouncer.ini")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
 
     def up() -> bool:
         if proc.poll() is not None:
-            raise harness.BenchError("pgbouncer exited: "
-                                     + (home / "pgbouncer.log").read_text(errors="replace"))
+            raise harness.BenchError(
+                "pgbouncer exited: "
+                + (home / "pgbouncer.log").read_text(errors="replace")
+            )
         try:
             psycopg.connect(_port_url(server_url, port), connect_timeout=2).close()
             return True
         except psycopg.OperationalError:
             return False
+
     try:
         harness.wait_for(up, 20, 0.2, "pgbouncer")
         yield port
@@ -127,16 +141,25 @@ def server_sessions(conn: psycopg.Connection) -> int:
     """Client backends of this database, the harness's own excluded."""
     row = conn.execute(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND pid <> pg_backend_pid() AND backend_type = 'client backend'").fetchone()
+        "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+    ).fetchone()
     return int(row[0]) if row else 0
 
 
-def run_once(setup: str, direct: str, via: str | None, workdir: Path,
-             drains: list[tuple[str, dict[str, Any], int]], settle: float,
-             poll: float, timeout: float) -> dict[str, Any]:
+def run_once(
+    setup: str,
+    direct: str,
+    via: str | None,
+    workdir: Path,
+    drains: list[tuple[str, dict[str, Any], int]],
+    settle: float,
+    poll: float,
+    timeout: float,
+) -> dict[str, Any]:
     extra = ["--listen-dsn", direct] if via else []
-    workers = harness.Workers("prefork", CHILDREN, via or direct, workdir,
-                              extra_args=extra).start()
+    workers = harness.Workers(
+        "prefork", CHILDREN, via or direct, workdir, extra_args=extra
+    ).start()
     result: dict[str, Any] = {"setup": setup}
     try:
         with harness.connect(direct) as conn:
@@ -156,10 +179,15 @@ def run_once(setup: str, direct: str, via: str | None, workdir: Path,
                     time.sleep(poll)
                 succeeded, _, seconds = harness.drain_window(conn)
                 if succeeded != count:
-                    raise harness.BenchError(f"{setup}: {succeeded} of {count} succeeded")
-                result[task] = {"jobs": count, "seconds": round(seconds, 3),
-                                "rate": round(count / seconds, 2) if seconds else None,
-                                "sessions_max": most}
+                    raise harness.BenchError(
+                        f"{setup}: {succeeded} of {count} succeeded"
+                    )
+                result[task] = {
+                    "jobs": count,
+                    "seconds": round(seconds, 3),
+                    "rate": round(count / seconds, 2) if seconds else None,
+                    "sessions_max": most,
+                }
     finally:
         try:
             workers.stop()
@@ -176,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settle", type=float, default=2.0)
     p.add_argument("--poll", type=float, default=1.0)
     p.add_argument("--timeout", type=float, default=600.0)
-    p.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks-pgbouncer.json")
+    p.add_argument(
+        "--out", type=Path, default=REPO / "docs" / "benchmarks-pgbouncer.json"
+    )
     args = p.parse_args(argv)
     db_url = os.environ.get("DATABASE_URL")
     if not db_url:
@@ -186,21 +216,31 @@ def main(argv: list[str] | None = None) -> int:
     workdir = harness.workdir()
     dbs = harness.Databases(db_url)
     out: dict[str, Any] = {
-        "command": os.environ.get("BENCH_COMMAND") or "benchmarks/pgbouncer.py "
+        "command": os.environ.get("BENCH_COMMAND")
+        or "benchmarks/pgbouncer.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
-            timespec="seconds"),
+            timespec="seconds"
+        ),
         "machine_busy_at_start": round(harness.background_busy(3.0), 3),
         "loadavg_at_start": os.getloadavg(),
         "postgresql": dbs.server_version(),
         "pgbouncer": subprocess.run(
             [shutil.which("pgbouncer") or "/usr/sbin/pgbouncer", "--version"],
-            capture_output=True, text=True, check=False).stdout.splitlines()[0:1],
-        "children": CHILDREN, "pool_size": POOL_SIZE, "runs": [],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.splitlines()[0:1],
+        "children": CHILDREN,
+        "pool_size": POOL_SIZE,
+        "runs": [],
     }
     log("calibrating the CPU task")
     iters = round(20 * calibrate())
-    drains = [("noop_sync", {}, args.jobs), ("cpu", {"iterations": iters}, args.cpu_jobs)]
+    drains = [
+        ("noop_sync", {}, args.jobs),
+        ("cpu", {"iterations": iters}, args.cpu_jobs),
+    ]
     dbs.create_template()
     try:
         with pgbouncer(db_url) as port:
@@ -209,8 +249,16 @@ def main(argv: list[str] | None = None) -> int:
                     with dbs.fresh() as url:
                         via = _port_url(url, port) if setup == "pgbouncer" else None
                         log(f"rep {rep + 1}/{args.reps}: {setup}")
-                        run = run_once(setup, url, via, workdir, drains, args.settle,
-                                       args.poll, args.timeout)
+                        run = run_once(
+                            setup,
+                            url,
+                            via,
+                            workdir,
+                            drains,
+                            args.settle,
+                            args.poll,
+                            args.timeout,
+                        )
                         run["rep"] = rep
                         out["runs"].append(run)
                         log(f"  {run}")
@@ -219,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     out["summary"] = summarize(out["runs"])
     out["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
-        timespec="seconds")
+        timespec="seconds"
+    )
     out["loadavg_at_end"] = os.getloadavg()
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     log(f"wrote {args.out}: {out['summary']}")
@@ -233,9 +282,12 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         entry: dict[str, Any] = {"sessions_idle": max(r["sessions_idle"] for r in mine)}
         for task in ("noop_sync", "cpu"):
             rates = [r[task]["rate"] for r in mine]
-            entry[task] = {"rate_median": round(statistics.median(rates), 2),
-                           "rate_min": min(rates), "rate_max": max(rates),
-                           "sessions_max": max(r[task]["sessions_max"] for r in mine)}
+            entry[task] = {
+                "rate_median": round(statistics.median(rates), 2),
+                "rate_min": min(rates),
+                "rate_max": max(rates),
+                "sessions_max": max(r[task]["sessions_max"] for r in mine),
+            }
         summary[setup] = entry
     return summary
 

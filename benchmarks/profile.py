@@ -48,16 +48,26 @@ ANYWHERE: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 INNERMOST: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("psycopg (queries, client side)", ("psycopg/", "psycopg_pool/")),
-    ("prefork child (scoreboard, middleware, compat wrappers)",
-     ("procrastinate_prefork/child.py", "procrastinate_prefork/compat.py",
-      "procrastinate_prefork/scoreboard.py", "procrastinate_prefork/db.py")),
+    (
+        "prefork child (scoreboard, middleware, compat wrappers)",
+        (
+            "procrastinate_prefork/child.py",
+            "procrastinate_prefork/compat.py",
+            "procrastinate_prefork/scoreboard.py",
+            "procrastinate_prefork/db.py",
+        ),
+    ),
     ("prefork supervisor", ("procrastinate_prefork/",)),
     ("procrastinate worker and job manager", ("procrastinate/",)),
-    ("thread hand-off (asgiref, executor, threading)",
-     ("asgiref/", "concurrent/", "threading.py", "queue.py")),
+    (
+        "thread hand-off (asgiref, executor, threading)",
+        ("asgiref/", "concurrent/", "threading.py", "queue.py"),
+    ),
     ("asyncio event loop", ("asyncio/", "selectors.py")),
-    ("json, datetime, contextlib, other stdlib",
-     ("json/", "datetime.py", "contextlib.py", "<frozen", "enum.py", "uuid.py")),
+    (
+        "json, datetime, contextlib, other stdlib",
+        ("json/", "datetime.py", "contextlib.py", "<frozen", "enum.py", "uuid.py"),
+    ),
 )
 
 
@@ -96,8 +106,15 @@ def parse_collapsed(path: Path) -> collections.Counter[str]:
     return counts
 
 
-def profile_drain(name: str, n: int, url: str, workdir: Path, iters_per_ms: float,
-                  rate: int, keep: Path | None) -> dict[str, Any]:
+def profile_drain(
+    name: str,
+    n: int,
+    url: str,
+    workdir: Path,
+    iters_per_ms: float,
+    rate: int,
+    keep: Path | None,
+) -> dict[str, Any]:
     task, ms, count = DRAINS[name]
     args = {"iterations": round(ms * iters_per_ms)} if task == "cpu" else {}
     workers = harness.Workers("prefork", n, url, workdir).start()
@@ -110,10 +127,30 @@ def profile_drain(name: str, n: int, url: str, workdir: Path, iters_per_ms: floa
             roles += [("child", pid) for pid in workers.child_pids()]
             for role, pid in roles:
                 out = workdir / f"{name}-{role}-{pid}.txt"
-                spies.append((role, pid, out, subprocess.Popen(
-                    [_py_spy(), "record", "--nonblocking", "--rate", str(rate), "--format", "raw",
-                     "--pid", str(pid), "--output", str(out)],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
+                spies.append(
+                    (
+                        role,
+                        pid,
+                        out,
+                        subprocess.Popen(
+                            [
+                                _py_spy(),
+                                "record",
+                                "--nonblocking",
+                                "--rate",
+                                str(rate),
+                                "--format",
+                                "raw",
+                                "--pid",
+                                str(pid),
+                                "--output",
+                                str(out),
+                            ],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                        ),
+                    )
+                )
             time.sleep(1.0)  # py-spy attached
             before = harness.cpu_by_pid([pid for _, pid in roles])
             harness.defer(conn, task, count, args)
@@ -145,10 +182,15 @@ def profile_drain(name: str, n: int, url: str, workdir: Path, iters_per_ms: floa
             keep.mkdir(parents=True, exist_ok=True)
             shutil.copy(out, keep / out.name)
     return {
-        "drain": name, "n": n, "jobs": count, "seconds": round(seconds, 3),
+        "drain": name,
+        "n": n,
+        "jobs": count,
+        "seconds": round(seconds, 3),
         "rate": round(count / seconds, 2) if seconds else None,
-        "cpu_ms_per_job": {role: {k: round(v, 3) for k, v in sorted(
-            d.items(), key=lambda kv: -kv[1])} for role, d in items.items()},
+        "cpu_ms_per_job": {
+            role: {k: round(v, 3) for k, v in sorted(d.items(), key=lambda kv: -kv[1])}
+            for role, d in items.items()
+        },
     }
 
 
@@ -165,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default="cpu50,noop_sync")
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--keep-stacks", type=Path, default=None)
-    p.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks-profile.json")
+    p.add_argument(
+        "--out", type=Path, default=REPO / "docs" / "benchmarks-profile.json"
+    )
     args = p.parse_args(argv)
     db_url = os.environ.get("DATABASE_URL")
     if not db_url:
@@ -183,9 +227,11 @@ def main(argv: list[str] | None = None) -> int:
         "command": "benchmarks/profile.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
-            timespec="seconds"),
+            timespec="seconds"
+        ),
         "machine_busy_at_start": round(harness.background_busy(3.0), 3),
-        "loadavg_at_start": os.getloadavg(), "runs": [],
+        "loadavg_at_start": os.getloadavg(),
+        "runs": [],
     }
     iters = calibrate()
     dbs.create_template()
@@ -193,8 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.only.split(","):
             with dbs.fresh() as url:
                 log(f"profiling {name}, prefork N={args.n}")
-                run = profile_drain(name, args.n, url, workdir, iters, args.rate,
-                                    args.keep_stacks)
+                run = profile_drain(
+                    name, args.n, url, workdir, iters, args.rate, args.keep_stacks
+                )
                 out["runs"].append(run)
                 log(json.dumps(run, indent=1))
     finally:

@@ -23,8 +23,12 @@ COMMANDS = {
     "prefork": "`procrastinate-prefork worker --concurrency N` (one child per N)",
     "celery": "`celery worker -P prefork -c N` (Redis broker, acks_late, prefetch 1)",
 }
-COLORS = {"stock": "#9e9e9e", "stock_procs": "#5c6bc0", "prefork": "#e65100",
-          "celery": "#2e7d32"}
+COLORS = {
+    "stock": "#9e9e9e",
+    "stock_procs": "#5c6bc0",
+    "prefork": "#e65100",
+    "celery": "#2e7d32",
+}
 
 
 @dataclasses.dataclass
@@ -40,7 +44,9 @@ class Results:
     def __init__(self, data: dict[str, Any]):
         self.data = data
         self.meta = data["meta"]
-        self.drains = {(d["scenario"], d["kind"], d["n"]): d for d in data.get("drains", [])}
+        self.drains = {
+            (d["scenario"], d["kind"], d["n"]): d for d in data.get("drains", [])
+        }
         self.life = {(d["kind"], d["n"]): d for d in data.get("lifecycle", [])}
         self.recovery = {r["n"]: r for r in data.get("recovery", [])}
         self.cores = self.meta["machine"].get("usable_cpus") or 2
@@ -54,7 +60,9 @@ class Results:
         d = self.drain(scenario, kind, n)
         return d["rate"]["median"] if d else None
 
-    def ratio(self, scenario: str, kind: str, n: int, base_kind: str, base_n: int) -> float | None:
+    def ratio(
+        self, scenario: str, kind: str, n: int, base_kind: str, base_n: int
+    ) -> float | None:
         a, b = self.rate(scenario, kind, n), self.rate(scenario, base_kind, base_n)
         return a / b if a and b else None
 
@@ -62,7 +70,10 @@ class Results:
         da, db = self.drain(scenario, *a), self.drain(scenario, *b)
         if not da or not db:
             return False
-        return da["rate"]["max"] >= db["rate"]["min"] and db["rate"]["max"] >= da["rate"]["min"]
+        return (
+            da["rate"]["max"] >= db["rate"]["min"]
+            and db["rate"]["max"] >= da["rate"]["min"]
+        )
 
 
 def fmt(x: float | None, digits: int = 2) -> str:
@@ -82,20 +93,33 @@ def rate_cell(d: dict[str, Any] | None) -> str:
 def _spread(res: Results, scenario: str, a: tuple[str, int], b: tuple[str, int]) -> str:
     da, db = res.drain(scenario, *a), res.drain(scenario, *b)
     assert da and db
-    return (f"{LABELS[a[0]]} {da['rate']['min']:.1f}-{da['rate']['max']:.1f} jobs/s, "
-            f"{LABELS[b[0]]} {db['rate']['min']:.1f}-{db['rate']['max']:.1f}")
+    return (
+        f"{LABELS[a[0]]} {da['rate']['min']:.1f}-{da['rate']['max']:.1f} jobs/s, "
+        f"{LABELS[b[0]]} {db['rate']['min']:.1f}-{db['rate']['max']:.1f}"
+    )
 
 
-def _cpu_note(res: Results, scenario: str, a: tuple[str, int], b: tuple[str, int]) -> str:
+def _cpu_note(
+    res: Results, scenario: str, a: tuple[str, int], b: tuple[str, int]
+) -> str:
     da, db = res.drain(scenario, *a), res.drain(scenario, *b)
     assert da and db
-    return (f"CPU per job: workers {da['workers_cpu_ms_per_job']:.2f} ms vs "
-            f"{db['workers_cpu_ms_per_job']:.2f} ms, PostgreSQL "
-            f"{da['server_cpu_ms_per_job']:.2f} ms vs {db['server_cpu_ms_per_job']:.2f} ms")
+    return (
+        f"CPU per job: workers {da['workers_cpu_ms_per_job']:.2f} ms vs "
+        f"{db['workers_cpu_ms_per_job']:.2f} ms, PostgreSQL "
+        f"{da['server_cpu_ms_per_job']:.2f} ms vs {db['server_cpu_ms_per_job']:.2f} ms"
+    )
 
 
-def _ratio_target(res: Results, number: str, scenario: str, a: tuple[str, int],
-                  b: tuple[str, int], minimum: float, text: str) -> Target:
+def _ratio_target(
+    res: Results,
+    number: str,
+    scenario: str,
+    a: tuple[str, int],
+    b: tuple[str, int],
+    minimum: float,
+    text: str,
+) -> Target:
     ratio = res.ratio(scenario, *a, *b)
     if ratio is None:
         return Target(number, text, "not measured", None)
@@ -104,10 +128,14 @@ def _ratio_target(res: Results, number: str, scenario: str, a: tuple[str, int],
     if not met:
         noise = res.overlap(scenario, a, b)
         target.note = (
-            (f"The ranges overlap ({_spread(res, scenario, a, b)}): the shortfall is within "
-             "this run's spread between repetitions. " if noise else
-             f"The ranges do not overlap ({_spread(res, scenario, a, b)}). ")
-            + _cpu_note(res, scenario, a, b) + "."
+            (
+                f"The ranges overlap ({_spread(res, scenario, a, b)}): the shortfall is within "
+                "this run's spread between repetitions. "
+                if noise
+                else f"The ranges do not overlap ({_spread(res, scenario, a, b)}). "
+            )
+            + _cpu_note(res, scenario, a, b)
+            + "."
         )
     return target
 
@@ -116,59 +144,118 @@ def targets(res: Results) -> list[Target]:
     out: list[Target] = []
     for scenario in ("cpu50", "cpu20"):
         ms = DRAINS[scenario]["ms"]
-        out.append(_ratio_target(
-            res, "1", scenario, ("prefork", 2), ("stock", 2), 1.75,
-            f"{ms} ms CPU jobs: prefork N=2 >= 1.75x stock `--concurrency 2`"))
+        out.append(
+            _ratio_target(
+                res,
+                "1",
+                scenario,
+                ("prefork", 2),
+                ("stock", 2),
+                1.75,
+                f"{ms} ms CPU jobs: prefork N=2 >= 1.75x stock `--concurrency 2`",
+            )
+        )
         if not out[-1].met and out[-1].met is not None:
             out[-1].note += " " + _ceiling_note(res, scenario, 2)
         for n in (2, 4):
-            out.append(_ratio_target(
-                res, "1", scenario, ("prefork", n), ("stock_procs", n), 0.97,
-                f"{ms} ms CPU jobs: prefork N={n} >= 0.97x {n} stock processes"))
+            out.append(
+                _ratio_target(
+                    res,
+                    "1",
+                    scenario,
+                    ("prefork", n),
+                    ("stock_procs", n),
+                    0.97,
+                    f"{ms} ms CPU jobs: prefork N={n} >= 0.97x {n} stock processes",
+                )
+            )
     for scenario, kind in (("noop_sync", "sync"), ("noop_async", "async")):
-        out.append(_ratio_target(
-            res, "2", scenario, ("prefork", 1), ("stock", 1), 0.95,
-            f"no-op {kind}: prefork 1 child >= 0.95x stock `--concurrency 1`"))
-        out.append(_ratio_target(
-            res, "2", scenario, ("prefork", 2), ("stock_procs", 2), 0.97,
-            f"no-op {kind}: prefork N=2 >= 0.97x 2 stock processes"))
-    rec = res.recovery.get(2) or (res.recovery[max(res.recovery)] if res.recovery else None)
+        out.append(
+            _ratio_target(
+                res,
+                "2",
+                scenario,
+                ("prefork", 1),
+                ("stock", 1),
+                0.95,
+                f"no-op {kind}: prefork 1 child >= 0.95x stock `--concurrency 1`",
+            )
+        )
+        out.append(
+            _ratio_target(
+                res,
+                "2",
+                scenario,
+                ("prefork", 2),
+                ("stock_procs", 2),
+                0.97,
+                f"no-op {kind}: prefork N=2 >= 0.97x 2 stock processes",
+            )
+        )
+    rec = res.recovery.get(2) or (
+        res.recovery[max(res.recovery)] if res.recovery else None
+    )
     if rec:
         met = rec["p95_s"] < 1.0
-        out.append(Target(
-            "4", f"recovery (prefork N={rec['n']}): p95 kill-to-restart < 1 s",
-            f"p50 {rec['p50_s'] * 1000:.0f} ms, p95 {rec['p95_s'] * 1000:.0f} ms "
-            f"({rec['kills']} kills)", met,
-            "" if met else "See the recovery table: the slowest kills and the share of "
-            "the supervisor's retry in them."))
+        out.append(
+            Target(
+                "4",
+                f"recovery (prefork N={rec['n']}): p95 kill-to-restart < 1 s",
+                f"p50 {rec['p50_s'] * 1000:.0f} ms, p95 {rec['p95_s'] * 1000:.0f} ms "
+                f"({rec['kills']} kills)",
+                met,
+                ""
+                if met
+                else "See the recovery table: the slowest kills and the share of "
+                "the supervisor's retry in them.",
+            )
+        )
     else:
         out.append(Target("4", "recovery p95 < 1 s", "not measured", None))
     shut = sorted((n, d) for (kind, n), d in res.life.items() if kind == "prefork")
     if shut:
         worst = max(d["shutdown_s"]["max"] for _, d in shut)
         met = worst < 1.0
-        out.append(Target(
-            "5", "shutdown (SIGTERM to exit) of idle fleets < 1 s",
-            ", ".join(f"N={n}: {d['shutdown_s']['median']:.2f} s" for n, d in shut)
-            + f" (slowest run {worst:.2f} s)", met,
-            "" if met else "The slowest repetition is over 1 s."))
+        out.append(
+            Target(
+                "5",
+                "shutdown (SIGTERM to exit) of idle fleets < 1 s",
+                ", ".join(f"N={n}: {d['shutdown_s']['median']:.2f} s" for n, d in shut)
+                + f" (slowest run {worst:.2f} s)",
+                met,
+                "" if met else "The slowest repetition is over 1 s.",
+            )
+        )
         medians = [d["shutdown_s"]["median"] for _, d in shut]
         flat = max(medians) - min(medians) <= 0.25
         slowest = max(shut, key=lambda nd: nd[1]["shutdown_s"]["median"])
-        out.append(Target(
-            "5", "shutdown flat in N (medians within 0.25 s of each other)",
-            f"spread {max(medians) - min(medians):.2f} s", flat,
-            "" if flat else (
-                f"The slowest is N={slowest[0]} "
-                f"({slowest[1]['shutdown_s']['min']:.2f}-{slowest[1]['shutdown_s']['max']:.2f} s "
-                "over the repetitions).")))
+        out.append(
+            Target(
+                "5",
+                "shutdown flat in N (medians within 0.25 s of each other)",
+                f"spread {max(medians) - min(medians):.2f} s",
+                flat,
+                ""
+                if flat
+                else (
+                    f"The slowest is N={slowest[0]} "
+                    f"({slowest[1]['shutdown_s']['min']:.2f}-{slowest[1]['shutdown_s']['max']:.2f} s "
+                    "over the repetitions)."
+                ),
+            )
+        )
         sess = [(n, d) for n, d in shut if "sessions_after_jobs" in d]
         if sess:
             met = all(d["sessions_after_jobs"] <= n + 2 for n, d in sess)
-            out.append(Target(
-                "7", "PostgreSQL sessions <= N + 2",
-                ", ".join(f"N={n}: {d['sessions_after_jobs']}" for n, d in sess), met,
-                "" if met else "More sessions than children + 2."))
+            out.append(
+                Target(
+                    "7",
+                    "PostgreSQL sessions <= N + 2",
+                    ", ".join(f"N={n}: {d['sessions_after_jobs']}" for n, d in sess),
+                    met,
+                    "" if met else "More sessions than children + 2.",
+                )
+            )
     return out
 
 
@@ -178,8 +265,10 @@ def _ceiling_note(res: Results, scenario: str, n: int) -> str:
         return ""
     per_job = d["workers_cpu_ms_per_job"] + d["server_cpu_ms_per_job"]
     ceiling = res.cores * 1000 / per_job
-    return (f"On {res.cores} cores, {per_job:.1f} ms of CPU per job (workers + PostgreSQL) "
-            f"caps any setup at {ceiling:.1f} jobs/s.")
+    return (
+        f"On {res.cores} cores, {per_job:.1f} ms of CPU per job (workers + PostgreSQL) "
+        f"caps any setup at {ceiling:.1f} jobs/s."
+    )
 
 
 # ---------------------------------------------------------------------- tables
@@ -192,13 +281,21 @@ def drain_table(res: Results, scenario: str) -> list[str]:
         return []
     jobs = next(d["jobs"] for (s, _, _), d in res.drains.items() if s == scenario)
     lines = [f"### {spec['title']} ({jobs} jobs)", ""]
-    header = "| setup | " + " | ".join(f"N={n}: jobs/s (min-max) | vs stock" for n in ns) + " |"
+    header = (
+        "| setup | "
+        + " | ".join(f"N={n}: jobs/s (min-max) | vs stock" for n in ns)
+        + " |"
+    )
     lines += [header, "|---|" + "---:|---:|" * len(ns)]
     for kind in spec["kinds"]:
         cells = []
         present = False
         for n in ns:
-            d = res.drain(scenario, kind, n) if not (kind == "stock_procs" and n == 1) else None
+            d = (
+                res.drain(scenario, kind, n)
+                if not (kind == "stock_procs" and n == 1)
+                else None
+            )
             if d:
                 present = True
             ratio = res.ratio(scenario, kind, n, "stock", n) if d else None
@@ -212,9 +309,11 @@ def drain_table(res: Results, scenario: str) -> list[str]:
 def cpu_table(res: Results) -> list[str]:
     ipms = res.data.get("calibration", {}).get("iterations_per_ms")
     lines = [
-        ("| jobs | setup | N | workers CPU ms/job | of which the task | overhead ms/job "
-         f"| PostgreSQL CPU ms/job | CPU ceiling on {res.cores} cores (jobs/s) "
-         "| measured jobs/s |"),
+        (
+            "| jobs | setup | N | workers CPU ms/job | of which the task | overhead ms/job "
+            f"| PostgreSQL CPU ms/job | CPU ceiling on {res.cores} cores (jobs/s) "
+            "| measured jobs/s |"
+        ),
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for scenario in ("cpu50", "cpu20", "noop_sync", "noop_async"):
@@ -229,10 +328,12 @@ def cpu_table(res: Results) -> list[str]:
                     f"| {scenario} | {LABELS[kind]} | {n} | {d['workers_cpu_ms_per_job']:.2f} "
                     f"| {task_ms:.2f} | {d['workers_cpu_ms_per_job'] - task_ms:.2f} "
                     f"| {d['server_cpu_ms_per_job']:.2f} "
-                    f"| {res.cores * 1000 / per_job:.0f} | {d['rate']['median']:.1f} |")
+                    f"| {res.cores * 1000 / per_job:.0f} | {d['rate']['median']:.1f} |"
+                )
     lines.append("")
     if ipms:
-        lines.append(_para(f"""
+        lines.append(
+            _para(f"""
             The CPU task runs {ipms:.0f} iterations per ms (calibrated, alone, at the
             start of the run); "of which the task" is the CPU time the task's own
             thread measured around its loop (more than the nominal 50 or 20 ms when
@@ -241,7 +342,8 @@ def cpu_table(res: Results) -> list[str]:
             (fetching, finishing, logging, the event loop, the supervisor). The
             PostgreSQL column counts the backends of the setup's database and the
             server's background processes (WAL writer, autovacuum...); for Celery it
-            is Redis."""))
+            is Redis.""")
+        )
         lines.append("")
     return lines
 
@@ -258,20 +360,25 @@ def lifecycle_table(res: Results) -> list[str]:
     if not res.life:
         return []
     lines = [
-        ("| setup | N | start-up s (min-max) | shutdown s (min-max) | USS/child MiB "
-         "| PSS/child MiB | PSS total MiB | sessions idle | sessions after jobs "
-         "| target N+2 |"),
+        (
+            "| setup | N | start-up s (min-max) | shutdown s (min-max) | USS/child MiB "
+            "| PSS/child MiB | PSS total MiB | sessions idle | sessions after jobs "
+            "| target N+2 |"
+        ),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     order = list(LABELS)
-    for (kind, n), d in sorted(res.life.items(), key=lambda kv: (kv[0][1], order.index(kv[0][0]))):
+    for (kind, n), d in sorted(
+        res.life.items(), key=lambda kv: (kv[0][1], order.index(kv[0][0]))
+    ):
         s, t = d["startup_s"], d["shutdown_s"]
         lines.append(
             f"| {LABELS[kind]} | {n} | {s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f}) "
             f"| {t['median']:.2f} ({t['min']:.2f}-{t['max']:.2f}) "
             f"| {d['per_child_uss']:.1f} | {d['per_child_pss']:.1f} | {d['total_pss']:.1f} "
             f"| {d.get('sessions_idle', '-')} | {d.get('sessions_after_jobs', '-')} "
-            f"| {n + 2 if kind != 'celery' else '-'} |")
+            f"| {n + 2 if kind != 'celery' else '-'} |"
+        )
     lines.append("")
     return lines
 
@@ -284,11 +391,12 @@ def recovery_table(res: Results) -> list[str]:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for n, r in sorted(res.recovery.items(), reverse=True):
-        what = ("a sibling is idle" if n > 1 else "the re-forked child takes it")
+        what = "a sibling is idle" if n > 1 else "the re-forked child takes it"
         lines.append(
             f"| prefork N={n} ({what}) | {r['kills']} | {r['p50_s'] * 1000:.0f} ms "
             f"| {r['p95_s'] * 1000:.0f} ms | {r['max_s'] * 1000:.0f} ms "
-            f"| {r['retry_p50_s'] * 1000:.0f} ms |")
+            f"| {r['retry_p50_s'] * 1000:.0f} ms |"
+        )
     lines.append("")
     return lines
 
@@ -331,50 +439,71 @@ LIFECYCLE_INTRO = _para("""
     rows of the setup's database by application name, while idle and after a burst
     of 4N no-op jobs. Shutdown: SIGTERM to exit, idle.
 """)
-METHOD = [_para(item) for item in (
-    """- Each repetition of each setup gets a fresh database (a clone of a template
+METHOD = [
+    _para(item)
+    for item in (
+        """- Each repetition of each setup gets a fresh database (a clone of a template
     holding procrastinate's schema and ours) and fresh worker processes.""",
-    """- The harness inserts all jobs in one statement (procrastinate's
+        """- The harness inserts all jobs in one statement (procrastinate's
     `procrastinate_defer_jobs_v1`), then sleeps, asking the database how many jobs
     are left every {poll} s; it never starts a process during a drain. CPU counters
     (`/proc/stat`, psutil) are read once before and once after.""",
-    """- The CPU task is a pure-Python loop sized by an iteration count calibrated once
+        """- The CPU task is a pure-Python loop sized by an iteration count calibrated once
     at the start, so that it costs the same CPU whatever the load (a deadline loop
     would stretch with it).""",
-    """- Repetitions are interleaved: every setup runs once, then every setup again,
+        """- Repetitions are interleaved: every setup runs once, then every setup again,
     so that a burst of outside load does not land on one setup only. Before each
     measurement the harness waits (up to {quiet_timeout} s) until the rest of the
     machine uses less than {quiet_below} of its CPU.""",
-    """- Every worker runs with its defaults (log level INFO, LISTEN/NOTIFY on, a 5 s
+        """- Every worker runs with its defaults (log level INFO, LISTEN/NOTIFY on, a 5 s
     polling fallback); prefork children each run one job at a time.""",
-    "- Raw numbers of every repetition: `docs/benchmarks.json`.",
-)]
+        "- Raw numbers of every repetition: `docs/benchmarks.json`.",
+    )
+]
 
 
 def _run_section(res: Results) -> list[str]:
     meta, m, v = res.meta, res.meta["machine"], res.meta["versions"]
-    scaled = f"; job counts scaled by {meta['scale']:g}" if meta.get("scale", 1) != 1 else ""
-    celery = (f", Celery {v['celery']}, kombu {v.get('kombu', '?')}, "
-              f"redis-server {v.get('redis-server', '?')}") if "celery" in v else ""
+    scaled = (
+        f"; job counts scaled by {meta['scale']:g}" if meta.get("scale", 1) != 1 else ""
+    )
+    celery = (
+        (
+            f", Celery {v['celery']}, kombu {v.get('kombu', '?')}, "
+            f"redis-server {v.get('redis-server', '?')}"
+        )
+        if "celery" in v
+        else ""
+    )
     return [
         "## The run",
         "",
         f"- Command: `{meta['command']}`",
-        (f"- When: {meta.get('started_at', '?')} to {meta.get('finished_at', '?')} "
-         f"({meta.get('duration_s', '?')} s); {meta['reps']} repetitions of every drain "
-         f"and lifecycle measurement, interleaved; figures are medians with "
-         f"min-max{scaled}."),
-        (f"- Machine (`/proc/cpuinfo`): {m['cpu_model']}, {m['logical_cpus']} logical "
-         f"CPUs ({m['usable_cpus']} usable)"
-         + (f" at {float(m['cpu_mhz']):.0f} MHz" if m.get("cpu_mhz") else "")
-         + (f", {m['cache']} cache" if m.get("cache") else "")
-         + (", a virtual machine (hypervisor flag)" if m.get("virtual_machine") else "")
-         + f"; kernel {m['kernel']}, Python {m['python']}. PostgreSQL, the workers, "
-         "Redis and the harness all share these CPUs."),
-        (f"- Versions: PostgreSQL {v.get('postgresql', '?')}, procrastinate "
-         f"{v.get('procrastinate', '?')}, procrastinate-prefork "
-         f"{v.get('procrastinate-prefork', '?')}, psycopg {v.get('psycopg', '?')}, "
-         f"psycopg-pool {v.get('psycopg-pool', '?')}{celery}."),
+        (
+            f"- When: {meta.get('started_at', '?')} to {meta.get('finished_at', '?')} "
+            f"({meta.get('duration_s', '?')} s); {meta['reps']} repetitions of every drain "
+            f"and lifecycle measurement, interleaved; figures are medians with "
+            f"min-max{scaled}."
+        ),
+        (
+            f"- Machine (`/proc/cpuinfo`): {m['cpu_model']}, {m['logical_cpus']} logical "
+            f"CPUs ({m['usable_cpus']} usable)"
+            + (f" at {float(m['cpu_mhz']):.0f} MHz" if m.get("cpu_mhz") else "")
+            + (f", {m['cache']} cache" if m.get("cache") else "")
+            + (
+                ", a virtual machine (hypervisor flag)"
+                if m.get("virtual_machine")
+                else ""
+            )
+            + f"; kernel {m['kernel']}, Python {m['python']}. PostgreSQL, the workers, "
+            "Redis and the harness all share these CPUs."
+        ),
+        (
+            f"- Versions: PostgreSQL {v.get('postgresql', '?')}, procrastinate "
+            f"{v.get('procrastinate', '?')}, procrastinate-prefork "
+            f"{v.get('procrastinate-prefork', '?')}, psycopg {v.get('psycopg', '?')}, "
+            f"psycopg-pool {v.get('psycopg-pool', '?')}{celery}."
+        ),
         f"- Celery: {meta.get('celery', '?')}.",
         *_code_line(meta),
         "",
@@ -390,10 +519,15 @@ def _code_line(meta: dict[str, Any]) -> list[str]:
     code = meta.get("code")
     if not code:
         return []
-    dirty = (" plus uncommitted changes to `procrastinate_prefork/`"
-             if code["package_uncommitted_changes"] else "")
-    line = (f"- Code measured: commit {code['commit']}{dirty} (copied when the run "
-            f"started; sources sha256 {code['sources_sha256']}).")
+    dirty = (
+        " plus uncommitted changes to `procrastinate_prefork/`"
+        if code["package_uncommitted_changes"]
+        else ""
+    )
+    line = (
+        f"- Code measured: commit {code['commit']}{dirty} (copied when the run "
+        f"started; sources sha256 {code['sources_sha256']})."
+    )
     return [line]
 
 
@@ -405,12 +539,17 @@ def _noise_section(res: Results) -> list[str]:
     meta, noise = res.meta, res.meta.get("noise", {})
     between = noise.get("background_busy_between_blocks") or []
     foreign = [d["foreign_cpu_frac_max"] for d in res.data.get("drains", [])]
-    before = [r["background_before"] for r in res.data.get("drain_runs", [])
-              if "background_before" in r]
+    before = [
+        r["background_before"]
+        for r in res.data.get("drain_runs", [])
+        if "background_before" in r
+    ]
     lines = ["### How noisy it was", ""]
-    idle = (f"- Background CPU use of the machine with the harness idle: "
-            f"{_pct(noise.get('background_busy_at_start'))} before the run, "
-            f"{_pct(noise.get('background_busy_at_end'))} after it")
+    idle = (
+        f"- Background CPU use of the machine with the harness idle: "
+        f"{_pct(noise.get('background_busy_at_start'))} before the run, "
+        f"{_pct(noise.get('background_busy_at_end'))} after it"
+    )
     if between:
         idle += f", {_pct(min(between))}-{_pct(max(between))} between blocks of measurements"
     lines.append(idle + ".")
@@ -419,13 +558,15 @@ def _noise_section(res: Results) -> list[str]:
             f"- In the second before each drain (after waiting up to "
             f"{meta.get('quiet_timeout_s', '?')} s for less than "
             f"{_pct(meta.get('quiet_below'))}): median {_pct(_median_of(before))}, "
-            f"max {_pct(max(before))}.")
+            f"max {_pct(max(before))}."
+        )
     if foreign:
         lines.append(
             "- During the drains, CPU used by anything but the measured setup, its "
             "database sessions and the harness (share of the whole machine): at most "
             f"{_pct(max(foreign))} in one repetition; the median setup's worst "
-            f"repetition {_pct(_median_of(foreign))}.")
+            f"repetition {_pct(_median_of(foreign))}."
+        )
     start = _load(res.meta["machine"].get("loadavg_at_start"))
     end = _load(meta.get("loadavg_at_end"))
     lines += [f"- Load average: {start} at the start, {end} at the end.", ""]
@@ -446,11 +587,19 @@ def _analysis_section(res: Results) -> list[str]:
     first, _, body = text.partition("\n")
     run = first.removeprefix("<!-- run:").removesuffix("-->").strip()
     if run != res.meta.get("started_at"):
-        why = (f"(`benchmarks/notes.md` was written for the run of {run or '?'}, "
-               "not this one, so it is left out.)")
+        why = (
+            f"(`benchmarks/notes.md` was written for the run of {run or '?'}, "
+            "not this one, so it is left out.)"
+        )
         return ["## Analysis", "", why, ""]
-    return ["## Analysis", "", "Written after reading this run's numbers.", "",
-            body.strip(), ""]
+    return [
+        "## Analysis",
+        "",
+        "Written after reading this run's numbers.",
+        "",
+        body.strip(),
+        "",
+    ]
 
 
 def _targets_section(res: Results) -> list[str]:
@@ -501,14 +650,24 @@ def markdown(data: dict[str, Any], side: list[str] | None = None) -> str:
     if res.recovery:
         lines += ["## Recovery latency", "", RECOVERY_INTRO, "", *recovery_table(res)]
     if res.life:
-        lines += ["## Start-up, memory, shutdown, sessions", "", LIFECYCLE_INTRO, "",
-                  *lifecycle_table(res)]
+        lines += [
+            "## Start-up, memory, shutdown, sessions",
+            "",
+            LIFECYCLE_INTRO,
+            "",
+            *lifecycle_table(res),
+        ]
     lines += side or []
     lines += ["## Method", ""]
     lines.append(_sessions_item(meta))
-    lines += [item.format(poll=meta.get("poll_s", 1),
-                          quiet_timeout=meta.get("quiet_timeout_s", "?"),
-                          quiet_below=_pct(meta.get("quiet_below"))) for item in METHOD]
+    lines += [
+        item.format(
+            poll=meta.get("poll_s", 1),
+            quiet_timeout=meta.get("quiet_timeout_s", "?"),
+            quiet_below=_pct(meta.get("quiet_below")),
+        )
+        for item in METHOD
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -527,10 +686,14 @@ def _two_x_note(res: Results) -> list[str]:
         cpu2 = d2["workers_cpu_ms_per_job"] + db2
         ceiling = res.cores * 1000 / cpu2
         stock = res.ratio(scenario, "prefork", 2, "stock", 2)
-        slower = (f"instead of {task1:.1f} ms with one (the two busy cores slow each "
-                  "other down)" if task2 > task1 * 1.02 else
-                  f"(with one: {task1:.1f} ms)")
-        lines.append(_para(f"""
+        slower = (
+            f"instead of {task1:.1f} ms with one (the two busy cores slow each "
+            "other down)"
+            if task2 > task1 * 1.02
+            else f"(with one: {task1:.1f} ms)"
+        )
+        lines.append(
+            _para(f"""
             - {ms} ms jobs: prefork N=2 drains {rate2 / rate1:.2f}x as fast as one
             child ({f"{stock:.2f}x" if stock else "n/a"} stock `--concurrency 2`). One
             child takes {1000 / rate1:.1f} ms of wall time per job. With two children
@@ -539,7 +702,8 @@ def _two_x_note(res: Results) -> list[str]:
             logging, the event loop, the supervisor) and PostgreSQL {db2:.1f} ms,
             all on the same {res.cores} cores: {cpu2:.1f} ms of CPU per job caps
             any setup at {ceiling:.1f} jobs/s, {ceiling / rate1:.2f}x one child's
-            rate; prefork reached {rate2 / ceiling:.0%} of that ceiling."""))
+            rate; prefork reached {rate2 / ceiling:.0%} of that ceiling.""")
+        )
     if lines:
         return ["Why N=2 is not 2.0x one process:", "", *lines, ""]
     return []
@@ -548,7 +712,8 @@ def _two_x_note(res: Results) -> list[str]:
 def _sessions_item(meta: dict[str, Any]) -> str:
     enabled = meta["machine"].get("sched_autogroup")
     state = {True: "enabled on this machine", False: "disabled on this machine"}.get(
-        enabled, "not recorded for this run")
+        enabled, "not recorded for this run"
+    )
     if meta.get("worker_sessions") == "harness":
         return _para(f"""
             - Every setup's processes run in the harness's session, as if started
@@ -581,9 +746,12 @@ def chart(data: dict[str, Any], path: Path) -> None:
 
     res = Results(data)
     fig, axes = plt.subplots(2, 4, figsize=(22, 10))
-    fig.suptitle(f"procrastinate-prefork vs stock procrastinate and Celery -- "
-                 f"{res.meta['machine']['cpu_model']}, {res.cores} CPUs, "
-                 f"{res.meta.get('started_at', '')[:10]} (median, bars: min-max)", fontsize=13)
+    fig.suptitle(
+        f"procrastinate-prefork vs stock procrastinate and Celery -- "
+        f"{res.meta['machine']['cpu_model']}, {res.cores} CPUs, "
+        f"{res.meta.get('started_at', '')[:10]} (median, bars: min-max)",
+        fontsize=13,
+    )
     _bars(axes[0][0], res, "cpu50")
     _bars(axes[0][1], res, "cpu20")
     _bars(axes[0][2], res, "noop_sync")
@@ -605,25 +773,37 @@ def _begin(ax: Any, title: str, has_data: bool) -> bool:
     return has_data
 
 
-def _grouped_bars(ax: Any, groups: list[Any], kinds: list[str],
-                  value: Any, label: str) -> list[tuple[float, dict[str, Any]]]:
+def _grouped_bars(
+    ax: Any, groups: list[Any], kinds: list[str], value: Any, label: str
+) -> list[tuple[float, dict[str, Any]]]:
     """One bar per (group, kind); ``value(group, kind)`` returns the entry or
     None. Returns (x, entry) of every bar drawn."""
     width = 0.8 / max(1, len(kinds))
     drawn = []
     for i, kind in enumerate(kinds):
-        bars = [(j + (i - (len(kinds) - 1) / 2) * width, value(g, kind))
-                for j, g in enumerate(groups)]
+        bars = [
+            (j + (i - (len(kinds) - 1) / 2) * width, value(g, kind))
+            for j, g in enumerate(groups)
+        ]
         bars = [(x, d) for x, d in bars if d]
         if not bars:
             continue
         ys = [_bar_height(d) for _, d in bars]
         err = None
         if "rate" in bars[0][1]:
-            err = [[d["rate"]["median"] - d["rate"]["min"] for _, d in bars],
-                   [d["rate"]["max"] - d["rate"]["median"] for _, d in bars]]
-        ax.bar([x for x, _ in bars], ys, width, yerr=err, capsize=3, label=LABELS[kind],
-               color=COLORS[kind])
+            err = [
+                [d["rate"]["median"] - d["rate"]["min"] for _, d in bars],
+                [d["rate"]["max"] - d["rate"]["median"] for _, d in bars],
+            ]
+        ax.bar(
+            [x for x, _ in bars],
+            ys,
+            width,
+            yerr=err,
+            capsize=3,
+            label=LABELS[kind],
+            color=COLORS[kind],
+        )
         drawn.extend(bars)
     ax.set_xticks(range(len(groups)), [f"N={g}" for g in groups])
     ax.set_ylabel(label)
@@ -641,13 +821,24 @@ def _bars(ax: Any, res: Results, scenario: str) -> None:
     ns = sorted({n for (s, _, n) in res.drains if s == scenario})
     if not _begin(ax, DRAINS[scenario]["title"], bool(ns)):
         return
-    drawn = _grouped_bars(ax, ns, list(DRAINS[scenario]["kinds"]),
-                          lambda n, kind: res.drains.get((scenario, kind, n)), "jobs/s")
+    drawn = _grouped_bars(
+        ax,
+        ns,
+        list(DRAINS[scenario]["kinds"]),
+        lambda n, kind: res.drains.get((scenario, kind, n)),
+        "jobs/s",
+    )
     for x, d in drawn:  # the ratio against stock at the same N
         ratio = res.ratio(scenario, d["kind"], d["n"], "stock", d["n"])
         if ratio and d["kind"] != "stock":
-            ax.text(x, d["rate"]["max"], f"{ratio:.2f}x", ha="center", va="bottom",
-                    fontsize=7)
+            ax.text(
+                x,
+                d["rate"]["max"],
+                f"{ratio:.2f}x",
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
 
 
 def _recovery(ax: Any, res: Results) -> None:
@@ -655,8 +846,12 @@ def _recovery(ax: Any, res: Results) -> None:
         return
     for n, r in sorted(res.recovery.items(), reverse=True):
         values = sorted(1000 * s["kill_to_start_s"] for s in r["samples"])
-        ax.plot([100 * (i + 1) / len(values) for i in range(len(values))], values,
-                marker="o", label=f"prefork N={n}")
+        ax.plot(
+            [100 * (i + 1) / len(values) for i in range(len(values))],
+            values,
+            marker="o",
+            label=f"prefork N={n}",
+        )
     ax.axhline(1000, color="red", linestyle="--", label="target p95 < 1 s")
     ax.set_yscale("log")
     ax.set_xlabel("percentile of kills")
@@ -672,25 +867,45 @@ def _startup_shutdown(ax: Any, res: Results) -> None:
         if not pts:
             continue
         ns = [n for n, _ in pts]
-        ax.plot(ns, [d["shutdown_s"]["median"] for _, d in pts], marker="o",
-                color=COLORS[kind], label=f"{label}: shutdown")
-        ax.plot(ns, [d["startup_s"]["median"] for _, d in pts], marker="s",
-                linestyle=":", color=COLORS[kind], label=f"{label}: start-up")
+        ax.plot(
+            ns,
+            [d["shutdown_s"]["median"] for _, d in pts],
+            marker="o",
+            color=COLORS[kind],
+            label=f"{label}: shutdown",
+        )
+        ax.plot(
+            ns,
+            [d["startup_s"]["median"] for _, d in pts],
+            marker="s",
+            linestyle=":",
+            color=COLORS[kind],
+            label=f"{label}: start-up",
+        )
     ax.set_xlabel("N")
     ax.set_ylabel("s")
     ax.legend(fontsize=7)
 
 
 def _memory_sessions(ax: Any, res: Results) -> None:
-    if not _begin(ax, "Total PSS (MiB, bars) and PostgreSQL sessions (labels)",
-                  bool(res.life)):
+    if not _begin(
+        ax, "Total PSS (MiB, bars) and PostgreSQL sessions (labels)", bool(res.life)
+    ):
         return
     ns = sorted({n for (_, n) in res.life})
-    drawn = _grouped_bars(ax, ns, list(LABELS), lambda n, kind: res.life.get((kind, n)), "MiB")
+    drawn = _grouped_bars(
+        ax, ns, list(LABELS), lambda n, kind: res.life.get((kind, n)), "MiB"
+    )
     for x, d in drawn:
         if "sessions_after_jobs" in d:
-            ax.text(x, d["total_pss"], str(d["sessions_after_jobs"]), ha="center",
-                    va="bottom", fontsize=8)
+            ax.text(
+                x,
+                d["total_pss"],
+                str(d["sessions_after_jobs"]),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
 
 
 def render(data: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -700,8 +915,10 @@ def render(data: dict[str, Any], out_dir: Path) -> list[Path]:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        print("report: matplotlib is not installed (pip install -e '.[bench]'): no chart",
-              file=sys.stderr)
+        print(
+            "report: matplotlib is not installed (pip install -e '.[bench]'): no chart",
+            file=sys.stderr,
+        )
         return written
     chart(data, out_dir / "benchmarks.png")
     written.append(out_dir / "benchmarks.png")
@@ -723,15 +940,15 @@ def bigtables_section(d: dict[str, Any]) -> list[str]:
         "## Big tables",
         "",
         _para(f"""The fleet's own queries on an empty database and on one holding
-              {sizes['finished']:,} finished jobs (3 events each), {sizes['todo']:,}
+              {sizes["finished"]:,} finished jobs (3 events each), {sizes["todo"]:,}
               `todo` jobs in a queue the fleet does not serve, and
-              {sizes['supervisors']:,} other supervisors x {sizes['children']} children
+              {sizes["supervisors"]:,} other supervisors x {sizes["children"]} children
               (alive, each child with a worker row, half of them running a job).
-              Command: `{d['command']}`; {d['started_at']} to {d['finished_at']};
-              PostgreSQL {d['postgresql']}; load average at the start
-              {_load(d.get('loadavg_at_start'))} (a shared machine: the figures
+              Command: `{d["command"]}`; {d["started_at"]} to {d["finished_at"]};
+              PostgreSQL {d["postgresql"]}; load average at the start
+              {_load(d.get("loadavg_at_start"))} (a shared machine: the figures
               are ratios within one run). Per call: median (max) of
-              {next(iter(d['queries']['big'].values()))['calls']} calls, client
+              {next(iter(d["queries"]["big"].values()))["calls"]} calls, client
               side, after one call that warmed up and captured the plans
               (`auto_explain`, EXPLAIN ANALYZE of every statement, nested ones too).
               "Full scans" lists the tables of a plan read by a sequential scan."""),
@@ -743,15 +960,21 @@ def bigtables_section(d: dict[str, Any]) -> list[str]:
         empty = d["queries"]["empty"][name]
         ratio = big["median_ms"] / empty["median_ms"] if empty["median_ms"] else 0
         scans = ", ".join(f"`{t}`" for t in big["seq_scans"]) or "none"
-        lines.append(f"| {name} | {_ms(empty['median_ms'])} ({_ms(empty['max_ms'])}) | "
-                     f"{_ms(big['median_ms'])} ({_ms(big['max_ms'])}) | {ratio:.1f}x | "
-                     f"{scans} |")
-    lines += ["", _para("""Idle 4-child fleet (`--queues default`, every other option
+        lines.append(
+            f"| {name} | {_ms(empty['median_ms'])} ({_ms(empty['max_ms'])}) | "
+            f"{_ms(big['median_ms'])} ({_ms(big['max_ms'])}) | {ratio:.1f}x | "
+            f"{scans} |"
+        )
+    lines += [
+        "",
+        _para("""Idle 4-child fleet (`--queues default`, every other option
               at its default): CPU of the PostgreSQL sessions serving it, from
               /proc, per second of wall time, each repetition
-              (interleaved)."""), "",
-              "| database | server CPU ms/s | fleet processes CPU ms/s | sessions |",
-              "|---|---|---|---:|"]
+              (interleaved)."""),
+        "",
+        "| database | server CPU ms/s | fleet processes CPU ms/s | sessions |",
+        "|---|---|---|---:|",
+    ]
     medians = {}
     for name in ("empty", "big"):
         runs = d["idle"][name]
@@ -759,12 +982,18 @@ def bigtables_section(d: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {name} | {', '.join(_ms(r['server_cpu_ms_per_s']) for r in runs)} | "
             f"{', '.join(_ms(r['fleet_cpu_ms_per_s']) for r in runs)} | "
-            f"{runs[0]['sessions']} |")
+            f"{runs[0]['sessions']} |"
+        )
     if medians["empty"]:
         ratio = medians["big"] / medians["empty"]
         verdict = "met" if ratio <= 1.5 else "**missed**"
-        lines += ["", (f"Target: idle fleet database CPU on big tables within 1.5x "
-                       f"of empty: {ratio:.2f}x (medians), {verdict}.")]
+        lines += [
+            "",
+            (
+                f"Target: idle fleet database CPU on big tables within 1.5x "
+                f"of empty: {ratio:.2f}x (medians), {verdict}."
+            ),
+        ]
     return lines + [""]
 
 
@@ -780,33 +1009,39 @@ def pgbouncer_section(d: dict[str, Any]) -> list[str]:
     lines = [
         "## Through PgBouncer",
         "",
-        _para(f"""prefork with {d['children']} children, its connections through
-              {(d.get('pgbouncer') or ['PgBouncer'])[0]} in transaction pooling mode
-              with a pool of {d['pool_size']} server sessions (the supervisor's
+        _para(f"""prefork with {d["children"]} children, its connections through
+              {(d.get("pgbouncer") or ["PgBouncer"])[0]} in transaction pooling mode
+              with a pool of {d["pool_size"]} server sessions (the supervisor's
               LISTEN session direct, `--listen-dsn`), against the same fleet on
-              direct connections. Command: `{d['command']}`; {d['started_at']} to
-              {d['finished_at']}; {len(d['runs']) // 2} repetitions, interleaved;
-              load average at the start {_load(d.get('loadavg_at_start'))}.
+              direct connections. Command: `{d["command"]}`; {d["started_at"]} to
+              {d["finished_at"]}; {len(d["runs"]) // 2} repetitions, interleaved;
+              load average at the start {_load(d.get("loadavg_at_start"))}.
               Sessions: client backends of the database in `pg_stat_activity`
               (the harness's excluded), idle and the most seen by a 1 s poll
               during the drains."""),
         "",
-        (f"| setup | sessions idle | sessions in drain (max) | no-op sync jobs/s "
-         f"({first['noop_sync']['jobs']} jobs) | 20 ms CPU jobs/s "
-         f"({first['cpu']['jobs']} jobs) |"),
+        (
+            f"| setup | sessions idle | sessions in drain (max) | no-op sync jobs/s "
+            f"({first['noop_sync']['jobs']} jobs) | 20 ms CPU jobs/s "
+            f"({first['cpu']['jobs']} jobs) |"
+        ),
         "|---|---:|---:|---:|---:|",
     ]
     for setup in ("direct", "pgbouncer"):
         e = s[setup]
         most = max(e["noop_sync"]["sessions_max"], e["cpu"]["sessions_max"])
-        cells = [f"{e[t]['rate_median']:.1f} ({e[t]['rate_min']:.1f}-{e[t]['rate_max']:.1f})"
-                 for t in ("noop_sync", "cpu")]
-        lines.append(f"| {setup} | {e['sessions_idle']} | {most} | {cells[0]} | "
-                     f"{cells[1]} |")
+        cells = [
+            f"{e[t]['rate_median']:.1f} ({e[t]['rate_min']:.1f}-{e[t]['rate_max']:.1f})"
+            for t in ("noop_sync", "cpu")
+        ]
+        lines.append(
+            f"| {setup} | {e['sessions_idle']} | {most} | {cells[0]} | {cells[1]} |"
+        )
     for t, label in (("noop_sync", "no-op"), ("cpu", "20 ms CPU")):
         ratio = s["pgbouncer"][t]["rate_median"] / s["direct"][t]["rate_median"]
-        lines.append(f"\nThrough PgBouncer, {label} jobs drain at {ratio:.2f}x the "
-                     "direct rate.")
+        lines.append(
+            f"\nThrough PgBouncer, {label} jobs drain at {ratio:.2f}x the direct rate."
+        )
     return lines + [""]
 
 
@@ -817,16 +1052,22 @@ def profile_section(d: dict[str, Any]) -> list[str]:
         _para(f"""Every process of a prefork fleet sampled by `py-spy record
               --nonblocking` during a drain; each process's CPU time (from /proc)
               divided among the items in proportion to its on-CPU samples, per job.
-              Command: `{d['command']}`; {d['started_at']}; load average at the
-              start {_load(d.get('loadavg_at_start'))}. Sampling slows the
+              Command: `{d["command"]}`; {d["started_at"]}; load average at the
+              start {_load(d.get("loadavg_at_start"))}. Sampling slows the
               processes down a little: the rates are not comparable with the
               drains above."""),
         "",
     ]
     for run in d["runs"]:
-        lines += [(f"### {run['drain']}, N={run['n']}: {run['jobs']} jobs, "
-                   f"{run['rate']} jobs/s while sampled"), "",
-                  "| process | item | CPU ms/job |", "|---|---|---:|"]
+        lines += [
+            (
+                f"### {run['drain']}, N={run['n']}: {run['jobs']} jobs, "
+                f"{run['rate']} jobs/s while sampled"
+            ),
+            "",
+            "| process | item | CPU ms/job |",
+            "|---|---|---:|",
+        ]
         for role, items in run["cpu_ms_per_job"].items():
             for item, ms in items.items():
                 lines.append(f"| {role} | {item} | {ms:.3f} |")
@@ -834,9 +1075,11 @@ def profile_section(d: dict[str, Any]) -> list[str]:
     return lines
 
 
-SIDE_FILES = (("benchmarks-bigtables.json", bigtables_section),
-              ("benchmarks-pgbouncer.json", pgbouncer_section),
-              ("benchmarks-profile.json", profile_section))
+SIDE_FILES = (
+    ("benchmarks-bigtables.json", bigtables_section),
+    ("benchmarks-pgbouncer.json", pgbouncer_section),
+    ("benchmarks-profile.json", profile_section),
+)
 
 
 def side_sections(out_dir: Path) -> list[str]:
@@ -852,8 +1095,9 @@ def side_sections(out_dir: Path) -> list[str]:
             continue
         data = json.loads(path.read_text())
         lines += section(data)
-        notes = NOTES.with_name("notes-" + name.removeprefix("benchmarks-")
-                                .replace(".json", ".md"))
+        notes = NOTES.with_name(
+            "notes-" + name.removeprefix("benchmarks-").replace(".json", ".md")
+        )
         if notes.exists():
             first, _, body = notes.read_text().partition("\n")
             run = first.removeprefix("<!-- run:").removesuffix("-->").strip()

@@ -59,8 +59,10 @@ class Context:
         busy = background_busy(1.0)
         if self.quiet_below is None or busy <= self.quiet_below:
             return busy
-        self.log(f"  machine busy ({busy:.0%} of its CPU): waiting up to "
-                 f"{self.quiet_timeout:g} s for it to drop below {self.quiet_below:.0%}")
+        self.log(
+            f"  machine busy ({busy:.0%} of its CPU): waiting up to "
+            f"{self.quiet_timeout:g} s for it to drop below {self.quiet_below:.0%}"
+        )
         while busy > self.quiet_below and time.monotonic() < deadline:
             busy = background_busy(1.0)
         return busy
@@ -75,24 +77,53 @@ class Context:
 #: when Redis and Celery are available; ``stock_procs`` only for N >= 2 (at
 #: N = 1 it is the same thing as ``stock``).
 DRAINS: dict[str, dict[str, Any]] = {
-    "cpu50": {"title": "CPU-bound sync jobs, 50 ms", "task": "cpu", "ms": 50,
-              "count": 200, "ns": (1, 2, 4),
-              "kinds": ("stock", "stock_procs", "prefork", "celery")},
-    "cpu20": {"title": "CPU-bound sync jobs, 20 ms", "task": "cpu", "ms": 20,
-              "count": 400, "ns": (1, 2, 4),
-              "kinds": ("stock", "stock_procs", "prefork", "celery")},
-    "noop_sync": {"title": "No-op sync jobs", "task": "noop_sync", "count": 5000,
-                  "ns": (1, 2), "kinds": ("stock", "stock_procs", "prefork", "celery")},
-    "noop_async": {"title": "No-op async jobs", "task": "noop_async", "count": 5000,
-                   "ns": (1, 2), "kinds": ("stock", "stock_procs", "prefork")},
-    "sleep50": {"title": "Sleep-bound sync jobs, 50 ms", "task": "sleep",
-                "args": {"ms": 50}, "count": 400, "ns": (4,),
-                "kinds": ("stock", "stock_procs", "prefork", "celery")},
+    "cpu50": {
+        "title": "CPU-bound sync jobs, 50 ms",
+        "task": "cpu",
+        "ms": 50,
+        "count": 200,
+        "ns": (1, 2, 4),
+        "kinds": ("stock", "stock_procs", "prefork", "celery"),
+    },
+    "cpu20": {
+        "title": "CPU-bound sync jobs, 20 ms",
+        "task": "cpu",
+        "ms": 20,
+        "count": 400,
+        "ns": (1, 2, 4),
+        "kinds": ("stock", "stock_procs", "prefork", "celery"),
+    },
+    "noop_sync": {
+        "title": "No-op sync jobs",
+        "task": "noop_sync",
+        "count": 5000,
+        "ns": (1, 2),
+        "kinds": ("stock", "stock_procs", "prefork", "celery"),
+    },
+    "noop_async": {
+        "title": "No-op async jobs",
+        "task": "noop_async",
+        "count": 5000,
+        "ns": (1, 2),
+        "kinds": ("stock", "stock_procs", "prefork"),
+    },
+    "sleep50": {
+        "title": "Sleep-bound sync jobs, 50 ms",
+        "task": "sleep",
+        "args": {"ms": 50},
+        "count": 400,
+        "ns": (4,),
+        "kinds": ("stock", "stock_procs", "prefork", "celery"),
+    },
 }
 
 
-def drain_setups(name: str, ns: tuple[int, ...] | None, celery: bool,
-                 kinds: tuple[str, ...] | None = None) -> list[tuple[str, int]]:
+def drain_setups(
+    name: str,
+    ns: tuple[int, ...] | None,
+    celery: bool,
+    kinds: tuple[str, ...] | None = None,
+) -> list[tuple[str, int]]:
     spec = DRAINS[name]
     setups = []
     for n in spec["ns"]:
@@ -130,7 +161,9 @@ def drain(ctx: Context, name: str, kind: str, n: int, count: int) -> dict[str, A
             if kind == "celery":
                 result = _drain_celery(ctx, workers, task, args, count)
             else:
-                result = _drain_procrastinate(ctx, workers, conn, url, task, args, count)
+                result = _drain_procrastinate(
+                    ctx, workers, conn, url, task, args, count
+                )
             tasks, task_cpu = task_cpu_totals(str(workers.task_stats))
             if tasks:
                 result["task_cpu_s"] = round(task_cpu, 4)
@@ -141,25 +174,44 @@ def drain(ctx: Context, name: str, kind: str, n: int, count: int) -> dict[str, A
             workers.stop()
         except BenchError as exc:
             ctx.log(f"  warning: {exc}")
-    result.update(scenario=name, kind=kind, n=n, jobs=count, background_before=round(background, 3))
-    result["rate"] = round(count / result["seconds"], 2) if result["seconds"] > 0 else None
+    result.update(
+        scenario=name,
+        kind=kind,
+        n=n,
+        jobs=count,
+        background_before=round(background, 3),
+    )
+    result["rate"] = (
+        round(count / result["seconds"], 2) if result["seconds"] > 0 else None
+    )
     return result
 
 
-def _drain_procrastinate(ctx: Context, workers: Workers, conn: Any, url: str,
-                         task: str, args: dict[str, Any], count: int) -> dict[str, Any]:
+def _drain_procrastinate(
+    ctx: Context,
+    workers: Workers,
+    conn: Any,
+    url: str,
+    task: str,
+    args: dict[str, Any],
+    count: int,
+) -> dict[str, Any]:
     dbname = dbname_of(url)
     harness_backend = conn.info.backend_pid
     postmaster = postmaster_pid(url)
-    meter = CpuMeter(workers.all_pids,
-                     lambda: server_pids(postmaster, dbname, exclude=[harness_backend]),
-                     harness_backend)
+    meter = CpuMeter(
+        workers.all_pids,
+        lambda: server_pids(postmaster, dbname, exclude=[harness_backend]),
+        harness_backend,
+    )
     meter.start()
     defer(conn, task, count, args)
     deadline = time.monotonic() + ctx.drain_timeout
     while unfinished(conn):
         if time.monotonic() > deadline:
-            raise BenchError(f"drain of {count} {task} jobs not done after {ctx.drain_timeout:g} s")
+            raise BenchError(
+                f"drain of {count} {task} jobs not done after {ctx.drain_timeout:g} s"
+            )
         workers.check_alive()
         time.sleep(ctx.poll)
     cpu = meter.stop()
@@ -169,8 +221,9 @@ def _drain_procrastinate(ctx: Context, workers: Workers, conn: Any, url: str,
     return {"seconds": round(seconds, 4), "cpu": cpu}
 
 
-def _drain_celery(ctx: Context, workers: Workers, task: str, args: dict[str, Any],
-                  count: int) -> dict[str, Any]:
+def _drain_celery(
+    ctx: Context, workers: Workers, task: str, args: dict[str, Any], count: int
+) -> dict[str, Any]:
     """Celery has no bulk insert: the tasks are published while the worker's
     consumer is cancelled, then the consumer is added back, so that the drain
     is not limited by the harness's publishing speed."""
@@ -180,7 +233,9 @@ def _drain_celery(ctx: Context, workers: Workers, task: str, args: dict[str, Any
     client = Celery("bench-harness", broker=ctx.redis.url)
     client.conf.broker_connection_retry_on_startup = True
     node = [workers.celery_node]
-    replies = client.control.cancel_consumer("celery", destination=node, reply=True, timeout=10)
+    replies = client.control.cancel_consumer(
+        "celery", destination=node, reply=True, timeout=10
+    )
     if not replies:
         raise BenchError("Celery worker did not answer cancel_consumer")
     with client.producer_or_acquire() as producer:
@@ -188,14 +243,18 @@ def _drain_celery(ctx: Context, workers: Workers, task: str, args: dict[str, Any
             client.send_task(task, kwargs=args, producer=producer)
     meter = CpuMeter(workers.all_pids, ctx.redis.pids)
     meter.start()
-    replies = client.control.add_consumer("celery", destination=node, reply=True, timeout=10)
+    replies = client.control.add_consumer(
+        "celery", destination=node, reply=True, timeout=10
+    )
     if not replies:
         raise BenchError("Celery worker did not answer add_consumer")
     deadline = time.monotonic() + ctx.drain_timeout
     while (progress := workers.celery_progress())[0] < count:
         if time.monotonic() > deadline:
-            raise BenchError(f"Celery drain: {progress[0]} of {count} done after "
-                             f"{ctx.drain_timeout:g} s")
+            raise BenchError(
+                f"Celery drain: {progress[0]} of {count} done after "
+                f"{ctx.drain_timeout:g} s"
+            )
         workers.check_alive()
         time.sleep(ctx.poll)
     cpu = meter.stop()
@@ -235,25 +294,38 @@ def recovery(ctx: Context, n: int, kills: int) -> dict[str, Any]:
                 killed_at = time.time()
                 os.kill(victim, signal.SIGKILL)
                 retried_at, started_at = wait_for(
-                    functools.partial(_restart_times, conn, job_id), 30, 0.05,
-                    f"job {job_id} to start again")
-                samples.append({
-                    "kill_to_start_s": round(started_at - killed_at, 4),
-                    "kill_to_retry_s": round(retried_at - killed_at, 4),
-                })
-                wait_for(functools.partial(_succeeded, conn, job_id), 30, 0.05,
-                         f"job {job_id} to succeed")
+                    functools.partial(_restart_times, conn, job_id),
+                    30,
+                    0.05,
+                    f"job {job_id} to start again",
+                )
+                samples.append(
+                    {
+                        "kill_to_start_s": round(started_at - killed_at, 4),
+                        "kill_to_retry_s": round(retried_at - killed_at, 4),
+                    }
+                )
+                wait_for(
+                    functools.partial(_succeeded, conn, job_id),
+                    30,
+                    0.05,
+                    f"job {job_id} to succeed",
+                )
         except BaseException:
             fleet.kill()
             raise
         fleet.stop()
     latencies = [s["kill_to_start_s"] for s in samples]
     return {
-        "n": n, "kills": kills, "samples": samples,
+        "n": n,
+        "kills": kills,
+        "samples": samples,
         "p50_s": round(percentile(latencies, 50), 4),
         "p95_s": round(percentile(latencies, 95), 4),
         "max_s": round(max(latencies), 4),
-        "retry_p50_s": round(percentile([s["kill_to_retry_s"] for s in samples], 50), 4),
+        "retry_p50_s": round(
+            percentile([s["kill_to_retry_s"] for s in samples], 50), 4
+        ),
     }
 
 
@@ -262,6 +334,7 @@ def _wait_all_idle(fleet: Workers, n: int) -> None:
         fleet.check_alive()
         titles = fleet.child_titles()
         return len(titles) == n and all("[idle]" in t for t in titles.values())
+
     wait_for(idle, 30, 0.05, f"{n} idle children")
 
 
@@ -273,13 +346,15 @@ def _busy_with(fleet: Workers, job_id: int) -> int:
             if marker in title:
                 return pid
         return None
+
     return wait_for(find, 30, 0.01, f"a child busy with job {job_id}")
 
 
 def _restart_times(conn: Any, job_id: int) -> tuple[float, float] | None:
     rows = conn.execute(
         "SELECT type::text, extract(epoch FROM at) FROM procrastinate_events"
-        " WHERE job_id = %s ORDER BY id", [job_id],
+        " WHERE job_id = %s ORDER BY id",
+        [job_id],
     ).fetchall()
     started = [float(at) for kind, at in rows if kind == "started"]
     retried = [float(at) for kind, at in rows if kind == "deferred_for_retry"]
@@ -289,8 +364,9 @@ def _restart_times(conn: Any, job_id: int) -> tuple[float, float] | None:
 
 
 def _succeeded(conn: Any, job_id: int) -> bool:
-    row = conn.execute("SELECT status::text FROM procrastinate_jobs WHERE id = %s",
-                       [job_id]).fetchone()
+    row = conn.execute(
+        "SELECT status::text FROM procrastinate_jobs WHERE id = %s", [job_id]
+    ).fetchone()
     return bool(row) and row[0] == "succeeded"
 
 
@@ -310,8 +386,12 @@ def lifecycle(ctx: Context, kind: str, n: int) -> dict[str, Any]:
             startup = ready_at - workers.spawned_at
             time.sleep(ctx.settle)
             memory = _memory(workers)
-            result: dict[str, Any] = {"kind": kind, "n": n,
-                                      "startup_s": round(startup, 3), "memory": memory}
+            result: dict[str, Any] = {
+                "kind": kind,
+                "n": n,
+                "startup_s": round(startup, 3),
+                "memory": memory,
+            }
             if kind != "celery":
                 idle = sessions(conn)
                 defer(conn, "noop_sync", 4 * n, {})
@@ -338,7 +418,11 @@ def _memory(workers: Workers) -> dict[str, Any]:
     for pid in workers.all_pids():
         with contextlib.suppress(psutil.Error):
             info = psutil.Process(pid).memory_full_info()
-            per[pid] = {"uss": info.uss / mib, "pss": info.pss / mib, "rss": info.rss / mib}
+            per[pid] = {
+                "uss": info.uss / mib,
+                "pss": info.pss / mib,
+                "rss": info.rss / mib,
+            }
     job_pids = set(workers.job_processes())
     children = [v for pid, v in per.items() if pid in job_pids]
     others = [v for pid, v in per.items() if pid not in job_pids]
@@ -368,6 +452,8 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 def summarize(values: list[float]) -> dict[str, float]:
-    return {"median": round(statistics.median(values), 4), "min": round(min(values), 4),
-            "max": round(max(values), 4)}
-
+    return {
+        "median": round(statistics.median(values), 4),
+        "min": round(min(values), 4),
+        "max": round(max(values), 4),
+    }

@@ -112,8 +112,11 @@ class Reporter:
         self.logs = LogCounter("Recovered job ", "killed by SIGKILL")
         self.last_done = 0
         self.last_time = time.monotonic()
-        print("  time  deferred  finished  jobs/s  kills  recov  dupl  "
-              "child RSS MiB min/med/max  supervisors MiB", flush=True)
+        print(
+            "  time  deferred  finished  jobs/s  kills  recov  dupl  "
+            "child RSS MiB min/med/max  supervisors MiB",
+            flush=True,
+        )
 
     def __call__(self, run: ChaosRun) -> None:
         now = time.monotonic()
@@ -129,11 +132,16 @@ class Reporter:
         self.last_done, self.last_time = done, now
         logs = self.logs.update([f.log_path for f in run.fleets])
         seen = run.observe()
-        children = sorted(m for pids in seen.values() for pid in pids
-                          if (m := mib(pid)) is not None)
+        children = sorted(
+            m for pids in seen.values() for pid in pids if (m := mib(pid)) is not None
+        )
         supervisors = [m for pid in seen if (m := mib(pid)) is not None]
-        child_rss = (f"{children[0]:.0f}/{statistics.median(children):.0f}/"
-                     f"{children[-1]:.0f} ({len(children)})" if children else "-")
+        child_rss = (
+            f"{children[0]:.0f}/{statistics.median(children):.0f}/"
+            f"{children[-1]:.0f} ({len(children)})"
+            if children
+            else "-"
+        )
         print(
             f"{now - run.started:6.0f}  {run.deferred:8d}  {done:8d}  {rate:6.1f}  "
             f"{run.report.child_kills:5d}  {logs['Recovered job ']:5d}  "
@@ -147,35 +155,50 @@ def duplicates(run: ChaosRun) -> int:
     """Completed runs followed by another run of the same job, so far."""
     run.markers.read()
     return sum(
-        1 for runs in run.markers.by_job().values()
-        for earlier in runs[:-1] if earlier.outcome == "end"
+        1
+        for runs in run.markers.by_job().values()
+        for earlier in runs[:-1]
+        if earlier.outcome == "end"
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--database-url", required=True,
-                   help="server to create the soak database on")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--database-url", required=True, help="server to create the soak database on"
+    )
     p.add_argument("--minutes", type=float, default=10.0, help="chaos duration")
     p.add_argument("--rate", type=float, default=20.0, help="jobs deferred per second")
     p.add_argument("--supervisors", type=int, default=3)
     p.add_argument("--children", type=int, default=4)
     p.add_argument("--child-concurrency", type=int, default=1)
-    p.add_argument("--kill-interval", type=float, default=0.5,
-                   help="seconds between random child SIGKILLs (0: none)")
-    p.add_argument("--cycle-minutes", type=float, default=2.0,
-                   help="a supervisor kill, two SIGSTOPs and a PostgreSQL "
-                   "restart per cycle")
-    p.add_argument("--no-db-restart", action="store_true",
-                   help="no PostgreSQL restart nor outage")
-    p.add_argument("--off", default="", metavar="ATTACK,...",
-                   help=f"attacks to leave out, among: {', '.join(ATTACKS)}")
+    p.add_argument(
+        "--kill-interval",
+        type=float,
+        default=0.5,
+        help="seconds between random child SIGKILLs (0: none)",
+    )
+    p.add_argument(
+        "--cycle-minutes",
+        type=float,
+        default=2.0,
+        help="a supervisor kill, two SIGSTOPs and a PostgreSQL restart per cycle",
+    )
+    p.add_argument(
+        "--no-db-restart", action="store_true", help="no PostgreSQL restart nor outage"
+    )
+    p.add_argument(
+        "--off",
+        default="",
+        metavar="ATTACK,...",
+        help=f"attacks to leave out, among: {', '.join(ATTACKS)}",
+    )
     p.add_argument("--report-every", type=float, default=10.0, help="seconds")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--keep", action="store_true",
-                   help="keep the database and the logs")
+    p.add_argument("--keep", action="store_true", help="keep the database and the logs")
     return p
 
 
@@ -188,24 +211,36 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--off: unknown attack(s) {', '.join(unknown)}")
     restart_db = throwaway_pg() and not args.no_db_restart
     if not restart_db and not args.no_db_restart:
-        print("soak: DATABASE_URL is not the throwaway server: no PostgreSQL "
-              "restarts", file=sys.stderr)
+        print(
+            "soak: DATABASE_URL is not the throwaway server: no PostgreSQL restarts",
+            file=sys.stderr,
+        )
     settings = dict(
-        supervisors=args.supervisors, children=args.children,
-        child_concurrency=args.child_concurrency, seconds=args.minutes * 60,
-        rate=args.rate, jobs=0, kill_interval=args.kill_interval or float("inf"),
-        restart_db=restart_db, db_outage=restart_db,
-        repeat_every=args.cycle_minutes * 60, drain_timeout=600, seed=args.seed,
+        supervisors=args.supervisors,
+        children=args.children,
+        child_concurrency=args.child_concurrency,
+        seconds=args.minutes * 60,
+        rate=args.rate,
+        jobs=0,
+        kill_interval=args.kill_interval or float("inf"),
+        restart_db=restart_db,
+        db_outage=restart_db,
+        repeat_every=args.cycle_minutes * 60,
+        drain_timeout=600,
+        seed=args.seed,
     )
     settings.update({name: 0 if name == "sighup_burst" else False for name in off})
     config = ChaosConfig(**settings)  # type: ignore[arg-type]
     workdir = Path(tempfile.mkdtemp(prefix="prefork-soak-"))
-    print(f"soak: {args.minutes:g} min, {args.rate:g} jobs/s, {args.supervisors} "
-          f"supervisors x {args.children} children; logs and markers in {workdir}",
-          flush=True)
+    print(
+        f"soak: {args.minutes:g} min, {args.rate:g} jobs/s, {args.supervisors} "
+        f"supervisors x {args.children} children; logs and markers in {workdir}",
+        flush=True,
+    )
     with soak_database(args.database_url, keep=args.keep) as url:
-        run = ChaosRun(url, workdir, config,
-                       say=lambda text: print(f"        {text}", flush=True))
+        run = ChaosRun(
+            url, workdir, config, say=lambda text: print(f"        {text}", flush=True)
+        )
         report = run.execute(on_tick=Reporter(args.report_every))
     print(report.summary(), flush=True)
     return 1 if report.problems else 0

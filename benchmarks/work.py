@@ -36,12 +36,23 @@ def cpu_task(iterations: int) -> None:
     if _TaskCpu.pid != os.getpid():
         _TaskCpu.pid, _TaskCpu.count, _TaskCpu.seconds = os.getpid(), 0, 0.0
         directory = os.environ.get("BENCH_TASK_STATS")
-        _TaskCpu.fd = (os.open(os.path.join(directory, f"task-{_TaskCpu.pid}"),
-                               os.O_WRONLY | os.O_CREAT, 0o644) if directory else -1)
+        _TaskCpu.fd = (
+            os.open(
+                os.path.join(directory, f"task-{_TaskCpu.pid}"),
+                os.O_WRONLY | os.O_CREAT,
+                0o644,
+            )
+            if directory
+            else -1
+        )
     _TaskCpu.count += 1
     _TaskCpu.seconds += used
     if _TaskCpu.fd >= 0:
-        os.pwrite(_TaskCpu.fd, f"{_TaskCpu.count} {_TaskCpu.seconds!r}\n".ljust(48).encode(), 0)
+        os.pwrite(
+            _TaskCpu.fd,
+            f"{_TaskCpu.count} {_TaskCpu.seconds!r}\n".ljust(48).encode(),
+            0,
+        )
 
 
 def task_cpu_totals(directory: str) -> tuple[int, float]:

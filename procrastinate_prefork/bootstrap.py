@@ -47,7 +47,9 @@ def _reset_asgiref_executor() -> None:
 _RELEASE_TIMEOUT = 10.0
 
 
-def _release_asgiref_executor(in_its_thread: Callable[[], object] | None = None) -> None:
+def _release_asgiref_executor(
+    in_its_thread: Callable[[], object] | None = None,
+) -> None:
     """In the supervisor, before a fork: stop the thread of asgiref's
     thread-sensitive executor, if the process used it (Django's async ORM, a
     thread-sensitive ``sync_to_async`` in ``AppConfig.ready`` or an
@@ -121,7 +123,9 @@ class Bootstrap:
         """How to create the missing ``tables``: ``"procrastinate"`` (its
         schema) or ``"prefork"`` (ours), in this kind of project."""
         app = getattr(self, "app_path", "...")
-        program = "procrastinate" if tables == "procrastinate" else "procrastinate-prefork"
+        program = (
+            "procrastinate" if tables == "procrastinate" else "procrastinate-prefork"
+        )
         return f"run `{program} --app {app} schema --apply`"
 
     def before_fork(self) -> None:
@@ -151,7 +155,8 @@ class Bootstrap:
             logger.warning(
                 "Forking while other threads run in the supervisor (%s): they do "
                 "not exist in the children; start them in on_child_start instead",
-                ", ".join(sorted(names)), extra={"action": "fork_with_threads"},
+                ", ".join(sorted(names)),
+                extra={"action": "fork_with_threads"},
             )
 
 

@@ -37,8 +37,14 @@ BEAT_INTERVAL = 0.25
 PR_SET_PDEATHSIG = 1
 
 _RESET_SIGNALS = (
-    signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD,
-    signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2,
+    signal.SIGTERM,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGCHLD,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
 )
 
 
@@ -139,7 +145,9 @@ async def _serve(spec: ChildSpec) -> int:
     pid = os.getpid()
     args = spec.bootstrap.connection_args()
     kwargs = dict(args.get("kwargs") or {})
-    kwargs["application_name"] = db.application_name(config.hostname, str(spec.slot), pid)
+    kwargs["application_name"] = db.application_name(
+        config.hostname, str(spec.slot), pid
+    )
     args.update(
         kwargs=kwargs,
         # One session per job that can run at once: psycopg_pool's default of 4
@@ -165,7 +173,8 @@ async def _serve(spec: ChildSpec) -> int:
             tracker.soft = softlimit.SoftLimits(config.soft_time_limit_for)
             options["task_middleware"] = [
                 *(app.worker_defaults.get("task_middleware") or []),
-                tracker.soft.sync_middleware, tracker.soft.async_middleware,
+                tracker.soft.sync_middleware,
+                tracker.soft.async_middleware,
             ]
         worker = compat.make_worker(app, **options)
         tracker.worker = worker
@@ -187,8 +196,12 @@ async def _serve(spec: ChildSpec) -> int:
 
 def _reopen_logs(slot: int) -> None:
     count = logfiles.reopen()
-    logger.info("Child %s: SIGUSR1, %d log file(s) reopened", slot, count,
-                extra={"action": "reopen_logs", "files": count})
+    logger.info(
+        "Child %s: SIGUSR1, %d log file(s) reopened",
+        slot,
+        count,
+        extra={"action": "reopen_logs", "files": count},
+    )
 
 
 class _JobTracker:
@@ -205,7 +218,8 @@ class _JobTracker:
         self.recycling = False
         self._process = psutil.Process()
         self.recycle_after = policy.recycle_limit(
-            config.max_jobs_per_child, config.max_jobs_jitter,
+            config.max_jobs_per_child,
+            config.max_jobs_jitter,
             random.randint(0, config.max_jobs_jitter),
         )
         self.baseline_mb = self._rss_mb()
@@ -228,12 +242,16 @@ class _JobTracker:
             # stop event, so ask again once it is running
             asyncio.get_running_loop().call_soon(self.worker.stop)
         self.baseline_mb = self._rss_mb()
-        if (self.config.max_memory_per_child is not None
-                and self.baseline_mb > self.config.max_memory_per_child):
+        if (
+            self.config.max_memory_per_child is not None
+            and self.baseline_mb > self.config.max_memory_per_child
+        ):
             logger.error(
                 "Child %s starts at %.0f MiB, above --max-memory-per-child %s: "
                 "memory recycling is off for it (a replacement would start as big)",
-                self.writer.slot, self.baseline_mb, self.config.max_memory_per_child,
+                self.writer.slot,
+                self.baseline_mb,
+                self.config.max_memory_per_child,
                 extra={"action": "memory_limit_below_baseline"},
             )
         self.writer.set_worker_id(worker_id)
@@ -241,9 +259,14 @@ class _JobTracker:
         self._title("idle")
         logger.info(
             "Child %s (pid %s) ready, procrastinate worker id %s",
-            self.writer.slot, os.getpid(), worker_id,
-            extra={"action": "child_ready", "slot": self.writer.slot,
-                   "worker_id": worker_id},
+            self.writer.slot,
+            os.getpid(),
+            worker_id,
+            extra={
+                "action": "child_ready",
+                "slot": self.writer.slot,
+                "worker_id": worker_id,
+            },
         )
 
     def stop(self) -> None:
@@ -260,7 +283,9 @@ class _JobTracker:
         if not self.writer.job_started(job.id, job.task_name, self.running):
             logger.error(
                 "Child %s runs more jobs at once than its slot holds: job %s has "
-                "no time limit", self.writer.slot, job.id,
+                "no time limit",
+                self.writer.slot,
+                job.id,
                 extra={"action": "job_untracked", "job_id": job.id},
             )
         self._title(f"busy job {job.id} {job.task_name}")
@@ -291,12 +316,17 @@ class _JobTracker:
             if policy.should_recycle_for_memory(
                 rss_mb, self.config.max_memory_per_child, self.baseline_mb
             ):
-                reason = (f"{rss_mb:.0f} MiB resident "
-                          f"(limit {self.config.max_memory_per_child} MiB)")
+                reason = (
+                    f"{rss_mb:.0f} MiB resident "
+                    f"(limit {self.config.max_memory_per_child} MiB)"
+                )
         if reason:
             self.recycling = True
             logger.info(
-                "Child %s (pid %s) recycling: %s", self.writer.slot, os.getpid(), reason,
+                "Child %s (pid %s) recycling: %s",
+                self.writer.slot,
+                os.getpid(),
+                reason,
                 extra={"action": "child_recycle", "slot": self.writer.slot},
             )
             self.stop()

@@ -87,9 +87,17 @@ def fork_child(
     os.close(wake_r)
     os.set_blocking(wake_w, False)
     scoreboard.set_pid(slot, pid)
-    logger.info("Child %s started (pid %s)", slot, pid,
-                extra={"action": "child_started", "slot": slot, "pid": pid})
+    logger.info(
+        "Child %s started (pid %s)",
+        slot,
+        pid,
+        extra={"action": "child_started", "slot": slot, "pid": pid},
+    )
     return Child(
-        slot=slot, pid=pid, started=system.monotonic(), started_at=system.now(),
-        wake_fd=wake_w, generation=generation,
+        slot=slot,
+        pid=pid,
+        started=system.monotonic(),
+        started_at=system.now(),
+        wake_fd=wake_w,
+        generation=generation,
     )

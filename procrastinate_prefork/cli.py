@@ -27,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run procrastinate workers in a supervised pool of forked processes.",
     )
     parser.add_argument(
-        "-a", "--app", default=os.environ.get("PROCRASTINATE_APP"),
+        "-a",
+        "--app",
+        default=os.environ.get("PROCRASTINATE_APP"),
         help="Dotted path to the procrastinate App (env: PROCRASTINATE_APP).",
     )
     parser.add_argument("--version", action="version", version=__version__)
@@ -41,30 +43,42 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (worker, schema, status):
         # --app also after the command, as people type it; the one before
         # the command stays unless repeated here.
-        command.add_argument("-a", "--app", default=argparse.SUPPRESS,
-                             help="The same as --app before the command.")
+        command.add_argument(
+            "-a",
+            "--app",
+            default=argparse.SUPPRESS,
+            help="The same as --app before the command.",
+        )
     parser.commands = {"worker": worker, "schema": schema, "status": status}  # type: ignore[attr-defined]
     action = schema.add_mutually_exclusive_group(required=True)
     action.add_argument("--apply", action="store_true", help="Create the tables.")
-    action.add_argument("--print", action="store_true", dest="print_sql",
-                        help="Print the SQL.")
+    action.add_argument(
+        "--print", action="store_true", dest="print_sql", help="Print the SQL."
+    )
     from . import status as status_module
 
     status_module.add_arguments(status)
     return parser
 
 
-def main(argv: Sequence[str] | None = None, *, settings: Mapping[str, Any] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, *, settings: Mapping[str, Any] | None = None
+) -> int:
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     if extras:
         command = parser.commands.get(args.command, parser)  # type: ignore[attr-defined]
-        command.error(config_module.suggest_flags(
-            command, "unrecognized arguments: " + " ".join(extras)))
+        command.error(
+            config_module.suggest_flags(
+                command, "unrecognized arguments: " + " ".join(extras)
+            )
+        )
     if args.command is None:
         parser.print_usage(sys.stderr)
-        print(f"{parser.prog}: error: a command is required (worker, schema, status)",
-              file=sys.stderr)
+        print(
+            f"{parser.prog}: error: a command is required (worker, schema, status)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     if args.command == "schema" and args.print_sql:
         from . import schema
@@ -72,8 +86,10 @@ def main(argv: Sequence[str] | None = None, *, settings: Mapping[str, Any] | Non
         sys.stdout.write(schema.schema_sql())
         return 0
     if not args.app:
-        print(f"{parser.prog}: error: --app (or PROCRASTINATE_APP) is required",
-              file=sys.stderr)
+        print(
+            f"{parser.prog}: error: --app (or PROCRASTINATE_APP) is required",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     try:
         if args.command == "worker":
@@ -105,9 +121,15 @@ def _status(bootstrap: Bootstrap, args: argparse.Namespace) -> int:
         with db.connect(bootstrap.connection_args(), "prefork:status") as conn:
             return status.fetch_rows_psycopg(conn)
 
-    return status.report(fetch, query, as_json=args.as_json, check=args.check,
-                         out=sys.stdout, err=sys.stderr,
-                         schema_hint=bootstrap.schema_hint("prefork"))
+    return status.report(
+        fetch,
+        query,
+        as_json=args.as_json,
+        check=args.check,
+        out=sys.stdout,
+        err=sys.stderr,
+        schema_hint=bootstrap.schema_hint("prefork"),
+    )
 
 
 def _apply_schema(bootstrap: Bootstrap) -> int:
@@ -115,19 +137,25 @@ def _apply_schema(bootstrap: Bootstrap) -> int:
 
     try:
         with db.connect(bootstrap.connection_args(), "prefork:schema") as conn:
-            if any(not name.startswith("procrastinate_prefork")
-                   for name in schema.missing_tables(conn)):
-                print("procrastinate-prefork: error: procrastinate's schema must be "
-                      f"there first: {bootstrap.schema_hint('procrastinate')}",
-                      file=sys.stderr)
+            if any(
+                not name.startswith("procrastinate_prefork")
+                for name in schema.missing_tables(conn)
+            ):
+                print(
+                    "procrastinate-prefork: error: procrastinate's schema must be "
+                    f"there first: {bootstrap.schema_hint('procrastinate')}",
+                    file=sys.stderr,
+                )
                 return EXIT_STARTUP
             schema.apply(conn)
     except Exception as exc:  # psycopg errors: one line for the user
         first_line = redact.without_secrets(
             errors.one_line(exc), bootstrap.connection_args()
         )
-        print(f"procrastinate-prefork: error: cannot apply the schema: {first_line}",
-              file=sys.stderr)
+        print(
+            f"procrastinate-prefork: error: cannot apply the schema: {first_line}",
+            file=sys.stderr,
+        )
         return EXIT_STARTUP
     print("procrastinate-prefork tables created (or already present)")
     return 0

@@ -98,13 +98,17 @@ def finish_only_owned_jobs(app: procrastinate.App) -> None:
 
     async def write(query: str, job: Any, **params: Any) -> None:
         rows = await manager.connector.execute_query_all_async(
-            query, job_id=job.id, attempts=job.attempts, worker_id=job.worker_id,
+            query,
+            job_id=job.id,
+            attempts=job.attempts,
+            worker_id=job.worker_id,
             **params,
         )
         if not rows:
             logger.warning(
                 "Job %s is no longer this run's (recovered meanwhile): its outcome "
-                "is not recorded", job.id,
+                "is not recorded",
+                job.id,
                 extra={"action": "outcome_dropped", "job_id": job.id},
             )
 
@@ -112,13 +116,20 @@ def finish_only_owned_jobs(app: procrastinate.App) -> None:
         await write(_FINISH_OWNED, job, status=status.value, delete_job=delete_job)
 
     async def retry_job(
-        job: Any, retry_at: Any = None, priority: Any = None, queue: Any = None,
+        job: Any,
+        retry_at: Any = None,
+        priority: Any = None,
+        queue: Any = None,
         lock: Any = None,
     ) -> None:
         now = datetime.datetime.now(datetime.timezone.utc)
         await write(
-            _RETRY_OWNED, job, retry_at=retry_at or now, new_priority=priority,
-            new_queue_name=queue, new_lock=lock,
+            _RETRY_OWNED,
+            job,
+            retry_at=retry_at or now,
+            new_priority=priority,
+            new_queue_name=queue,
+            new_lock=lock,
         )
 
     manager.finish_job = finish_job  # type: ignore[method-assign]
@@ -139,12 +150,14 @@ def restore_deleted_worker_row(app: procrastinate.App) -> None:
             if not isinstance(exc.__cause__, psycopg.errors.ForeignKeyViolation):
                 raise
         logger.warning(
-            "Worker row %s was deleted under a live child: restored", worker_id,
+            "Worker row %s was deleted under a live child: restored",
+            worker_id,
             extra={"action": "worker_row_restored", "worker_id": worker_id},
         )
         await manager.connector.execute_query_async(
             "INSERT INTO procrastinate_workers (id) OVERRIDING SYSTEM VALUE "
-            "VALUES (%(worker_id)s) ON CONFLICT (id) DO NOTHING", worker_id=worker_id,
+            "VALUES (%(worker_id)s) ON CONFLICT (id) DO NOTHING",
+            worker_id=worker_id,
         )
         return await original(queues, worker_id)
 
@@ -202,7 +215,9 @@ def survive_database_outages(app: procrastinate.App, *, keep_fetching: bool) -> 
       poll or wake-up."""
     manager = app.job_manager
 
-    def persisting(original: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    def persisting(
+        original: Callable[..., Awaitable[None]],
+    ) -> Callable[..., Awaitable[None]]:
         async def persist(job: Any, *args: Any, **kwargs: Any) -> None:
             failures = 0
             while True:
@@ -210,7 +225,8 @@ def survive_database_outages(app: procrastinate.App, *, keep_fetching: bool) -> 
                     if failures and not await _still_ours(manager, job):
                         logger.warning(
                             "Job %s is no longer ours after a database outage: "
-                            "its outcome is not recorded", job.id,
+                            "its outcome is not recorded",
+                            job.id,
                             extra={"action": "persist_skipped", "job_id": job.id},
                         )
                         return None
@@ -222,22 +238,28 @@ def survive_database_outages(app: procrastinate.App, *, keep_fetching: bool) -> 
                     if failures == 1:
                         logger.warning(
                             "Database unreachable: the outcome of job %s will be "
-                            "recorded when it answers", job.id,
+                            "recorded when it answers",
+                            job.id,
                             extra={"action": "persist_retry", "job_id": job.id},
                         )
                     await asyncio.sleep(PERSIST_RETRY_DELAY)
 
         return persist
 
-    def tolerant(original: Callable[..., Awaitable[Any]], name: str) -> Callable[..., Awaitable[Any]]:
+    def tolerant(
+        original: Callable[..., Awaitable[Any]], name: str
+    ) -> Callable[..., Awaitable[Any]]:
         async def call(*args: Any, **kwargs: Any) -> Any:
             try:
                 return await original(*args, **kwargs)
             except procrastinate_exceptions.ConnectorException as exc:
                 if not _is_disconnection(exc):
                     raise
-                logger.warning("Database unreachable: %s skipped", name,
-                               extra={"action": "db_call_skipped", "call": name})
+                logger.warning(
+                    "Database unreachable: %s skipped",
+                    name,
+                    extra={"action": "db_call_skipped", "call": name},
+                )
                 return None
 
         return call
@@ -245,7 +267,8 @@ def survive_database_outages(app: procrastinate.App, *, keep_fetching: bool) -> 
     manager.finish_job = persisting(manager.finish_job)  # type: ignore[method-assign]
     manager.retry_job = persisting(manager.retry_job)  # type: ignore[method-assign]
     manager.update_heartbeat = tolerant(  # type: ignore[method-assign]
-        manager.update_heartbeat, "heartbeat")
+        manager.update_heartbeat, "heartbeat"
+    )
     if keep_fetching:
         manager.fetch_job = tolerant(manager.fetch_job, "fetch")  # type: ignore[method-assign]
 
@@ -253,6 +276,8 @@ def survive_database_outages(app: procrastinate.App, *, keep_fetching: bool) -> 
 async def _still_ours(manager: Any, job: Any) -> bool:
     row = await manager.connector.execute_query_one_async(
         f"SELECT count(*) AS n FROM procrastinate_jobs WHERE {_OWNED}",
-        job_id=job.id, attempts=job.attempts, worker_id=job.worker_id,
+        job_id=job.id,
+        attempts=job.attempts,
+        worker_id=job.worker_id,
     )
     return bool(row["n"])

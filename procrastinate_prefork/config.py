@@ -102,7 +102,9 @@ def _seconds(name: str, allow_zero: bool = False) -> Callable[[Any], float]:
 
 def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def parse_optional(value: Any) -> Any:
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        if value is None or (
+            isinstance(value, str) and value.strip().lower() in ("", "none")
+        ):
             return None
         return parse(value)
 
@@ -227,7 +229,9 @@ def _dotted_path(value: Any) -> str | Callable[..., Any] | None:
     return text
 
 
-def resolve_hook(name: str, value: str | Callable[..., Any] | None) -> Callable[..., Any] | None:
+def resolve_hook(
+    name: str, value: str | Callable[..., Any] | None
+) -> Callable[..., Any] | None:
     """Import a hook given as a dotted path (``pkg.module.func`` or
     ``pkg.module:func``); callables pass through."""
     if value is None or callable(value):
@@ -238,7 +242,9 @@ def resolve_hook(name: str, value: str | Callable[..., Any] | None) -> Callable[
     try:
         hook = getattr(importlib.import_module(module_name), attribute) if sep else None
     except Exception as exc:  # the user's module failed to import
-        raise ConfigError(f"--{name.replace('_', '-')}: cannot import {value!r}: {exc}") from None
+        raise ConfigError(
+            f"--{name.replace('_', '-')}: cannot import {value!r}: {exc}"
+        ) from None
     if not callable(hook):
         raise ConfigError(f"--{name.replace('_', '-')}: {value!r} is not a callable")
     return hook
@@ -276,79 +282,125 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option(
-        "concurrency", ("-c", "--concurrency"), _int_between(1, MAX_CHILDREN),
-        default_concurrency, "Number of child processes to fork.",
-        metavar="N", default_doc="number of usable CPUs",
+        "concurrency",
+        ("-c", "--concurrency"),
+        _int_between(1, MAX_CHILDREN),
+        default_concurrency,
+        "Number of child processes to fork.",
+        metavar="N",
+        default_doc="number of usable CPUs",
     ),
     Option(
-        "child_concurrency", ("--child-concurrency",), _int_between(1, 1000), 1,
+        "child_concurrency",
+        ("--child-concurrency",),
+        _int_between(1, 1000),
+        1,
         "Jobs one child runs at once (procrastinate's worker concurrency: useful "
         "for async jobs; sync jobs of one child share its GIL).",
-        group="worker", env=("PROCRASTINATE_WORKER_CONCURRENCY",), metavar="N",
+        group="worker",
+        env=("PROCRASTINATE_WORKER_CONCURRENCY",),
+        metavar="N",
     ),
     Option(
-        "queues", ("-q", "--queues"), _queues, None,
+        "queues",
+        ("-q", "--queues"),
+        _queues,
+        None,
         "Comma-separated queues to work on (default: all queues); a name has at "
         "most 128 characters.",
-        group="worker", env=("PROCRASTINATE_WORKER_QUEUES",), metavar="QUEUES",
+        group="worker",
+        env=("PROCRASTINATE_WORKER_QUEUES",),
+        metavar="QUEUES",
         default_doc="all queues",
     ),
     Option(
-        "name", ("-n", "--name"), _non_empty_str, "worker",
+        "name",
+        ("-n", "--name"),
+        _non_empty_str,
+        "worker",
         "Worker name, passed to procrastinate (job context, logs); each child "
-        "appends its slot.", group="worker", env=("PROCRASTINATE_WORKER_NAME",),
+        "appends its slot.",
+        group="worker",
+        env=("PROCRASTINATE_WORKER_NAME",),
     ),
     Option(
-        "wait", ("-w", "--wait"), _bool, True,
+        "wait",
+        ("-w", "--wait"),
+        _bool,
+        True,
         "Keep waiting for new jobs; with --one-shot, each child exits once the "
         "queues are empty and the supervisor exits when all children have.",
-        group="worker", env=("PROCRASTINATE_WORKER_WAIT",),
+        group="worker",
+        env=("PROCRASTINATE_WORKER_WAIT",),
         negative_flag="--one-shot",
     ),
     Option(
-        "fetch_job_polling_interval", ("--fetch-job-polling-interval",),
-        _seconds("fetch_job_polling_interval"), 5.0,
+        "fetch_job_polling_interval",
+        ("--fetch-job-polling-interval",),
+        _seconds("fetch_job_polling_interval"),
+        5.0,
         "Seconds between polls for new jobs (a fallback to LISTEN/NOTIFY); "
         "at most 3600 s.",
-        group="worker", env=("PROCRASTINATE_WORKER_FETCH_JOB_POLLING_INTERVAL",),
+        group="worker",
+        env=("PROCRASTINATE_WORKER_FETCH_JOB_POLLING_INTERVAL",),
     ),
     Option(
-        "abort_job_polling_interval", ("--abort-job-polling-interval",),
-        _seconds("abort_job_polling_interval"), 5.0,
+        "abort_job_polling_interval",
+        ("--abort-job-polling-interval",),
+        _seconds("abort_job_polling_interval"),
+        5.0,
         "Seconds between polls for abort requests; at most 3600 s.",
-        group="worker", env=("PROCRASTINATE_WORKER_ABORT_JOB_POLLING_INTERVAL",),
+        group="worker",
+        env=("PROCRASTINATE_WORKER_ABORT_JOB_POLLING_INTERVAL",),
     ),
     Option(
-        "shutdown_graceful_timeout", ("--shutdown-graceful-timeout",),
-        _seconds("shutdown_graceful_timeout", allow_zero=True), 30.0,
+        "shutdown_graceful_timeout",
+        ("--shutdown-graceful-timeout",),
+        _seconds("shutdown_graceful_timeout", allow_zero=True),
+        30.0,
         "On SIGTERM/SIGINT, seconds the running jobs of all children get (one "
         "shared deadline). Then procrastinate aborts async jobs, and children "
         "still busy a second later are killed: their sync jobs are retried. "
         "At most 86400 s.",
-        group="worker", env=("PROCRASTINATE_WORKER_SHUTDOWN_GRACEFUL_TIMEOUT",),
+        group="worker",
+        env=("PROCRASTINATE_WORKER_SHUTDOWN_GRACEFUL_TIMEOUT",),
     ),
     Option(
-        "listen_notify", ("--listen-notify",), _bool, True,
+        "listen_notify",
+        ("--listen-notify",),
+        _bool,
+        True,
         "Wake children on new jobs through the supervisor's single LISTEN session.",
-        group="worker", env=("PROCRASTINATE_WORKER_LISTEN_NOTIFY",),
+        group="worker",
+        env=("PROCRASTINATE_WORKER_LISTEN_NOTIFY",),
         negative_flag="--no-listen-notify",
     ),
     Option(
-        "listen_dsn", ("--listen-dsn",), _listen_dsn, None,
+        "listen_dsn",
+        ("--listen-dsn",),
+        _listen_dsn,
+        None,
         "libpq connection string of a direct (unpooled) connection for the "
         "supervisor's session (LISTEN, heartbeats, sweeps, recoveries), when the "
         "app's database URL goes through PgBouncer in transaction mode; without "
-        "it the fleet then finds new jobs by polling.", metavar="DSN",
+        "it the fleet then finds new jobs by polling.",
+        metavar="DSN",
         default_doc="the app's connection",
     ),
     Option(
-        "delete_jobs", ("--delete-jobs",), _choice("never", "successful", "always"),
-        "never", "Delete finished jobs: never, successful or always.",
+        "delete_jobs",
+        ("--delete-jobs",),
+        _choice("never", "successful", "always"),
+        "never",
+        "Delete finished jobs: never, successful or always.",
         metavar="{never,successful,always}",
-        group="worker", env=("PROCRASTINATE_WORKER_DELETE_JOBS",),
+        group="worker",
+        env=("PROCRASTINATE_WORKER_DELETE_JOBS",),
     ),
     Option(
-        "stalled_timeout", ("--stalled-timeout",), _seconds("stalled_timeout"),
+        "stalled_timeout",
+        ("--stalled-timeout",),
+        _seconds("stalled_timeout"),
         STALLED_TIMEOUT,
         "A 'doing' job of this supervisor's children whose worker has not sent "
         "a heartbeat for this many seconds is retried by the sweep of any "
@@ -356,7 +408,8 @@ OPTIONS: tuple[Option, ...] = (
         "At most 86400 s.",
     ),
     Option(
-        "stock_worker_timeout", ("--stock-worker-timeout",),
+        "stock_worker_timeout",
+        ("--stock-worker-timeout",),
         _seconds("stock_worker_timeout"),
         3600.0,
         "A 'doing' job of a worker no prefork supervisor runs (a stock "
@@ -365,8 +418,10 @@ OPTIONS: tuple[Option, ...] = (
         "once it has run this long). Make it longer than a stock worker's drain. At most 86400 s.",
     ),
     Option(
-        "heartbeat_interval", ("--heartbeat-interval",),
-        _seconds("heartbeat_interval"), 5.0,
+        "heartbeat_interval",
+        ("--heartbeat-interval",),
+        _seconds("heartbeat_interval"),
+        5.0,
         "Seconds between the supervisor's heartbeats (its children's worker rows "
         "and the fleet table) and its stalled-job sweeps; at most 3600 s. It also "
         "sets the bounds of the supervisor's database calls (statement timeout: "
@@ -374,28 +429,41 @@ OPTIONS: tuple[Option, ...] = (
         "deadline: one second more).",
     ),
     Option(
-        "child_timeout", ("--child-timeout",), _seconds("child_timeout"), 60.0,
+        "child_timeout",
+        ("--child-timeout",),
+        _seconds("child_timeout"),
+        60.0,
         "A child whose event loop has not reported for this many seconds is "
         "considered wedged: it is killed, its jobs retried and it is replaced. "
         "At most 86400 s.",
     ),
     Option(
-        "job_timeout", ("--job-timeout",), _optional(_seconds("job_timeout")), None,
+        "job_timeout",
+        ("--job-timeout",),
+        _optional(_seconds("job_timeout")),
+        None,
         "Hard time limit in seconds for any job: its child is stopped and "
         "replaced and the job fails (or retries if its retry strategy says so). "
         "At most 2592000 s (30 days).",
         default_doc="no limit",
     ),
     Option(
-        "task_timeouts", ("--task-timeout",), _task_timeouts, dict,
+        "task_timeouts",
+        ("--task-timeout",),
+        _task_timeouts,
+        dict,
         "Per-task hard time limits, NAME=SECONDS (repeatable; a dict in Django "
         "settings); at most 2592000 s (30 days). A NAME that is not a "
-        "registered task is warned about at start.", metavar="NAME=SECONDS",
-        repeatable=True, default_doc="none",
+        "registered task is warned about at start.",
+        metavar="NAME=SECONDS",
+        repeatable=True,
+        default_doc="none",
     ),
     Option(
-        "soft_job_timeout", ("--soft-job-timeout",),
-        _optional(_seconds("soft_job_timeout")), None,
+        "soft_job_timeout",
+        ("--soft-job-timeout",),
+        _optional(_seconds("soft_job_timeout")),
+        None,
         "Soft time limit in seconds for any job: past it, the job's child raises "
         "procrastinate_prefork.SoftTimeLimitExceeded in the task (a sync task at "
         "its next Python instruction; an async task at its current await), which "
@@ -404,106 +472,170 @@ OPTIONS: tuple[Option, ...] = (
         default_doc="no limit",
     ),
     Option(
-        "task_soft_timeouts", ("--task-soft-timeout",), _task_soft_timeouts, dict,
+        "task_soft_timeouts",
+        ("--task-soft-timeout",),
+        _task_soft_timeouts,
+        dict,
         "Per-task soft time limits, NAME=SECONDS (repeatable; a dict in Django "
-        "settings); at most 2592000 s (30 days).", metavar="NAME=SECONDS",
-        repeatable=True, default_doc="none",
+        "settings); at most 2592000 s (30 days).",
+        metavar="NAME=SECONDS",
+        repeatable=True,
+        default_doc="none",
     ),
     Option(
-        "max_crash_retries", ("--max-crash-retries",), _int_between(0, 1000), 3,
+        "max_crash_retries",
+        ("--max-crash-retries",),
+        _int_between(0, 1000),
+        3,
         "A job whose child died under it is retried at most this many times, "
         "then it is marked failed (poison-pill cap).",
     ),
     Option(
-        "hostname", ("--hostname",), _non_empty_str, socket.gethostname,
+        "hostname",
+        ("--hostname",),
+        _non_empty_str,
+        socket.gethostname,
         "Host name recorded in the fleet table (defaults to the machine's).",
         default_doc="the machine's host name",
     ),
     Option(
-        "health_port", ("--health-port",), _optional(_int_between(1, 65535)), None,
+        "health_port",
+        ("--health-port",),
+        _optional(_int_between(1, 65535)),
+        None,
         "Serve the probe endpoints /live, /ready and /status on this TCP port "
         "(from the supervisor's own loop: no thread, no extra process).",
-        metavar="PORT", default_doc="off",
+        metavar="PORT",
+        default_doc="off",
     ),
     Option(
-        "health_host", ("--health-host",), _non_empty_str, "127.0.0.1",
+        "health_host",
+        ("--health-host",),
+        _non_empty_str,
+        "127.0.0.1",
         "Address the probe port listens on (0.0.0.0 for a Kubernetes probe).",
         metavar="HOST",
     ),
     Option(
-        "restart_backoff_max", ("--restart-backoff-max",),
-        _seconds("restart_backoff_max"), 30.0,
+        "restart_backoff_max",
+        ("--restart-backoff-max",),
+        _seconds("restart_backoff_max"),
+        30.0,
         "Upper bound in seconds of the delay before re-forking a child that keeps "
         "dying early; at most 3600 s.",
     ),
     Option(
-        "max_jobs_per_child", ("--max-jobs-per-child",), _optional(_int_between(1, 10**9)),
-        None, "Recycle a child after it has run this many jobs: it finishes its "
-        "jobs, exits cleanly and is replaced.", metavar="N", default_doc="never",
+        "max_jobs_per_child",
+        ("--max-jobs-per-child",),
+        _optional(_int_between(1, 10**9)),
+        None,
+        "Recycle a child after it has run this many jobs: it finishes its "
+        "jobs, exits cleanly and is replaced.",
+        metavar="N",
+        default_doc="never",
     ),
     Option(
-        "max_jobs_jitter", ("--max-jobs-jitter",), _int_between(0, 10**9), 0,
+        "max_jobs_jitter",
+        ("--max-jobs-jitter",),
+        _int_between(0, 10**9),
+        0,
         "Add a random 0..J to each child's --max-jobs-per-child so that children "
-        "do not all recycle at once.", metavar="J",
+        "do not all recycle at once.",
+        metavar="J",
     ),
     Option(
-        "max_memory_per_child", ("--max-memory-per-child",),
-        _optional(_int_between(1, 10**7)), None,
+        "max_memory_per_child",
+        ("--max-memory-per-child",),
+        _optional(_int_between(1, 10**7)),
+        None,
         "Recycle a child once its resident memory exceeds this many MiB (checked "
-        "after each job).", metavar="MB", default_doc="never",
+        "after each job).",
+        metavar="MB",
+        default_doc="never",
     ),
     Option(
-        "autoscale", ("--autoscale",), _autoscale, None,
+        "autoscale",
+        ("--autoscale",),
+        _autoscale,
+        None,
         "MIN,MAX: start MIN children, grow toward MAX while runnable jobs wait, "
-        "shrink toward MIN when idle (overrides --concurrency).", metavar="MIN,MAX",
+        "shrink toward MIN when idle (overrides --concurrency).",
+        metavar="MIN,MAX",
         default_doc="off",
     ),
     Option(
-        "autoscale_cooldown", ("--autoscale-cooldown",),
-        _seconds("autoscale_cooldown"), 30.0,
+        "autoscale_cooldown",
+        ("--autoscale-cooldown",),
+        _seconds("autoscale_cooldown"),
+        30.0,
         "Seconds without waiting jobs before autoscale removes an idle child; "
         "at most 86400 s.",
     ),
     Option(
-        "on_child_start", ("--on-child-start",), _dotted_path, None,
+        "on_child_start",
+        ("--on-child-start",),
+        _dotted_path,
+        None,
         "Dotted path of a callable run in each child after its bootstrap, with "
-        "keyword arguments slot and pid.", metavar="PATH", default_doc="none",
-    ),
-    Option(
-        "on_child_exit", ("--on-child-exit",), _dotted_path, None,
-        "Dotted path of a callable run in the supervisor when a child exits, with "
-        "keyword arguments slot, pid, exit_code and signal.", metavar="PATH",
+        "keyword arguments slot and pid.",
+        metavar="PATH",
         default_doc="none",
     ),
     Option(
-        "log_level", ("--log-level",),
-        _optional(_choice(*LOG_LEVELS)), None,
+        "on_child_exit",
+        ("--on-child-exit",),
+        _dotted_path,
+        None,
+        "Dotted path of a callable run in the supervisor when a child exits, with "
+        "keyword arguments slot, pid, exit_code and signal.",
+        metavar="PATH",
+        default_doc="none",
+    ),
+    Option(
+        "log_level",
+        ("--log-level",),
+        _optional(_choice(*LOG_LEVELS)),
+        None,
         "Log level of the supervisor and children (procrastinate's --log-level). "
         "Under manage.py with LOGGING configured, unset leaves Django's levels. "
         "run_worker() sets only the procrastinate_prefork logger's level.",
-        env=("PROCRASTINATE_LOG_LEVEL",), default_doc="`info`, or Django's `LOGGING`",
+        env=("PROCRASTINATE_LOG_LEVEL",),
+        default_doc="`info`, or Django's `LOGGING`",
         metavar="{" + ",".join(LOG_LEVELS) + "}",
     ),
     # procrastinate's CLI logging options, with the same names and variables.
     Option(
-        "log_format", ("--log-format",), _non_empty_str, DEFAULT_LOG_FORMAT,
+        "log_format",
+        ("--log-format",),
+        _non_empty_str,
+        DEFAULT_LOG_FORMAT,
         "Format of the log lines (Python logging's LogRecord attributes), or "
         "json: one JSON object per line. Applies when logging is not configured "
         "already (Django's LOGGING wins under manage.py). "
         "Not used by run_worker(), which leaves logging to its caller.",
-        env=("PROCRASTINATE_LOG_FORMAT",), metavar="FORMAT",
+        env=("PROCRASTINATE_LOG_FORMAT",),
+        metavar="FORMAT",
     ),
     Option(
-        "log_format_style", ("--log-format-style",), _choice("%", "{", "$"), "%",
+        "log_format_style",
+        ("--log-format-style",),
+        _choice("%", "{", "$"),
+        "%",
         "Style of --log-format: %, { or $ (Python logging's styles).",
-        env=("PROCRASTINATE_LOG_FORMAT_STYLE",), metavar="STYLE",
+        env=("PROCRASTINATE_LOG_FORMAT_STYLE",),
+        metavar="STYLE",
     ),
     Option(
-        "verbose", ("-v", "--verbose"), _int_between(0, 100), 0,
+        "verbose",
+        ("-v", "--verbose"),
+        _int_between(0, 100),
+        0,
         "Deprecated (as in procrastinate): -v means --log-level debug; "
         "--log-level wins over it. Under manage.py only --verbose: -v is Django's "
         "--verbosity.",
-        env=("PROCRASTINATE_VERBOSE",), count=True, default_doc="`0`",
+        env=("PROCRASTINATE_VERBOSE",),
+        count=True,
+        default_doc="`0`",
     ),
 )
 
@@ -575,7 +707,9 @@ class PreforkConfig:
             # (their jobs lose their worker id, the sweep retries them while
             # they run). The supervisors' sweep prunes dead workers instead,
             # only from heartbeats that could be written (recovery.Judgement).
-            "stalled_worker_timeout": max(self.stalled_timeout, PROCRASTINATE_PRUNE_AFTER),
+            "stalled_worker_timeout": max(
+                self.stalled_timeout, PROCRASTINATE_PRUNE_AFTER
+            ),
             "update_heartbeat_interval": min(10.0, self.heartbeat_interval),
             "install_signal_handlers": False,
         }
@@ -596,8 +730,10 @@ class PreforkConfig:
             soft, hard = self.soft_time_limit_for(task), self.time_limit_for(task)
             if soft is not None and hard is not None and soft >= hard:
                 which = f"task {task!r}" if task else "every task"
-                return (f"the soft time limit of {which} ({soft:g} s) must be below "
-                        f"its hard time limit ({hard:g} s)")
+                return (
+                    f"the soft time limit of {which} ({soft:g} s) must be below "
+                    f"its hard time limit ({hard:g} s)"
+                )
         return None
 
 
@@ -620,7 +756,11 @@ def build_config(
         import difflib
 
         close = difflib.get_close_matches(unknown[0], OPTIONS_BY_NAME, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else "see the configuration reference"
+        hint = (
+            f"did you mean {close[0]!r}?"
+            if close
+            else "see the configuration reference"
+        )
         raise ConfigError(
             f"setting PROCRASTINATE_PREFORK: unknown key {unknown[0]!r} ({hint})"
         )
@@ -632,7 +772,8 @@ def build_config(
             continue
         try:
             values[option.name] = (
-                parse_setting(option, raw) if source.startswith("setting ")
+                parse_setting(option, raw)
+                if source.startswith("setting ")
                 else option.parse(raw)
             )
         except ConfigError as exc:
@@ -666,9 +807,14 @@ def settings_problems(settings: Any) -> list[tuple[str, str | None, str]]:
     ``unknown``, ``invalid`` (type or range) or ``inconsistent`` (values that
     do not go together). The messages are ``build_config``'s."""
     if not isinstance(settings, Mapping):
-        return [("not_a_dict", None,
-                 f"setting PROCRASTINATE_PREFORK: expected a dict, got "
-                 f"{type(settings).__name__}")]
+        return [
+            (
+                "not_a_dict",
+                None,
+                f"setting PROCRASTINATE_PREFORK: expected a dict, got "
+                f"{type(settings).__name__}",
+            )
+        ]
     problems: list[tuple[str, str | None, str]] = []
     for key, value in settings.items():
         try:
@@ -712,8 +858,11 @@ def help_text(option: Option) -> str:
     elif callable(option.default) or option.default is None:
         default = "none"
     else:
-        default = str(option.default).lower() if isinstance(option.default, bool) \
+        default = (
+            str(option.default).lower()
+            if isinstance(option.default, bool)
             else str(option.default)
+        )
     text = f"{option.help} (default: {default}; env: {', '.join(option.env_vars)})"
     return text.replace("%", "%%")
 
@@ -728,28 +877,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if option.negative_flag:
             group = parser.add_mutually_exclusive_group()
             group.add_argument(
-                *flags, dest=option.name, action="store_const", const="1",
-                default=argparse.SUPPRESS, help=help_text(option),
+                *flags,
+                dest=option.name,
+                action="store_const",
+                const="1",
+                default=argparse.SUPPRESS,
+                help=help_text(option),
             )
             group.add_argument(
-                option.negative_flag, dest=option.name, action="store_const",
-                const="0", default=argparse.SUPPRESS,
+                option.negative_flag,
+                dest=option.name,
+                action="store_const",
+                const="0",
+                default=argparse.SUPPRESS,
                 help=f"Opposite of {option.flags[-1]}.",
             )
         elif option.count:
             parser.add_argument(
-                *flags, dest=option.name, action="count", default=argparse.SUPPRESS,
+                *flags,
+                dest=option.name,
+                action="count",
+                default=argparse.SUPPRESS,
                 help=help_text(option),
             )
         elif option.repeatable:
             parser.add_argument(
-                *flags, dest=option.name, action="append",
-                default=argparse.SUPPRESS, metavar=option.metavar, help=help_text(option),
+                *flags,
+                dest=option.name,
+                action="append",
+                default=argparse.SUPPRESS,
+                metavar=option.metavar,
+                help=help_text(option),
             )
         else:
             parser.add_argument(
-                *flags, dest=option.name, default=argparse.SUPPRESS,
-                metavar=option.metavar, help=help_text(option),
+                *flags,
+                dest=option.name,
+                default=argparse.SUPPRESS,
+                metavar=option.metavar,
+                help=help_text(option),
             )
 
 
@@ -763,7 +929,7 @@ def suggest_flags(parser: argparse.ArgumentParser, message: str) -> str:
 
     known = [flag for flag in parser._option_string_actions if flag.startswith("--")]
     hints = []
-    for token in message[len(prefix):].split():
+    for token in message[len(prefix) :].split():
         flag = token.split("=", 1)[0]
         if flag.startswith("--"):
             close = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
@@ -773,7 +939,8 @@ def suggest_flags(parser: argparse.ArgumentParser, message: str) -> str:
 
 
 def cli_values_from_namespace(
-    namespace: argparse.Namespace | Mapping[str, Any], names: Sequence[str] | None = None
+    namespace: argparse.Namespace | Mapping[str, Any],
+    names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     data = vars(namespace) if isinstance(namespace, argparse.Namespace) else namespace
     names = names or [option.name for option in OPTIONS]

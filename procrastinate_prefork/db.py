@@ -69,8 +69,9 @@ class Timeouts:
         # Its lock waits take milliseconds unless something holds a table: a
         # short lock timeout keeps /live answering during such a lock.
         statement = min(max(heartbeat_interval, 1.0), 10.0)
-        return cls(statement=statement, lock=min(statement / 2, 1.0),
-                   call=statement + 1.0)
+        return cls(
+            statement=statement, lock=min(statement / 2, 1.0), call=statement + 1.0
+        )
 
     def connection_params(self) -> dict[str, Any]:
         """libpq parameters (not startup ``options``: PgBouncer accepts these)."""
@@ -81,8 +82,6 @@ class Timeouts:
             "keepalives_count": 3,
             "tcp_user_timeout": int(self.call * 1000),
         }
-
-
 
 
 @contextlib.contextmanager
@@ -121,14 +120,18 @@ def bounded(conn: psycopg.Connection, timeouts: Timeouts | None) -> Iterator[Non
         yield
         return
     with deadline(timeouts.call), conn.transaction():
-        conn.execute(queries.get("set_local_timeouts"), [f"{int(timeouts.statement * 1000)}ms",
-                                  f"{int(timeouts.lock * 1000)}ms"])
+        conn.execute(
+            queries.get("set_local_timeouts"),
+            [f"{int(timeouts.statement * 1000)}ms", f"{int(timeouts.lock * 1000)}ms"],
+        )
         yield
 
 
 def is_timeout(exc: BaseException) -> bool:
-    return isinstance(exc, (CallTimeout, psycopg.errors.QueryCanceled,
-                            psycopg.errors.LockNotAvailable))
+    return isinstance(
+        exc,
+        (CallTimeout, psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable),
+    )
 
 
 def application_name(host: str, role: str, pid: int) -> str:
@@ -138,7 +141,9 @@ def application_name(host: str, role: str, pid: int) -> str:
 
 
 def connect(
-    connection_args: dict[str, Any], app_name: str, timeouts: Timeouts | None = None,
+    connection_args: dict[str, Any],
+    app_name: str,
+    timeouts: Timeouts | None = None,
     **extra: Any,
 ) -> psycopg.Connection:
     kwargs = dict(connection_args.get("kwargs") or {})
@@ -155,7 +160,8 @@ LISTEN_CHECK_TIMEOUT = 3.0
 
 
 def listen_works(
-    connection_args: dict[str, Any], app_name: str,
+    connection_args: dict[str, Any],
+    app_name: str,
     timeout: float = LISTEN_CHECK_TIMEOUT,
 ) -> bool:
     """Whether a LISTEN on these connections receives notifications.
@@ -169,11 +175,13 @@ def listen_works(
     Checking the behaviour, not the product, covers every pooler."""
     channel = f"procrastinate_prefork_check_{os.getpid()}_{time.monotonic_ns()}"
     # prepare_threshold=None: nothing is repeated here, but stay pooler-safe
-    with connect(connection_args, app_name, autocommit=True,
-                 prepare_threshold=None) as listener:
+    with connect(
+        connection_args, app_name, autocommit=True, prepare_threshold=None
+    ) as listener:
         listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
-        with connect(connection_args, app_name, autocommit=True,
-                     prepare_threshold=None) as sender:
+        with connect(
+            connection_args, app_name, autocommit=True, prepare_threshold=None
+        ) as sender:
             sender.execute(queries.get("notify_empty"), [channel])
         return any(True for _ in listener.notifies(timeout=timeout, stop_after=1))
 
@@ -250,7 +258,8 @@ class SupervisorDB:
             # even while the outage it starts is already known.
             logger.error(
                 "Database call timed out (%s); dropping the session",
-                errors.one_line(exc), extra={"action": "db_timeout"},
+                errors.one_line(exc),
+                extra={"action": "db_timeout"},
             )
         if self.down_since is None:
             self.down_since = now
@@ -277,8 +286,9 @@ class SupervisorDB:
             return None
         except psycopg.Error as exc:
             # e.g. a table dropped under us: say so, keep supervising
-            logger.error("Database error: %s", errors.one_line(exc),
-                         extra={"action": "db_error"})
+            logger.error(
+                "Database error: %s", errors.one_line(exc), extra={"action": "db_error"}
+            )
             return None
 
     def notifications(self) -> list[tuple[str, str]]:
@@ -290,4 +300,3 @@ class SupervisorDB:
         except psycopg.OperationalError as exc:
             self._failed(exc)
             return []
-

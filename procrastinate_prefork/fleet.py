@@ -29,8 +29,19 @@ PRUNE_LOCK_KEY = 0x7072_6566_6F72_6C  # transaction-scoped advisory lock
 
 #: what the heartbeat writes of each child (``snapshot.ChildSnapshot``)
 CHILD_ROW_FIELDS = (
-    "slot", "pid", "worker_id", "state", "job_id", "task_name", "jobs_done",
-    "restarts", "rss_bytes", "started_at", "heartbeat_age", "job_age", "job_ids",
+    "slot",
+    "pid",
+    "worker_id",
+    "state",
+    "job_id",
+    "task_name",
+    "jobs_done",
+    "restarts",
+    "rss_bytes",
+    "started_at",
+    "heartbeat_age",
+    "job_age",
+    "job_ids",
 )
 
 
@@ -78,11 +89,17 @@ def register_supervisor(
 ) -> int:
     row = conn.execute(
         queries.get("insert_supervisor"),
-        [host, pid, concurrency, list(queues) if queues else None,
-         heartbeat_interval, stalled_timeout,
-         identity.boot_id if identity else None,
-         identity.pid_namespace if identity else None,
-         identity.process_start if identity else None],
+        [
+            host,
+            pid,
+            concurrency,
+            list(queues) if queues else None,
+            heartbeat_interval,
+            stalled_timeout,
+            identity.boot_id if identity else None,
+            identity.pid_namespace if identity else None,
+            identity.process_start if identity else None,
+        ],
     ).fetchone()
     assert row is not None
     return int(row[0])
@@ -145,7 +162,8 @@ WHERE supervisor_id = %(supervisor_id)s AND kind = 'child'
   AND state <> 'stopped' AND NOT (slot = ANY(%(live_slots)s))
 """
 _HEARTBEAT_SQL = _HEARTBEAT_SQL_TEMPLATE.replace(
-    "{runs}", child_runs_job("c", "job.id"))
+    "{runs}", child_runs_job("c", "job.id")
+)
 
 
 def heartbeat(
@@ -292,7 +310,11 @@ def _current_start(pid: int) -> int | None:
 
 
 def dead_predecessors(
-    conn: psycopg.Connection, *, host: str, own_id: int, stalled_timeout: float,
+    conn: psycopg.Connection,
+    *,
+    host: str,
+    own_id: int,
+    stalled_timeout: float,
     identity: ProcessIdentity | None,
 ) -> list[dict[str, Any]]:
     """Supervisors recorded on this host, not stopped, that are dead for sure
@@ -319,16 +341,22 @@ def dead_predecessors(
             recorded = ProcessIdentity(
                 row["boot_id"], row["pid_namespace"], row["process_start"]
             )
-        same_place = recorded is not None and identity is not None and (
-            (recorded.boot_id, recorded.pid_namespace)
-            == (identity.boot_id, identity.pid_namespace)
+        same_place = (
+            recorded is not None
+            and identity is not None
+            and (
+                (recorded.boot_id, recorded.pid_namespace)
+                == (identity.boot_id, identity.pid_namespace)
+            )
         )
         try:
             current = _current_start(row["pid"]) if same_place else None
         except OSError:  # e.g. /proc mounted with hidepid: we cannot tell
             continue
         if predecessor_is_dead(
-            silent=row["silent"], recorded=recorded, own=identity,
+            silent=row["silent"],
+            recorded=recorded,
+            own=identity,
             current_start=current,
         ):
             dead.append(row)
@@ -361,7 +389,9 @@ def fleet_sql(live_only: bool = True) -> str:
     return FLEET_SQL.format(where=LIVE_ONLY if live_only else "")
 
 
-def fetch_fleet(conn: psycopg.Connection, live_only: bool = False) -> list[dict[str, Any]]:
+def fetch_fleet(
+    conn: psycopg.Connection, live_only: bool = False
+) -> list[dict[str, Any]]:
     """The fleet table's rows (see ``FLEET_SQL``), all of them by default."""
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(fleet_sql(live_only)).fetchall()  # type: ignore[arg-type]
@@ -370,6 +400,7 @@ def fetch_fleet(conn: psycopg.Connection, live_only: bool = False) -> list[dict[
 def count_runnable(conn: psycopg.Connection, queues: Sequence[str] | None) -> int:
     """Runnable ``todo`` jobs in our queues (capped: only "how many more")."""
     row = conn.execute(
-        queries.get("count_runnable"), {"queues": list(queues) if queues else None},
+        queries.get("count_runnable"),
+        {"queues": list(queues) if queues else None},
     ).fetchone()
     return int(row[0]) if row else 0

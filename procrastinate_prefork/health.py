@@ -143,14 +143,37 @@ def is_fresh(row: Mapping[str, Any]) -> bool:
 
 
 _SUPERVISOR_FIELDS = (
-    "id", "host", "pid", "state", "crash_loop", "concurrency", "queues",
-    "heartbeat_interval", "stalled_timeout", "rss_bytes", "restarts",
-    "started_at", "last_heartbeat", "heartbeat_age", "uptime",
+    "id",
+    "host",
+    "pid",
+    "state",
+    "crash_loop",
+    "concurrency",
+    "queues",
+    "heartbeat_interval",
+    "stalled_timeout",
+    "rss_bytes",
+    "restarts",
+    "started_at",
+    "last_heartbeat",
+    "heartbeat_age",
+    "uptime",
 )
 _CHILD_FIELDS = (
-    "slot", "pid", "worker_id", "state", "job_id", "task_name", "job_age",
-    "jobs_done", "restarts", "rss_bytes", "started_at", "last_heartbeat",
-    "heartbeat_age", "uptime",
+    "slot",
+    "pid",
+    "worker_id",
+    "state",
+    "job_id",
+    "task_name",
+    "job_age",
+    "jobs_done",
+    "restarts",
+    "rss_bytes",
+    "started_at",
+    "last_heartbeat",
+    "heartbeat_age",
+    "uptime",
 )
 _AGE_FIELDS = frozenset({"heartbeat_age", "uptime", "job_age"})
 

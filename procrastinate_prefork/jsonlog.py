@@ -38,8 +38,11 @@ class JsonFormatter(logging.Formatter):
         extra = {k: v for k, v in vars(record).items() if k not in _STANDARD}
         job, worker = extra.get("job"), extra.get("worker")
         if isinstance(job, dict):  # procrastinate's records
-            for key, source in (("job_id", "id"), ("task_name", "task_name"),
-                                ("queue", "queue")):
+            for key, source in (
+                ("job_id", "id"),
+                ("task_name", "task_name"),
+                ("queue", "queue"),
+            ):
                 extra.setdefault(key, job.get(source))
         if isinstance(worker, dict):
             extra.setdefault("worker_id", worker.get("id"))
@@ -69,17 +72,24 @@ class JsonFormatter(logging.Formatter):
 
 
 def is_active() -> bool:
-    return any(isinstance(handler.formatter, JsonFormatter)
-               for handler in logging.getLogger().handlers)
+    return any(
+        isinstance(handler.formatter, JsonFormatter)
+        for handler in logging.getLogger().handlers
+    )
 
 
 def banner(text: str) -> str:
     """The start banner, as one JSON line when the logs are JSON."""
     if not is_active():
         return text
-    record = logging.makeLogRecord({
-        "name": "procrastinate_prefork", "levelno": logging.INFO,
-        "levelname": "INFO", "msg": text, "process": os.getpid(),
-        "action": "banner",
-    })
+    record = logging.makeLogRecord(
+        {
+            "name": "procrastinate_prefork",
+            "levelno": logging.INFO,
+            "levelname": "INFO",
+            "msg": text,
+            "process": os.getpid(),
+            "action": "banner",
+        }
+    )
     return JsonFormatter().format(record)

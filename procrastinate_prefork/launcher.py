@@ -68,9 +68,12 @@ def _print_error(message: str, code: int) -> None:
     print(f"procrastinate-prefork: error: {message}", file=sys.stderr)
 
 
-def run_fleet(config: PreforkConfig, bootstrap: Bootstrap,
-              on_error: Callable[[str, int], None] = _print_error,
-              configure_logging: bool = True) -> int:
+def run_fleet(
+    config: PreforkConfig,
+    bootstrap: Bootstrap,
+    on_error: Callable[[str, int], None] = _print_error,
+    configure_logging: bool = True,
+) -> int:
     """Start the supervisor and run it until it stops. Returns the exit code.
     A start-up error goes to ``on_error(message, exit_code)`` first (Django's
     command raises its CommandError there). Without ``configure_logging`` (the
@@ -100,14 +103,15 @@ def run_fleet(config: PreforkConfig, bootstrap: Bootstrap,
         return EXIT_STARTUP
 
 
-
 def banner(config: PreforkConfig, bootstrap: Bootstrap) -> str:
     """The effective configuration, printed to stderr at start-up."""
     queues = ", ".join(config.queues) if config.queues else "all queues"
     limit = f"{config.job_timeout:g} s" if config.job_timeout else "none"
     recycle = []
     if config.max_jobs_per_child:
-        recycle.append(f"{config.max_jobs_per_child} jobs (+0..{config.max_jobs_jitter})")
+        recycle.append(
+            f"{config.max_jobs_per_child} jobs (+0..{config.max_jobs_jitter})"
+        )
     if config.max_memory_per_child:
         recycle.append(f"{config.max_memory_per_child} MiB resident")
     if config.listen_notify:
@@ -117,8 +121,10 @@ def banner(config: PreforkConfig, bootstrap: Bootstrap) -> str:
     lines = [
         (f"procrastinate-prefork {__version__} -- {bootstrap.description}"),
         f"  host:          {config.hostname} (supervisor pid {os.getpid()})",
-        (f"  children:      {config.concurrency} x {config.child_concurrency}"
-         " job(s) at once"),
+        (
+            f"  children:      {config.concurrency} x {config.child_concurrency}"
+            " job(s) at once"
+        ),
         f"  queues:        {queues}",
         f"  wait:          {'yes' if config.wait else 'no (one-shot)'}",
         f"  listen/notify: {listen}",
@@ -134,9 +140,13 @@ def banner(config: PreforkConfig, bootstrap: Bootstrap) -> str:
         "  recycle after: " + (", ".join(recycle) or "never"),
     ]
     if config.autoscale:
-        lines[2] = (f"  children:      autoscale {config.autoscale[0]}..{config.autoscale[1]}"
-                    f" x {config.child_concurrency} job(s) at once")
+        lines[2] = (
+            f"  children:      autoscale {config.autoscale[0]}..{config.autoscale[1]}"
+            f" x {config.child_concurrency} job(s) at once"
+        )
     if config.health_port:
-        lines.append(f"  probe port:    {config.health_host}:{config.health_port} "
-                     "(/live, /ready, /status)")
+        lines.append(
+            f"  probe port:    {config.health_host}:{config.health_port} "
+            "(/live, /ready, /status)"
+        )
     return "\n".join(lines)

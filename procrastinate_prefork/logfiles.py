@@ -12,10 +12,14 @@ import logging
 
 
 def _handlers() -> list[logging.Handler]:
-    loggers = [logging.getLogger(), *(
-        item for item in logging.Logger.manager.loggerDict.values()
-        if isinstance(item, logging.Logger)
-    )]
+    loggers = [
+        logging.getLogger(),
+        *(
+            item
+            for item in logging.Logger.manager.loggerDict.values()
+            if isinstance(item, logging.Logger)
+        ),
+    ]
     seen: dict[int, logging.Handler] = {}
     for logger in loggers:
         for handler in logger.handlers:

@@ -88,14 +88,22 @@ class Maintenance:
             own_interval=self.config.heartbeat_interval,
             stock_timeout=self.config.stock_worker_timeout,
         )
-        swept = self.db.run(lambda conn: recovery.sweep_stalled(
-            conn, judgement=judgement, max_crash_retries=self.config.max_crash_retries,
-        ))
+        swept = self.db.run(
+            lambda conn: recovery.sweep_stalled(
+                conn,
+                judgement=judgement,
+                max_crash_retries=self.config.max_crash_retries,
+            )
+        )
         if swept:
             self._request_wake()
-        self.db.run(lambda conn: fleet.prune(
-            conn, judgement=judgement.params(), retention=fleet.DEFAULT_RETENTION,
-        ))
+        self.db.run(
+            lambda conn: fleet.prune(
+                conn,
+                judgement=judgement.params(),
+                retention=fleet.DEFAULT_RETENTION,
+            )
+        )
 
     def _log_ready(self: Supervisor) -> None:
         if self.ready_logged or self.phase is not Phase.RUNNING:
@@ -104,8 +112,11 @@ class Maintenance:
         ready = all(s in (State.IDLE, State.BUSY) for s in states)
         if len(states) == self.concurrency and ready:
             self.ready_logged = True
-            logger.info("All %d children ready", self.concurrency,
-                        extra={"action": "fleet_ready"})
+            logger.info(
+                "All %d children ready",
+                self.concurrency,
+                extra={"action": "fleet_ready"},
+            )
 
     def _recover_pending(self: Supervisor) -> None:
         """Recover dead children's jobs, oldest death first. One that fails
@@ -115,13 +126,18 @@ class Maintenance:
             now = self.system.monotonic()
             if now < pending.next_attempt:
                 continue
-            done = self.db.run(functools.partial(
-                recovery.recover_worker_jobs,
-                worker_ids=[pending.worker_id], cause=pending.cause,
-                max_crash_retries=self.config.max_crash_retries,
-                timed_out_job_ids=pending.timed_out, timeout_retry=self._timeout_retry,
-                child_pid=pending.pid, count_crash=pending.count_crash,
-            ))
+            done = self.db.run(
+                functools.partial(
+                    recovery.recover_worker_jobs,
+                    worker_ids=[pending.worker_id],
+                    cause=pending.cause,
+                    max_crash_retries=self.config.max_crash_retries,
+                    timed_out_job_ids=pending.timed_out,
+                    timeout_retry=self._timeout_retry,
+                    child_pid=pending.pid,
+                    count_crash=pending.count_crash,
+                )
+            )
             if done is None:
                 if not self.db.is_up:
                     return  # database down: try again next tick

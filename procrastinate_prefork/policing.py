@@ -32,16 +32,28 @@ class Policing:
             view = self.scoreboard.read(child.slot)
             if child.kill.due(now):
                 child.kill = child.kill.fire()
-                logger.warning("Child %s (pid %s): %s, SIGKILL", child.slot, child.pid,
-                               child.kill.reason, extra={"action": "child_killed"})
+                logger.warning(
+                    "Child %s (pid %s): %s, SIGKILL",
+                    child.slot,
+                    child.pid,
+                    child.kill.reason,
+                    extra={"action": "child_killed"},
+                )
                 self._kill(child, signal.SIGKILL)
             elif child.kill.reason is None and policy.is_wedged(
                 view.heartbeat_age(now), self.config.child_timeout
             ):
                 age = view.heartbeat_age(now)
-                child.kill = child.kill.blame(f"wedged: no sign of life for {age:.0f} s")
-                logger.error("Child %s (pid %s) %s, SIGKILL", child.slot, child.pid,
-                             child.kill.reason, extra={"action": "child_wedged"})
+                child.kill = child.kill.blame(
+                    f"wedged: no sign of life for {age:.0f} s"
+                )
+                logger.error(
+                    "Child %s (pid %s) %s, SIGKILL",
+                    child.slot,
+                    child.pid,
+                    child.kill.reason,
+                    extra={"action": "child_wedged"},
+                )
                 self._kill(child, signal.SIGKILL)
             else:
                 for job in view.jobs:
@@ -60,9 +72,14 @@ class Policing:
         reason = f"job {job.job_id} ({job.task_name}) exceeded its time limit"
         first = not child.timed_out_jobs
         child.timed_out_jobs.add(job.job_id)
-        logger.error("Child %s (pid %s): %s%s", child.slot, child.pid, reason,
-                     ", SIGTERM" if first else "",
-                     extra={"action": "time_limit", "job_id": job.job_id})
+        logger.error(
+            "Child %s (pid %s): %s%s",
+            child.slot,
+            child.pid,
+            reason,
+            ", SIGTERM" if first else "",
+            extra={"action": "time_limit", "job_id": job.job_id},
+        )
         if first:
             self._kill(child, signal.SIGTERM)
             child.kill = child.kill.blame(reason).schedule(

@@ -40,8 +40,12 @@ ACCEPT_BATCH = 16
 Responder = Callable[[str], "tuple[int, dict[str, Any]] | None"]
 
 _REASONS = {
-    200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-    408: "Request Timeout", 503: "Service Unavailable",
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    503: "Service Unavailable",
 }
 
 
@@ -80,8 +84,10 @@ class ProbeServer:
             sock.setblocking(False)
         except OSError as exc:
             sock.close()
-            why = "address already in use" if exc.errno == errno.EADDRINUSE else (
-                exc.strerror or str(exc)
+            why = (
+                "address already in use"
+                if exc.errno == errno.EADDRINUSE
+                else (exc.strerror or str(exc))
             )
             raise ProbeBindError(
                 f"cannot listen on the probe port {_show(host, port)}: {why}"
@@ -154,27 +160,43 @@ class ProbeServer:
     def _serve(self, fd: int) -> None:
         line = self._clients[fd].data.split(b"\n", 1)[0].rstrip(b"\r")
         parts = line.split(b" ")
-        if len(parts) != 3 or not parts[2].startswith(b"HTTP/") or not parts[1].startswith(b"/"):
+        if (
+            len(parts) != 3
+            or not parts[2].startswith(b"HTTP/")
+            or not parts[1].startswith(b"/")
+        ):
             self._answer(fd, 400, {"error": "bad request"})
             return
         method = parts[0]
         path = parts[1].split(b"?", 1)[0].decode("latin-1")
         if method not in (b"GET", b"HEAD"):
-            self._answer(fd, 405, {"error": "method not allowed"},
-                         extra_headers="Allow: GET, HEAD\r\n")
+            self._answer(
+                fd,
+                405,
+                {"error": "method not allowed"},
+                extra_headers="Allow: GET, HEAD\r\n",
+            )
             return
         try:
             result = self.respond(path)
         except Exception:  # a bug here must not take the supervisor down
             result = (503, {"error": "internal error"})
         if result is None:
-            self._answer(fd, 404, {"error": "not found", "paths": ["/live", "/ready", "/status"]},
-                         head=method == b"HEAD")
+            self._answer(
+                fd,
+                404,
+                {"error": "not found", "paths": ["/live", "/ready", "/status"]},
+                head=method == b"HEAD",
+            )
         else:
             self._answer(fd, result[0], result[1], head=method == b"HEAD")
 
     def _answer(
-        self, fd: int, status: int, body: dict[str, Any], head: bool = False,
+        self,
+        fd: int,
+        status: int,
+        body: dict[str, Any],
+        head: bool = False,
         extra_headers: str = "",
     ) -> None:
         payload = (json.dumps(body, indent=None) + "\n").encode()
@@ -225,7 +247,9 @@ def routes(facts: Callable[[], FleetSnapshot]) -> Responder:
         current = facts()
         if path == "/status":
             return 200, health.supervisor_report(current)
-        verdict = health.liveness(current) if path == "/live" else health.readiness(current)
+        verdict = (
+            health.liveness(current) if path == "/live" else health.readiness(current)
+        )
         return (200 if verdict.ok else 503), {
             "status": "ok" if verdict.ok else "fail",
             "reasons": list(verdict.reasons),
@@ -234,9 +258,7 @@ def routes(facts: Callable[[], FleetSnapshot]) -> Responder:
     return respond
 
 
-def open_for(
-    config: Any, snapshot: Callable[[], FleetSnapshot]
-) -> ProbeServer | None:
+def open_for(config: Any, snapshot: Callable[[], FleetSnapshot]) -> ProbeServer | None:
     """The probe server serving what ``snapshot`` returns, bound before
     anything is forked; None without ``--health-port``. Raises ProbeBindError."""
     port = getattr(config, "health_port", None)

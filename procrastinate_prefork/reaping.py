@@ -50,39 +50,58 @@ class Reaping:
         log = logger.info if clean else logger.warning
         log(
             "Child %s (pid %s) %s%s after %.1f s, %d job(s) done",
-            child.slot, child.pid, text,
-            f" ({child.kill.reason})" if child.kill.reason else "", now - child.started,
+            child.slot,
+            child.pid,
+            text,
+            f" ({child.kill.reason})" if child.kill.reason else "",
+            now - child.started,
             view.jobs_done,
-            extra={"action": "child_exited", "slot": child.slot, "pid": child.pid,
-                   "exit_code": code, "signal": signum, "cause": cause},
+            extra={
+                "action": "child_exited",
+                "slot": child.slot,
+                "pid": child.pid,
+                "exit_code": code,
+                "signal": signum,
+                "cause": cause,
+            },
         )
         if view.worker_id is not None:
             timed_out = set(child.timed_out_jobs)
             # Jobs killed at the shutdown deadline are not the job's fault, nor
             # are those of a child stopped for another job's time limit.
             count = not child.kill.deadline_kill and not timed_out
-            self.unrecovered.append(PendingRecovery(
-                view.worker_id, cause, child.pid, timed_out, count_crash=count
-            ))
+            self.unrecovered.append(
+                PendingRecovery(
+                    view.worker_id, cause, child.pid, timed_out, count_crash=count
+                )
+            )
             self._recover_pending()
         self.scoreboard.clear(child.slot)
         self._call_exit_hook(child, code, signum)
-        if not policy.should_replace(code, self.config.wait, self.phase is not Phase.RUNNING):
+        if not policy.should_replace(
+            code, self.config.wait, self.phase is not Phase.RUNNING
+        ):
             return
         if child.retiring or child.generation != self.generation:
             return
         if self._planned() >= self.concurrency:
             return  # scaled down meanwhile
         history = policy.record_death(
-            self.history.get(child.slot, policy.SlotHistory()), now - child.started,
-            clean, had_job=view.job_id is not None,
+            self.history.get(child.slot, policy.SlotHistory()),
+            now - child.started,
+            clean,
+            had_job=view.job_id is not None,
         )
         self.history[child.slot] = history
         delay = policy.restart_delay(history, cap=self.config.restart_backoff_max)
         self.respawn_at[child.slot] = now + delay
         if delay:
-            logger.info("Re-forking slot %s in %.1f s", child.slot, delay,
-                        extra={"action": "respawn_backoff", "slot": child.slot})
+            logger.info(
+                "Re-forking slot %s in %.1f s",
+                child.slot,
+                delay,
+                extra={"action": "respawn_backoff", "slot": child.slot},
+            )
         self._update_crash_loop()
 
     def _update_crash_loop(self: Supervisor) -> None:
@@ -91,8 +110,10 @@ class Reaping:
             logger.error(
                 "CRASH LOOP: slot(s) %s died within %g s of start %d times in a row; "
                 "re-forking with backoff (check the logs above for the cause)",
-                ", ".join(map(str, looping)), policy.MIN_UPTIME,
-                policy.CRASH_LOOP_THRESHOLD, extra={"action": "crash_loop"},
+                ", ".join(map(str, looping)),
+                policy.MIN_UPTIME,
+                policy.CRASH_LOOP_THRESHOLD,
+                extra={"action": "crash_loop"},
             )
         elif not looping and self.crash_looping:
             logger.warning("Crash loop over", extra={"action": "crash_loop_over"})
@@ -104,8 +125,10 @@ class Reaping:
         if self.on_child_exit is None:
             return
         try:
-            self.on_child_exit(slot=child.slot, pid=child.pid, exit_code=code,
-                               signal=signum)
+            self.on_child_exit(
+                slot=child.slot, pid=child.pid, exit_code=code, signal=signum
+            )
         except Exception:  # a user hook must not take the supervisor down
-            logger.exception("on_child_exit hook failed",
-                             extra={"action": "hook_failed"})
+            logger.exception(
+                "on_child_exit hook failed", extra={"action": "hook_failed"}
+            )

@@ -121,7 +121,9 @@ def recover_worker_jobs(
         return []
     with conn.transaction():
         with conn.cursor(row_factory=dict_row) as cur:
-            columns = _JOB_COLUMNS.format(args="CASE WHEN id = ANY(%s::bigint[]) THEN args END")
+            columns = _JOB_COLUMNS.format(
+                args="CASE WHEN id = ANY(%s::bigint[]) THEN args END"
+            )
             rows = cur.execute(
                 f"SELECT {columns} FROM procrastinate_jobs "  # noqa: S608
                 "WHERE worker_id = ANY(%s) AND status = 'doing' "
@@ -129,8 +131,12 @@ def recover_worker_jobs(
                 [list(timed_out_job_ids), list(worker_ids)],
             ).fetchall()
         recoveries = _recover_each(
-            conn, rows, cause=cause, max_crash_retries=max_crash_retries,
-            timed_out_job_ids=timed_out_job_ids, timeout_retry=timeout_retry,
+            conn,
+            rows,
+            cause=cause,
+            max_crash_retries=max_crash_retries,
+            timed_out_job_ids=timed_out_job_ids,
+            timeout_retry=timeout_retry,
             count_crash=count_crash,
         )
         if delete_workers:
@@ -241,7 +247,9 @@ def sweep_stalled(
                 params,
             ).fetchall()
         recoveries = _recover_each(
-            conn, rows, cause="worker heartbeat lost",
+            conn,
+            rows,
+            cause="worker heartbeat lost",
             max_crash_retries=max_crash_retries,
         )
         conn.execute(_PRUNE_WORKERS_SQL, params)  # type: ignore[arg-type]
@@ -271,11 +279,17 @@ def _recover_each(
     for row in rows:
         try:
             with conn.transaction():
-                recoveries.append(_recover_row(
-                    conn, row, cause=cause, max_crash_retries=max_crash_retries,
-                    timed_out=row["id"] in timed_out_job_ids,
-                    timeout_retry=timeout_retry, count_crash=count_crash,
-                ))
+                recoveries.append(
+                    _recover_row(
+                        conn,
+                        row,
+                        cause=cause,
+                        max_crash_retries=max_crash_retries,
+                        timed_out=row["id"] in timed_out_job_ids,
+                        timeout_retry=timeout_retry,
+                        count_crash=count_crash,
+                    )
+                )
         except psycopg.errors.UniqueViolation as exc:
             constraint = exc.diag.constraint_name or ""
             if not constraint.startswith(_QUEUEING_LOCK_INDEX):
@@ -306,20 +320,31 @@ def _fail_queueing_lock_conflict(
         [row["id"], Action.FAILED.value],
     )
     return Recovery(
-        job_id=row["id"], task_name=row["task_name"], queue=row["queue_name"],
-        worker_id=row["worker_id"], cause=cause, action=Action.FAILED, crashes=0,
+        job_id=row["id"],
+        task_name=row["task_name"],
+        queue=row["queue_name"],
+        worker_id=row["worker_id"],
+        cause=cause,
+        action=Action.FAILED,
+        crashes=0,
         reason=f"its queueing lock is held by waiting job {conflict_job_id}",
-        conflict=True, conflict_job_id=conflict_job_id,
+        conflict=True,
+        conflict_job_id=conflict_job_id,
     )
 
 
 def _log_failed(row: dict[str, Any], exc: psycopg.Error) -> None:
     logger.error(
         "Job %s (%s) could not be recovered, left as it is for a later attempt: %s",
-        row["id"], row["task_name"],
+        row["id"],
+        row["task_name"],
         errors.one_line(exc),
-        extra={"action": "job_recovery_failed", "job_id": row["id"],
-               "task_name": row["task_name"], "sqlstate": exc.sqlstate},
+        extra={
+            "action": "job_recovery_failed",
+            "job_id": row["id"],
+            "task_name": row["task_name"],
+            "sqlstate": exc.sqlstate,
+        },
     )
 
 
@@ -345,8 +370,10 @@ def _recover_row(
     if timed_out and timeout_retry is not None and not row["abort_requested"]:
         retry_after_timeout, retry_at = timeout_retry(row)
     action, reason = decide(
-        abort_requested=row["abort_requested"], crashes=crashes,
-        max_crash_retries=max_crash_retries, timed_out=timed_out,
+        abort_requested=row["abort_requested"],
+        crashes=crashes,
+        max_crash_retries=max_crash_retries,
+        timed_out=timed_out,
         retry_after_timeout=retry_after_timeout,
     )
     if action is Action.RETRIED:
@@ -365,8 +392,13 @@ def _recover_row(
             [job_id, action.value],
         )
     return Recovery(
-        job_id=job_id, task_name=row["task_name"], queue=row["queue_name"],
-        worker_id=row["worker_id"], cause=cause, action=action, crashes=crashes,
+        job_id=job_id,
+        task_name=row["task_name"],
+        queue=row["queue_name"],
+        worker_id=row["worker_id"],
+        cause=cause,
+        action=action,
+        crashes=crashes,
         reason=reason,
     )
 
@@ -377,8 +409,13 @@ def log_recovery(recovery: Recovery, child_pid: int | None) -> None:
     logger.log(
         level,
         "Recovered job %s (%s): %s, %s [cause: %s, child pid: %s, crashes: %s]",
-        recovery.job_id, recovery.task_name, recovery.action.value, recovery.reason,
-        recovery.cause, child_pid, recovery.crashes,
+        recovery.job_id,
+        recovery.task_name,
+        recovery.action.value,
+        recovery.reason,
+        recovery.cause,
+        child_pid,
+        recovery.crashes,
         extra={
             "action": "job_recovery_conflict" if conflict else "job_recovered",
             "conflict_job_id": recovery.conflict_job_id,
@@ -390,4 +427,3 @@ def log_recovery(recovery: Recovery, child_pid: int | None) -> None:
             "crashes": recovery.crashes,
         },
     )
-

@@ -39,7 +39,8 @@ class JobArgsFilter(logging.Filter):
         # compared with the call strings of the job ids it holds, not with
         # every known one (that was most of the filter's cost per job)
         self._known: collections.OrderedDict[str, dict[str, str]] = (
-            collections.OrderedDict())
+            collections.OrderedDict()
+        )
 
     def filter(self, record: logging.LogRecord) -> bool:
         job = getattr(record, "job", None)
@@ -49,7 +50,9 @@ class JobArgsFilter(logging.Filter):
             return True
         if isinstance(job, dict):
             record.job = {
-                **job, "task_kwargs": REDACTED, "call_string": redacted_call_string(job)
+                **job,
+                "task_kwargs": REDACTED,
+                "call_string": redacted_call_string(job),
             }
         if not self._known:
             return True
@@ -57,7 +60,9 @@ class JobArgsFilter(logging.Filter):
             record.msg = self._shorten(record.msg)
         if record.args:
             args = record.args if isinstance(record.args, tuple) else (record.args,)
-            record.args = tuple(self._shorten(a) if isinstance(a, str) else a for a in args)
+            record.args = tuple(
+                self._shorten(a) if isinstance(a, str) else a for a in args
+            )
         return True
 
     def _learn(self, call_string: str, short: str) -> None:

@@ -32,7 +32,8 @@ class Scaling:
     def _planned(self: Supervisor) -> int:
         """Children of the current generation that stay, plus pending forks."""
         staying = sum(
-            1 for c in self.children.values()
+            1
+            for c in self.children.values()
             if c.generation == self.generation and not c.retiring
         )
         return staying + len(self.respawn_at)
@@ -46,8 +47,12 @@ class Scaling:
         for _ in range(count):
             self.concurrency += 1
             self.respawn_at[self._free_slot()] = 0.0
-        logger.info("%s: %d children now", why, self.concurrency,
-                    extra={"action": "scale_up", "children": self.concurrency})
+        logger.info(
+            "%s: %d children now",
+            why,
+            self.concurrency,
+            extra={"action": "scale_up", "children": self.concurrency},
+        )
         setproctitle.setproctitle(self._title())
 
     def _shrink(
@@ -57,7 +62,8 @@ class Scaling:
             logger.info("%s: already at one child", why)
             return
         if only_idle and not any(
-            c.generation == self.generation and not c.retiring
+            c.generation == self.generation
+            and not c.retiring
             and self.scoreboard.read(c.slot).state is State.IDLE
             for c in self.children.values()
         ):
@@ -65,8 +71,12 @@ class Scaling:
         # ``_converge`` drops a pending fork or retires a child (one not ready
         # yet, else an idle one, the highest slot), whatever else is going on.
         self.concurrency -= 1
-        logger.info("%s: %d children now", why, self.concurrency,
-                    extra={"action": "scale_down", "children": self.concurrency})
+        logger.info(
+            "%s: %d children now",
+            why,
+            self.concurrency,
+            extra={"action": "scale_down", "children": self.concurrency},
+        )
         setproctitle.setproctitle(self._title())
 
     def _retire(self: Supervisor, child: Child, why: str) -> None:
@@ -84,7 +94,8 @@ class Scaling:
         # it rather than stacking another one.
         self.generation += 1
         logger.info(
-            "SIGHUP: rolling restart of %d children (new ones first)", self.concurrency,
+            "SIGHUP: rolling restart of %d children (new ones first)",
+            self.concurrency,
             extra={"action": "rolling_restart", "generation": self.generation},
         )
 
@@ -100,21 +111,35 @@ class Scaling:
         members = []
         for child in self.children.values():
             state = self.scoreboard.read(child.slot).state
-            members.append(slots.Member(
-                pid=child.pid, slot=child.slot, generation=child.generation,
-                retiring=child.retiring, ready=state in (State.IDLE, State.BUSY),
-                busy=state is State.BUSY,
-            ))
-        plan = slots.plan(members, target=self.concurrency, generation=self.generation,
-                          pending=len(self.respawn_at), refill=self.config.wait)
+            members.append(
+                slots.Member(
+                    pid=child.pid,
+                    slot=child.slot,
+                    generation=child.generation,
+                    retiring=child.retiring,
+                    ready=state in (State.IDLE, State.BUSY),
+                    busy=state is State.BUSY,
+                )
+            )
+        plan = slots.plan(
+            members,
+            target=self.concurrency,
+            generation=self.generation,
+            pending=len(self.respawn_at),
+            refill=self.config.wait,
+        )
         for _ in range(plan.fork):
             self.respawn_at[self._free_slot()] = 0.0
         for _ in range(plan.cancel):
             del self.respawn_at[max(self.respawn_at)]
         for pid in plan.retire:
             child = self.children[pid]
-            self._retire(child, "rolling restart" if child.generation != self.generation
-                         else "scale down")
+            self._retire(
+                child,
+                "rolling restart"
+                if child.generation != self.generation
+                else "scale down",
+            )
 
     def _autoscale(self: Supervisor) -> None:
         if self.config.autoscale is None:
@@ -124,18 +149,27 @@ class Scaling:
             return
         self._next_autoscale = now + 1.0
 
-        backlog = self.db.run(lambda conn: fleet.count_runnable(conn, self.config.queues))
+        backlog = self.db.run(
+            lambda conn: fleet.count_runnable(conn, self.config.queues)
+        )
         if backlog is None:
             return
-        views = [self.scoreboard.read(c.slot) for c in self.children.values()
-                 if not c.retiring]
+        views = [
+            self.scoreboard.read(c.slot)
+            for c in self.children.values()
+            if not c.retiring
+        ]
         if backlog or any(v.state is State.BUSY for v in views):
             self._quiet_since = now
         low, high = self.config.autoscale
         delta = policy.autoscale_delta(
-            current=self.concurrency, low=low, high=high, backlog=backlog,
+            current=self.concurrency,
+            low=low,
+            high=high,
+            backlog=backlog,
             idle=sum(v.state is State.IDLE for v in views),
-            quiet_for=now - self._quiet_since, cooldown=self.config.autoscale_cooldown,
+            quiet_for=now - self._quiet_since,
+            cooldown=self.config.autoscale_cooldown,
         )
         if delta > 0:
             self._grow(delta, why=f"autoscale ({backlog} jobs waiting)")

@@ -8,7 +8,10 @@ import psycopg
 
 from . import queries
 
-REQUIRED_TABLES = ("procrastinate_prefork_processes", "procrastinate_prefork_job_crashes")
+REQUIRED_TABLES = (
+    "procrastinate_prefork_processes",
+    "procrastinate_prefork_job_crashes",
+)
 
 
 def schema_sql() -> str:

@@ -35,8 +35,18 @@ class State(enum.IntEnum):
 # seq, pid, state, heartbeat, started, worker_id, jobs_done, running, rss_bytes,
 # used (entries in use are all below this index)
 _HEADER = struct.Struct("<qqqddqqqqq")
-_HEADER_NAMES = ("seq", "pid", "state", "heartbeat", "started", "worker_id",
-                 "jobs_done", "running", "rss", "used")
+_HEADER_NAMES = (
+    "seq",
+    "pid",
+    "state",
+    "heartbeat",
+    "started",
+    "worker_id",
+    "jobs_done",
+    "running",
+    "rss",
+    "used",
+)
 # one running job: job_id (0: free entry), started, task_name
 _ENTRY = struct.Struct(f"<qd{TASK_NAME_BYTES}s")
 
@@ -107,8 +117,18 @@ class Scoreboard:
         self.clear(slot)
         now = time.monotonic()
         _HEADER.pack_into(
-            self._mem, slot * self.stride,
-            0, pid, int(State.STARTING), now, now, 0, 0, 0, 0, 0,
+            self._mem,
+            slot * self.stride,
+            0,
+            pid,
+            int(State.STARTING),
+            now,
+            now,
+            0,
+            0,
+            0,
+            0,
+            0,
         )
 
     def set_pid(self, slot: int, pid: int) -> None:
@@ -116,7 +136,7 @@ class Scoreboard:
 
     def clear(self, slot: int) -> None:
         offset = slot * self.stride
-        self._mem[offset:offset + self.stride] = bytes(self.stride)
+        self._mem[offset : offset + self.stride] = bytes(self.stride)
 
     def read(self, slot: int) -> SlotView:
         offset = slot * self.stride
@@ -130,19 +150,32 @@ class Scoreboard:
             seq = struct.unpack_from("<q", self._mem, offset)[0]
             if header[0] % 2 == 0 and seq == header[0]:
                 break
-        (_, pid, state, heartbeat, started, worker_id, jobs_done, running, rss,
-         _) = header
+        (_, pid, state, heartbeat, started, worker_id, jobs_done, running, rss, _) = (
+            header
+        )
         jobs = sorted(
-            (RunningJob(
-                job_id=job_id, started=job_started,
-                task_name=task.rstrip(b"\0").decode("utf-8", "replace") or None,
-            ) for job_id, job_started, task in entries if job_id),
+            (
+                RunningJob(
+                    job_id=job_id,
+                    started=job_started,
+                    task_name=task.rstrip(b"\0").decode("utf-8", "replace") or None,
+                )
+                for job_id, job_started, task in entries
+                if job_id
+            ),
             key=lambda job: (job.started, job.job_id),
         )
         return SlotView(
-            slot=slot, pid=pid, state=State(state), heartbeat=heartbeat,
-            started=started, worker_id=worker_id or None, jobs_done=jobs_done,
-            running=running, rss_bytes=rss, jobs=tuple(jobs),
+            slot=slot,
+            pid=pid,
+            state=State(state),
+            heartbeat=heartbeat,
+            started=started,
+            worker_id=worker_id or None,
+            jobs_done=jobs_done,
+            running=running,
+            rss_bytes=rss,
+            jobs=tuple(jobs),
         )
 
 
@@ -156,8 +189,11 @@ class SlotWriter:
         self._capacity = board.jobs_per_slot
         self.slot = slot
 
-    def _update(self, entries: dict[int, tuple[int, float, bytes]] | None = None,
-                **changes: object) -> None:
+    def _update(
+        self,
+        entries: dict[int, tuple[int, float, bytes]] | None = None,
+        **changes: object,
+    ) -> None:
         fields = list(_HEADER.unpack_from(self._mem, self._offset))
         seq = fields[0]
         struct.pack_into("<q", self._mem, self._offset, seq + 1)  # odd: writing
@@ -173,8 +209,10 @@ class SlotWriter:
 
     def _job_ids(self) -> list[int]:
         base = self._offset + _HEADER.size
-        return [struct.unpack_from("<q", self._mem, base + i * _ENTRY.size)[0]
-                for i in range(self._capacity)]
+        return [
+            struct.unpack_from("<q", self._mem, base + i * _ENTRY.size)[0]
+            for i in range(self._capacity)
+        ]
 
     def beat(self, rss: int | None = None) -> None:
         if rss is None:
@@ -199,7 +237,9 @@ class SlotWriter:
         ids[index] = job_id
         entry = (job_id, time.monotonic(), task_name.encode("utf-8")[:TASK_NAME_BYTES])
         self._update(
-            {index: entry}, running=running, state=int(State.BUSY),
+            {index: entry},
+            running=running,
+            state=int(State.BUSY),
             used=_used(ids),
         )
         return True
@@ -213,7 +253,10 @@ class SlotWriter:
             ids[index] = 0
         state = State.DRAINING if draining else (State.BUSY if running else State.IDLE)
         self._update(
-            freed, running=running, jobs_done=jobs_done, state=int(state),
+            freed,
+            running=running,
+            jobs_done=jobs_done,
+            state=int(state),
             used=_used(ids),
         )
 

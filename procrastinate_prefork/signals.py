@@ -25,12 +25,19 @@ logger = logging.getLogger("procrastinate_prefork.supervisor")
 KILL_MARGIN = 1.0  # after the shared drain deadline, before SIGKILL
 
 HANDLED = (
-    signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD,
-    signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU,
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGCHLD,
+    signal.SIGHUP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
     # Their default action would end the supervisor: operators send
     # SIGUSR1 by habit (log rotation), SIGUSR2 or SIGALRM by mistake
     # (db.deadline uses SIGALRM during a database call).
-    signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGALRM,
 )
 
 
@@ -62,14 +69,18 @@ class SignalHandling:
 
     def handle_usr1(self: Supervisor) -> None:
         count = logfiles.reopen()
-        logger.info("SIGUSR1: %d log file(s) reopened; children asked to do the same",
-                    count, extra={"action": "reopen_logs", "files": count})
+        logger.info(
+            "SIGUSR1: %d log file(s) reopened; children asked to do the same",
+            count,
+            extra={"action": "reopen_logs", "files": count},
+        )
         for child in self.children.values():
             self._kill(child, signal.SIGUSR1)
 
     def _ignore(self: Supervisor, name: str) -> None:
-        logger.info("%s: ignored", name,
-                    extra={"action": "signal_ignored", "signal": name})
+        logger.info(
+            "%s: ignored", name, extra={"action": "signal_ignored", "signal": name}
+        )
 
     def handle_usr2(self: Supervisor) -> None:
         self._ignore("SIGUSR2")
@@ -112,7 +123,10 @@ class SignalHandling:
         self.respawn_at.clear()
         logger.info(
             "%s: draining %d child(ren), %g s for running jobs",
-            why, len(self.children), timeout, extra={"action": "drain"},
+            why,
+            len(self.children),
+            timeout,
+            extra={"action": "drain"},
         )
         for child in self.children.values():
             self._kill(child, signal.SIGTERM)
@@ -125,7 +139,9 @@ class SignalHandling:
         self.phase = Phase.STOPPING
         self.respawn_at.clear()
         logger.warning(
-            "%s: stopping now, killing %d child(ren)", why, len(self.children),
+            "%s: stopping now, killing %d child(ren)",
+            why,
+            len(self.children),
             extra={"action": "stop_now"},
         )
         for child in self.children.values():

@@ -70,8 +70,9 @@ def plan(
 
     ready_current = sum(c.ready and c.pid not in retire for c in current)
     serving = max(0, target - ready_current)
-    keep = sorted((c for c in old if c.ready),
-                  key=lambda c: (-c.generation, not c.busy, -c.slot))
+    keep = sorted(
+        (c for c in old if c.ready), key=lambda c: (-c.generation, not c.busy, -c.slot)
+    )
     kept = {c.pid for c in keep[:serving]}
     # Oldest generation first, idle before busy, so that the kept ones are
     # the freshest and the busy ones get to finish their jobs.

@@ -59,7 +59,8 @@ class FleetSnapshot:
         """Worker ids of the children that are not wedged: their heartbeat
         in procrastinate's table is kept fresh."""
         return [
-            c.worker_id for c in self.children
+            c.worker_id
+            for c in self.children
             if c.worker_id and not policy.is_wedged(c.heartbeat_age, self.child_timeout)
         ]
 
@@ -71,19 +72,34 @@ def take(supervisor: Supervisor, now: float) -> FleetSnapshot:
     for child in supervisor.children.values():
         view = supervisor.scoreboard.read(child.slot)
         history = supervisor.history.get(child.slot, policy.SlotHistory())
-        children.append(ChildSnapshot(
-            slot=child.slot, pid=child.pid, state=view.state.name.lower(),
-            heartbeat_age=view.heartbeat_age(now), worker_id=view.worker_id,
-            job_id=view.job_id, task_name=view.task_name, job_age=view.job_age(now),
-            job_ids=tuple(job.job_id for job in view.jobs), jobs_done=view.jobs_done,
-            rss_bytes=view.rss_bytes or None, restarts=history.restarts,
-            started_at=child.started_at, uptime=now - child.started,
-        ))
+        children.append(
+            ChildSnapshot(
+                slot=child.slot,
+                pid=child.pid,
+                state=view.state.name.lower(),
+                heartbeat_age=view.heartbeat_age(now),
+                worker_id=view.worker_id,
+                job_id=view.job_id,
+                task_name=view.task_name,
+                job_age=view.job_age(now),
+                job_ids=tuple(job.job_id for job in view.jobs),
+                jobs_done=view.jobs_done,
+                rss_bytes=view.rss_bytes or None,
+                restarts=history.restarts,
+                started_at=child.started_at,
+                uptime=now - child.started,
+            )
+        )
     config = supervisor.config
     return FleetSnapshot(
-        host=config.hostname, pid=supervisor.pid, phase=supervisor.phase.value,
-        concurrency=supervisor.concurrency, crash_looping=supervisor.crash_looping,
-        database_up=supervisor.db.is_up, child_timeout=config.child_timeout,
-        children=tuple(children), queues=config.queues,
+        host=config.hostname,
+        pid=supervisor.pid,
+        phase=supervisor.phase.value,
+        concurrency=supervisor.concurrency,
+        crash_looping=supervisor.crash_looping,
+        database_up=supervisor.db.is_up,
+        child_timeout=config.child_timeout,
+        children=tuple(children),
+        queues=config.queues,
         uptime=now - supervisor.started,
     )

@@ -76,9 +76,16 @@ class SoftLimits:
         self._timers.pop(job_id, None)
         logger.warning(
             "Job %s (%s) passed its soft time limit (%g s): SoftTimeLimitExceeded "
-            "raised in it", job_id, task_name, limit,
-            extra={"action": "soft_time_limit", "job_id": job_id,
-                   "task_name": task_name, "limit": limit},
+            "raised in it",
+            job_id,
+            task_name,
+            limit,
+            extra={
+                "action": "soft_time_limit",
+                "job_id": job_id,
+                "task_name": task_name,
+                "limit": limit,
+            },
         )
         with self._lock:
             self._fired.add(job_id)
@@ -96,8 +103,9 @@ class SoftLimits:
             self._fired.discard(job_id)
             return fired
 
-    def sync_middleware(self, call_next: Callable[[], Any], context: Any,
-                        worker: Any) -> Any:
+    def sync_middleware(
+        self, call_next: Callable[[], Any], context: Any, worker: Any
+    ) -> Any:
         """A task middleware of sync tasks: runs in the task's thread."""
         job_id = context.job.id
         with self._lock:
@@ -116,8 +124,9 @@ class SoftLimits:
                     self._fired.discard(job_id)
                     _raise_in_thread(threading.get_ident(), None)
 
-    async def async_middleware(self, call_next: Callable[[], Awaitable[Any]],
-                               context: Any, worker: Any) -> Any:
+    async def async_middleware(
+        self, call_next: Callable[[], Awaitable[Any]], context: Any, worker: Any
+    ) -> Any:
         """A task middleware of async tasks: runs in the job's asyncio task."""
         job_id = context.job.id
         if self._take(job_id):
@@ -139,8 +148,12 @@ class _Converting:
     back from the task's count of cancellations, for ``asyncio.timeout``
     and task groups); any other cancellation goes through unchanged."""
 
-    def __init__(self, awaitable: Awaitable[Any], is_soft_limit: Callable[[], bool],
-                 task: asyncio.Task[Any]):
+    def __init__(
+        self,
+        awaitable: Awaitable[Any],
+        is_soft_limit: Callable[[], bool],
+        task: asyncio.Task[Any],
+    ):
         self._inner = awaitable.__await__()
         self._is_soft_limit = is_soft_limit
         self._task = task

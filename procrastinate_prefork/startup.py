@@ -40,13 +40,16 @@ class Startup:
         if unknown:  # a typo would leave the task without its limit, silently
             logger.warning(
                 "--task-timeout names no registered task: %s (their limits apply "
-                "to nothing)", ", ".join(unknown),
+                "to nothing)",
+                ", ".join(unknown),
                 extra={"action": "unknown_task_timeout", "tasks": unknown},
             )
         try:
             self._check_pooling()
             conn = db.connect(
-                self.bootstrap.connection_args(), self.db.app_name, self.db_timeouts,
+                self.bootstrap.connection_args(),
+                self.db.app_name,
+                self.db_timeouts,
                 autocommit=True,
             )
         except StartupError:
@@ -56,10 +59,14 @@ class Startup:
             first_line = redact.without_secrets(
                 errors.one_line(exc), self.bootstrap.connection_args()
             )
-            raise StartupError(f"cannot connect to the database: {first_line}") from None
+            raise StartupError(
+                f"cannot connect to the database: {first_line}"
+            ) from None
         with conn, db.bounded(conn, self.db_timeouts):
             missing = schema.missing_tables(conn)
-            if any(name.startswith("procrastinate_prefork") for name in missing) and not any(
+            if any(
+                name.startswith("procrastinate_prefork") for name in missing
+            ) and not any(
                 not name.startswith("procrastinate_prefork") for name in missing
             ):
                 raise StartupError(
@@ -73,24 +80,33 @@ class Startup:
                 )
             identity = fleet.process_identity()
             self.supervisor_row = own_row = fleet.register_supervisor(
-                conn, host=self.config.hostname, pid=self.pid,
-                concurrency=self.concurrency, queues=self.config.queues,
+                conn,
+                host=self.config.hostname,
+                pid=self.pid,
+                concurrency=self.concurrency,
+                queues=self.config.queues,
                 heartbeat_interval=self.config.heartbeat_interval,
-                stalled_timeout=self.config.stalled_timeout, identity=identity,
+                stalled_timeout=self.config.stalled_timeout,
+                identity=identity,
             )
             for predecessor in fleet.dead_predecessors(
-                conn, host=self.config.hostname, own_id=own_row,
-                stalled_timeout=self.config.stalled_timeout, identity=identity,
+                conn,
+                host=self.config.hostname,
+                own_id=own_row,
+                stalled_timeout=self.config.stalled_timeout,
+                identity=identity,
             ):
                 recovered = recovery.recover_worker_jobs(
-                    conn, predecessor["worker_ids"],
+                    conn,
+                    predecessor["worker_ids"],
                     cause=f"supervisor pid {predecessor['pid']} on this host is gone",
                     max_crash_retries=self.config.max_crash_retries,
                 )
                 fleet.mark_stopped(conn, predecessor["id"])
                 logger.warning(
                     "Predecessor supervisor (pid %s) is gone: recovered %d job(s)",
-                    predecessor["pid"], len(recovered),
+                    predecessor["pid"],
+                    len(recovered),
                     extra={"action": "predecessor_recovered", "jobs": len(recovered)},
                 )
 
@@ -115,8 +131,9 @@ class Startup:
                 direct = db.listen_works(self.db.connection_args, self.db.app_name)
             except Exception as exc:  # psycopg.Error: libpq never shows a password
                 first_line = errors.one_line(exc)
-                raise StartupError(f"cannot connect with --listen-dsn: {first_line}"
-                                   ) from None
+                raise StartupError(
+                    f"cannot connect with --listen-dsn: {first_line}"
+                ) from None
             if not direct:  # pooled too: same precaution as the app's
                 self.db.connection_args["kwargs"] = {"prepare_threshold": None}
         else:
@@ -125,7 +142,8 @@ class Startup:
         if self.bootstrap.transaction_pooled:
             logger.info(
                 "The database connections go through a transaction pooler: "
-                "prepared statements off", extra={
+                "prepared statements off",
+                extra={
                     "action": "transaction_pooling",
                     "listen_dsn": config.listen_dsn is not None,
                 },
@@ -135,8 +153,13 @@ class Startup:
             logger.warning(
                 "LISTEN receives no notification on %s: new jobs are found by "
                 "polling every %g s (give --listen-dsn a direct connection)",
-                "the --listen-dsn connection" if config.listen_dsn
-                else "the database connection", config.fetch_job_polling_interval,
-                extra={"action": "listen_unavailable", "fallback": "polling",
-                       "polling_interval": config.fetch_job_polling_interval},
+                "the --listen-dsn connection"
+                if config.listen_dsn
+                else "the database connection",
+                config.fetch_job_polling_interval,
+                extra={
+                    "action": "listen_unavailable",
+                    "fallback": "polling",
+                    "polling_interval": config.fetch_job_polling_interval,
+                },
             )

@@ -22,24 +22,39 @@ COLUMNS = ("HOST", "PID", "SLOT", "STATE", "JOB", "AGE", "JOBS DONE", "MEMORY")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", dest="as_json",
-                        help="Print JSON (the Django health view's document).")
-    parser.add_argument("--check", action="store_true",
-                        help="Print one line instead of the table (an exec "
-                             "probe). The exit code is 0 when the fleet is "
-                             "healthy and 1 when not, with or without --check.")
-    parser.add_argument("--host", default=None, help="Only the supervisors of this host.")
-    parser.add_argument("--queue", default=None,
-                        help="Only the supervisors that work on this queue.")
-    parser.add_argument("--min-children", default=None, metavar="N",
-                        help="Fresh children needed to be healthy (default 1).")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        dest="as_json",
+        help="Print JSON (the Django health view's document).",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="Print one line instead of the table (an exec "
+        "probe). The exit code is 0 when the fleet is "
+        "healthy and 1 when not, with or without --check.",
+    )
+    parser.add_argument(
+        "--host", default=None, help="Only the supervisors of this host."
+    )
+    parser.add_argument(
+        "--queue", default=None, help="Only the supervisors that work on this queue."
+    )
+    parser.add_argument(
+        "--min-children",
+        default=None,
+        metavar="N",
+        help="Fresh children needed to be healthy (default 1).",
+    )
 
 
 def query_from_args(args: argparse.Namespace | Mapping[str, Any]) -> health.FleetQuery:
     """Raises health.QueryError."""
     data = vars(args) if isinstance(args, argparse.Namespace) else args
     return health.FleetQuery.build(
-        host=data.get("host"), queue=data.get("queue"),
+        host=data.get("host"),
+        queue=data.get("queue"),
         min_children=data.get("min_children"),
     )
 
@@ -83,8 +98,11 @@ def _undefined_table(exc: BaseException) -> bool:
     """psycopg's UndefinedTable, or Django's error wrapping it."""
     import psycopg.errors
 
-    return any(isinstance(e, psycopg.errors.UndefinedTable)
-               for e in (exc, exc.__cause__) if e is not None)
+    return any(
+        isinstance(e, psycopg.errors.UndefinedTable)
+        for e in (exc, exc.__cause__)
+        if e is not None
+    )
 
 
 def render_table(result: health.FleetHealth) -> str:
@@ -94,12 +112,18 @@ def render_table(result: health.FleetHealth) -> str:
         if not sup["fresh"]:
             state += " STALE"
         queues = ",".join(sup.get("queues") or []) or "all queues"
-        lines.append((
-            sup["host"], str(sup["pid"]), "-", state, f"({queues})",
-            _age(sup.get("heartbeat_age")),
-            str(sum(c.get("jobs_done") or 0 for c in sup["children"])),
-            _memory(sup.get("rss_bytes")),
-        ))
+        lines.append(
+            (
+                sup["host"],
+                str(sup["pid"]),
+                "-",
+                state,
+                f"({queues})",
+                _age(sup.get("heartbeat_age")),
+                str(sum(c.get("jobs_done") or 0 for c in sup["children"])),
+                _memory(sup.get("rss_bytes")),
+            )
+        )
         for child in sup["children"]:
             job = "-"
             if child.get("job_id") is not None:
@@ -107,11 +131,18 @@ def render_table(result: health.FleetHealth) -> str:
                 if child.get("job_age") is not None:
                     job += f" ({_age(child['job_age'])})"
             child_state = child["state"] + ("" if child["fresh"] else " STALE")
-            lines.append((
-                "", str(child["pid"]), str(child["slot"]), child_state, job,
-                _age(child.get("heartbeat_age")), str(child.get("jobs_done") or 0),
-                _memory(child.get("rss_bytes")),
-            ))
+            lines.append(
+                (
+                    "",
+                    str(child["pid"]),
+                    str(child["slot"]),
+                    child_state,
+                    job,
+                    _age(child.get("heartbeat_age")),
+                    str(child.get("jobs_done") or 0),
+                    _memory(child.get("rss_bytes")),
+                )
+            )
     widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
     text = "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
@@ -130,8 +161,10 @@ def render_table(result: health.FleetHealth) -> str:
 
 def one_line(result: health.FleetHealth) -> str:
     if result.healthy:
-        return (f"healthy: {result.fresh_supervisors} supervisor(s), "
-                f"{result.fresh_children} child(ren)")
+        return (
+            f"healthy: {result.fresh_supervisors} supervisor(s), "
+            f"{result.fresh_children} child(ren)"
+        )
     return "unhealthy: " + "; ".join(result.problems)
 
 

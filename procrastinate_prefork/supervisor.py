@@ -81,7 +81,9 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
         self.deadline: float | None = None
         self.crash_looping: bool = False
         self.supervisor_row: int | None = None
-        self.scoreboard: Scoreboard = Scoreboard(2 * MAX_CHILDREN, config.child_concurrency)
+        self.scoreboard: Scoreboard = Scoreboard(
+            2 * MAX_CHILDREN, config.child_concurrency
+        )
         self._signals: list[int] = []
         self._sig_r: int = -1
         self._sig_w: int = -1
@@ -95,9 +97,12 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
         self.probe: probe.ProbeServer | None = None  # --health-port
         channels = (
             list(manager_module.get_channel_for_queues(config.queues))
-            if config.listen_notify else []
+            if config.listen_notify
+            else []
         )
-        self.db_timeouts: db.Timeouts = db.Timeouts.for_heartbeat(config.heartbeat_interval)
+        self.db_timeouts: db.Timeouts = db.Timeouts.for_heartbeat(
+            config.heartbeat_interval
+        )
         self.db: db.SupervisorDB = db.SupervisorDB(
             bootstrap.connection_args(),
             db.application_name(config.hostname, "sup", self.pid),
@@ -138,8 +143,10 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
                 self._periodic()
                 self._sleep()
         except Exception:
-            logger.exception("Supervisor failed; stopping its children",
-                             extra={"action": "supervisor_crashed"})
+            logger.exception(
+                "Supervisor failed; stopping its children",
+                extra={"action": "supervisor_crashed"},
+            )
             self._stop_now("supervisor failure")
             while self.children:
                 self._reap()
@@ -174,8 +181,12 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
                 if at_start:
                     self._stop_now("fork failed")
                     raise StartupError(f"cannot fork child {slot}: {exc}") from None
-                logger.error("Cannot fork child %s: %s; retrying", slot, exc,
-                             extra={"action": "fork_failed", "slot": slot})
+                logger.error(
+                    "Cannot fork child %s: %s; retrying",
+                    slot,
+                    exc,
+                    extra={"action": "fork_failed", "slot": slot},
+                )
                 self.respawn_at[slot] = now + 1.0
                 break
             del self.respawn_at[slot]
@@ -184,21 +195,33 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
     def _spawn(self, slot: int) -> None:
         def spec(wake_r: int) -> ChildSpec:
             return ChildSpec(
-                slot=slot, config=self.config, bootstrap=self.bootstrap,
+                slot=slot,
+                config=self.config,
+                bootstrap=self.bootstrap,
                 scoreboard=self.scoreboard,
                 wake_fd=wake_r if self.config.listen_notify else None,
-                supervisor_pid=self.pid, inherited_fds=self._own_fds(),
+                supervisor_pid=self.pid,
+                inherited_fds=self._own_fds(),
                 on_start=self.on_child_start,
             )
 
-        child = fork_child(self.system, slot, scoreboard=self.scoreboard,
-                              generation=self.generation, spec=spec)
+        child = fork_child(
+            self.system,
+            slot,
+            scoreboard=self.scoreboard,
+            generation=self.generation,
+            spec=spec,
+        )
         self.children[child.pid] = child
 
     def _own_fds(self) -> list[int]:
         probe_fds = self.probe.filenos() if self.probe is not None else []
-        return [self._sig_r, self._sig_w, *probe_fds,
-                *(c.wake_fd for c in self.children.values())]
+        return [
+            self._sig_r,
+            self._sig_w,
+            *probe_fds,
+            *(c.wake_fd for c in self.children.values()),
+        ]
 
     def _request_wake(self) -> None:
         self._wake_pending = True
@@ -225,7 +248,10 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
     def _sleep(self) -> None:
         timeout = TICK
         if self.respawn_at and self.phase is Phase.RUNNING:
-            timeout = min(timeout, max(0.0, min(self.respawn_at.values()) - self.system.monotonic()))
+            timeout = min(
+                timeout,
+                max(0.0, min(self.respawn_at.values()) - self.system.monotonic()),
+            )
         if self._signals or self._wake_pending:
             timeout = 0
         fds = [self._sig_r]
@@ -258,7 +284,8 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
             logger.error(
                 "%d dead child(ren)'s jobs could not be recovered (database down); "
                 "the stalled-job sweep of any supervisor will retry them",
-                len(self.unrecovered), extra={"action": "recovery_deferred"},
+                len(self.unrecovered),
+                extra={"action": "recovery_deferred"},
             )
         if self.probe is not None:
             self.probe.close()
@@ -274,4 +301,3 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
             f"procrastinate-prefork supervisor [{self.phase.value}] "
             f"{self.concurrency} children, {queues} ({self.config.hostname})"
         )
-

@@ -17,7 +17,9 @@ JOB_INSERTED = ("procrastinate_any_queue_v1", '{"type": "job_inserted"}')
 
 
 def encode(notifications: Iterable[tuple[str, str]]) -> bytes:
-    return "".join(f"{channel} {payload}\n" for channel, payload in notifications).encode()
+    return "".join(
+        f"{channel} {payload}\n" for channel, payload in notifications
+    ).encode()
 
 
 def send_wake(fd: int, data: bytes) -> None:

@@ -62,8 +62,9 @@ def kind_of(parse: Callable[..., Any]) -> Kind:
         return Kind(f"an integer from {free['low']} to {free['high']}", "`int`", "N")
     if name == "_positive_float":
         bound = "0 or more" if free.get("allow_zero") else "more than 0"
-        return Kind(f"seconds, {bound} (decimals allowed)", "`float` or `int`",
-                    "SECONDS", " s")
+        return Kind(
+            f"seconds, {bound} (decimals allowed)", "`float` or `int`", "SECONDS", " s"
+        )
     if name == "_bool":
         return Kind(
             "a boolean: `1`/`0`, `yes`/`no`, `true`/`false`, `on`/`off` "
@@ -75,8 +76,11 @@ def kind_of(parse: Callable[..., Any]) -> Kind:
         choices = ", ".join(f"`{c}`" for c in free["choices"])
         return Kind(f"one of {choices}", "`str`", "CHOICE")
     if name == "_queues":
-        return Kind("comma-separated names, e.g. `emails,reports`",
-                    "`list[str]` (or a comma-separated `str`)", "QUEUES")
+        return Kind(
+            "comma-separated names, e.g. `emails,reports`",
+            "`list[str]` (or a comma-separated `str`)",
+            "QUEUES",
+        )
     if name == "_non_empty_str":
         return Kind("text, 1 to 200 characters", "`str`", "TEXT")
     if name in ("_task_timeouts", "_task_soft_timeouts"):
@@ -88,9 +92,11 @@ def kind_of(parse: Callable[..., Any]) -> Kind:
             " s",
         )
     if name == "_autoscale":
-        return Kind("`MIN,MAX`, two integers with MIN not above MAX",
-                    "`(MIN, MAX)` (a tuple or list of two `int`) or `\"MIN,MAX\"`",
-                    "MIN,MAX")
+        return Kind(
+            "`MIN,MAX`, two integers with MIN not above MAX",
+            '`(MIN, MAX)` (a tuple or list of two `int`) or `"MIN,MAX"`',
+            "MIN,MAX",
+        )
     if name == "_dotted_path":
         return Kind(
             "a dotted path to a callable: `pkg.module.func` or `pkg.module:func`",
@@ -178,8 +184,11 @@ WORKER_GROUP_INTRO = (
 )
 
 GROUPS = (
-    ("prefork", "Supervisor and children",
-     "How the fleet is run: its size, recovery, time limits, recycling, health."),
+    (
+        "prefork",
+        "Supervisor and children",
+        "How the fleet is run: its size, recovery, time limits, recycling, health.",
+    ),
     ("worker", "Passed to each child's procrastinate worker", WORKER_GROUP_INTRO),
 )
 
@@ -194,9 +203,19 @@ def example_settings() -> list[str]:
         ("health_port", "8001"),
         ("health_host", '"0.0.0.0"'),
     ]
-    body = [f'    "{name}": {value},' for name, value in example
-            if name in config.OPTIONS_BY_NAME]
-    return ["```python", "# settings.py", "PROCRASTINATE_PREFORK = {", *body, "}", "```"]
+    body = [
+        f'    "{name}": {value},'
+        for name, value in example
+        if name in config.OPTIONS_BY_NAME
+    ]
+    return [
+        "```python",
+        "# settings.py",
+        "PROCRASTINATE_PREFORK = {",
+        *body,
+        "}",
+        "```",
+    ]
 
 
 def render() -> str:
@@ -253,9 +272,13 @@ def render() -> str:
             if option.repeatable:
                 lines.append("| Repeatable | yes: give the flag once per value |")
             lines += [
-                "| Environment | " + ", ".join(f"`{v}`" for v in option.env_vars) + " |",
-                (f"| Django setting | `PROCRASTINATE_PREFORK[\"{option.name}\"]`: "
-                 f"{kind.python} |"),
+                "| Environment | "
+                + ", ".join(f"`{v}`" for v in option.env_vars)
+                + " |",
+                (
+                    f'| Django setting | `PROCRASTINATE_PREFORK["{option.name}"]`: '
+                    f"{kind.python} |"
+                ),
                 f"| Python API | `run_worker(app, {option.name}=...)` |",
                 f"| Value | {kind.text} |",
                 f"| Default | {default_text(option, kind)} |",
@@ -265,15 +288,21 @@ def render() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true",
-                        help="exit 1 if the committed page is not what would be written")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 if the committed page is not what would be written",
+    )
     args = parser.parse_args(argv)
     text = render()
     if args.check:
         current = OUTPUT.read_text() if OUTPUT.exists() else ""
         if current != text:
-            print(f"{OUTPUT.relative_to(REPO)} is stale: run "
-                  ".venv/bin/python scripts/gen_config_docs.py", file=sys.stderr)
+            print(
+                f"{OUTPUT.relative_to(REPO)} is stale: run "
+                ".venv/bin/python scripts/gen_config_docs.py",
+                file=sys.stderr,
+            )
             return 1
         return 0
     OUTPUT.parent.mkdir(parents=True, exist_ok=True)

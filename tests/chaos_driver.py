@@ -126,15 +126,25 @@ def pg_ctl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """``scripts/pg.sh ctl ...`` on the server of $PGPORT_THROWAWAY."""
     return subprocess.run(
         [str(REPO / "scripts" / "pg.sh"), "ctl", *args],
-        capture_output=True, text=True, timeout=timeout, check=True,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
     )
 
 
 #: the switchable attacks of ChaosConfig (CHAOS_OFF="name,name" turns some off)
 ATTACKS = (
-    "kill_supervisor", "stop_children", "restart_db", "queueing_locks",
-    "mixed_timeouts", "db_outage", "sighup_burst", "time_limits",
-    "stock_worker", "fleet_lock",
+    "kill_supervisor",
+    "stop_children",
+    "restart_db",
+    "queueing_locks",
+    "mixed_timeouts",
+    "db_outage",
+    "sighup_burst",
+    "time_limits",
+    "stock_worker",
+    "fleet_lock",
 )
 
 
@@ -258,17 +268,26 @@ class ChaosConfig:
     def fleet_args(self, hostname: str, index: int = 0) -> list[str]:
         plan = self.host(index)
         args = [
-            "--concurrency", str(self.children),
-            "--child-concurrency", str(plan.child_concurrency),
-            "--hostname", hostname,
-            "--stalled-timeout", str(plan.stalled_timeout),
-            "--heartbeat-interval", str(plan.heartbeat_interval),
-            "--child-timeout", str(self.child_timeout),
-            "--fetch-job-polling-interval", str(self.polling_interval),
+            "--concurrency",
+            str(self.children),
+            "--child-concurrency",
+            str(plan.child_concurrency),
+            "--hostname",
+            hostname,
+            "--stalled-timeout",
+            str(plan.stalled_timeout),
+            "--heartbeat-interval",
+            str(plan.heartbeat_interval),
+            "--child-timeout",
+            str(self.child_timeout),
+            "--fetch-job-polling-interval",
+            str(self.polling_interval),
             # the final state of every job must not depend on how often a
             # random kill hits it
-            "--max-crash-retries", "1000",
-            "--shutdown-graceful-timeout", "20",
+            "--max-crash-retries",
+            "1000",
+            "--shutdown-graceful-timeout",
+            "20",
         ]
         if plan.queues:
             args += ["--queues", ",".join(plan.queues)]
@@ -317,8 +336,9 @@ class MarkerReader:
                 if event == "start":
                     if key in self.runs:
                         self.anomalies.append(f"run {key} started twice")
-                    self.runs[key] = Run(*key, start=float(at),
-                                         lock=None if lock == "-" else lock)
+                    self.runs[key] = Run(
+                        *key, start=float(at), lock=None if lock == "-" else lock
+                    )
                     touched.append(self.runs[key])
                 else:
                     run = self.runs.get(key)
@@ -351,7 +371,9 @@ class ProcessWatch:
         self.killed: dict[int, str] = {}  # pid -> why the driver killed it
 
     def observe(
-        self, supervisors: list[int], others: Sequence[int] = (),
+        self,
+        supervisors: list[int],
+        others: Sequence[int] = (),
     ) -> dict[int, list[int]]:
         """Supervisors and their children; ``others`` (stock workers) are only
         watched for being alive."""
@@ -362,7 +384,8 @@ class ProcessWatch:
             try:
                 process = psutil.Process(sup)
                 children = [
-                    c.pid for c in process.children()
+                    c.pid
+                    for c in process.children()
                     if c.status() != psutil.STATUS_ZOMBIE
                 ]
                 if process.status() == psutil.STATUS_ZOMBIE:
@@ -445,8 +468,7 @@ class ChaosReport:
         lines = [
             f"jobs: {self.jobs} {dict(sorted(self.by_task.items()))}",
             f"final statuses: {dict(sorted(self.statuses.items()))}",
-            f"runs: {self.runs} in {self.seconds:.1f} s "
-            f"({self.throughput:.1f} jobs/s)",
+            f"runs: {self.runs} in {self.seconds:.1f} s ({self.throughput:.1f} jobs/s)",
             f"kills: {self.child_kills} children SIGKILLed, {self.supervisor_kills} "
             f"supervisor(s) SIGKILLed (taking {self.children_lost_with_supervisor} "
             f"children), {self.sigstops} SIGSTOPs ({self.wedged_kills} killed as "
@@ -482,7 +504,10 @@ class ChaosReport:
 
 class ChaosRun:
     def __init__(
-        self, db_url: str, workdir: Path, config: ChaosConfig,
+        self,
+        db_url: str,
+        workdir: Path,
+        config: ChaosConfig,
         say: Callable[[str], None] = lambda text: None,
     ):
         self.db_url = db_url
@@ -532,8 +557,10 @@ class ChaosRun:
         index = self.hostnames().index(hostname)
         fleet = Fleet(self.db_url, self.workdir, f"{hostname}-{len(self.fleets)}")
         fleet.start(
-            *self.config.fleet_args(hostname, index), app=CHAOS_APP,
-            wait_ready=wait_ready, env={"PREFORK_TEST_RESULTS": str(self.results)},
+            *self.config.fleet_args(hostname, index),
+            app=CHAOS_APP,
+            wait_ready=wait_ready,
+            env={"PREFORK_TEST_RESULTS": str(self.results)},
         )
         self.fleets.append(fleet)
         self.current[hostname] = fleet
@@ -544,11 +571,22 @@ class ChaosRun:
         fleet and the ``stock`` queue alone."""
         fleet = Fleet(self.db_url, self.workdir, f"{self.tag}-stock-{len(self.stock)}")
         fleet.start(
-            app=CHAOS_APP, wait_ready=False,
+            app=CHAOS_APP,
+            wait_ready=False,
             env={"PREFORK_TEST_RESULTS": str(self.results)},
             command=[
-                sys.executable, "-m", "procrastinate", "--app", CHAOS_APP, "worker",
-                "--name", fleet.name, "--queues", "default,stock", "--concurrency", "2",
+                sys.executable,
+                "-m",
+                "procrastinate",
+                "--app",
+                CHAOS_APP,
+                "worker",
+                "--name",
+                fleet.name,
+                "--queues",
+                "default,stock",
+                "--concurrency",
+                "2",
             ],
         )
         self.stock.append(fleet)
@@ -560,7 +598,8 @@ class ChaosRun:
             self.start_supervisor(hostname)
             plan = self.config.host(index)
             self.report.host_timeouts[hostname.rsplit("-", 1)[1]] = (
-                f"{plan.stalled_timeout:g}/{plan.heartbeat_interval:g}")
+                f"{plan.stalled_timeout:g}/{plan.heartbeat_interval:g}"
+            )
         if self.config.stock_worker:
             self.start_stock_worker()
         for fleet in self.current.values():
@@ -576,7 +615,9 @@ class ChaosRun:
 
     def live_children(self) -> list[int]:
         return [
-            pid for pids in self.observe().values() for pid in pids
+            pid
+            for pids in self.observe().values()
+            for pid in pids
             if pid not in self._stopped
         ]
 
@@ -635,7 +676,8 @@ class ChaosRun:
             params = {"seconds": round(self.rng.uniform(0.3, 1.5), 3)}
             try:
                 [job_id] = self._insert(
-                    [("default", "chaos_queued", value, value, json.dumps(params))])
+                    [("default", "chaos_queued", value, value, json.dumps(params))]
+                )
             except psycopg.errors.UniqueViolation:
                 self.report.queueing_lock_refused += 1
                 continue
@@ -648,15 +690,18 @@ class ChaosRun:
         long = len(self.overrun_long) <= len(self.overrun_short)
         seconds = overrun_seconds(long, self.config.time_limit, self.rng)
         [job_id] = self._insert(
-            [("timed", "chaos_overrun", None, None, json.dumps({"seconds": seconds}))])
+            [("timed", "chaos_overrun", None, None, json.dumps({"seconds": seconds}))]
+        )
         (self.overrun_long if long else self.overrun_short).add(job_id)
         self.expected[job_id] = frozenset({"failed" if long else "succeeded"})
 
     def counts(self) -> dict[str, int]:
         with psycopg.connect(self.db_url, autocommit=True, connect_timeout=5) as conn:
-            return dict(conn.execute(
-                "SELECT status::text, count(*) FROM procrastinate_jobs GROUP BY 1"
-            ).fetchall())
+            return dict(
+                conn.execute(
+                    "SELECT status::text, count(*) FROM procrastinate_jobs GROUP BY 1"
+                ).fetchall()
+            )
 
     # --- chaos actions
 
@@ -683,8 +728,9 @@ class ChaosRun:
             self.watch.killed.setdefault(pid, "its supervisor was SIGKILLed")
         self.report.supervisor_kills += 1
         self.report.children_lost_with_supervisor += len(children)
-        self.say(f"SIGKILLed supervisor {fleet.pid} of {hostname} "
-                 f"({len(children)} children)")
+        self.say(
+            f"SIGKILLed supervisor {fleet.pid} of {hostname} ({len(children)} children)"
+        )
 
     def killable_hosts(self) -> list[str]:
         """Hosts the supervisor kills may hit: not the one whose children the
@@ -728,7 +774,9 @@ class ChaosRun:
         self.say("restarting PostgreSQL")
         self._pg = subprocess.Popen(
             [str(REPO / "scripts" / "pg.sh"), "ctl", "restart", "-m", "fast", "-w"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         self.report.db_restarts += 1
         self._db_calm_at = float("inf")
@@ -750,7 +798,9 @@ class ChaosRun:
     def _pg_ctl_async(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
             [str(REPO / "scripts" / "pg.sh"), "ctl", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
 
     def db_outage(self, hostname: str) -> Iterator[None]:
@@ -786,7 +836,8 @@ class ChaosRun:
                     # ephemeral client port: try again
                     if now > give_up - 30:
                         raise RuntimeError(
-                            f"pg.sh ctl start failed: {starter.communicate()[0]}")
+                            f"pg.sh ctl start failed: {starter.communicate()[0]}"
+                        )
                     starter = None
                     back_at = now + 1
                     yield
@@ -802,18 +853,23 @@ class ChaosRun:
                     self.report.outage_start_attempts += 1
                     retry_at = None
             elif not self._db_down and any(
-                    e["process"] == fleet.pid for e in self.events()
-                    if e["action"] == "fleet_ready"):
+                e["process"] == fleet.pid
+                for e in self.events()
+                if e["action"] == "fleet_ready"
+            ):
                 break
             if now > give_up:
                 self.report.problems.append(
                     f"outage: no supervisor of {hostname} came up 90 s after "
-                    "PostgreSQL was back")
+                    "PostgreSQL was back"
+                )
                 break
             yield
         self._outage_hosts.discard(hostname)
-        self.say(f"supervisor of {hostname} up after the outage "
-                 f"({self.report.outage_start_attempts} starts)")
+        self.say(
+            f"supervisor of {hostname} up after the outage "
+            f"({self.report.outage_start_attempts} starts)"
+        )
 
     def sighup_burst(self, hostname: str) -> Iterator[None]:
         """``sighup_burst`` SIGHUPs 0.1 s apart; then the supervisor's live
@@ -833,7 +889,8 @@ class ChaosRun:
             count = len(self.observe().get(fleet.pid, []))
             if fleet is not self.current.get(hostname) or fleet.exited():
                 self.report.problems.append(
-                    f"SIGHUP burst: supervisor {fleet.pid} gone before converging")
+                    f"SIGHUP burst: supervisor {fleet.pid} gone before converging"
+                )
                 return
             if steady.update(count, time.monotonic()):
                 self.report.sighup_converged += 1
@@ -843,7 +900,8 @@ class ChaosRun:
                 self.report.problems.append(
                     f"SIGHUP burst: supervisor {fleet.pid} has {count} live children "
                     f"{self.config.converge_timeout:g} s after the burst, "
-                    f"target {target}")
+                    f"target {target}"
+                )
                 return
             yield
 
@@ -864,15 +922,19 @@ class ChaosRun:
         deadline = time.monotonic() + 60
         while True:
             stock = {f.pid: f for f in self.stock if not f.exited()}
-            running = [r.pid for r in self.markers.runs.values()
-                       if r.job_id == job_id and r.outcome is None and r.pid in stock]
+            running = [
+                r.pid
+                for r in self.markers.runs.values()
+                if r.job_id == job_id and r.outcome is None and r.pid in stock
+            ]
             if running:
                 worker = stock[running[-1]]
                 break
             if time.monotonic() > deadline:
                 self.report.problems.append(
                     f"stock worker: job {job_id} not started on a live stock worker "
-                    "within 60 s")
+                    "within 60 s"
+                )
                 return
             yield
         worker.signal(signal.SIGTERM)
@@ -882,8 +944,9 @@ class ChaosRun:
         self.start_stock_worker()
 
     def _stock_current(self) -> Fleet | None:
-        live = [f for f in self.stock
-                if not f.exited() and f.pid not in self.watch.killed]
+        live = [
+            f for f in self.stock if not f.exited() and f.pid not in self.watch.killed
+        ]
         return live[-1] if live else None
 
     def keep_stock_worker(self) -> None:
@@ -902,9 +965,14 @@ class ChaosRun:
             if code != 0 and not why.startswith("SIGTERM") and now >= self._db_calm_at:
                 self.report.problems.append(
                     f"stock worker {fleet.pid} died (exit {code}) with the database "
-                    f"up: {last_error_line(fleet.log())}")
-        if (self.config.stock_worker and self._stock_current() is None
-                and now >= self._stock_next_start and not self._stopping):
+                    f"up: {last_error_line(fleet.log())}"
+                )
+        if (
+            self.config.stock_worker
+            and self._stock_current() is None
+            and now >= self._stock_next_start
+            and not self._stopping
+        ):
             self.start_stock_worker()
             self._stock_next_start = now + 3
 
@@ -917,7 +985,8 @@ class ChaosRun:
             conn = psycopg.connect(self.db_url, connect_timeout=5)
             conn.execute("SET lock_timeout = '20s'")
             conn.execute(
-                "LOCK TABLE procrastinate_prefork_processes IN ACCESS EXCLUSIVE MODE")
+                "LOCK TABLE procrastinate_prefork_processes IN ACCESS EXCLUSIVE MODE"
+            )
         except psycopg.Error as exc:
             self.report.problems.append(f"fleet lock: could not take it: {exc}")
             return
@@ -1091,42 +1160,52 @@ class ChaosRun:
             if now - changed > self.config.stuck_timeout:
                 self.report.problems.append(
                     f"jobs stuck: no change for {self.config.stuck_timeout:g} s "
-                    f"after the chaos: {counts}")
+                    f"after the chaos: {counts}"
+                )
                 return
             if now > deadline:
                 self.report.problems.append(
                     f"jobs still pending {self.config.drain_timeout:g} s after the "
-                    f"chaos: {counts}")
+                    f"chaos: {counts}"
+                )
                 return
             time.sleep(0.5)
 
     def check_fleet_table_live(self) -> None:
         """Every live supervisor's row is fresh and running."""
-        with psycopg.connect(self.db_url, autocommit=True) as conn, \
-                conn.cursor(row_factory=dict_row) as cur:
+        with (
+            psycopg.connect(self.db_url, autocommit=True) as conn,
+            conn.cursor(row_factory=dict_row) as cur,
+        ):
             rows = cur.execute(
                 "SELECT pid, host, state, "
                 "EXTRACT(EPOCH FROM now() - last_heartbeat)::float8 AS age "
                 "FROM procrastinate_prefork_processes WHERE kind = 'supervisor'"
             ).fetchall()
         live = {f.pid: h for h, f in self.current.items() if not f.exited()}
-        stalled = {h: self.config.host(i).stalled_timeout
-                   for i, h in enumerate(self.hostnames())}
+        stalled = {
+            h: self.config.host(i).stalled_timeout
+            for i, h in enumerate(self.hostnames())
+        }
         for pid, host in live.items():
             mine = [r for r in rows if r["pid"] == pid and r["host"] == host]
             if len(mine) != 1:
-                self.report.problems.append(f"supervisor {pid} on {host}: {len(mine)} rows")
+                self.report.problems.append(
+                    f"supervisor {pid} on {host}: {len(mine)} rows"
+                )
                 continue
             row = mine[0]
             if row["state"] != "running" or row["age"] > stalled[host]:
                 self.report.problems.append(
                     f"supervisor {pid} on {host}: state {row['state']}, "
-                    f"heartbeat {row['age']:.1f} s old")
+                    f"heartbeat {row['age']:.1f} s old"
+                )
         for row in rows:
             if row["pid"] not in live and row["state"] != "stopped":
                 self.report.problems.append(
                     f"dead supervisor {row['pid']} on {row['host']} still "
-                    f"'{row['state']}' in the fleet table")
+                    f"'{row['state']}' in the fleet table"
+                )
 
     def stop(self) -> None:
         """SIGTERM every live supervisor; each must drain and exit 0."""
@@ -1144,7 +1223,8 @@ class ChaosRun:
                 code = None
             if code != 0:
                 self.report.problems.append(
-                    f"supervisor {fleet.pid} ({fleet.name}) exited with {code}")
+                    f"supervisor {fleet.pid} ({fleet.name}) exited with {code}"
+                )
         # stock workers drain their jobs; their exit codes are procrastinate's
         for worker in self.stock:
             if not worker.exited():
@@ -1205,23 +1285,30 @@ class ChaosRun:
         report = self.report
         self.markers.read()
         report.problems.extend(self.markers.anomalies)
-        with psycopg.connect(self.db_url, autocommit=True) as conn, \
-                conn.cursor(row_factory=dict_row) as cur:
+        with (
+            psycopg.connect(self.db_url, autocommit=True) as conn,
+            conn.cursor(row_factory=dict_row) as cur,
+        ):
             rows = cur.execute(
                 "SELECT id, task_name, status::text AS status, attempts "
-                "FROM procrastinate_jobs ORDER BY id").fetchall()
+                "FROM procrastinate_jobs ORDER BY id"
+            ).fetchall()
             fleet_rows = cur.execute(
                 "SELECT kind, pid, host, state FROM procrastinate_prefork_processes "
-                "WHERE state <> 'stopped'").fetchall()
+                "WHERE state <> 'stopped'"
+            ).fetchall()
         report.jobs = len(rows)
         report.by_task = dict(Counter(r["task_name"] for r in rows))
         report.statuses = dict(Counter(r["status"] for r in rows))
         if report.jobs != self.deferred:
-            report.problems.append(f"{self.deferred} jobs deferred, {report.jobs} in the table")
+            report.problems.append(
+                f"{self.deferred} jobs deferred, {report.jobs} in the table"
+            )
         for row in fleet_rows:
             report.problems.append(
                 f"fleet table: {row['kind']} pid {row['pid']} on {row['host']} still "
-                f"'{row['state']}' after the stop")
+                f"'{row['state']}' after the stop"
+            )
         runs_by_job = self.markers.by_job()
         report.runs = len(self.markers.runs)
         for row in rows:
@@ -1243,12 +1330,14 @@ class ChaosRun:
         if row["status"] in ("todo", "doing"):
             report.lost += 1
             report.problems.append(
-                f"job {row['id']} ({row['task_name']}) left {row['status']}")
+                f"job {row['id']} ({row['task_name']}) left {row['status']}"
+            )
         elif row["status"] not in expected:
             report.wrong_status += 1
             report.problems.append(
                 f"job {row['id']} ({row['task_name']}) ended {row['status']}, "
-                f"expected {' or '.join(sorted(expected))}")
+                f"expected {' or '.join(sorted(expected))}"
+            )
         if not runs:
             report.lost += 1
             report.problems.append(f"job {row['id']} ({row['task_name']}) never ran")
@@ -1256,12 +1345,14 @@ class ChaosRun:
         last = runs[-1]
         if row["status"] == "succeeded" and last.outcome != "end":
             report.problems.append(
-                f"job {row['id']} succeeded but its last run ended {last.outcome}")
+                f"job {row['id']} succeeded but its last run ended {last.outcome}"
+            )
         if row["id"] in self.overrun_long and last.outcome is not None:
             report.problems.append(
                 f"job {row['id']} (chaos_overrun, {3 * self.config.time_limit:g} s, "
                 f"limit {self.config.time_limit:g} s): its last run was not stopped "
-                f"by the time limit (it ended {last.outcome})")
+                f"by the time limit (it ended {last.outcome})"
+            )
         self._check_reruns(row["id"], runs)
 
     def _check_reruns(self, job_id: int, runs: list[Run]) -> None:
@@ -1279,11 +1370,13 @@ class ChaosRun:
             if pid in self._final_live:
                 report.problems.append(
                     f"job {job_id}: run {earlier.attempt} ({kind}) on pid {pid}, which "
-                    f"was still alive at the end, was run again (attempt {later.attempt})")
+                    f"was still alive at the end, was run again (attempt {later.attempt})"
+                )
             elif seen is not None and later.start < seen - 0.05:
                 report.problems.append(
                     f"job {job_id}: run again at {later.start:.3f} while pid {pid} of "
-                    f"its earlier run ({kind}) was still alive at {seen:.3f}")
+                    f"its earlier run ({kind}) was still alive at {seen:.3f}"
+                )
 
     def _check_locks(self, runs_by_job: dict[int, list[Run]]) -> None:
         by_lock: dict[str, list[Run]] = defaultdict(list)
@@ -1303,7 +1396,8 @@ class ChaosRun:
                 if later.start < busy_until - 0.05:
                     self.report.problems.append(
                         f"lock {lock}: job {later.job_id} started at {later.start:.3f} "
-                        f"while job {earlier.job_id} held it until {busy_until:.3f}")
+                        f"while job {earlier.job_id} held it until {busy_until:.3f}"
+                    )
 
     def _count_processes(self) -> None:
         report = self.report
@@ -1313,8 +1407,10 @@ class ChaosRun:
         report.children_forked = actions["child_started"]
         supervisors = {f.pid for f in self.fleets}
         report.other_child_deaths = sum(
-            1 for pid in self.watch.gone_at
-            if pid not in supervisors and pid not in self.watch.killed
+            1
+            for pid in self.watch.gone_at
+            if pid not in supervisors
+            and pid not in self.watch.killed
             and pid not in self._final_live
         )
 
@@ -1323,7 +1419,8 @@ class ChaosRun:
         status = {r["id"]: r["status"] for r in rows}
         report.queueing_lock_jobs = len(self.queueing_jobs)
         report.queueing_lock_failed = sum(
-            1 for j in self.queueing_jobs if status.get(j) == "failed")
+            1 for j in self.queueing_jobs if status.get(j) == "failed"
+        )
         report.overrun_jobs = len(self.overrun_long) + len(self.overrun_short)
         report.overrun_long = len(self.overrun_long)
         blamed = time_limit_blames(self.events())
@@ -1331,10 +1428,12 @@ class ChaosRun:
         for job_id in wrongly_blamed(blamed, self.overrun_long):
             report.problems.append(
                 f"job {job_id} ({status.get(job_id, '?')} in the end) was blamed for "
-                f"exceeding a time limit it was not deferred to exceed")
+                f"exceeding a time limit it was not deferred to exceed"
+            )
         stock_pids = {f.pid for f in self.stock}
         report.stock_worker_runs = sum(
-            1 for r in self.markers.runs.values() if r.pid in stock_pids)
+            1 for r in self.markers.runs.values() if r.pid in stock_pids
+        )
 
     def check_children_counts(self) -> None:
         """Once the attacks are over, every supervisor comes back to its
@@ -1351,22 +1450,27 @@ class ChaosRun:
                 fleet = self.current[hostname]
                 counts[hostname] = len(seen.get(fleet.pid, []))
                 if fleet.exited() or steady[hostname].update(
-                        counts[hostname], time.monotonic()):
+                    counts[hostname], time.monotonic()
+                ):
                     pending.discard(hostname)
             time.sleep(0.2)
         for hostname in sorted(pending):
             self.report.problems.append(
                 f"supervisor {self.current[hostname].pid} of {hostname}: "
                 f"{counts[hostname]} live children, target {target}, "
-                f"{self.config.converge_timeout:g} s after the chaos")
+                f"{self.config.converge_timeout:g} s after the chaos"
+            )
 
     def snapshot_live(self) -> None:
         """The fleet's processes alive just before the final stop: a job run
         by one of them must never have run again."""
         seen = self.observe()
         self._final_live = frozenset(
-            [*seen, *(pid for pids in seen.values() for pid in pids),
-             *(f.pid for f in self.stock if not f.exited())]
+            [
+                *seen,
+                *(pid for pids in seen.values() for pid in pids),
+                *(f.pid for f in self.stock if not f.exited()),
+            ]
         )
 
     def execute(self, on_tick: Callable[[ChaosRun], None] | None = None) -> ChaosReport:
@@ -1379,8 +1483,10 @@ class ChaosRun:
                 if missing > 0:
                     self.deferred_mix += len(self.defer(missing))
                 if self.config.time_limits:
-                    while (len(self.overrun_long) + len(self.overrun_short)
-                           < self.config.overrun_jobs):
+                    while (
+                        len(self.overrun_long) + len(self.overrun_short)
+                        < self.config.overrun_jobs
+                    ):
                         self.defer_overrun()
             self.say("chaos over; waiting for the last jobs")
             self.drain()

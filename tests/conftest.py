@@ -41,8 +41,11 @@ def pytest_configure(config: pytest.Config) -> None:
     values = {name: getattr(module, name) for name in dir(module) if name.isupper()}
     # pytest-django's test database: unique, so that runs in parallel on one
     # server (tox -p) do not drop each other's.
-    values["DATABASES"]["default"]["TEST"] = {"NAME": f"test_prefork_{uuid.uuid4().hex[:12]}"}
+    values["DATABASES"]["default"]["TEST"] = {
+        "NAME": f"test_prefork_{uuid.uuid4().hex[:12]}"
+    }
     settings.configure(**values)
+
 
 def _with_dbname(url: str, dbname: str) -> str:
     parts = urlsplit(url)
@@ -58,12 +61,16 @@ def pg_url() -> str:
 
 
 @contextlib.contextmanager
-def fresh_database(pg_url: str, prefix: str, template_url: str | None = None) -> Iterator[str]:
+def fresh_database(
+    pg_url: str, prefix: str, template_url: str | None = None
+) -> Iterator[str]:
     """A new database (a copy of the one at ``template_url`` if given), dropped
     afterwards. Unique names: test runs in parallel (``tox -p``) on one server
     do not drop each other's databases."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    template = f" TEMPLATE {urlsplit(template_url).path.lstrip('/')}" if template_url else ""
+    template = (
+        f" TEMPLATE {urlsplit(template_url).path.lstrip('/')}" if template_url else ""
+    )
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}{template}")
     try:

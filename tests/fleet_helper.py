@@ -23,7 +23,9 @@ T = TypeVar("T")
 
 
 def wait_for(
-    condition: Callable[[], T], timeout: float = 20.0, interval: float = 0.05,
+    condition: Callable[[], T],
+    timeout: float = 20.0,
+    interval: float = 0.05,
     message: str = "condition",
 ) -> T:
     deadline = time.monotonic() + timeout
@@ -50,19 +52,27 @@ def defer(db_url: str, task: str, count: int = 1, **kwargs: Any) -> list[int]:
 
 
 def jobs(db_url: str, ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
-    with psycopg.connect(db_url, autocommit=True) as conn, conn.cursor(row_factory=dict_row) as cur:
+    with (
+        psycopg.connect(db_url, autocommit=True) as conn,
+        conn.cursor(row_factory=dict_row) as cur,
+    ):
         if ids is None:
-            return cur.execute("SELECT * FROM procrastinate_jobs ORDER BY id").fetchall()
+            return cur.execute(
+                "SELECT * FROM procrastinate_jobs ORDER BY id"
+            ).fetchall()
         return cur.execute(
-            "SELECT * FROM procrastinate_jobs WHERE id = ANY(%s) ORDER BY id", [list(ids)]
+            "SELECT * FROM procrastinate_jobs WHERE id = ANY(%s) ORDER BY id",
+            [list(ids)],
         ).fetchall()
 
 
 def status_counts(db_url: str) -> dict[str, int]:
     with psycopg.connect(db_url, autocommit=True) as conn:
-        return dict(conn.execute(
-            "SELECT status::text, count(*) FROM procrastinate_jobs GROUP BY 1"
-        ).fetchall())
+        return dict(
+            conn.execute(
+                "SELECT status::text, count(*) FROM procrastinate_jobs GROUP BY 1"
+            ).fetchall()
+        )
 
 
 class Fleet:
@@ -82,8 +92,14 @@ class Fleet:
 
     # --- lifecycle
 
-    def start(self, *args: str, env: dict[str, str] | None = None, app: str = APP,
-              wait_ready: bool = True, command: Sequence[str] | None = None) -> Fleet:
+    def start(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        app: str = APP,
+        wait_ready: bool = True,
+        command: Sequence[str] | None = None,
+    ) -> Fleet:
         full_env = {
             **os.environ,
             "DATABASE_URL": self.db_url,
@@ -93,15 +109,30 @@ class Fleet:
             **(env or {}),
         }
         self.events_dir = Path(full_env["PREFORK_TEST_RESULTS"])
-        cmd = list(command) if command else [
-            sys.executable, "-m", "procrastinate_prefork.cli", "--app", app, "worker",
-            "--fetch-job-polling-interval", "30", *args,
-        ]
+        cmd = (
+            list(command)
+            if command
+            else [
+                sys.executable,
+                "-m",
+                "procrastinate_prefork.cli",
+                "--app",
+                app,
+                "worker",
+                "--fetch-job-polling-interval",
+                "30",
+                *args,
+            ]
+        )
         # The child writes to its own copy of the descriptor: ours is closed
         # at once, so that no test leaves the file open.
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                cmd, cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+                cmd,
+                cwd=REPO,
+                env=full_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         if wait_ready:
             self.wait_ready()
@@ -123,10 +154,16 @@ class Fleet:
     def wait_ready(self, timeout: float = 30) -> None:
         def ready() -> bool:
             shared = self.events_dir != self.results
-            return any(not shared or e.get("process") == self.pid
-                       for e in self.events("fleet_ready"))
-        wait_for(lambda: ready() or self.exited(),
-                 timeout, message="the fleet to be ready (its fleet_ready event)")
+            return any(
+                not shared or e.get("process") == self.pid
+                for e in self.events("fleet_ready")
+            )
+
+        wait_for(
+            lambda: ready() or self.exited(),
+            timeout,
+            message="the fleet to be ready (its fleet_ready event)",
+        )
         assert not self.exited(), f"fleet exited early:\n{self.log()}"
 
     def exited(self) -> bool:
@@ -167,10 +204,13 @@ class Fleet:
         except psutil.NoSuchProcess:
             return []
 
-    def wait_children(self, count: int, timeout: float = 20, exclude: Sequence[int] = ()) -> list[int]:
+    def wait_children(
+        self, count: int, timeout: float = 20, exclude: Sequence[int] = ()
+    ) -> list[int]:
         def ready() -> list[int] | None:
             pids = [p for p in self.child_pids() if p not in exclude]
             return pids if len(pids) == count else None
+
         return wait_for(ready, timeout, message=f"{count} children")
 
     def child_states(self) -> dict[int, str]:
@@ -191,16 +231,19 @@ class Fleet:
                 if state.startswith("busy"):
                     return pid
             return None
+
         return wait_for(find, timeout, message="a busy child")
 
     def running_child(self, job_id: int, attempt: int = 0, timeout: float = 20) -> int:
         """The pid of the child once it has started ``job_id`` (its start mark
         is written: killing it now cannot race with the task's first line)."""
+
         def find() -> int | None:
             for j, a, pid in self.marks("start"):
                 if (j, a) == (job_id, attempt):
                     return pid
             return None
+
         return wait_for(find, timeout, message=f"job {job_id} to start")
 
     # --- results written by the test tasks

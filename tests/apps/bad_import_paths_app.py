@@ -7,6 +7,8 @@ import os
 import procrastinate
 
 app = procrastinate.App(
-    connector=procrastinate.PsycopgConnector(conninfo=os.environ.get("DATABASE_URL", "")),
+    connector=procrastinate.PsycopgConnector(
+        conninfo=os.environ.get("DATABASE_URL", "")
+    ),
     import_paths=["tests.apps.no_such_tasks_module"],
 )

@@ -37,7 +37,9 @@ from . import events
 events.install()
 
 app = procrastinate.App(
-    connector=procrastinate.PsycopgConnector(conninfo=os.environ.get("DATABASE_URL", "")),
+    connector=procrastinate.PsycopgConnector(
+        conninfo=os.environ.get("DATABASE_URL", "")
+    ),
 )
 
 #: task name -> final status it must end in
@@ -65,11 +67,14 @@ def _mark(context: procrastinate.JobContext, event: str) -> None:
     if _log["pid"] != pid:  # first write in this process
         _log["fd"] = os.open(
             os.path.join(results, f"chaos-{pid}.log"),
-            os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644,
+            os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+            0o644,
         )
         _log["pid"] = pid
     job = context.job
-    line = f"{event} {job.id} {job.attempts} {pid} {time.time():.6f} {job.lock or '-'}\n"
+    line = (
+        f"{event} {job.id} {job.attempts} {pid} {time.time():.6f} {job.lock or '-'}\n"
+    )
     os.write(_log["fd"], line.encode())
 
 
@@ -87,7 +92,9 @@ def chaos_cpu(context: procrastinate.JobContext, ms: float = 20, **_: Any) -> No
 
 
 @app.task(name="chaos_sleep", pass_context=True)
-def chaos_sleep(context: procrastinate.JobContext, seconds: float = 0.3, **_: Any) -> None:
+def chaos_sleep(
+    context: procrastinate.JobContext, seconds: float = 0.3, **_: Any
+) -> None:
     _mark(context, "start")
     time.sleep(seconds)
     _mark(context, "end")
@@ -103,7 +110,9 @@ async def chaos_async(
 
 
 @app.task(name="chaos_locked", pass_context=True)
-def chaos_locked(context: procrastinate.JobContext, seconds: float = 0.1, **_: Any) -> None:
+def chaos_locked(
+    context: procrastinate.JobContext, seconds: float = 0.1, **_: Any
+) -> None:
     """Deferred with a procrastinate ``lock``: two jobs of one lock never run
     at the same time."""
     _mark(context, "start")
@@ -132,7 +141,8 @@ def chaos_overrun(
 
 
 @app.task(
-    name="chaos_flaky", pass_context=True,
+    name="chaos_flaky",
+    pass_context=True,
     retry=procrastinate.RetryStrategy(max_attempts=20, wait=0),
 )
 def chaos_flaky(context: procrastinate.JobContext, ms: float = 5, **_: Any) -> None:
@@ -145,7 +155,8 @@ def chaos_flaky(context: procrastinate.JobContext, ms: float = 5, **_: Any) -> N
 
 
 @app.task(
-    name="chaos_fail", pass_context=True,
+    name="chaos_fail",
+    pass_context=True,
     retry=procrastinate.RetryStrategy(max_attempts=FAIL_MAX_ATTEMPTS, wait=0),
 )
 def chaos_fail(context: procrastinate.JobContext, ms: float = 5, **_: Any) -> None:

@@ -15,8 +15,9 @@ __all__ = ["app"]
 
 
 @app.task(name="secret_sleep", pass_context=True)
-def secret_sleep(context: procrastinate.JobContext, seconds: float = 30,
-                 token: str = "") -> None:
+def secret_sleep(
+    context: procrastinate.JobContext, seconds: float = 30, token: str = ""
+) -> None:
     _mark(context, "start")
     time.sleep(seconds)
     _mark(context, "end")

@@ -17,10 +17,16 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"messa
 class JsonLines(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         extra = {k: v for k, v in vars(record).items() if k not in _STANDARD}
-        return json.dumps({
-            "level": record.levelname, "logger": record.name, "pid": record.process,
-            "message": record.getMessage(), **extra,
-        }, default=str)
+        return json.dumps(
+            {
+                "level": record.levelname,
+                "logger": record.name,
+                "pid": record.process,
+                "message": record.getMessage(),
+                **extra,
+            },
+            default=str,
+        )
 
 
 _handler = logging.StreamHandler(sys.stderr)

@@ -11,14 +11,20 @@ import sys
 from .plain_app import app  # noqa: F401 - the tasks come with it
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-    "message", "asctime", "taskName",
+    "message",
+    "asctime",
+    "taskName",
 }
 
 
 class JsonLines(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        data = {"level": record.levelname, "logger": record.name,
-                "pid": record.process, "message": record.getMessage()}
+        data = {
+            "level": record.levelname,
+            "logger": record.name,
+            "pid": record.process,
+            "message": record.getMessage(),
+        }
         data.update((k, v) for k, v in vars(record).items() if k not in _STANDARD)
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)

@@ -18,7 +18,9 @@ from . import events
 events.install()
 
 app = procrastinate.App(
-    connector=procrastinate.PsycopgConnector(conninfo=os.environ.get("DATABASE_URL", "")),
+    connector=procrastinate.PsycopgConnector(
+        conninfo=os.environ.get("DATABASE_URL", "")
+    ),
 )
 
 
@@ -77,7 +79,9 @@ def die_once(context: procrastinate.JobContext) -> None:
 
 
 @app.task(name="first_run_fails", pass_context=True)
-def first_run_fails(context: procrastinate.JobContext, first: float = 4, later: float = 1) -> None:
+def first_run_fails(
+    context: procrastinate.JobContext, first: float = 4, later: float = 1
+) -> None:
     """The first run fails after ``first`` seconds, a later one succeeds: which
     outcome the job row ends with tells which run wrote it."""
     _mark(context, "start")
@@ -108,11 +112,18 @@ def flaky(context: procrastinate.JobContext, fail_times: int = 1) -> None:
     name="slow_retry_on_timeout",
     pass_context=True,
     retry=procrastinate.RetryStrategy(
-        max_attempts=2, wait=0,
-        retry_exceptions={__import__("procrastinate_prefork.recovery", fromlist=["x"]).JobTimeLimitExceeded},
+        max_attempts=2,
+        wait=0,
+        retry_exceptions={
+            __import__(
+                "procrastinate_prefork.recovery", fromlist=["x"]
+            ).JobTimeLimitExceeded
+        },
     ),
 )
-def slow_retry_on_timeout(context: procrastinate.JobContext, seconds: float = 30) -> None:
+def slow_retry_on_timeout(
+    context: procrastinate.JobContext, seconds: float = 30
+) -> None:
     _mark(context, "start")
     time.sleep(seconds)
     _mark(context, "end")
@@ -136,7 +147,9 @@ def on_child_start(*, slot: int, pid: int) -> None:
             f.write(f"{slot} {os.getppid()}\n")
 
 
-def on_child_exit(*, slot: int, pid: int, exit_code: int | None, signal: int | None) -> None:
+def on_child_exit(
+    *, slot: int, pid: int, exit_code: int | None, signal: int | None
+) -> None:
     results = os.environ.get("PREFORK_TEST_RESULTS")
     if results:
         with open(os.path.join(results, f"hook-exit-{pid}"), "w") as f:
@@ -174,11 +187,12 @@ async def soft_async(context: procrastinate.JobContext, seconds: float = 30) -> 
 
 
 @app.task(
-    name="soft_retry", pass_context=True,
+    name="soft_retry",
+    pass_context=True,
     retry=procrastinate.RetryStrategy(
-        max_attempts=1, wait=0,
-        retry_exceptions={
-            __import__("procrastinate_prefork").SoftTimeLimitExceeded},
+        max_attempts=1,
+        wait=0,
+        retry_exceptions={__import__("procrastinate_prefork").SoftTimeLimitExceeded},
     ),
 )
 def soft_retry(context: procrastinate.JobContext, seconds: float = 30) -> None:

@@ -51,9 +51,13 @@ if os.environ.get("PREFORK_TEST_PREFORK_SETTINGS"):
     PROCRASTINATE_PREFORK = json.loads(os.environ["PREFORK_TEST_PREFORK_SETTINGS"])
 
 if os.environ.get("PREFORK_TEST_PREFORK_FIRST") == "1":
-    INSTALLED_APPS = [app for app in INSTALLED_APPS if app != "procrastinate_prefork.contrib.django"]
-    INSTALLED_APPS.insert(INSTALLED_APPS.index("procrastinate.contrib.django"),
-                          "procrastinate_prefork.contrib.django")
+    INSTALLED_APPS = [
+        app for app in INSTALLED_APPS if app != "procrastinate_prefork.contrib.django"
+    ]
+    INSTALLED_APPS.insert(
+        INSTALLED_APPS.index("procrastinate.contrib.django"),
+        "procrastinate_prefork.contrib.django",
+    )
 
 # Records which process ran every job (see tests/django_project/middleware.py).
 PROCRASTINATE_WORKER_DEFAULTS = {

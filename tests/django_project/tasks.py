@@ -30,7 +30,6 @@ async def orm_async() -> int:
     return count
 
 
-
 @app.task(name="tests.orm_iterate")
 def orm_iterate(times: int = 10) -> int:
     """``QuerySet.iterator()`` (a server-side cursor unless the database's
@@ -38,6 +37,7 @@ def orm_iterate(times: int = 10) -> int:
     from django.contrib.contenttypes.models import ContentType
 
     return sum(
-        1 for _ in range(times)
+        1
+        for _ in range(times)
         for _ in ContentType.objects.all().iterator(chunk_size=2)
     )

@@ -39,26 +39,31 @@ def assert_refused(fleet, code: int, name: str) -> None:
     assert fleet.events("child_started") == []
 
 
-@pytest.mark.parametrize(("args", "expected"), [
-    (("--stalled-timeout", "0"), "--stalled-timeout"),
-    (("--heartbeat-interval", "soon"), "--heartbeat-interval"),
-    (("--child-timeout", "nan"), "--child-timeout"),
-    (("--max-crash-retries", "-1"), "--max-crash-retries"),
-    (("--job-timeout", "-5"), "--job-timeout"),
-    (("--task-timeout", "slow"), "--task-timeout"),
-    (("--autoscale", "4,2"), "--autoscale"),
-    (("--delete-jobs", "sometimes"), "--delete-jobs"),
-    (("--log-level", "loud"), "--log-level"),
-    (("--health-port", "70000"), "--health-port"),
-    (("--max-memory-per-child", "lots"), "--max-memory-per-child"),
-    (("--heartbeat-interval", "20"), "--heartbeat-interval"),
-    (("--stalled-timeout", "1e16"), "--stalled-timeout"),
-    (("--job-timeout", "1e16"), "--job-timeout"),
-    (("--task-timeout", "chaos_cpu=1e16"), "--task-timeout"),
-    (("--queues", "q" * 300), "--queues"),
-    (("--task-soft-timeout", "chaos_cpu=5", "--task-timeout", "chaos_cpu=5"),
-     "chaos_cpu"),  # names the task at fault
-])
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("--stalled-timeout", "0"), "--stalled-timeout"),
+        (("--heartbeat-interval", "soon"), "--heartbeat-interval"),
+        (("--child-timeout", "nan"), "--child-timeout"),
+        (("--max-crash-retries", "-1"), "--max-crash-retries"),
+        (("--job-timeout", "-5"), "--job-timeout"),
+        (("--task-timeout", "slow"), "--task-timeout"),
+        (("--autoscale", "4,2"), "--autoscale"),
+        (("--delete-jobs", "sometimes"), "--delete-jobs"),
+        (("--log-level", "loud"), "--log-level"),
+        (("--health-port", "70000"), "--health-port"),
+        (("--max-memory-per-child", "lots"), "--max-memory-per-child"),
+        (("--heartbeat-interval", "20"), "--heartbeat-interval"),
+        (("--stalled-timeout", "1e16"), "--stalled-timeout"),
+        (("--job-timeout", "1e16"), "--job-timeout"),
+        (("--task-timeout", "chaos_cpu=1e16"), "--task-timeout"),
+        (("--queues", "q" * 300), "--queues"),
+        (
+            ("--task-soft-timeout", "chaos_cpu=5", "--task-timeout", "chaos_cpu=5"),
+            "chaos_cpu",
+        ),  # names the task at fault
+    ],
+)
 def test_invalid_option_value_exits_2(fleet, db_url, args, expected):
     [job_id] = defer(db_url, "chaos_cpu", ms=1)
     assert_refused(fleet, fleet.run_to_exit(*args, app=CHAOS_APP, timeout=30), expected)
@@ -66,20 +71,32 @@ def test_invalid_option_value_exits_2(fleet, db_url, args, expected):
     assert jobs(db_url, [job_id])[0]["status"] == "todo"  # untouched, not lost
 
 
-@pytest.mark.parametrize(("env", "expected"), [
-    ({"PROCRASTINATE_PREFORK_STALLED_TIMEOUT": "-1"},
-     "PROCRASTINATE_PREFORK_STALLED_TIMEOUT"),
-    ({"PROCRASTINATE_WORKER_CONCURRENCY": "0"},
-     "PROCRASTINATE_WORKER_CONCURRENCY"),
-    ({"PROCRASTINATE_WORKER_DELETE_JOBS": "maybe"},
-     "PROCRASTINATE_WORKER_DELETE_JOBS"),
-    ({"PROCRASTINATE_PREFORK_LISTEN_NOTIFY": "sometimes"},
-     "PROCRASTINATE_PREFORK_LISTEN_NOTIFY"),
-    ({"PROCRASTINATE_PREFORK_LISTEN_DSN": "host=db password=SECRET-77 dangling"},
-     "PROCRASTINATE_PREFORK_LISTEN_DSN"),
-    ({"PROCRASTINATE_PREFORK_HOSTNAME": "x" * 300},
-     "PROCRASTINATE_PREFORK_HOSTNAME"),
-])
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"PROCRASTINATE_PREFORK_STALLED_TIMEOUT": "-1"},
+            "PROCRASTINATE_PREFORK_STALLED_TIMEOUT",
+        ),
+        ({"PROCRASTINATE_WORKER_CONCURRENCY": "0"}, "PROCRASTINATE_WORKER_CONCURRENCY"),
+        (
+            {"PROCRASTINATE_WORKER_DELETE_JOBS": "maybe"},
+            "PROCRASTINATE_WORKER_DELETE_JOBS",
+        ),
+        (
+            {"PROCRASTINATE_PREFORK_LISTEN_NOTIFY": "sometimes"},
+            "PROCRASTINATE_PREFORK_LISTEN_NOTIFY",
+        ),
+        (
+            {"PROCRASTINATE_PREFORK_LISTEN_DSN": "host=db password=SECRET-77 dangling"},
+            "PROCRASTINATE_PREFORK_LISTEN_DSN",
+        ),
+        (
+            {"PROCRASTINATE_PREFORK_HOSTNAME": "x" * 300},
+            "PROCRASTINATE_PREFORK_HOSTNAME",
+        ),
+    ],
+)
 def test_invalid_environment_value_exits_2(fleet, env, expected):
     code = fleet.run_to_exit(app=CHAOS_APP, env=env, timeout=30)
     assert code == 2
@@ -87,12 +104,19 @@ def test_invalid_environment_value_exits_2(fleet, env, expected):
 
 
 def test_command_line_beats_a_bad_environment_value(fleet):
-    fleet.start("--concurrency", "1", "--stalled-timeout", "10", app=CHAOS_APP,
-                env={"PROCRASTINATE_PREFORK_STALLED_TIMEOUT": "never"})
+    fleet.start(
+        "--concurrency",
+        "1",
+        "--stalled-timeout",
+        "10",
+        app=CHAOS_APP,
+        env={"PROCRASTINATE_PREFORK_STALLED_TIMEOUT": "never"},
+    )
     with psycopg.connect(fleet.db_url, autocommit=True) as conn:
         [(stalled,)] = conn.execute(
             "SELECT stalled_timeout FROM procrastinate_prefork_processes "
-            "WHERE kind = 'supervisor'").fetchall()
+            "WHERE kind = 'supervisor'"
+        ).fetchall()
     assert stalled == 10
     assert fleet.stop() == 0
 
@@ -113,26 +137,35 @@ def test_unknown_task_fails_its_job_and_the_fleet_goes_on(fleet, db_url):
     children = fleet.wait_children(2)
     unknown = defer(db_url, "no_such_task", count=5, x=1)
     good = defer(db_url, "chaos_cpu", count=20, ms=1)
-    wait_for(lambda: all(r["status"] in ("failed", "succeeded") for r in jobs(db_url)),
-             timeout=30, message="every job to end")
+    wait_for(
+        lambda: all(r["status"] in ("failed", "succeeded") for r in jobs(db_url)),
+        timeout=30,
+        message="every job to end",
+    )
     assert {r["status"] for r in jobs(db_url, unknown)} == {"failed"}
     assert {r["status"] for r in jobs(db_url, good)} == {"succeeded"}
     assert fleet.child_pids() == children  # no child died for it
     assert fleet.stop() == 0
 
 
-@pytest.mark.parametrize("args", [
-    {},  # missing argument
-    {"n": 1, "extra": 2},  # unexpected argument
-    {"n": "three"},  # the task's own check
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        {},  # missing argument
+        {"n": 1, "extra": 2},  # unexpected argument
+        {"n": "three"},  # the task's own check
+    ],
+)
 def test_arguments_the_task_rejects_fail_the_job(fleet, db_url, args):
     fleet.start("--concurrency", "1", app=CHAOS_APP)
     [child] = fleet.wait_children(1)
     [bad] = defer(db_url, "chaos_strict", **args)
     [good] = defer(db_url, "chaos_strict", n=1)
-    wait_for(lambda: jobs(db_url, [good])[0]["status"] == "succeeded", timeout=30,
-             message="the good job to succeed")
+    wait_for(
+        lambda: jobs(db_url, [good])[0]["status"] == "succeeded",
+        timeout=30,
+        message="the good job to succeed",
+    )
     assert jobs(db_url, [bad])[0]["status"] == "failed"
     assert fleet.child_pids() == [child]
     assert fleet.stop() == 0
@@ -146,14 +179,28 @@ def test_oversized_arguments_run_and_do_not_flood_the_logs(fleet, db_url):
     [big] = defer(db_url, "chaos_sleep", seconds=3, payload="x" * (50 * 2**20))
     others = defer(db_url, "chaos_cpu", count=20, ms=1)
     victim = wait_for(
-        lambda: next((pid for pid, state in fleet.child_states().items()
-                      if state.startswith(f"busy job {big} ")), None),
-        timeout=30, message="the big job to start")
+        lambda: next(
+            (
+                pid
+                for pid, state in fleet.child_states().items()
+                if state.startswith(f"busy job {big} ")
+            ),
+            None,
+        ),
+        timeout=30,
+        message="the big job to start",
+    )
     os.kill(victim, signal.SIGKILL)
-    wait_for(lambda: all(r["status"] == "succeeded" for r in jobs(db_url, others)),
-             timeout=60, message="the other jobs to succeed")
-    wait_for(lambda: status_counts(db_url) == {"succeeded": 21}, timeout=60,
-             message="the big job to succeed after the kill")
+    wait_for(
+        lambda: all(r["status"] == "succeeded" for r in jobs(db_url, others)),
+        timeout=60,
+        message="the other jobs to succeed",
+    )
+    wait_for(
+        lambda: status_counts(db_url) == {"succeeded": 21},
+        timeout=60,
+        message="the big job to succeed after the kill",
+    )
     assert big in [e["job_id"] for e in fleet.events("job_recovered")]
     assert len(fleet.log()) < 2**20, "job arguments in the logs"
     assert fleet.stop() == 0
@@ -162,7 +209,8 @@ def test_oversized_arguments_run_and_do_not_flood_the_logs(fleet, db_url):
 def test_malformed_dsn_never_shows_its_password(fleet):
     """libpq quotes the bad part of a DSN in its error: here, the password."""
     code = fleet.run_to_exit(
-        app=CHAOS_APP, timeout=30,
+        app=CHAOS_APP,
+        timeout=30,
         env={"DATABASE_URL": "postgresql://u:Dsn%zzPw@host/db"},
     )
     assert code == 1

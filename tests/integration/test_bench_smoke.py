@@ -27,19 +27,46 @@ def test_bench_harness_smoke(pg_url, tmp_path):
     env = {**os.environ, "DATABASE_URL": pg_url, "PYTHONUNBUFFERED": "1"}
     env.pop("BENCH_COMMAND", None)
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "run.py"),
-         "--only", "cpu20,noop_async", "--ns", "1", "--kinds", "stock,prefork",
-         "--scale", "0.01", "--reps", "1", "--no-celery",
-         "--settle", "0.2", "--poll", "0.2", "--noise-seconds", "0.2",
-         "--quiet-below", "1", "--out-dir", str(tmp_path)],
-        check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "run.py"),
+            "--only",
+            "cpu20,noop_async",
+            "--ns",
+            "1",
+            "--kinds",
+            "stock,prefork",
+            "--scale",
+            "0.01",
+            "--reps",
+            "1",
+            "--no-celery",
+            "--settle",
+            "0.2",
+            "--poll",
+            "0.2",
+            "--noise-seconds",
+            "0.2",
+            "--quiet-below",
+            "1",
+            "--out-dir",
+            str(tmp_path),
+        ],
+        check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = json.loads((tmp_path / "benchmarks.json").read_text())
     drains = {(d["scenario"], d["kind"], d["n"]): d for d in results["drains"]}
     assert set(drains) == {
-        ("cpu20", "stock", 1), ("cpu20", "prefork", 1),
-        ("noop_async", "stock", 1), ("noop_async", "prefork", 1),
+        ("cpu20", "stock", 1),
+        ("cpu20", "prefork", 1),
+        ("noop_async", "stock", 1),
+        ("noop_async", "prefork", 1),
     }
     for drain in drains.values():
         assert drain["reps"] == 1

@@ -17,7 +17,8 @@ class Plans:
     def __init__(self, conn: psycopg.Connection) -> None:
         self.texts: list[str] = []
         conn.add_notice_handler(
-            lambda diag: self.texts.append(diag.message_primary or ""))
+            lambda diag: self.texts.append(diag.message_primary or "")
+        )
         conn.execute("LOAD 'auto_explain'")
         conn.execute("SET auto_explain.log_min_duration = 0")
         conn.execute("SET auto_explain.log_nested_statements = on")
@@ -32,11 +33,14 @@ def big(db: psycopg.Connection) -> psycopg.Connection:
     db.execute(
         "INSERT INTO procrastinate_jobs (queue_name, task_name, args, status) "
         "SELECT 'default', 'finished', '{}', 'succeeded' "
-        "FROM generate_series(1, %s)", [ROWS])
+        "FROM generate_series(1, %s)",
+        [ROWS],
+    )
     db.execute(
         "INSERT INTO procrastinate_jobs (queue_name, task_name, args, status) "
         "SELECT 'elsewhere', 'waiting', '{}', 'todo' FROM generate_series(1, %s)",
-        [ROWS])
+        [ROWS],
+    )
     db.execute("ANALYZE procrastinate_jobs")
     return db
 
@@ -47,14 +51,16 @@ def _doing_job(db: psycopg.Connection, heartbeat: str = "now()") -> tuple[int, i
         f"VALUES ({heartbeat}) RETURNING id) "
         "INSERT INTO procrastinate_jobs (queue_name, task_name, args, status, "
         "worker_id) SELECT 'default', 'victim', '{}', 'doing', id FROM w "
-        "RETURNING id, worker_id").fetchone()
+        "RETURNING id, worker_id"
+    ).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])
 
 
 def _status(db: psycopg.Connection, job_id: int) -> str:
-    row = db.execute("SELECT status FROM procrastinate_jobs WHERE id = %s",
-                     [job_id]).fetchone()
+    row = db.execute(
+        "SELECT status FROM procrastinate_jobs WHERE id = %s", [job_id]
+    ).fetchone()
     assert row is not None
     return str(row[0])
 
@@ -62,8 +68,9 @@ def _status(db: psycopg.Connection, job_id: int) -> str:
 def test_recovering_a_dead_childs_job_reads_no_job_table_in_full(big):
     job_id, worker_id = _doing_job(big)
     plans = Plans(big)
-    done = recovery.recover_worker_jobs(big, [worker_id], cause="test",
-                                        max_crash_retries=3)
+    done = recovery.recover_worker_jobs(
+        big, [worker_id], cause="test", max_crash_retries=3
+    )
     assert [r.job_id for r in done] == [job_id]
     assert _status(big, job_id) == "todo"
     # deleting the worker row sets worker_id = NULL on its jobs (a foreign key)
@@ -74,8 +81,9 @@ def test_recovering_a_dead_childs_job_reads_no_job_table_in_full(big):
 def test_the_sweep_reads_doing_jobs_only(big):
     job_id, _ = _doing_job(big, heartbeat="now() - interval '1 hour'")
     plans = Plans(big)
-    judgement = recovery.Judgement(healthy_for=3600, slack=5, own_timeout=30,
-                                   own_interval=5, stock_timeout=30)
+    judgement = recovery.Judgement(
+        healthy_for=3600, slack=5, own_timeout=30, own_interval=5, stock_timeout=30
+    )
     swept = recovery.sweep_stalled(big, judgement=judgement, max_crash_retries=3)
     assert [r.job_id for r in swept or []] == [job_id]
     assert _status(big, job_id) == "todo"

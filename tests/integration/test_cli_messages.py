@@ -14,11 +14,21 @@ from ..fleet_helper import APP, REPO
 MANAGE = REPO / "demo_project" / "manage.py"
 
 
-def cli(db_url: str, *args: str, app: str | None = APP) -> subprocess.CompletedProcess[str]:
+def cli(
+    db_url: str, *args: str, app: str | None = APP
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "procrastinate_prefork.cli",
-         *(["--app", app] if app else []), *args],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "procrastinate_prefork.cli",
+            *(["--app", app] if app else []),
+            *args,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, "DATABASE_URL": db_url, "PYTHONPATH": str(REPO)},
     )
 
@@ -26,9 +36,17 @@ def cli(db_url: str, *args: str, app: str | None = APP) -> subprocess.CompletedP
 def manage(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     pytest.importorskip("django")
     return subprocess.run(
-        [sys.executable, str(MANAGE), *args], cwd=REPO, capture_output=True, text=True,
-        timeout=60, env={**os.environ, "DATABASE_URL": db_url, "PYTHONPATH": str(REPO),
-                         "DJANGO_SETTINGS_MODULE": "tests.django_project.settings"},
+        [sys.executable, str(MANAGE), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **os.environ,
+            "DATABASE_URL": db_url,
+            "PYTHONPATH": str(REPO),
+            "DJANGO_SETTINGS_MODULE": "tests.django_project.settings",
+        },
     )
 
 
@@ -61,9 +79,13 @@ def test_app_after_the_command_is_accepted(db_url):
     assert "UNHEALTHY" in result.stdout
 
 
-@pytest.mark.parametrize(("typo", "meant"), [
-    ("--concurency", "--concurrency"), ("--max-jobs-per-chlid=3", "--max-jobs-per-child"),
-])
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [
+        ("--concurency", "--concurrency"),
+        ("--max-jobs-per-chlid=3", "--max-jobs-per-child"),
+    ],
+)
 def test_mistyped_flag_gets_a_suggestion(db_url, typo, meant):
     result = cli(db_url, "worker", typo, "2")
     assert result.returncode == 2
@@ -73,7 +95,9 @@ def test_mistyped_flag_gets_a_suggestion(db_url, typo, meant):
 
 def test_worker_help_shows_defaults_variables_and_choices(db_url):
     text = " ".join(cli(db_url, "worker", "--help", app=None).stdout.split())
-    assert "PROCRASTINATE_WORKER_CONCURRENCY" in text and "PROCRASTINATE_LOG_LEVEL" in text
+    assert (
+        "PROCRASTINATE_WORKER_CONCURRENCY" in text and "PROCRASTINATE_LOG_LEVEL" in text
+    )
     assert "--log-level {debug,info,warning,error,critical}" in text
     assert "(default: 30.0; env: PROCRASTINATE_PREFORK_STALLED_TIMEOUT)" in text
 

@@ -31,11 +31,19 @@ def test_each_child_has_its_own_sessions(fleet, db_url):
     fleet.start("--concurrency", "3")
     children = fleet.wait_children(3)
     with psycopg.connect(db_url, autocommit=True) as conn:
-        rows = wait_for(lambda: (r := conn.execute(
-            "SELECT application_name, pid FROM pg_stat_activity "
-            "WHERE application_name LIKE 'prefork:%%' AND datname = current_database()"
-        ).fetchall()) and len({a.rsplit(':', 1)[1] for a, _ in r}) == 4 and r,
-            message="sessions of the supervisor and 3 children")
+        rows = wait_for(
+            lambda: (
+                (
+                    r := conn.execute(
+                        "SELECT application_name, pid FROM pg_stat_activity "
+                        "WHERE application_name LIKE 'prefork:%%' AND datname = current_database()"
+                    ).fetchall()
+                )
+                and len({a.rsplit(":", 1)[1] for a, _ in r}) == 4
+                and r
+            ),
+            message="sessions of the supervisor and 3 children",
+        )
     by_process: dict[int, set[int]] = {}
     for app_name, backend_pid in rows:
         process_pid = int(app_name.rsplit(":", 1)[1])
@@ -97,8 +105,12 @@ def test_supervisor_sigkill_leaves_no_child(fleet):
     killed_at = time.monotonic()
 
     def all_gone() -> bool:
-        return not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-                       for pid in children)
+        return not any(
+            psutil.pid_exists(pid)
+            and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+            for pid in children
+        )
+
     wait_for(all_gone, timeout=5, message="orphaned children to exit")
     assert time.monotonic() - killed_at < 2.0
 
@@ -153,7 +165,9 @@ def test_app_that_does_not_import_exits_2(fleet):
 
 
 def test_database_unreachable_at_start(fleet):
-    code = fleet.run_to_exit(env={"DATABASE_URL": "postgresql://nobody@127.0.0.1:1/x"}, timeout=30)
+    code = fleet.run_to_exit(
+        env={"DATABASE_URL": "postgresql://nobody@127.0.0.1:1/x"}, timeout=30
+    )
     assert code == 1
     # after the banner, which is printed before the database is reached
     assert "Traceback" not in fleet.log()
@@ -171,8 +185,9 @@ def test_schema_missing_at_start(fleet, empty_db_url):
 def test_async_jobs_with_child_concurrency(fleet, db_url):
     ids = defer(db_url, "async_sleep", count=20, seconds=0.3)
     started = time.monotonic()
-    code = fleet.run_to_exit("--concurrency", "1", "--child-concurrency", "10",
-                             "--one-shot", timeout=60)
+    code = fleet.run_to_exit(
+        "--concurrency", "1", "--child-concurrency", "10", "--one-shot", timeout=60
+    )
     assert code == 0, fleet.log()
     assert {r["status"] for r in jobs(db_url, ids)} == {"succeeded"}
     # 20 jobs of 0.3 s on 10 slots of one child: concurrent, not serial (6 s)

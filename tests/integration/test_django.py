@@ -24,7 +24,15 @@ import pytest
 django = pytest.importorskip("django")  # the tox env without Django skips this module
 
 from ..conftest import fresh_database
-from ..fleet_helper import REPO, Fleet, FleetFactory, defer, jobs, status_counts, wait_for
+from ..fleet_helper import (
+    REPO,
+    Fleet,
+    FleetFactory,
+    defer,
+    jobs,
+    status_counts,
+    wait_for,
+)
 
 MANAGE = REPO / "demo_project" / "manage.py"
 SETTINGS = "tests.django_project.settings"
@@ -49,8 +57,12 @@ def django_template_url(pg_url: str) -> Iterator[str]:
     """A database migrated by ``manage.py migrate``, cloned by each test."""
     with fresh_database(pg_url, "prefork_django_template") as url:
         result = subprocess.run(
-            manage("migrate", "-v0"), env=django_env(url), cwd=REPO,
-            capture_output=True, text=True, timeout=120,
+            manage("migrate", "-v0"),
+            env=django_env(url),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert result.returncode == 0, result.stdout + result.stderr
         yield url
@@ -70,7 +82,9 @@ def dj_fleet(django_db_url: str, tmp_path) -> Iterator[Fleet]:
     factory.cleanup()
 
 
-def start_worker(fleet: Fleet, *args: str, wait_ready: bool = True, **env: str) -> Fleet:
+def start_worker(
+    fleet: Fleet, *args: str, wait_ready: bool = True, **env: str
+) -> Fleet:
     return fleet.start(
         command=manage("prefork_worker", *args),
         env={"DJANGO_SETTINGS_MODULE": SETTINGS, **env},
@@ -126,9 +140,9 @@ def test_prefork_worker_drains_the_demo_tasks(dj_fleet, django_db_url):
     ends = dj_fleet.marks("end")
     # the flaky ones failed on attempt 0, then their retry succeeded
     flaky = set(ids["demo_app.tasks.flaky"])
-    assert sorted((j, a) for j, a, _ in dj_fleet.marks("start") if j in flaky) == sorted(
-        (j, a) for j in flaky for a in (0, 1)
-    )
+    assert sorted(
+        (j, a) for j, a, _ in dj_fleet.marks("start") if j in flaky
+    ) == sorted((j, a) for j in flaky for a in (0, 1))
     assert {a for j, a, _ in ends if j in flaky} == {1}
     assert sorted(job_id for job_id, _, _ in ends) == sorted(all_ids)
     pids = {pid for _, _, pid in ends}
@@ -136,48 +150,71 @@ def test_prefork_worker_drains_the_demo_tasks(dj_fleet, django_db_url):
     assert dj_fleet.pid not in pids
     # procrastinate's Django DB-cleanup middleware survived into the children,
     # next to the user's own worker defaults (the recording middleware)
-    assert {"close_db_connections", "close_db_connections_async"} <= middleware_names(dj_fleet)
+    assert {"close_db_connections", "close_db_connections_async"} <= middleware_names(
+        dj_fleet
+    )
     # the only tracebacks are those procrastinate logs for the flaky failures
     log = dj_fleet.log()
-    assert log.count("Traceback") == log.count("RuntimeError: flaky: failing") == len(flaky)
+    assert (
+        log.count("Traceback")
+        == log.count("RuntimeError: flaky: failing")
+        == len(flaky)
+    )
 
 
 def test_async_orm_in_the_parent_before_fork(dj_fleet, django_db_url):
     """The supervisor process used Django's async ORM (asgiref's thread-sensitive
     thread, which holds a connection of its own) before forking: the children's
     thread-sensitive calls still complete, and no connection leaks."""
-    start_worker(dj_fleet, "--concurrency", "2",
-                 PREFORK_TEST_PARENT_ASYNC_ORM="1", PREFORK_TEST_CONN_MAX_AGE="0")
+    start_worker(
+        dj_fleet,
+        "--concurrency",
+        "2",
+        PREFORK_TEST_PARENT_ASYNC_ORM="1",
+        PREFORK_TEST_CONN_MAX_AGE="0",
+    )
     # the scenario did happen: the hook ran in the supervisor with a live thread
     [parent_marker] = dj_fleet.results.glob("parent-*.threads")
     assert parent_marker.name == f"parent-{dj_fleet.pid}.threads"
     assert "ThreadPoolExecutor" in parent_marker.read_text()
 
-    ids = defer(django_db_url, "tests.orm_async", 6) + defer(django_db_url, "tests.orm_sync", 6)
+    ids = defer(django_db_url, "tests.orm_async", 6) + defer(
+        django_db_url, "tests.orm_sync", 6
+    )
     # a child whose thread-sensitive executor was inherited from the parent
     # would hang on its first async ORM call (or on the DB-cleanup middleware)
-    wait_for(lambda: all(r["status"] == "succeeded" for r in jobs(django_db_url, ids)),
-             timeout=20, message="the ORM jobs to succeed")
+    wait_for(
+        lambda: all(r["status"] == "succeeded" for r in jobs(django_db_url, ids)),
+        timeout=20,
+        message="the ORM jobs to succeed",
+    )
     assert len({pid for _, _, pid in dj_fleet.marks("end")} - {dj_fleet.pid}) >= 1
     assert dj_fleet.pid not in {pid for _, _, pid in dj_fleet.marks("end")}
 
     # CONN_MAX_AGE = 0: the DB-cleanup middleware closes the connection each job
     # opened (in a pool thread or the thread-sensitive thread), and the parent's
     # thread-sensitive connection was closed before the fork
-    wait_for(lambda: not other_sessions(django_db_url), timeout=5,
-             message=f"Django's connections to be closed: {other_sessions(django_db_url)}")
+    wait_for(
+        lambda: not other_sessions(django_db_url),
+        timeout=5,
+        message=f"Django's connections to be closed: {other_sessions(django_db_url)}",
+    )
     assert dj_fleet.stop() == 0, dj_fleet.log()
 
 
 @pytest.mark.skipif(django.VERSION < (5, 1), reason="connection pools need Django 5.1+")
-@pytest.mark.parametrize("parent_used_it", [False, True], ids=["fresh", "opened-in-parent"])
+@pytest.mark.parametrize(
+    "parent_used_it", [False, True], ids=["fresh", "opened-in-parent"]
+)
 def test_django_connection_pool(dj_fleet, django_db_url, parent_used_it):
     """``OPTIONS["pool"]``: when the parent opened the pool (async ORM in an
     ON_APP_READY hook), it is closed before the fork and each child opens its own."""
     env = {"PREFORK_TEST_DJANGO_POOL": "1"}
     if parent_used_it:
         env["PREFORK_TEST_PARENT_ASYNC_ORM"] = "1"
-    ids = defer(django_db_url, "tests.orm_sync", 10) + defer(django_db_url, "tests.orm_async", 10)
+    ids = defer(django_db_url, "tests.orm_sync", 10) + defer(
+        django_db_url, "tests.orm_async", 10
+    )
     code = run_worker(dj_fleet, "--concurrency", "2", "--one-shot", **env)
     assert code == 0, dj_fleet.log()
     assert {r["status"] for r in jobs(django_db_url, ids)} == {"succeeded"}
@@ -208,12 +245,15 @@ def test_unknown_option_exits_2(dj_fleet):
     assert "--no-such-option" in line
 
 
-@pytest.mark.parametrize(("setting", "expected"), [
-    ('{"concurency": 2}', "concurency"),
-    ('{"concurrency": 0}', "PROCRASTINATE_PREFORK['concurrency']"),
-    ('{"concurrency": "4"}', "PROCRASTINATE_PREFORK['concurrency']"),
-    ('["concurrency"]', "PROCRASTINATE_PREFORK"),
-])
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ('{"concurency": 2}', "concurency"),
+        ('{"concurrency": 0}', "PROCRASTINATE_PREFORK['concurrency']"),
+        ('{"concurrency": "4"}', "PROCRASTINATE_PREFORK['concurrency']"),
+        ('["concurrency"]', "PROCRASTINATE_PREFORK"),
+    ],
+)
 def test_bad_prefork_setting_exits_2(dj_fleet, setting, expected):
     code = run_worker(dj_fleet, timeout=30, PREFORK_TEST_PREFORK_SETTINGS=setting)
     assert code == 2
@@ -242,17 +282,24 @@ def test_demo_command(django_db_url, tmp_path):
     result = subprocess.run(
         manage("demo", "--jobs-scale", "0.05", "--concurrency", "2"),
         # TMPDIR: where the demo writes the fleet's log
-        env=django_env(django_db_url, TMPDIR=str(tmp_path)), cwd=REPO,
-        capture_output=True, text=True, timeout=120,
+        env=django_env(django_db_url, TMPDIR=str(tmp_path)),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     # 200, 100, 20 and 50 jobs at scale 1
-    assert re.search(r"^All 19 jobs succeeded in [\d.]+ s \([\d.]+ jobs/s\) on 2 children\.$",
-                     result.stdout, re.MULTILINE), output
+    assert re.search(
+        r"^All 19 jobs succeeded in [\d.]+ s \([\d.]+ jobs/s\) on 2 children\.$",
+        result.stdout,
+        re.MULTILINE,
+    ), output
     assert status_counts(django_db_url) == {"succeeded": 19}
-    children = re.findall(r"^ +child (\d) \(pid \d+, worker \d+\) +(\d+)", result.stdout,
-                          re.MULTILINE)
+    children = re.findall(
+        r"^ +child (\d) \(pid \d+, worker \d+\) +(\d+)", result.stdout, re.MULTILINE
+    )
     assert sorted(slot for slot, _ in children) == ["0", "1"], output
     assert sum(int(count) for _, count in children) == 19
     assert "exit code 0" in result.stdout
@@ -264,17 +311,25 @@ NEW_COLUMNS = {"job_ids", "boot_id", "pid_namespace", "process_start"}
 
 def _fleet_columns(db_url: str) -> set[str]:
     with psycopg.connect(db_url, autocommit=True) as conn:
-        return {name for (name,) in conn.execute(
-            "SELECT column_name FROM information_schema.columns "
-            "WHERE table_name = 'procrastinate_prefork_processes'").fetchall()}
+        return {
+            name
+            for (name,) in conn.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_name = 'procrastinate_prefork_processes'"
+            ).fetchall()
+        }
 
 
 def test_migration_0003_adds_and_drops_the_new_columns(django_db_url):
     assert NEW_COLUMNS <= _fleet_columns(django_db_url)
     for target, present in ((["procrastinate_prefork", "0001"], False), ([], True)):
         result = subprocess.run(
-            manage("migrate", *target, "-v0"), env=django_env(django_db_url), cwd=REPO,
-            capture_output=True, text=True, timeout=120,
+            manage("migrate", *target, "-v0"),
+            env=django_env(django_db_url),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert result.returncode == 0, result.stdout + result.stderr
         assert (NEW_COLUMNS <= _fleet_columns(django_db_url)) is present
@@ -287,19 +342,29 @@ def test_migration_0004_adds_and_drops_the_job_indexes(django_db_url):
     def indexes() -> set[str]:
         with psycopg.connect(django_db_url, autocommit=True) as conn:
             return _job_indexes(conn)
+
     assert indexes() == JOB_INDEXES
-    for target, expected in ((["procrastinate_prefork", "0003"], set()),
-                             ([], JOB_INDEXES)):
+    for target, expected in (
+        (["procrastinate_prefork", "0003"], set()),
+        ([], JOB_INDEXES),
+    ):
         result = subprocess.run(
-            manage("migrate", *target, "-v0"), env=django_env(django_db_url), cwd=REPO,
-            capture_output=True, text=True, timeout=120, check=False,
+            manage("migrate", *target, "-v0"),
+            env=django_env(django_db_url),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
         assert result.returncode == 0, result.stdout + result.stderr
         assert indexes() == expected
 
 
-@pytest.mark.skipif(sys.version_info < (3, 12),
-                    reason="Python warns about fork() with threads from 3.12")
+@pytest.mark.skipif(
+    sys.version_info < (3, 12),
+    reason="Python warns about fork() with threads from 3.12",
+)
 def test_forks_without_threads(dj_fleet, django_db_url):
     """Django's async ORM used in the supervisor before the first fork, a
     Django 5.1+ psycopg pool (threads of its own), the probe port, a re-fork:
@@ -310,7 +375,9 @@ def test_forks_without_threads(dj_fleet, django_db_url):
     env = {**WARNINGS_ON, "PREFORK_TEST_PARENT_ASYNC_ORM": "1"}
     if django.VERSION >= (5, 1):
         env["PREFORK_TEST_DJANGO_POOL"] = "1"
-    start_worker(dj_fleet, "--concurrency", "2", "--health-port", str(free_port()), **env)
+    start_worker(
+        dj_fleet, "--concurrency", "2", "--health-port", str(free_port()), **env
+    )
     exercise_forks(dj_fleet, django_db_url, "tests.orm_sync")
 
 
@@ -320,18 +387,31 @@ def test_forks_without_threads(dj_fleet, django_db_url):
 def check_ids() -> list[str]:
     from django.core import checks
 
-    return sorted(m.id for m in checks.run_checks() if m.id.startswith("procrastinate_prefork"))
+    return sorted(
+        m.id for m in checks.run_checks() if m.id.startswith("procrastinate_prefork")
+    )
 
 
-@pytest.mark.parametrize(("setting", "ids"), [
-    ({"concurency": 2}, ["procrastinate_prefork.E002"]),
-    ({"concurrency": "4"}, ["procrastinate_prefork.E003"]),
-    ({"concurrency": 0, "health_port": 70000}, ["procrastinate_prefork.E003"] * 2),
-    ({"wait": "no"}, ["procrastinate_prefork.E003"]),
-    ({"heartbeat_interval": 20}, ["procrastinate_prefork.E004"]),
-    (["concurrency"], ["procrastinate_prefork.E001"]),
-    ({"concurrency": 4, "queues": ["a", "b"], "wait": False, "health_port": 8001}, []),
-])
+@pytest.mark.parametrize(
+    ("setting", "ids"),
+    [
+        ({"concurency": 2}, ["procrastinate_prefork.E002"]),
+        ({"concurrency": "4"}, ["procrastinate_prefork.E003"]),
+        ({"concurrency": 0, "health_port": 70000}, ["procrastinate_prefork.E003"] * 2),
+        ({"wait": "no"}, ["procrastinate_prefork.E003"]),
+        ({"heartbeat_interval": 20}, ["procrastinate_prefork.E004"]),
+        (["concurrency"], ["procrastinate_prefork.E001"]),
+        (
+            {
+                "concurrency": 4,
+                "queues": ["a", "b"],
+                "wait": False,
+                "health_port": 8001,
+            },
+            [],
+        ),
+    ],
+)
 def test_system_checks_report_bad_settings(settings, setting, ids):
     settings.PROCRASTINATE_PREFORK = setting
     assert check_ids() == ids
@@ -345,13 +425,20 @@ def test_system_check_unknown_key_suggests(settings):
     assert "'concurrency'" in message.msg
 
 
-@pytest.mark.parametrize(("env", "check_id"), [
-    ({"PREFORK_TEST_PREFORK_SETTINGS": '{"concurrency": "4"}'}, "E003"),
-    ({"PREFORK_TEST_PREFORK_FIRST": "1"}, "E005"),
-])
+@pytest.mark.parametrize(
+    ("env", "check_id"),
+    [
+        ({"PREFORK_TEST_PREFORK_SETTINGS": '{"concurrency": "4"}'}, "E003"),
+        ({"PREFORK_TEST_PREFORK_FIRST": "1"}, "E005"),
+    ],
+)
 def test_manage_py_check_exits_1_with_the_ids(django_db_url, env, check_id):
     result = subprocess.run(
-        manage("check"), cwd=REPO, capture_output=True, text=True, timeout=60,
+        manage("check"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env=django_env(django_db_url, **env),
     )
     assert result.returncode == 1, result.stdout + result.stderr
@@ -362,9 +449,17 @@ def test_django_logging_keeps_precedence(dj_fleet, django_db_url):
     """LOGGING's handlers, format and levels stay; an explicit level still
     applies to our loggers."""
     ids = defer(django_db_url, "demo_app.tasks.sleeping", 2, ms=10)
-    code = run_worker(dj_fleet, "--concurrency", "1", "--one-shot",
-                      "--log-format", "CUSTOM %(message)s", "--log-level", "warning",
-                      PROCRASTINATE_LOG_FORMAT="ENV %(message)s")
+    code = run_worker(
+        dj_fleet,
+        "--concurrency",
+        "1",
+        "--one-shot",
+        "--log-format",
+        "CUSTOM %(message)s",
+        "--log-level",
+        "warning",
+        PROCRASTINATE_LOG_FORMAT="ENV %(message)s",
+    )
     assert code == 0, dj_fleet.log()
     assert {r["status"] for r in jobs(django_db_url, ids)} == {"succeeded"}
     lines = dj_fleet.log().splitlines()
@@ -375,5 +470,8 @@ def test_django_logging_keeps_precedence(dj_fleet, django_db_url):
     assert not [line for line in lines if " INFO procrastinate_prefork." in line]
     code = run_worker(dj_fleet, "--concurrency", "1", "--one-shot")
     assert code == 0, dj_fleet.log()
-    assert [line for line in dj_fleet.log().splitlines()
-            if " INFO procrastinate_prefork.supervisor " in line]
+    assert [
+        line
+        for line in dj_fleet.log().splitlines()
+        if " INFO procrastinate_prefork.supervisor " in line
+    ]

@@ -36,12 +36,19 @@ INSTALLED_APPS = [
 """
 
 
-def _run(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def _run(
+    project: Path, *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [sys.executable, *args], cwd=project, capture_output=True, text=True,
+        [sys.executable, *args],
+        cwd=project,
+        capture_output=True,
+        text=True,
         timeout=120,
-        env={**{k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"},
-             "PYTHONPATH": str(REPO)},
+        env={
+            **{k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"},
+            "PYTHONPATH": str(REPO),
+        },
     )
     if check:
         assert result.returncode == 0, result.stdout + result.stderr
@@ -58,13 +65,17 @@ def quickstart(pg_url: str, tmp_path: Path):
     with fresh_database(pg_url, "prefork_quickstart") as url:
         parts = urlsplit(url)
         settings = project / "mysite" / "settings.py"
-        settings.write_text(settings.read_text() + QUICKSTART_APPS + (
-            "DATABASES = {'default': {"
-            "'ENGINE': 'django.db.backends.postgresql', "
-            f"'NAME': {parts.path.lstrip('/')!r}, 'USER': {parts.username or ''!r}, "
-            f"'PASSWORD': {parts.password or ''!r}, 'HOST': {parts.hostname!r}, "
-            f"'PORT': {str(parts.port or '')!r}}}}}\n"
-        ))
+        settings.write_text(
+            settings.read_text()
+            + QUICKSTART_APPS
+            + (
+                "DATABASES = {'default': {"
+                "'ENGINE': 'django.db.backends.postgresql', "
+                f"'NAME': {parts.path.lstrip('/')!r}, 'USER': {parts.username or ''!r}, "
+                f"'PASSWORD': {parts.password or ''!r}, 'HOST': {parts.hostname!r}, "
+                f"'PORT': {str(parts.port or '')!r}}}}}\n"
+            )
+        )
         yield project, url
 
 
@@ -95,8 +106,14 @@ def test_database_of_0_1_0_migrates_on(quickstart):
     plan = _run(project, "manage.py", "showmigrations", "procrastinate_prefork").stdout
     assert "[ ]" not in plan and "[X] 0001_initial" in plan, plan
     _run(project, "manage.py", "makemigrations", "--check", "--dry-run")
-    read = _run(project, "manage.py", "shell", "-c", (
-        "from procrastinate_prefork.contrib.django.models import FleetProcess; "
-        "print('QUEUES', FleetProcess.objects.get(host='old-host').queues)"
-    )).stdout
+    read = _run(
+        project,
+        "manage.py",
+        "shell",
+        "-c",
+        (
+            "from procrastinate_prefork.contrib.django.models import FleetProcess; "
+            "print('QUEUES', FleetProcess.objects.get(host='old-host').queues)"
+        ),
+    ).stdout
     assert "QUEUES ['a', 'b']" in read, read

@@ -38,9 +38,19 @@ def pids_cgroup():
 
 def _command(group: Path, *args: str) -> list[str]:
     # join the cgroup, then become the supervisor
-    return ["sh", "-c", f'echo $$ > {group}/cgroup.procs && exec "$@"', "sh",
-            sys.executable, "-m", "procrastinate_prefork.cli", "--app", APP, "worker",
-            *args]
+    return [
+        "sh",
+        "-c",
+        f'echo $$ > {group}/cgroup.procs && exec "$@"',
+        "sh",
+        sys.executable,
+        "-m",
+        "procrastinate_prefork.cli",
+        "--app",
+        APP,
+        "worker",
+        *args,
+    ]
 
 
 def test_fork_failure_at_start_fails_fast(fleet, pids_cgroup, db_url):
@@ -51,8 +61,10 @@ def test_fork_failure_at_start_fails_fast(fleet, pids_cgroup, db_url):
     assert fleet.events("fleet_ready") == []
     assert not (pids_cgroup / "cgroup.procs").read_text().strip()  # nothing left
     with psycopg.connect(db_url, autocommit=True) as conn:
-        live = conn.execute("SELECT count(*) FROM procrastinate_prefork_processes "
-                            "WHERE state <> 'stopped'").fetchone()
+        live = conn.execute(
+            "SELECT count(*) FROM procrastinate_prefork_processes "
+            "WHERE state <> 'stopped'"
+        ).fetchone()
     assert live == (0,)  # no live-looking row of the failed start
 
 

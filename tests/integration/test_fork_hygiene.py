@@ -29,14 +29,20 @@ FORK_WARNING = "use of fork() may lead to deadlocks"
 def exercise_forks(fleet: Fleet, db_url: str, task: str) -> None:
     """Jobs run, a child is killed and re-forked, the fleet drains and stops."""
     ids = defer(db_url, task, 4)
-    wait_for(lambda: {r["status"] for r in jobs(db_url, ids)} == {"succeeded"},
-             timeout=30, message="the first jobs to succeed")
+    wait_for(
+        lambda: {r["status"] for r in jobs(db_url, ids)} == {"succeeded"},
+        timeout=30,
+        message="the first jobs to succeed",
+    )
     victim = fleet.wait_children(2)[0]
     os.kill(victim, signal.SIGKILL)
     fleet.wait_children(2, timeout=30, exclude=[victim])
     more = defer(db_url, task, 4)
-    wait_for(lambda: {r["status"] for r in jobs(db_url, more)} == {"succeeded"},
-             timeout=30, message="jobs after the re-fork to succeed")
+    wait_for(
+        lambda: {r["status"] for r in jobs(db_url, more)} == {"succeeded"},
+        timeout=30,
+        message="jobs after the re-fork to succeed",
+    )
     assert fleet.stop() == 0, fleet.log()
     log = fleet.log()
     assert FORK_WARNING not in log, log
@@ -44,5 +50,7 @@ def exercise_forks(fleet: Fleet, db_url: str, task: str) -> None:
 
 
 def test_plain_fleet_forks_without_threads(fleet, db_url):
-    fleet.start("--concurrency", "2", "--health-port", str(free_port()), env=WARNINGS_ON)
+    fleet.start(
+        "--concurrency", "2", "--health-port", str(free_port()), env=WARNINGS_ON
+    )
     exercise_forks(fleet, db_url, "cpu")

@@ -59,7 +59,10 @@ def try_probe(port: int, path: str) -> tuple[int, Any] | None:
 
 
 def fleet_rows(db_url: str) -> list[dict[str, Any]]:
-    with psycopg.connect(db_url, autocommit=True) as conn, conn.cursor(row_factory=dict_row) as cur:
+    with (
+        psycopg.connect(db_url, autocommit=True) as conn,
+        conn.cursor(row_factory=dict_row) as cur,
+    ):
         return cur.execute(
             "SELECT *, EXTRACT(EPOCH FROM now() - last_heartbeat)::float8 AS age "
             "FROM procrastinate_prefork_processes ORDER BY id"
@@ -68,7 +71,11 @@ def fleet_rows(db_url: str) -> list[dict[str, Any]]:
 
 def children_rows(db_url: str, supervisor_pid: int) -> list[dict[str, Any]]:
     rows = fleet_rows(db_url)
-    sup_ids = {r["id"] for r in rows if r["kind"] == "supervisor" and r["pid"] == supervisor_pid}
+    sup_ids = {
+        r["id"]
+        for r in rows
+        if r["kind"] == "supervisor" and r["pid"] == supervisor_pid
+    }
     return sorted(
         (r for r in rows if r["supervisor_id"] in sup_ids and r["state"] != "stopped"),
         key=lambda r: r["slot"],
@@ -83,16 +90,30 @@ def with_password(url: str, password: str) -> str:
 
 def status_cli(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "procrastinate_prefork.cli", "--app", HEALTH_APP,
-         "status", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "procrastinate_prefork.cli",
+            "--app",
+            HEALTH_APP,
+            "status",
+            *args,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, "DATABASE_URL": db_url, "PYTHONPATH": str(REPO)},
     )
 
 
 def django_env(db_url: str) -> dict[str, str]:
-    return {**os.environ, "DJANGO_SETTINGS_MODULE": DJANGO_SETTINGS,
-            "DATABASE_URL": db_url, "PYTHONPATH": str(REPO)}
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": DJANGO_SETTINGS,
+        "DATABASE_URL": db_url,
+        "PYTHONPATH": str(REPO),
+    }
 
 
 class DjangoView:
@@ -114,8 +135,10 @@ class DjangoView:
         with self.blocker.unblock():
             connection.close()
             connection.settings_dict.update(
-                NAME=parts.path.lstrip("/"), USER=unquote(parts.username or ""),
-                PASSWORD=unquote(parts.password or ""), HOST=parts.hostname or "",
+                NAME=parts.path.lstrip("/"),
+                USER=unquote(parts.username or ""),
+                PASSWORD=unquote(parts.password or ""),
+                HOST=parts.hostname or "",
                 PORT=str(parts.port or ""),
             )
             try:
@@ -125,7 +148,9 @@ class DjangoView:
                 connection.settings_dict.clear()
                 connection.settings_dict.update(saved)
 
-    def get(self, db_url: str, *paths: str, method: str = "GET") -> list[tuple[int, Any]]:
+    def get(
+        self, db_url: str, *paths: str, method: str = "GET"
+    ) -> list[tuple[int, Any]]:
         out = []
         with self.on(db_url):
             for path in paths:
@@ -158,18 +183,30 @@ class DjangoView:
 @pytest.fixture
 def django_view(request: pytest.FixtureRequest) -> DjangoView:
     pytest.importorskip("django")
-    return DjangoView(request.getfixturevalue("django_db_blocker"),
-                      request.getfixturevalue("client"))
+    return DjangoView(
+        request.getfixturevalue("django_db_blocker"), request.getfixturevalue("client")
+    )
 
 
-def insert_supervisor(db: str | Any, *, host: str = "h1", pid: int = 4242, age: float = 0.5,
-                      crash_loop: bool = False, queues: list[str] | None = None,
-                      children: int = 2, child_state: str = "idle") -> int:
+def insert_supervisor(
+    db: str | Any,
+    *,
+    host: str = "h1",
+    pid: int = 4242,
+    age: float = 0.5,
+    crash_loop: bool = False,
+    queues: list[str] | None = None,
+    children: int = 2,
+    child_state: str = "idle",
+) -> int:
     """Rows of a supervisor and its children, through a psycopg connection to
     the database at ``db`` or through ``db``, a cursor (Django's)."""
     with contextlib.ExitStack() as stack:
-        conn = db if not isinstance(db, str) else stack.enter_context(
-            psycopg.connect(db, autocommit=True))
+        conn = (
+            db
+            if not isinstance(db, str)
+            else stack.enter_context(psycopg.connect(db, autocommit=True))
+        )
         row = conn.execute(
             "INSERT INTO procrastinate_prefork_processes (kind, host, pid, state, "
             "crash_loop, concurrency, queues, heartbeat_interval, stalled_timeout, "
@@ -193,13 +230,28 @@ def insert_supervisor(db: str | Any, *, host: str = "h1", pid: int = 4242, age: 
 
 
 def test_rows_appear_and_follow_the_children(fleet, db_url):
-    fleet.start("--concurrency", "2", "--queues", "default,other", *FAST,
-                "--shutdown-graceful-timeout", "1", app=HEALTH_APP)
+    fleet.start(
+        "--concurrency",
+        "2",
+        "--queues",
+        "default,other",
+        *FAST,
+        "--shutdown-graceful-timeout",
+        "1",
+        app=HEALTH_APP,
+    )
     pids = fleet.wait_children(2)
     started = time.monotonic()
-    rows = wait_for(lambda: (r := children_rows(db_url, fleet.pid)) and len(r) == 2
-                    and all(c["worker_id"] for c in r) and r, timeout=5,
-                    message="two child rows with worker ids")
+    rows = wait_for(
+        lambda: (
+            (r := children_rows(db_url, fleet.pid))
+            and len(r) == 2
+            and all(c["worker_id"] for c in r)
+            and r
+        ),
+        timeout=5,
+        message="two child rows with worker ids",
+    )
     assert time.monotonic() - started < 1.5  # within about one heartbeat interval
     [sup] = [r for r in fleet_rows(db_url) if r["kind"] == "supervisor"]
     assert (sup["pid"], sup["state"], sup["concurrency"]) == (fleet.pid, "running", 2)
@@ -213,17 +265,32 @@ def test_rows_appear_and_follow_the_children(fleet, db_url):
         assert row["rss_bytes"] > 0 and row["age"] < 1.5 and row["started_at"]
 
     [job_id] = defer(db_url, "sleep", seconds=30)
-    busy = wait_for(lambda: [r for r in children_rows(db_url, fleet.pid) if r["job_id"]],
-                    timeout=5, message="a busy child row")
-    assert (busy[0]["state"], busy[0]["job_id"], busy[0]["task_name"]) == ("busy", job_id, "sleep")
+    busy = wait_for(
+        lambda: [r for r in children_rows(db_url, fleet.pid) if r["job_id"]],
+        timeout=5,
+        message="a busy child row",
+    )
+    assert (busy[0]["state"], busy[0]["job_id"], busy[0]["task_name"]) == (
+        "busy",
+        job_id,
+        "sleep",
+    )
     assert busy[0]["job_started_at"] is not None
 
     victim = busy[0]["pid"]
     os.kill(victim, signal.SIGKILL)
     replaced = wait_for(
-        lambda: [r for r in children_rows(db_url, fleet.pid)
-                 if r["slot"] == busy[0]["slot"] and r["pid"] != victim] or None,
-        timeout=10, message="the killed child's slot row to show its successor")
+        lambda: (
+            [
+                r
+                for r in children_rows(db_url, fleet.pid)
+                if r["slot"] == busy[0]["slot"] and r["pid"] != victim
+            ]
+            or None
+        ),
+        timeout=10,
+        message="the killed child's slot row to show its successor",
+    )
     assert replaced[0]["restarts"] == 1
     assert replaced[0]["worker_id"] != busy[0]["worker_id"]
     assert fleet.stop() == 0  # the retried job is cut at the 1 s deadline
@@ -235,16 +302,30 @@ def test_rows_appear_and_follow_the_children(fleet, db_url):
 
 def test_probe_endpoints_before_and_after_ready(fleet):
     port = free_port()
-    fleet.start("--concurrency", "2", "--health-port", str(port),
-                "--on-child-start", "tests.apps.health_app.slow_start",
-                app=HEALTH_APP, wait_ready=False, env={"PREFORK_TEST_SLOW_START": "3"})
-    status, body = wait_for(lambda: try_probe(port, "/ready"), timeout=15,
-                            interval=0.02, message="the probe port")
+    fleet.start(
+        "--concurrency",
+        "2",
+        "--health-port",
+        str(port),
+        "--on-child-start",
+        "tests.apps.health_app.slow_start",
+        app=HEALTH_APP,
+        wait_ready=False,
+        env={"PREFORK_TEST_SLOW_START": "3"},
+    )
+    status, body = wait_for(
+        lambda: try_probe(port, "/ready"),
+        timeout=15,
+        interval=0.02,
+        message="the probe port",
+    )
     assert status == 503, body
     assert body["status"] == "fail" and "0 of 2 child(ren) ready" in body["reasons"]
     assert probe(port, "/live") == (200, {"status": "ok", "reasons": []})
     _, early = probe(port, "/status")
-    assert early["ready"] is False and {c["state"] for c in early["children"]} == {"starting"}
+    assert early["ready"] is False and {c["state"] for c in early["children"]} == {
+        "starting"
+    }
 
     fleet.wait_ready()
     assert probe(port, "/ready") == (200, {"status": "ok", "reasons": []})
@@ -286,30 +367,49 @@ def test_ready_fails_while_the_database_is_unreachable(fleet, db_url, pg_url):
                 [dbname, f"prefork:%:sup:{fleet.pid}"],
             )
             _, body = wait_for(
-                lambda: (r := probe(port, "/ready"))[0] == 503 and r, timeout=10,
-                message="/ready to fail")
+                lambda: (r := probe(port, "/ready"))[0] == 503 and r,
+                timeout=10,
+                message="/ready to fail",
+            )
             assert "database unreachable" in body["reasons"]
             assert probe(port, "/live")[0] == 200  # a restart would not help
         finally:
             admin.execute(f"ALTER DATABASE {dbname} ALLOW_CONNECTIONS true")
-    wait_for(lambda: probe(port, "/ready")[0] == 200, timeout=20,
-             message="/ready to recover")
+    wait_for(
+        lambda: probe(port, "/ready")[0] == 200, timeout=20, message="/ready to recover"
+    )
     assert fleet.stop() == 0
 
 
 def test_crash_loop_fails_live_and_the_fleet(fleet, db_url):
     port = free_port()
-    fleet.start("--concurrency", "1", "--health-port", str(port), *FAST,
-                "--on-child-start", "tests.apps.health_app.crash_on_start",
-                app=HEALTH_APP, wait_ready=False)
+    fleet.start(
+        "--concurrency",
+        "1",
+        "--health-port",
+        str(port),
+        *FAST,
+        "--on-child-start",
+        "tests.apps.health_app.crash_on_start",
+        app=HEALTH_APP,
+        wait_ready=False,
+    )
     _, body = wait_for(
-        lambda: (r := try_probe(port, "/live")) and r[0] == 503 and r, timeout=30,
-        message="/live to report the crash loop")
+        lambda: (r := try_probe(port, "/live")) and r[0] == 503 and r,
+        timeout=30,
+        message="/live to report the crash loop",
+    )
     assert "crash loop" in body["reasons"][0]
     assert probe(port, "/ready")[0] == 503
-    result = wait_for(lambda: (r := status_cli(db_url, "--check")).returncode == 1
-                      and "crash loop" in r.stdout and r, timeout=10,
-                      message="the status command to see the crash loop")
+    result = wait_for(
+        lambda: (
+            (r := status_cli(db_url, "--check")).returncode == 1
+            and "crash loop" in r.stdout
+            and r
+        ),
+        timeout=10,
+        message="the status command to see the crash loop",
+    )
     assert "crash loop" in result.stdout
     fleet.stop()
 
@@ -319,8 +419,9 @@ def test_probe_port_in_use_exits_1_before_forking(fleet, db_url):
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         port = busy.getsockname()[1]
-        code = fleet.run_to_exit("--concurrency", "2", "--health-port", str(port),
-                                 app=HEALTH_APP, timeout=30)
+        code = fleet.run_to_exit(
+            "--concurrency", "2", "--health-port", str(port), app=HEALTH_APP, timeout=30
+        )
     assert code == 1
     last = fleet.log().strip().splitlines()[-1]
     assert f"127.0.0.1:{port}" in last  # the one line naming the busy address
@@ -334,13 +435,25 @@ def test_probe_port_in_use_exits_1_before_forking(fleet, db_url):
 def test_status_command(fleet, db_url):
     fleet.start("--concurrency", "2", *FAST, app=HEALTH_APP)
     pids = fleet.wait_children(2)
-    wait_for(lambda: len(children_rows(db_url, fleet.pid)) == 2, timeout=5,
-             message="child rows")
+    wait_for(
+        lambda: len(children_rows(db_url, fleet.pid)) == 2,
+        timeout=5,
+        message="child rows",
+    )
     text = status_cli(db_url)
     assert text.returncode == 0, text.stderr
     header, *lines = text.stdout.splitlines()
-    assert header.split() == ["HOST", "PID", "SLOT", "STATE", "JOB", "AGE", "JOBS",
-                              "DONE", "MEMORY"]
+    assert header.split() == [
+        "HOST",
+        "PID",
+        "SLOT",
+        "STATE",
+        "JOB",
+        "AGE",
+        "JOBS",
+        "DONE",
+        "MEMORY",
+    ]
     assert str(fleet.pid) in lines[0] and "running" in lines[0]
     for pid in pids:
         assert any(line.split()[0] == str(pid) and "idle" in line for line in lines)
@@ -353,7 +466,10 @@ def test_status_command(fleet, db_url):
     assert sorted(c["pid"] for c in sup["children"]) == pids
 
     check = status_cli(db_url, "--check")
-    assert (check.returncode, check.stdout.strip()) == (0, "healthy: 1 supervisor(s), 2 child(ren)")
+    assert (check.returncode, check.stdout.strip()) == (
+        0,
+        "healthy: 1 supervisor(s), 2 child(ren)",
+    )
     check = status_cli(db_url, "--check", "--min-children", "3")
     assert check.returncode == 1 and "fewer than min_children=3" in check.stdout
     assert status_cli(db_url, "--check", "--host", "elsewhere").returncode == 1
@@ -367,14 +483,21 @@ def test_status_command(fleet, db_url):
 
 def test_sigstopped_supervisor_goes_stale(fleet, db_url, django_view):
     fleet.start("--concurrency", "1", *FAST, app=HEALTH_APP)
-    wait_for(lambda: status_cli(db_url, "--check").returncode == 0, timeout=10,
-             message="a healthy fleet")
+    wait_for(
+        lambda: status_cli(db_url, "--check").returncode == 0,
+        timeout=10,
+        message="a healthy fleet",
+    )
     assert django_view.get(db_url, "/prefork/")[0][0] == 200
     os.kill(fleet.pid, signal.SIGSTOP)
     stopped_at = time.monotonic()
     try:
-        wait_for(lambda: status_cli(db_url, "--check").returncode == 1, timeout=10,
-                 interval=0.2, message="the fleet to turn unhealthy")
+        wait_for(
+            lambda: status_cli(db_url, "--check").returncode == 1,
+            timeout=10,
+            interval=0.2,
+            message="the fleet to turn unhealthy",
+        )
         took = time.monotonic() - stopped_at
         # stalled timeout 2 s + one heartbeat interval + one status command run
         assert took < 2 + 0.5 + 2.0, took
@@ -383,8 +506,11 @@ def test_sigstopped_supervisor_goes_stale(fleet, db_url, django_view):
         assert body["supervisors"][0]["fresh"] is False
     finally:
         os.kill(fleet.pid, signal.SIGCONT)
-    wait_for(lambda: status_cli(db_url, "--check").returncode == 0, timeout=10,
-             message="the fleet to be healthy again")
+    wait_for(
+        lambda: status_cli(db_url, "--check").returncode == 0,
+        timeout=10,
+        message="the fleet to be healthy again",
+    )
     assert fleet.stop() == 0
 
 
@@ -398,13 +524,21 @@ def test_secrets_never_show(fleet, db_url, django_view):
     fleet.start("--concurrency", "2", "--health-port", str(port), *FAST, app=HEALTH_APP)
     defer(db_url, "secret_sleep", seconds=30, token=SECRET_ARG)
     fleet.busy_child()
-    wait_for(lambda: any(r["job_id"] for r in children_rows(db_url, fleet.pid)),
-             timeout=5, message="the job in the fleet table")
-    outputs = {path: json.dumps(probe(port, path)) for path in ("/live", "/ready", "/status")}
+    wait_for(
+        lambda: any(r["job_id"] for r in children_rows(db_url, fleet.pid)),
+        timeout=5,
+        message="the job in the fleet table",
+    )
+    outputs = {
+        path: json.dumps(probe(port, path)) for path in ("/live", "/ready", "/status")
+    }
     assert "secret_sleep" in outputs["/status"]
     outputs["status"] = status_cli(secret_url).stdout
     outputs["status --json"] = status_cli(secret_url, "--json").stdout
-    assert "secret_sleep" in outputs["status"] and "secret_sleep" in outputs["status --json"]
+    assert (
+        "secret_sleep" in outputs["status"]
+        and "secret_sleep" in outputs["status --json"]
+    )
     [(code, body)] = django_view.get(secret_url, "/prefork/")
     assert code == 200
     outputs["view"] = json.dumps(body)
@@ -423,12 +557,20 @@ def test_secrets_never_show(fleet, db_url, django_view):
 def test_django_view_with_a_real_fleet(fleet, db_url, django_view):
     fleet.start("--concurrency", "2", *FAST, app=HEALTH_APP)
     pids = fleet.wait_children(2)
-    wait_for(lambda: len(children_rows(db_url, fleet.pid)) == 2, timeout=5,
-             message="child rows")
+    wait_for(
+        lambda: len(children_rows(db_url, fleet.pid)) == 2,
+        timeout=5,
+        message="child rows",
+    )
     results = django_view.get(
-        db_url, "/prefork/", "/prefork/?min_children=3", "/prefork/?host=elsewhere",
-        "/prefork/?queue=anything&min_children=2", "/prefork/?min_children=-1",
-        "/prefork/?min_children=two", "/prefork/?verbose=1",
+        db_url,
+        "/prefork/",
+        "/prefork/?min_children=3",
+        "/prefork/?host=elsewhere",
+        "/prefork/?queue=anything&min_children=2",
+        "/prefork/?min_children=-1",
+        "/prefork/?min_children=two",
+        "/prefork/?verbose=1",
         "/prefork/?min_children=1&min_children=2",
     )
     (ok, body), (few, few_body), (host, _), (queue, _), *bad = results
@@ -437,19 +579,36 @@ def test_django_view_with_a_real_fleet(fleet, db_url, django_view):
     assert sup["pid"] == fleet.pid and sup["fresh"] and sup["concurrency"] == 2
     assert sorted(c["pid"] for c in sup["children"]) == pids
     child = sup["children"][0]
-    assert {"slot", "pid", "worker_id", "state", "job_id", "task_name", "job_age",
-            "jobs_done", "restarts", "rss_bytes", "started_at", "last_heartbeat",
-            "heartbeat_age", "uptime", "fresh"} <= set(child)
+    assert {
+        "slot",
+        "pid",
+        "worker_id",
+        "state",
+        "job_id",
+        "task_name",
+        "job_age",
+        "jobs_done",
+        "restarts",
+        "rss_bytes",
+        "started_at",
+        "last_heartbeat",
+        "heartbeat_age",
+        "uptime",
+        "fresh",
+    } <= set(child)
     assert 0 <= child["heartbeat_age"] < 2 and child["state"] == "idle"
-    assert few == 503 and few_body["problems"] == ["2 fresh child(ren), fewer than min_children=3"]
+    assert few == 503 and few_body["problems"] == [
+        "2 fresh child(ren), fewer than min_children=3"
+    ]
     assert host == 503
     assert queue == 200  # a fleet without --queues works on every queue
     assert [status for status, _ in bad] == [400, 400, 400, 400]
     assert all(body["status"] == "error" and body["error"] for _, body in bad)
     assert "unknown parameter 'verbose'" in bad[2][1]["error"]
 
-    methods = django_view.responses(db_url, "/prefork/",
-                                    ["POST", "PUT", "DELETE", "PATCH", "HEAD"])
+    methods = django_view.responses(
+        db_url, "/prefork/", ["POST", "PUT", "DELETE", "PATCH", "HEAD"]
+    )
     assert [m.status_code for m in methods] == [405, 405, 405, 405, 200]
     assert methods[0]["Allow"] == "GET, HEAD"
     assert json.loads(methods[0].content)["error"] == "method POST not allowed"
@@ -465,12 +624,26 @@ def test_django_view_edge_cases(db_url, django_view):
     insert_supervisor(db_url, host="c", pid=300, crash_loop=True)
     insert_supervisor(db_url, host="d", pid=400, child_state="starting")
     results = django_view.get(
-        db_url, "/prefork/", "/prefork/?host=a", "/prefork/?host=b", "/prefork/?host=c",
-        "/prefork/?host=d", "/prefork/?host=d&min_children=0", "/prefork/?queue=mail",
+        db_url,
+        "/prefork/",
+        "/prefork/?host=a",
+        "/prefork/?host=b",
+        "/prefork/?host=c",
+        "/prefork/?host=d",
+        "/prefork/?host=d&min_children=0",
+        "/prefork/?queue=mail",
         "/prefork/?queue=reports&min_children=2",
     )
-    (all_status, everything), (a, _), (b, b_body), (c, c_body), (d, _), (d0, _), \
-        (mail, mail_body), (reports, reports_body) = results
+    (
+        (all_status, everything),
+        (a, _),
+        (b, b_body),
+        (c, c_body),
+        (d, _),
+        (d0, _),
+        (mail, mail_body),
+        (reports, reports_body),
+    ) = results
     assert all_status == 503  # c is in a crash loop
     assert "supervisor pid 300 on c is in a crash loop" in everything["problems"]
     assert any("pid 200 on b" in w for w in everything["warnings"])
@@ -480,16 +653,30 @@ def test_django_view_edge_cases(db_url, django_view):
     assert c_body["supervisors"][0]["crash_loop"] is True
     assert mail == 503  # c (all queues) crash-loops
     assert {s["host"] for s in mail_body["supervisors"]} == {"a", "b", "c", "d"}
-    assert reports == 503 and {s["host"] for s in reports_body["supervisors"]} == {"b", "c", "d"}
+    assert reports == 503 and {s["host"] for s in reports_body["supervisors"]} == {
+        "b",
+        "c",
+        "d",
+    }
 
     commands = subprocess.run(
         [sys.executable, str(MANAGE), "prefork_status", "--host", "a"],
-        cwd=REPO, capture_output=True, text=True, timeout=60, env=django_env(db_url))
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=django_env(db_url),
+    )
     assert commands.returncode == 0, commands.stderr
     assert "100" in commands.stdout and "HEALTHY" in commands.stdout
     check = subprocess.run(
         [sys.executable, str(MANAGE), "prefork_status", "--check", "--json"],
-        cwd=REPO, capture_output=True, text=True, timeout=60, env=django_env(db_url))
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=django_env(db_url),
+    )
     assert check.returncode == 1
     assert json.loads(check.stdout)["status"] == "unhealthy"
 
@@ -505,7 +692,8 @@ def test_django_health_check_backend(db_url, django_view):
     insert_supervisor(db_url, host="a", pid=100)
     assert django_view.health_check(db_url) is None
     assert django_view.health_check(db_url, min_children=5).endswith(
-        "navailable: 2 fresh child(ren), fewer than min_children=5")
+        "navailable: 2 fresh child(ren), fewer than min_children=5"
+    )
     assert "no fresh supervisor (host=z)" in django_view.health_check(db_url, host="z")
 
 
@@ -515,8 +703,9 @@ def test_admin_is_read_only_and_migrations_are_complete(admin_client):
     from django.db import connection
 
     # pytest-django's test database was built by the migrations: no change left
-    call_command("makemigrations", "--check", "--dry-run", "procrastinate_prefork",
-                 verbosity=0)
+    call_command(
+        "makemigrations", "--check", "--dry-run", "procrastinate_prefork", verbosity=0
+    )
     with connection.cursor() as cursor:
         sup_id = insert_supervisor(cursor, host="admin-host", pid=4321)
     base = "/admin/procrastinate_prefork/fleetprocess/"

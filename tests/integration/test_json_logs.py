@@ -12,9 +12,18 @@ from ..fleet_helper import defer, jobs, wait_for
 
 
 def test_every_line_of_a_fleet_log_is_json(fleet, db_url):
-    fleet.start("--concurrency", "2", "--log-format", "json",
-                "--task-soft-timeout", "soft_loop=1", "--job-timeout", "20",
-                "--max-crash-retries", "0")
+    fleet.start(
+        "--concurrency",
+        "2",
+        "--log-format",
+        "json",
+        "--task-soft-timeout",
+        "soft_loop=1",
+        "--job-timeout",
+        "20",
+        "--max-crash-retries",
+        "0",
+    )
     ok = defer(db_url, "cpu", count=2, ms=1.2345)  # the "secret"
     [failing] = defer(db_url, "fails")
     [soft] = defer(db_url, "soft_loop", seconds=60)
@@ -22,15 +31,22 @@ def test_every_line_of_a_fleet_log_is_json(fleet, db_url):
     victim = fleet.running_child(killed)
     fleet.running_child(soft)
     os.kill(victim, signal.SIGKILL)
-    wait_for(lambda: all(r["status"] in ("succeeded", "failed")
-                         for r in jobs(db_url, [*ok, failing, soft, killed])),
-             timeout=30, message="every job to end")
+    wait_for(
+        lambda: all(
+            r["status"] in ("succeeded", "failed")
+            for r in jobs(db_url, [*ok, failing, soft, killed])
+        ),
+        timeout=30,
+        message="every job to end",
+    )
     assert fleet.stop(timeout=60) == 0
     log = fleet.log()
     records = [json.loads(line) for line in log.splitlines()]  # every line
     assert "1.2345" not in log
     for record in records:
-        assert {"time", "level", "logger", "message", "pid", "role", "slot"} <= set(record)
+        assert {"time", "level", "logger", "message", "pid", "role", "slot"} <= set(
+            record
+        )
     roles = {(r["role"], r["pid"]) for r in records}
     assert ("supervisor", fleet.pid) in roles
     children = [r for r in records if r["role"] == "child"]

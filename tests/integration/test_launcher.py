@@ -32,8 +32,12 @@ def test_the_python_api_leaves_the_root_logger_to_the_caller(db_url):
     env = {**os.environ, "DATABASE_URL": db_url, "PYTHONPATH": ROOT}
     env.pop("PREFORK_TEST_RESULTS", None)
     proc = subprocess.run(
-        [sys.executable, "-c", _API_SCRIPT], env=env, cwd=ROOT,
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", _API_SCRIPT],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -19,8 +19,16 @@ def _ran_once_each(fleet, ids):
 
 def test_recycle_after_n_jobs_loses_nothing(fleet, db_url):
     ids = defer(db_url, "cpu", count=60, ms=5)
-    code = fleet.run_to_exit("--concurrency", "2", "--max-jobs-per-child", "7",
-                             "--max-jobs-jitter", "3", "--one-shot", timeout=120)
+    code = fleet.run_to_exit(
+        "--concurrency",
+        "2",
+        "--max-jobs-per-child",
+        "7",
+        "--max-jobs-jitter",
+        "3",
+        "--one-shot",
+        timeout=120,
+    )
     assert code == 0, fleet.log()
     assert {r["status"] for r in jobs(db_url, ids)} == {"succeeded"}
     assert _ran_once_each(fleet, ids)
@@ -34,8 +42,11 @@ def test_recycle_on_memory(fleet, db_url):
     fleet.start("--concurrency", "1", "--max-memory-per-child", "150")
     first = fleet.wait_children(1)[0]
     ids = defer(db_url, "hog", count=4, mb=60)
-    wait_for(lambda: all(r["status"] == "succeeded" for r in jobs(db_url, ids)),
-             timeout=60, message="the hog jobs")
+    wait_for(
+        lambda: all(r["status"] == "succeeded" for r in jobs(db_url, ids)),
+        timeout=60,
+        message="the hog jobs",
+    )
     assert first in [e["pid"] for e in fleet.events("child_recycle")]
     pids = {pid for _, _, pid in fleet.marks("end")}
     assert first in pids and len(pids) >= 2
@@ -46,8 +57,11 @@ def test_recycle_on_memory(fleet, db_url):
 def test_memory_limit_below_start_size_does_not_loop(fleet, db_url):
     fleet.start("--concurrency", "1", "--max-memory-per-child", "1")
     ids = defer(db_url, "cpu", count=10, ms=1)
-    wait_for(lambda: all(r["status"] == "succeeded" for r in jobs(db_url, ids)),
-             timeout=30, message="the jobs")
+    wait_for(
+        lambda: all(r["status"] == "succeeded" for r in jobs(db_url, ids)),
+        timeout=30,
+        message="the jobs",
+    )
     assert len({pid for _, _, pid in fleet.marks("end")}) == 1  # never recycled
     assert fleet.events("memory_limit_below_baseline")
     assert fleet.stop() == 0
@@ -57,7 +71,8 @@ def _fleet_children_in_table(db_url):
     with psycopg.connect(db_url, autocommit=True) as conn:
         return conn.execute(
             "SELECT count(*) FROM procrastinate_prefork_processes "
-            "WHERE kind = 'child' AND state <> 'stopped'").fetchone()[0]
+            "WHERE kind = 'child' AND state <> 'stopped'"
+        ).fetchone()[0]
 
 
 def test_ttin_ttou_change_the_fleet(fleet, db_url):
@@ -88,10 +103,14 @@ def test_hup_replaces_every_child_while_jobs_flow(fleet, db_url):
     def replaced():
         pids = set(fleet.child_pids())
         return len(pids) == 2 and not (pids & old)
+
     wait_for(replaced, timeout=30, message="every child replaced")
     # never fewer than 2 ready children: the new ones started before the old left
-    wait_for(lambda: all(r["status"] == "succeeded" for r in jobs(db_url, ids)),
-             timeout=60, message="all jobs to succeed")
+    wait_for(
+        lambda: all(r["status"] == "succeeded" for r in jobs(db_url, ids)),
+        timeout=60,
+        message="all jobs to succeed",
+    )
     assert _ran_once_each(fleet, ids)
     assert fleet.events("rolling_restart")
     assert fleet.stop() == 0
@@ -102,8 +121,11 @@ def test_autoscale_grows_under_backlog_and_shrinks_when_idle(fleet, db_url):
     fleet.wait_children(1)
     ids = defer(db_url, "sleep", count=12, seconds=0.5)
     fleet.wait_children(3, timeout=20)
-    wait_for(lambda: all(r["status"] == "succeeded" for r in jobs(db_url, ids)),
-             timeout=60, message="backlog drained")
+    wait_for(
+        lambda: all(r["status"] == "succeeded" for r in jobs(db_url, ids)),
+        timeout=60,
+        message="backlog drained",
+    )
     fleet.wait_children(1, timeout=30)
     # no signal was sent: autoscale did both
     assert max(e["children"] for e in fleet.events("scale_up")) == 3
@@ -126,17 +148,33 @@ def test_process_titles(fleet, db_url):
 
 
 def test_hooks(fleet, db_url):
-    fleet.start("--concurrency", "1",
-                "--on-child-start", "tests.apps.plain_app.on_child_start",
-                "--on-child-exit", "tests.apps.plain_app:on_child_exit")
+    fleet.start(
+        "--concurrency",
+        "1",
+        "--on-child-start",
+        "tests.apps.plain_app.on_child_start",
+        "--on-child-exit",
+        "tests.apps.plain_app:on_child_exit",
+    )
     [child] = fleet.wait_children(1)
-    wait_for(lambda: (fleet.results / f"hook-start-{child}").exists(), message="start hook")
+    wait_for(
+        lambda: (fleet.results / f"hook-start-{child}").exists(), message="start hook"
+    )
     slot, parent = (fleet.results / f"hook-start-{child}").read_text().split()
     assert slot == "0" and int(parent) == fleet.pid
     os.kill(child, signal.SIGKILL)
-    wait_for(lambda: (fleet.results / f"hook-exit-{child}").exists(), message="exit hook")
-    slot, code, signum, caller = (fleet.results / f"hook-exit-{child}").read_text().split()
-    assert (slot, code, signum, int(caller)) == ("0", "None", str(int(signal.SIGKILL)), fleet.pid)
+    wait_for(
+        lambda: (fleet.results / f"hook-exit-{child}").exists(), message="exit hook"
+    )
+    slot, code, signum, caller = (
+        (fleet.results / f"hook-exit-{child}").read_text().split()
+    )
+    assert (slot, code, signum, int(caller)) == (
+        "0",
+        "None",
+        str(int(signal.SIGKILL)),
+        fleet.pid,
+    )
     assert fleet.stop() == 0
 
 

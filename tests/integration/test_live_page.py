@@ -112,7 +112,8 @@ def test_job_link_falls_back_to_text_without_the_job_admin(staff_client, monkeyp
     with connection.cursor() as cursor:
         cursor.execute(
             "UPDATE procrastinate_prefork_processes SET state = 'busy', job_id = 5"
-            " WHERE supervisor_id = %s AND slot = 0", [sup_id],
+            " WHERE supervisor_id = %s AND slot = 0",
+            [sup_id],
         )
     children = staff_client.get(JSON).json()["supervisors"][0]["children"]
     assert {c["job_id"]: c["job_url"] for c in children} == {5: None, None: None}
@@ -134,7 +135,8 @@ def test_no_secrets_in_the_page_or_the_json(staff_client, settings):
         (job_id,) = cursor.fetchone()
         cursor.execute(
             "UPDATE procrastinate_prefork_processes SET state = 'busy', job_id = %s"
-            " WHERE slot = 0", [job_id],
+            " WHERE slot = 0",
+            [job_id],
         )
     for path in (PAGE, JSON):
         body = staff_client.get(path).content.decode()
@@ -145,8 +147,9 @@ def test_no_secrets_in_the_page_or_the_json(staff_client, settings):
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("query", ["min_children=x", "host=", "queue=a&queue=b",
-                                   "min_children=-1"])
+@pytest.mark.parametrize(
+    "query", ["min_children=x", "host=", "queue=a&queue=b", "min_children=-1"]
+)
 def test_bad_parameters_are_4xx(staff_client, query):
     for path in (PAGE, JSON):
         response = staff_client.get(f"{path}?{query}")
@@ -231,6 +234,7 @@ def test_browser_sees_a_killed_child_replaced_without_reload(
     busy = int(link.evaluate("a => a.closest('tr').dataset.pid"))
     victim = next(pid for pid in old if pid != busy)  # the idle one
     os.kill(victim, signal.SIGKILL)
+
     def replaced() -> set[int] | None:
         pids = _children_pids(page)
         return pids if len(pids) == 2 and victim not in pids else None
@@ -242,8 +246,9 @@ def test_browser_sees_a_killed_child_replaced_without_reload(
         SCREENSHOT.parent.mkdir(exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)
         page.set_viewport_size({"width": 390, "height": 800})
-        page.screenshot(path=str(SCREENSHOT.with_name("fleet-live-phone.png")),
-                        full_page=True)
+        page.screenshot(
+            path=str(SCREENSHOT.with_name("fleet-live-phone.png")), full_page=True
+        )
     # At 1400 px and on a phone (390 px) nothing scrolls sideways.
     for width in (1400, 390):
         page.set_viewport_size({"width": width, "height": 800})

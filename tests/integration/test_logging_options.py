@@ -18,12 +18,19 @@ def _lines(fleet, pattern: str) -> list[str]:
 def test_log_format_and_style_shape_every_line(fleet, db_url):
     ids = defer(db_url, "cpu", count=4, ms=1)
     code = fleet.run_to_exit(
-        "--concurrency", "2", "--one-shot",
-        "--log-format", "{process}|{levelname}|{name}|{message}", "--log-format-style", "{",
+        "--concurrency",
+        "2",
+        "--one-shot",
+        "--log-format",
+        "{process}|{levelname}|{name}|{message}",
+        "--log-format-style",
+        "{",
     )
     assert code == 0, fleet.log()
     assert {r["status"] for r in jobs(db_url, ids)} == {"succeeded"}
-    supervisor = _lines(fleet, rf"{fleet.pid}\|INFO\|procrastinate_prefork\.supervisor\|")
+    supervisor = _lines(
+        fleet, rf"{fleet.pid}\|INFO\|procrastinate_prefork\.supervisor\|"
+    )
     children = _lines(fleet, r"\d+\|INFO\|procrastinate\.worker")
     assert supervisor and children, fleet.log()
     assert all(not line.startswith(f"{fleet.pid}|") for line in children)
@@ -31,11 +38,16 @@ def test_log_format_and_style_shape_every_line(fleet, db_url):
 
 def test_procrastinate_environment_variables(fleet, db_url):
     ids = defer(db_url, "cpu", count=2, ms=1)
-    code = fleet.run_to_exit("--concurrency", "1", "--one-shot", env={
-        "PROCRASTINATE_LOG_FORMAT": "$levelname:$name:$message",
-        "PROCRASTINATE_LOG_FORMAT_STYLE": "$",
-        "PROCRASTINATE_LOG_LEVEL": "warning",
-    })
+    code = fleet.run_to_exit(
+        "--concurrency",
+        "1",
+        "--one-shot",
+        env={
+            "PROCRASTINATE_LOG_FORMAT": "$levelname:$name:$message",
+            "PROCRASTINATE_LOG_FORMAT_STYLE": "$",
+            "PROCRASTINATE_LOG_LEVEL": "warning",
+        },
+    )
     assert code == 0, fleet.log()
     assert {r["status"] for r in jobs(db_url, ids)} == {"succeeded"}
     assert not _lines(fleet, r"(INFO|DEBUG):")  # nothing below warning
@@ -47,27 +59,43 @@ def test_procrastinate_environment_variables(fleet, db_url):
 @pytest.mark.parametrize("how", ["flag", "env"])
 def test_deprecated_verbose_means_debug(fleet, db_url, how):
     args, env = (["-v"], {}) if how == "flag" else ([], {"PROCRASTINATE_VERBOSE": "1"})
-    code = fleet.run_to_exit("--concurrency", "1", "--one-shot",
-                             "--log-format", "%(levelname)s %(name)s: %(message)s",
-                             *args, env=env)
+    code = fleet.run_to_exit(
+        "--concurrency",
+        "1",
+        "--one-shot",
+        "--log-format",
+        "%(levelname)s %(name)s: %(message)s",
+        *args,
+        env=env,
+    )
     assert code == 0, fleet.log()
     assert _lines(fleet, r"DEBUG ")
     assert _lines(fleet, r"WARNING procrastinate_prefork: ")  # the deprecation
 
 
 def test_log_level_wins_over_verbose(fleet, db_url):
-    code = fleet.run_to_exit("--concurrency", "1", "--one-shot", "--log-level", "info",
-                             "--log-format", "%(levelname)s %(name)s: %(message)s",
-                             env={"PROCRASTINATE_VERBOSE": "2"})
+    code = fleet.run_to_exit(
+        "--concurrency",
+        "1",
+        "--one-shot",
+        "--log-level",
+        "info",
+        "--log-format",
+        "%(levelname)s %(name)s: %(message)s",
+        env={"PROCRASTINATE_VERBOSE": "2"},
+    )
     assert code == 0, fleet.log()
     assert not _lines(fleet, r"DEBUG ") and _lines(fleet, r"INFO ")
 
 
-@pytest.mark.parametrize(("args", "expected"), [
-    (["--log-format-style", "%%"], "--log-format-style"),
-    (["--log-format", "no fields", "--log-format-style", "{"], "--log-format"),
-    (["--log-level", "loud"], "--log-level"),
-])
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--log-format-style", "%%"], "--log-format-style"),
+        (["--log-format", "no fields", "--log-format-style", "{"], "--log-format"),
+        (["--log-level", "loud"], "--log-level"),
+    ],
+)
 def test_bad_logging_options_exit_2(fleet, args, expected):
     assert fleet.run_to_exit(*args, timeout=30) == 2
     assert expected in error_line(fleet)

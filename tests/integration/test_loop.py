@@ -25,19 +25,27 @@ from .test_health import free_port, try_probe
 
 JSON_APP = "tests.apps.json_log_app.app"
 HOST = "loop-test"
-FAST = ("--heartbeat-interval", "1", "--stalled-timeout", "10",
-        "--fetch-job-polling-interval", "2")
+FAST = (
+    "--heartbeat-interval",
+    "1",
+    "--stalled-timeout",
+    "10",
+    "--fetch-job-polling-interval",
+    "2",
+)
 
 
 def supervisor_backend(db_url: str, supervisor_pid: int) -> int:
     """The server pid of the supervisor's own session (its application name)."""
     name = f"prefork:{HOST}:sup:{supervisor_pid}"
     with psycopg.connect(db_url, autocommit=True) as conn:
+
         def find() -> int | None:
             row = conn.execute(
                 "SELECT pid FROM pg_stat_activity WHERE application_name = %s", [name]
             ).fetchone()
             return row[0] if row else None
+
         return wait_for(find, timeout=20, message="the supervisor's session")
 
 
@@ -69,38 +77,66 @@ def assert_loop_turns(fleet, port: int, children: int) -> None:
     wait_for(lambda: is_gone(before[0]), timeout=20, message="the killed child reaped")
     after = fleet.wait_children(children)
     assert len(set(after) - set(before)) == 1
-    wait_for(lambda: (r := try_probe(port, "/live")) is not None and r[0] == 200,
-             timeout=10, message="/live to answer 200")
+    wait_for(
+        lambda: (r := try_probe(port, "/live")) is not None and r[0] == 200,
+        timeout=10,
+        message="/live to answer 200",
+    )
 
 
 def test_stopped_backend_does_not_freeze_the_loop(fleet, db_url):
     """The supervisor's own backend SIGSTOPped (a failover without reset, a
     black-holed connection) for longer than the bound of its calls."""
     port = free_port()
-    fleet.start("--concurrency", "2", "--hostname", HOST, "--health-port", str(port),
-                *FAST, app=JSON_APP)
+    fleet.start(
+        "--concurrency",
+        "2",
+        "--hostname",
+        HOST,
+        "--health-port",
+        str(port),
+        *FAST,
+        app=JSON_APP,
+    )
     backend = supervisor_backend(db_url, fleet.pid)
     with stopped(backend):
-        wait_for(lambda: log_events(fleet, "db_timeout"), timeout=20,
-                 message="a database call to time out")
+        wait_for(
+            lambda: log_events(fleet, "db_timeout"),
+            timeout=20,
+            message="a database call to time out",
+        )
         assert_loop_turns(fleet, port, 2)
     assert not fleet.exited()
     assert fleet.stop() == 0
 
 
 def test_time_limits_hold_while_the_backend_is_stopped(fleet, db_url):
-    fleet.start("--concurrency", "1", "--hostname", HOST, "--job-timeout", "3",
-                *FAST, app=JSON_APP)
+    fleet.start(
+        "--concurrency",
+        "1",
+        "--hostname",
+        HOST,
+        "--job-timeout",
+        "3",
+        *FAST,
+        app=JSON_APP,
+    )
     [job_id] = defer(db_url, "sleep", seconds=60)
     child = fleet.running_child(job_id)
     backend = supervisor_backend(db_url, fleet.pid)
     with stopped(backend):
-        wait_for(lambda: log_events(fleet, "time_limit"), timeout=20,
-                 message="the time limit to be enforced")
+        wait_for(
+            lambda: log_events(fleet, "time_limit"),
+            timeout=20,
+            message="the time limit to be enforced",
+        )
         wait_for(lambda: is_gone(child), timeout=20, message="the child to be gone")
         fleet.wait_children(1, exclude=[child])
-    wait_for(lambda: jobs(db_url, [job_id])[0]["status"] == "failed", timeout=20,
-             message="the job to fail")
+    wait_for(
+        lambda: jobs(db_url, [job_id])[0]["status"] == "failed",
+        timeout=20,
+        message="the job to fail",
+    )
     assert fleet.stop() == 0
 
 
@@ -162,24 +198,45 @@ def test_black_holed_connection_does_not_freeze_the_loop(fleet, db_url):
     via_hole = urlunsplit(parts._replace(netloc=f"{netloc}:{hole.port}"))
     port = free_port()
     try:
-        fleet.start("--concurrency", "2", "--hostname", HOST,
-                    "--health-port", str(port), *FAST, app=JSON_APP,
-                    env={"DATABASE_URL": via_hole})
+        fleet.start(
+            "--concurrency",
+            "2",
+            "--hostname",
+            HOST,
+            "--health-port",
+            str(port),
+            *FAST,
+            app=JSON_APP,
+            env={"DATABASE_URL": via_hole},
+        )
         hole.swallowing.set()
-        wait_for(lambda: log_events(fleet, "db_timeout"), timeout=20,
-                 message="a database call to time out")
+        wait_for(
+            lambda: log_events(fleet, "db_timeout"),
+            timeout=20,
+            message="a database call to time out",
+        )
         before = fleet.wait_children(2)
         os.kill(before[0], signal.SIGKILL)
-        wait_for(lambda: is_gone(before[0]), timeout=20,
-                 message="the killed child reaped")
-        wait_for(lambda: len(fleet.child_pids()) == 2, timeout=20,
-                 message="a replacement child forked")
-        wait_for(lambda: (r := try_probe(port, "/live")) is not None and r[0] == 200,
-                 timeout=20, message="/live to answer 200")
+        wait_for(
+            lambda: is_gone(before[0]), timeout=20, message="the killed child reaped"
+        )
+        wait_for(
+            lambda: len(fleet.child_pids()) == 2,
+            timeout=20,
+            message="a replacement child forked",
+        )
+        wait_for(
+            lambda: (r := try_probe(port, "/live")) is not None and r[0] == 200,
+            timeout=20,
+            message="/live to answer 200",
+        )
         assert not fleet.exited()
         hole.swallowing.clear()  # the path is back: so is the fleet
-        wait_for(lambda: (r := try_probe(port, "/ready")) is not None and r[0] == 200,
-                 timeout=60, message="/ready to answer 200 again")
+        wait_for(
+            lambda: (r := try_probe(port, "/ready")) is not None and r[0] == 200,
+            timeout=60,
+            message="/ready to answer 200 again",
+        )
         assert fleet.stop() == 0
     finally:
         hole.close()
@@ -187,15 +244,26 @@ def test_black_holed_connection_does_not_freeze_the_loop(fleet, db_url):
 
 def test_locked_fleet_table_does_not_freeze_the_loop(fleet, db_url):
     port = free_port()
-    fleet.start("--concurrency", "2", "--hostname", HOST, "--health-port", str(port),
-                *FAST, app=JSON_APP)
+    fleet.start(
+        "--concurrency",
+        "2",
+        "--hostname",
+        HOST,
+        "--health-port",
+        str(port),
+        *FAST,
+        app=JSON_APP,
+    )
     with psycopg.connect(db_url) as locker:
         locker.execute(
             "LOCK TABLE procrastinate_prefork_processes IN ACCESS EXCLUSIVE MODE"
         )
         try:
-            wait_for(lambda: log_events(fleet, "db_timeout"), timeout=20,
-                     message="a database call to time out")
+            wait_for(
+                lambda: log_events(fleet, "db_timeout"),
+                timeout=20,
+                message="a database call to time out",
+            )
             assert_loop_turns(fleet, port, 2)
         finally:
             locker.rollback()
@@ -219,6 +287,7 @@ def child_sessions(db_url: str) -> set[int]:
 
 def assert_converges(fleet, db_url: str, count: int) -> None:
     """``count`` live children, each with its session, none other, and it stays so."""
+
     def settled() -> bool:
         pids = [p for p in fleet.child_pids() if not is_gone(p)]
         return len(pids) == count and child_sessions(db_url) == set(pids)
@@ -259,10 +328,16 @@ def test_sigusr1_and_sigusr2_kill_nobody(fleet, db_url):
     for signum in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM):
         fleet.signal(signum)
         os.kill(children[0], signum)
-    wait_for(lambda: len(log_events(fleet, "reopen_logs")) >= 3, timeout=10,
-             message="the supervisor and its children to reopen their logs")
-    wait_for(lambda: log_events(fleet, "signal_ignored"), timeout=10,
-             message="SIGUSR2 to be logged and ignored")
+    wait_for(
+        lambda: len(log_events(fleet, "reopen_logs")) >= 3,
+        timeout=10,
+        message="the supervisor and its children to reopen their logs",
+    )
+    wait_for(
+        lambda: log_events(fleet, "signal_ignored"),
+        timeout=10,
+        message="SIGUSR2 to be logged and ignored",
+    )
     time.sleep(1)  # a turn of the loop and of the children's event loops later
     assert not fleet.exited()
     assert fleet.child_pids() == children
@@ -272,8 +347,17 @@ def test_sigusr1_and_sigusr2_kill_nobody(fleet, db_url):
 
 
 def test_task_timeout_for_an_unknown_task_is_warned_about(fleet):
-    fleet.start("--concurrency", "1", "--hostname", HOST, "--task-timeout", "nosuch=1",
-                "--task-timeout", "sleep=5", app=JSON_APP)
+    fleet.start(
+        "--concurrency",
+        "1",
+        "--hostname",
+        HOST,
+        "--task-timeout",
+        "nosuch=1",
+        "--task-timeout",
+        "sleep=5",
+        app=JSON_APP,
+    )
     [event] = log_events(fleet, "unknown_task_timeout")
     assert event["tasks"] == ["nosuch"] and event["level"] == "WARNING"
     assert fleet.stop() == 0

@@ -33,16 +33,28 @@ from .test_health import free_port, probe
 
 try:  # the tox environment without Django skips the Django test only
     from .test_django import (  # noqa: F401 - fixtures
-        SETTINGS, django_db_url, django_template_url, manage,
+        SETTINGS,
+        django_db_url,
+        django_template_url,
+        manage,
     )
 except pytest.skip.Exception:
     SETTINGS = None
 
 APP = "tests.apps.logged_app.app"
 POOL_SIZE = 2
-FAST = ("--fetch-job-polling-interval", "0.5", "--abort-job-polling-interval", "0.5",
-        "--stalled-timeout", "3", "--heartbeat-interval", "0.5",
-        "--stock-worker-timeout", "3")  # the stray job below has no worker
+FAST = (
+    "--fetch-job-polling-interval",
+    "0.5",
+    "--abort-job-polling-interval",
+    "0.5",
+    "--stalled-timeout",
+    "3",
+    "--heartbeat-interval",
+    "0.5",
+    "--stock-worker-timeout",
+    "3",
+)  # the stray job below has no worker
 
 
 def _with_port(url: str, port: int) -> str:
@@ -97,7 +109,8 @@ pidfile = {workdir}/pgbouncer.pid
         path.chmod(0o644)
     proc = subprocess.Popen(
         [binary, *_run_as(), str(workdir / "pgbouncer.ini")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
     )
     url = _with_port(pg_url, port)
 
@@ -114,8 +127,9 @@ pidfile = {workdir}/pgbouncer.pid
             return False
 
     try:
-        wait_for(up, timeout=20, interval=0.2,
-                 message="pgbouncer to accept connections")
+        wait_for(
+            up, timeout=20, interval=0.2, message="pgbouncer to accept connections"
+        )
         yield port
     finally:
         proc.send_signal(signal.SIGINT)  # shut down at once, closing its sessions
@@ -176,15 +190,23 @@ def succeeded(db_url: str, ids: list[int]) -> bool:
 def test_listen_check_tells_a_pooled_connection_from_a_direct_one(db_url, bouncer_url):
     assert prefork_db.listen_works({"conninfo": db_url}, "prefork:test:check:1")
     assert not prefork_db.listen_works(
-        {"conninfo": bouncer_url}, "prefork:test:check:1")
+        {"conninfo": bouncer_url}, "prefork:test:check:1"
+    )
 
 
 def test_fleet_works_through_pgbouncer_by_polling(fleet, db_url, bouncer_url):
     """Eight children, two server sessions: jobs, a retry, a lock, an abort, a
     killed child's job, the sweep and the heartbeats all go through the pool."""
     health_port = free_port()
-    fleet.start("--concurrency", "8", "--health-port", str(health_port), *FAST,
-                app=APP, env={"DATABASE_URL": bouncer_url})
+    fleet.start(
+        "--concurrency",
+        "8",
+        "--health-port",
+        str(health_port),
+        *FAST,
+        app=APP,
+        env={"DATABASE_URL": bouncer_url},
+    )
     started = actions(fleet)
     [pooling] = started["transaction_pooling"]
     assert pooling["listen_dsn"] is False
@@ -212,16 +234,22 @@ def test_fleet_works_through_pgbouncer_by_polling(fleet, db_url, bouncer_url):
         return succeeded(db_url, everything)
 
     wait_for(drained, timeout=120, interval=0.5, message="every job to succeed")
-    wait_for(lambda: jobs(db_url, [abort_id])[0]["status"] == "aborted", timeout=30,
-             message="the abort")
+    wait_for(
+        lambda: jobs(db_url, [abort_id])[0]["status"] == "aborted",
+        timeout=30,
+        message="the abort",
+    )
     # the supervisor's session goes through the pool too
     assert max(sessions) <= POOL_SIZE, sessions
     # the retry ran a second attempt; the killed child's job ran again elsewhere
     assert {(j, a) for j, a, _ in fleet.marks("end") if j in flaky_ids} == {
         (j, 1) for j in flaky_ids
     }
-    assert any(a == 1 and pid != victim
-               for j, a, pid in fleet.marks("start") if j == victim_job)
+    assert any(
+        a == 1 and pid != victim
+        for j, a, pid in fleet.marks("start")
+        if j == victim_job
+    )
     # the lock: the second job started after the first had ended
     first, second = sorted(locked_ids)
     assert fleet.mark_times("start")[(second, 0)] >= fleet.mark_times("end")[(first, 0)]
@@ -232,19 +260,30 @@ def test_fleet_works_through_pgbouncer_by_polling(fleet, db_url, bouncer_url):
             "INSERT INTO procrastinate_jobs (queue_name, task_name, args, status) "
             "VALUES ('default', 'cpu', '{\"ms\": 1}', 'doing') RETURNING id"
         ).fetchone()
-        beat = conn.execute("SELECT max(last_heartbeat) FROM procrastinate_workers"
-                            ).fetchone()
-    wait_for(lambda: succeeded(db_url, [stray]), timeout=30,
-             message="the sweep to retry the stray job")
+        beat = conn.execute(
+            "SELECT max(last_heartbeat) FROM procrastinate_workers"
+        ).fetchone()
+    wait_for(
+        lambda: succeeded(db_url, [stray]),
+        timeout=30,
+        message="the sweep to retry the stray job",
+    )
     # heartbeats keep the children's worker rows and the fleet table fresh
     with psycopg.connect(db_url, autocommit=True) as conn:
-        wait_for(lambda: conn.execute(
-            "SELECT min(last_heartbeat) > %s FROM procrastinate_workers", beat
-        ).fetchone()[0], timeout=15, message="fresh worker heartbeats")
-        assert conn.execute(
-            "SELECT count(*) FROM procrastinate_prefork_processes WHERE kind = 'child' "
-            "AND state IN ('idle', 'busy') AND last_heartbeat > now() - interval '10 s'"
-        ).fetchone()[0] == 8
+        wait_for(
+            lambda: conn.execute(
+                "SELECT min(last_heartbeat) > %s FROM procrastinate_workers", beat
+            ).fetchone()[0],
+            timeout=15,
+            message="fresh worker heartbeats",
+        )
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM procrastinate_prefork_processes WHERE kind = 'child' "
+                "AND state IN ('idle', 'busy') AND last_heartbeat > now() - interval '10 s'"
+            ).fetchone()[0]
+            == 8
+        )
     assert probe(health_port, "/ready")[0] == 200
     assert "db_error" not in actions(fleet), fleet.log()
     assert fleet.stop() == 0
@@ -252,21 +291,34 @@ def test_fleet_works_through_pgbouncer_by_polling(fleet, db_url, bouncer_url):
 
 def test_listen_dsn_wakes_an_idle_fleet_by_notification(fleet, db_url, bouncer_url):
     # Polling only every 60 s: a job starting within 20 s was woken by NOTIFY.
-    fleet.start("--concurrency", "4", "--fetch-job-polling-interval", "60",
-                "--listen-dsn", db_url, app=APP, env={"DATABASE_URL": bouncer_url})
+    fleet.start(
+        "--concurrency",
+        "4",
+        "--fetch-job-polling-interval",
+        "60",
+        "--listen-dsn",
+        db_url,
+        app=APP,
+        env={"DATABASE_URL": bouncer_url},
+    )
     started = actions(fleet)
     [pooling] = started["transaction_pooling"]
     assert pooling["listen_dsn"] is True
     assert "listen_unavailable" not in started
     assert db_url not in fleet.log()  # never shown: it may hold a password
-    wait_for(lambda: list(fleet.child_states().values()) == ["idle"] * 4,
-             message="every child idle")
+    wait_for(
+        lambda: list(fleet.child_states().values()) == ["idle"] * 4,
+        message="every child idle",
+    )
     time.sleep(1.0)  # and past its first fetch, waiting for a wake-up or a poll
     for _ in range(2):  # twice: more than one notification gets through
         deferred_at = time.time()
         [job_id] = defer(db_url, "cpu", ms=1)
-        wait_for(lambda: succeeded(db_url, [job_id]), timeout=20,
-                 message="the job to run without a poll")
+        wait_for(
+            lambda: succeeded(db_url, [job_id]),
+            timeout=20,
+            message="the job to run without a poll",
+        )
         assert fleet.mark_times("start")[(job_id, 0)] - deferred_at < 20
     # the supervisor's session is the only direct one besides the pool's two
     assert server_sessions(db_url) <= POOL_SIZE + 1
@@ -274,8 +326,14 @@ def test_listen_dsn_wakes_an_idle_fleet_by_notification(fleet, db_url, bouncer_u
 
 
 def test_listen_dsn_through_the_pooler_falls_back_to_polling(fleet, bouncer_url):
-    fleet.start("--concurrency", "1", "--listen-dsn", bouncer_url, app=APP,
-                env={"DATABASE_URL": bouncer_url})
+    fleet.start(
+        "--concurrency",
+        "1",
+        "--listen-dsn",
+        bouncer_url,
+        app=APP,
+        env={"DATABASE_URL": bouncer_url},
+    )
     [fallback] = actions(fleet)["listen_unavailable"]
     assert fallback["fallback"] == "polling"
     assert fleet.stop() == 0
@@ -286,14 +344,17 @@ def test_django_orm_tasks_through_pgbouncer(request, tmp_path, pgbouncer_port):
         pytest.skip("Django is not installed")
     django_db_url = request.getfixturevalue("django_db_url")
     fleet = FleetFactory(django_db_url, tmp_path).new()
-    ids = (defer(django_db_url, "tests.orm_iterate", 16, times=5)
-           + defer(django_db_url, "tests.orm_async", 16))
+    ids = defer(django_db_url, "tests.orm_iterate", 16, times=5) + defer(
+        django_db_url, "tests.orm_async", 16
+    )
     try:
         code = fleet.run_to_exit(
             command=manage("prefork_worker", "--concurrency", "4", "--one-shot"),
-            env={"DJANGO_SETTINGS_MODULE": SETTINGS,
-                 "DATABASE_URL": _with_port(django_db_url, pgbouncer_port),
-                 "PREFORK_TEST_CONN_MAX_AGE": "60"},
+            env={
+                "DJANGO_SETTINGS_MODULE": SETTINGS,
+                "DATABASE_URL": _with_port(django_db_url, pgbouncer_port),
+                "PREFORK_TEST_CONN_MAX_AGE": "60",
+            },
             timeout=120,
         )
     finally:
@@ -305,7 +366,8 @@ def test_django_orm_tasks_through_pgbouncer(request, tmp_path, pgbouncer_port):
 
 def test_unreachable_listen_dsn_stops_the_start_and_says_which(fleet, db_url):
     code = fleet.run_to_exit(
-        "--listen-dsn", "postgresql://nobody:SECRET-77@127.0.0.1:1/x", timeout=30)
+        "--listen-dsn", "postgresql://nobody:SECRET-77@127.0.0.1:1/x", timeout=30
+    )
     assert code == 1
     assert "--listen-dsn" in fleet.log().splitlines()[-1]  # the line after the banner
     assert "SECRET-77" not in fleet.log()

@@ -28,8 +28,11 @@ def test_sigkill_mid_job_runs_again_on_another_child(fleet, db_url):
     victim = fleet.running_child(job_id)
     killed_at = time.time()
     os.kill(victim, signal.SIGKILL)
-    wait_for(lambda: jobs(db_url, [job_id])[0]["status"] == "succeeded", timeout=20,
-             message="the job to succeed after the kill")
+    wait_for(
+        lambda: jobs(db_url, [job_id])[0]["status"] == "succeeded",
+        timeout=20,
+        message="the job to succeed after the kill",
+    )
     [row] = jobs(db_url, [job_id])
     assert row["attempts"] >= 1  # the crash counted as an attempt
     runs = {(a, pid) for j, a, pid in fleet.marks("start") if j == job_id}
@@ -47,15 +50,24 @@ def test_poison_pill_fails_after_cap_while_others_flow(fleet, db_url):
     fleet.start("--concurrency", "2", "--max-crash-retries", "2")
     [poison] = defer(db_url, "die", code=13)
     others = defer(db_url, "cpu", count=30, ms=20)
-    wait_for(lambda: jobs(db_url, [poison])[0]["status"] == "failed", timeout=60,
-             message="the poison job to fail")
-    wait_for(lambda: all(r["status"] == "succeeded" for r in jobs(db_url, others)),
-             timeout=60, message="the other jobs to succeed")
+    wait_for(
+        lambda: jobs(db_url, [poison])[0]["status"] == "failed",
+        timeout=60,
+        message="the poison job to fail",
+    )
+    wait_for(
+        lambda: all(r["status"] == "succeeded" for r in jobs(db_url, others)),
+        timeout=60,
+        message="the other jobs to succeed",
+    )
     # ran once, then retried twice (the cap), then failed: 3 starts in all
     assert _attempt_starts(fleet, poison) == [0, 1, 2]
     assert 13 in [e["exit_code"] for e in fleet.events("child_exited")]
-    [failed] = [e for e in fleet.events("job_recovered")
-                if e["job_id"] == poison and e["recovery_action"] == "failed"]
+    [failed] = [
+        e
+        for e in fleet.events("job_recovered")
+        if e["job_id"] == poison and e["recovery_action"] == "failed"
+    ]
     assert failed["crashes"] == 3  # past the cap of 2: a poison pill
     assert fleet.events("crash_loop") == []
     with psycopg.connect(db_url) as conn:
@@ -80,13 +92,17 @@ def test_whole_supervisor_killed_another_host_recovers_after_timeout(
 
     second = fleet_factory.new("host-b")
     second.start("--concurrency", "1", "--hostname", "host-b", *FAST_SWEEP)
-    wait_for(lambda: second.marks("start"), timeout=30,
-             message="the sweep to recover the job and host b to run it")
+    wait_for(
+        lambda: second.marks("start"),
+        timeout=30,
+        message="the sweep to recover the job and host b to run it",
+    )
     # not before the stalled timeout (3 s, minus up to one 0.5 s heartbeat)
     assert second.mark_times("start")[(job_id, 1)] - killed_at >= 2.4
     # by a sweep: no child of this fleet died under it
-    assert [(e["job_id"], e["child_pid"]) for e in second.events("job_recovered")
-            ] == [(job_id, None)]
+    assert [(e["job_id"], e["child_pid"]) for e in second.events("job_recovered")] == [
+        (job_id, None)
+    ]
     second.stop(timeout=5)
 
 
@@ -99,10 +115,14 @@ def test_restarted_supervisor_recovers_predecessor_at_once(fleet_factory, db_url
 
     second = fleet_factory.new("second")
     # a stalled timeout of 10 minutes: only the predecessor rule can recover it
-    second.start("--concurrency", "1", "--hostname", "same-host",
-                 "--stalled-timeout", "600")
-    wait_for(lambda: second.marks("start"), timeout=10,
-             message="the predecessor's job to run again")
+    second.start(
+        "--concurrency", "1", "--hostname", "same-host", "--stalled-timeout", "600"
+    )
+    wait_for(
+        lambda: second.marks("start"),
+        timeout=10,
+        message="the predecessor's job to run again",
+    )
     assert [e["jobs"] for e in second.events("predecessor_recovered")] == [1]
     assert jobs(db_url, [job_id])[0]["attempts"] == 1
     second.stop(timeout=5)
@@ -110,13 +130,22 @@ def test_restarted_supervisor_recovers_predecessor_at_once(fleet_factory, db_url
 
 def test_long_job_on_healthy_child_is_never_recovered(fleet_factory, db_url):
     runner = fleet_factory.new("runner")
-    runner.start("--concurrency", "1", "--hostname", "runner", *FAST_SWEEP,
-                 "--shutdown-graceful-timeout", "30")
+    runner.start(
+        "--concurrency",
+        "1",
+        "--hostname",
+        "runner",
+        *FAST_SWEEP,
+        "--shutdown-graceful-timeout",
+        "30",
+    )
     sweeper = fleet_factory.new("sweeper")
     sweeper.start("--concurrency", "1", "--hostname", "sweeper", *FAST_SWEEP)
     [job_id] = defer(db_url, "sleep", seconds=8)
-    wait_for(lambda: runner.marks("start") or sweeper.marks("start"),
-             message="the job to start")
+    wait_for(
+        lambda: runner.marks("start") or sweeper.marks("start"),
+        message="the job to start",
+    )
     owner = runner if runner.marks("start") else sweeper
     other = sweeper if owner is runner else runner
     time.sleep(4)  # longer than the stalled timeout, while running
@@ -135,31 +164,44 @@ def test_job_timeout_fails_job_and_replaces_child(fleet, db_url):
     fleet.start("--concurrency", "1", "--job-timeout", "1")
     [job_id] = defer(db_url, "sleep", seconds=30)
     victim = fleet.running_child(job_id)
-    wait_for(lambda: jobs(db_url, [job_id])[0]["status"] == "failed", timeout=20,
-             message="the job to fail on its time limit")
+    wait_for(
+        lambda: jobs(db_url, [job_id])[0]["status"] == "failed",
+        timeout=20,
+        message="the job to fail on its time limit",
+    )
     new = fleet.wait_children(1, exclude=[victim])
     assert new and victim not in new
     assert [e["job_id"] for e in fleet.events("time_limit")] == [job_id]
-    assert [(e["job_id"], e["recovery_action"]) for e in fleet.events("job_recovered")
-            ] == [(job_id, "failed")]
+    assert [
+        (e["job_id"], e["recovery_action"]) for e in fleet.events("job_recovered")
+    ] == [(job_id, "failed")]
     # the fleet still works
     [after] = defer(db_url, "cpu", ms=1)
-    wait_for(lambda: jobs(db_url, [after])[0]["status"] == "succeeded", timeout=20,
-             message="a job after the replacement")
+    wait_for(
+        lambda: jobs(db_url, [after])[0]["status"] == "succeeded",
+        timeout=20,
+        message="a job after the replacement",
+    )
     assert fleet.stop() == 0
 
 
 def test_per_task_timeout_retries_when_the_strategy_says_so(fleet, db_url):
     fleet.start("--concurrency", "1", "--task-timeout", "slow_retry_on_timeout=1")
     [job_id] = defer(db_url, "slow_retry_on_timeout", seconds=30)
-    wait_for(lambda: jobs(db_url, [job_id])[0]["status"] == "failed", timeout=40,
-             message="the job to exhaust its retries")
+    wait_for(
+        lambda: jobs(db_url, [job_id])[0]["status"] == "failed",
+        timeout=40,
+        message="the job to exhaust its retries",
+    )
     # RetryStrategy(max_attempts=2) retries while attempts < 2, as it would
     # for any exception under stock procrastinate: three runs in all
     assert _attempt_starts(fleet, job_id) == [0, 1, 2]
     assert {e["job_id"] for e in fleet.events("time_limit")} == {job_id}
-    assert [e["recovery_action"] for e in fleet.events("job_recovered")
-            if e["job_id"] == job_id] == ["retried", "retried", "failed"]
+    assert [
+        e["recovery_action"]
+        for e in fleet.events("job_recovered")
+        if e["job_id"] == job_id
+    ] == ["retried", "retried", "failed"]
     assert fleet.stop() == 0
 
 
@@ -168,11 +210,18 @@ def test_sigstopped_child_is_detected_killed_and_replaced(fleet, db_url):
     [job_id] = defer(db_url, "sleep", seconds=1.0)
     victim = fleet.running_child(job_id)
     os.kill(victim, signal.SIGSTOP)
-    wait_for(lambda: fleet.events("child_wedged"), timeout=15, message="wedge detection")
-    wait_for(lambda: jobs(db_url, [job_id])[0]["status"] == "succeeded", timeout=20,
-             message="the job to run again elsewhere")
+    wait_for(
+        lambda: fleet.events("child_wedged"), timeout=15, message="wedge detection"
+    )
+    wait_for(
+        lambda: jobs(db_url, [job_id])[0]["status"] == "succeeded",
+        timeout=20,
+        message="the job to run again elsewhere",
+    )
     fleet.wait_children(2, exclude=[victim])
-    assert any(a == 1 and pid != victim for j, a, pid in fleet.marks("start") if j == job_id)
+    assert any(
+        a == 1 and pid != victim for j, a, pid in fleet.marks("start") if j == job_id
+    )
     assert fleet.stop() == 0
 
 
@@ -183,8 +232,11 @@ def test_abort_requested_job_of_dead_child_ends_aborted(fleet, db_url):
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("SELECT procrastinate_cancel_job_v1(%s, true, false)", [job_id])
     os.kill(victim, signal.SIGKILL)
-    wait_for(lambda: jobs(db_url, [job_id])[0]["status"] == "aborted", timeout=15,
-             message="the job to end aborted")
+    wait_for(
+        lambda: jobs(db_url, [job_id])[0]["status"] == "aborted",
+        timeout=15,
+        message="the job to end aborted",
+    )
     assert _attempt_starts(fleet, job_id) == [0]
     assert fleet.stop() == 0
 
@@ -193,14 +245,21 @@ def test_clean_stop_leaves_no_live_looking_rows(fleet, db_url):
     fleet.start("--concurrency", "2")
     fleet.wait_children(2)
     with psycopg.connect(db_url, autocommit=True) as conn:
-        wait_for(lambda: conn.execute(
-            "SELECT count(*) FROM procrastinate_prefork_processes "
-            "WHERE kind = 'child' AND worker_id IS NOT NULL").fetchone()[0] == 2,
-            message="the children's worker ids in the fleet table")
+        wait_for(
+            lambda: (
+                conn.execute(
+                    "SELECT count(*) FROM procrastinate_prefork_processes "
+                    "WHERE kind = 'child' AND worker_id IS NOT NULL"
+                ).fetchone()[0]
+                == 2
+            ),
+            message="the children's worker ids in the fleet table",
+        )
     assert fleet.stop() == 0
     with psycopg.connect(db_url, autocommit=True) as conn:
         states = conn.execute(
-            "SELECT DISTINCT state FROM procrastinate_prefork_processes").fetchall()
+            "SELECT DISTINCT state FROM procrastinate_prefork_processes"
+        ).fetchall()
         workers = conn.execute("SELECT count(*) FROM procrastinate_workers").fetchone()
     assert states == [("stopped",)]
     assert workers == (0,)

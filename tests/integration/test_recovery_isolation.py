@@ -45,15 +45,28 @@ def _start_conflict(fleet, db_url):
 
 
 def _assert_conflict_outcome(fleet, db_url, locked, free, waiting, recoverer):
-    wait_for(lambda: _status(db_url, locked) == "failed", timeout=30,
-             message="the conflicting job to fail")
-    wait_for(lambda: _status(db_url, waiting) == "succeeded", timeout=30,
-             message="the waiting job of the same lock to run")
-    wait_for(lambda: _status(db_url, free) == "todo" or recoverer.marks("start")
-             and any(j == free for j, _, _ in recoverer.marks("start")),
-             timeout=30, message="the other job to be recovered")
-    [conflict] = [e for e in recoverer.events("job_recovery_conflict")
-                  if e["job_id"] == locked]
+    wait_for(
+        lambda: _status(db_url, locked) == "failed",
+        timeout=30,
+        message="the conflicting job to fail",
+    )
+    wait_for(
+        lambda: _status(db_url, waiting) == "succeeded",
+        timeout=30,
+        message="the waiting job of the same lock to run",
+    )
+    wait_for(
+        lambda: (
+            _status(db_url, free) == "todo"
+            or recoverer.marks("start")
+            and any(j == free for j, _, _ in recoverer.marks("start"))
+        ),
+        timeout=30,
+        message="the other job to be recovered",
+    )
+    [conflict] = [
+        e for e in recoverer.events("job_recovery_conflict") if e["job_id"] == locked
+    ]
     assert conflict["conflict_job_id"] == waiting
     assert conflict["recovery_action"] == "failed"
     retried = [e for e in recoverer.events("job_recovered") if e["job_id"] == free]
@@ -67,15 +80,25 @@ def test_queueing_lock_conflict_after_child_death(fleet, db_url):
     os.kill(victim, signal.SIGKILL)
     _assert_conflict_outcome(fleet, db_url, locked, free, waiting, fleet)
     # the free job ran again, woken by the recovery
-    wait_for(lambda: any((j, a) == (free, 1) for j, a, _ in fleet.marks("start")),
-             timeout=20, message="the recovered job to run again")
+    wait_for(
+        lambda: any((j, a) == (free, 1) for j, a, _ in fleet.marks("start")),
+        timeout=20,
+        message="the recovered job to run again",
+    )
     assert fleet.stop(timeout=60) is not None
 
 
 def test_queueing_lock_conflict_in_a_sweep(fleet_factory, db_url):
     first = fleet_factory.new("host-a")
-    first.start("--concurrency", "1", "--child-concurrency", "2",
-                "--hostname", "host-a", *FAST_SWEEP)
+    first.start(
+        "--concurrency",
+        "1",
+        "--child-concurrency",
+        "2",
+        "--hostname",
+        "host-a",
+        *FAST_SWEEP,
+    )
     locked, free, waiting = _start_conflict(first, db_url)
     first.kill_all()  # the whole host dies: only a sweep can recover
     second = fleet_factory.new("host-b")
@@ -86,8 +109,9 @@ def test_queueing_lock_conflict_in_a_sweep(fleet_factory, db_url):
 
 def test_failing_recovery_does_not_hold_back_the_next(fleet, db_url):
     fleet.start("--concurrency", "2", *FAST_SWEEP)
-    stuck, other = (_defer_locked(db_url, "sleep", None, None, seconds=30)
-                    for _ in range(2))
+    stuck, other = (
+        _defer_locked(db_url, "sleep", None, None, seconds=30) for _ in range(2)
+    )
     stuck_pid = fleet.running_child(stuck)
     other_pid = fleet.running_child(other)
     with psycopg.connect(db_url, autocommit=True) as conn:
@@ -98,13 +122,21 @@ def test_failing_recovery_does_not_hold_back_the_next(fleet, db_url):
         conn.execute(
             "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ "
             f"BEGIN IF OLD.id = {int(worker_id)} THEN RAISE 'refused'; END IF; "
-            "RETURN OLD; END $$")
-        conn.execute("CREATE TRIGGER refuse BEFORE DELETE ON procrastinate_workers "
-                      "FOR EACH ROW EXECUTE FUNCTION refuse()")
+            "RETURN OLD; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE DELETE ON procrastinate_workers "
+            "FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )
     os.kill(stuck_pid, signal.SIGKILL)
-    wait_for(lambda: fleet.events("db_error") or fleet.events("job_recovery_failed"),
-             message="the first recovery to fail")
+    wait_for(
+        lambda: fleet.events("db_error") or fleet.events("job_recovery_failed"),
+        message="the first recovery to fail",
+    )
     os.kill(other_pid, signal.SIGKILL)
-    wait_for(lambda: any((j, a) == (other, 1) for j, a, _ in fleet.marks("start")),
-             timeout=20, message="the second dead child's job to run again")
+    wait_for(
+        lambda: any((j, a) == (other, 1) for j, a, _ in fleet.marks("start")),
+        timeout=20,
+        message="the second dead child's job to run again",
+    )
     assert fleet.stop(timeout=60) is not None

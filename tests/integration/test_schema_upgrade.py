@@ -9,28 +9,39 @@ NEW_COLUMNS = {"job_ids", "boot_id", "pid_namespace", "process_start"}
 
 
 def _columns(db):
-    return {name for (name,) in db.execute(
-        "SELECT column_name FROM information_schema.columns "
-        "WHERE table_name = 'procrastinate_prefork_processes'").fetchall()}
+    return {
+        name
+        for (name,) in db.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_name = 'procrastinate_prefork_processes'"
+        ).fetchall()
+    }
 
 
 def test_apply_adds_the_columns_of_a_later_version(db):
-    db.execute("ALTER TABLE procrastinate_prefork_processes "
-               + ", ".join(f"DROP COLUMN {name}" for name in sorted(NEW_COLUMNS)))
+    db.execute(
+        "ALTER TABLE procrastinate_prefork_processes "
+        + ", ".join(f"DROP COLUMN {name}" for name in sorted(NEW_COLUMNS))
+    )
     assert not NEW_COLUMNS & _columns(db)
     schema.apply(db)
     schema.apply(db)  # idempotent
     assert NEW_COLUMNS <= _columns(db)
 
 
-JOB_INDEXES = {"procrastinate_prefork_jobs_worker_id_idx",
-               "procrastinate_prefork_jobs_doing_idx"}
+JOB_INDEXES = {
+    "procrastinate_prefork_jobs_worker_id_idx",
+    "procrastinate_prefork_jobs_doing_idx",
+}
 
 
 def _job_indexes(db):
-    return {name for (name,) in db.execute(
-        "SELECT indexname FROM pg_indexes WHERE tablename = 'procrastinate_jobs'"
-    ).fetchall()} & JOB_INDEXES
+    return {
+        name
+        for (name,) in db.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'procrastinate_jobs'"
+        ).fetchall()
+    } & JOB_INDEXES
 
 
 def test_apply_adds_the_job_indexes_of_a_later_version(db):

@@ -22,7 +22,9 @@ SHORT = ("--stalled-timeout", "2", "--heartbeat-interval", "1")
 
 
 def _starts(*fleets, job_id):
-    return sorted((a, pid) for f in fleets for j, a, pid in f.marks("start") if j == job_id)
+    return sorted(
+        (a, pid) for f in fleets for j, a, pid in f.marks("start") if j == job_id
+    )
 
 
 def _worker_of(db_url, job_id):
@@ -39,17 +41,31 @@ def _workers(db_url):
         return {r[0] for r in conn.execute("SELECT id FROM procrastinate_workers")}
 
 
-def test_short_timeout_host_does_not_take_a_long_timeout_hosts_job(fleet_factory, db_url):
+def test_short_timeout_host_does_not_take_a_long_timeout_hosts_job(
+    fleet_factory, db_url
+):
     """Issue 11 B: each worker is judged by its own supervisor's timeout."""
     slow = fleet_factory.new("slow")
-    slow.start("--concurrency", "1", "--hostname", "slow",
-               "--stalled-timeout", "30", "--heartbeat-interval", "5")
+    slow.start(
+        "--concurrency",
+        "1",
+        "--hostname",
+        "slow",
+        "--stalled-timeout",
+        "30",
+        "--heartbeat-interval",
+        "5",
+    )
     [job_id] = defer(db_url, "sleep", seconds=12)
     wait_for(lambda: slow.marks("start"), message="the job to start on the slow host")
     fast = fleet_factory.new("fast")
     fast.start("--concurrency", "1", "--hostname", "fast", *SHORT)
-    wait_for(lambda: jobs(db_url, [job_id])[0]["status"] != "doing", timeout=40,
-             interval=0.2, message="the job to end")
+    wait_for(
+        lambda: jobs(db_url, [job_id])[0]["status"] != "doing",
+        timeout=40,
+        interval=0.2,
+        message="the job to end",
+    )
     assert jobs(db_url, [job_id])[0]["status"] == "succeeded"
     assert [a for a, _ in _starts(slow, fast, job_id=job_id)] == [0]
     _no_recovery(slow, fast)
@@ -61,19 +77,36 @@ def test_stock_worker_draining_keeps_its_job(fleet_factory, db_url):
     """Issue 16 item 4: a stock worker stops its heartbeat while it drains
     and waits for its job as long as it takes; no sweep may take the job."""
     stock = fleet_factory.new("stock")
-    stock.start(wait_ready=False, command=[
-        sys.executable, "-m", "procrastinate", "--app", APP, "worker",
-        "--concurrency", "1", "--fetch-job-polling-interval", "0.5",
-    ])
+    stock.start(
+        wait_ready=False,
+        command=[
+            sys.executable,
+            "-m",
+            "procrastinate",
+            "--app",
+            APP,
+            "worker",
+            "--concurrency",
+            "1",
+            "--fetch-job-polling-interval",
+            "0.5",
+        ],
+    )
     [job_id] = defer(db_url, "sleep", seconds=14)
-    wait_for(lambda: stock.marks("start"), timeout=30,
-             message="the stock worker to start the job")
+    wait_for(
+        lambda: stock.marks("start"),
+        timeout=30,
+        message="the stock worker to start the job",
+    )
     stock.signal(signal.SIGTERM)  # drains: its heartbeat stops
     prefork = fleet_factory.new("prefork")
     prefork.start("--concurrency", "1", "--hostname", "prefork", *SHORT)
     assert stock.wait(timeout=40) == 0, stock.log()[-3000:]
-    wait_for(lambda: jobs(db_url, [job_id])[0]["status"] != "doing", timeout=10,
-             message="the job to end")
+    wait_for(
+        lambda: jobs(db_url, [job_id])[0]["status"] != "doing",
+        timeout=10,
+        message="the job to end",
+    )
     assert jobs(db_url, [job_id])[0]["status"] == "succeeded"
     assert [a for a, _ in _starts(stock, prefork, job_id=job_id)] == [0]
     _no_recovery(prefork)
@@ -95,16 +128,28 @@ def test_deleted_worker_rows_under_live_children(fleet_factory, db_url):
     [short_id] = defer(db_url, "sleep", seconds=0.2)  # wakes the idle child
     # the running job gets its worker back (so that its child's death would be
     # recovered like any other) while it runs
-    wait_for(lambda: _worker_of(db_url, long_id) == worker_id, timeout=6,
-             message="the running job's worker id to come back")
-    wait_for(lambda: all(r["status"] == "succeeded" for r in jobs(db_url, [long_id, short_id])),
-             timeout=30, interval=0.2, message="both jobs to succeed")
+    wait_for(
+        lambda: _worker_of(db_url, long_id) == worker_id,
+        timeout=6,
+        message="the running job's worker id to come back",
+    )
+    wait_for(
+        lambda: all(
+            r["status"] == "succeeded" for r in jobs(db_url, [long_id, short_id])
+        ),
+        timeout=30,
+        interval=0.2,
+        message="both jobs to succeed",
+    )
     assert [a for a, _ in _starts(fleet, job_id=long_id)] == [0]
     assert [pid for j, _, pid in fleet.marks("start") if j == long_id] == [runner]
     _no_recovery(fleet)
     assert fleet.child_pids() == pids
-    wait_for(lambda: worker_id in _workers(db_url), timeout=10,
-             message="the live child's worker row to come back")
+    wait_for(
+        lambda: worker_id in _workers(db_url),
+        timeout=10,
+        message="the live child's worker row to come back",
+    )
     assert fleet.stop(timeout=10) == 0
 
 
@@ -117,21 +162,34 @@ def test_late_outcome_of_an_earlier_run_is_not_written(fleet_factory, db_url):
     fleet.running_child(job_id)
     with psycopg.connect(db_url, autocommit=True) as conn:
         # what a wrong recovery would do, with the wake-up it sends
-        conn.execute("SELECT procrastinate_retry_job_v2(%s, NULL, NULL, NULL, NULL)",
-                     [job_id])
-        conn.execute("SELECT pg_notify('procrastinate_any_queue_v1', "
-                     "'{\"type\": \"job_inserted\"}')")
+        conn.execute(
+            "SELECT procrastinate_retry_job_v2(%s, NULL, NULL, NULL, NULL)", [job_id]
+        )
+        conn.execute(
+            "SELECT pg_notify('procrastinate_any_queue_v1', "
+            '\'{"type": "job_inserted"}\')'
+        )
     fleet.running_child(job_id, attempt=1)
-    wait_for(lambda: (job_id, 1) in {(j, a) for j, a, _ in fleet.marks("end")},
-             timeout=30, message="the second run to end")
-    wait_for(lambda: jobs(db_url, [job_id])[0]["status"] not in ("doing", "todo"),
-             timeout=10, message="the job to end")
+    wait_for(
+        lambda: (job_id, 1) in {(j, a) for j, a, _ in fleet.marks("end")},
+        timeout=30,
+        message="the second run to end",
+    )
+    wait_for(
+        lambda: jobs(db_url, [job_id])[0]["status"] not in ("doing", "todo"),
+        timeout=10,
+        message="the job to end",
+    )
     [row] = jobs(db_url, [job_id])
     assert row["status"] == "succeeded", row
     with psycopg.connect(db_url, autocommit=True) as conn:
-        events = [r[0] for r in conn.execute(
-            "SELECT type::text FROM procrastinate_events WHERE job_id = %s ORDER BY id",
-            [job_id]).fetchall()]
+        events = [
+            r[0]
+            for r in conn.execute(
+                "SELECT type::text FROM procrastinate_events WHERE job_id = %s ORDER BY id",
+                [job_id],
+            ).fetchall()
+        ]
     assert "failed" not in events, events
     assert fleet.stop(timeout=10) == 0
 
@@ -140,8 +198,16 @@ def test_locked_fleet_table_does_not_make_live_workers_stale(fleet_factory, db_u
     """Issue 16 item 3: a long ACCESS EXCLUSIVE lock on the fleet table stalls
     every heartbeat; once it goes, no sweep may judge the live workers stale."""
     fleet = fleet_factory.new("a")
-    fleet.start("--concurrency", "2", "--hostname", "a", "--stalled-timeout", "4",
-                "--heartbeat-interval", "1")
+    fleet.start(
+        "--concurrency",
+        "2",
+        "--hostname",
+        "a",
+        "--stalled-timeout",
+        "4",
+        "--heartbeat-interval",
+        "1",
+    )
     pids = fleet.wait_children(2)
     [job_id] = defer(db_url, "sleep", seconds=16)
     fleet.running_child(job_id)
@@ -149,12 +215,19 @@ def test_locked_fleet_table_does_not_make_live_workers_stale(fleet_factory, db_u
     assert len(workers_before) == 2
     with psycopg.connect(db_url, autocommit=True) as conn:
         with conn.transaction():
-            conn.execute("LOCK TABLE procrastinate_prefork_processes "
-                         "IN ACCESS EXCLUSIVE MODE")
+            conn.execute(
+                "LOCK TABLE procrastinate_prefork_processes IN ACCESS EXCLUSIVE MODE"
+            )
             time.sleep(9)  # more than twice the stalled timeout
     [after_id] = defer(db_url, "sleep", seconds=0.2)  # the idle child fetches
-    wait_for(lambda: all(r["status"] == "succeeded" for r in jobs(db_url, [job_id, after_id])),
-             timeout=40, interval=0.2, message="both jobs to succeed")
+    wait_for(
+        lambda: all(
+            r["status"] == "succeeded" for r in jobs(db_url, [job_id, after_id])
+        ),
+        timeout=40,
+        interval=0.2,
+        message="both jobs to succeed",
+    )
     assert [a for a, _ in _starts(fleet, job_id=job_id)] == [0]
     _no_recovery(fleet)
     assert workers_before <= _workers(db_url)
@@ -162,16 +235,29 @@ def test_locked_fleet_table_does_not_make_live_workers_stale(fleet_factory, db_u
     assert fleet.stop(timeout=10) == 0
 
 
-@pytest.mark.skipif(not throwaway_pg(), reason="restarts PostgreSQL: needs the "
-                    "throwaway server of scripts/test.sh (PROCRASTINATE_PREFORK_THROWAWAY_PG=1)")
-def test_supervisor_started_after_an_outage_does_not_take_live_work(fleet_factory, db_url):
+@pytest.mark.skipif(
+    not throwaway_pg(),
+    reason="restarts PostgreSQL: needs the "
+    "throwaway server of scripts/test.sh (PROCRASTINATE_PREFORK_THROWAWAY_PG=1)",
+)
+def test_supervisor_started_after_an_outage_does_not_take_live_work(
+    fleet_factory, db_url
+):
     """Issue 11 C: a supervisor that starts as the database comes back must not
     judge hosts that lived through the outage before they could refresh their
     heartbeats. The live host's worker row stays locked for a few seconds
     after the restart, standing in for a host that reconnects late."""
     old = fleet_factory.new("old")
-    old.start("--concurrency", "1", "--hostname", "old", "--stalled-timeout", "6",
-              "--heartbeat-interval", "1")
+    old.start(
+        "--concurrency",
+        "1",
+        "--hostname",
+        "old",
+        "--stalled-timeout",
+        "6",
+        "--heartbeat-interval",
+        "1",
+    )
     [job_id] = defer(db_url, "sleep", seconds=30)
     old.running_child(job_id)
     worker_id = _worker_of(db_url, job_id)
@@ -185,8 +271,10 @@ def test_supervisor_started_after_an_outage_does_not_take_live_work(fleet_factor
 
     def hold_row() -> None:
         with psycopg.connect(db_url, autocommit=True) as conn, conn.transaction():
-            conn.execute("SELECT 1 FROM procrastinate_workers WHERE id = %s FOR UPDATE",
-                         [worker_id])
+            conn.execute(
+                "SELECT 1 FROM procrastinate_workers WHERE id = %s FOR UPDATE",
+                [worker_id],
+            )
             locked.set()
             release.wait(30)
 
@@ -195,14 +283,26 @@ def test_supervisor_started_after_an_outage_does_not_take_live_work(fleet_factor
     try:
         assert locked.wait(10)
         new = fleet_factory.new("new")
-        new.start("--concurrency", "1", "--hostname", "new", "--stalled-timeout", "6",
-                  "--heartbeat-interval", "1")
+        new.start(
+            "--concurrency",
+            "1",
+            "--hostname",
+            "new",
+            "--stalled-timeout",
+            "6",
+            "--heartbeat-interval",
+            "1",
+        )
         time.sleep(3)  # the newcomer's first sweeps
     finally:
         release.set()
         holder.join()
-    wait_for(lambda: jobs(db_url, [job_id])[0]["status"] != "doing", timeout=60,
-             interval=0.5, message="the job to end")
+    wait_for(
+        lambda: jobs(db_url, [job_id])[0]["status"] != "doing",
+        timeout=60,
+        interval=0.5,
+        message="the job to end",
+    )
     assert jobs(db_url, [job_id])[0]["status"] == "succeeded"
     assert [a for a, _ in _starts(old, new, job_id=job_id)] == [0]
     _no_recovery(old, new)

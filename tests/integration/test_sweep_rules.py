@@ -12,10 +12,17 @@ from procrastinate_prefork import recovery
 from ..fleet_helper import defer
 
 
-def _judge(healthy_for: float = 10_000, stock_timeout: float = 3600) -> recovery.Judgement:
+def _judge(
+    healthy_for: float = 10_000, stock_timeout: float = 3600
+) -> recovery.Judgement:
     # the sweeper's own settings: a 2 s stalled timeout, 1 s heartbeats
-    return recovery.Judgement(healthy_for=healthy_for, slack=5, own_timeout=2,
-                              own_interval=1, stock_timeout=stock_timeout)
+    return recovery.Judgement(
+        healthy_for=healthy_for,
+        slack=5,
+        own_timeout=2,
+        own_interval=1,
+        stock_timeout=stock_timeout,
+    )
 
 
 class Rows:
@@ -23,44 +30,62 @@ class Rows:
         self.conn = conn
         self.db_url = db_url
 
-    def supervisor(self, *, stalled: float, interval: float, silent_for: float,
-                   state: str = "running") -> int:
+    def supervisor(
+        self,
+        *,
+        stalled: float,
+        interval: float,
+        silent_for: float,
+        state: str = "running",
+    ) -> int:
         return self.conn.execute(
             "INSERT INTO procrastinate_prefork_processes (kind, host, pid, state, "
             "stalled_timeout, heartbeat_interval, last_heartbeat) VALUES "
             "('supervisor', 'h', 1, %s, %s, %s, now() - make_interval(secs => %s)) "
-            "RETURNING id", [state, stalled, interval, silent_for]).fetchone()[0]
+            "RETURNING id",
+            [state, stalled, interval, silent_for],
+        ).fetchone()[0]
 
     def worker(self, silent_for: float) -> int:
         return self.conn.execute(
             "INSERT INTO procrastinate_workers (last_heartbeat) "
             "VALUES (now() - make_interval(secs => %s)) RETURNING id",
-            [silent_for]).fetchone()[0]
+            [silent_for],
+        ).fetchone()[0]
 
-    def child(self, supervisor: int, slot: int, worker: int | None,
-              job: int | None = None) -> None:
+    def child(
+        self, supervisor: int, slot: int, worker: int | None, job: int | None = None
+    ) -> None:
         self.conn.execute(
             "INSERT INTO procrastinate_prefork_processes (kind, host, pid, state, "
             "supervisor_id, slot, worker_id, job_id, job_ids) VALUES "
             "('child', 'h', 2, 'busy', %s, %s, %s, %s, %s)",
-            [supervisor, slot, worker, job, [job] if job else []])
+            [supervisor, slot, worker, job, [job] if job else []],
+        )
 
     def doing(self, worker: int, started_ago: float = 0) -> int:
         [job_id] = defer(self.db_url, "sleep")
-        self.conn.execute("UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s "
-                          "WHERE id = %s", [worker, job_id])
-        self.conn.execute("UPDATE procrastinate_events SET at = now() - make_interval("
-                          "secs => %s) WHERE job_id = %s AND type = 'started'",
-                          [started_ago, job_id])
+        self.conn.execute(
+            "UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s "
+            "WHERE id = %s",
+            [worker, job_id],
+        )
+        self.conn.execute(
+            "UPDATE procrastinate_events SET at = now() - make_interval("
+            "secs => %s) WHERE job_id = %s AND type = 'started'",
+            [started_ago, job_id],
+        )
         return job_id
 
     def orphan(self, job_id: int) -> None:
-        self.conn.execute("UPDATE procrastinate_jobs SET worker_id = NULL WHERE id = %s",
-                          [job_id])
+        self.conn.execute(
+            "UPDATE procrastinate_jobs SET worker_id = NULL WHERE id = %s", [job_id]
+        )
 
     def swept(self, judgement: recovery.Judgement) -> set[int]:
-        found = recovery.sweep_stalled(self.conn, judgement=judgement,
-                                       max_crash_retries=3)
+        found = recovery.sweep_stalled(
+            self.conn, judgement=judgement, max_crash_retries=3
+        )
         assert found is not None
         return {r.job_id for r in found}
 
@@ -112,7 +137,9 @@ def test_jobs_without_a_worker_row(rows):
     live = rows.supervisor(stalled=30, interval=5, silent_for=0)
     dead = rows.supervisor(stalled=30, interval=5, silent_for=100)
     worker = rows.worker(silent_for=0)
-    live_job, dead_job, stock_job = (rows.doing(worker, started_ago=100) for _ in range(3))
+    live_job, dead_job, stock_job = (
+        rows.doing(worker, started_ago=100) for _ in range(3)
+    )
     for job in (live_job, dead_job, stock_job):
         rows.orphan(job)
     rows.child(live, 0, None, job=live_job)
@@ -134,6 +161,7 @@ def test_a_live_childs_job_is_its_supervisors_even_if_its_worker_is_stale(rows):
     assert worker in rows.workers()  # a job of it is still doing
     # a stale claim (the job was fetched again by another worker) counts not
     other = rows.worker(silent_for=100)
-    rows.conn.execute("UPDATE procrastinate_jobs SET worker_id = %s WHERE id = %s",
-                      [other, job])
+    rows.conn.execute(
+        "UPDATE procrastinate_jobs SET worker_id = %s WHERE id = %s", [other, job]
+    )
     assert rows.swept(_judge(stock_timeout=60)) == {job}

@@ -19,8 +19,11 @@ def test_the_job_over_its_limit_is_blamed_not_the_newest(fleet, db_url):
     [long] = defer(db_url, "sleep", seconds=12)
     fleet.running_child(long)
     [short] = defer(db_url, "sleep", seconds=1)
-    wait_for(lambda: _status(db_url, long) == "failed", timeout=30,
-             message="the long job to fail on its time limit")
+    wait_for(
+        lambda: _status(db_url, long) == "failed",
+        timeout=30,
+        message="the long job to fail on its time limit",
+    )
     assert _status(db_url, short) == "succeeded"
     assert [e["job_id"] for e in fleet.events("time_limit")] == [long]
     starts = [(j, a) for j, a, _ in fleet.marks("start")]
@@ -29,28 +32,36 @@ def test_the_job_over_its_limit_is_blamed_not_the_newest(fleet, db_url):
 
 
 def test_per_task_limit_beside_newer_jobs_and_others_not_counted(fleet, db_url):
-    fleet.start("--concurrency", "1", "--child-concurrency", "2",
-                "--task-timeout", "sleep=2")
+    fleet.start(
+        "--concurrency", "1", "--child-concurrency", "2", "--task-timeout", "sleep=2"
+    )
     [limited] = defer(db_url, "sleep", seconds=30)
     fleet.running_child(limited)
     [bystander] = defer(db_url, "async_sleep", seconds=20)  # no limit, newer
     fleet.running_child(bystander)
-    wait_for(lambda: _status(db_url, limited) == "failed", timeout=30,
-             message="the limited job to fail on its time limit")
+    wait_for(
+        lambda: _status(db_url, limited) == "failed",
+        timeout=30,
+        message="the limited job to fail on its time limit",
+    )
     assert [e["job_id"] for e in fleet.events("time_limit")] == [limited]
     wait_for(lambda: fleet.events("job_recovered"), message="the bystander's recovery")
     by_job = {e["job_id"]: e for e in fleet.events("job_recovered")}
     assert by_job[limited]["recovery_action"] == "failed"
     assert by_job[bystander]["recovery_action"] == "retried"
     assert by_job[bystander]["crashes"] == 0  # not counted against it
-    wait_for(lambda: (bystander, 1) in [(j, a) for j, a, _ in fleet.marks("start")],
-             timeout=20, message="the bystander to run again")
+    wait_for(
+        lambda: (bystander, 1) in [(j, a) for j, a, _ in fleet.marks("start")],
+        timeout=20,
+        message="the bystander to run again",
+    )
     assert fleet.stop(timeout=60) is not None
 
 
 def test_fleet_table_lists_every_running_job_of_a_child(fleet, db_url):
-    fleet.start("--concurrency", "1", "--child-concurrency", "2",
-                "--heartbeat-interval", "0.5")
+    fleet.start(
+        "--concurrency", "1", "--child-concurrency", "2", "--heartbeat-interval", "0.5"
+    )
     [first] = defer(db_url, "sleep", seconds=6)
     fleet.running_child(first)
     [second] = defer(db_url, "sleep", seconds=6)
@@ -60,12 +71,18 @@ def test_fleet_table_lists_every_running_job_of_a_child(fleet, db_url):
         with psycopg.connect(db_url, autocommit=True) as conn:
             return conn.execute(
                 "SELECT job_id, job_ids FROM procrastinate_prefork_processes "
-                "WHERE kind = 'child' AND state <> 'stopped'").fetchone()
+                "WHERE kind = 'child' AND state <> 'stopped'"
+            ).fetchone()
 
-    row = wait_for(lambda: (r := child_row()) and r[1] and len(r[1]) == 2 and r,
-                   message="both jobs in the child's row")
+    row = wait_for(
+        lambda: (r := child_row()) and r[1] and len(r[1]) == 2 and r,
+        message="both jobs in the child's row",
+    )
     assert row == (first, [first, second])  # job_id: the oldest running job
-    wait_for(lambda: _status(db_url, second) == "succeeded", timeout=30,
-             message="both jobs to end")
+    wait_for(
+        lambda: _status(db_url, second) == "succeeded",
+        timeout=30,
+        message="both jobs to end",
+    )
     wait_for(lambda: child_row() == (None, []), message="the row to show no job")
     assert fleet.stop(timeout=60) == 0

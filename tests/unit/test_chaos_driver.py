@@ -34,14 +34,22 @@ def _check(run: ChaosRun) -> list[str]:
 
 
 def test_rerun_after_the_death_of_the_earlier_process_is_allowed(tmp_path):
-    run = _run(tmp_path, [
-        "start 1 0 100 10.0 -",  # interrupted: pid 100 killed
-        "start 1 1 200 11.0 -", "end 1 1 200 11.5 -",
-        "start 2 0 100 9.0 -", "end 2 0 100 9.5 -",  # completed, not recorded
-        "start 2 1 200 12.0 -", "end 2 1 200 12.5 -",
-        "start 3 0 200 13.0 -", "raise 3 0 200 13.1 -",  # the retry strategy
-        "start 3 1 200 13.2 -", "end 3 1 200 13.3 -",
-    ])
+    run = _run(
+        tmp_path,
+        [
+            "start 1 0 100 10.0 -",  # interrupted: pid 100 killed
+            "start 1 1 200 11.0 -",
+            "end 1 1 200 11.5 -",
+            "start 2 0 100 9.0 -",
+            "end 2 0 100 9.5 -",  # completed, not recorded
+            "start 2 1 200 12.0 -",
+            "end 2 1 200 12.5 -",
+            "start 3 0 200 13.0 -",
+            "raise 3 0 200 13.1 -",  # the retry strategy
+            "start 3 1 200 13.2 -",
+            "end 3 1 200 13.3 -",
+        ],
+    )
     run.watch.last_seen.update({100: 10.5, 200: 20.0})
     run._final_live = frozenset({200})
     assert _check(run) == []
@@ -49,25 +57,41 @@ def test_rerun_after_the_death_of_the_earlier_process_is_allowed(tmp_path):
 
 
 def test_rerun_while_the_earlier_process_lived_is_caught(tmp_path):
-    run = _run(tmp_path, [
-        "start 1 0 100 10.0 -", "start 1 1 200 11.0 -", "end 1 1 200 11.5 -",
-        "start 2 0 200 10.0 -", "end 2 0 200 10.2 -", "start 2 1 100 10.3 -",
-    ])
+    run = _run(
+        tmp_path,
+        [
+            "start 1 0 100 10.0 -",
+            "start 1 1 200 11.0 -",
+            "end 1 1 200 11.5 -",
+            "start 2 0 200 10.0 -",
+            "end 2 0 200 10.2 -",
+            "start 2 1 100 10.3 -",
+        ],
+    )
     run.watch.last_seen.update({100: 12.0, 200: 20.0})
     run._final_live = frozenset({200})
     problems = _check(run)
     assert len(problems) == 2
-    assert "while pid 100 of its earlier run (interrupted) was still alive" in problems[0]
+    assert (
+        "while pid 100 of its earlier run (interrupted) was still alive" in problems[0]
+    )
     assert "pid 200, which was still alive at the end" in problems[1]
 
 
 def test_two_runs_holding_one_lock_at_once_are_caught(tmp_path):
-    run = _run(tmp_path, [
-        "start 1 0 100 10.0 L", "end 1 0 100 11.0 L",
-        "start 2 0 200 10.5 L", "end 2 0 200 10.8 L",
-        "start 3 0 200 12.0 M", "end 3 0 200 12.2 M",
-        "start 4 0 100 12.1 N", "end 4 0 100 12.3 N",
-    ])
+    run = _run(
+        tmp_path,
+        [
+            "start 1 0 100 10.0 L",
+            "end 1 0 100 11.0 L",
+            "start 2 0 200 10.5 L",
+            "end 2 0 200 10.8 L",
+            "start 3 0 200 12.0 M",
+            "end 3 0 200 12.2 M",
+            "start 4 0 100 12.1 N",
+            "end 4 0 100 12.3 N",
+        ],
+    )
     problems = _check(run)
     assert len(problems) == 1 and problems[0].startswith("lock L: job 2 started")
 
@@ -94,11 +118,19 @@ def _all_off(**overrides) -> ChaosConfig:
 def test_schedule_once_or_per_cycle(tmp_path):
     once = ChaosRun("", tmp_path, ChaosConfig(seconds=100)).schedule()
     assert [a for _, a in once] == [
-        "sighup_burst", "stock_term", "kill_supervisor", "stop_long", "fleet_lock",
-        "stop_short", "restart_db", "db_outage",
+        "sighup_burst",
+        "stock_term",
+        "kill_supervisor",
+        "stop_long",
+        "fleet_lock",
+        "stop_short",
+        "restart_db",
+        "db_outage",
     ]
     assert once[2] == (20.0, "kill_supervisor")
-    cycles = ChaosRun("", tmp_path, ChaosConfig(seconds=100, repeat_every=40)).schedule()
+    cycles = ChaosRun(
+        "", tmp_path, ChaosConfig(seconds=100, repeat_every=40)
+    ).schedule()
     assert len(cycles) == 16 and cycles[10] == (48.0, "kill_supervisor")
 
 
@@ -125,8 +157,9 @@ def test_hosts_get_their_roles():
     args = [config.fleet_args(f"h{i}", i) for i in range(3)]
     # host 0: the short stalled timeout; the others heartbeat every half of
     # theirs, so that host 0 judging them by its own timeout would show
-    assert [(_opt(a, "--stalled-timeout"), _opt(a, "--heartbeat-interval"))
-            for a in args] == [("2.0", "1.0"), ("6.0", "3.0"), ("6.0", "3.0")]
+    assert [
+        (_opt(a, "--stalled-timeout"), _opt(a, "--heartbeat-interval")) for a in args
+    ] == [("2.0", "1.0"), ("6.0", "3.0"), ("6.0", "3.0")]
     # host 2: two jobs per child under a time limit, alone on the timed queue;
     # nobody but the stock worker serves the stock queue
     assert _opt(args[2], "--child-concurrency") == "2"
@@ -165,15 +198,23 @@ def _job(job_id: int, task: str, status: str) -> dict:
 
 
 def test_books_of_queueing_lock_and_time_limited_jobs(tmp_path):
-    run = _run(tmp_path, [
-        "start 1 0 100 10.0 Q", "end 1 0 100 10.5 Q",
-        "start 2 0 100 11.0 Q",  # interrupted; could not go back to todo
-        "start 3 0 100 12.0 Q", "end 3 0 100 12.5 Q",
-        "start 4 0 200 10.0 -",  # long overrun, stopped by its limit
-        "start 5 0 200 10.0 -", "end 5 0 200 16.0 -",  # long, never stopped
-        "start 6 0 200 10.0 -", "end 6 0 200 10.3 -",  # short overrun
-        "start 7 0 300 10.0 -", "end 7 0 300 10.3 -",  # short, failed: blamed
-    ])
+    run = _run(
+        tmp_path,
+        [
+            "start 1 0 100 10.0 Q",
+            "end 1 0 100 10.5 Q",
+            "start 2 0 100 11.0 Q",  # interrupted; could not go back to todo
+            "start 3 0 100 12.0 Q",
+            "end 3 0 100 12.5 Q",
+            "start 4 0 200 10.0 -",  # long overrun, stopped by its limit
+            "start 5 0 200 10.0 -",
+            "end 5 0 200 16.0 -",  # long, never stopped
+            "start 6 0 200 10.0 -",
+            "end 6 0 200 10.3 -",  # short overrun
+            "start 7 0 300 10.0 -",
+            "end 7 0 300 10.3 -",  # short, failed: blamed
+        ],
+    )
     run.watch.last_seen.update({100: 11.2, 200: 20.0, 300: 10.4})
     run._final_live = frozenset({200})
     for job_id in (1, 2, 3, 9):
@@ -181,14 +222,25 @@ def test_books_of_queueing_lock_and_time_limited_jobs(tmp_path):
         run.expected[job_id] = frozenset({"succeeded", "failed"})
     run.overrun_long.update({4, 5})
     run.overrun_short.update({6, 7})
-    run.expected.update({4: frozenset({"failed"}), 5: frozenset({"failed"}),
-                         6: frozenset({"succeeded"}), 7: frozenset({"succeeded"})})
+    run.expected.update(
+        {
+            4: frozenset({"failed"}),
+            5: frozenset({"failed"}),
+            6: frozenset({"succeeded"}),
+            7: frozenset({"succeeded"}),
+        }
+    )
     by_job = run.markers.by_job()
-    for row in [_job(1, "chaos_queued", "succeeded"), _job(2, "chaos_queued", "failed"),
-                _job(3, "chaos_queued", "doing"), _job(9, "chaos_queued", "todo"),
-                _job(4, "chaos_overrun", "failed"), _job(5, "chaos_overrun", "failed"),
-                _job(6, "chaos_overrun", "succeeded"),
-                _job(7, "chaos_overrun", "failed")]:
+    for row in [
+        _job(1, "chaos_queued", "succeeded"),
+        _job(2, "chaos_queued", "failed"),
+        _job(3, "chaos_queued", "doing"),
+        _job(9, "chaos_queued", "todo"),
+        _job(4, "chaos_overrun", "failed"),
+        _job(5, "chaos_overrun", "failed"),
+        _job(6, "chaos_overrun", "succeeded"),
+        _job(7, "chaos_overrun", "failed"),
+    ]:
         run.check_job(row, by_job.get(row["id"], []))
     problems = run.report.problems
     assert problems[0] == "job 3 (chaos_queued) left doing"
@@ -203,8 +255,9 @@ def test_books_of_queueing_lock_and_time_limited_jobs(tmp_path):
 def test_a_count_converges_only_once_it_holds():
     steady = Steady(4, 3.0)
     # a stacked rolling restart passes through the target on its way up
-    assert [steady.update(n, t) for n, t in [(4, 0.0), (8, 0.5), (4, 1.0), (3, 2.0)]] \
-        == [False] * 4
+    assert [
+        steady.update(n, t) for n, t in [(4, 0.0), (8, 0.5), (4, 1.0), (3, 2.0)]
+    ] == [False] * 4
     assert not steady.update(4, 2.5)
     assert not steady.update(4, 5.4)
     assert steady.update(4, 5.5)
@@ -212,9 +265,11 @@ def test_a_count_converges_only_once_it_holds():
 
 def test_a_stock_worker_death_is_told_in_one_line():
     error = "psycopg.errors.ForeignKeyViolation: insert or update on table"
-    log = ("INFO:procrastinate.worker:Starting job\n"
-           f"Traceback (most recent call last):\n{error}\n"
-           "DETAIL:  Key (worker_id)=(5) is not present\nDatabase error.\n")
+    log = (
+        "INFO:procrastinate.worker:Starting job\n"
+        f"Traceback (most recent call last):\n{error}\n"
+        "DETAIL:  Key (worker_id)=(5) is not present\nDatabase error.\n"
+    )
     assert last_error_line(log) == error
     assert last_error_line("just\nthis\n") == "this"
     assert last_error_line("") == ""

@@ -36,7 +36,9 @@ def test_make_worker_merges_worker_defaults():
     async def middleware(call_next, context, worker):
         return await call_next()
 
-    app = _app(worker_defaults={"delete_jobs": "always", "worker_middleware": [middleware]})
+    app = _app(
+        worker_defaults={"delete_jobs": "always", "worker_middleware": [middleware]}
+    )
     worker = compat.make_worker(app, concurrency=3, queues=["q"])
     assert worker.concurrency == 3
     assert worker.queues == ["q"]
@@ -61,7 +63,9 @@ def test_prompt_reconnect_pool_caps_psycopg_pools_backoff():
     async def retry_delays(port: int) -> list[float]:
         pool = compat.PromptReconnectPool(
             f"host=127.0.0.1 port={port} connect_timeout=5",
-            min_size=1, open=False, reconnect_timeout=300,
+            min_size=1,
+            open=False,
+            reconnect_timeout=300,
         )
         scheduled: list = []
 
@@ -124,7 +128,9 @@ def _survive(monkeypatch, still_ours, keep_fetching, **methods):
 
     for name, method in methods.items():
         monkeypatch.setattr(app.job_manager, name, method)
-    monkeypatch.setattr(app.connector, "execute_query_one_async", execute_query_one_async)
+    monkeypatch.setattr(
+        app.connector, "execute_query_one_async", execute_query_one_async
+    )
     monkeypatch.setattr(compat, "PERSIST_RETRY_DELAY", 0.0)
     compat.survive_database_outages(app, keep_fetching=keep_fetching)
     return app.job_manager
@@ -149,8 +155,14 @@ def test_survive_database_outages_retries_a_lost_outcome(monkeypatch):
     async def update_heartbeat(worker_id):
         raise _connector_error(psycopg.errors.UndefinedTable("no table"))
 
-    manager = _survive(monkeypatch, True, True, finish_job=finish_job,
-                       fetch_job=fetch_job, update_heartbeat=update_heartbeat)
+    manager = _survive(
+        monkeypatch,
+        True,
+        True,
+        finish_job=finish_job,
+        fetch_job=fetch_job,
+        update_heartbeat=update_heartbeat,
+    )
     asyncio.run(manager.finish_job(_Job(7), "succeeded", False))
     assert calls == [7, 7]  # repeated once the database answered
     assert asyncio.run(manager.fetch_job(None, 3)) is None  # "no job": poll again
@@ -184,7 +196,14 @@ def test_job_manager_methods_we_replace_keep_their_signatures():
         return list(inspect.signature(getattr(manager.JobManager, name)).parameters)
 
     assert params("finish_job") == ["self", "job", "status", "delete_job"]
-    assert params("retry_job") == ["self", "job", "retry_at", "priority", "queue", "lock"]
+    assert params("retry_job") == [
+        "self",
+        "job",
+        "retry_at",
+        "priority",
+        "queue",
+        "lock",
+    ]
     assert params("fetch_job") == ["self", "queues", "worker_id"]
     source = inspect.getsource(procrastinate.worker.Worker)
     assert "job_manager.finish_job(" in source and "job_manager.retry_job(" in source

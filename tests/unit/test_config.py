@@ -12,7 +12,9 @@ def parse(argv, environ=None, settings=None):
     parser = argparse.ArgumentParser()
     config.add_arguments(parser)
     namespace = parser.parse_args(argv)
-    return build_config(config.cli_values_from_namespace(namespace), environ or {}, settings)
+    return build_config(
+        config.cli_values_from_namespace(namespace), environ or {}, settings
+    )
 
 
 def test_defaults():
@@ -28,11 +30,14 @@ def test_defaults():
 
 def test_precedence_cli_env_settings_default():
     settings = {"concurrency": 2, "queues": ["a"], "child_concurrency": 5}
-    environ = {"PROCRASTINATE_PREFORK_CONCURRENCY": "3", "PROCRASTINATE_WORKER_QUEUES": "b,c"}
+    environ = {
+        "PROCRASTINATE_PREFORK_CONCURRENCY": "3",
+        "PROCRASTINATE_WORKER_QUEUES": "b,c",
+    }
     cfg = parse(["--concurrency", "4"], environ, settings)
-    assert cfg.concurrency == 4          # command line wins
-    assert cfg.queues == ("b", "c")      # environment beats settings
-    assert cfg.child_concurrency == 5    # settings beat the default
+    assert cfg.concurrency == 4  # command line wins
+    assert cfg.queues == ("b", "c")  # environment beats settings
+    assert cfg.child_concurrency == 5  # settings beat the default
 
 
 @pytest.mark.parametrize("value", ["0", "-3", "x", "2.5", "513", ""])
@@ -50,7 +55,9 @@ def test_booleans_and_negative_flags():
 
 
 def test_task_timeouts_from_cli_and_settings():
-    cfg = parse(["--task-timeout", "a=1", "--task-timeout", "b=2.5", "--job-timeout", "9"])
+    cfg = parse(
+        ["--task-timeout", "a=1", "--task-timeout", "b=2.5", "--job-timeout", "9"]
+    )
     assert cfg.task_timeouts == {"a": 1.0, "b": 2.5}
     assert cfg.time_limit_for("a") == 1.0
     assert cfg.time_limit_for("other") == 9.0
@@ -83,9 +90,24 @@ def test_nan_and_negative_seconds_rejected():
 
 
 def test_worker_options_pass_through():
-    cfg = parse(["-q", "a,b", "--child-concurrency", "3", "--delete-jobs", "successful",
-                 "--name", "w", "--fetch-job-polling-interval", "2",
-                 "--abort-job-polling-interval", "3", "--shutdown-graceful-timeout", "7"])
+    cfg = parse(
+        [
+            "-q",
+            "a,b",
+            "--child-concurrency",
+            "3",
+            "--delete-jobs",
+            "successful",
+            "--name",
+            "w",
+            "--fetch-job-polling-interval",
+            "2",
+            "--abort-job-polling-interval",
+            "3",
+            "--shutdown-graceful-timeout",
+            "7",
+        ]
+    )
     options = cfg.worker_options(slot=2)
     assert options["queues"] == ["a", "b"]
     assert options["concurrency"] == 3
@@ -107,10 +129,21 @@ DURATIONS = [o for o in config.OPTIONS if o.name in config.DURATION_MAXIMA]
 
 
 def test_every_duration_option_has_a_maximum():
-    seconds = {"fetch_job_polling_interval", "abort_job_polling_interval",
-               "shutdown_graceful_timeout", "stalled_timeout", "stock_worker_timeout", "heartbeat_interval",
-               "child_timeout", "job_timeout", "task_timeouts", "restart_backoff_max",
-               "autoscale_cooldown", "soft_job_timeout", "task_soft_timeouts"}
+    seconds = {
+        "fetch_job_polling_interval",
+        "abort_job_polling_interval",
+        "shutdown_graceful_timeout",
+        "stalled_timeout",
+        "stock_worker_timeout",
+        "heartbeat_interval",
+        "child_timeout",
+        "job_timeout",
+        "task_timeouts",
+        "restart_backoff_max",
+        "autoscale_cooldown",
+        "soft_job_timeout",
+        "task_soft_timeouts",
+    }
     assert {o.name for o in DURATIONS} == seconds
 
 
@@ -131,20 +164,29 @@ def test_queue_names_longer_than_procrastinate_allows_are_refused():
 
 def test_settings_problems_lists_every_problem_by_kind():
     problems = config.settings_problems(
-        {"concurency": 2, "concurrency": "4", "health_port": 0, "wait": False})
+        {"concurency": 2, "concurrency": "4", "health_port": 0, "wait": False}
+    )
     assert [(kind, key) for kind, key, _ in problems] == [
-        ("unknown", "concurency"), ("invalid", "concurrency"), ("invalid", "health_port")]
+        ("unknown", "concurency"),
+        ("invalid", "concurrency"),
+        ("invalid", "health_port"),
+    ]
     assert "did you mean 'concurrency'?" in problems[0][2]
     assert config.settings_problems({"heartbeat_interval": 20})[0][0] == "inconsistent"
     # valid apart, inconsistent only together: not an "invalid" value
-    assert config.settings_problems({"heartbeat_interval": 20, "stalled_timeout": 60}) == []
+    assert (
+        config.settings_problems({"heartbeat_interval": 20, "stalled_timeout": 60})
+        == []
+    )
     assert config.settings_problems(["concurrency"])[0][0] == "not_a_dict"
 
 
 def test_settings_want_python_numbers_not_strings():
     with pytest.raises(ConfigError, match="PROCRASTINATE_PREFORK\\['concurrency'\\]"):
         parse([], settings={"concurrency": "4"})
-    assert parse([], environ={"PROCRASTINATE_PREFORK_CONCURRENCY": "4"}).concurrency == 4
+    assert (
+        parse([], environ={"PROCRASTINATE_PREFORK_CONCURRENCY": "4"}).concurrency == 4
+    )
     assert parse([], settings={"queues": "a,b"}).queues == ("a", "b")
 
 
@@ -152,11 +194,15 @@ def test_suggest_flags_names_the_closest_flag():
     parser = argparse.ArgumentParser()
     config.add_arguments(parser)
     message = config.suggest_flags(
-        parser, "unrecognized arguments: --concurency 2 --bogus --stalled-timout=3")
-    assert message.endswith("(--concurency: did you mean --concurrency?; "
-                            "--stalled-timout: did you mean --stalled-timeout?)")
+        parser, "unrecognized arguments: --concurency 2 --bogus --stalled-timout=3"
+    )
+    assert message.endswith(
+        "(--concurency: did you mean --concurrency?; "
+        "--stalled-timout: did you mean --stalled-timeout?)"
+    )
     assert config.suggest_flags(parser, "unrecognized arguments: --zzzz") == (
-        "unrecognized arguments: --zzzz")
+        "unrecognized arguments: --zzzz"
+    )
     assert config.suggest_flags(parser, "other error") == "other error"
 
 
@@ -170,10 +216,13 @@ def test_listen_dsn_from_every_source_and_never_shown():
     assert "SECRET-77" not in repr(parse(["--listen-dsn", url]))
 
 
-@pytest.mark.parametrize("value", [
-    "host=db password=SECRET-77 dangling",
-    "postgresql://u:SECRET-77@db/app?nosuchparameter=1",
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "host=db password=SECRET-77 dangling",
+        "postgresql://u:SECRET-77@db/app?nosuchparameter=1",
+    ],
+)
 def test_bad_listen_dsn_is_refused_without_repeating_it(value):
     with pytest.raises(ConfigError, match="--listen-dsn") as caught:
         parse(["--listen-dsn", value])
@@ -181,8 +230,16 @@ def test_bad_listen_dsn_is_refused_without_repeating_it(value):
 
 
 def test_soft_time_limits_from_every_source():
-    cfg = parse(["--soft-job-timeout", "5", "--task-soft-timeout", "a=1",
-                 "--task-soft-timeout", "b=2.5"])
+    cfg = parse(
+        [
+            "--soft-job-timeout",
+            "5",
+            "--task-soft-timeout",
+            "a=1",
+            "--task-soft-timeout",
+            "b=2.5",
+        ]
+    )
     assert cfg.soft_job_timeout == 5.0
     assert cfg.task_soft_timeouts == {"a": 1.0, "b": 2.5}
     assert cfg.soft_time_limit_for("a") == 1.0 and cfg.soft_time_limit_for("z") == 5.0
@@ -193,12 +250,15 @@ def test_soft_time_limits_from_every_source():
     assert (cfg.soft_job_timeout, cfg.soft_time_limit_for("x")) == (2.0, 1.0)
 
 
-@pytest.mark.parametrize("args", [
-    ["--soft-job-timeout", "10", "--job-timeout", "10"],
-    ["--task-soft-timeout", "a=5", "--task-timeout", "a=4"],
-    ["--task-soft-timeout", "a=5", "--job-timeout", "3"],
-    ["--soft-job-timeout", "20", "--task-timeout", "a=10"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--soft-job-timeout", "10", "--job-timeout", "10"],
+        ["--task-soft-timeout", "a=5", "--task-timeout", "a=4"],
+        ["--task-soft-timeout", "a=5", "--job-timeout", "3"],
+        ["--soft-job-timeout", "20", "--task-timeout", "a=10"],
+    ],
+)
 def test_a_soft_limit_not_below_the_hard_one_is_refused(args):
     with pytest.raises(ConfigError, match="soft") as info:
         parse(args)
@@ -206,6 +266,16 @@ def test_a_soft_limit_not_below_the_hard_one_is_refused(args):
 
 
 def test_soft_limits_below_the_hard_ones_are_accepted():
-    cfg = parse(["--soft-job-timeout", "5", "--job-timeout", "10",
-                 "--task-soft-timeout", "a=20", "--task-timeout", "a=30"])
+    cfg = parse(
+        [
+            "--soft-job-timeout",
+            "5",
+            "--job-timeout",
+            "10",
+            "--task-soft-timeout",
+            "a=20",
+            "--task-timeout",
+            "a=30",
+        ]
+    )
     assert (cfg.soft_time_limit_for("a"), cfg.time_limit_for("a")) == (20.0, 30.0)

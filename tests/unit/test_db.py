@@ -8,16 +8,21 @@ import pytest
 from procrastinate_prefork.db import Timeouts
 
 
-@pytest.mark.parametrize(("heartbeat", "statement", "lock", "call"), [
-    (5.0, 5.0, 1.0, 6.0),  # the defaults
-    (1.0, 1.0, 0.5, 2.0),
-    (0.2, 1.0, 0.5, 2.0),  # never below a second
-    (600.0, 10.0, 1.0, 11.0),  # never a frozen loop for minutes
-])
+@pytest.mark.parametrize(
+    ("heartbeat", "statement", "lock", "call"),
+    [
+        (5.0, 5.0, 1.0, 6.0),  # the defaults
+        (1.0, 1.0, 0.5, 2.0),
+        (0.2, 1.0, 0.5, 2.0),  # never below a second
+        (600.0, 10.0, 1.0, 11.0),  # never a frozen loop for minutes
+    ],
+)
 def test_bounds_follow_the_heartbeat_interval(heartbeat, statement, lock, call):
     timeouts = Timeouts.for_heartbeat(heartbeat)
     assert (timeouts.statement, timeouts.lock, timeouts.call) == (statement, lock, call)
-    assert timeouts.call > timeouts.statement >= timeouts.lock  # the server speaks first
+    assert (
+        timeouts.call > timeouts.statement >= timeouts.lock
+    )  # the server speaks first
 
 
 def test_tcp_parameters_are_libpq_ones():

@@ -63,7 +63,10 @@ def test_every_option_is_in_the_configuration_reference(option):
 def test_generator_check_mode_agrees():
     result = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "gen_config_docs.py"), "--check"],
-        check=False, capture_output=True, text=True, cwd=REPO,
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
     )
     assert result.returncode == 0, result.stderr
 
@@ -80,7 +83,9 @@ def test_every_log_event_is_documented():
     actions = _log_actions()
     assert len(actions) > 10  # the pattern still finds them
     missing = sorted(a for a in actions if f"| `{a}` |" not in text)
-    assert not missing, f"add these log events to docs/reference/log-events.md: {missing}"
+    assert not missing, (
+        f"add these log events to docs/reference/log-events.md: {missing}"
+    )
 
 
 def test_every_handled_signal_is_documented():
@@ -93,7 +98,9 @@ def test_every_handled_signal_is_documented():
 
 def test_every_cli_command_is_documented():
     parser = cli.build_parser()
-    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    [commands] = [
+        a for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+    ]
     text = (DOCS / "reference" / "cli.md").read_text()
     missing = sorted(name for name in commands.choices if f"\n### {name}\n" not in text)
     assert not missing, f"add these commands to docs/reference/cli.md: {missing}"
@@ -141,9 +148,22 @@ def test_mkdocs_build_is_strict_and_clean(tmp_path):
     # (broken link or anchor, page missing from the nav) into a failure.
     # Not --quiet: it hides the warnings from strict mode's count.
     result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict",
-         "--config-file", str(REPO / "mkdocs.yml"), "--site-dir", str(tmp_path / "site")],
-        check=False, capture_output=True, text=True, cwd=REPO, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "--config-file",
+            str(REPO / "mkdocs.yml"),
+            "--site-dir",
+            str(tmp_path / "site"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output

@@ -2,7 +2,7 @@ from procrastinate_prefork import errors
 
 
 def test_one_line_keeps_the_first_line_only():
-    exc = ValueError('connection failed\nDETAIL:  more\nHINT:  less')
+    exc = ValueError("connection failed\nDETAIL:  more\nHINT:  less")
     assert errors.one_line(exc) == "connection failed"
 
 

@@ -14,11 +14,18 @@ def test_fleet_log_is_not_held_open(tmp_path):
     factory = FleetFactory("postgresql://unused", tmp_path)
     fleet = factory.new()
     # ready as a fleet is: its fleet_ready event written (tests/apps/events.py)
-    fleet.start(command=[sys.executable, "-c", (
-        "import os, time; print('first', flush=True)\n"
-        "with open(os.environ['PREFORK_TEST_RESULTS'] + '/events.jsonl', 'a') as f:\n"
-        "    f.write('{\"action\": \"fleet_ready\"}\\n')\n"
-        "time.sleep(60)")])
+    fleet.start(
+        command=[
+            sys.executable,
+            "-c",
+            (
+                "import os, time; print('first', flush=True)\n"
+                "with open(os.environ['PREFORK_TEST_RESULTS'] + '/events.jsonl', 'a') as f:\n"
+                '    f.write(\'{"action": "fleet_ready"}\\n\')\n'
+                "time.sleep(60)"
+            ),
+        ]
+    )
     fleet.stop()
     fleet.start(command=[sys.executable, "-c", "print('again')"], wait_ready=False)
     assert fleet.wait(timeout=30) == 0

@@ -22,21 +22,56 @@ from procrastinate_prefork.health import (
 NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
 
 
-def sup(id=1, host="h1", age=1.0, crash_loop=False, queues=None, state="running",
-        stalled_timeout=30.0, **extra):
-    return {"kind": "supervisor", "id": id, "host": host, "pid": 100 + id,
-            "supervisor_id": None, "state": state, "crash_loop": crash_loop,
-            "queues": queues, "concurrency": 2, "heartbeat_age": age,
-            "stalled_timeout": stalled_timeout, "started_at": NOW,
-            "last_heartbeat": NOW, "uptime": 10.0, **extra}
+def sup(
+    id=1,
+    host="h1",
+    age=1.0,
+    crash_loop=False,
+    queues=None,
+    state="running",
+    stalled_timeout=30.0,
+    **extra,
+):
+    return {
+        "kind": "supervisor",
+        "id": id,
+        "host": host,
+        "pid": 100 + id,
+        "supervisor_id": None,
+        "state": state,
+        "crash_loop": crash_loop,
+        "queues": queues,
+        "concurrency": 2,
+        "heartbeat_age": age,
+        "stalled_timeout": stalled_timeout,
+        "started_at": NOW,
+        "last_heartbeat": NOW,
+        "uptime": 10.0,
+        **extra,
+    }
 
 
 def child(sup_id=1, slot=0, state="idle", age=0.5, **extra):
-    return {"kind": "child", "id": 100 * sup_id + slot, "host": "h1",
-            "pid": 1000 * sup_id + slot, "supervisor_id": sup_id, "slot": slot,
-            "state": state, "heartbeat_age": age, "job_id": None, "task_name": None,
-            "jobs_done": 3, "restarts": 0, "rss_bytes": 1 << 20, "started_at": NOW,
-            "last_heartbeat": NOW, "uptime": 9.0, "job_age": None, **extra}
+    return {
+        "kind": "child",
+        "id": 100 * sup_id + slot,
+        "host": "h1",
+        "pid": 1000 * sup_id + slot,
+        "supervisor_id": sup_id,
+        "slot": slot,
+        "state": state,
+        "heartbeat_age": age,
+        "job_id": None,
+        "task_name": None,
+        "jobs_done": 3,
+        "restarts": 0,
+        "rss_bytes": 1 << 20,
+        "started_at": NOW,
+        "last_heartbeat": NOW,
+        "uptime": 9.0,
+        "job_age": None,
+        **extra,
+    }
 
 
 # ------------------------------------------------------------------ fleet
@@ -79,8 +114,12 @@ def test_child_freshness_uses_its_supervisor_threshold():
 
 
 def test_fewer_fresh_children_than_min_children():
-    rows = [sup(), child(slot=0), child(slot=1, state="starting"),
-            child(slot=2, state="draining")]
+    rows = [
+        sup(),
+        child(slot=0),
+        child(slot=1, state="starting"),
+        child(slot=2, state="draining"),
+    ]
     assert fleet_health(rows).healthy
     result = fleet_health(rows, FleetQuery(min_children=2))
     assert not result.healthy
@@ -107,8 +146,13 @@ def test_stale_crash_looping_supervisor_next_to_a_fresh_one():
 
 
 def test_stopped_rows_are_left_out():
-    rows = [sup(id=1, state="stopped"), child(sup_id=1, state="stopped"),
-            sup(id=2), child(sup_id=2, slot=0), child(sup_id=2, slot=1, state="stopped")]
+    rows = [
+        sup(id=1, state="stopped"),
+        child(sup_id=1, state="stopped"),
+        sup(id=2),
+        child(sup_id=2, slot=0),
+        child(sup_id=2, slot=1, state="stopped"),
+    ]
     result = fleet_health(rows)
     assert [s["id"] for s in result.supervisors] == [2]
     assert [c["slot"] for c in result.supervisors[0]["children"]] == [0]
@@ -124,8 +168,12 @@ def test_host_filter():
 
 
 def test_queue_filter():
-    rows = [sup(id=1, queues=["mail"]), child(sup_id=1),
-            sup(id=2, queues=None, age=99), child(sup_id=2)]
+    rows = [
+        sup(id=1, queues=["mail"]),
+        child(sup_id=1),
+        sup(id=2, queues=None, age=99),
+        child(sup_id=2),
+    ]
     # supervisor 2 works on all queues (but is stale)
     assert fleet_health(rows, FleetQuery(queue="mail")).healthy
     result = fleet_health(rows, FleetQuery(queue="reports"))
@@ -134,8 +182,10 @@ def test_queue_filter():
 
 
 def test_output_is_whitelisted_and_json_ready():
-    rows = [sup(secret="postgresql://u:pw@x/db"),
-            child(job_id=7, task_name="t", job_age=1.23456, args={"password": "x"})]
+    rows = [
+        sup(secret="postgresql://u:pw@x/db"),
+        child(job_id=7, task_name="t", job_age=1.23456, args={"password": "x"}),
+    ]
     document = fleet_health(rows).as_dict()
     text = json.dumps(document)
     assert "pw@" not in text and "password" not in text
@@ -154,16 +204,19 @@ def test_query_from_params():
     assert FleetQuery.from_params({}) == FleetQuery()
 
 
-@pytest.mark.parametrize("params", [
-    {"min_children": "x"},
-    {"min_children": "-1"},
-    {"min_children": "1000001"},
-    {"min_children": ["1", "2"]},
-    {"host": ""},
-    {"queue": "a" * 300},
-    {"host": "a\nb"},
-    {"hots": "a"},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"min_children": "x"},
+        {"min_children": "-1"},
+        {"min_children": "1000001"},
+        {"min_children": ["1", "2"]},
+        {"host": ""},
+        {"queue": "a" * 300},
+        {"host": "a\nb"},
+        {"hots": "a"},
+    ],
+)
 def test_bad_query(params):
     [name] = params
     with pytest.raises(QueryError, match=name):  # names the parameter at fault
@@ -175,12 +228,27 @@ def test_bad_query(params):
 
 def facts(children=None, **changes):
     base = dict(
-        host="h", pid=1, phase="running", concurrency=2, crash_looping=False,
-        database_up=True, child_timeout=60.0,
-        children=[ChildFacts(slot=0, pid=10, state="idle", heartbeat_age=0.1),
-                  ChildFacts(slot=1, pid=11, state="busy", heartbeat_age=0.2,
-                             job_id=5, task_name="t", job_age=1.0)]
-        if children is None else children,
+        host="h",
+        pid=1,
+        phase="running",
+        concurrency=2,
+        crash_looping=False,
+        database_up=True,
+        child_timeout=60.0,
+        children=[
+            ChildFacts(slot=0, pid=10, state="idle", heartbeat_age=0.1),
+            ChildFacts(
+                slot=1,
+                pid=11,
+                state="busy",
+                heartbeat_age=0.2,
+                job_id=5,
+                task_name="t",
+                job_age=1.0,
+            ),
+        ]
+        if children is None
+        else children,
     )
     base.update(changes)
     return SupervisorFacts(**base)
@@ -192,8 +260,10 @@ def test_live_and_ready():
 
 
 def test_not_ready_while_a_child_boots():
-    children = [ChildFacts(slot=0, pid=10, state="idle", heartbeat_age=0.1),
-                ChildFacts(slot=1, pid=11, state="starting", heartbeat_age=2.0)]
+    children = [
+        ChildFacts(slot=0, pid=10, state="idle", heartbeat_age=0.1),
+        ChildFacts(slot=1, pid=11, state="starting", heartbeat_age=2.0),
+    ]
     verdict = readiness(facts(children))
     assert not verdict.ok and verdict.reasons == ("1 of 2 child(ren) ready",)
     assert liveness(facts(children)).ok
@@ -216,14 +286,18 @@ def test_not_ready_while_draining():
 
 
 def test_one_wedged_child_does_not_fail_liveness():
-    children = [ChildFacts(slot=0, pid=10, state="busy", heartbeat_age=61.0),
-                ChildFacts(slot=1, pid=11, state="idle", heartbeat_age=0.1)]
+    children = [
+        ChildFacts(slot=0, pid=10, state="busy", heartbeat_age=61.0),
+        ChildFacts(slot=1, pid=11, state="idle", heartbeat_age=0.1),
+    ]
     assert liveness(facts(children)).ok
 
 
 def test_all_children_wedged_fails_liveness():
-    children = [ChildFacts(slot=0, pid=10, state="busy", heartbeat_age=61.0),
-                ChildFacts(slot=1, pid=11, state="busy", heartbeat_age=75.0)]
+    children = [
+        ChildFacts(slot=0, pid=10, state="busy", heartbeat_age=61.0),
+        ChildFacts(slot=1, pid=11, state="busy", heartbeat_age=75.0),
+    ]
     verdict = liveness(facts(children))
     assert not verdict.ok and "wedged" in verdict.reasons[0]
 
@@ -240,8 +314,18 @@ def test_supervisor_report():
     assert [c["slot"] for c in report["children"]] == [0, 1]
     assert report["children"][1]["job_id"] == 5
     assert set(report["children"][0]) == {
-        "slot", "pid", "state", "job_id", "task_name", "job_age", "jobs_done",
-        "restarts", "rss_bytes", "heartbeat_age", "uptime"}
+        "slot",
+        "pid",
+        "state",
+        "job_id",
+        "task_name",
+        "job_age",
+        "jobs_done",
+        "restarts",
+        "rss_bytes",
+        "heartbeat_age",
+        "uptime",
+    }
     json.dumps(report)
 
 
@@ -256,5 +340,12 @@ def test_module_is_pure():
             imported.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             imported.add((node.module or "").split(".")[0])
-    assert imported <= {"__future__", "dataclasses", "datetime", "collections", "typing",
-                        "policy", "snapshot"}  # the package's pure modules
+    assert imported <= {
+        "__future__",
+        "dataclasses",
+        "datetime",
+        "collections",
+        "typing",
+        "policy",
+        "snapshot",
+    }  # the package's pure modules

@@ -31,9 +31,11 @@ def test_same_boot_and_namespace_judged_by_the_process():
 
 
 def test_elsewhere_only_silence_counts():
-    for row in (ProcessIdentity("boot-b", 4026531836, 500),  # before a reboot
-                ProcessIdentity("boot-a", 4026532000, 500),  # another namespace
-                None):  # an earlier version's row, or no /proc
+    for row in (
+        ProcessIdentity("boot-b", 4026531836, 500),  # before a reboot
+        ProcessIdentity("boot-a", 4026532000, 500),  # another namespace
+        None,
+    ):  # an earlier version's row, or no /proc
         assert not _dead(row, current_start=None)
         assert _dead(row, current_start=None, silent=True)
     assert not _dead(ProcessIdentity("boot-a", 4026531836, 500), None, own=None)

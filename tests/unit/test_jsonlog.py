@@ -18,10 +18,16 @@ def _supervisor_role():
 
 
 def _format(**extra):
-    record = logging.makeLogRecord({
-        "name": "procrastinate_prefork.supervisor", "levelno": logging.ERROR,
-        "levelname": "ERROR", "msg": "two\nlines %s", "args": ("!",), **extra,
-    })
+    record = logging.makeLogRecord(
+        {
+            "name": "procrastinate_prefork.supervisor",
+            "levelno": logging.ERROR,
+            "levelname": "ERROR",
+            "msg": "two\nlines %s",
+            "args": ("!",),
+            **extra,
+        }
+    )
     line = jsonlog.JsonFormatter().format(record)
     assert "\n" not in line
     return json.loads(line)
@@ -52,8 +58,12 @@ def test_procrastinate_job_fields_and_exception_in_one_field():
         job={"id": 5, "task_name": "t", "queue": "q", "task_kwargs": "..."},
         worker={"id": 8, "name": "w"},
     )
-    assert (data["job_id"], data["task_name"], data["queue"], data["worker_id"]) \
-        == (5, "t", "q", 8)
+    assert (data["job_id"], data["task_name"], data["queue"], data["worker_id"]) == (
+        5,
+        "t",
+        "q",
+        8,
+    )
     assert "RuntimeError: boom" in data["exception"]
     assert data["exception"].startswith("Traceback")
 
@@ -67,4 +77,8 @@ def test_banner_is_json_only_when_the_root_handler_formats_json():
         data = json.loads(jsonlog.banner("a\nb"))
     finally:
         logging.getLogger().removeHandler(handler)
-    assert (data["message"], data["action"], data["role"]) == ("a\nb", "banner", "supervisor")
+    assert (data["message"], data["action"], data["role"]) == (
+        "a\nb",
+        "banner",
+        "supervisor",
+    )

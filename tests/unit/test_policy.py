@@ -26,19 +26,25 @@ def test_early_deaths_back_off_exponentially_with_a_cap():
 
 def test_a_long_life_resets_the_backoff():
     history = SlotHistory(early_deaths=5, restarts=5)
-    history = policy.record_death(history, uptime=policy.MIN_UPTIME + 1, clean_exit=False)
+    history = policy.record_death(
+        history, uptime=policy.MIN_UPTIME + 1, clean_exit=False
+    )
     assert history.early_deaths == 0 and history.restarts == 6
 
 
 def test_clean_exit_is_never_an_early_death():
-    history = policy.record_death(SlotHistory(early_deaths=2), uptime=0.1, clean_exit=True)
+    history = policy.record_death(
+        SlotHistory(early_deaths=2), uptime=0.1, clean_exit=True
+    )
     assert history.early_deaths == 0
 
 
 def test_death_under_a_job_is_not_a_crash_loop():
     history = SlotHistory()
     for _ in range(10):
-        history = policy.record_death(history, uptime=0.2, clean_exit=False, had_job=True)
+        history = policy.record_death(
+            history, uptime=0.2, clean_exit=False, had_job=True
+        )
     assert history.early_deaths == 0
     assert policy.restart_delay(history) == 0
     assert not policy.is_crash_looping(history)
@@ -66,12 +72,12 @@ def test_wedged_and_time_limit_rules():
 @pytest.mark.parametrize(
     ("exit_code", "wait", "stopping", "expected"),
     [
-        (0, True, False, True),     # a worker should not exit by itself: replace
+        (0, True, False, True),  # a worker should not exit by itself: replace
         (1, True, False, True),
         (None, True, False, True),  # killed by a signal
-        (0, False, False, False),   # one-shot: done
-        (1, False, False, True),    # one-shot crash: its jobs need a worker
-        (1, True, True, False),     # never while stopping
+        (0, False, False, False),  # one-shot: done
+        (1, False, False, True),  # one-shot crash: its jobs need a worker
+        (1, True, True, False),  # never while stopping
         (policy.EXIT_RECYCLE, False, False, True),  # recycled, even one-shot
         (policy.EXIT_RECYCLE, True, True, False),
     ],
@@ -95,7 +101,9 @@ def test_describe_exit():
 
 
 def autoscale(**kwargs):
-    base = dict(current=2, low=1, high=4, backlog=0, idle=0, quiet_for=0.0, cooldown=30.0)
+    base = dict(
+        current=2, low=1, high=4, backlog=0, idle=0, quiet_for=0.0, cooldown=30.0
+    )
     return policy.autoscale_delta(**{**base, **kwargs})
 
 

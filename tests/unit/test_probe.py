@@ -30,7 +30,9 @@ def server():
     srv.close()
 
 
-def turn(server: probe.ProbeServer, timeout: float = 0.05, now: float | None = None) -> None:
+def turn(
+    server: probe.ProbeServer, timeout: float = 0.05, now: float | None = None
+) -> None:
     readable, _, _ = select.select(server.filenos(), [], [], timeout)
     server.handle(readable, now=now)
 
@@ -52,17 +54,20 @@ def exchange(server: probe.ProbeServer, request: bytes) -> bytes:
         return data
 
 
-@pytest.mark.parametrize("request_bytes, status", [
-    (b"GET /ok HTTP/1.0\r\n\r\n", b"200 OK"),
-    (b"GET /ok?x=1 HTTP/1.1\r\nHost: a\r\n\r\n", b"200 OK"),
-    (b"GET /bad HTTP/1.0\r\n\r\n", b"503 Service Unavailable"),
-    (b"GET /boom HTTP/1.0\r\n\r\n", b"503 Service Unavailable"),
-    (b"GET /other HTTP/1.0\r\n\r\n", b"404 Not Found"),
-    (b"POST /ok HTTP/1.0\r\nContent-Length: 0\r\n\r\n", b"405 Method Not Allowed"),
-    (b"garbage\r\n\r\n", b"400 Bad Request"),
-    (b"GET ok HTTP/1.0\r\n\r\n", b"400 Bad Request"),
-    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\n\n", b"400 Bad Request"),
-])
+@pytest.mark.parametrize(
+    "request_bytes, status",
+    [
+        (b"GET /ok HTTP/1.0\r\n\r\n", b"200 OK"),
+        (b"GET /ok?x=1 HTTP/1.1\r\nHost: a\r\n\r\n", b"200 OK"),
+        (b"GET /bad HTTP/1.0\r\n\r\n", b"503 Service Unavailable"),
+        (b"GET /boom HTTP/1.0\r\n\r\n", b"503 Service Unavailable"),
+        (b"GET /other HTTP/1.0\r\n\r\n", b"404 Not Found"),
+        (b"POST /ok HTTP/1.0\r\nContent-Length: 0\r\n\r\n", b"405 Method Not Allowed"),
+        (b"garbage\r\n\r\n", b"400 Bad Request"),
+        (b"GET ok HTTP/1.0\r\n\r\n", b"400 Bad Request"),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\n\n", b"400 Bad Request"),
+    ],
+)
 def test_answers(server, request_bytes, status):
     response = exchange(server, request_bytes)
     assert response.startswith(b"HTTP/1.0 " + status), response
@@ -106,8 +111,10 @@ def test_silent_client_never_blocks_and_times_out(server):
 
 
 def test_too_many_clients_drops_the_oldest(server):
-    clients = [socket.create_connection(("127.0.0.1", server.port), timeout=2)
-               for _ in range(probe.MAX_CLIENTS + 3)]
+    clients = [
+        socket.create_connection(("127.0.0.1", server.port), timeout=2)
+        for _ in range(probe.MAX_CLIENTS + 3)
+    ]
     try:
         for _ in range(5):
             turn(server)
@@ -122,18 +129,30 @@ def test_port_in_use():
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         port = busy.getsockname()[1]
-        with pytest.raises(probe.ProbeBindError,
-                           match=f"^cannot listen on the probe port 127.0.0.1:{port}: "
-                                 "address already in use$"):
+        with pytest.raises(
+            probe.ProbeBindError,
+            match=f"^cannot listen on the probe port 127.0.0.1:{port}: "
+            "address already in use$",
+        ):
             probe.ProbeServer("127.0.0.1", port, respond)
 
 
 def test_routes():
     facts = FleetSnapshot(
-        host="h", pid=1, phase="running", concurrency=1, crash_looping=True,
-        database_up=True, child_timeout=60, children=[])
+        host="h",
+        pid=1,
+        phase="running",
+        concurrency=1,
+        crash_looping=True,
+        database_up=True,
+        child_timeout=60,
+        children=[],
+    )
     respond_ = probe.routes(lambda: facts)
     assert respond_("/live")[0] == 503
-    assert respond_("/ready") == (503, {"status": "fail", "reasons": ["0 of 1 child(ren) ready"]})
+    assert respond_("/ready") == (
+        503,
+        {"status": "fail", "reasons": ["0 of 1 child(ren) ready"]},
+    )
     assert respond_("/status")[1]["crash_loop"] is True
     assert respond_("/") is None

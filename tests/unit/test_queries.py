@@ -16,7 +16,9 @@ def _package_source() -> str:
 
 def test_every_named_query_is_used():
     source = _package_source()
-    unused = [name for name in queries.QUERIES if f'queries.get("{name}")' not in source]
+    unused = [
+        name for name in queries.QUERIES if f'queries.get("{name}")' not in source
+    ]
     assert unused == []
 
 

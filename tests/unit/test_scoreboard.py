@@ -18,7 +18,10 @@ def test_every_running_job_is_kept_and_a_finished_one_cleared():
     writer.job_finished(10, running=1, jobs_done=1, draining=False)
     assert writer.job_started(12, "third", running=2)  # reuses the freed entry
     view = board.read(2)
-    assert [(j.job_id, j.task_name) for j in view.jobs] == [(11, "short"), (12, "third")]
+    assert [(j.job_id, j.task_name) for j in view.jobs] == [
+        (11, "short"),
+        (12, "third"),
+    ]
     assert view.job_id == 11
 
     writer.job_finished(11, running=1, jobs_done=2, draining=False)

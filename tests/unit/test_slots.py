@@ -11,8 +11,13 @@ from procrastinate_prefork.slots import Member, Plan, plan
 
 
 def ready(pid: int, generation: int, slot: int | None = None, **kw) -> Member:
-    return Member(pid=pid, slot=pid if slot is None else slot, generation=generation,
-                  ready=True, **kw)
+    return Member(
+        pid=pid,
+        slot=pid if slot is None else slot,
+        generation=generation,
+        ready=True,
+        **kw,
+    )
 
 
 def booting(pid: int, generation: int) -> Member:
@@ -63,8 +68,12 @@ def test_scale_down_during_a_handover():
 
 
 def test_excess_current_children_retire_booting_then_idle_highest_slot_first():
-    children = [ready(1, 0, slot=0, busy=True), ready(2, 0, slot=1),
-                ready(3, 0, slot=2), booting(4, 0)]
+    children = [
+        ready(1, 0, slot=0, busy=True),
+        ready(2, 0, slot=1),
+        ready(3, 0, slot=2),
+        booting(4, 0),
+    ]
     assert plan(children, target=2, generation=0, pending=0).retire == (4, 3)
 
 
@@ -100,8 +109,12 @@ class _Sim:
             Member(pid=pid, slot=pid, generation=g, retiring=r, ready=age >= self.boot)
             for pid, (g, age, r) in self.children.items()
         ]
-        result = plan(members, target=self.target, generation=self.generation,
-                      pending=self.pending)
+        result = plan(
+            members,
+            target=self.target,
+            generation=self.generation,
+            pending=self.pending,
+        )
         self.pending += result.fork - result.cancel
         for pid in result.retire:
             self.children[pid][2] = True
@@ -110,13 +123,16 @@ class _Sim:
         return len(self.children)
 
 
-@pytest.mark.parametrize("events", [
-    ["hup"] * 20,
-    ["hup", "hup"],
-    ["hup", "ttou"],
-    ["hup", "ttin", "hup", "ttou", "ttou"],
-    ["ttin", "hup", "hup", "ttou"],
-])
+@pytest.mark.parametrize(
+    "events",
+    [
+        ["hup"] * 20,
+        ["hup", "hup"],
+        ["hup", "ttou"],
+        ["hup", "ttin", "hup", "ttou", "ttou"],
+        ["ttin", "hup", "hup", "ttou"],
+    ],
+)
 @pytest.mark.parametrize("gap", [0, 1, 2, 5])
 def test_any_burst_converges_to_the_target(events, gap):
     sim = _Sim(target=3)

@@ -57,7 +57,9 @@ def test_the_task_sees_soft_time_limit_exceeded():
 
 def test_another_cancellation_goes_through_unchanged():
     assert asyncio.run(_run(limit=None, cancel_after=0.05)) == [
-        "CancelledError", "job: CancelledError"]
+        "CancelledError",
+        "job: CancelledError",
+    ]
 
 
 def test_a_task_not_started_yet_raises_at_once():

@@ -241,9 +241,11 @@ def test_drain_sigkills_children_still_running_at_the_deadline(caplog_info):
     turn(sup)  # and it is reaped
     assert (stubborn, signal.SIGKILL) in system.sent
     assert not sup.children and not sup.respawn_at and sup._finished()
-    killed_records = [r for r in caplog_info.records
-                      if getattr(r, "action", None) == "child_exited"
-                      and r.pid == stubborn]
+    killed_records = [
+        r
+        for r in caplog_info.records
+        if getattr(r, "action", None) == "child_exited" and r.pid == stubborn
+    ]
     assert killed_records[0].cause == "shutdown deadline passed"
     assert "child_killed" in actions(caplog_info)
 
@@ -385,7 +387,10 @@ def test_a_scheduled_kill_blames_the_deadline_only_without_a_reason():
 
     deadline = PendingKill().schedule(10.0, "deadline").fire()
     assert (deadline.reason, deadline.at, deadline.deadline_kill) == (
-        "deadline", None, True)
+        "deadline",
+        None,
+        True,
+    )
     blamed = PendingKill().blame("time limit").schedule(10.0, "").fire()
     assert (blamed.reason, blamed.deadline_kill) == ("time limit", False)
     assert not PendingKill().due(1e9) and PendingKill(at=5.0).due(5.0)

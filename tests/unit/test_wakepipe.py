@@ -9,8 +9,10 @@ async def _read_all(fd):
 
 
 def test_what_the_supervisor_writes_the_child_reads_back():
-    sent = [("procrastinate_queue_v1#default", '{"type": "abort_job_requested"}'),
-            wakepipe.JOB_INSERTED]
+    sent = [
+        ("procrastinate_queue_v1#default", '{"type": "abort_job_requested"}'),
+        wakepipe.JOB_INSERTED,
+    ]
     r, w = os.pipe()
     os.set_blocking(w, False)
     wakepipe.send_wake(w, wakepipe.encode(sent))

@@ -16,8 +16,19 @@ from .models import FleetProcess
 @admin.register(FleetProcess)
 class FleetProcessAdmin(admin.ModelAdmin):
     list_display = (
-        "host", "kind", "pid", "slot", "state", "job_id", "task_name", "jobs_done",
-        "restarts", "memory", "crash_loop", "heartbeat_age", "started_at",
+        "host",
+        "kind",
+        "pid",
+        "slot",
+        "state",
+        "job_id",
+        "task_name",
+        "jobs_done",
+        "restarts",
+        "memory",
+        "crash_loop",
+        "heartbeat_age",
+        "started_at",
     )
     list_filter = ("kind", "state", "host", "crash_loop")
     search_fields = ("host", "=pid", "task_name", "=job_id")
@@ -35,8 +46,9 @@ class FleetProcessAdmin(admin.ModelAdmin):
 
         return [
             path("live/", page, name="{}_{}_live".format(*info)),
-            path("live.json", live.fleet_live_json,
-                 name="{}_{}_live_json".format(*info)),
+            path(
+                "live.json", live.fleet_live_json, name="{}_{}_live_json".format(*info)
+            ),
             *super().get_urls(),
         ]
 

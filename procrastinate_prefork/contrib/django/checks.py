@@ -29,7 +29,9 @@ APP_ORDER_ID = "procrastinate_prefork.E005"
 
 
 @checks.register()
-def check_prefork_setting(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+def check_prefork_setting(
+    app_configs: Any = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
     value = getattr(django_settings, "PROCRASTINATE_PREFORK", None) or {}
     return [
         checks.Error(message, hint=REFERENCE, obj="PROCRASTINATE_PREFORK", id=IDS[kind])
@@ -38,13 +40,20 @@ def check_prefork_setting(app_configs: Any = None, **kwargs: Any) -> list[checks
 
 
 @checks.register()
-def check_app_order(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+def check_app_order(
+    app_configs: Any = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
     names = [app_config.name for app_config in apps.get_app_configs()]
-    if PROCRASTINATE_APP in names and names.index(OUR_APP) < names.index(PROCRASTINATE_APP):
-        return [checks.Error(
-            f"'{OUR_APP}' is listed before '{PROCRASTINATE_APP}' in INSTALLED_APPS",
-            hint=f"list '{PROCRASTINATE_APP}' first: the prefork migrations and "
-                 "commands build on procrastinate's",
-            obj="INSTALLED_APPS", id=APP_ORDER_ID,
-        )]
+    if PROCRASTINATE_APP in names and names.index(OUR_APP) < names.index(
+        PROCRASTINATE_APP
+    ):
+        return [
+            checks.Error(
+                f"'{OUR_APP}' is listed before '{PROCRASTINATE_APP}' in INSTALLED_APPS",
+                hint=f"list '{PROCRASTINATE_APP}' first: the prefork migrations and "
+                "commands build on procrastinate's",
+                obj="INSTALLED_APPS",
+                id=APP_ORDER_ID,
+            )
+        ]
     return []

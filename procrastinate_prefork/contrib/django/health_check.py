@@ -38,8 +38,9 @@ except ImportError as exc:  # pragma: no cover
     ) from exc
 
 
-def check_fleet(host: str | None = None, queue: str | None = None,
-                min_children: int = 1) -> None:
+def check_fleet(
+    host: str | None = None, queue: str | None = None, min_children: int = 1
+) -> None:
     """Raise ServiceUnavailable (message: the problems) unless healthy."""
     from django.db import DatabaseError
 
@@ -49,7 +50,9 @@ def check_fleet(host: str | None = None, queue: str | None = None,
     try:
         result = fleet_report(query)
     except DatabaseError as exc:
-        raise ServiceUnavailable(f"cannot read the fleet table: {type(exc).__name__}") from None
+        raise ServiceUnavailable(
+            f"cannot read the fleet table: {type(exc).__name__}"
+        ) from None
     if not result.healthy:
         raise ServiceUnavailable("; ".join(result.problems))
 

@@ -85,9 +85,7 @@ def fleet_live_json(request: HttpRequest) -> JsonResponse:
     return JsonResponse(live_data(query))
 
 
-def fleet_live_page(
-    request: HttpRequest, context: dict[str, Any]
-) -> HttpResponse:
+def fleet_live_page(request: HttpRequest, context: dict[str, Any]) -> HttpResponse:
     """The page (``context`` is the admin's ``each_context``): its table is
     filled and refreshed by the script from the JSON endpoint."""
     if request.method not in ("GET", "HEAD"):

@@ -65,20 +65,28 @@ class FleetProcess(models.Model):
     host = models.CharField(max_length=255)
     pid = models.IntegerField()
     supervisor = models.ForeignKey(
-        "self", on_delete=models.DO_NOTHING, null=True, blank=True,
-        related_name="children", db_constraint=False,
+        "self",
+        on_delete=models.DO_NOTHING,
+        null=True,
+        blank=True,
+        related_name="children",
+        db_constraint=False,
     )
     slot = models.IntegerField(null=True, blank=True)
     worker_id = models.BigIntegerField(
         null=True, blank=True, verbose_name="procrastinate worker id"
     )
     state = models.CharField(max_length=16)
-    job_id = models.BigIntegerField(null=True, blank=True, verbose_name="current job id")
+    job_id = models.BigIntegerField(
+        null=True, blank=True, verbose_name="current job id"
+    )
     task_name = models.CharField(max_length=255, null=True, blank=True)
     job_started_at = models.DateTimeField(null=True, blank=True)
     jobs_done = models.BigIntegerField(default=0)
     restarts = models.IntegerField(default=0)
-    rss_bytes = models.BigIntegerField(null=True, blank=True, verbose_name="resident memory (bytes)")
+    rss_bytes = models.BigIntegerField(
+        null=True, blank=True, verbose_name="resident memory (bytes)"
+    )
     crash_loop = models.BooleanField(default=False)
     concurrency = models.IntegerField(null=True, blank=True)
     queues = QueueListField(null=True, blank=True)

@@ -49,8 +49,10 @@ def fleet_health(request: HttpRequest) -> JsonResponse:
         if not isinstance(exc, DatabaseError):
             raise
         return JsonResponse(
-            {"status": health.UNHEALTHY,
-             "problems": [f"cannot read the fleet table: {type(exc).__name__}"]},
+            {
+                "status": health.UNHEALTHY,
+                "problems": [f"cannot read the fleet table: {type(exc).__name__}"],
+            },
             status=503,
         )
     return JsonResponse(result.as_dict(), status=200 if result.healthy else 503)

@@ -67,15 +67,24 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--jobs-scale", type=float, default=1.0, metavar="FLOAT",
+            "--jobs-scale",
+            type=float,
+            default=1.0,
+            metavar="FLOAT",
             help="Multiply the number of jobs of each kind (default 1: 370 jobs).",
         )
         parser.add_argument(
-            "--concurrency", type=int, default=4, metavar="N",
+            "--concurrency",
+            type=int,
+            default=4,
+            metavar="N",
             help="Children of the fleet (default 4).",
         )
         parser.add_argument(
-            "--health-port", type=int, default=0, metavar="PORT",
+            "--health-port",
+            type=int,
+            default=0,
+            metavar="PORT",
             help="Probe port of the fleet, when prefork_worker supports one "
             "(default: a free port).",
         )
@@ -84,7 +93,9 @@ class Command(BaseCommand):
         scale: float = options["jobs_scale"]
         concurrency: int = options["concurrency"]
         if not 0 < scale <= 100:
-            raise CommandError("--jobs-scale must be more than 0 and at most 100", returncode=2)
+            raise CommandError(
+                "--jobs-scale must be more than 0 and at most 100", returncode=2
+            )
         if not 1 <= concurrency <= 64:
             raise CommandError("--concurrency must be between 1 and 64", returncode=2)
         self.tty = self.stdout.isatty()
@@ -93,7 +104,9 @@ class Command(BaseCommand):
         # would be one line per batch.
         logging.getLogger("procrastinate").setLevel(logging.WARNING)
         ids = self.defer_workload(scale)
-        fleet, log_path, started, port = self.start_fleet(concurrency, options["health_port"])
+        fleet, log_path, started, port = self.start_fleet(
+            concurrency, options["health_port"]
+        )
         try:
             done = self.follow(ids, fleet, log_path, started)
             wall = time.monotonic() - started
@@ -140,8 +153,13 @@ class Command(BaseCommand):
         from procrastinate_prefork import config as prefork_config
 
         manage_py = Path(settings.BASE_DIR) / "manage.py"
-        command = [sys.executable, str(manage_py), "prefork_worker",
-                   "--concurrency", str(concurrency)]
+        command = [
+            sys.executable,
+            str(manage_py),
+            "prefork_worker",
+            "--concurrency",
+            str(concurrency),
+        ]
         port = None
         if "health_port" in prefork_config.OPTIONS_BY_NAME:
             port = health_port or _free_port()
@@ -150,19 +168,25 @@ class Command(BaseCommand):
         log_path = Path(name)
         with os.fdopen(fd, "wb") as log:
             fleet = subprocess.Popen(
-                command, cwd=manage_py.parent, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT,
+                command,
+                cwd=manage_py.parent,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 # Its own session: a Ctrl-C reaches this command only, which
                 # then stops the fleet with one SIGTERM (a second one would
                 # stop it at once). And it dies with us.
-                start_new_session=True, preexec_fn=_die_with_parent,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         started = time.monotonic()
         shown = " ".join(["manage.py", *command[2:]])
         self.stdout.write(f"Fleet: {shown} (pid {fleet.pid})")
         self.stdout.write(f"  log:     {log_path}")
         if port is not None:
-            probes = "  ".join(f"http://127.0.0.1:{port}/{p}" for p in ("live", "ready", "status"))
+            probes = "  ".join(
+                f"http://127.0.0.1:{port}/{p}" for p in ("live", "ready", "status")
+            )
             self.stdout.write(f"  probes:  {probes}")
         self.describe_health_urls()
         self.stdout.write("")
@@ -172,8 +196,10 @@ class Command(BaseCommand):
         from django.core.management import get_commands
 
         if "prefork_status" in get_commands():
-            self.stdout.write("  status:  python manage.py prefork_status   (the fleet "
-                              "table: every supervisor and child)")
+            self.stdout.write(
+                "  status:  python manage.py prefork_status   (the fleet "
+                "table: every supervisor and child)"
+            )
         urls = _prefork_urls()
         if urls:
             self.stdout.write(
@@ -216,7 +242,9 @@ class Command(BaseCommand):
             try:
                 fleet.wait(timeout=STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
-                self.stderr.write(f"The fleet did not stop within {STOP_TIMEOUT:g} s: SIGKILL")
+                self.stderr.write(
+                    f"The fleet did not stop within {STOP_TIMEOUT:g} s: SIGKILL"
+                )
                 os.killpg(fleet.pid, signal.SIGKILL)
                 fleet.wait()
         return fleet.returncode, time.monotonic() - began
@@ -224,7 +252,11 @@ class Command(BaseCommand):
     # ------------------------------------------------------------- progress
 
     def follow(
-        self, ids: list[int], fleet: subprocess.Popen[bytes], log_path: Path, started: float
+        self,
+        ids: list[int],
+        fleet: subprocess.Popen[bytes],
+        log_path: Path,
+        started: float,
     ) -> Progress:
         """Show the progress until every job is finished."""
         total = len(ids)
@@ -233,11 +265,15 @@ class Command(BaseCommand):
         while True:
             progress = _progress(ids)
             now = time.monotonic()
-            samples = [s for s in samples if now - s[0] <= 3.0] + [(now, progress.finished)]
+            samples = [s for s in samples if now - s[0] <= 3.0] + [
+                (now, progress.finished)
+            ]
             rate = _rate(samples)
             done = progress.finished >= total
             if self.tty:
-                self.stdout.write("\r" + _bar(progress, total, rate, now - started), ending="")
+                self.stdout.write(
+                    "\r" + _bar(progress, total, rate, now - started), ending=""
+                )
                 self.stdout.flush()
             elif done or now - last_line >= PLAIN_EVERY:
                 self.stdout.write(_bar(progress, total, rate, now - started))
@@ -266,7 +302,9 @@ class Command(BaseCommand):
         set to NULL): so this is read before the fleet stops. The fleet table
         maps a worker id to its child's slot and pid."""
         with connection.cursor() as cursor:
-            cursor.execute("SELECT to_regclass('procrastinate_prefork_processes') IS NOT NULL")
+            cursor.execute(
+                "SELECT to_regclass('procrastinate_prefork_processes') IS NOT NULL"
+            )
             has_fleet_table = cursor.fetchone()[0]
             if has_fleet_table:
                 cursor.execute(
@@ -298,9 +336,15 @@ class Command(BaseCommand):
         return result
 
     def summary(
-        self, ids: list[int], progress: Progress, wall: float,
-        per_child: list[tuple[str, int]], probes: list[str], fleet_code: int | None,
-        drain: float, log_path: Path,
+        self,
+        ids: list[int],
+        progress: Progress,
+        wall: float,
+        per_child: list[tuple[str, int]],
+        probes: list[str],
+        fleet_code: int | None,
+        drain: float,
+        log_path: Path,
     ) -> None:
         total = len(ids)
         with connection.cursor() as cursor:
@@ -317,13 +361,19 @@ class Command(BaseCommand):
         write = self.stdout.write
         write("")
         write("Summary")
-        write(f"  jobs:       {total}: {succeeded} succeeded, {progress.failed} failed; "
-              f"{retries} retried after a failure")
-        write(f"  wall time:  {wall:.1f} s from the fleet's start to the last job "
-              f"({total / wall:.1f} jobs/s)")
+        write(
+            f"  jobs:       {total}: {succeeded} succeeded, {progress.failed} failed; "
+            f"{retries} retried after a failure"
+        )
+        write(
+            f"  wall time:  {wall:.1f} s from the fleet's start to the last job "
+            f"({total / wall:.1f} jobs/s)"
+        )
         if busy:
-            write(f"  job time:   {float(busy):.1f} s from the first job started to the "
-                  f"last finished ({total / float(busy):.1f} jobs/s)")
+            write(
+                f"  job time:   {float(busy):.1f} s from the first job started to the "
+                f"last finished ({total / float(busy):.1f} jobs/s)"
+            )
         write("  per child:")
         most = max((count for _, count in per_child), default=1)
         for who, count in per_child:
@@ -331,13 +381,17 @@ class Command(BaseCommand):
             write(f"    {who:<36} {count:5d}  {bar}")
         if probes:
             write(f"  probes:     {'   '.join(probes)}   (asked before stopping)")
-        write(f"  fleet:      stopped with SIGTERM, exit code {fleet_code} after "
-              f"{drain:.1f} s (log: {log_path})")
+        write(
+            f"  fleet:      stopped with SIGTERM, exit code {fleet_code} after "
+            f"{drain:.1f} s (log: {log_path})"
+        )
         write("")
         children = sum(1 for who, _ in per_child if who.startswith("child"))
         if progress.failed == 0 and fleet_code == 0:
-            write(f"All {total} jobs succeeded in {wall:.1f} s ({total / wall:.1f} jobs/s) "
-                  f"on {children or len(per_child)} children.")
+            write(
+                f"All {total} jobs succeeded in {wall:.1f} s ({total / wall:.1f} jobs/s) "
+                f"on {children or len(per_child)} children."
+            )
             return
         problems = []
         if progress.failed:

@@ -26,22 +26,40 @@ class Migration(migrations.Migration):
                 ("host", models.CharField(max_length=255)),
                 ("pid", models.IntegerField()),
                 ("slot", models.IntegerField(blank=True, null=True)),
-                ("worker_id", models.BigIntegerField(
-                    blank=True, null=True, verbose_name="procrastinate worker id")),
+                (
+                    "worker_id",
+                    models.BigIntegerField(
+                        blank=True, null=True, verbose_name="procrastinate worker id"
+                    ),
+                ),
                 ("state", models.CharField(max_length=16)),
-                ("job_id", models.BigIntegerField(
-                    blank=True, null=True, verbose_name="current job id")),
+                (
+                    "job_id",
+                    models.BigIntegerField(
+                        blank=True, null=True, verbose_name="current job id"
+                    ),
+                ),
                 ("task_name", models.CharField(blank=True, max_length=255, null=True)),
                 ("job_started_at", models.DateTimeField(blank=True, null=True)),
                 ("jobs_done", models.BigIntegerField(default=0)),
                 ("restarts", models.IntegerField(default=0)),
-                ("rss_bytes", models.BigIntegerField(
-                    blank=True, null=True, verbose_name="resident memory (bytes)")),
+                (
+                    "rss_bytes",
+                    models.BigIntegerField(
+                        blank=True, null=True, verbose_name="resident memory (bytes)"
+                    ),
+                ),
                 ("crash_loop", models.BooleanField(default=False)),
                 ("concurrency", models.IntegerField(blank=True, null=True)),
-                ("queues", django.contrib.postgres.fields.ArrayField(
-                    base_field=models.CharField(max_length=255), blank=True, null=True,
-                    size=None)),
+                (
+                    "queues",
+                    django.contrib.postgres.fields.ArrayField(
+                        base_field=models.CharField(max_length=255),
+                        blank=True,
+                        null=True,
+                        size=None,
+                    ),
+                ),
                 ("heartbeat_interval", models.FloatField(blank=True, null=True)),
                 ("stalled_timeout", models.FloatField(blank=True, null=True)),
                 ("started_at", models.DateTimeField()),

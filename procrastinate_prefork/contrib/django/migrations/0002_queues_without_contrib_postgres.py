@@ -17,6 +17,7 @@ class Migration(migrations.Migration):
             model_name="fleetprocess",
             name="queues",
             field=procrastinate_prefork.contrib.django.models.QueueListField(
-                blank=True, null=True),
+                blank=True, null=True
+            ),
         ),
     ]

@@ -29,9 +29,13 @@ class Command(BaseCommand):
             raise CommandError(str(exc), returncode=status.EXIT_USAGE) from None
         connection = connections[procrastinate_settings.settings.DATABASE_ALIAS]
         code = status.report(
-            lambda: fetch_rows_django(connection), query,
-            as_json=options["as_json"], check=options["check"],
-            out=self.stdout, err=self.stderr, schema_hint="run `manage.py migrate`",
+            lambda: fetch_rows_django(connection),
+            query,
+            as_json=options["as_json"],
+            check=options["check"],
+            out=self.stdout,
+            err=self.stderr,
+            schema_hint="run `manage.py migrate`",
         )
         self.stdout.flush()
         if code:

@@ -18,13 +18,19 @@ from ...settings import prefork_settings
 class Command(BaseCommand):
     help = "Run procrastinate workers in a supervised pool of forked processes."
     requires_system_checks: list[str] = []
-    suppressed_base_arguments = {"--verbosity", "--traceback", "--no-color", "--force-color"}
+    suppressed_base_arguments = {
+        "--verbosity",
+        "--traceback",
+        "--no-color",
+        "--force-color",
+    }
 
     def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> Any:
         parser = super().create_parser(prog_name, subcommand, **kwargs)
         error = parser.error
         parser.error = lambda message: error(  # type: ignore[method-assign]
-            config_module.suggest_flags(parser, message))
+            config_module.suggest_flags(parser, message)
+        )
         return parser
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
