@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             redis.stop()
         try:
             dbs.drop_template()
-        except Exception:  # noqa: BLE001 - best effort
+        except Exception:  # best effort
             traceback.print_exc()
         shutil.rmtree(workdir, ignore_errors=True)
     return 0

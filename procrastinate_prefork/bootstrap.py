@@ -12,8 +12,8 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import importlib
-import os
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,7 +21,6 @@ from typing import Any
 import procrastinate
 
 from . import compat
-
 
 logger = logging.getLogger("procrastinate_prefork.bootstrap")
 

@@ -87,14 +87,14 @@ def run_child(spec: ChildSpec) -> NoReturn:
     except bootstrap_module.BootstrapError as exc:
         logger.error("Child %s cannot start: %s", spec.slot, exc)
         code = EXIT_BOOT_ERROR
-    except BaseException:  # noqa: BLE001 - report anything, then die
+    except BaseException:  # report anything, then die
         logger.exception("Child %s crashed", spec.slot)
         code = 1
     finally:
         for handler in logging.getLogger().handlers:
             try:
                 handler.flush()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
         sys.stdout.flush()
         sys.stderr.flush()

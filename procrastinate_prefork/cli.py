@@ -15,7 +15,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from . import __version__, config as config_module
+from . import __version__
+from . import config as config_module
 from .bootstrap import Bootstrap, BootstrapError, PlainBootstrap
 from .config import ConfigError
 from .launcher import EXIT_STARTUP, EXIT_USAGE, run_fleet

@@ -13,9 +13,8 @@ import os
 import sys
 from collections.abc import Callable
 
-from . import __version__
+from . import __version__, jsonlog
 from . import config as config_module
-from . import jsonlog
 from .bootstrap import Bootstrap, register_fork_hooks
 from .config import ConfigError, PreforkConfig
 

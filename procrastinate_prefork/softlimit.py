@@ -180,5 +180,5 @@ class _Converting:
             except GeneratorExit:
                 inner.close()
                 raise
-            except BaseException as exc:  # noqa: BLE001 - handed to the task
+            except BaseException as exc:  # handed to the task
                 error = exc

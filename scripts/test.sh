@@ -11,6 +11,12 @@
 # for 20 s or more without printing anything (they kill, stop and restart
 # real processes and PostgreSQL).
 #
+# Without arguments (the README's test command, run by .ci/run) it first runs
+# scripts/lint.sh (ruff check, ruff format --check, mypy) and stops with its
+# exit code if that fails. With pytest arguments, or with --newest, lint is
+# skipped: a focused run should not fail on style, and lint does not depend on
+# the Python version (the default run already covered it).
+#
 # --newest: the same suite on Python 3.13 with the newest Django that pip
 # resolves for it, in a second virtualenv, .venv-py313. Python 3.13 is
 # $PREFORK_NEWEST_PYTHON if set, else pyenv's newest 3.13 (`pyenv root`, or
@@ -44,8 +50,10 @@ find_python313() {
     return 1
 }
 
+newest=""
 if [[ "${1:-}" == "--newest" ]]; then
     shift
+    newest=1
     PYTHON="$(find_python313)" || {
         printf 'test.sh: --newest needs Python 3.13: none found (set PREFORK_NEWEST_PYTHON)\n' >&2
         exit 1
@@ -55,6 +63,9 @@ if [[ "${1:-}" == "--newest" ]]; then
 fi
 
 "$REPO/scripts/bootstrap.sh"
+if [[ -z "$newest" && $# -eq 0 ]]; then
+    "$REPO/scripts/lint.sh" || exit
+fi
 # shellcheck source=scripts/lib.sh
 source "$REPO/scripts/lib.sh"
 ensure_database_url

@@ -26,8 +26,8 @@ import itertools
 import json
 import os
 import random
-import signal
 import re
+import signal
 import subprocess
 import sys
 import time

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 
 import psutil
 import psycopg
 import pytest
 
-from ..fleet_helper import REPO, defer, error_line, jobs, status_counts, wait_for
+from ..fleet_helper import defer, error_line, jobs, status_counts, wait_for
 
 
 def test_cpu_jobs_run_in_every_child(fleet, db_url):

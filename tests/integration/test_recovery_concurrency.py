@@ -70,7 +70,7 @@ def test_concurrent_sweeps_and_reaps_recover_each_job_once(db_url):
                             delete_workers=False,
                         )
                     results.append(found)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]

@@ -58,8 +58,10 @@ def _assert_conflict_outcome(fleet, db_url, locked, free, waiting, recoverer):
     wait_for(
         lambda: (
             _status(db_url, free) == "todo"
-            or recoverer.marks("start")
-            and any(j == free for j, _, _ in recoverer.marks("start"))
+            or (
+                recoverer.marks("start")
+                and any(j == free for j, _, _ in recoverer.marks("start"))
+            )
         ),
         timeout=30,
         message="the other job to be recovered",

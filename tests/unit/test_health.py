@@ -8,8 +8,6 @@ import json
 import pytest
 
 from procrastinate_prefork import health
-from procrastinate_prefork.snapshot import ChildSnapshot as ChildFacts
-from procrastinate_prefork.snapshot import FleetSnapshot as SupervisorFacts
 from procrastinate_prefork.health import (
     FleetQuery,
     QueryError,
@@ -18,6 +16,8 @@ from procrastinate_prefork.health import (
     readiness,
     supervisor_report,
 )
+from procrastinate_prefork.snapshot import ChildSnapshot as ChildFacts
+from procrastinate_prefork.snapshot import FleetSnapshot as SupervisorFacts
 
 NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
 

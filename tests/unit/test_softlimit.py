@@ -41,7 +41,7 @@ async def _run(limit: float | None, cancel_after: float | None = None) -> list[s
         running.cancel()
     try:
         await running
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException as exc:
         seen.append(f"job: {type(exc).__name__}")
     if hasattr(running, "cancelling") and not running.cancelled():
         seen.append(f"cancelling={running.cancelling()}")

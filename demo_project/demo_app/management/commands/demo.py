@@ -466,6 +466,6 @@ def _prefork_urls() -> list[str]:
             if module == "procrastinate_prefork.contrib.django.urls":
                 prefix = str(entry.pattern)
                 return [prefix + str(sub.pattern) for sub in entry.url_patterns]
-    except Exception:  # noqa: BLE001 - a missing or broken URLconf: no URLs to show
+    except Exception:  # a missing or broken URLconf: no URLs to show
         return []
     return []
