@@ -53,7 +53,8 @@ SET session_replication_role = replica;
 INSERT INTO procrastinate_jobs (queue_name, task_name, args, status, attempts,
                                 scheduled_at)
 SELECT 'default', 'noop_sync', '{}'::jsonb,
-       CASE WHEN i %% 20 = 0 THEN 'failed' ELSE 'succeeded' END::procrastinate_job_status,
+       CASE WHEN i %% 20 = 0 THEN 'failed' ELSE 'succeeded' END
+           ::procrastinate_job_status,
        1, NULL
 FROM generate_series(1, %(finished)s) AS i;
 INSERT INTO procrastinate_events (job_id, type, at)

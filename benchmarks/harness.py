@@ -143,7 +143,8 @@ def drain_window(conn: psycopg.Connection) -> tuple[int, int, float]:
     row = conn.execute(
         "SELECT count(*) FILTER (WHERE type = 'succeeded'),"
         "       count(*) FILTER (WHERE type = 'failed'),"
-        "       extract(epoch FROM max(at) FILTER (WHERE type IN ('succeeded', 'failed'))"
+        "       extract(epoch FROM max(at) FILTER (WHERE type IN ('succeeded',"
+        " 'failed'))"
         "                        - min(at) FILTER (WHERE type = 'started'))"
         " FROM procrastinate_events"
     ).fetchone()
@@ -154,7 +155,8 @@ def drain_window(conn: psycopg.Connection) -> tuple[int, int, float]:
 def registered_workers(conn: psycopg.Connection) -> tuple[int, float | None]:
     """(rows in procrastinate_workers, epoch of the latest registration)."""
     row = conn.execute(
-        "SELECT count(*), extract(epoch FROM max(last_heartbeat)) FROM procrastinate_workers"
+        "SELECT count(*), extract(epoch FROM max(last_heartbeat)) FROM "
+        "procrastinate_workers"
     ).fetchone()
     assert row is not None
     return int(row[0]), (float(row[1]) if row[1] is not None else None)

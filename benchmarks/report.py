@@ -19,7 +19,9 @@ LABELS = {
 }
 COMMANDS = {
     "stock": "`procrastinate worker --concurrency N` (one process)",
-    "stock_procs": "N x `procrastinate worker --concurrency 1` (what a user can do by hand)",
+    "stock_procs": (
+        "N x `procrastinate worker --concurrency 1` (what a user can do by hand)"
+    ),
     "prefork": "`procrastinate-prefork worker --concurrency N` (one child per N)",
     "celery": "`celery worker -P prefork -c N` (Redis broker, acks_late, prefetch 1)",
 }
@@ -129,8 +131,8 @@ def _ratio_target(
         noise = res.overlap(scenario, a, b)
         target.note = (
             (
-                f"The ranges overlap ({_spread(res, scenario, a, b)}): the shortfall is within "
-                "this run's spread between repetitions. "
+                f"The ranges overlap ({_spread(res, scenario, a, b)}): the shortfall "
+                "is within this run's spread between repetitions. "
                 if noise
                 else f"The ranges do not overlap ({_spread(res, scenario, a, b)}). "
             )
@@ -239,7 +241,8 @@ def targets(res: Results) -> list[Target]:
                 if flat
                 else (
                     f"The slowest is N={slowest[0]} "
-                    f"({slowest[1]['shutdown_s']['min']:.2f}-{slowest[1]['shutdown_s']['max']:.2f} s "
+                    f"({slowest[1]['shutdown_s']['min']:.2f}"
+                    f"-{slowest[1]['shutdown_s']['max']:.2f} s "
                     "over the repetitions)."
                 ),
             )
@@ -310,7 +313,8 @@ def cpu_table(res: Results) -> list[str]:
     ipms = res.data.get("calibration", {}).get("iterations_per_ms")
     lines = [
         (
-            "| jobs | setup | N | workers CPU ms/job | of which the task | overhead ms/job "
+            "| jobs | setup | N | workers CPU ms/job | of which the task "
+            "| overhead ms/job "
             f"| PostgreSQL CPU ms/job | CPU ceiling on {res.cores} cores (jobs/s) "
             "| measured jobs/s |"
         ),
@@ -325,7 +329,8 @@ def cpu_table(res: Results) -> list[str]:
                 task_ms = _task_ms(d)
                 per_job = d["workers_cpu_ms_per_job"] + d["server_cpu_ms_per_job"]
                 lines.append(
-                    f"| {scenario} | {LABELS[kind]} | {n} | {d['workers_cpu_ms_per_job']:.2f} "
+                    f"| {scenario} | {LABELS[kind]} | {n} | "
+                    f"{d['workers_cpu_ms_per_job']:.2f} "
                     f"| {task_ms:.2f} | {d['workers_cpu_ms_per_job'] - task_ms:.2f} "
                     f"| {d['server_cpu_ms_per_job']:.2f} "
                     f"| {res.cores * 1000 / per_job:.0f} | {d['rate']['median']:.1f} |"
@@ -373,9 +378,11 @@ def lifecycle_table(res: Results) -> list[str]:
     ):
         s, t = d["startup_s"], d["shutdown_s"]
         lines.append(
-            f"| {LABELS[kind]} | {n} | {s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f}) "
+            f"| {LABELS[kind]} | {n} | {s['median']:.2f} "
+            f"({s['min']:.2f}-{s['max']:.2f}) "
             f"| {t['median']:.2f} ({t['min']:.2f}-{t['max']:.2f}) "
-            f"| {d['per_child_uss']:.1f} | {d['per_child_pss']:.1f} | {d['total_pss']:.1f} "
+            f"| {d['per_child_uss']:.1f} | {d['per_child_pss']:.1f} | "
+            f"{d['total_pss']:.1f} "
             f"| {d.get('sessions_idle', '-')} | {d.get('sessions_after_jobs', '-')} "
             f"| {n + 2 if kind != 'celery' else '-'} |"
         )
@@ -387,7 +394,10 @@ def recovery_table(res: Results) -> list[str]:
     if not res.recovery:
         return []
     lines = [
-        "| fleet | kills | kill to restart p50 | p95 | max | kill to retried (supervisor) p50 |",
+        (
+            "| fleet | kills | kill to restart p50 | p95 | max "
+            "| kill to retried (supervisor) p50 |"
+        ),
         "|---|---:|---:|---:|---:|---:|",
     ]
     for n, r in sorted(res.recovery.items(), reverse=True):
@@ -448,15 +458,15 @@ METHOD = [
     `procrastinate_defer_jobs_v1`), then sleeps, asking the database how many jobs
     are left every {poll} s; it never starts a process during a drain. CPU counters
     (`/proc/stat`, psutil) are read once before and once after.""",
-        """- The CPU task is a pure-Python loop sized by an iteration count calibrated once
-    at the start, so that it costs the same CPU whatever the load (a deadline loop
-    would stretch with it).""",
+        """- The CPU task is a pure-Python loop sized by an iteration count calibrated
+    once at the start, so that it costs the same CPU whatever the load (a deadline
+    loop would stretch with it).""",
         """- Repetitions are interleaved: every setup runs once, then every setup again,
     so that a burst of outside load does not land on one setup only. Before each
     measurement the harness waits (up to {quiet_timeout} s) until the rest of the
     machine uses less than {quiet_below} of its CPU.""",
-        """- Every worker runs with its defaults (log level INFO, LISTEN/NOTIFY on, a 5 s
-    polling fallback); prefork children each run one job at a time.""",
+        """- Every worker runs with its defaults (log level INFO, LISTEN/NOTIFY on, a
+    5 s polling fallback); prefork children each run one job at a time.""",
         "- Raw numbers of every repetition: `docs/benchmarks.json`.",
     )
 ]
@@ -481,12 +491,14 @@ def _run_section(res: Results) -> list[str]:
         f"- Command: `{meta['command']}`",
         (
             f"- When: {meta.get('started_at', '?')} to {meta.get('finished_at', '?')} "
-            f"({meta.get('duration_s', '?')} s); {meta['reps']} repetitions of every drain "
+            f"({meta.get('duration_s', '?')} s); {meta['reps']} repetitions "
+            "of every drain "
             f"and lifecycle measurement, interleaved; figures are medians with "
             f"min-max{scaled}."
         ),
         (
-            f"- Machine (`/proc/cpuinfo`): {m['cpu_model']}, {m['logical_cpus']} logical "
+            f"- Machine (`/proc/cpuinfo`): {m['cpu_model']}, {m['logical_cpus']} "
+            "logical "
             f"CPUs ({m['usable_cpus']} usable)"
             + (f" at {float(m['cpu_mhz']):.0f} MHz" if m.get("cpu_mhz") else "")
             + (f", {m['cache']} cache" if m.get("cache") else "")
@@ -551,7 +563,10 @@ def _noise_section(res: Results) -> list[str]:
         f"{_pct(noise.get('background_busy_at_end'))} after it"
     )
     if between:
-        idle += f", {_pct(min(between))}-{_pct(max(between))} between blocks of measurements"
+        idle += (
+            f", {_pct(min(between))}-{_pct(max(between))} "
+            "between blocks of measurements"
+        )
     lines.append(idle + ".")
     if before:
         lines.append(

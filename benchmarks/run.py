@@ -323,7 +323,8 @@ def run_all(
                     run["rep"] = rep
                     runs.append(run)
                     log(
-                        f"  start-up {run['startup_s']} s, shutdown {run['shutdown_s']} s, "
+                        f"  start-up {run['startup_s']} s, shutdown "
+                        f"{run['shutdown_s']} s, "
                         f"PSS/child {run['memory']['per_child_pss']} MiB, "
                         f"sessions {run.get('sessions_after_jobs', '-')}"
                     )

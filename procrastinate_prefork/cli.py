@@ -25,7 +25,9 @@ from .launcher import EXIT_STARTUP, EXIT_USAGE, run_fleet
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="procrastinate-prefork",
-        description="Run procrastinate workers in a supervised pool of forked processes.",
+        description=(
+            "Run procrastinate workers in a supervised pool of forked processes."
+        ),
     )
     parser.add_argument(
         "-a",

@@ -1,8 +1,8 @@
 """Everything we touch that is private in procrastinate, in one place.
 
 Supported: procrastinate 3.9 and later 3.x (3.9 added ``worker_middleware``,
-which the child uses to report its current job); tested against 3.9 and 3.10. If procrastinate changes
-one of these, this module is the only one to adapt, and
+which the child uses to report its current job); tested against 3.9 and 3.10.
+If procrastinate changes one of these, this module is the only one to adapt, and
 ``tests/unit/test_compat.py`` is the test that says so.
 """
 

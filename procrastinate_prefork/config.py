@@ -415,7 +415,8 @@ OPTIONS: tuple[Option, ...] = (
         "A 'doing' job of a worker no prefork supervisor runs (a stock "
         "procrastinate worker) is retried by the sweep only once that worker has "
         "sent no heartbeat for this many seconds (a job that lost its worker row: "
-        "once it has run this long). Make it longer than a stock worker's drain. At most 86400 s.",
+        "once it has run this long). Make it longer than a stock worker's drain. "
+        "At most 86400 s.",
     ),
     Option(
         "heartbeat_interval",

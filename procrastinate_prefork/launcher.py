@@ -132,7 +132,10 @@ def banner(config: PreforkConfig, bootstrap: Bootstrap) -> str:
         lines[-1] += " (session on --listen-dsn)"
     lines += [
         f"  graceful stop: {config.shutdown_graceful_timeout:g} s (shared deadline)",
-        f"  stalled after: {config.stalled_timeout:g} s; heartbeat every {config.heartbeat_interval:g} s",
+        (
+            f"  stalled after: {config.stalled_timeout:g} s; "
+            f"heartbeat every {config.heartbeat_interval:g} s"
+        ),
         f"  wedged after:  {config.child_timeout:g} s; job time limit: {limit}"
         + (f" ({len(config.task_timeouts)} per-task)" if config.task_timeouts else ""),
         f"  crash retries: {config.max_crash_retries}",

@@ -73,7 +73,8 @@ class ProbeServer:
             )
         except socket.gaierror as exc:
             raise ProbeBindError(
-                f"cannot open the probe port: bad --health-host {host!r}: {exc.strerror}"
+                "cannot open the probe port: "
+                f"bad --health-host {host!r}: {exc.strerror}"
             ) from None
         family, _, _, _, address = infos[0]
         sock = socket.socket(family, socket.SOCK_STREAM)

@@ -1370,7 +1370,8 @@ class ChaosRun:
             if pid in self._final_live:
                 report.problems.append(
                     f"job {job_id}: run {earlier.attempt} ({kind}) on pid {pid}, which "
-                    f"was still alive at the end, was run again (attempt {later.attempt})"
+                    "was still alive at the end, was run again (attempt "
+                    f"{later.attempt})"
                 )
             elif seen is not None and later.start < seen - 0.05:
                 report.problems.append(

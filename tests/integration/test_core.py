@@ -35,7 +35,8 @@ def test_each_child_has_its_own_sessions(fleet, db_url):
                 (
                     r := conn.execute(
                         "SELECT application_name, pid FROM pg_stat_activity "
-                        "WHERE application_name LIKE 'prefork:%%' AND datname = current_database()"
+                        "WHERE application_name LIKE 'prefork:%%' "
+                        "AND datname = current_database()"
                     ).fetchall()
                 )
                 and len({a.rsplit(":", 1)[1] for a, _ in r}) == 4

@@ -71,7 +71,8 @@ def quickstart(pg_url: str, tmp_path: Path):
             + (
                 "DATABASES = {'default': {"
                 "'ENGINE': 'django.db.backends.postgresql', "
-                f"'NAME': {parts.path.lstrip('/')!r}, 'USER': {parts.username or ''!r}, "
+                f"'NAME': {parts.path.lstrip('/')!r}, 'USER': "
+                f"{parts.username or ''!r}, "
                 f"'PASSWORD': {parts.password or ''!r}, 'HOST': {parts.hostname!r}, "
                 f"'PORT': {str(parts.port or '')!r}}}}}\n"
             )

@@ -210,7 +210,8 @@ def insert_supervisor(
         row = conn.execute(
             "INSERT INTO procrastinate_prefork_processes (kind, host, pid, state, "
             "crash_loop, concurrency, queues, heartbeat_interval, stalled_timeout, "
-            "last_heartbeat) VALUES ('supervisor', %s, %s, 'running', %s, %s, %s, 5, 30, "
+            "last_heartbeat) VALUES ('supervisor', %s, %s, 'running', %s, %s, %s, "
+            "5, 30, "
             "now() - make_interval(secs => %s)) RETURNING id",
             [host, pid, crash_loop, children, queues, age],
         ).fetchone()

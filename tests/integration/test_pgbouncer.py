@@ -278,8 +278,9 @@ def test_fleet_works_through_pgbouncer_by_polling(fleet, db_url, bouncer_url):
         )
         assert (
             conn.execute(
-                "SELECT count(*) FROM procrastinate_prefork_processes WHERE kind = 'child' "
-                "AND state IN ('idle', 'busy') AND last_heartbeat > now() - interval '10 s'"
+                "SELECT count(*) FROM procrastinate_prefork_processes "
+                "WHERE kind = 'child' AND state IN ('idle', 'busy') "
+                "AND last_heartbeat > now() - interval '10 s'"
             ).fetchone()[0]
             == 8
         )

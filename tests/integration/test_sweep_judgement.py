@@ -186,7 +186,8 @@ def test_late_outcome_of_an_earlier_run_is_not_written(fleet_factory, db_url):
         events = [
             r[0]
             for r in conn.execute(
-                "SELECT type::text FROM procrastinate_events WHERE job_id = %s ORDER BY id",
+                "SELECT type::text FROM procrastinate_events WHERE job_id = %s ORDER "
+                "BY id",
                 [job_id],
             ).fetchall()
         ]

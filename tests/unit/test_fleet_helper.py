@@ -20,7 +20,8 @@ def test_fleet_log_is_not_held_open(tmp_path):
             "-c",
             (
                 "import os, time; print('first', flush=True)\n"
-                "with open(os.environ['PREFORK_TEST_RESULTS'] + '/events.jsonl', 'a') as f:\n"
+                "with open(os.environ['PREFORK_TEST_RESULTS'] + '/events.jsonl', 'a') "
+                "as f:\n"
                 '    f.write(\'{"action": "fleet_ready"}\\n\')\n'
                 "time.sleep(60)"
             ),

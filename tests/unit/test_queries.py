@@ -39,6 +39,7 @@ def test_each_block_needs_its_comment_and_a_statement():
 
 def test_a_block_runs_to_the_next_one():
     parsed = queries.parse(
-        "-- file header\n\n-- a --\n-- first\nSELECT 1\nFROM x\n\n-- b --\n-- second\nSELECT 2\n"
+        "-- file header\n\n-- a --\n-- first\nSELECT 1\nFROM x\n\n"
+        "-- b --\n-- second\nSELECT 2\n"
     )
     assert parsed == {"a": "SELECT 1\nFROM x", "b": "SELECT 2"}

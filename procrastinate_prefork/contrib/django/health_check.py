@@ -7,7 +7,8 @@ django-health-check 4.x (checks listed on the view)::
     path("ht/", HealthCheckView.as_view(checks=[
         "health_check.checks.Database",
         "procrastinate_prefork.contrib.django.health_check.PreforkFleetHealthCheck",
-        # or tuned: ("procrastinate_prefork...PreforkFleetHealthCheck", {"min_children": 4}),
+        # or tuned:
+        # ("procrastinate_prefork...PreforkFleetHealthCheck", {"min_children": 4}),
     ])),
 
 django-health-check 3.x (plugin registry): call ``register()`` from one of your
@@ -61,7 +62,7 @@ if _Base4 is not None:
 
     @dataclasses.dataclass
     class PreforkFleetHealthCheck(_Base4):  # type: ignore[misc,valid-type]
-        """Fresh supervisors, at least ``min_children`` fresh children, no crash loop."""
+        """Fresh supervisors, ``min_children`` fresh children or more, no crash loop."""
 
         host: str | None = None
         queue: str | None = None

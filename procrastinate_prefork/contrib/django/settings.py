@@ -15,6 +15,7 @@ def prefork_settings() -> Mapping[str, Any]:
     value = getattr(django_settings, "PROCRASTINATE_PREFORK", None) or {}
     if not isinstance(value, Mapping):
         raise ConfigError(
-            f"setting PROCRASTINATE_PREFORK: expected a dict, got {type(value).__name__}"
+            "setting PROCRASTINATE_PREFORK: expected a dict, "
+            f"got {type(value).__name__}"
         )
     return value

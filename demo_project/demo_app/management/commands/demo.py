@@ -287,7 +287,8 @@ class Command(BaseCommand):
                     self.stdout.write("")
                 tail = log_path.read_text(errors="replace").splitlines()[-20:]
                 raise CommandError(
-                    f"the fleet exited with code {fleet.returncode} before the workload "
+                    f"the fleet exited with code {fleet.returncode} before the "
+                    "workload "
                     "was done; the end of its log:\n" + "\n".join(tail)
                 )
             time.sleep(REFRESH)
@@ -389,7 +390,8 @@ class Command(BaseCommand):
         children = sum(1 for who, _ in per_child if who.startswith("child"))
         if progress.failed == 0 and fleet_code == 0:
             write(
-                f"All {total} jobs succeeded in {wall:.1f} s ({total / wall:.1f} jobs/s) "
+                f"All {total} jobs succeeded in {wall:.1f} s ({total / wall:.1f} "
+                "jobs/s) "
                 f"on {children or len(per_child)} children."
             )
             return
