@@ -1009,7 +1009,7 @@ def bigtables_section(d: dict[str, Any]) -> list[str]:
                 f"of empty: {ratio:.2f}x (medians), {verdict}."
             ),
         ]
-    return lines + [""]
+    return [*lines, ""]
 
 
 def statistics_median(values: list[float]) -> float:
@@ -1057,7 +1057,7 @@ def pgbouncer_section(d: dict[str, Any]) -> list[str]:
         lines.append(
             f"\nThrough PgBouncer, {label} jobs drain at {ratio:.2f}x the direct rate."
         )
-    return lines + [""]
+    return [*lines, ""]
 
 
 def profile_section(d: dict[str, Any]) -> list[str]:

@@ -280,7 +280,7 @@ def recovery(ctx: Context, n: int, kills: int) -> dict[str, Any]:
         try:
             fleet.wait_ready(conn)
             time.sleep(ctx.settle)
-            for i in range(kills):
+            for _ in range(kills):
                 _wait_all_idle(fleet, n)
                 row = conn.execute(
                     "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW('default', 'hold', 0,"

@@ -72,15 +72,17 @@ _OWNED = (
     "id = %(job_id)s AND status = 'doing' AND attempts = %(attempts)s "
     "AND (worker_id = %(worker_id)s OR worker_id IS NULL)"
 )
+# The statements composed below (noqa: S608) hold only these constants; every
+# value goes as a query parameter.
 _OWNED_JOB = (
-    "WITH owned AS MATERIALIZED (SELECT id FROM procrastinate_jobs "
+    "WITH owned AS MATERIALIZED (SELECT id FROM procrastinate_jobs "  # noqa: S608
     f"WHERE {_OWNED} FOR UPDATE) "
 )
 _FINISH_OWNED = _OWNED_JOB + (
     "SELECT procrastinate_finish_job_v1(id, %(status)s, %(delete_job)s)::text "
     "FROM owned"
 )
-_RETRY_OWNED = _OWNED_JOB + (
+_RETRY_OWNED = _OWNED_JOB + (  # noqa: S608
     "SELECT procrastinate_retry_job_v2(id, %(retry_at)s, %(new_priority)s, "
     "%(new_queue_name)s, %(new_lock)s)::text FROM owned"
 )
@@ -275,7 +277,8 @@ def survive_database_outages(app: procrastinate.App, *, keep_fetching: bool) -> 
 
 async def _still_ours(manager: Any, job: Any) -> bool:
     row = await manager.connector.execute_query_one_async(
-        f"SELECT count(*) AS n FROM procrastinate_jobs WHERE {_OWNED}",
+        # _OWNED is a constant (see above); the values are parameters
+        f"SELECT count(*) AS n FROM procrastinate_jobs WHERE {_OWNED}",  # noqa: S608
         job_id=job.id,
         attempts=job.attempts,
         worker_id=job.worker_id,

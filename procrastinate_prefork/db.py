@@ -217,10 +217,9 @@ class SupervisorDB:
 
     def close(self) -> None:
         if self.conn is not None:
-            try:
+            # already broken: nothing to tell the server
+            with contextlib.suppress(Exception):
                 self.conn.close()
-            except Exception:  # already broken: nothing to tell the server
-                pass
             self.conn = None
 
     def ensure(self) -> psycopg.Connection | None:

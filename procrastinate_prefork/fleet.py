@@ -101,7 +101,7 @@ def register_supervisor(
             identity.process_start if identity else None,
         ],
     ).fetchone()
-    assert row is not None
+    assert row is not None  # noqa: S101 - INSERT ... RETURNING gives one row
     return int(row[0])
 
 

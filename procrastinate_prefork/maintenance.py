@@ -66,7 +66,7 @@ class Maintenance:
             return
         self._recorded_worker_ids = worker_ids
         self._next_heartbeat = now + self.config.heartbeat_interval
-        assert self.supervisor_row is not None
+        assert self.supervisor_row is not None  # noqa: S101 - set by start()
         supervisor_row = self.supervisor_row
 
         def beat(conn: Any) -> bool:

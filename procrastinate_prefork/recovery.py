@@ -173,7 +173,7 @@ class Judgement:
 # each supervisor's timeout and verdict, the child rows with theirs, and the
 # worker rows judged dead (by their child's supervisor, or as stock workers).
 _JUDGED = (
-    "WITH sup AS ("
+    "WITH sup AS ("  # noqa: S608
     f"  SELECT s.id, {fleet.supervisor_timeout('s')} AS timeout, "
     f"  {fleet.supervisor_dead('s')} AS dead "
     "  FROM procrastinate_prefork_processes AS s WHERE s.kind = 'supervisor'"
@@ -190,7 +190,10 @@ _JUDGED = (
     + fleet.silent("w.last_heartbeat", "COALESCE(t.timeout, %(stock_timeout)s)")
     + ") "
 )
-_CLAIMED = "SELECT 1 FROM claim AS c WHERE " + fleet.child_runs_job("c", "job.id")
+_CLAIMED = (
+    "SELECT 1 FROM claim AS c WHERE "  # noqa: S608
+    + fleet.child_runs_job("c", "job.id")
+)
 _STARTED_AT = (
     "COALESCE((SELECT max(e.at) FROM procrastinate_events AS e "
     "WHERE e.job_id = job.id AND e.type = 'started'), '-infinity')"
@@ -201,8 +204,8 @@ _STARTED_AT = (
 # job fetched again by another worker is that one's). Otherwise its worker row
 # decides; without one (deleted under it): a child row of a dead supervisor,
 # or, with no claim at all, how long it has been running.
-_STALLED_SQL = _JUDGED + (
-    "SELECT {columns} FROM procrastinate_jobs AS job "
+_STALLED_SQL = _JUDGED + (  # noqa: S608
+    "SELECT {columns} FROM procrastinate_jobs AS job "  # noqa: S608
     "WHERE job.status = 'doing' "
     f"AND NOT EXISTS ({_CLAIMED} AND NOT c.dead "
     "  AND (job.worker_id IS NULL OR job.worker_id = c.worker_id)) "
@@ -214,7 +217,7 @@ _STALLED_SQL = _JUDGED + (
 )
 # Rows of workers judged dead, once none of their jobs is left 'doing' (a job
 # skipped now keeps its worker id, and so its judge, for the next sweep).
-_PRUNE_WORKERS_SQL = _JUDGED + (
+_PRUNE_WORKERS_SQL = _JUDGED + (  # noqa: S608
     "DELETE FROM procrastinate_workers AS w "
     "WHERE w.id IN (SELECT id FROM dead_worker) "
     "AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs AS j "

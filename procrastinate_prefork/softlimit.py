@@ -132,7 +132,7 @@ class SoftLimits:
         if self._take(job_id):
             raise SoftTimeLimitExceeded()
         task = asyncio.current_task()
-        assert task is not None
+        assert task is not None  # noqa: S101 - middleware runs inside a task
         with self._lock:
             self._tasks[job_id] = task
         try:

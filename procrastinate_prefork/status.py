@@ -145,7 +145,9 @@ def render_table(result: health.FleetHealth) -> str:
             )
     widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
     text = "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+        "  ".join(
+            cell.ljust(width) for cell, width in zip(line, widths, strict=True)
+        ).rstrip()
         for line in lines
     )
     summary = (

@@ -217,7 +217,7 @@ def test_new_jobs_wake_idle_children_without_polling(fleet, db_url):
     deferred_at = time.time()
     defer(db_url, "cpu", ms=1)
     wait_for(lambda: fleet.marks("end"), timeout=5, message="the job to run")
-    start_time = list(fleet.mark_times("start").values())[0]
+    start_time = next(iter(fleet.mark_times("start").values()))
     assert start_time - deferred_at < 2.0
     assert fleet.stop() == 0
 

@@ -21,8 +21,6 @@ from typing import Any
 import psycopg
 import pytest
 
-django = pytest.importorskip("django")  # the tox env without Django skips this module
-
 from ..conftest import fresh_database
 from ..fleet_helper import (
     REPO,
@@ -33,6 +31,8 @@ from ..fleet_helper import (
     status_counts,
     wait_for,
 )
+
+django = pytest.importorskip("django")  # the tox env without Django skips this module
 
 MANAGE = REPO / "demo_project" / "manage.py"
 SETTINGS = "tests.django_project.settings"

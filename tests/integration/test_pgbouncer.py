@@ -315,7 +315,7 @@ def test_listen_dsn_wakes_an_idle_fleet_by_notification(fleet, db_url, bouncer_u
         deferred_at = time.time()
         [job_id] = defer(db_url, "cpu", ms=1)
         wait_for(
-            lambda: succeeded(db_url, [job_id]),
+            lambda job_id=job_id: succeeded(db_url, [job_id]),
             timeout=20,
             message="the job to run without a poll",
         )

@@ -118,7 +118,7 @@ def test_retry_notifies_like_an_insert(db_url):
         received = {
             (n.channel, n.payload) for n in listener.notifies(timeout=2, stop_after=2)
         }
-    payload = '{"type": "job_inserted", "job_id": %d}' % job_id
+    payload = f'{{"type": "job_inserted", "job_id": {job_id}}}'
     assert received == {
         ("procrastinate_any_queue_v1", payload),
         ("procrastinate_queue_v1#default", payload),

@@ -70,11 +70,11 @@ def test_task_timeouts_from_cli_and_settings():
 
 def test_unknown_and_bad_settings():
     # names the key given and the one meant
-    with pytest.raises(ConfigError, match="concurency.*'concurrency'"):
+    with pytest.raises(ConfigError, match=r"concurency.*'concurrency'"):
         parse([], settings={"concurency": 2})
     with pytest.raises(ConfigError, match=r"PROCRASTINATE_PREFORK\['concurrency'\]"):
         parse([], settings={"concurrency": True})
-    with pytest.raises(ConfigError, match="delete_jobs|--delete-jobs"):
+    with pytest.raises(ConfigError, match=r"delete_jobs|--delete-jobs"):
         parse([], settings={"delete_jobs": "sometimes"})
 
 

@@ -12,4 +12,4 @@ def fetch_rows_django(connection: Any) -> list[dict[str, Any]]:
     with connection.cursor() as cursor:
         cursor.execute(fleet.fleet_sql(live_only=True))
         names = [column[0] for column in cursor.description]
-        return [dict(zip(names, row)) for row in cursor.fetchall()]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]

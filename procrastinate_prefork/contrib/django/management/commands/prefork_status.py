@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import Any, ClassVar
 
 from django.core.management.base import BaseCommand, CommandError
 
@@ -14,7 +14,7 @@ from ...status import fetch_rows_django
 
 class Command(BaseCommand):
     help = "Show the procrastinate-prefork fleet; exits 0 when healthy, 1 when not."
-    requires_system_checks: list[str] = []
+    requires_system_checks: ClassVar[list[str]] = []
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         status.add_arguments(parser)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import Any, ClassVar
 
 from django.core.management.base import BaseCommand, CommandError
 
@@ -17,8 +17,8 @@ from ...settings import prefork_settings
 
 class Command(BaseCommand):
     help = "Run procrastinate workers in a supervised pool of forked processes."
-    requires_system_checks: list[str] = []
-    suppressed_base_arguments = {
+    requires_system_checks: ClassVar[list[str]] = []
+    suppressed_base_arguments: ClassVar[set[str]] = {
         "--verbosity",
         "--traceback",
         "--no-color",
