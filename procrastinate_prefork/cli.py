@@ -22,8 +22,15 @@ from .config import ConfigError
 from .launcher import EXIT_STARTUP, EXIT_USAGE, run_fleet
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class CommandParser(argparse.ArgumentParser):
+    """The top-level parser; ``commands`` holds each command's parser, whose
+    usage an error about that command's arguments shows."""
+
+    commands: dict[str, argparse.ArgumentParser]
+
+
+def build_parser() -> CommandParser:
+    parser = CommandParser(
         prog="procrastinate-prefork",
         description=(
             "Run procrastinate workers in a supervised pool of forked processes."
@@ -52,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
             default=argparse.SUPPRESS,
             help="The same as --app before the command.",
         )
-    parser.commands = {"worker": worker, "schema": schema, "status": status}  # type: ignore[attr-defined]
+    parser.commands = {"worker": worker, "schema": schema, "status": status}
     action = schema.add_mutually_exclusive_group(required=True)
     action.add_argument("--apply", action="store_true", help="Create the tables.")
     action.add_argument(
@@ -70,7 +77,7 @@ def main(
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     if extras:
-        command = parser.commands.get(args.command, parser)  # type: ignore[attr-defined]
+        command = parser.commands.get(args.command, parser)
         command.error(
             config_module.suggest_flags(
                 command, "unrecognized arguments: " + " ".join(extras)

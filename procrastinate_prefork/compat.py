@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import procrastinate
@@ -63,6 +63,7 @@ def on_worker_registered(
         callback(worker_id)
         return worker_id
 
+    # ignore: we replace methods of this app's JobManager on purpose
     manager.register_worker = register_worker  # type: ignore[method-assign]
 
 
@@ -134,6 +135,7 @@ def finish_only_owned_jobs(app: procrastinate.App) -> None:
             new_lock=lock,
         )
 
+    # ignore: we replace methods of this app's JobManager on purpose
     manager.finish_job = finish_job  # type: ignore[method-assign]
     manager.retry_job = retry_job  # type: ignore[method-assign]
 
@@ -163,6 +165,7 @@ def restore_deleted_worker_row(app: procrastinate.App) -> None:
         )
         return await original(queues, worker_id)
 
+    # ignore: we replace methods of this app's JobManager on purpose
     manager.fetch_job = fetch_job  # type: ignore[method-assign]
 
 
@@ -219,7 +222,7 @@ def survive_database_outages(app: procrastinate.App, *, keep_fetching: bool) -> 
 
     def persisting(
         original: Callable[..., Awaitable[None]],
-    ) -> Callable[..., Awaitable[None]]:
+    ) -> Callable[..., Coroutine[Any, Any, None]]:
         async def persist(job: Any, *args: Any, **kwargs: Any) -> None:
             failures = 0
             while True:
@@ -250,7 +253,7 @@ def survive_database_outages(app: procrastinate.App, *, keep_fetching: bool) -> 
 
     def tolerant(
         original: Callable[..., Awaitable[Any]], name: str
-    ) -> Callable[..., Awaitable[Any]]:
+    ) -> Callable[..., Coroutine[Any, Any, Any]]:
         async def call(*args: Any, **kwargs: Any) -> Any:
             try:
                 return await original(*args, **kwargs)
@@ -266,13 +269,16 @@ def survive_database_outages(app: procrastinate.App, *, keep_fetching: bool) -> 
 
         return call
 
+    # ignore: we replace methods of this app's JobManager on purpose
     manager.finish_job = persisting(manager.finish_job)  # type: ignore[method-assign]
     manager.retry_job = persisting(manager.retry_job)  # type: ignore[method-assign]
     manager.update_heartbeat = tolerant(  # type: ignore[method-assign]
         manager.update_heartbeat, "heartbeat"
     )
     if keep_fetching:
-        manager.fetch_job = tolerant(manager.fetch_job, "fetch")  # type: ignore[method-assign]
+        manager.fetch_job = tolerant(  # type: ignore[method-assign]
+            manager.fetch_job, "fetch"
+        )
 
 
 async def _still_ours(manager: Any, job: Any) -> bool:

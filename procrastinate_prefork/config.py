@@ -15,7 +15,7 @@ import dataclasses
 import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from .policy import STALLED_TIMEOUT
 
@@ -218,7 +218,7 @@ def _autoscale(value: Any) -> tuple[int, int] | None:
     return (low, high)
 
 
-def _dotted_path(value: Any) -> str | Callable[..., Any] | None:
+def _dotted_path(value: object) -> str | Callable[..., Any] | None:
     if value is None or callable(value):
         return value
     text = str(value).strip()
@@ -240,7 +240,9 @@ def resolve_hook(
 
     module_name, sep, attribute = value.replace(":", ".").rpartition(".")
     try:
-        hook = getattr(importlib.import_module(module_name), attribute) if sep else None
+        hook: object = (
+            getattr(importlib.import_module(module_name), attribute) if sep else None
+        )
     except Exception as exc:  # the user's module failed to import
         raise ConfigError(
             f"--{name.replace('_', '-')}: cannot import {value!r}: {exc}"
@@ -678,7 +680,7 @@ class PreforkConfig:
     on_child_exit: str | Callable[..., Any] | None
     log_level: str | None
     log_format: str
-    log_format_style: str
+    log_format_style: Literal["%", "{", "$"]  # checked by the option's _choice
     verbose: int
 
     @property

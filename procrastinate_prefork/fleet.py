@@ -184,7 +184,7 @@ def heartbeat(
     except psutil.Error:
         rss = None
     conn.execute(
-        _HEARTBEAT_SQL,  # type: ignore[arg-type]
+        _HEARTBEAT_SQL,
         {
             "worker_ids": snapshot.fresh_worker_ids(),
             "supervisor_id": supervisor_id,
@@ -394,7 +394,7 @@ def fetch_fleet(
 ) -> list[dict[str, Any]]:
     """The fleet table's rows (see ``FLEET_SQL``), all of them by default."""
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(fleet_sql(live_only)).fetchall()  # type: ignore[arg-type]
+        return cur.execute(fleet_sql(live_only)).fetchall()
 
 
 def count_runnable(conn: psycopg.Connection, queues: Sequence[str] | None) -> int:

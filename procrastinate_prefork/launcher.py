@@ -29,7 +29,7 @@ def log_formatter(config: PreforkConfig) -> logging.Formatter:
     if config.log_format == jsonlog.FORMAT:
         return jsonlog.JsonFormatter()
     try:
-        return logging.Formatter(config.log_format, style=config.log_format_style)  # type: ignore[arg-type]
+        return logging.Formatter(config.log_format, style=config.log_format_style)
     except ValueError as exc:
         raise ConfigError(
             f"--log-format: not a valid {config.log_format_style!r}-style format: {exc}"
@@ -86,14 +86,18 @@ def run_fleet(
             setup_logging(config)
         else:
             _package_level(config)
-        hooks = {
-            name: config_module.resolve_hook(name, getattr(config, name))
-            for name in ("on_child_start", "on_child_exit")
-        }
+        on_child_start = config_module.resolve_hook(
+            "on_child_start", config.on_child_start
+        )
+        on_child_exit = config_module.resolve_hook(
+            "on_child_exit", config.on_child_exit
+        )
     except ConfigError as exc:
         on_error(str(exc), EXIT_USAGE)
         return EXIT_USAGE
-    supervisor = Supervisor(config, bootstrap, **hooks)
+    supervisor = Supervisor(
+        config, bootstrap, on_child_start=on_child_start, on_child_exit=on_child_exit
+    )
     print(jsonlog.banner(banner(config, bootstrap)), file=sys.stderr, flush=True)
     try:
         return supervisor.run()

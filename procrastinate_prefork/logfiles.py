@@ -38,7 +38,7 @@ def reopen() -> int:
                 if handler.stream is not None:
                     handler.stream.close()
                     # FileHandler.emit opens the path again while stream is None
-                    handler.stream = None  # type: ignore[assignment]
+                    handler.stream = None
                 reopened += 1
         except (OSError, ValueError):  # a broken stream: reopening fixes it
             pass

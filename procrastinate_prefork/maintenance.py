@@ -48,7 +48,7 @@ class PendingRecovery:
 def retry_delay(failures: int) -> float:
     """The wait before the next attempt of a recovery that failed
     ``failures`` times in a row."""
-    return min(RECOVERY_RETRY_MAX, RECOVERY_RETRY_MIN * 2 ** (failures - 1))
+    return min(RECOVERY_RETRY_MAX, RECOVERY_RETRY_MIN * 2.0 ** (failures - 1))
 
 
 class Maintenance:

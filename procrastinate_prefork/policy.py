@@ -55,7 +55,7 @@ def restart_delay(
     exponential in the number of early deaths in a row, capped."""
     if history.early_deaths == 0:
         return 0.0
-    return min(cap, base * 2 ** (history.early_deaths - 1))
+    return min(cap, base * 2.0 ** (history.early_deaths - 1))
 
 
 def is_crash_looping(

@@ -246,7 +246,7 @@ def sweep_stalled(
         with conn.cursor(row_factory=dict_row) as cur:
             columns = _JOB_COLUMNS.format(args="NULL::jsonb")
             rows = cur.execute(
-                _STALLED_SQL.format(columns=columns),  # type: ignore[arg-type]
+                _STALLED_SQL.format(columns=columns),
                 params,
             ).fetchall()
         recoveries = _recover_each(
@@ -255,7 +255,7 @@ def sweep_stalled(
             cause="worker heartbeat lost",
             max_crash_retries=max_crash_retries,
         )
-        conn.execute(_PRUNE_WORKERS_SQL, params)  # type: ignore[arg-type]
+        conn.execute(_PRUNE_WORKERS_SQL, params)
     for recovery in recoveries:
         log_recovery(recovery, None)
     return recoveries

@@ -24,7 +24,7 @@ def drop_sql() -> str:
 
 def apply(conn: psycopg.Connection) -> None:
     with conn.transaction():
-        conn.execute(schema_sql())  # type: ignore[arg-type]
+        conn.execute(schema_sql())
 
 
 def missing_tables(conn: psycopg.Connection) -> list[str]:

@@ -28,7 +28,7 @@ from ... import health
 try:  # django-health-check 4.x
     from health_check.base import HealthCheck as _Base4
 except ImportError:  # pragma: no cover - 3.x or not installed
-    _Base4 = None  # type: ignore[assignment,misc]
+    _Base4 = None
 
 try:
     from health_check.exceptions import ServiceUnavailable
@@ -61,7 +61,7 @@ def check_fleet(
 if _Base4 is not None:
 
     @dataclasses.dataclass
-    class PreforkFleetHealthCheck(_Base4):  # type: ignore[misc,valid-type]
+    class PreforkFleetHealthCheck(_Base4):
         """Fresh supervisors, ``min_children`` fresh children or more, no crash loop."""
 
         host: str | None = None
@@ -83,6 +83,7 @@ else:  # pragma: no cover - django-health-check 3.x
     except ImportError:  # 3.20+ (the last for Django 4.2) renamed it
         from health_check.backends import HealthCheck as BaseHealthCheckBackend
 
+    # ignore: the other branch's class, for django-health-check 3.x
     class PreforkFleetHealthCheck(BaseHealthCheckBackend):  # type: ignore[no-redef]
         critical_service = True
         host: str | None = None

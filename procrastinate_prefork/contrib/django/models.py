@@ -25,13 +25,13 @@ class ReadOnlyQuerySet(models.QuerySet):
     def update(self, **kwargs: Any) -> NoReturn:
         _read_only()
 
-    def delete(self) -> NoReturn:  # type: ignore[override]
+    def delete(self) -> NoReturn:
         _read_only()
 
-    def bulk_create(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
+    def bulk_create(self, *args: Any, **kwargs: Any) -> NoReturn:
         _read_only()
 
-    def bulk_update(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
+    def bulk_update(self, *args: Any, **kwargs: Any) -> NoReturn:
         _read_only()
 
     def create(self, **kwargs: Any) -> NoReturn:
@@ -112,5 +112,5 @@ class FleetProcess(models.Model):
     def save(self, *args: Any, **kwargs: Any) -> NoReturn:
         _read_only()
 
-    def delete(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
+    def delete(self, *args: Any, **kwargs: Any) -> NoReturn:
         _read_only()

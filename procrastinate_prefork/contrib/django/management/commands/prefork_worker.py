@@ -28,7 +28,7 @@ class Command(BaseCommand):
     def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> Any:
         parser = super().create_parser(prog_name, subcommand, **kwargs)
         error = parser.error
-        parser.error = lambda message: error(  # type: ignore[method-assign]
+        parser.error = lambda message: error(
             config_module.suggest_flags(parser, message)
         )
         return parser
