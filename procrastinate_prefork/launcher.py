@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from . import __version__
 from . import config as config_module
-from . import jsonlog
+from . import jsonlog, metrics
 from .bootstrap import Bootstrap, register_fork_hooks
 from .config import ConfigError, PreforkConfig
 
@@ -138,5 +138,8 @@ def banner(config: PreforkConfig, bootstrap: Bootstrap) -> str:
                     f" x {config.child_concurrency} job(s) at once")
     if config.health_port:
         lines.append(f"  probe port:    {config.health_host}:{config.health_port} "
-                     "(/live, /ready, /status)")
+                     "(/live, /ready, /status, /metrics)")
+        lines.append("  metrics:       " + (
+            "on (/metrics)" if metrics.available()
+            else "off (pip install 'procrastinate-prefork[metrics]')"))
     return "\n".join(lines)
