@@ -11,7 +11,6 @@ it /metrics answers 404 with a hint.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -30,9 +29,12 @@ _STATE_OF = {"draining": "retiring", "stopped": "retiring"}
 
 
 def available() -> bool:
-    """Whether prometheus-client is installed (it is never imported before a
-    scrape needs it)."""
-    return importlib.util.find_spec("prometheus_client") is not None
+    """Whether prometheus-client can be imported."""
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def exit_cause(code: int | None, signum: int | None, *, timed_out: bool,
