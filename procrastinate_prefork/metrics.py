@@ -132,8 +132,8 @@ def _families(snapshot: FleetSnapshot, totals: Totals) -> Iterator[Any]:
                             value=1 if snapshot.database_up else 0)
     jobs = CounterMetricFamily(f"{PREFIX}_jobs", "Jobs ended, by outcome",
                                labels=["queue", "task", "outcome"])
-    for labels, count in sorted(totals.jobs.items()):
-        jobs.add_metric(list(labels), count)
+    for job_labels, count in sorted(totals.jobs.items()):
+        jobs.add_metric(list(job_labels), count)
     yield jobs
     durations = HistogramMetricFamily(f"{PREFIX}_job_duration_seconds",
                                       "Time jobs ran in a child",
@@ -150,12 +150,12 @@ def _families(snapshot: FleetSnapshot, totals: Totals) -> Iterator[Any]:
     )
     yield lost
     if totals.queue_jobs is not None:
-        queue = GaugeMetricFamily(f"{PREFIX}_queue_jobs",
+        depth = GaugeMetricFamily(f"{PREFIX}_queue_jobs",
                                   "Jobs in the database by queue and status",
                                   labels=["queue", "status"])
-        for labels, count in sorted(totals.queue_jobs.items()):
-            queue.add_metric(list(labels), count)
-        yield queue
+        for (queue, status), count in sorted(totals.queue_jobs.items()):
+            depth.add_metric([queue, status], count)
+        yield depth
 
 
 class _Collector:

@@ -90,7 +90,7 @@ def test_metrics_count_jobs_recoveries_and_survive_replacement(
     exits = ("procrastinate_prefork_child_exits_total", (("cause", "signal"),))
     assert after[exits] == 1
     for (name, labels), value in before.items():
-        if name.endswith("_total") or name.endswith("_count"):
+        if name.endswith(("_total", "_count")):
             assert after.get((name, labels), 0) >= value, (name, labels)
     fleet.wait_children(2, exclude=[pid])
     doing = ("procrastinate_prefork_queue_jobs",

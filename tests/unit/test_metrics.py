@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -90,9 +91,11 @@ def fleet(**changes) -> FleetSnapshot:
         ChildSnapshot(slot=0, pid=10, state="busy", heartbeat_age=0, rss_bytes=100),
         ChildSnapshot(slot=1, pid=11, state="draining", heartbeat_age=0),
     ]
-    values = dict(host="h", pid=1, phase="running", concurrency=3,
-                  crash_looping=False, database_up=True, child_timeout=60,
-                  children=children)
+    values: dict[str, Any] = {
+        "host": "h", "pid": 1, "phase": "running", "concurrency": 3,
+        "crash_looping": False, "database_up": True, "child_timeout": 60,
+        "children": children,
+    }
     return FleetSnapshot(**{**values, **changes})
 
 
