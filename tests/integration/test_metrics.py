@@ -66,13 +66,20 @@ def test_metrics_count_jobs_recoveries_and_survive_replacement(
     assert "metrics:       on" in fleet.log()
     defer(db_url, "noop", count=5)
     defer(db_url, "first_run_fails", first=0)
-    wait_for(lambda: status_counts(db_url) == {"succeeded": 5, "failed": 1},
-             message="6 jobs done")
+    defer(db_url, "flaky", fail_times=1)  # retried once, then succeeds
+    wait_for(lambda: status_counts(db_url) == {"succeeded": 6, "failed": 1},
+             message="7 jobs done")
     before = scrape_until(
         port, lambda s: jobs_total(s, "first_run_fails", "failed")
+        and jobs_total(s, "flaky", "succeeded")
         and jobs_total(s, "noop", "succeeded") == 5, "the jobs in the metrics",
     )
     assert jobs_total(before, "first_run_fails", "failed") == 1
+    assert jobs_total(before, "flaky", "retried") == 1
+    assert jobs_total(before, "flaky", "succeeded") == 1
+    ended = [v for (name, _), v in before.items()
+             if name == "procrastinate_prefork_jobs_total"]
+    assert sum(ended) == 8  # 7 jobs, one of them run twice
     labels = (("queue", "default"), ("task", "noop"))
     assert before[("procrastinate_prefork_job_duration_seconds_count", labels)] == 5
     assert before[("procrastinate_prefork_children_target", ())] == 2
