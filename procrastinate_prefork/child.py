@@ -23,7 +23,7 @@ import psutil
 import setproctitle
 from procrastinate import connector as connector_module
 from procrastinate import exceptions as procrastinate_exceptions
-from procrastinate import psycopg_connector
+from procrastinate import job_context, psycopg_connector
 
 from . import bootstrap as bootstrap_module
 from . import compat, db, jsonlog, logfiles, policy, redact, softlimit, wakepipe
@@ -278,7 +278,7 @@ class _JobTracker:
             outcome = Outcome.SUCCEEDED
             return result
         except BaseException as exc:
-            outcome = _outcome(exc, job, worker)
+            outcome = _outcome(exc, context, worker)
             raise
         finally:
             if self.ring is not None:
@@ -333,12 +333,17 @@ class _JobTracker:
             await asyncio.sleep(BEAT_INTERVAL)
 
 
-def _outcome(exc: BaseException, job: Any, worker: Any) -> Outcome:
-    """How procrastinate ends a job that raised ``exc``: as its worker
-    decides (an abort, a retry by the task's strategy, else a failure)."""
-    if isinstance(exc, (procrastinate_exceptions.JobAborted, asyncio.CancelledError)):
-        return Outcome.ABORTED
-    task = worker.app.tasks.get(job.task_name)
-    if task is not None and task.get_retry_exception(exception=exc, job=job):
+def _outcome(exc: BaseException, context: Any, worker: Any) -> Outcome:
+    """How procrastinate's worker ends a job that raised ``exc``: retried by
+    the task's strategy (an abort only when the worker shuts down), else
+    aborted or failed."""
+    aborted = isinstance(
+        exc, (procrastinate_exceptions.JobAborted, asyncio.CancelledError)
+    )
+    task = worker.app.tasks.get(context.job.task_name)
+    if task is not None and (
+        not isinstance(exc, procrastinate_exceptions.JobAborted)
+        or context.abort_reason() == job_context.AbortReason.SHUTDOWN
+    ) and task.get_retry_exception(exception=exc, job=context.job):
         return Outcome.RETRIED
-    return Outcome.FAILED
+    return Outcome.ABORTED if aborted else Outcome.FAILED

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import types
 from typing import Any
 
 import pytest
@@ -145,3 +146,35 @@ def test_metrics_route(monkeypatch):
     status, body = respond("/metrics")
     assert status == 404 and "prometheus-client" in body
     assert probe.routes(fleet)("/metrics") is None  # no metrics source: unknown
+
+
+def test_child_outcome_follows_procrastinate():
+    import procrastinate
+    from procrastinate import exceptions, job_context, testing
+
+    from procrastinate_prefork.child import _outcome
+
+    app = procrastinate.App(connector=testing.InMemoryConnector())
+
+    @app.task(name="retrying", retry=procrastinate.RetryStrategy(max_attempts=2))
+    def retrying() -> None: ...
+
+    @app.task(name="plain")
+    def plain() -> None: ...
+
+    worker = types.SimpleNamespace(app=app)
+
+    def context(task: str, reason: Any = None) -> Any:
+        job = procrastinate.jobs.Job(id=1, queue="q", lock=None, queueing_lock=None,
+                                     task_name=task, task_kwargs={}, attempts=0)
+        return types.SimpleNamespace(job=job, abort_reason=lambda: reason)
+
+    boom = RuntimeError("boom")
+    aborted = exceptions.JobAborted()
+    shutdown = job_context.AbortReason.SHUTDOWN
+    assert _outcome(boom, context("plain"), worker) is Outcome.FAILED
+    assert _outcome(boom, context("retrying"), worker) is Outcome.RETRIED
+    user = job_context.AbortReason.USER_REQUEST
+    assert _outcome(aborted, context("retrying", user), worker) is Outcome.ABORTED
+    assert _outcome(aborted, context("retrying", shutdown), worker) is Outcome.RETRIED
+    assert _outcome(aborted, context("plain", shutdown), worker) is Outcome.ABORTED
