@@ -85,6 +85,8 @@ def test_metrics_count_jobs_recoveries_and_survive_replacement(
     assert before[("procrastinate_prefork_children_target", ())] == 2
     assert before[("procrastinate_prefork_database_up", ())] == 1
     assert before[("procrastinate_prefork_children", (("state", "idle"),))] == 2
+    for slot in ("0", "1"):
+        assert before[("procrastinate_prefork_child_rss_bytes", (("slot", slot),))] > 0
 
     # A SIGKILLed child: its job is recovered (then succeeds), its exit
     # counted, and the totals of the jobs it ran stay.
