@@ -11,6 +11,7 @@ it /metrics answers 404 with a hint.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -28,8 +29,10 @@ CHILD_STATES = ("starting", "idle", "busy", "retiring")
 _STATE_OF = {"draining": "retiring", "stopped": "retiring"}
 
 
+@functools.lru_cache(maxsize=1)
 def available() -> bool:
-    """Whether prometheus-client can be imported."""
+    """Whether prometheus-client can be imported (asked once: a failed
+    import searches the path each time)."""
     try:
         import prometheus_client  # noqa: F401
     except ImportError:
