@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..fleet_helper import Fleet, defer, status_counts, wait_for
+from ..fleet_helper import Fleet, defer, jobs, status_counts, wait_for
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -121,3 +121,19 @@ def test_metrics_404_without_prometheus_client(fleet: Fleet) -> None:
     assert "prometheus-client" in text and text.count("\n") == 1
     assert get(port, "/live")[0] == 200
     assert "metrics:       off" in fleet.log()
+
+
+def test_time_limit_counted_by_the_supervisor(fleet: Fleet, db_url: str) -> None:
+    port = free_port()
+    fleet.start("--concurrency", "1", "--health-port", str(port),
+                "--job-timeout", "1")
+    [job_id] = defer(db_url, "sleep", seconds=60)
+    fleet.running_child(job_id)
+    samples = scrape_until(
+        port, lambda s: jobs_total(s, "sleep", "failed"), "the job over its limit"
+    )
+    assert jobs_total(samples, "sleep", "failed") == 1
+    cause = ("procrastinate_prefork_child_exits_total", (("cause", "time_limit"),))
+    assert samples[cause] == 1
+    assert not jobs_total(samples, "sleep", "recovered")
+    assert jobs(db_url, [job_id])[0]["status"] == "failed"
