@@ -16,17 +16,20 @@ import os
 import random
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
 import psutil
 import setproctitle
 from procrastinate import connector as connector_module
-from procrastinate import psycopg_connector
+from procrastinate import exceptions as procrastinate_exceptions
+from procrastinate import job_context, psycopg_connector
 
 from . import bootstrap as bootstrap_module
 from . import compat, db, jsonlog, logfiles, policy, redact, softlimit, wakepipe
 from .config import PreforkConfig
+from .jobring import Finished, JobRing, Outcome
 from .scoreboard import Scoreboard, SlotWriter, State
 
 logger = logging.getLogger("procrastinate_prefork.child")
@@ -157,7 +160,7 @@ async def _serve(spec: ChildSpec) -> int:
         pool_factory=compat.PromptReconnectPool,
     )
     connector = PipeWakeConnector(spec.wake_fd, **args)
-    tracker = _JobTracker(writer, config)
+    tracker = _JobTracker(writer, config, spec.scoreboard.finished)
 
     with spec.bootstrap.worker_app(connector) as app:
         compat.on_worker_registered(app, tracker.registered)
@@ -206,8 +209,11 @@ def _reopen_logs(slot: int) -> None:
 class _JobTracker:
     """Keeps the child's scoreboard slot up to date."""
 
-    def __init__(self, writer: SlotWriter, config: PreforkConfig):
+    def __init__(
+        self, writer: SlotWriter, config: PreforkConfig, ring: JobRing | None = None
+    ):
         self.writer = writer
+        self.ring = ring
         self.config = config
         self.worker: Any = None
         self.soft: softlimit.SoftLimits | None = None
@@ -290,9 +296,23 @@ class _JobTracker:
         self._title(f"busy job {job.id} {job.task_name}")
         if self.soft is not None:
             self.soft.job_started(job.id, job.task_name)
+        started = time.monotonic()
+        outcome = Outcome.FAILED
         try:
-            return await call_next()
+            result = await call_next()
+            outcome = Outcome.SUCCEEDED
+            return result
+        except BaseException as exc:
+            outcome = _outcome(exc, context, worker)
+            raise
         finally:
+            if self.ring is not None:
+                self.ring.append(
+                    self.writer.slot,
+                    Finished(
+                        job.queue, job.task_name, outcome, time.monotonic() - started
+                    ),
+                )
             if self.soft is not None:
                 self.soft.job_ended(job.id)
             self.running -= 1
@@ -344,3 +364,23 @@ class _JobTracker:
             self.writer.beat(rss)
             ticks += 1
             await asyncio.sleep(BEAT_INTERVAL)
+
+
+def _outcome(exc: BaseException, context: Any, worker: Any) -> Outcome:
+    """How procrastinate's worker ends a job that raised ``exc``: retried by
+    the task's strategy (an abort only when the worker shuts down), else
+    aborted or failed."""
+    aborted = isinstance(
+        exc, (procrastinate_exceptions.JobAborted, asyncio.CancelledError)
+    )
+    task = worker.app.tasks.get(context.job.task_name)
+    if (
+        task is not None
+        and (
+            not isinstance(exc, procrastinate_exceptions.JobAborted)
+            or context.abort_reason() == job_context.AbortReason.SHUTDOWN
+        )
+        and task.get_retry_exception(exception=exc, job=context.job)
+    ):
+        return Outcome.RETRIED
+    return Outcome.ABORTED if aborted else Outcome.FAILED

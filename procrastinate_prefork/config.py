@@ -507,7 +507,8 @@ OPTIONS: tuple[Option, ...] = (
         _optional(_int_between(1, 65535)),
         None,
         "Serve the probe endpoints /live, /ready and /status on this TCP port "
-        "(from the supervisor's own loop: no thread, no extra process).",
+        "(from the supervisor's own loop: no thread, no extra process), and "
+        "/metrics with the metrics extra.",
         metavar="PORT",
         default_doc="off",
     ),

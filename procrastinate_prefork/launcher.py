@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from . import __version__, jsonlog
+from . import __version__, jsonlog, metrics
 from . import config as config_module
 from .bootstrap import Bootstrap, register_fork_hooks
 from .config import ConfigError, PreforkConfig
@@ -153,6 +153,14 @@ def banner(config: PreforkConfig, bootstrap: Bootstrap) -> str:
     if config.health_port:
         lines.append(
             f"  probe port:    {config.health_host}:{config.health_port} "
-            "(/live, /ready, /status)"
+            "(/live, /ready, /status, /metrics)"
+        )
+        lines.append(
+            "  metrics:       "
+            + (
+                "on (/metrics)"
+                if metrics.available()
+                else "off (pip install 'procrastinate-prefork[metrics]')"
+            )
         )
     return "\n".join(lines)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from procrastinate import jobs as jobs_module
 
-from . import fleet, policy, recovery
+from . import fleet, metrics, policy, queries, recovery
 from .children import Phase
 from .scoreboard import State
 from .snapshot import take as take_snapshot
@@ -56,6 +56,8 @@ class Maintenance:
 
     def _periodic(self: Supervisor) -> None:
         self._recover_pending()
+        for child in self.children.values():
+            metrics.drain(self.scoreboard.finished, child.slot, self.totals)
         now = self.system.monotonic()
         self._log_ready()
         snapshot = take_snapshot(self, now)
@@ -81,6 +83,13 @@ class Maintenance:
         if not ok or now < self._next_sweep:
             return
         self._next_sweep = now + self.config.heartbeat_interval
+        if self.probe is not None and metrics.available():
+            # here, once per heartbeat interval: a scrape never queries
+            rows = self.db.run(
+                lambda conn: conn.execute(queries.get("queue_jobs")).fetchall()
+            )
+            if rows is not None:
+                self.totals.queue_jobs = metrics.queue_counts(rows)
         judgement = recovery.Judgement(
             healthy_for=self.heartbeats.healthy_for(ended),
             slack=policy.judgement_slack(self.config.heartbeat_interval),
@@ -96,6 +105,7 @@ class Maintenance:
             )
         )
         if swept:
+            self._count_recovered(swept)
             self._request_wake()
         self.db.run(
             lambda conn: fleet.prune(
@@ -145,8 +155,17 @@ class Maintenance:
                 pending.next_attempt = now + retry_delay(pending.failures)
                 continue
             self.unrecovered.remove(pending)
+            self._count_recovered(done)
             if any(r.action is recovery.Action.RETRIED for r in done):
                 self._request_wake()
+
+    def _count_recovered(self: Supervisor, done: list[recovery.Recovery]) -> None:
+        """Jobs of dead processes: put back (``recovered``) or ended here."""
+        for result in done:
+            outcome = result.action.value
+            if result.action is recovery.Action.RETRIED:
+                outcome = "recovered"
+            self.totals.job(result.queue, result.task_name, outcome)
 
     def _timeout_retry(
         self: Supervisor, row: dict[str, Any]

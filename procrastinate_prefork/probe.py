@@ -12,6 +12,8 @@ blocks the loop. Answering writes a small response; that write waits at most
     GET /ready   200 once every child finished its bootstrap and the database
                  answers, else 503
     GET /status  200, this supervisor's JSON (``health.supervisor_report``)
+    GET /metrics 200, Prometheus text (``metrics``); 404 and a hint without
+                 prometheus-client
 
 Other paths get 404, other methods 405, garbage 400. HEAD works like GET
 without a body.
@@ -28,7 +30,7 @@ import time
 from collections.abc import Callable, Collection
 from typing import Any
 
-from . import health
+from . import health, metrics
 from .snapshot import FleetSnapshot
 
 CLIENT_TIMEOUT = 2.0  # to send a complete request
@@ -37,7 +39,8 @@ MAX_REQUEST = 8192
 MAX_CLIENTS = 32
 ACCEPT_BATCH = 16
 
-Responder = Callable[[str], "tuple[int, dict[str, Any]] | None"]
+Responder = Callable[[str], "tuple[int, dict[str, Any] | str] | None"]
+TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _REASONS = {
     200: "OK",
@@ -186,7 +189,7 @@ class ProbeServer:
             self._answer(
                 fd,
                 404,
-                {"error": "not found", "paths": ["/live", "/ready", "/status"]},
+                {"error": "not found", "paths": list(PATHS)},
                 head=method == b"HEAD",
             )
         else:
@@ -196,14 +199,18 @@ class ProbeServer:
         self,
         fd: int,
         status: int,
-        body: dict[str, Any],
+        body: dict[str, Any] | str,
         head: bool = False,
         extra_headers: str = "",
     ) -> None:
-        payload = (json.dumps(body, indent=None) + "\n").encode()
+        if isinstance(body, str):
+            payload, kind = body.encode(), TEXT_TYPE
+        else:
+            payload = (json.dumps(body, indent=None) + "\n").encode()
+            kind = "application/json"
         header = (
             f"HTTP/1.0 {status} {_REASONS.get(status, 'Unknown')}\r\n"
-            "Content-Type: application/json\r\n"
+            f"Content-Type: {kind}\r\n"
             f"Content-Length: {len(payload)}\r\n"
             "Cache-Control: no-store\r\n"
             f"{extra_headers}"
@@ -239,11 +246,22 @@ def _show(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def routes(facts: Callable[[], FleetSnapshot]) -> Responder:
-    """The three paths, answered from ``facts()`` (read when asked)."""
+PATHS = ("/live", "/ready", "/status", "/metrics")
 
-    def respond(path: str) -> tuple[int, dict[str, Any]] | None:
-        if path not in ("/live", "/ready", "/status"):
+
+def routes(
+    facts: Callable[[], FleetSnapshot],
+    metrics_text: Callable[[], str] | None = None,
+) -> Responder:
+    """The paths, answered from ``facts()`` and ``metrics_text()`` (read
+    when asked)."""
+
+    def respond(path: str) -> tuple[int, dict[str, Any] | str] | None:
+        if path == "/metrics" and metrics_text is not None:
+            if not metrics.available():
+                return 404, metrics.HINT + "\n"
+            return 200, metrics_text()
+        if path not in PATHS[:3]:
             return None
         current = facts()
         if path == "/status":
@@ -259,10 +277,15 @@ def routes(facts: Callable[[], FleetSnapshot]) -> Responder:
     return respond
 
 
-def open_for(config: Any, snapshot: Callable[[], FleetSnapshot]) -> ProbeServer | None:
-    """The probe server serving what ``snapshot`` returns, bound before
-    anything is forked; None without ``--health-port``. Raises ProbeBindError."""
+def open_for(
+    config: Any,
+    snapshot: Callable[[], FleetSnapshot],
+    metrics_text: Callable[[], str] | None = None,
+) -> ProbeServer | None:
+    """The probe server serving what ``snapshot`` and ``metrics_text``
+    return, bound before anything is forked; None without ``--health-port``.
+    Raises ProbeBindError."""
     port = getattr(config, "health_port", None)
     if not port:
         return None
-    return ProbeServer(config.health_host, port, routes(snapshot))
+    return ProbeServer(config.health_host, port, routes(snapshot, metrics_text))

@@ -11,7 +11,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from . import policy
+from . import metrics, policy
 from .children import Child, Phase
 from .maintenance import PendingRecovery
 
@@ -76,6 +76,19 @@ class Reaping:
                 )
             )
             self._recover_pending()
+        metrics.drain(self.scoreboard.finished, child.slot, self.totals)
+        self.totals.seen[child.slot] = 0
+        self.scoreboard.finished.clear(child.slot)
+        self.totals.exited(
+            metrics.exit_cause(
+                code,
+                signum,
+                timed_out=bool(child.timed_out_jobs),
+                wedged=(child.kill.reason or "").startswith("wedged"),
+                killed=child.kill.reason is not None,
+                retiring=child.retiring,
+            )
+        )
         self.scoreboard.clear(child.slot)
         self._call_exit_hook(child, code, signum)
         if not policy.should_replace(

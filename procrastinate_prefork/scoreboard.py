@@ -20,6 +20,8 @@ import mmap
 import struct
 import time
 
+from .jobring import JobRing
+
 TASK_NAME_BYTES = 120
 
 
@@ -105,9 +107,12 @@ class Scoreboard:
         self.jobs_per_slot = max(1, jobs_per_slot)
         self.stride = _HEADER.size + self.jobs_per_slot * _ENTRY.size
         self._mem = mmap.mmap(-1, max(1, size) * self.stride)
+        #: each slot's finished jobs, for the metrics
+        self.finished = JobRing(size)
 
     def close(self) -> None:
         self._mem.close()
+        self.finished.close()
 
     # --- supervisor side
 

@@ -27,7 +27,7 @@ class Startup:
 
     def _preflight(self: Supervisor) -> None:
         try:  # bound before anything is forked or registered
-            self.probe = probe.open_for(self.config, self.snapshot)
+            self.probe = probe.open_for(self.config, self.snapshot, self.metrics_text)
         except probe.ProbeBindError as exc:
             raise StartupError(str(exc)) from None
         try:

@@ -25,7 +25,7 @@ import psycopg
 import setproctitle
 from procrastinate import manager as manager_module
 
-from . import db, errors, fleet, policy, probe, wakepipe
+from . import db, errors, fleet, metrics, policy, probe, wakepipe
 from .bootstrap import Bootstrap
 from .child import ChildSpec
 from .children import Child, Phase, fork_child
@@ -95,6 +95,7 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
         self._recorded_worker_ids: frozenset[int] = frozenset()
         self.ready_logged: bool = False
         self.probe: probe.ProbeServer | None = None  # --health-port
+        self.totals: metrics.Totals = metrics.Totals()
         channels = (
             list(manager_module.get_channel_for_queues(config.queues))
             if config.listen_notify
@@ -294,6 +295,11 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
 
     def snapshot(self) -> FleetSnapshot:
         return take_snapshot(self, self.system.monotonic())
+
+    def metrics_text(self) -> str:
+        for child in self.children.values():
+            metrics.drain(self.scoreboard.finished, child.slot, self.totals)
+        return metrics.render(self.snapshot(), self.totals)
 
     def _title(self) -> str:
         queues = ",".join(self.config.queues) if self.config.queues else "all queues"

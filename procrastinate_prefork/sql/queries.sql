@@ -75,3 +75,8 @@ SELECT procrastinate_retry_job_v2(%s, %s, NULL, NULL, NULL)
 -- Wake workers of a queue and of all queues, as procrastinate does on defer
 SELECT pg_notify('procrastinate_queue_v1#' || %s, %s),
 pg_notify('procrastinate_any_queue_v1', %s)
+
+-- queue_jobs --
+-- Jobs waiting and running, by queue (the queue depth metric)
+SELECT queue_name, status::text, count(*) FROM procrastinate_jobs
+WHERE status IN ('todo', 'doing') GROUP BY queue_name, status

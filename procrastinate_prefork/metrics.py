@@ -1,0 +1,234 @@
+"""Prometheus metrics: totals kept by the supervisor, served on the probe port.
+
+The supervisor keeps every counter itself (``Totals``), from its children's
+finished-job rings, their exits and its own recoveries: they survive a
+child's death and are never counted twice. A scrape builds the text from
+those totals and a fleet snapshot, with a registry of its own: no database
+query, nothing global. ``prometheus-client`` is an optional extra; without
+it /metrics answers 404 with a hint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from . import policy
+from .jobring import Finished, JobRing
+from .snapshot import FleetSnapshot
+
+HINT = "metrics need prometheus-client: pip install 'procrastinate-prefork[metrics]'"
+PREFIX = "procrastinate_prefork"
+#: seconds; jobs run from milliseconds to hours
+BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+)
+CHILD_STATES = ("starting", "idle", "busy", "retiring")
+#: a snapshot's child state -> the metric's
+_STATE_OF = {"draining": "retiring", "stopped": "retiring"}
+
+
+@functools.lru_cache(maxsize=1)
+def available() -> bool:
+    """Whether prometheus-client can be imported (asked once: a failed
+    import searches the path each time)."""
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def exit_cause(
+    code: int | None,
+    signum: int | None,
+    *,
+    timed_out: bool,
+    wedged: bool,
+    killed: bool,
+    retiring: bool,
+) -> str:
+    """The ``cause`` label of a child's exit: a few values, unlike log texts.
+    What the supervisor did comes first: its SIGKILL explains the signal."""
+    if timed_out:
+        return "time_limit"
+    if wedged:
+        return "wedged"
+    if killed:
+        return "killed"
+    if code == policy.EXIT_RECYCLE:
+        return "recycled"
+    if retiring:
+        return "retired"
+    return "signal" if signum is not None else "exit"
+
+
+@dataclasses.dataclass
+class Histogram:
+    buckets: list[int] = dataclasses.field(default_factory=lambda: [0] * len(BUCKETS))
+    count: int = 0
+    total: float = 0.0
+
+    def observe(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        for i, bound in enumerate(BUCKETS):
+            if value <= bound:
+                self.buckets[i] += 1
+
+
+@dataclasses.dataclass
+class Totals:
+    """Everything the supervisor counts; the slots' read positions too."""
+
+    jobs: dict[tuple[str, str, str], int] = dataclasses.field(default_factory=dict)
+    durations: dict[tuple[str, str], Histogram] = dataclasses.field(
+        default_factory=dict
+    )
+    exits: dict[str, int] = dataclasses.field(default_factory=dict)
+    lost_records: int = 0
+    #: (queue, status) -> jobs, as last read from the database (None: never)
+    queue_jobs: dict[tuple[str, str], int] | None = None
+    seen: dict[int, int] = dataclasses.field(default_factory=dict)
+
+    def job(self, queue: str, task: str, outcome: str) -> None:
+        key = (queue, task, outcome)
+        self.jobs[key] = self.jobs.get(key, 0) + 1
+
+    def finished(self, record: Finished) -> None:
+        self.job(record.queue, record.task, record.outcome.name.lower())
+        key = (record.queue, record.task)
+        self.durations.setdefault(key, Histogram()).observe(record.duration)
+
+    def exited(self, cause: str) -> None:
+        self.exits[cause] = self.exits.get(cause, 0) + 1
+
+
+def _families(snapshot: FleetSnapshot, totals: Totals) -> Iterator[Any]:
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
+
+    states = dict.fromkeys(CHILD_STATES, 0)
+    for child in snapshot.children:
+        state = _STATE_OF.get(child.state, child.state)
+        states[state] = states.get(state, 0) + 1
+    children = GaugeMetricFamily(
+        f"{PREFIX}_children", "Children by state", labels=["state"]
+    )
+    for state, count in states.items():
+        children.add_metric([state], count)
+    yield children
+    yield GaugeMetricFamily(
+        f"{PREFIX}_children_target",
+        "Children the supervisor means to run",
+        value=snapshot.concurrency,
+    )
+    exits = CounterMetricFamily(
+        f"{PREFIX}_child_exits", "Children's exits", labels=["cause"]
+    )
+    for cause, count in sorted(totals.exits.items()):
+        exits.add_metric([cause], count)
+    yield exits
+    rss = GaugeMetricFamily(
+        f"{PREFIX}_child_rss_bytes", "Resident memory of each child", labels=["slot"]
+    )
+    for child in snapshot.children:
+        if child.rss_bytes:
+            rss.add_metric([str(child.slot)], child.rss_bytes)
+    yield rss
+    yield GaugeMetricFamily(
+        f"{PREFIX}_database_up",
+        "1 while the supervisor's database session works",
+        value=1 if snapshot.database_up else 0,
+    )
+    jobs = CounterMetricFamily(
+        f"{PREFIX}_jobs", "Jobs ended, by outcome", labels=["queue", "task", "outcome"]
+    )
+    for job_labels, count in sorted(totals.jobs.items()):
+        jobs.add_metric(list(job_labels), count)
+    yield jobs
+    durations = HistogramMetricFamily(
+        f"{PREFIX}_job_duration_seconds",
+        "Time jobs ran in a child",
+        labels=["queue", "task"],
+    )
+    for (queue, task), hist in sorted(totals.durations.items()):
+        buckets = [
+            (str(float(b)), n) for b, n in zip(BUCKETS, hist.buckets, strict=True)
+        ]
+        buckets.append(("+Inf", hist.count))
+        durations.add_metric([queue, task], buckets, hist.total)
+    yield durations
+    lost = CounterMetricFamily(
+        f"{PREFIX}_job_records_lost",
+        "Finished-job records a child overwrote before the supervisor read them",
+        value=totals.lost_records,
+    )
+    yield lost
+    if totals.queue_jobs is not None:
+        depth = GaugeMetricFamily(
+            f"{PREFIX}_queue_jobs",
+            "Jobs in the database by queue and status",
+            labels=["queue", "status"],
+        )
+        for (queue, status), count in sorted(totals.queue_jobs.items()):
+            depth.add_metric([queue, status], count)
+        yield depth
+
+
+class _Collector:
+    def __init__(self, snapshot: FleetSnapshot, totals: Totals):
+        self.snapshot = snapshot
+        self.totals = totals
+
+    def collect(self) -> Iterator[Any]:
+        return _families(self.snapshot, self.totals)
+
+
+def render(snapshot: FleetSnapshot, totals: Totals) -> str:
+    """The Prometheus text exposition of ``snapshot`` and ``totals``."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(snapshot, totals))
+    return generate_latest(registry).decode()
+
+
+def drain(ring: JobRing, slot: int, totals: Totals) -> None:
+    """Count the jobs ``slot``'s child finished since the last call."""
+    records, totals.seen[slot], lost = ring.read_since(slot, totals.seen.get(slot, 0))
+    totals.lost_records += lost
+    for record in records:
+        totals.finished(record)
+
+
+def queue_counts(rows: Iterable[tuple[str, str, int]]) -> dict[tuple[str, str], int]:
+    """``(queue, status, count)`` rows -> ``{(queue, status): count}``, with
+    a zero for each status a queue seen has no job in."""
+    counts: dict[tuple[str, str], int] = {}
+    for queue, status, count in rows:
+        counts[(queue, status)] = int(count)
+    for queue in {q for q, _ in counts}:
+        for status in ("todo", "doing"):
+            counts.setdefault((queue, status), 0)
+    return counts

@@ -1,0 +1,211 @@
+"""Metrics' pure parts: the finished-job ring, the totals, the exposition
+(procrastinate_prefork.jobring, procrastinate_prefork.metrics)."""
+
+from __future__ import annotations
+
+import os
+import types
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from procrastinate_prefork import jobring, metrics, policy, probe
+from procrastinate_prefork.jobring import Finished, JobRing, Outcome
+from procrastinate_prefork.snapshot import ChildSnapshot, FleetSnapshot
+
+
+def record(i: int, outcome: Outcome = Outcome.SUCCEEDED) -> Finished:
+    return Finished("q", f"t{i % 2}", outcome, i / 10)
+
+
+def test_ring_counts_each_record_once():
+    ring = JobRing(2)
+    totals = metrics.Totals()
+    for i in range(3):
+        ring.append(1, record(i))
+    metrics.drain(ring, 1, totals)
+    metrics.drain(ring, 1, totals)  # nothing new: nothing counted again
+    ring.append(1, record(3, Outcome.FAILED))
+    metrics.drain(ring, 1, totals)
+    assert totals.jobs == {
+        ("q", "t0", "succeeded"): 2,
+        ("q", "t1", "succeeded"): 1,
+        ("q", "t1", "failed"): 1,
+    }
+    assert totals.durations[("q", "t0")].count == 2
+    assert totals.seen == {1: 4}
+    assert ring.written(0) == 0  # other slots untouched
+
+
+def test_ring_overrun_is_counted_as_lost():
+    ring = JobRing(1)
+    for i in range(jobring.RING + 5):
+        ring.append(0, record(i))
+    records, seen, lost = ring.read_since(0, 0)
+    assert (len(records), seen, lost) == (jobring.RING, jobring.RING + 5, 5)
+    assert records[0].duration == pytest.approx(0.5)
+
+
+def test_ring_of_a_new_child_starts_over():
+    ring = JobRing(1)
+    for i in range(3):
+        ring.append(0, record(i))
+    ring.clear(0)
+    ring.append(0, record(7))
+    records, seen, lost = ring.read_since(0, 3)
+    assert (records, seen, lost) == ([record(7)], 1, 0)
+
+
+def test_ring_shared_with_a_forked_child():
+    ring = JobRing(1)
+    pid = os.fork()
+    if pid == 0:
+        ring.append(0, Finished("é" * 200, "task", Outcome.RETRIED, 1.5))
+        os._exit(0)
+    os.waitpid(pid, 0)
+    [got], _, _ = ring.read_since(0, 0)
+    assert got.outcome is Outcome.RETRIED
+    assert got.queue == ("é" * 60)  # cut at NAME_BYTES, on a character
+
+
+@pytest.mark.parametrize(
+    ("args", "cause"),
+    [
+        ((0, None, False, False, False, False), "exit"),
+        ((None, 9, False, False, False, False), "signal"),
+        ((policy.EXIT_RECYCLE, None, False, False, False, False), "recycled"),
+        ((None, 9, False, True, True, False), "wedged"),
+        ((None, 9, True, False, True, False), "time_limit"),
+        ((None, 9, False, False, True, False), "killed"),
+        ((0, None, False, False, False, True), "retired"),
+    ],
+)
+def test_exit_cause(args, cause):
+    code, signum, timed_out, wedged, killed, retiring = args
+    assert (
+        metrics.exit_cause(
+            code,
+            signum,
+            timed_out=timed_out,
+            wedged=wedged,
+            killed=killed,
+            retiring=retiring,
+        )
+        == cause
+    )
+
+
+def test_queue_counts_fill_missing_statuses():
+    assert metrics.queue_counts([("a", "todo", 3), ("b", "doing", 1)]) == {
+        ("a", "todo"): 3,
+        ("a", "doing"): 0,
+        ("b", "todo"): 0,
+        ("b", "doing"): 1,
+    }
+
+
+def fleet(**changes) -> FleetSnapshot:
+    children = [
+        ChildSnapshot(slot=0, pid=10, state="busy", heartbeat_age=0, rss_bytes=100),
+        ChildSnapshot(slot=1, pid=11, state="draining", heartbeat_age=0),
+    ]
+    values: dict[str, Any] = {
+        "host": "h",
+        "pid": 1,
+        "phase": "running",
+        "concurrency": 3,
+        "crash_looping": False,
+        "database_up": True,
+        "child_timeout": 60,
+        "children": children,
+    }
+    return FleetSnapshot(**{**values, **changes})
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_render_parses_back():
+    totals = metrics.Totals()
+    totals.finished(Finished("q", "slow", Outcome.SUCCEEDED, 2.0))
+    totals.finished(Finished("q", "slow", Outcome.FAILED, 0.01))
+    totals.job("q", "slow", "recovered")
+    totals.exited("signal")
+    totals.queue_jobs = {("q", "todo"): 4, ("q", "doing"): 1}
+    got = samples(metrics.render(fleet(), totals))
+    p = "procrastinate_prefork_"
+    assert got[(p + "children", (("state", "busy"),))] == 1
+    assert got[(p + "children", (("state", "retiring"),))] == 1
+    assert got[(p + "children", (("state", "idle"),))] == 0
+    assert got[(p + "children_target", ())] == 3
+    assert got[(p + "child_rss_bytes", (("slot", "0"),))] == 100
+    assert (p + "child_rss_bytes", (("slot", "1"),)) not in got
+    assert got[(p + "database_up", ())] == 1
+    assert got[(p + "child_exits_total", (("cause", "signal"),))] == 1
+    job = (("outcome", "recovered"), ("queue", "q"), ("task", "slow"))
+    assert got[(p + "jobs_total", job)] == 1
+    labels = (("queue", "q"), ("task", "slow"))
+    assert got[(p + "job_duration_seconds_count", labels)] == 2
+    assert got[(p + "job_duration_seconds_bucket", (("le", "1.0"), *labels))] == 1
+    assert got[(p + "queue_jobs", (("queue", "q"), ("status", "todo")))] == 4
+
+
+def test_queue_jobs_absent_until_read():
+    text = metrics.render(fleet(database_up=False), metrics.Totals())
+    got = samples(text)
+    assert got[("procrastinate_prefork_database_up", ())] == 0
+    assert "procrastinate_prefork_queue_jobs" not in text
+
+
+def test_metrics_route(monkeypatch):
+    respond = probe.routes(fleet, lambda: "x 1\n")
+    assert respond("/metrics") == (200, "x 1\n")
+    monkeypatch.setattr(metrics, "available", lambda: False)
+    status, body = respond("/metrics")
+    assert status == 404 and "prometheus-client" in body
+    assert probe.routes(fleet)("/metrics") is None  # no metrics source: unknown
+
+
+def test_child_outcome_follows_procrastinate():
+    import procrastinate
+    from procrastinate import exceptions, job_context, testing
+
+    from procrastinate_prefork.child import _outcome
+
+    app = procrastinate.App(connector=testing.InMemoryConnector())
+
+    @app.task(name="retrying", retry=procrastinate.RetryStrategy(max_attempts=2))
+    def retrying() -> None: ...
+
+    @app.task(name="plain")
+    def plain() -> None: ...
+
+    worker = types.SimpleNamespace(app=app)
+
+    def context(task: str, reason: Any = None) -> Any:
+        job = procrastinate.jobs.Job(
+            id=1,
+            queue="q",
+            lock=None,
+            queueing_lock=None,
+            task_name=task,
+            task_kwargs={},
+            attempts=0,
+        )
+        return types.SimpleNamespace(job=job, abort_reason=lambda: reason)
+
+    boom = RuntimeError("boom")
+    aborted = exceptions.JobAborted()
+    shutdown = job_context.AbortReason.SHUTDOWN
+    assert _outcome(boom, context("plain"), worker) is Outcome.FAILED
+    assert _outcome(boom, context("retrying"), worker) is Outcome.RETRIED
+    user = job_context.AbortReason.USER_REQUEST
+    assert _outcome(aborted, context("retrying", user), worker) is Outcome.ABORTED
+    assert _outcome(aborted, context("retrying", shutdown), worker) is Outcome.RETRIED
+    assert _outcome(aborted, context("plain", shutdown), worker) is Outcome.ABORTED
