@@ -31,12 +31,14 @@ class PendingKill:
     why: str = ""  # ...and this is why
     #: killed at a drain/retire deadline: not the job's fault
     deadline_kill: bool = False
+    #: killed for showing no sign of life (``--child-timeout``)
+    wedged: bool = False
 
     def schedule(self, at: float, why: str) -> PendingKill:
         return dataclasses.replace(self, at=at, why=why)
 
-    def blame(self, reason: str) -> PendingKill:
-        return dataclasses.replace(self, reason=reason)
+    def blame(self, reason: str, *, wedged: bool = False) -> PendingKill:
+        return dataclasses.replace(self, reason=reason, wedged=wedged)
 
     def due(self, now: float) -> bool:
         return self.at is not None and now >= self.at

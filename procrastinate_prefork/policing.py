@@ -30,6 +30,7 @@ class Policing:
         now = self.system.monotonic()
         for child in list(self.children.values()):
             view = self.scoreboard.read(child.slot)
+            age = view.heartbeat_age(now)
             if child.kill.due(now):
                 child.kill = child.kill.fire()
                 logger.warning(
@@ -41,11 +42,10 @@ class Policing:
                 )
                 self._kill(child, signal.SIGKILL)
             elif child.kill.reason is None and policy.is_wedged(
-                view.heartbeat_age(now), self.config.child_timeout
+                age, self.config.child_timeout
             ):
-                age = view.heartbeat_age(now)
                 child.kill = child.kill.blame(
-                    f"wedged: no sign of life for {age:.0f} s"
+                    f"wedged: no sign of life for {age:.0f} s", wedged=True
                 )
                 logger.error(
                     "Child %s (pid %s) %s, SIGKILL",

@@ -84,7 +84,7 @@ class Reaping:
                 code,
                 signum,
                 timed_out=bool(child.timed_out_jobs),
-                wedged=(child.kill.reason or "").startswith("wedged"),
+                wedged=child.kill.wedged,
                 killed=child.kill.reason is not None,
                 retiring=child.retiring,
             )

@@ -366,6 +366,9 @@ def test_a_wedged_child_is_sigkilled(caplog_info):
     assert (child.pid, signal.SIGKILL) in system.sent
     assert "child_wedged" in actions(caplog_info)
     assert child.kill.reason is not None and not child.kill.deadline_kill
+    assert child.kill.wedged
+    turn(sup)  # reaped: its exit is counted as wedged, not by its log text
+    assert sup.totals.exits == {"wedged": 1}
     close_all(sup)
 
 
