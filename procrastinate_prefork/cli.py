@@ -19,7 +19,8 @@ from . import __version__
 from . import config as config_module
 from .bootstrap import Bootstrap, BootstrapError, PlainBootstrap
 from .config import ConfigError
-from .launcher import EXIT_STARTUP, EXIT_USAGE, run_fleet
+from .errors import EXIT_STARTUP, EXIT_USAGE
+from .launcher import run_fleet
 
 
 class CommandParser(argparse.ArgumentParser):

@@ -17,9 +17,7 @@ from . import __version__, jsonlog, metrics
 from . import config as config_module
 from .bootstrap import Bootstrap, register_fork_hooks
 from .config import ConfigError, PreforkConfig
-
-EXIT_USAGE = 2
-EXIT_STARTUP = 1
+from .errors import EXIT_STARTUP, EXIT_USAGE
 
 logger = logging.getLogger("procrastinate_prefork")
 

@@ -16,7 +16,6 @@ from . import errors, fleet, health
 
 EXIT_HEALTHY = 0
 EXIT_UNHEALTHY = 1
-EXIT_USAGE = 2
 
 COLUMNS = ("HOST", "PID", "SLOT", "STATE", "JOB", "AGE", "JOBS DONE", "MEMORY")
 

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from django.core.management.base import BaseCommand, CommandError
 
-from ..... import health, status
+from ..... import errors, health, status
 from ...status import fetch_rows_django
 
 
@@ -26,7 +26,7 @@ class Command(BaseCommand):
         try:
             query = status.query_from_args(options)
         except health.QueryError as exc:
-            raise CommandError(str(exc), returncode=status.EXIT_USAGE) from None
+            raise CommandError(str(exc), returncode=errors.EXIT_USAGE) from None
         connection = connections[procrastinate_settings.settings.DATABASE_ALIAS]
         code = status.report(
             lambda: fetch_rows_django(connection),
