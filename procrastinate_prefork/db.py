@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import psycopg
+from procrastinate import manager as manager_module
 from psycopg import sql
 
 from . import errors, queries, redact
@@ -132,6 +133,12 @@ def is_timeout(exc: BaseException) -> bool:
         exc,
         (CallTimeout, psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable),
     )
+
+
+def listen_channels(queues: Iterable[str] | None) -> list[str]:
+    """procrastinate's notification channels for these queues (all when
+    None): what the supervisor's one LISTEN session listens to."""
+    return list(manager_module.get_channel_for_queues(queues))
 
 
 def application_name(host: str, role: str, pid: int) -> str:

@@ -14,7 +14,6 @@ heartbeats, sweeps). ``system`` is what it asks of the OS and the clock.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import select
@@ -23,7 +22,6 @@ from typing import Any
 
 import psycopg
 import setproctitle
-from procrastinate import manager as manager_module
 
 from . import db, errors, fleet, metrics, policy, probe, wakepipe
 from .bootstrap import Bootstrap
@@ -96,18 +94,13 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
         self.ready_logged: bool = False
         self.probe: probe.ProbeServer | None = None  # --health-port
         self.totals: metrics.Totals = metrics.Totals()
-        channels = (
-            list(manager_module.get_channel_for_queues(config.queues))
-            if config.listen_notify
-            else []
-        )
         self.db_timeouts: db.Timeouts = db.Timeouts.for_heartbeat(
             config.heartbeat_interval
         )
         self.db: db.SupervisorDB = db.SupervisorDB(
             bootstrap.connection_args(),
             db.application_name(config.hostname, "sup", self.pid),
-            channels,
+            db.listen_channels(config.queues) if config.listen_notify else [],
             timeouts=self.db_timeouts,
         )
         self.db.on_connect = self._request_wake
@@ -128,9 +121,7 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
         try:
             self._spawn_due(at_start=True)
         except StartupError:
-            while self.children:  # the ones forked before the failure
-                self._reap()
-                self.system.sleep(0.05)
+            self._reap_all()  # the ones forked before the failure
             self._finish()
             raise
         try:
@@ -149,13 +140,16 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
                 extra={"action": "supervisor_crashed"},
             )
             self._stop_now("supervisor failure")
-            while self.children:
-                self._reap()
-                self.system.sleep(0.05)
+            self._reap_all()
             self._finish()
             return 1
         self._finish()
         return 0
+
+    def _reap_all(self) -> None:
+        while self.children:
+            self._reap()
+            self.system.sleep(0.05)
 
     def _finished(self) -> bool:
         if self.children:
@@ -228,19 +222,8 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
         self._wake_pending = True
 
     def _forward_wakeups(self) -> None:
-        lines = []
-        for channel, payload in self.db.notifications():
-            try:
-                kind = json.loads(payload).get("type")
-            except (ValueError, AttributeError):
-                continue
-            if kind == "job_inserted":
-                self._wake_pending = True  # one wake per child per turn is enough
-            else:
-                lines.append((channel, payload))
-        if self._wake_pending:
-            lines.append(wakepipe.JOB_INSERTED)
-            self._wake_pending = False
+        lines = wakepipe.to_forward(self.db.notifications(), self._wake_pending)
+        self._wake_pending = False
         if lines and self.config.listen_notify:
             data = wakepipe.encode(lines)
             for child in self.children.values():

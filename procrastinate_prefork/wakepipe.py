@@ -9,11 +9,34 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
 from collections.abc import AsyncIterator, Iterable
 
 #: What procrastinate's worker takes as "a job may be waiting in any queue".
 JOB_INSERTED = ("procrastinate_any_queue_v1", '{"type": "job_inserted"}')
+
+
+def to_forward(
+    notifications: Iterable[tuple[str, str]], wake: bool
+) -> list[tuple[str, str]]:
+    """What to send every child for this turn's ``notifications``: any number
+    of "job inserted" collapse into one wake (one per child per turn is
+    enough), added too when ``wake`` asks for it; other notifications (aborts)
+    go as they came; unreadable payloads are dropped."""
+    lines = []
+    for channel, payload in notifications:
+        try:
+            kind = json.loads(payload).get("type")
+        except (ValueError, AttributeError):
+            continue
+        if kind == "job_inserted":
+            wake = True
+        else:
+            lines.append((channel, payload))
+    if wake:
+        lines.append(JOB_INSERTED)
+    return lines
 
 
 def encode(notifications: Iterable[tuple[str, str]]) -> bytes:

@@ -39,3 +39,15 @@ def test_a_dead_child_s_pipe_is_ignored():
         wakepipe.send_wake(w, wakepipe.encode([wakepipe.JOB_INSERTED]))
     finally:
         os.close(w)
+
+
+def test_job_inserted_notifications_collapse_into_one_wake_per_turn():
+    abort = ("procrastinate_queue_v1#default", '{"type": "abort_job_requested"}')
+    inserted = ("procrastinate_queue_v1#default", '{"type": "job_inserted"}')
+    heard = [inserted, abort, inserted, ("x", "not json"), ("y", "[1]")]
+    assert wakepipe.to_forward(heard, wake=False) == [abort, wakepipe.JOB_INSERTED]
+
+
+def test_a_requested_wake_is_sent_with_nothing_heard():
+    assert wakepipe.to_forward([], wake=True) == [wakepipe.JOB_INSERTED]
+    assert wakepipe.to_forward([], wake=False) == []
