@@ -37,7 +37,6 @@ import psycopg
 from benchmarks import harness
 from procrastinate_prefork import fleet, recovery, status
 from procrastinate_prefork import health as fleet_health
-from procrastinate_prefork.supervisor import count_runnable
 
 FINISHED = 1_000_000
 TODO = 100_000
@@ -272,10 +271,10 @@ def time_queries(url: str, calls: int) -> dict[str, Any]:
             "prune": (None, lambda _: fx.prune()),
             "status": (None, lambda _: fx.status()),
             "health_view": (None, lambda _: fx.health_view()),
-            "autoscale_count_all": (None, lambda _: count_runnable(conn, None)),
+            "autoscale_count_all": (None, lambda _: fleet.count_runnable(conn, None)),
             "autoscale_count_queue": (
                 None,
-                lambda _: count_runnable(conn, ["default"]),
+                lambda _: fleet.count_runnable(conn, ["default"]),
             ),
             "dead_predecessors": (None, lambda _: fx.predecessors()),
         }

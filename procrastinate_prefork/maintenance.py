@@ -29,6 +29,10 @@ logger = logging.getLogger("procrastinate_prefork.supervisor")
 #: first and longest wait before trying again a recovery that failed while the
 #: database answered (an error, not an outage)
 RECOVERY_RETRY_MIN, RECOVERY_RETRY_MAX = 1.0, 30.0
+#: a turn to sweep is free once this share of our heartbeat interval has
+#: passed since the fleet's last sweep: our own beats drift by a few
+#: milliseconds, and must not miss the turn they come for
+SWEEP_TURN_SHARE = 0.9
 
 
 @dataclasses.dataclass
@@ -90,6 +94,9 @@ class Maintenance:
             )
             if rows is not None:
                 self.totals.queue_jobs = metrics.queue_counts(rows)
+        if not self.db.run(self._claim_sweep):
+            return  # another supervisor swept for the fleet less than a beat ago
+        logger.debug("Sweeping for the fleet", extra={"action": "sweep_turn"})
         judgement = recovery.Judgement(
             healthy_for=self.heartbeats.healthy_for(ended),
             slack=policy.judgement_slack(self.config.heartbeat_interval),
@@ -114,6 +121,17 @@ class Maintenance:
                 retention=fleet.DEFAULT_RETENTION,
             )
         )
+
+    def _claim_sweep(self: Supervisor, conn: Any) -> bool:
+        """Whether this supervisor takes the fleet's turn to sweep and prune.
+        Both judge the whole fleet table, so a turn per heartbeat interval
+        for the fleet, not per host, keeps the database's cost flat in the
+        number of hosts."""
+        claimed = conn.execute(
+            queries.get("claim_sweep"),
+            {"interval": self.config.heartbeat_interval * SWEEP_TURN_SHARE},
+        ).fetchone()
+        return claimed is not None
 
     def _log_ready(self: Supervisor) -> None:
         if self.ready_logged or self.phase is not Phase.RUNNING:

@@ -11,6 +11,7 @@ from . import queries
 REQUIRED_TABLES = (
     "procrastinate_prefork_processes",
     "procrastinate_prefork_job_crashes",
+    "procrastinate_prefork_sweep",
 )
 
 

@@ -80,3 +80,11 @@ pg_notify('procrastinate_any_queue_v1', %s)
 -- Jobs waiting and running, by queue (the queue depth metric)
 SELECT queue_name, status::text, count(*) FROM procrastinate_jobs
 WHERE status IN ('todo', 'doing') GROUP BY queue_name, status
+
+-- claim_sweep --
+-- Take the fleet's turn to sweep if nobody took it in the last %(interval)s seconds
+INSERT INTO procrastinate_prefork_sweep (id, swept_at) VALUES (1, now())
+ON CONFLICT (id) DO UPDATE SET swept_at = now()
+WHERE procrastinate_prefork_sweep.swept_at
+    < now() - make_interval(secs => %(interval)s)
+RETURNING true

@@ -61,6 +61,15 @@ CREATE TABLE IF NOT EXISTS procrastinate_prefork_job_crashes (
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- When the fleet last swept for stalled jobs (one row). The sweep judges the
+-- whole fleet, so one sweep per heartbeat interval serves every host: a
+-- supervisor sweeps only when it claims the turn here, and the cost for the
+-- database stays the same however many hosts there are.
+CREATE TABLE IF NOT EXISTS procrastinate_prefork_sweep (
+    id smallint PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+    swept_at timestamptz NOT NULL
+);
+
 -- Indexes on procrastinate's job table, for queries of ours that would read
 -- it whole otherwise (benchmarks/bigtables.py). Deleting a worker row (a dead
 -- child's, or one the sweep prunes) makes procrastinate's foreign key set

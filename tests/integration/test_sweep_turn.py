@@ -1,0 +1,60 @@
+"""The fleet sweeps once per heartbeat interval, not once per host: the sweep
+and the prune judge the whole fleet table, so their cost for the database must
+not grow with the number of supervisors (issue 14, big tables)."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+
+from ..fleet_helper import wait_for
+
+INTERVAL = 1.0
+
+
+def _claim(conn: psycopg.Connection, interval: float) -> bool:
+    from procrastinate_prefork import queries
+
+    row = conn.execute(queries.get("claim_sweep"), {"interval": interval}).fetchone()
+    return row is not None
+
+
+def test_a_turn_is_taken_once_per_interval(db_url):
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM procrastinate_prefork_sweep")
+        assert _claim(conn, 60.0)
+        assert not _claim(conn, 60.0)
+        assert _claim(conn, 0.0)
+
+
+def test_three_supervisors_sweep_about_once_per_interval(fleet_factory, db_url):
+    fleets = []
+    for name in ("a", "b", "c"):
+        fleet = fleet_factory.new(name)
+        fleet.start(
+            "--concurrency",
+            "1",
+            "--hostname",
+            name,
+            "--heartbeat-interval",
+            str(INTERVAL),
+            "--stalled-timeout",
+            "2",
+            "--log-level",
+            "debug",
+        )
+        fleets.append(fleet)
+
+    def turns() -> int:
+        return sum(len(f.events("sweep_turn")) for f in fleets)
+
+    wait_for(lambda: turns() >= 1, message="a first sweep turn")
+    before, started = turns(), time.monotonic()
+    time.sleep(8)
+    taken, window = turns() - before, time.monotonic() - started
+    # one turn per 0.9 interval at most, plus one at either edge of the window;
+    # one sweep per host and beat would be three times the window
+    assert 1 <= taken <= window / (0.9 * INTERVAL) + 2, (taken, window)
+    for fleet in fleets:
+        fleet.stop(timeout=10)
