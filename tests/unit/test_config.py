@@ -280,3 +280,12 @@ def test_soft_limits_below_the_hard_ones_are_accepted():
         ]
     )
     assert (cfg.soft_time_limit_for("a"), cfg.time_limit_for("a")) == (20.0, 30.0)
+
+
+def test_names_the_docs_give_stay_importable_from_config():
+    # docs/reference/cli.md and configuration.md name these under config.
+    from procrastinate_prefork.config import OPTIONS
+    from procrastinate_prefork.config import ConfigError as DocumentedError
+
+    assert DocumentedError is ConfigError
+    assert OPTIONS is options.OPTIONS
