@@ -15,12 +15,12 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from . import __version__
+from . import __version__, arguments
 from . import config as config_module
 from .bootstrap import Bootstrap, BootstrapError, PlainBootstrap
-from .config import ConfigError
 from .errors import EXIT_STARTUP, EXIT_USAGE
 from .launcher import run_fleet
+from .parsing import ConfigError
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -46,7 +46,7 @@ def build_parser() -> CommandParser:
     parser.add_argument("--version", action="version", version=__version__)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     worker = commands.add_parser("worker", help="Run the supervisor and its children.")
-    config_module.add_arguments(worker)
+    arguments.add_arguments(worker)
     schema = commands.add_parser("schema", help="Create or show the prefork tables.")
     status = commands.add_parser(
         "status", help="Show the fleet (from the fleet table); exit 1 when unhealthy."
@@ -80,7 +80,7 @@ def main(
     if extras:
         command = parser.commands.get(args.command, parser)
         command.error(
-            config_module.suggest_flags(
+            arguments.suggest_flags(
                 command, "unrecognized arguments: " + " ".join(extras)
             )
         )
@@ -105,7 +105,7 @@ def main(
     try:
         if args.command == "worker":
             config = config_module.build_config(
-                config_module.cli_values_from_namespace(args), settings=settings
+                arguments.cli_values_from_namespace(args), settings=settings
             )
         sys.path.insert(0, os.getcwd())
         bootstrap = PlainBootstrap(args.app)

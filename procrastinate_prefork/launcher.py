@@ -14,10 +14,10 @@ import sys
 from collections.abc import Callable
 
 from . import __version__, jsonlog, metrics
-from . import config as config_module
 from .bootstrap import Bootstrap, register_fork_hooks
-from .config import ConfigError, PreforkConfig
+from .config import PreforkConfig
 from .errors import EXIT_STARTUP, EXIT_USAGE
+from .parsing import ConfigError, resolve_hook
 
 logger = logging.getLogger("procrastinate_prefork")
 
@@ -84,12 +84,8 @@ def run_fleet(
             setup_logging(config)
         else:
             _package_level(config)
-        on_child_start = config_module.resolve_hook(
-            "on_child_start", config.on_child_start
-        )
-        on_child_exit = config_module.resolve_hook(
-            "on_child_exit", config.on_child_exit
-        )
+        on_child_start = resolve_hook("on_child_start", config.on_child_start)
+        on_child_exit = resolve_hook("on_child_exit", config.on_child_exit)
     except ConfigError as exc:
         on_error(str(exc), EXIT_USAGE)
         return EXIT_USAGE

@@ -16,7 +16,7 @@ import setproctitle
 
 from . import fleet, policy, slots
 from .children import Child, Phase
-from .config import MAX_CHILDREN
+from .parsing import MAX_CHILDREN
 from .scoreboard import State
 from .signals import KILL_MARGIN
 

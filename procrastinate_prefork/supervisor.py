@@ -27,8 +27,9 @@ from . import db, errors, fleet, metrics, policy, probe, wakepipe
 from .bootstrap import Bootstrap
 from .child import ChildSpec
 from .children import Child, Phase, fork_child
-from .config import MAX_CHILDREN, PreforkConfig
+from .config import PreforkConfig
 from .maintenance import Maintenance, PendingRecovery
+from .parsing import MAX_CHILDREN
 from .policing import Policing
 from .reaping import Reaping
 from .scaling import Scaling

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""Write docs/reference/configuration.md from ``procrastinate_prefork.config.OPTIONS``.
+"""Write docs/reference/configuration.md from ``procrastinate_prefork.options.OPTIONS``.
 
     .venv/bin/python scripts/gen_config_docs.py           # (re)write the page
     .venv/bin/python scripts/gen_config_docs.py --check   # exit 1 if it is stale
 
 The option table is the only source: flags, environment variables, Django
 setting key, default and meaning all come from it, and the kind of value each
-option takes is read from its parser (the closures built by ``config``), so
+option takes is read from its parser (the closures built by ``parsing``), so
 that the page cannot drift from the code. ``tests/unit/test_docs.py`` fails
 when the committed page differs from what this script writes.
 """
@@ -26,7 +26,8 @@ OUTPUT = REPO / "docs" / "reference" / "configuration.md"
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
-from procrastinate_prefork import config
+from procrastinate_prefork import option as option_module
+from procrastinate_prefork import options as option_table
 
 
 class Kind:
@@ -47,10 +48,10 @@ def _nonlocals(parse: Callable[..., Any]) -> dict[str, Any]:
 
 
 def kind_of(parse: Callable[..., Any]) -> Kind:
-    """Describe the values ``parse`` accepts, from the parser config built."""
+    """Describe the values ``parse`` accepts, from the parser ``parsing`` built."""
     name = parse.__qualname__.split(".<locals>")[0]
     free = _nonlocals(parse)
-    if name == "_optional":
+    if name == "optional":
         inner = kind_of(free["parse"])
         return Kind(
             f"{inner.text}; `none` leaves it unset",
@@ -58,32 +59,32 @@ def kind_of(parse: Callable[..., Any]) -> Kind:
             inner.placeholder,
             inner.unit,
         )
-    if name == "_int_between":
+    if name == "int_between":
         return Kind(f"an integer from {free['low']} to {free['high']}", "`int`", "N")
     if name == "_positive_float":
         bound = "0 or more" if free.get("allow_zero") else "more than 0"
         return Kind(
             f"seconds, {bound} (decimals allowed)", "`float` or `int`", "SECONDS", " s"
         )
-    if name == "_bool":
+    if name == "boolean":
         return Kind(
             "a boolean: `1`/`0`, `yes`/`no`, `true`/`false`, `on`/`off` "
             "(the flags themselves take no value)",
             "`bool`",
             "",
         )
-    if name == "_choice":
+    if name == "choice":
         choices = ", ".join(f"`{c}`" for c in free["choices"])
         return Kind(f"one of {choices}", "`str`", "CHOICE")
-    if name == "_queues":
+    if name == "queues":
         return Kind(
             "comma-separated names, e.g. `emails,reports`",
             "`list[str]` (or a comma-separated `str`)",
             "QUEUES",
         )
-    if name == "_non_empty_str":
+    if name == "non_empty_str":
         return Kind("text, 1 to 200 characters", "`str`", "TEXT")
-    if name in ("_task_timeouts", "_task_soft_timeouts"):
+    if name in ("task_timeouts", "task_soft_timeouts"):
         return Kind(
             "`NAME=SECONDS`; repeat the flag for several tasks; in the "
             "environment, comma-separated: `app.tasks.a=10,app.tasks.b=2.5`",
@@ -91,19 +92,19 @@ def kind_of(parse: Callable[..., Any]) -> Kind:
             "NAME=SECONDS",
             " s",
         )
-    if name == "_autoscale":
+    if name == "autoscale":
         return Kind(
             "`MIN,MAX`, two integers with MIN not above MAX",
             '`(MIN, MAX)` (a tuple or list of two `int`) or `"MIN,MAX"`',
             "MIN,MAX",
         )
-    if name == "_dotted_path":
+    if name == "dotted_path":
         return Kind(
             "a dotted path to a callable: `pkg.module.func` or `pkg.module:func`",
             "a dotted path `str`, or the callable itself",
             "PATH",
         )
-    if name == "_listen_dsn":
+    if name == "listen_dsn":
         return Kind(
             "a libpq connection string: `postgresql://user@host:5432/db` or "
             "`host=... dbname=...` (passwords: better in a `.pgpass` file)",
@@ -116,7 +117,7 @@ def kind_of(parse: Callable[..., Any]) -> Kind:
     )
 
 
-def default_text(option: config.Option, kind: Kind) -> str:
+def default_text(option: option_module.Option, kind: Kind) -> str:
     if option.default_doc is not None:
         return option.default_doc
     value = option.default
@@ -136,14 +137,14 @@ def default_text(option: config.Option, kind: Kind) -> str:
     return f"`{value}`"
 
 
-def flag_text(option: config.Option, kind: Kind) -> str:
+def flag_text(option: option_module.Option, kind: Kind) -> str:
     if option.negative_flag or option.count:
         return ", ".join(f"`{flag}`" for flag in option.flags)
     metavar = option.metavar or kind.placeholder
     return ", ".join(f"`{flag} {metavar}`" for flag in option.flags)
 
 
-def anchor(option: config.Option) -> str:
+def anchor(option: option_module.Option) -> str:
     return option.name  # Python-Markdown's slug of a heading "name"
 
 
@@ -206,7 +207,7 @@ def example_settings() -> list[str]:
     body = [
         f'    "{name}": {value},'
         for name, value in example
-        if name in config.OPTIONS_BY_NAME
+        if name in option_table.OPTIONS_BY_NAME
     ]
     return [
         "```python",
@@ -219,7 +220,7 @@ def example_settings() -> list[str]:
 
 
 def render() -> str:
-    options = config.OPTIONS
+    options = option_table.OPTIONS
     known_groups = {group for group, _, _ in GROUPS}
     stray = [o.name for o in options if o.group not in known_groups]
     if stray:

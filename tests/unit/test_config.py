@@ -4,22 +4,23 @@ import argparse
 
 import pytest
 
-from procrastinate_prefork import config
-from procrastinate_prefork.config import ConfigError, build_config
+from procrastinate_prefork import arguments, config, options, parsing
+from procrastinate_prefork.config import build_config
+from procrastinate_prefork.parsing import ConfigError
 
 
 def parse(argv, environ=None, settings=None):
     parser = argparse.ArgumentParser()
-    config.add_arguments(parser)
+    arguments.add_arguments(parser)
     namespace = parser.parse_args(argv)
     return build_config(
-        config.cli_values_from_namespace(namespace), environ or {}, settings
+        arguments.cli_values_from_namespace(namespace), environ or {}, settings
     )
 
 
 def test_defaults():
     cfg = parse([])
-    assert cfg.concurrency == config.default_concurrency()
+    assert cfg.concurrency == options.default_concurrency()
     assert cfg.child_concurrency == 1
     assert cfg.queues is None
     assert cfg.wait is True
@@ -120,12 +121,12 @@ def test_worker_options_pass_through():
 
 
 def test_every_option_has_help_and_env():
-    for option in config.OPTIONS:
+    for option in options.OPTIONS:
         assert option.help.strip()
         assert option.env_vars[0] == "PROCRASTINATE_PREFORK_" + option.name.upper()
 
 
-DURATIONS = [o for o in config.OPTIONS if o.name in config.DURATION_MAXIMA]
+DURATIONS = [o for o in options.OPTIONS if o.name in parsing.DURATION_MAXIMA]
 
 
 def test_every_duration_option_has_a_maximum():
@@ -149,7 +150,7 @@ def test_every_duration_option_has_a_maximum():
 
 @pytest.mark.parametrize("option", DURATIONS, ids=lambda o: o.name)
 def test_durations_above_their_maximum_are_refused(option):
-    maximum = config.DURATION_MAXIMA[option.name]
+    maximum = parsing.DURATION_MAXIMA[option.name]
     value = f"x={maximum * 10}" if option.name.startswith("task_") else "1e16"
     with pytest.raises(ConfigError, match=option.flags[-1]):
         build_config({option.name: value}, {})
@@ -192,18 +193,18 @@ def test_settings_want_python_numbers_not_strings():
 
 def test_suggest_flags_names_the_closest_flag():
     parser = argparse.ArgumentParser()
-    config.add_arguments(parser)
-    message = config.suggest_flags(
+    arguments.add_arguments(parser)
+    message = arguments.suggest_flags(
         parser, "unrecognized arguments: --concurency 2 --bogus --stalled-timout=3"
     )
     assert message.endswith(
         "(--concurency: did you mean --concurrency?; "
         "--stalled-timout: did you mean --stalled-timeout?)"
     )
-    assert config.suggest_flags(parser, "unrecognized arguments: --zzzz") == (
+    assert arguments.suggest_flags(parser, "unrecognized arguments: --zzzz") == (
         "unrecognized arguments: --zzzz"
     )
-    assert config.suggest_flags(parser, "other error") == "other error"
+    assert arguments.suggest_flags(parser, "other error") == "other error"
 
 
 def test_listen_dsn_from_every_source_and_never_shown():
@@ -279,3 +280,12 @@ def test_soft_limits_below_the_hard_ones_are_accepted():
         ]
     )
     assert (cfg.soft_time_limit_for("a"), cfg.time_limit_for("a")) == (20.0, 30.0)
+
+
+def test_names_the_docs_give_stay_importable_from_config():
+    # docs/reference/cli.md and configuration.md name these under config.
+    from procrastinate_prefork.config import OPTIONS
+    from procrastinate_prefork.config import ConfigError as DocumentedError
+
+    assert DocumentedError is ConfigError
+    assert OPTIONS is options.OPTIONS

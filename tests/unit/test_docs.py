@@ -1,7 +1,7 @@
 """The documentation cannot drift from the code.
 
 - docs/reference/configuration.md is exactly what scripts/gen_config_docs.py
-  writes from ``config.OPTIONS``, and names every option, flag and variable;
+  writes from ``options.OPTIONS``, and names every option, flag and variable;
 - every log event (``extra={"action": ...}``) and every signal the supervisor
   handles is documented, and every command of the CLI;
 - the Python and YAML examples parse;
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from procrastinate_prefork import cli, config, signals
+from procrastinate_prefork import cli, options, signals
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
@@ -45,7 +45,7 @@ def test_configuration_reference_is_generated_from_the_option_table():
     )
 
 
-@pytest.mark.parametrize("option", config.OPTIONS, ids=lambda o: o.name)
+@pytest.mark.parametrize("option", options.OPTIONS, ids=lambda o: o.name)
 def test_every_option_is_in_the_configuration_reference(option):
     text = (DOCS / "reference" / "configuration.md").read_text()
     assert f"\n### {option.name}\n" in text

@@ -8,7 +8,7 @@ from typing import Any
 
 from django.conf import settings as django_settings
 
-from ...config import ConfigError
+from ...parsing import ConfigError
 
 
 def prefork_settings() -> Mapping[str, Any]:

@@ -150,7 +150,7 @@ class Command(BaseCommand):
     def start_fleet(
         self, concurrency: int, health_port: int
     ) -> tuple[subprocess.Popen[bytes], Path, float, int | None]:
-        from procrastinate_prefork import config as prefork_config
+        from procrastinate_prefork import options as prefork_options
 
         manage_py = Path(settings.BASE_DIR) / "manage.py"
         command = [
@@ -161,7 +161,7 @@ class Command(BaseCommand):
             str(concurrency),
         ]
         port = None
-        if "health_port" in prefork_config.OPTIONS_BY_NAME:
+        if "health_port" in prefork_options.OPTIONS_BY_NAME:
             port = health_port or _free_port()
             command += ["--health-port", str(port)]
         fd, name = tempfile.mkstemp(prefix="prefork-demo-", suffix=".log")

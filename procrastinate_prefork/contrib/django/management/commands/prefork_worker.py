@@ -8,9 +8,10 @@ from typing import Any, ClassVar
 
 from django.core.management.base import BaseCommand, CommandError
 
+from ..... import arguments
 from ..... import config as config_module
-from .....config import ConfigError
 from .....launcher import run_fleet
+from .....parsing import ConfigError
 from ...bootstrap import DjangoBootstrap
 from ...settings import prefork_settings
 
@@ -28,18 +29,16 @@ class Command(BaseCommand):
     def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> Any:
         parser = super().create_parser(prog_name, subcommand, **kwargs)
         error = parser.error
-        parser.error = lambda message: error(
-            config_module.suggest_flags(parser, message)
-        )
+        parser.error = lambda message: error(arguments.suggest_flags(parser, message))
         return parser
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        config_module.add_arguments(parser)
+        arguments.add_arguments(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             config = config_module.build_config(
-                config_module.cli_values_from_namespace(options),
+                arguments.cli_values_from_namespace(options),
                 settings=prefork_settings(),
             )
         except ConfigError as exc:
