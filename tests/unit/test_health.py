@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import datetime
 import json
+from pathlib import Path
 
 import pytest
 
-from procrastinate_prefork import health
+from procrastinate_prefork import health, status
 from procrastinate_prefork.health import (
     FleetQuery,
     QueryError,
@@ -47,6 +48,7 @@ def sup(
         "started_at": NOW,
         "last_heartbeat": NOW,
         "uptime": 10.0,
+        "restarts": 0,
         **extra,
     }
 
@@ -193,6 +195,69 @@ def test_output_is_whitelisted_and_json_ready():
     assert entry["started_at"] == NOW.isoformat()
     assert entry["children"][0]["job_age"] == 1.235
     assert document["status"] == "healthy" and document["min_children"] == 1
+
+
+#: A fleet as ``fleet.FLEET_SQL`` gives it: every kind of row the views show.
+PIN_ROWS = [
+    sup(
+        id=1,
+        queues=["a", "b"],
+        heartbeat_interval=5.0,
+        rss_bytes=123456789,
+        restarts=0,
+        age=0.25,
+        uptime=3700.5,
+    ),
+    child(slot=0, worker_id=501, age=-0.0004, uptime=12.34567),
+    child(
+        slot=1,
+        state="busy",
+        worker_id=502,
+        job_id=7,
+        task_name="t",
+        job_age=59.99996,
+        rss_bytes=None,
+        restarts=2,
+    ),
+    child(slot=2, state="stopped"),
+    child(slot=3, state="starting", age=0.1),
+    sup(id=2, host="h2", age=100.7, crash_loop=True, stalled_timeout=None),
+    child(sup_id=2, slot=0, age=100.6, jobs_done=0),
+    sup(id=3, host="h3", state="stopped"),
+    child(sup_id=3, slot=0),
+]
+GOLDEN = Path(__file__).with_name("fleet_document.json")
+PIN_TABLE = """\
+HOST  PID   SLOT  STATE                     JOB           AGE   JOBS DONE  MEMORY
+h1    101   -     running                   (a,b)         0.2s  9          117.7MiB
+      1000  0     idle                      -             0.0s  3          1.0MiB
+      1001  1     busy                      7 t (1.0m)    0.5s  3          -
+      1003  3     starting STALE            -             0.1s  3          1.0MiB
+h2    102   -     running crash-loop STALE  (all queues)  1.7m  0          -
+      2000  0     idle STALE                -             1.7m  0          1.0MiB
+
+HEALTHY: 1 fresh supervisor(s), 2 fresh child(ren) (min_children=1)
+  - supervisor pid 102 on h2 has sent no heartbeat for 101 s
+"""
+
+
+def test_document_table_and_line_are_pinned():
+    """The health view's and ``status --json``'s document, field for field and
+    in order, the table and the one-line check: what scripts and dashboards
+    read must not move."""
+    result = fleet_health(PIN_ROWS)
+    assert json.dumps(result.as_dict(), indent=2) + "\n" == GOLDEN.read_text()
+    assert status.render_table(result) == PIN_TABLE
+    assert status.one_line(result) == "healthy: 1 supervisor(s), 2 child(ren)"
+    unhealthy = fleet_health(PIN_ROWS, FleetQuery(min_children=3))
+    assert status.one_line(unhealthy) == (
+        "unhealthy: 2 fresh child(ren), fewer than min_children=3"
+    )
+    empty = status.render_table(fleet_health([]))
+    assert empty.splitlines()[:2] == [
+        "HOST  PID  SLOT  STATE  JOB  AGE  JOBS DONE  MEMORY",
+        "(no supervisor in the fleet table)",
+    ]
 
 
 # ------------------------------------------------------------------ query
