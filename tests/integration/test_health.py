@@ -726,3 +726,61 @@ def test_admin_is_read_only_and_migrations_are_complete(admin_client):
     assert FleetProcess.objects.count() == 3
     with pytest.raises(ReadOnlyError):
         FleetProcess.objects.filter(pk=sup_id).delete()
+
+
+#: Fields whose values follow the clock (or a sequence): checked for their type,
+#: not pinned.
+_CLOCK_FIELDS = {
+    "id": int,
+    "started_at": str,
+    "last_heartbeat": str,
+    "heartbeat_age": float,
+    "uptime": float,
+    "job_age": float,  # or None: no job
+}
+
+
+def _unclocked(document: Any) -> Any:
+    if isinstance(document, list):
+        return [_unclocked(item) for item in document]
+    if not isinstance(document, dict):
+        return document
+    out = {}
+    for name, value in document.items():
+        if name in _CLOCK_FIELDS and value is not None:
+            assert isinstance(value, _CLOCK_FIELDS[name]), (name, value)
+            value = "<clock>"
+        out[name] = _unclocked(value)
+    return out
+
+
+def test_status_json_and_view_are_pinned_on_real_rows(db_url, django_view):
+    """The document from real table rows, every field and its place: ``status
+    --json`` and the health view give the same one."""
+    busy = insert_supervisor(db_url, host="a", pid=100, queues=["mail"])
+    insert_supervisor(db_url, host="b", pid=200, age=3600, crash_loop=True)
+    gone = insert_supervisor(db_url, host="c", pid=300)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE procrastinate_prefork_processes SET state = 'busy', job_id = 9,"
+            " task_name = 'sleep', job_started_at = now() - interval '2 h',"
+            " restarts = 1 WHERE supervisor_id = %s AND slot = 1",
+            [busy],
+        )
+        conn.execute(
+            "UPDATE procrastinate_prefork_processes SET state = 'stopped'"
+            " WHERE id = %s OR supervisor_id = %s",
+            [gone, gone],
+        )
+    cli = status_cli(db_url, "--json")
+    assert cli.returncode == 0, cli.stderr
+    [(code, view)] = django_view.get(db_url, "/prefork/")
+    assert code == 200  # b's crash loop is stale: a warning
+    raw = json.loads(cli.stdout)
+    assert 7200 <= raw["supervisors"][0]["children"][1]["job_age"] < 7200 + 60
+    document = _unclocked(raw)
+    assert json.dumps(_unclocked(view)) == json.dumps(document)
+    assert json.dumps(document, indent=1) == PINNED_DOCUMENT.read_text().strip()
+
+
+PINNED_DOCUMENT = REPO / "tests" / "integration" / "fleet_document.json"
