@@ -12,13 +12,13 @@ from procrastinate_prefork import health, status
 from procrastinate_prefork.health import (
     FleetQuery,
     QueryError,
-    fleet_health,
     liveness,
     readiness,
     supervisor_report,
 )
 from procrastinate_prefork.snapshot import ChildSnapshot as ChildFacts
 from procrastinate_prefork.snapshot import FleetSnapshot as SupervisorFacts
+from procrastinate_prefork.snapshot import from_rows
 
 NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
 
@@ -76,6 +76,11 @@ def child(sup_id=1, slot=0, state="idle", age=0.5, **extra):
     }
 
 
+def fleet_health(rows, query=None):
+    """The verdict on fleet table rows, read as the status views read them."""
+    return health.fleet_health(from_rows(rows), query)
+
+
 # ------------------------------------------------------------------ fleet
 
 
@@ -85,7 +90,7 @@ def test_healthy_fleet():
     assert result.problems == ()
     assert result.fresh_supervisors == 1 and result.fresh_children == 2
     [entry] = result.supervisors
-    assert [c["fresh"] for c in entry["children"]] == [True, True]
+    assert [health.counts(entry, c) for c in entry.children] == [True, True]
 
 
 def test_no_rows_is_unhealthy():
@@ -156,8 +161,8 @@ def test_stopped_rows_are_left_out():
         child(sup_id=2, slot=1, state="stopped"),
     ]
     result = fleet_health(rows)
-    assert [s["id"] for s in result.supervisors] == [2]
-    assert [c["slot"] for c in result.supervisors[0]["children"]] == [0]
+    assert [s.id for s in result.supervisors] == [2]
+    assert [c.slot for c in result.supervisors[0].children] == [0]
 
 
 def test_host_filter():
@@ -180,7 +185,7 @@ def test_queue_filter():
     assert fleet_health(rows, FleetQuery(queue="mail")).healthy
     result = fleet_health(rows, FleetQuery(queue="reports"))
     assert not result.healthy
-    assert [s["id"] for s in result.supervisors] == [2]
+    assert [s.id for s in result.supervisors] == [2]
 
 
 def test_output_is_whitelisted_and_json_ready():
