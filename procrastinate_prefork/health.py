@@ -152,43 +152,40 @@ def counts(supervisor: FleetSnapshot, child: ChildSnapshot) -> bool:
     )
 
 
-#: what the fleet document shows of a supervisor: its name there, and the
-#: snapshot field it comes from
 _SUPERVISOR_FIELDS = (
-    ("id", "id"),
-    ("host", "host"),
-    ("pid", "pid"),
-    ("state", "phase"),
-    ("crash_loop", "crash_looping"),
-    ("concurrency", "concurrency"),
-    ("queues", "queues"),
-    ("heartbeat_interval", "heartbeat_interval"),
-    ("stalled_timeout", "stalled_timeout"),
-    ("rss_bytes", "rss_bytes"),
-    ("restarts", "restarts"),
-    ("started_at", "started_at"),
-    ("last_heartbeat", "last_heartbeat"),
-    ("heartbeat_age", "heartbeat_age"),
-    ("uptime", "uptime"),
+    "id",
+    "host",
+    "pid",
+    "state",
+    "crash_loop",
+    "concurrency",
+    "queues",
+    "heartbeat_interval",
+    "stalled_timeout",
+    "rss_bytes",
+    "restarts",
+    "started_at",
+    "last_heartbeat",
+    "heartbeat_age",
+    "uptime",
 )
-_CHILD_FIELDS = tuple(
-    (name, name)
-    for name in (
-        "slot",
-        "pid",
-        "worker_id",
-        "state",
-        "job_id",
-        "task_name",
-        "job_age",
-        "jobs_done",
-        "restarts",
-        "rss_bytes",
-        "started_at",
-        "last_heartbeat",
-        "heartbeat_age",
-        "uptime",
-    )
+#: the snapshot attribute behind a field of the document, where its name differs
+_SUPERVISOR_ATTRIBUTES = {"state": "phase", "crash_loop": "crash_looping"}
+_CHILD_FIELDS = (
+    "slot",
+    "pid",
+    "worker_id",
+    "state",
+    "job_id",
+    "task_name",
+    "job_age",
+    "jobs_done",
+    "restarts",
+    "rss_bytes",
+    "started_at",
+    "last_heartbeat",
+    "heartbeat_age",
+    "uptime",
 )
 _AGE_FIELDS = frozenset({"heartbeat_age", "uptime", "job_age"})
 
@@ -199,12 +196,14 @@ def shown_age(seconds: float) -> float:
 
 
 def _public(
-    process: FleetSnapshot | ChildSnapshot, fields: Sequence[tuple[str, str]]
+    process: FleetSnapshot | ChildSnapshot,
+    fields: Sequence[str],
+    attributes: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The whitelisted fields of a snapshot, JSON-ready."""
     out: dict[str, Any] = {}
-    for name, attribute in fields:
-        value = getattr(process, attribute)
+    for name in fields:
+        value = getattr(process, (attributes or {}).get(name, name))
         if isinstance(value, (datetime.datetime, datetime.date)):
             value = value.isoformat()
         elif name in _AGE_FIELDS and value is not None:
@@ -217,7 +216,7 @@ def _public(
 
 def supervisor_entry(supervisor: FleetSnapshot) -> dict[str, Any]:
     """What the fleet document shows of one supervisor and its children."""
-    entry = _public(supervisor, _SUPERVISOR_FIELDS)
+    entry = _public(supervisor, _SUPERVISOR_FIELDS, _SUPERVISOR_ATTRIBUTES)
     entry["fresh"] = is_fresh(supervisor)
     entry["children"] = [
         {**_public(child, _CHILD_FIELDS), "fresh": counts(supervisor, child)}
@@ -369,7 +368,7 @@ def supervisor_report(facts: FleetSnapshot) -> dict[str, Any]:
         "host": facts.host,
         "pid": facts.pid,
         "phase": facts.phase,
-        "uptime": round(max(0.0, facts.uptime), 3),
+        "uptime": shown_age(facts.uptime),
         "queues": list(facts.queues) if facts.queues else None,
         "concurrency": facts.concurrency,
         "crash_loop": facts.crash_looping,
@@ -388,8 +387,8 @@ def supervisor_report(facts: FleetSnapshot) -> dict[str, Any]:
                 "jobs_done": c.jobs_done,
                 "restarts": c.restarts,
                 "rss_bytes": c.rss_bytes,
-                "heartbeat_age": round(max(0.0, c.heartbeat_age), 3),
-                "uptime": round(max(0.0, c.uptime), 3),
+                "heartbeat_age": shown_age(c.heartbeat_age),
+                "uptime": shown_age(c.uptime),
             }
             for c in sorted(facts.children, key=lambda c: c.slot)
         ],
