@@ -265,6 +265,32 @@ def test_document_table_and_line_are_pinned():
     ]
 
 
+def test_rows_are_read_into_snapshots():
+    rows = [
+        sup(id=1, queues=["a"], heartbeat_interval=5.0, rss_bytes=7),
+        child(slot=0, worker_id=9, job_id=4, task_name="t", job_age=2.0),
+        child(slot=1, state="stopped"),
+        child(sup_id=5, slot=0),  # its supervisor is not among the rows
+        sup(id=2, host="h2", state="stopped", stalled_timeout=None),
+    ]
+    first, second = from_rows(rows)
+    assert (first.id, first.host, first.pid, first.phase) == (1, "h1", 101, "running")
+    assert (first.queues, first.concurrency, first.crash_looping) == (("a",), 2, False)
+    assert (first.heartbeat_interval, first.stalled_timeout) == (5.0, 30.0)
+    assert (first.rss_bytes, first.heartbeat_age, first.uptime) == (7, 1.0, 10.0)
+    assert first.started_at == first.last_heartbeat == NOW
+    job, stopped = first.children
+    assert (job.slot, job.pid, job.worker_id, job.state) == (0, 1000, 9, "idle")
+    assert (job.job_id, job.task_name, job.job_age) == (4, "t", 2.0)
+    assert (job.jobs_done, job.rss_bytes, job.heartbeat_age) == (3, 1 << 20, 0.5)
+    assert (job.started_at, job.last_heartbeat, job.uptime) == (NOW, NOW, 9.0)
+    assert stopped.state == "stopped"  # read as it is: judging is fleet_health's
+    assert (second.id, second.phase, second.children) == (2, "stopped", ())
+    assert second.stalled_timeout is None and second.queues is None
+    # the table records no child timeout: no child of a row is judged wedged
+    assert first.fresh_worker_ids() == [9]
+
+
 # ------------------------------------------------------------------ query
 
 
