@@ -214,7 +214,7 @@ def _public(
     return out
 
 
-def supervisor_entry(supervisor: FleetSnapshot) -> dict[str, Any]:
+def _supervisor_entry(supervisor: FleetSnapshot) -> dict[str, Any]:
     """What the fleet document shows of one supervisor and its children."""
     entry = _public(supervisor, _SUPERVISOR_FIELDS, _SUPERVISOR_ATTRIBUTES)
     entry["fresh"] = is_fresh(supervisor)
@@ -250,7 +250,7 @@ class FleetHealth:
             "min_children": self.query.min_children,
             "fresh_supervisors": self.fresh_supervisors,
             "fresh_children": self.fresh_children,
-            "supervisors": [supervisor_entry(s) for s in self.supervisors],
+            "supervisors": [_supervisor_entry(s) for s in self.supervisors],
         }
 
 
