@@ -35,7 +35,7 @@ if str(REPO) not in sys.path:
 import psycopg
 
 from benchmarks import harness
-from procrastinate_prefork import fleet, recovery, status
+from procrastinate_prefork import fleet, recovery, snapshot, status
 from procrastinate_prefork import health as fleet_health
 
 FINISHED = 1_000_000
@@ -241,7 +241,9 @@ class Fixture:
 
     def status(self) -> None:
         rows = status.fetch_rows_psycopg(self.conn)
-        fleet_health.fleet_health(rows, fleet_health.FleetQuery.build())
+        fleet_health.fleet_health(
+            snapshot.from_rows(rows), fleet_health.FleetQuery.build()
+        )
 
     def health_view(self) -> None:
         # the Django health view runs the same statement on Django's cursor

@@ -3,8 +3,8 @@
 Two audiences ask:
 
 - the **fleet** view (Django view, ``status`` command, django-health-check):
-  rows of the fleet table, with ages computed by the database, decide whether
-  the fleet as a whole can run jobs;
+  the fleet table read into snapshots (``snapshot.from_rows``), with ages
+  computed by the database, decides whether the fleet as a whole can run jobs;
 - the **probe port** of one supervisor (``/live``, ``/ready``, ``/status``):
   what the supervisor knows of its own children, from its scoreboard.
 
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from .policy import STALLED_TIMEOUT, is_wedged
 
 if TYPE_CHECKING:
-    from .snapshot import FleetSnapshot
+    from .snapshot import ChildSnapshot, FleetSnapshot
 
 #: child states that count as able to run jobs
 WORKING_STATES = frozenset({"idle", "busy"})
@@ -82,11 +82,11 @@ class FleetQuery:
             min_children=_min_children(min_children),
         )
 
-    def matches(self, supervisor: Mapping[str, Any]) -> bool:
-        if self.host is not None and supervisor.get("host") != self.host:
+    def matches(self, supervisor: FleetSnapshot) -> bool:
+        if self.host is not None and supervisor.host != self.host:
             return False
         if self.queue is not None:
-            queues = supervisor.get("queues")
+            queues = supervisor.queues
             # a supervisor without queues works on every queue
             if queues and self.queue not in queues:
                 return False
@@ -125,20 +125,30 @@ def _min_children(value: Any) -> int:
     return number
 
 
-def stale_after(row: Mapping[str, Any]) -> float:
-    """Heartbeat age beyond which ``row`` counts as gone: its supervisor's
-    ``--stalled-timeout`` (the age after which that supervisor's jobs would
-    be recovered by others anyway)."""
-    value = row.get("stalled_timeout")
-    return float(value) if value else DEFAULT_STALE_AFTER
+def stale_after(supervisor: FleetSnapshot) -> float:
+    """Heartbeat age beyond which ``supervisor`` and its children count as
+    gone: its ``--stalled-timeout`` (the age after which its jobs would be
+    recovered by others anyway)."""
+    return supervisor.stalled_timeout or DEFAULT_STALE_AFTER
 
 
-def is_fresh(row: Mapping[str, Any]) -> bool:
-    age = row.get("heartbeat_age")
+def is_fresh(supervisor: FleetSnapshot, child: ChildSnapshot | None = None) -> bool:
+    """Whether ``supervisor`` (or ``child``, one of its children) is not
+    stopped and was heard from within its supervisor's stalled timeout."""
+    if child is None:
+        state, age = supervisor.phase, supervisor.heartbeat_age
+    else:
+        state, age = child.state, child.heartbeat_age
+    return state != "stopped" and age <= stale_after(supervisor)
+
+
+def counts(supervisor: FleetSnapshot, child: ChildSnapshot) -> bool:
+    """Whether ``child`` counts towards ``min_children``: it and its supervisor
+    are fresh, and it is able to run jobs."""
     return (
-        row.get("state") != "stopped"
-        and age is not None
-        and float(age) <= stale_after(row)
+        is_fresh(supervisor)
+        and child.state in WORKING_STATES
+        and is_fresh(supervisor, child)
     )
 
 
@@ -159,6 +169,8 @@ _SUPERVISOR_FIELDS = (
     "heartbeat_age",
     "uptime",
 )
+#: the snapshot attribute behind a field of the document, where its name differs
+_SUPERVISOR_ATTRIBUTES = {"state": "phase", "crash_loop": "crash_looping"}
 _CHILD_FIELDS = (
     "slot",
     "pid",
@@ -178,19 +190,39 @@ _CHILD_FIELDS = (
 _AGE_FIELDS = frozenset({"heartbeat_age", "uptime", "job_age"})
 
 
-def _public(row: Mapping[str, Any], fields: Sequence[str]) -> dict[str, Any]:
-    """The whitelisted fields of a row, JSON-ready."""
+def shown_age(seconds: float) -> float:
+    """An age as the fleet document shows it: never negative, to the ms."""
+    return round(max(0.0, seconds), 3)
+
+
+def _public(
+    process: FleetSnapshot | ChildSnapshot,
+    fields: Sequence[str],
+    attributes: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The whitelisted fields of a snapshot, JSON-ready."""
     out: dict[str, Any] = {}
     for name in fields:
-        value = row.get(name)
+        value = getattr(process, (attributes or {}).get(name, name))
         if isinstance(value, (datetime.datetime, datetime.date)):
             value = value.isoformat()
         elif name in _AGE_FIELDS and value is not None:
-            value = round(max(0.0, float(value)), 3)
+            value = shown_age(value)
         elif name == "queues" and value is not None:
             value = list(value)
         out[name] = value
     return out
+
+
+def _supervisor_entry(supervisor: FleetSnapshot) -> dict[str, Any]:
+    """What the fleet document shows of one supervisor and its children."""
+    entry = _public(supervisor, _SUPERVISOR_FIELDS, _SUPERVISOR_ATTRIBUTES)
+    entry["fresh"] = is_fresh(supervisor)
+    entry["children"] = [
+        {**_public(child, _CHILD_FIELDS), "fresh": counts(supervisor, child)}
+        for child in supervisor.children
+    ]
+    return entry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,7 +231,9 @@ class FleetHealth:
     problems: tuple[str, ...]  # why it is unhealthy
     warnings: tuple[str, ...]  # worth a look, not failing
     query: FleetQuery
-    supervisors: tuple[dict[str, Any], ...]  # each with its "children"
+    #: the supervisors the query selects, none stopped, with their children
+    #: that are not stopped
+    supervisors: tuple[FleetSnapshot, ...]
     fresh_supervisors: int
     fresh_children: int
 
@@ -216,64 +250,44 @@ class FleetHealth:
             "min_children": self.query.min_children,
             "fresh_supervisors": self.fresh_supervisors,
             "fresh_children": self.fresh_children,
-            "supervisors": [dict(s) for s in self.supervisors],
+            "supervisors": [_supervisor_entry(s) for s in self.supervisors],
         }
 
 
 def fleet_health(
-    rows: Iterable[Mapping[str, Any]], query: FleetQuery | None = None
+    fleet: Iterable[FleetSnapshot], query: FleetQuery | None = None
 ) -> FleetHealth:
-    """Judge the fleet from its table's rows (``fleet.FLEET_SQL``).
+    """Judge the fleet as the fleet table shows it (``snapshot.from_rows``).
 
     Unhealthy when, among the supervisors the query selects: none is fresh;
     their fresh children (idle or busy, heartbeat within their supervisor's
     stalled timeout) are fewer than ``min_children``; or a fresh one is in a
-    crash loop. Rows marked stopped are left out of the listing.
+    crash loop. Stopped supervisors and children are left out of the listing.
     """
     query = query or FleetQuery()
-    rows = list(rows)
-    children_of: dict[Any, list[Mapping[str, Any]]] = {}
-    for row in rows:
-        if row.get("kind") == "child":
-            children_of.setdefault(row.get("supervisor_id"), []).append(row)
-    supervisors: list[dict[str, Any]] = []
+    supervisors: list[FleetSnapshot] = []
     fresh_supervisors = fresh_children = 0
     crash_loops: list[str] = []
     warnings: list[str] = []
-    for row in rows:
-        if row.get("kind") != "supervisor" or row.get("state") == "stopped":
+    for listed in fleet:
+        if listed.phase == "stopped" or not query.matches(listed):
             continue
-        if not query.matches(row):
-            continue
-        fresh = is_fresh(row)
-        entry = _public(row, _SUPERVISOR_FIELDS)
-        entry["fresh"] = fresh
-        children = []
-        for child in children_of.get(row.get("id"), []):
-            if child.get("state") == "stopped":
-                continue
-            child_fresh = (
-                fresh
-                and child.get("state") in WORKING_STATES
-                and is_fresh({**child, "stalled_timeout": stale_after(row)})
-            )
-            public = _public(child, _CHILD_FIELDS)
-            public["fresh"] = child_fresh
-            children.append(public)
-            fresh_children += child_fresh
-        entry["children"] = children
-        supervisors.append(entry)
-        name = f"supervisor pid {row.get('pid')} on {row.get('host')}"
-        if not fresh:
+        supervisor = dataclasses.replace(
+            listed,
+            children=tuple(c for c in listed.children if c.state != "stopped"),
+        )
+        supervisors.append(supervisor)
+        fresh_children += sum(counts(supervisor, c) for c in supervisor.children)
+        name = f"supervisor pid {supervisor.pid} on {supervisor.host}"
+        if not is_fresh(supervisor):
             # Shown, not failed on by itself: its jobs go back to the queue
             # through the others' sweeps, and min_children counts what is left.
             warnings.append(
-                f"{name} has sent no heartbeat for "
-                f"{float(row.get('heartbeat_age') or 0):.0f} s"
+                f"{name} has sent no heartbeat for {supervisor.heartbeat_age:.0f} s"
             )
         else:
             fresh_supervisors += 1
-            if row.get("crash_loop"):
+            if supervisor.crash_looping:
                 crash_loops.append(f"{name} is in a crash loop")
     problems: list[str] = []
     if not fresh_supervisors:
@@ -354,7 +368,7 @@ def supervisor_report(facts: FleetSnapshot) -> dict[str, Any]:
         "host": facts.host,
         "pid": facts.pid,
         "phase": facts.phase,
-        "uptime": round(max(0.0, facts.uptime), 3),
+        "uptime": shown_age(facts.uptime),
         "queues": list(facts.queues) if facts.queues else None,
         "concurrency": facts.concurrency,
         "crash_loop": facts.crash_looping,
@@ -373,8 +387,8 @@ def supervisor_report(facts: FleetSnapshot) -> dict[str, Any]:
                 "jobs_done": c.jobs_done,
                 "restarts": c.restarts,
                 "rss_bytes": c.rss_bytes,
-                "heartbeat_age": round(max(0.0, c.heartbeat_age), 3),
-                "uptime": round(max(0.0, c.uptime), 3),
+                "heartbeat_age": shown_age(c.heartbeat_age),
+                "uptime": shown_age(c.uptime),
             }
             for c in sorted(facts.children, key=lambda c: c.slot)
         ],

@@ -1,15 +1,18 @@
-"""One snapshot of a supervisor and its children, taken on demand.
+"""One snapshot of a supervisor and its children.
 
-The heartbeat writes it to the fleet table, the probe port serves it and the
-health rules judge it: one type for what used to be built three times.
+The supervisor takes it of itself on demand (``take``): the heartbeat writes
+it to the fleet table and the probe port serves it. The status command and the
+fleet health view read the table back into the same types (``from_rows``), so
+the health rules judge one type wherever the facts come from.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from . import policy
 
@@ -38,15 +41,21 @@ class ChildSnapshot:
     restarts: int = 0
     started_at: datetime.datetime | None = None
     uptime: float = 0.0
+    #: the child's last sign of life by the database's clock (fleet table only)
+    last_heartbeat: datetime.datetime | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class FleetSnapshot:
-    """One supervisor and its children."""
+    """One supervisor and its children.
+
+    The fields after ``uptime`` come from the fleet table only: a snapshot the
+    supervisor takes of itself leaves them at their defaults."""
 
     host: str
     pid: int
-    phase: str  # running, draining, stopping
+    #: starting, running, draining, stopping; stopped (fleet table only)
+    phase: str
     concurrency: int  # children it means to run now
     crash_looping: bool
     database_up: bool
@@ -54,6 +63,16 @@ class FleetSnapshot:
     children: Sequence[ChildSnapshot]
     queues: Sequence[str] | None = None
     uptime: float = 0.0
+    id: int | None = None  # its row in the fleet table
+    heartbeat_interval: float | None = None
+    #: its --stalled-timeout, as it declared it (None: it did not)
+    stalled_timeout: float | None = None
+    rss_bytes: int | None = None
+    restarts: int = 0
+    started_at: datetime.datetime | None = None
+    last_heartbeat: datetime.datetime | None = None
+    #: seconds since its last heartbeat, by the database's clock
+    heartbeat_age: float = 0.0
 
     def fresh_worker_ids(self) -> list[int]:
         """Worker ids of the children that are not wedged: their heartbeat
@@ -103,3 +122,77 @@ def take(supervisor: Supervisor, now: float) -> FleetSnapshot:
         queues=config.queues,
         uptime=now - supervisor.started,
     )
+
+
+def from_rows(rows: Iterable[Mapping[str, Any]]) -> list[FleetSnapshot]:
+    """The supervisors of fleet table rows (``fleet.FLEET_SQL``'s columns, from
+    psycopg or Django's cursor), in the rows' order, each with its children;
+    children whose supervisor is not among the rows are left out. Nothing is
+    judged or filtered here: stopped rows stay."""
+    rows = list(rows)
+    children_of: dict[Any, list[ChildSnapshot]] = {}
+    for row in rows:
+        if row["kind"] == "child":
+            children_of.setdefault(row["supervisor_id"], []).append(_child(row))
+    return [
+        _supervisor(row, children_of.get(row["id"], ()))
+        for row in rows
+        if row["kind"] == "supervisor"
+    ]
+
+
+def _supervisor(
+    row: Mapping[str, Any], children: Sequence[ChildSnapshot]
+) -> FleetSnapshot:
+    queues = row.get("queues")
+    return FleetSnapshot(
+        host=row["host"],
+        pid=int(row["pid"]),
+        phase=row["state"],
+        # NULL only in a row no supervisor wrote
+        concurrency=int(row.get("concurrency") or 0),
+        crash_looping=bool(row.get("crash_loop")),
+        # The table records neither: a row was written through the database,
+        # and no child of it is judged wedged from the table.
+        database_up=True,
+        child_timeout=math.inf,
+        children=tuple(children),
+        queues=tuple(queues) if queues is not None else None,
+        uptime=float(row["uptime"]),
+        id=int(row["id"]),
+        heartbeat_interval=_float(row.get("heartbeat_interval")),
+        stalled_timeout=_float(row.get("stalled_timeout")),
+        rss_bytes=_int(row.get("rss_bytes")),
+        restarts=int(row.get("restarts") or 0),
+        started_at=row.get("started_at"),
+        last_heartbeat=row.get("last_heartbeat"),
+        heartbeat_age=float(row["heartbeat_age"]),
+    )
+
+
+def _child(row: Mapping[str, Any]) -> ChildSnapshot:
+    return ChildSnapshot(
+        slot=int(row["slot"]),
+        pid=int(row["pid"]),
+        state=row["state"],
+        heartbeat_age=float(row["heartbeat_age"]),
+        worker_id=_int(row.get("worker_id")),
+        job_id=_int(row.get("job_id")),
+        task_name=row.get("task_name"),
+        job_age=_float(row.get("job_age")),
+        job_ids=tuple(row.get("job_ids") or ()),
+        jobs_done=int(row.get("jobs_done") or 0),
+        rss_bytes=_int(row.get("rss_bytes")),
+        restarts=int(row.get("restarts") or 0),
+        started_at=row.get("started_at"),
+        uptime=float(row["uptime"]),
+        last_heartbeat=row.get("last_heartbeat"),
+    )
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)

@@ -2,7 +2,8 @@
 
 Shared by ``procrastinate-prefork --app X status`` and ``manage.py
 prefork_status``; the rows come from ``fleet.FLEET_SQL`` (psycopg or Django's
-connection), the verdict from ``health.fleet_health``.
+connection) and are read into snapshots (``snapshot.from_rows``), the verdict
+from ``health.fleet_health``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TextIO
 
-from . import errors, fleet, health
+from . import errors, fleet, health, snapshot
 
 EXIT_HEALTHY = 0
 EXIT_UNHEALTHY = 1
@@ -83,7 +84,7 @@ def report(
             first += f" ({schema_hint})"
         err.write(f"error: cannot read the fleet table: {first}\n")
         return EXIT_UNHEALTHY
-    result = health.fleet_health(rows, query)
+    result = health.fleet_health(snapshot.from_rows(rows), query)
     if as_json:
         out.write(json.dumps(result.as_dict(), indent=2) + "\n")
     elif check:
@@ -107,39 +108,39 @@ def _undefined_table(exc: BaseException) -> bool:
 def render_table(result: health.FleetHealth) -> str:
     lines: list[tuple[str, ...]] = [COLUMNS]
     for sup in result.supervisors:
-        state = sup["state"] + (" crash-loop" if sup.get("crash_loop") else "")
-        if not sup["fresh"]:
+        state = sup.phase + (" crash-loop" if sup.crash_looping else "")
+        if not health.is_fresh(sup):
             state += " STALE"
-        queues = ",".join(sup.get("queues") or []) or "all queues"
+        queues = ",".join(sup.queues or []) or "all queues"
         lines.append(
             (
-                sup["host"],
-                str(sup["pid"]),
+                sup.host,
+                str(sup.pid),
                 "-",
                 state,
                 f"({queues})",
-                _age(sup.get("heartbeat_age")),
-                str(sum(c.get("jobs_done") or 0 for c in sup["children"])),
-                _memory(sup.get("rss_bytes")),
+                _age(sup.heartbeat_age),
+                str(sum(c.jobs_done for c in sup.children)),
+                _memory(sup.rss_bytes),
             )
         )
-        for child in sup["children"]:
+        for child in sup.children:
             job = "-"
-            if child.get("job_id") is not None:
-                job = f"{child['job_id']} {child.get('task_name') or '?'}"
-                if child.get("job_age") is not None:
-                    job += f" ({_age(child['job_age'])})"
-            child_state = child["state"] + ("" if child["fresh"] else " STALE")
+            if child.job_id is not None:
+                job = f"{child.job_id} {child.task_name or '?'}"
+                if child.job_age is not None:
+                    job += f" ({_age(child.job_age)})"
+            fresh = health.counts(sup, child)
             lines.append(
                 (
                     "",
-                    str(child["pid"]),
-                    str(child["slot"]),
-                    child_state,
+                    str(child.pid),
+                    str(child.slot),
+                    child.state + ("" if fresh else " STALE"),
                     job,
-                    _age(child.get("heartbeat_age")),
-                    str(child.get("jobs_done") or 0),
-                    _memory(child.get("rss_bytes")),
+                    _age(child.heartbeat_age),
+                    str(child.jobs_done),
+                    _memory(child.rss_bytes),
                 )
             )
     widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
@@ -169,10 +170,9 @@ def one_line(result: health.FleetHealth) -> str:
     return "unhealthy: " + "; ".join(result.problems)
 
 
-def _age(seconds: Any) -> str:
-    if seconds is None:
-        return "-"
-    seconds = float(seconds)
+def _age(seconds: float) -> str:
+    # rounded as in the JSON document, so that both show the same age
+    seconds = health.shown_age(seconds)
     if seconds < 60:
         return f"{seconds:.1f}s"
     if seconds < 3600:
@@ -180,7 +180,7 @@ def _age(seconds: Any) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-def _memory(size: Any) -> str:
+def _memory(size: int | None) -> str:
     if not size:
         return "-"
-    return f"{int(size) / (1 << 20):.1f}MiB"
+    return f"{size / (1 << 20):.1f}MiB"

@@ -430,6 +430,53 @@ def test_probe_port_in_use_exits_1_before_forking(fleet, db_url):
     assert fleet_rows(db_url) == []  # not even registered
 
 
+def test_table_reads_back_the_snapshot_the_probe_serves(fleet, db_url):
+    """What the heartbeat writes and the status views read back is the
+    snapshot the probe serves: one type, the same facts."""
+    from procrastinate_prefork import snapshot, status
+
+    port = free_port()
+    fleet.start(
+        "--concurrency",
+        "2",
+        "--queues",
+        "default,other",
+        "--health-port",
+        str(port),
+        *FAST,
+        app=HEALTH_APP,
+    )
+    pids = fleet.wait_children(2)
+
+    def both() -> tuple[Any, Any] | None:
+        _, served = probe(port, "/status")
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            [read] = snapshot.from_rows(status.fetch_rows_psycopg(conn))
+        if sorted(c.pid for c in read.children) != pids or read.phase != "running":
+            return None  # the table is one heartbeat behind the probe
+        return served, read
+
+    served, read = wait_for(both, timeout=10, message="the children in the table")
+    assert (read.host, read.pid, read.phase) == (
+        served["host"],
+        served["pid"],
+        served["phase"],
+    )
+    assert (read.concurrency, list(read.queues or ())) == (
+        served["concurrency"],
+        served["queues"],
+    )
+    assert read.crash_looping is served["crash_loop"] is False
+    assert (read.heartbeat_interval, read.stalled_timeout) == (0.5, 2.0)
+    assert [(c.slot, c.pid) for c in read.children] == [
+        (c["slot"], c["pid"]) for c in served["children"]
+    ]
+    for child in read.children:
+        assert child.worker_id and child.state == "idle" and child.rss_bytes
+        assert 0 <= child.heartbeat_age < 2 and child.started_at is not None
+    assert fleet.stop() == 0
+
+
 # ---------------------------------------------------------- status command
 
 
@@ -726,3 +773,59 @@ def test_admin_is_read_only_and_migrations_are_complete(admin_client):
     assert FleetProcess.objects.count() == 3
     with pytest.raises(ReadOnlyError):
         FleetProcess.objects.filter(pk=sup_id).delete()
+
+
+PINNED_DOCUMENT = REPO / "tests" / "integration" / "fleet_document.json"
+#: Fields whose values follow the clock (or a sequence): checked for their type,
+#: not pinned.
+_CLOCK_FIELDS = {
+    "id": int,
+    "started_at": str,
+    "last_heartbeat": str,
+    "heartbeat_age": float,
+    "uptime": float,
+    "job_age": float,  # or None: no job
+}
+
+
+def _unclocked(document: Any) -> Any:
+    if isinstance(document, list):
+        return [_unclocked(item) for item in document]
+    if not isinstance(document, dict):
+        return document
+    out = {}
+    for name, value in document.items():
+        if name in _CLOCK_FIELDS and value is not None:
+            assert isinstance(value, _CLOCK_FIELDS[name]), (name, value)
+            value = "<clock>"
+        out[name] = _unclocked(value)
+    return out
+
+
+def test_status_json_and_view_are_pinned_on_real_rows(db_url, django_view):
+    """The document from real table rows, every field and its place: ``status
+    --json`` and the health view give the same one."""
+    busy = insert_supervisor(db_url, host="a", pid=100, queues=["mail"])
+    insert_supervisor(db_url, host="b", pid=200, age=3600, crash_loop=True)
+    gone = insert_supervisor(db_url, host="c", pid=300)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE procrastinate_prefork_processes SET state = 'busy', job_id = 9,"
+            " task_name = 'sleep', job_started_at = now() - interval '2 h',"
+            " restarts = 1 WHERE supervisor_id = %s AND slot = 1",
+            [busy],
+        )
+        conn.execute(
+            "UPDATE procrastinate_prefork_processes SET state = 'stopped'"
+            " WHERE id = %s OR supervisor_id = %s",
+            [gone, gone],
+        )
+    cli = status_cli(db_url, "--json")
+    assert cli.returncode == 0, cli.stderr
+    [(code, view)] = django_view.get(db_url, "/prefork/")
+    assert code == 200  # b's crash loop is stale: a warning
+    raw = json.loads(cli.stdout)
+    assert 7200 <= raw["supervisors"][0]["children"][1]["job_age"] < 7200 + 60
+    document = _unclocked(raw)
+    assert json.dumps(_unclocked(view)) == json.dumps(document)
+    assert json.dumps(document, indent=1) == PINNED_DOCUMENT.read_text().strip()

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import datetime
 import json
+from pathlib import Path
 
 import pytest
 
-from procrastinate_prefork import health
+from procrastinate_prefork import health, status
 from procrastinate_prefork.health import (
     FleetQuery,
     QueryError,
-    fleet_health,
     liveness,
     readiness,
     supervisor_report,
 )
 from procrastinate_prefork.snapshot import ChildSnapshot as ChildFacts
 from procrastinate_prefork.snapshot import FleetSnapshot as SupervisorFacts
+from procrastinate_prefork.snapshot import from_rows
 
 NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
 
@@ -47,6 +48,7 @@ def sup(
         "started_at": NOW,
         "last_heartbeat": NOW,
         "uptime": 10.0,
+        "restarts": 0,
         **extra,
     }
 
@@ -74,6 +76,11 @@ def child(sup_id=1, slot=0, state="idle", age=0.5, **extra):
     }
 
 
+def fleet_health(rows, query=None):
+    """The verdict on fleet table rows, read as the status views read them."""
+    return health.fleet_health(from_rows(rows), query)
+
+
 # ------------------------------------------------------------------ fleet
 
 
@@ -83,7 +90,7 @@ def test_healthy_fleet():
     assert result.problems == ()
     assert result.fresh_supervisors == 1 and result.fresh_children == 2
     [entry] = result.supervisors
-    assert [c["fresh"] for c in entry["children"]] == [True, True]
+    assert [health.counts(entry, c) for c in entry.children] == [True, True]
 
 
 def test_no_rows_is_unhealthy():
@@ -154,8 +161,8 @@ def test_stopped_rows_are_left_out():
         child(sup_id=2, slot=1, state="stopped"),
     ]
     result = fleet_health(rows)
-    assert [s["id"] for s in result.supervisors] == [2]
-    assert [c["slot"] for c in result.supervisors[0]["children"]] == [0]
+    assert [s.id for s in result.supervisors] == [2]
+    assert [c.slot for c in result.supervisors[0].children] == [0]
 
 
 def test_host_filter():
@@ -178,7 +185,7 @@ def test_queue_filter():
     assert fleet_health(rows, FleetQuery(queue="mail")).healthy
     result = fleet_health(rows, FleetQuery(queue="reports"))
     assert not result.healthy
-    assert [s["id"] for s in result.supervisors] == [2]
+    assert [s.id for s in result.supervisors] == [2]
 
 
 def test_output_is_whitelisted_and_json_ready():
@@ -193,6 +200,95 @@ def test_output_is_whitelisted_and_json_ready():
     assert entry["started_at"] == NOW.isoformat()
     assert entry["children"][0]["job_age"] == 1.235
     assert document["status"] == "healthy" and document["min_children"] == 1
+
+
+#: A fleet as ``fleet.FLEET_SQL`` gives it: every kind of row the views show.
+PIN_ROWS = [
+    sup(
+        id=1,
+        queues=["a", "b"],
+        heartbeat_interval=5.0,
+        rss_bytes=123456789,
+        restarts=0,
+        age=0.25,
+        uptime=3700.5,
+    ),
+    child(slot=0, worker_id=501, age=-0.0004, uptime=12.34567),
+    child(
+        slot=1,
+        state="busy",
+        worker_id=502,
+        job_id=7,
+        task_name="t",
+        job_age=59.99996,
+        rss_bytes=None,
+        restarts=2,
+    ),
+    child(slot=2, state="stopped"),
+    child(slot=3, state="starting", age=0.1),
+    sup(id=2, host="h2", age=100.7, crash_loop=True, stalled_timeout=None),
+    child(sup_id=2, slot=0, age=100.6, jobs_done=0),
+    sup(id=3, host="h3", state="stopped"),
+    child(sup_id=3, slot=0),
+]
+GOLDEN = Path(__file__).with_name("fleet_document.json")
+PIN_TABLE = """\
+HOST  PID   SLOT  STATE                     JOB           AGE   JOBS DONE  MEMORY
+h1    101   -     running                   (a,b)         0.2s  9          117.7MiB
+      1000  0     idle                      -             0.0s  3          1.0MiB
+      1001  1     busy                      7 t (1.0m)    0.5s  3          -
+      1003  3     starting STALE            -             0.1s  3          1.0MiB
+h2    102   -     running crash-loop STALE  (all queues)  1.7m  0          -
+      2000  0     idle STALE                -             1.7m  0          1.0MiB
+
+HEALTHY: 1 fresh supervisor(s), 2 fresh child(ren) (min_children=1)
+  - supervisor pid 102 on h2 has sent no heartbeat for 101 s
+"""
+
+
+def test_document_table_and_line_are_pinned():
+    """The health view's and ``status --json``'s document, field for field and
+    in order, the table and the one-line check: what scripts and dashboards
+    read must not move."""
+    result = fleet_health(PIN_ROWS)
+    assert json.dumps(result.as_dict(), indent=2) + "\n" == GOLDEN.read_text()
+    assert status.render_table(result) == PIN_TABLE
+    assert status.one_line(result) == "healthy: 1 supervisor(s), 2 child(ren)"
+    unhealthy = fleet_health(PIN_ROWS, FleetQuery(min_children=3))
+    assert status.one_line(unhealthy) == (
+        "unhealthy: 2 fresh child(ren), fewer than min_children=3"
+    )
+    empty = status.render_table(fleet_health([]))
+    assert empty.splitlines()[:2] == [
+        "HOST  PID  SLOT  STATE  JOB  AGE  JOBS DONE  MEMORY",
+        "(no supervisor in the fleet table)",
+    ]
+
+
+def test_rows_are_read_into_snapshots():
+    rows = [
+        sup(id=1, queues=["a"], heartbeat_interval=5.0, rss_bytes=7),
+        child(slot=0, worker_id=9, job_id=4, task_name="t", job_age=2.0),
+        child(slot=1, state="stopped"),
+        child(sup_id=5, slot=0),  # its supervisor is not among the rows
+        sup(id=2, host="h2", state="stopped", stalled_timeout=None),
+    ]
+    first, second = from_rows(rows)
+    assert (first.id, first.host, first.pid, first.phase) == (1, "h1", 101, "running")
+    assert (first.queues, first.concurrency, first.crash_looping) == (("a",), 2, False)
+    assert (first.heartbeat_interval, first.stalled_timeout) == (5.0, 30.0)
+    assert (first.rss_bytes, first.heartbeat_age, first.uptime) == (7, 1.0, 10.0)
+    assert first.started_at == first.last_heartbeat == NOW
+    job, stopped = first.children
+    assert (job.slot, job.pid, job.worker_id, job.state) == (0, 1000, 9, "idle")
+    assert (job.job_id, job.task_name, job.job_age) == (4, "t", 2.0)
+    assert (job.jobs_done, job.rss_bytes, job.heartbeat_age) == (3, 1 << 20, 0.5)
+    assert (job.started_at, job.last_heartbeat, job.uptime) == (NOW, NOW, 9.0)
+    assert stopped.state == "stopped"  # read as it is: judging is fleet_health's
+    assert (second.id, second.phase, second.children) == (2, "stopped", ())
+    assert second.stalled_timeout is None and second.queues is None
+    # the table records no child timeout: no child of a row is judged wedged
+    assert first.fresh_worker_ids() == [9]
 
 
 # ------------------------------------------------------------------ query

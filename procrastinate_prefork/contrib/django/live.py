@@ -35,20 +35,15 @@ def job_admin_url(job_id: int) -> str | None:
 
 def live_data(query: health.FleetQuery) -> dict[str, Any]:
     report = fleet_report(query)
-    supervisors = []
-    for supervisor in report.supervisors:
-        children = []
-        for child in supervisor["children"]:
-            stale = not health.is_fresh(
-                {**child, "stalled_timeout": health.stale_after(supervisor)}
-            )
-            job_id = child.get("job_id")
-            url = job_admin_url(job_id) if job_id is not None else None
-            children.append({**child, "stale": stale, "job_url": url})
-        supervisors.append(
-            {**supervisor, "stale": not supervisor["fresh"], "children": children}
-        )
     data = report.as_dict()
+    supervisors = []
+    for supervisor, entry in zip(report.supervisors, data["supervisors"], strict=True):
+        children = []
+        for child, shown in zip(supervisor.children, entry["children"], strict=True):
+            stale = not health.is_fresh(supervisor, child)
+            url = job_admin_url(child.job_id) if child.job_id is not None else None
+            children.append({**shown, "stale": stale, "job_url": url})
+        supervisors.append({**entry, "stale": not entry["fresh"], "children": children})
     data["supervisors"] = supervisors
     data["generated_at"] = timezone.now().isoformat()
     return data

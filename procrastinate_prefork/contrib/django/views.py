@@ -14,7 +14,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 
-from ... import health
+from ... import health, snapshot
 from .status import fetch_rows_django
 
 
@@ -24,7 +24,8 @@ def fleet_report(query: health.FleetQuery) -> health.FleetHealth:
     from procrastinate.contrib.django import settings as procrastinate_settings
 
     alias = procrastinate_settings.settings.DATABASE_ALIAS
-    return health.fleet_health(fetch_rows_django(connections[alias]), query)
+    rows = fetch_rows_django(connections[alias])
+    return health.fleet_health(snapshot.from_rows(rows), query)
 
 
 @csrf_exempt  # so that every other method gets 405, not a CSRF 403
