@@ -12,7 +12,7 @@
 --   stalled_jobs (twice);
 -- * silent, i.e. nothing heard for a timeout that the sweeper has been
 --   healthy for: "since < now() - make_interval(secs => timeout) AND
---   timeout <= %(healthy_for)s" in "sup", dead_worker and stalled_jobs;
+--   timeout <= healthy_for" in "sup", dead_worker and stalled_jobs;
 -- * the job columns the recovery reads: worker_jobs and stalled_jobs.
 
 -- count_runnable --

@@ -61,3 +61,14 @@ def test_blocks_that_judge_supervisors_share_one_text_of_the_rule():
         "stalled_jobs", "sup"
     )
     assert "make_interval(secs => t.timeout)" in _with_list("stalled_jobs", "sup")
+
+
+def test_no_percent_sign_in_the_comments_of_a_statement():
+    # psycopg (and Django's cursor) read every % of a statement as a placeholder
+    commented = [
+        (name, line)
+        for name, statement in queries.QUERIES.items()
+        for line in statement.splitlines()
+        if "--" in line and "%" in line.split("--", 1)[1]
+    ]
+    assert commented == []
