@@ -35,7 +35,7 @@ if str(REPO) not in sys.path:
 import psycopg
 
 from benchmarks import harness
-from procrastinate_prefork import fleet, recovery, snapshot, status
+from procrastinate_prefork import fleet, identity, queries, recovery, snapshot, status
 from procrastinate_prefork import health as fleet_health
 
 FINISHED = 1_000_000
@@ -178,35 +178,33 @@ class Fixture:
             "SELECT now() FROM generate_series(1, 4) RETURNING id"
         ).fetchall()
         now = datetime.datetime.now(datetime.timezone.utc)
-        self.children = [
-            fleet.ChildRow(
-                slot=i,
-                pid=10 + i,
-                worker_id=int(r[0]),
-                state="idle",
-                job_id=None,
-                task_name=None,
-                jobs_done=0,
-                restarts=0,
-                rss_bytes=None,
-                started_at=now,
-            )
-            for i, r in enumerate(rows)
-        ]
+        self.snapshot = snapshot.FleetSnapshot(
+            host=HOST,
+            pid=1,
+            phase="running",
+            concurrency=4,
+            crash_looping=False,
+            database_up=True,
+            child_timeout=60,
+            children=[
+                snapshot.ChildSnapshot(
+                    slot=i,
+                    pid=10 + i,
+                    state="idle",
+                    heartbeat_age=0.0,
+                    worker_id=int(r[0]),
+                    started_at=now,
+                )
+                for i, r in enumerate(rows)
+            ],
+        )
         self.judgement = recovery.Judgement(
             healthy_for=3600, slack=5, own_timeout=30, own_interval=5, stock_timeout=30
         )
 
     def heartbeat(self) -> None:
         fleet.heartbeat(
-            self.conn,
-            supervisor_id=self.supervisor,
-            host=HOST,
-            state="running",
-            crash_loop=False,
-            concurrency=4,
-            children=self.children,
-            fresh_worker_ids=[c.worker_id for c in self.children if c.worker_id],
+            self.conn, supervisor_id=self.supervisor, snapshot=self.snapshot
         )
 
     def dead_child(self) -> int:
@@ -248,11 +246,11 @@ class Fixture:
     def health_view(self) -> None:
         # the Django health view runs the same statement on Django's cursor
         with self.conn.cursor() as cur:
-            cur.execute(fleet.fleet_sql(live_only=True))  # type: ignore[arg-type]
+            cur.execute(queries.get("fleet_rows"), {"live_only": True})
             cur.fetchall()
 
     def predecessors(self) -> None:
-        fleet.dead_predecessors(
+        identity.dead_predecessors(
             self.conn,
             host=HOST,
             own_id=self.supervisor,

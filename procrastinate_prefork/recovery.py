@@ -33,7 +33,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from . import errors, fleet, queries
+from . import errors, queries
 
 logger = logging.getLogger("procrastinate_prefork.recovery")
 
@@ -94,15 +94,6 @@ def decide(
     return Action.RETRIED, "process died"
 
 
-# Without the arguments, which may weigh megabytes each: the supervisor reads
-# them only for a job stopped by its time limit, whose task's retry strategy
-# gets the job.
-_JOB_COLUMNS = (
-    "id, task_name, queue_name, abort_requested, attempts, lock, queueing_lock, "
-    "{args} AS args, scheduled_at, priority, status, worker_id"
-)
-
-
 def recover_worker_jobs(
     conn: psycopg.Connection,
     worker_ids: Collection[int],
@@ -121,14 +112,12 @@ def recover_worker_jobs(
         return []
     with conn.transaction():
         with conn.cursor(row_factory=dict_row) as cur:
-            columns = _JOB_COLUMNS.format(
-                args="CASE WHEN id = ANY(%s::bigint[]) THEN args END"
-            )
             rows = cur.execute(
-                f"SELECT {columns} FROM procrastinate_jobs "  # noqa: S608
-                "WHERE worker_id = ANY(%s) AND status = 'doing' "
-                "ORDER BY id FOR UPDATE SKIP LOCKED",
-                [list(timed_out_job_ids), list(worker_ids)],
+                queries.get("worker_jobs"),
+                {
+                    "timed_out_job_ids": list(timed_out_job_ids),
+                    "worker_ids": list(worker_ids),
+                },
             ).fetchall()
         recoveries = _recover_each(
             conn,
@@ -169,62 +158,6 @@ class Judgement:
         return dataclasses.asdict(self)
 
 
-# Computed once per statement (hash joins, not a fleet-table scan per job):
-# each supervisor's timeout and verdict, the child rows with theirs, and the
-# worker rows judged dead (by their child's supervisor, or as stock workers).
-_JUDGED = (
-    "WITH sup AS ("  # noqa: S608
-    f"  SELECT s.id, {fleet.supervisor_timeout('s')} AS timeout, "
-    f"  {fleet.supervisor_dead('s')} AS dead "
-    "  FROM procrastinate_prefork_processes AS s WHERE s.kind = 'supervisor'"
-    "), claim AS ("
-    "  SELECT c.worker_id, c.job_ids, sup.timeout, sup.dead "
-    "  FROM procrastinate_prefork_processes AS c JOIN sup ON sup.id = c.supervisor_id "
-    "  WHERE c.kind = 'child'"
-    "), worker_timeout AS ("
-    "  SELECT worker_id, max(timeout) AS timeout FROM claim "
-    "  WHERE worker_id IS NOT NULL GROUP BY worker_id"
-    "), dead_worker AS ("
-    "  SELECT w.id FROM procrastinate_workers AS w "
-    "  LEFT JOIN worker_timeout AS t ON t.worker_id = w.id WHERE "
-    + fleet.silent("w.last_heartbeat", "COALESCE(t.timeout, %(stock_timeout)s)")
-    + ") "
-)
-_CLAIMED = (
-    "SELECT 1 FROM claim AS c WHERE "  # noqa: S608
-    + fleet.child_runs_job("c", "job.id")
-)
-_STARTED_AT = (
-    "COALESCE((SELECT max(e.at) FROM procrastinate_events AS e "
-    "WHERE e.job_id = job.id AND e.type = 'started'), '-infinity')"
-)
-# A job a live supervisor's child runs is that supervisor's to recover, even
-# if its worker row is stale (a wedged child) or gone (a stock worker's prune);
-# such a claim counts only for a job under the child's worker or under none (a
-# job fetched again by another worker is that one's). Otherwise its worker row
-# decides; without one (deleted under it): a child row of a dead supervisor,
-# or, with no claim at all, how long it has been running.
-_STALLED_SQL = _JUDGED + (  # noqa: S608
-    "SELECT {columns} FROM procrastinate_jobs AS job "  # noqa: S608
-    "WHERE job.status = 'doing' "
-    f"AND NOT EXISTS ({_CLAIMED} AND NOT c.dead "
-    "  AND (job.worker_id IS NULL OR job.worker_id = c.worker_id)) "
-    "AND CASE WHEN job.worker_id IS NOT NULL "
-    "  THEN job.worker_id IN (SELECT id FROM dead_worker) "
-    f"  ELSE EXISTS ({_CLAIMED}) "
-    f"    OR {fleet.silent(_STARTED_AT, '%(stock_timeout)s')} END "
-    "ORDER BY job.id LIMIT %(limit)s FOR UPDATE OF job SKIP LOCKED"
-)
-# Rows of workers judged dead, once none of their jobs is left 'doing' (a job
-# skipped now keeps its worker id, and so its judge, for the next sweep).
-_PRUNE_WORKERS_SQL = _JUDGED + (  # noqa: S608
-    "DELETE FROM procrastinate_workers AS w "
-    "WHERE w.id IN (SELECT id FROM dead_worker) "
-    "AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs AS j "
-    "WHERE j.worker_id = w.id AND j.status = 'doing')"
-)
-
-
 def sweep_stalled(
     conn: psycopg.Connection,
     *,
@@ -244,18 +177,14 @@ def sweep_stalled(
         if not locked or not locked[0]:
             return None
         with conn.cursor(row_factory=dict_row) as cur:
-            columns = _JOB_COLUMNS.format(args="NULL::jsonb")
-            rows = cur.execute(
-                _STALLED_SQL.format(columns=columns),
-                params,
-            ).fetchall()
+            rows = cur.execute(queries.get("stalled_jobs"), params).fetchall()
         recoveries = _recover_each(
             conn,
             rows,
             cause="worker heartbeat lost",
             max_crash_retries=max_crash_retries,
         )
-        conn.execute(_PRUNE_WORKERS_SQL, params)
+        conn.execute(queries.get("prune_dead_workers"), params)
     for recovery in recoveries:
         log_recovery(recovery, None)
     return recoveries

@@ -11,6 +11,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from . import db, errors, fleet, probe, recovery, redact, schema
+from .identity import dead_predecessors, process_identity
 
 if TYPE_CHECKING:
     from .supervisor import Supervisor
@@ -78,7 +79,7 @@ class Startup:
                     "the procrastinate schema is missing: "
                     + self.bootstrap.schema_hint("procrastinate")
                 )
-            identity = fleet.process_identity()
+            identity = process_identity()
             self.supervisor_row = own_row = fleet.register_supervisor(
                 conn,
                 host=self.config.hostname,
@@ -89,7 +90,7 @@ class Startup:
                 stalled_timeout=self.config.stalled_timeout,
                 identity=identity,
             )
-            for predecessor in fleet.dead_predecessors(
+            for predecessor in dead_predecessors(
                 conn,
                 host=self.config.hostname,
                 own_id=own_row,

@@ -1,8 +1,8 @@
 """The fleet status, for people (a table) and machines (JSON, an exit code).
 
 Shared by ``procrastinate-prefork --app X status`` and ``manage.py
-prefork_status``; the rows come from ``fleet.FLEET_SQL`` (psycopg or Django's
-connection) and are read into snapshots (``snapshot.from_rows``), the verdict
+prefork_status``; the rows come from the named query ``fleet_rows`` (through
+psycopg or Django's connection) and are read into snapshots (``snapshot.from_rows``), the verdict
 from ``health.fleet_health``.
 """
 

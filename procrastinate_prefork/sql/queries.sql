@@ -1,6 +1,19 @@
 -- Named queries of procrastinate-prefork, loaded by queries.py.
 -- Each block starts with a "-- name --" line and a one-line comment; the
--- statement runs up to the next block. Tables: sql/schema.sql.
+-- statement runs up to the next block (comments after the first line are part
+-- of the statement: no percent sign in them). Tables: sql/schema.sql.
+--
+-- Rules written out in more than one block; change every copy together:
+-- * when a supervisor and its children count as gone: the CTE "sup", the same
+--   text in mark_gone_supervisors, stalled_jobs and prune_dead_workers (and
+--   the rest of the WITH list, up to dead_worker, is the same in the last two;
+--   tests/unit/test_queries.py checks both);
+-- * a child row runs a job: "job.id = ANY(c.job_ids)" in heartbeat and
+--   stalled_jobs (twice);
+-- * silent, i.e. nothing heard for a timeout that the sweeper has been
+--   healthy for: "since < now() - make_interval(secs => timeout) AND
+--   timeout <= healthy_for" in "sup", dead_worker and stalled_jobs;
+-- * the job columns the recovery reads: worker_jobs and stalled_jobs.
 
 -- count_runnable --
 -- Runnable todo jobs in the given queues (all when NULL), capped at 1000
@@ -81,8 +94,223 @@ pg_notify('procrastinate_any_queue_v1', %s)
 SELECT queue_name, status::text, count(*) FROM procrastinate_jobs
 WHERE status IN ('todo', 'doing') GROUP BY queue_name, status
 
+-- heartbeat --
+-- Write a supervisor's row, its children's rows and their workers' heartbeats
+WITH workers AS (
+    -- re-inserted if deleted under a live child (a stock worker's start-up
+    -- prune): its next fetch would fail on the foreign key
+    INSERT INTO procrastinate_workers AS w (id, last_heartbeat)
+    OVERRIDING SYSTEM VALUE
+    SELECT id, now() FROM unnest(%(worker_ids)s::bigint[]) AS id
+    ON CONFLICT (id) DO UPDATE SET last_heartbeat = now()
+    RETURNING w.id
+), supervisor AS (
+    UPDATE procrastinate_prefork_processes
+    SET last_heartbeat = now(), state = %(state)s, crash_loop = %(crash_loop)s,
+        concurrency = %(concurrency)s, rss_bytes = %(rss)s
+    WHERE id = %(supervisor_id)s
+    RETURNING id
+), children AS (
+    SELECT * FROM jsonb_to_recordset(%(children)s::jsonb) AS c(
+        slot integer, pid integer, worker_id bigint, state text, job_id bigint,
+        task_name text, jobs_done bigint, restarts integer, rss_bytes bigint,
+        started_at timestamptz, heartbeat_age float8, job_age float8,
+        job_ids bigint[])
+), upserted AS (
+    INSERT INTO procrastinate_prefork_processes AS p
+        (kind, host, pid, supervisor_id, slot, worker_id, state, job_id, task_name,
+         job_started_at, jobs_done, restarts, rss_bytes, started_at, last_heartbeat,
+         job_ids)
+    SELECT 'child', %(host)s, c.pid, %(supervisor_id)s, c.slot, c.worker_id, c.state,
+           c.job_id, c.task_name, now() - make_interval(secs => c.job_age),
+           c.jobs_done, c.restarts, c.rss_bytes, c.started_at,
+           now() - make_interval(secs => c.heartbeat_age),
+           COALESCE(c.job_ids, '{}')
+    FROM children AS c WHERE EXISTS (SELECT 1 FROM supervisor)
+    ON CONFLICT (supervisor_id, slot) WHERE kind = 'child' DO UPDATE SET
+        pid = EXCLUDED.pid, worker_id = EXCLUDED.worker_id, state = EXCLUDED.state,
+        job_id = EXCLUDED.job_id, task_name = EXCLUDED.task_name,
+        job_started_at = EXCLUDED.job_started_at, job_ids = EXCLUDED.job_ids,
+        jobs_done = EXCLUDED.jobs_done, restarts = EXCLUDED.restarts,
+        rss_bytes = EXCLUDED.rss_bytes, started_at = EXCLUDED.started_at,
+        last_heartbeat = EXCLUDED.last_heartbeat
+    RETURNING slot
+), reattached AS (
+    -- a job whose worker row was deleted under its live child gets its
+    -- worker back: the child's death is then recovered like any other
+    UPDATE procrastinate_jobs AS job SET worker_id = c.worker_id
+    FROM children AS c
+    WHERE job.id = ANY(c.job_ids) AND c.worker_id = ANY(%(worker_ids)s)
+      AND job.status = 'doing' AND job.worker_id IS NULL
+      AND EXISTS (SELECT 1 FROM workers WHERE workers.id = c.worker_id)
+    RETURNING job.id
+)
+UPDATE procrastinate_prefork_processes
+SET state = 'stopped', job_id = NULL, task_name = NULL, job_started_at = NULL,
+    worker_id = NULL, job_ids = '{}'
+WHERE supervisor_id = %(supervisor_id)s AND kind = 'child'
+  AND state <> 'stopped' AND NOT (slot = ANY(%(live_slots)s))
+
+-- mark_gone_supervisors --
+-- Mark the supervisors judged gone stopped, with their children, without jobs
+-- A supervisor counts as gone after its timeout: its declared stalled timeout,
+-- or its declared heartbeat interval plus the judge's slack if that is longer
+-- (own_timeout and own_interval stand in for a row that declares none); and
+-- only once the judge has been healthy that long.
+WITH sup AS (
+    SELECT s.id, t.timeout,
+           s.state = 'stopped'
+           OR (s.last_heartbeat < now() - make_interval(secs => t.timeout)
+               AND t.timeout <= %(healthy_for)s) AS dead
+    FROM procrastinate_prefork_processes AS s,
+    LATERAL (SELECT GREATEST(COALESCE(s.stalled_timeout, %(own_timeout)s),
+             COALESCE(s.heartbeat_interval, %(own_interval)s) + %(slack)s)
+             AS timeout) AS t
+    WHERE s.kind = 'supervisor'
+)
+UPDATE procrastinate_prefork_processes AS p
+SET state = 'stopped', job_id = NULL, task_name = NULL, job_started_at = NULL,
+    job_ids = '{}'
+FROM sup
+WHERE sup.id = COALESCE(p.supervisor_id, p.id) AND p.state <> 'stopped'
+  AND sup.dead
+
+-- host_supervisors --
+-- Supervisors of a host name but ours, not stopped, silent or not, and their workers
+SELECT s.id, s.pid, s.boot_id, s.pid_namespace, s.process_start,
+       now() - s.last_heartbeat
+         > make_interval(secs => COALESCE(s.stalled_timeout, %(stalled_timeout)s))
+         AS silent,
+       COALESCE(array_agg(c.worker_id) FILTER (WHERE c.worker_id IS NOT NULL),
+                '{}') AS worker_ids
+FROM procrastinate_prefork_processes AS s
+LEFT JOIN procrastinate_prefork_processes AS c ON c.supervisor_id = s.id
+WHERE s.kind = 'supervisor' AND s.host = %(host)s AND s.id <> %(own_id)s
+  AND s.state <> 'stopped'
+GROUP BY s.id
+
+-- fleet_rows --
+-- The fleet table's rows as the status views show them, live ones only if asked
+-- Ages are in seconds by the database's clock (so the clocks of the hosts do
+-- not matter); a child's stalled_timeout is its supervisor's. live_only leaves
+-- out processes that stopped cleanly or were marked so by a prune. Runs on
+-- psycopg and on Django's cursor alike.
+SELECT p.id, p.kind, p.host, p.pid, p.supervisor_id, p.slot, p.worker_id, p.state,
+       p.job_id, p.task_name, p.jobs_done, p.restarts, p.rss_bytes, p.crash_loop,
+       p.concurrency, p.queues, p.heartbeat_interval,
+       COALESCE(p.stalled_timeout, s.stalled_timeout) AS stalled_timeout,
+       p.started_at, p.last_heartbeat,
+       EXTRACT(EPOCH FROM now() - p.last_heartbeat)::float8 AS heartbeat_age,
+       EXTRACT(EPOCH FROM now() - p.started_at)::float8 AS uptime,
+       EXTRACT(EPOCH FROM now() - p.job_started_at)::float8 AS job_age
+FROM procrastinate_prefork_processes AS p
+LEFT JOIN procrastinate_prefork_processes AS s ON s.id = p.supervisor_id
+WHERE NOT %(live_only)s
+   OR (p.state <> 'stopped' AND COALESCE(s.state, '') <> 'stopped')
+ORDER BY p.host, COALESCE(p.supervisor_id, p.id), p.kind DESC, p.slot, p.id
+
+-- worker_jobs --
+-- Lock the doing jobs of workers known dead, with the args of the timed-out ones
+-- Without the arguments of the others, which may weigh megabytes each: the
+-- supervisor reads them only for a job stopped by its time limit, whose task's
+-- retry strategy gets the job.
+SELECT id, task_name, queue_name, abort_requested, attempts, lock, queueing_lock,
+       CASE WHEN id = ANY(%(timed_out_job_ids)s::bigint[]) THEN args END AS args,
+       scheduled_at, priority, status, worker_id
+FROM procrastinate_jobs
+WHERE worker_id = ANY(%(worker_ids)s) AND status = 'doing'
+ORDER BY id FOR UPDATE SKIP LOCKED
+
+-- stalled_jobs --
+-- Lock up to a limit of doing jobs whose process is judged gone (no args)
+-- Computed once per statement (hash joins, not a fleet-table scan per job):
+-- each supervisor's timeout and verdict (as in mark_gone_supervisors), the
+-- child rows with theirs, and the worker rows judged dead (by their child's
+-- supervisor, or as stock workers by stock_timeout).
+WITH sup AS (
+    SELECT s.id, t.timeout,
+           s.state = 'stopped'
+           OR (s.last_heartbeat < now() - make_interval(secs => t.timeout)
+               AND t.timeout <= %(healthy_for)s) AS dead
+    FROM procrastinate_prefork_processes AS s,
+    LATERAL (SELECT GREATEST(COALESCE(s.stalled_timeout, %(own_timeout)s),
+             COALESCE(s.heartbeat_interval, %(own_interval)s) + %(slack)s)
+             AS timeout) AS t
+    WHERE s.kind = 'supervisor'
+), claim AS (
+    SELECT c.worker_id, c.job_ids, sup.timeout, sup.dead
+    FROM procrastinate_prefork_processes AS c JOIN sup ON sup.id = c.supervisor_id
+    WHERE c.kind = 'child'
+), worker_timeout AS (
+    SELECT worker_id, max(timeout) AS timeout FROM claim
+    WHERE worker_id IS NOT NULL GROUP BY worker_id
+), dead_worker AS (
+    SELECT w.id FROM procrastinate_workers AS w
+    LEFT JOIN worker_timeout AS t ON t.worker_id = w.id
+    WHERE w.last_heartbeat
+          < now() - make_interval(secs => COALESCE(t.timeout, %(stock_timeout)s))
+      AND COALESCE(t.timeout, %(stock_timeout)s) <= %(healthy_for)s
+)
+SELECT id, task_name, queue_name, abort_requested, attempts, lock, queueing_lock,
+       NULL::jsonb AS args, scheduled_at, priority, status, worker_id
+FROM procrastinate_jobs AS job
+WHERE job.status = 'doing'
+  -- A job a live supervisor's child runs is that supervisor's to recover,
+  -- even if its worker row is stale (a wedged child) or gone (a stock
+  -- worker's prune); such a claim counts only for a job under the child's
+  -- worker or under none (a job fetched again by another worker is that
+  -- one's).
+  AND NOT EXISTS (
+      SELECT 1 FROM claim AS c WHERE job.id = ANY(c.job_ids) AND NOT c.dead
+      AND (job.worker_id IS NULL OR job.worker_id = c.worker_id))
+  -- Otherwise its worker row decides; without one (deleted under it): a child
+  -- row of a dead supervisor, or, with no claim at all, how long it has been
+  -- running.
+  AND CASE WHEN job.worker_id IS NOT NULL
+      THEN job.worker_id IN (SELECT id FROM dead_worker)
+      ELSE EXISTS (SELECT 1 FROM claim AS c WHERE job.id = ANY(c.job_ids))
+        OR (COALESCE((SELECT max(e.at) FROM procrastinate_events AS e
+                      WHERE e.job_id = job.id AND e.type = 'started'),
+                     '-infinity')
+              < now() - make_interval(secs => %(stock_timeout)s)
+            AND %(stock_timeout)s <= %(healthy_for)s)
+      END
+ORDER BY job.id LIMIT %(limit)s FOR UPDATE OF job SKIP LOCKED
+
+-- prune_dead_workers --
+-- Delete the worker rows judged dead (as in stalled_jobs) with no job left doing
+-- A job skipped now keeps its worker id, and so its judge, for the next sweep.
+WITH sup AS (
+    SELECT s.id, t.timeout,
+           s.state = 'stopped'
+           OR (s.last_heartbeat < now() - make_interval(secs => t.timeout)
+               AND t.timeout <= %(healthy_for)s) AS dead
+    FROM procrastinate_prefork_processes AS s,
+    LATERAL (SELECT GREATEST(COALESCE(s.stalled_timeout, %(own_timeout)s),
+             COALESCE(s.heartbeat_interval, %(own_interval)s) + %(slack)s)
+             AS timeout) AS t
+    WHERE s.kind = 'supervisor'
+), claim AS (
+    SELECT c.worker_id, c.job_ids, sup.timeout, sup.dead
+    FROM procrastinate_prefork_processes AS c JOIN sup ON sup.id = c.supervisor_id
+    WHERE c.kind = 'child'
+), worker_timeout AS (
+    SELECT worker_id, max(timeout) AS timeout FROM claim
+    WHERE worker_id IS NOT NULL GROUP BY worker_id
+), dead_worker AS (
+    SELECT w.id FROM procrastinate_workers AS w
+    LEFT JOIN worker_timeout AS t ON t.worker_id = w.id
+    WHERE w.last_heartbeat
+          < now() - make_interval(secs => COALESCE(t.timeout, %(stock_timeout)s))
+      AND COALESCE(t.timeout, %(stock_timeout)s) <= %(healthy_for)s
+)
+DELETE FROM procrastinate_workers AS w
+WHERE w.id IN (SELECT id FROM dead_worker)
+  AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs AS j
+                  WHERE j.worker_id = w.id AND j.status = 'doing')
+
 -- claim_sweep --
--- Take the fleet's turn to sweep if nobody took it in the last %(interval)s seconds
+-- Take the fleet's turn to sweep if nobody took it within the given interval (seconds)
 INSERT INTO procrastinate_prefork_sweep (id, swept_at) VALUES (1, now())
 ON CONFLICT (id) DO UPDATE SET swept_at = now()
 WHERE procrastinate_prefork_sweep.swept_at

@@ -43,3 +43,32 @@ def test_a_block_runs_to_the_next_one():
         "-- b --\n-- second\nSELECT 2\n"
     )
     assert parsed == {"a": "SELECT 1\nFROM x", "b": "SELECT 2"}
+
+
+def _with_list(name: str, last_cte: str) -> str:
+    """The text of a named query from ``WITH`` up to the end of ``last_cte``."""
+    statement = queries.get(name)
+    start = statement.index("WITH sup AS (")
+    end = statement.index("\n)", statement.index(f"{last_cte} AS ("))
+    return statement[start:end]
+
+
+def test_blocks_that_judge_supervisors_share_one_text_of_the_rule():
+    # the file writes the rule out in each block: they must not drift apart
+    judged = _with_list("stalled_jobs", "dead_worker")
+    assert _with_list("prune_dead_workers", "dead_worker") == judged
+    assert _with_list("mark_gone_supervisors", "sup") == _with_list(
+        "stalled_jobs", "sup"
+    )
+    assert "make_interval(secs => t.timeout)" in _with_list("stalled_jobs", "sup")
+
+
+def test_no_percent_sign_in_the_comments_of_a_statement():
+    # psycopg (and Django's cursor) read every % of a statement as a placeholder
+    commented = [
+        (name, line)
+        for name, statement in queries.QUERIES.items()
+        for line in statement.splitlines()
+        if "--" in line and "%" in line.split("--", 1)[1]
+    ]
+    assert commented == []
