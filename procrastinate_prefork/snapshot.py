@@ -126,9 +126,9 @@ def take(supervisor: Supervisor, now: float) -> FleetSnapshot:
 
 def from_rows(rows: Iterable[Mapping[str, Any]]) -> list[FleetSnapshot]:
     """The supervisors of fleet table rows (the columns of the named query
-    ``fleet_rows``, from psycopg or Django's cursor), in the rows' order, each with its children;
-    children whose supervisor is not among the rows are left out. Nothing is
-    judged or filtered here: stopped rows stay."""
+    ``fleet_rows``, from psycopg or Django's cursor), in the rows' order, each
+    with its children; children whose supervisor is not among the rows are
+    left out. Nothing is judged or filtered here: stopped rows stay."""
     rows = list(rows)
     children_of: dict[Any, list[ChildSnapshot]] = {}
     for row in rows:

@@ -2,8 +2,8 @@
 
 Shared by ``procrastinate-prefork --app X status`` and ``manage.py
 prefork_status``; the rows come from the named query ``fleet_rows`` (through
-psycopg or Django's connection) and are read into snapshots (``snapshot.from_rows``), the verdict
-from ``health.fleet_health``.
+psycopg or Django's connection) and are read into snapshots
+(``snapshot.from_rows``), the verdict from ``health.fleet_health``.
 """
 
 from __future__ import annotations
