@@ -202,7 +202,7 @@ def test_output_is_whitelisted_and_json_ready():
     assert document["status"] == "healthy" and document["min_children"] == 1
 
 
-#: A fleet as the query ``fleet_rows`` (sql/queries.sql) gives it: every kind of row the views show.
+#: A fleet as the query ``fleet_rows`` gives it: every kind of row the views show.
 PIN_ROWS = [
     sup(
         id=1,
