@@ -21,6 +21,8 @@ from procrastinate import exceptions as procrastinate_exceptions
 from procrastinate import psycopg_connector
 from procrastinate import worker as worker_module
 
+from . import queries
+
 logger = logging.getLogger("procrastinate_prefork.child")
 
 
@@ -67,28 +69,6 @@ def on_worker_registered(
     manager.register_worker = register_worker  # type: ignore[method-assign]
 
 
-# The job is ours while it is 'doing' in the attempt we fetched (a recovery
-# adds one) under our worker, or under none (its row was deleted under us).
-_OWNED = (
-    "id = %(job_id)s AND status = 'doing' AND attempts = %(attempts)s "
-    "AND (worker_id = %(worker_id)s OR worker_id IS NULL)"
-)
-# The statements composed below (noqa: S608) hold only these constants; every
-# value goes as a query parameter.
-_OWNED_JOB = (
-    "WITH owned AS MATERIALIZED (SELECT id FROM procrastinate_jobs "  # noqa: S608
-    f"WHERE {_OWNED} FOR UPDATE) "
-)
-_FINISH_OWNED = _OWNED_JOB + (
-    "SELECT procrastinate_finish_job_v1(id, %(status)s, %(delete_job)s)::text "
-    "FROM owned"
-)
-_RETRY_OWNED = _OWNED_JOB + (  # noqa: S608
-    "SELECT procrastinate_retry_job_v2(id, %(retry_at)s, %(new_priority)s, "
-    "%(new_queue_name)s, %(new_lock)s)::text FROM owned"
-)
-
-
 def finish_only_owned_jobs(app: procrastinate.App) -> None:
     """Record a job's outcome only if the job is still this run's.
 
@@ -116,7 +96,12 @@ def finish_only_owned_jobs(app: procrastinate.App) -> None:
             )
 
     async def finish_job(job: Any, status: Any, delete_job: bool) -> None:
-        await write(_FINISH_OWNED, job, status=status.value, delete_job=delete_job)
+        await write(
+            queries.get("finish_owned_job"),
+            job,
+            status=status.value,
+            delete_job=delete_job,
+        )
 
     async def retry_job(
         job: Any,
@@ -127,7 +112,7 @@ def finish_only_owned_jobs(app: procrastinate.App) -> None:
     ) -> None:
         now = datetime.datetime.now(datetime.timezone.utc)
         await write(
-            _RETRY_OWNED,
+            queries.get("retry_owned_job"),
             job,
             retry_at=retry_at or now,
             new_priority=priority,
@@ -283,8 +268,7 @@ def survive_database_outages(app: procrastinate.App, *, keep_fetching: bool) -> 
 
 async def _still_ours(manager: Any, job: Any) -> bool:
     row = await manager.connector.execute_query_one_async(
-        # _OWNED is a constant (see above); the values are parameters
-        f"SELECT count(*) AS n FROM procrastinate_jobs WHERE {_OWNED}",  # noqa: S608
+        queries.get("job_still_owned"),
         job_id=job.id,
         attempts=job.attempts,
         worker_id=job.worker_id,

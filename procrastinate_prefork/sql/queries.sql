@@ -13,7 +13,10 @@
 -- * silent, i.e. nothing heard for a timeout that the sweeper has been
 --   healthy for: "since < now() - make_interval(secs => timeout) AND
 --   timeout <= healthy_for" in "sup", dead_worker and stalled_jobs;
--- * the job columns the recovery reads: worker_jobs and stalled_jobs.
+-- * the job columns the recovery reads: worker_jobs and stalled_jobs;
+-- * a job is a run's own while it is 'doing' in the attempt it fetched (a
+--   recovery adds one) under its worker, or under none (its worker row was
+--   deleted under it): finish_owned_job, retry_owned_job, job_still_owned.
 
 -- count_runnable --
 -- Runnable todo jobs in the given queues (all when NULL), capped at 1000
@@ -316,3 +319,32 @@ ON CONFLICT (id) DO UPDATE SET swept_at = now()
 WHERE procrastinate_prefork_sweep.swept_at
     < now() - make_interval(secs => %(interval)s)
 RETURNING true
+
+-- finish_owned_job --
+-- End a job with procrastinate's function, only if it is still this run's
+WITH owned AS MATERIALIZED (
+    SELECT id FROM procrastinate_jobs
+    WHERE id = %(job_id)s AND status = 'doing' AND attempts = %(attempts)s
+      AND (worker_id = %(worker_id)s OR worker_id IS NULL)
+    FOR UPDATE
+)
+SELECT procrastinate_finish_job_v1(id, %(status)s, %(delete_job)s)::text
+FROM owned
+
+-- retry_owned_job --
+-- Retry a job with procrastinate's function, only if it is still this run's
+WITH owned AS MATERIALIZED (
+    SELECT id FROM procrastinate_jobs
+    WHERE id = %(job_id)s AND status = 'doing' AND attempts = %(attempts)s
+      AND (worker_id = %(worker_id)s OR worker_id IS NULL)
+    FOR UPDATE
+)
+SELECT procrastinate_retry_job_v2(id, %(retry_at)s, %(new_priority)s,
+    %(new_queue_name)s, %(new_lock)s)::text
+FROM owned
+
+-- job_still_owned --
+-- 1 if the job is still this run's, else 0
+SELECT count(*) AS n FROM procrastinate_jobs
+WHERE id = %(job_id)s AND status = 'doing' AND attempts = %(attempts)s
+  AND (worker_id = %(worker_id)s OR worker_id IS NULL)
