@@ -72,3 +72,12 @@ def test_no_percent_sign_in_the_comments_of_a_statement():
         if "--" in line and "%" in line.split("--", 1)[1]
     ]
     assert commented == []
+
+
+def test_blocks_that_check_a_run_still_owns_its_job_share_one_text_of_it():
+    rule = (
+        "WHERE id = %(job_id)s AND status = 'doing' AND attempts = %(attempts)s "
+        "AND (worker_id = %(worker_id)s OR worker_id IS NULL)"
+    )
+    for name in ("finish_owned_job", "retry_owned_job", "job_still_owned"):
+        assert rule in " ".join(queries.get(name).split()), name
