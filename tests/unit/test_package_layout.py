@@ -1,0 +1,96 @@
+"""The shape the redesign promised (issue 13), kept by tests: small modules,
+a supervisor class that fits on a few screens, no import cycle at run time,
+and the Python API and the Django command independent of the CLI."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import procrastinate_prefork
+
+PACKAGE = pathlib.Path(procrastinate_prefork.__file__).parent
+MAX_MODULE_LINES = 400
+MAX_SUPERVISOR_LINES = 250
+
+
+def _modules() -> dict[str, pathlib.Path]:
+    return {
+        ".".join(path.relative_to(PACKAGE).with_suffix("").parts): path
+        for path in PACKAGE.rglob("*.py")
+        if "migrations" not in path.parts
+    }
+
+
+def _runtime_imports(name: str, path: pathlib.Path) -> set[str]:
+    """Modules of the package that ``name`` imports when it is imported: the
+    top-level statements, not those under ``if TYPE_CHECKING`` or inside
+    functions."""
+    package = name.rpartition(".")[0] if path.name != "__init__.py" else name
+    found: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".") if package else []
+                base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
+                prefix = ".".join(base)
+            elif (node.module or "").startswith("procrastinate_prefork"):
+                prefix = ""
+            else:
+                continue
+            module = (node.module or "").removeprefix("procrastinate_prefork")
+            module = module.lstrip(".")
+            target = ".".join(p for p in (prefix, module) if p)
+            found.add(target)
+            found.update(f"{target}.{a.name}".strip(".") for a in node.names)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("procrastinate_prefork."):
+                    found.add(alias.name.removeprefix("procrastinate_prefork."))
+    return found
+
+
+def test_no_module_is_over_400_lines():
+    long = {
+        name: n
+        for name, path in _modules().items()
+        if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert long == {}
+
+
+def test_the_supervisor_class_is_under_250_lines():
+    tree = ast.parse((PACKAGE / "supervisor.py").read_text())
+    [cls] = [n for n in tree.body if isinstance(n, ast.ClassDef)]
+    assert cls.end_lineno is not None
+    assert cls.end_lineno - cls.lineno + 1 < MAX_SUPERVISOR_LINES
+
+
+def test_no_import_cycle_at_run_time():
+    modules = _modules()
+    graph = {
+        name: {m for m in _runtime_imports(name, path) if m in modules and m != name}
+        for name, path in modules.items()
+    }
+    cycles = []
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for other in sorted(graph[name]):
+            if state.get(other) == 1:
+                cycles.append(path[path.index(other) :] + [other])
+            elif other not in state:
+                visit(other, [*path, other])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert cycles == []
+
+
+def test_the_api_and_the_django_command_do_not_import_the_cli():
+    modules = _modules()
+    for name in ("api", "contrib.django.management.commands.prefork_worker"):
+        assert "cli" not in _runtime_imports(name, modules[name]), name
