@@ -79,7 +79,7 @@ def test_no_import_cycle_at_run_time():
         state[name] = 1
         for other in sorted(graph[name]):
             if state.get(other) == 1:
-                cycles.append(path[path.index(other) :] + [other])
+                cycles.append([*path[path.index(other) :], other])
             elif other not in state:
                 visit(other, [*path, other])
         state[name] = 2
