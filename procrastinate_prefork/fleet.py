@@ -148,8 +148,11 @@ def fetch_fleet(
 
 def count_runnable(conn: psycopg.Connection, queues: Sequence[str] | None) -> int:
     """Runnable ``todo`` jobs in our queues (capped: only "how many more")."""
-    row = conn.execute(
-        queries.get("count_runnable"),
-        {"queues": list(queues) if queues else None},
-    ).fetchone()
+    if queues:
+        cursor = conn.execute(
+            queries.get("count_runnable_in_queues"), {"queues": list(queues)}
+        )
+    else:
+        cursor = conn.execute(queries.get("count_runnable"))
+    row = cursor.fetchone()
     return int(row[0]) if row else 0

@@ -19,10 +19,19 @@
 --   deleted under it): finish_owned_job, retry_owned_job, job_still_owned.
 
 -- count_runnable --
--- Runnable todo jobs in the given queues (all when NULL), capped at 1000
+-- Runnable todo jobs in every queue, capped at 1000
 SELECT count(*) FROM (SELECT 1 FROM procrastinate_jobs WHERE status = 'todo'
 AND (scheduled_at IS NULL OR scheduled_at <= now())
-AND (%(queues)s::varchar[] IS NULL OR queue_name = ANY(%(queues)s))
+LIMIT 1000) AS runnable
+
+-- count_runnable_in_queues --
+-- Runnable todo jobs in the given queues, capped at 1000
+-- (a statement of its own, not "queues IS NULL OR": with that, PostgreSQL
+-- cannot use the index of todo jobs by queue, and walks every todo job of
+-- the other queues)
+SELECT count(*) FROM (SELECT 1 FROM procrastinate_jobs WHERE status = 'todo'
+AND (scheduled_at IS NULL OR scheduled_at <= now())
+AND queue_name = ANY(%(queues)s)
 LIMIT 1000) AS runnable
 
 -- missing_tables --

@@ -80,3 +80,11 @@ CREATE INDEX IF NOT EXISTS procrastinate_prefork_jobs_worker_id_idx
 -- that order holds the 'todo' ones too.
 CREATE INDEX IF NOT EXISTS procrastinate_prefork_jobs_doing_idx
     ON procrastinate_jobs (id) WHERE status = 'doing';
+-- The autoscaler counts the todo jobs of its queues: by queue, not by a walk
+-- of every todo job of every queue. The statistics tell the planner how
+-- queues and statuses go together (a queue with a million finished jobs and
+-- no todo job is not one to walk in priority order).
+CREATE INDEX IF NOT EXISTS procrastinate_prefork_jobs_todo_queue_idx
+    ON procrastinate_jobs (queue_name) WHERE status = 'todo';
+CREATE STATISTICS IF NOT EXISTS procrastinate_prefork_jobs_queue_status
+    (mcv) ON queue_name, status FROM procrastinate_jobs;

@@ -5,10 +5,12 @@ ran (auto_explain, nested statements included: the foreign key's own
 
 from __future__ import annotations
 
+import re
+
 import psycopg
 import pytest
 
-from procrastinate_prefork import recovery
+from procrastinate_prefork import fleet, recovery
 
 ROWS = 30_000
 
@@ -22,10 +24,22 @@ class Plans:
         conn.execute("LOAD 'auto_explain'")
         conn.execute("SET auto_explain.log_min_duration = 0")
         conn.execute("SET auto_explain.log_nested_statements = on")
+        # row counts (``Rows Removed by Filter``), not timings
+        conn.execute("SET auto_explain.log_analyze = on")
+        conn.execute("SET auto_explain.log_timing = off")
         conn.execute("SET client_min_messages = log")
 
     def scans_of_jobs(self) -> list[str]:
         return [t for t in self.texts if "Seq Scan on procrastinate_jobs " in t]
+
+    def walks(self, rows: int) -> list[str]:
+        """Plans that read ``rows`` rows or more only to filter them out."""
+        return [
+            t
+            for t in self.texts
+            for n in re.findall(r"Rows Removed by Filter: (\d+)", t)
+            if int(n) >= rows
+        ]
 
 
 @pytest.fixture
@@ -89,5 +103,21 @@ def test_the_sweep_reads_doing_jobs_only(big):
     assert _status(big, job_id) == "todo"
     assert plans.scans_of_jobs() == []
     # the waiting jobs are not walked through either
-    walked = [t for t in plans.texts if f"Rows Removed by Filter: {ROWS}" in t]
-    assert walked == []
+    assert plans.walks(ROWS) == []
+
+
+@pytest.mark.parametrize("queues", [["default"], ["default", "other"]])
+def test_the_autoscalers_count_reads_its_queues_todo_jobs_only(big, queues):
+    """The todo jobs of a queue the fleet does not serve are not walked."""
+    plans = Plans(big)
+    assert fleet.count_runnable(big, queues) == 0
+    assert plans.texts
+    assert plans.walks(ROWS // 10) == []
+    assert plans.scans_of_jobs() == []
+
+
+def test_the_autoscalers_count_of_every_queue_is_capped(big):
+    plans = Plans(big)
+    assert fleet.count_runnable(big, None) == 1000
+    assert plans.texts
+    assert plans.scans_of_jobs() == []

@@ -336,18 +336,11 @@ def test_migration_0003_adds_and_drops_the_new_columns(django_db_url):
         assert not (NEW_COLUMNS & _fleet_columns(django_db_url)) or present
 
 
-def test_migration_0004_adds_and_drops_the_job_indexes(django_db_url):
-    from .test_schema_upgrade import JOB_INDEXES, _job_indexes
-
-    def indexes() -> set[str]:
-        with psycopg.connect(django_db_url, autocommit=True) as conn:
-            return _job_indexes(conn)
-
-    assert indexes() == JOB_INDEXES
-    for target, expected in (
-        (["procrastinate_prefork", "0003"], set()),
-        ([], JOB_INDEXES),
-    ):
+def _migrating_back_and_forth(django_db_url, before, check, expected):
+    """Migrate our app back to ``before`` (``check`` then finds nothing) and
+    forward again (it finds ``expected``)."""
+    assert check() == expected
+    for target, found in ((["procrastinate_prefork", before], set()), ([], expected)):
         result = subprocess.run(
             manage("migrate", *target, "-v0"),
             env=django_env(django_db_url),
@@ -358,7 +351,29 @@ def test_migration_0004_adds_and_drops_the_job_indexes(django_db_url):
             check=False,
         )
         assert result.returncode == 0, result.stdout + result.stderr
-        assert indexes() == expected
+        assert check() == found
+
+
+def test_migration_0004_adds_and_drops_the_job_indexes(django_db_url):
+    from .test_schema_upgrade import JOB_INDEXES, _job_indexes
+
+    def indexes() -> set[str]:
+        with psycopg.connect(django_db_url, autocommit=True) as conn:
+            return _job_indexes(conn)
+
+    _migrating_back_and_forth(django_db_url, "0003", indexes, JOB_INDEXES)
+
+
+def test_migration_0005_adds_and_drops_the_sweep_table_and_queue_counts(
+    django_db_url,
+):
+    from .test_schema_upgrade import SWEEP_AND_COUNTS, _sweep_and_counts
+
+    def present() -> set[str]:
+        with psycopg.connect(django_db_url, autocommit=True) as conn:
+            return _sweep_and_counts(conn)
+
+    _migrating_back_and_forth(django_db_url, "0004", present, SWEEP_AND_COUNTS)
 
 
 @pytest.mark.skipif(

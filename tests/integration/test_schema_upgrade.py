@@ -50,3 +50,36 @@ def test_apply_adds_the_job_indexes_of_a_later_version(db):
     schema.apply(db)
     schema.apply(db)  # idempotent
     assert _job_indexes(db) == JOB_INDEXES
+
+
+#: what 0005 (and schema --apply) add: the sweep turn's table, the index of
+#: todo jobs by queue and the planner's statistics of queue and status
+SWEEP_AND_COUNTS = {
+    "procrastinate_prefork_sweep",
+    "procrastinate_prefork_jobs_todo_queue_idx",
+    "procrastinate_prefork_jobs_queue_status",
+}
+
+
+def _sweep_and_counts(db) -> set[str]:
+    row = db.execute(
+        "SELECT array_remove(ARRAY["
+        "  to_regclass('procrastinate_prefork_sweep')::text,"
+        "  to_regclass('procrastinate_prefork_jobs_todo_queue_idx')::text,"
+        "  (SELECT stxname::text FROM pg_statistic_ext"
+        "   WHERE stxname = 'procrastinate_prefork_jobs_queue_status')"
+        "], NULL)"
+    ).fetchone()
+    return set(row[0])
+
+
+def test_apply_adds_the_sweep_table_and_the_queue_counts_of_a_later_version(db):
+    db.execute(
+        "DROP TABLE procrastinate_prefork_sweep; "
+        "DROP INDEX procrastinate_prefork_jobs_todo_queue_idx; "
+        "DROP STATISTICS procrastinate_prefork_jobs_queue_status"
+    )
+    assert _sweep_and_counts(db) == set()
+    schema.apply(db)
+    schema.apply(db)  # idempotent
+    assert _sweep_and_counts(db) == SWEEP_AND_COUNTS
