@@ -94,11 +94,16 @@ class Maintenance:
             )
             if rows is not None:
                 self.totals.queue_jobs = metrics.queue_counts(rows)
+        healthy_for = self.heartbeats.healthy_for(ended)
+        if not policy.may_take_sweep_turn(
+            healthy_for, self.config.stalled_timeout, self.config.stock_worker_timeout
+        ):
+            return
         if not self.db.run(self._claim_sweep):
             return  # another supervisor swept for the fleet less than a beat ago
         logger.debug("Sweeping for the fleet", extra={"action": "sweep_turn"})
         judgement = recovery.Judgement(
-            healthy_for=self.heartbeats.healthy_for(ended),
+            healthy_for=healthy_for,
             slack=policy.judgement_slack(self.config.heartbeat_interval),
             own_timeout=self.config.stalled_timeout,
             own_interval=self.config.heartbeat_interval,

@@ -183,7 +183,8 @@ OPTIONS: tuple[Option, ...] = (
         seconds("heartbeat_interval"),
         5.0,
         "Seconds between the supervisor's heartbeats (its children's worker rows "
-        "and the fleet table) and its stalled-job sweeps; at most 3600 s. It also "
+        "and the fleet table); the fleet sweeps for stalled jobs once per interval "
+        "of the supervisor that claims the turn. At most 3600 s. It also "
         "sets the bounds of the supervisor's database calls (statement timeout: "
         "this interval within 1..10 s; lock timeout: half of it, at most 1 s; its own "
         "deadline: one second more).",

@@ -106,6 +106,18 @@ def record_heartbeat(
     return dataclasses.replace(series, last=ended)
 
 
+def may_take_sweep_turn(
+    healthy_for: float, stalled_timeout: float, stock_timeout: float
+) -> bool:
+    """Whether a supervisor whose heartbeats have run without a gap for
+    ``healthy_for`` seconds may claim the fleet's turn to sweep. Not before it
+    could judge a worker of its own kind (its own stalled timeout, or the stock
+    workers' if shorter): a turn claimed by one that cannot judge anybody yet
+    would be lost, and one with a short heartbeat interval that restarts in a
+    loop would claim every turn."""
+    return healthy_for >= min(stalled_timeout, stock_timeout)
+
+
 def judgement_slack(heartbeat_interval: float) -> float:
     """Added to another host's declared heartbeat interval to judge it, when
     its declared stalled timeout is shorter: a database stall shorter than our

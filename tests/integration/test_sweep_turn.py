@@ -58,3 +58,34 @@ def test_three_supervisors_sweep_about_once_per_interval(fleet_factory, db_url):
     assert 1 <= taken <= window / (0.9 * INTERVAL) + 2, (taken, window)
     for fleet in fleets:
         fleet.stop(timeout=10)
+
+
+def test_a_supervisor_takes_no_turn_before_it_could_judge(fleet_factory, db_url):
+    """A young supervisor with a short heartbeat interval would otherwise
+    claim every turn, and judge nobody with them (issue 14 review)."""
+    started = {}
+    # the young one beats twice as often: without the rule it would claim
+    # nearly every turn (a turn is free 0.9 of the claimer's interval after
+    # the last)
+    for name, timeout, interval in (("judge", "2", "1"), ("young", "30", "0.5")):
+        fleet = fleet_factory.new(name)
+        fleet.start(
+            "--concurrency",
+            "1",
+            "--hostname",
+            name,
+            "--heartbeat-interval",
+            interval,
+            "--stalled-timeout",
+            timeout,
+            "--log-level",
+            "debug",
+        )
+        started[name] = fleet
+    judge, young = started["judge"], started["young"]
+    wait_for(lambda: len(judge.events("sweep_turn")) >= 3, message="three turns")
+    time.sleep(3)
+    assert len(judge.events("sweep_turn")) >= 4
+    assert young.events("sweep_turn") == []
+    for fleet in (judge, young):
+        fleet.stop(timeout=10)

@@ -165,3 +165,10 @@ def test_judgement_slack_leaves_the_default_stalled_timeout_alone():
     assert 5 + policy.judgement_slack(heartbeat_interval=5) <= 30
     # a 2 s timeout with 1 s heartbeats is too short to tell from a stall
     assert 1 + policy.judgement_slack(heartbeat_interval=1) > 2
+
+
+def test_a_sweep_turn_waits_until_the_supervisor_could_judge_its_own_kind():
+    assert not policy.may_take_sweep_turn(29.9, stalled_timeout=30, stock_timeout=3600)
+    assert policy.may_take_sweep_turn(30.0, stalled_timeout=30, stock_timeout=3600)
+    # stock workers judged sooner than our own children
+    assert policy.may_take_sweep_turn(5.0, stalled_timeout=30, stock_timeout=5)
