@@ -149,8 +149,13 @@ def fetch_fleet(
 def count_runnable(conn: psycopg.Connection, queues: Sequence[str] | None) -> int:
     """Runnable ``todo`` jobs in our queues (capped: only "how many more")."""
     if queues:
+        # planned for these queues at every call, never prepared: a generic
+        # plan cannot tell a queue with many todo jobs from one with none and
+        # walks every todo job of the other queues (once a second)
         cursor = conn.execute(
-            queries.get("count_runnable_in_queues"), {"queues": list(queues)}
+            queries.get("count_runnable_in_queues"),
+            {"queues": list(queues)},
+            prepare=False,
         )
     else:
         cursor = conn.execute(queries.get("count_runnable"))

@@ -104,6 +104,7 @@ def banner(config: PreforkConfig, bootstrap: Bootstrap) -> str:
     """The effective configuration, printed to stderr at start-up."""
     queues = ", ".join(config.queues) if config.queues else "all queues"
     limit = f"{config.job_timeout:g} s" if config.job_timeout else "none"
+    soft = f"{config.soft_job_timeout:g} s" if config.soft_job_timeout else "none"
     recycle = []
     if config.max_jobs_per_child:
         recycle.append(
@@ -136,6 +137,12 @@ def banner(config: PreforkConfig, bootstrap: Bootstrap) -> str:
         ),
         f"  wedged after:  {config.child_timeout:g} s; job time limit: {limit}"
         + (f" ({len(config.task_timeouts)} per-task)" if config.task_timeouts else ""),
+        f"  soft limit:    {soft}"
+        + (
+            f" ({len(config.task_soft_timeouts)} per-task)"
+            if config.task_soft_timeouts
+            else ""
+        ),
         f"  crash retries: {config.max_crash_retries}",
         "  recycle after: " + (", ".join(recycle) or "never"),
     ]

@@ -37,14 +37,22 @@ class Startup:
             raise StartupError(
                 f"cannot import the task modules: {type(exc).__name__}: {exc}"
             ) from None
-        unknown = sorted(set(self.config.task_timeouts) - set(self.app.tasks))
-        if unknown:  # a typo would leave the task without its limit, silently
-            logger.warning(
-                "--task-timeout names no registered task: %s (their limits apply "
-                "to nothing)",
-                ", ".join(unknown),
-                extra={"action": "unknown_task_timeout", "tasks": unknown},
-            )
+        for option, limits in (
+            ("--task-timeout", self.config.task_timeouts),
+            ("--task-soft-timeout", self.config.task_soft_timeouts),
+        ):
+            unknown = sorted(set(limits) - set(self.app.tasks))
+            if unknown:  # a typo would leave the task without its limit, silently
+                logger.warning(
+                    "%s names no registered task: %s (their limits apply to nothing)",
+                    option,
+                    ", ".join(unknown),
+                    extra={
+                        "action": "unknown_task_timeout",
+                        "tasks": unknown,
+                        "option": option,
+                    },
+                )
         try:
             self._check_pooling()
             conn = db.connect(

@@ -110,8 +110,11 @@ def test_the_sweep_reads_doing_jobs_only(big):
 def test_the_autoscalers_count_reads_its_queues_todo_jobs_only(big, queues):
     """The todo jobs of a queue the fleet does not serve are not walked."""
     plans = Plans(big)
-    assert fleet.count_runnable(big, queues) == 0
-    assert plans.texts
+    # as the autoscaler calls it, once a second on one session: past psycopg's
+    # prepare threshold and PostgreSQL's switch to a generic plan
+    for _ in range(20):
+        assert fleet.count_runnable(big, queues) == 0
+    assert len(plans.texts) >= 12
     assert plans.walks(ROWS // 10) == []
     assert plans.scans_of_jobs() == []
 

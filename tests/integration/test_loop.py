@@ -356,8 +356,15 @@ def test_task_timeout_for_an_unknown_task_is_warned_about(fleet):
         "nosuch=1",
         "--task-timeout",
         "sleep=5",
+        "--task-soft-timeout",
+        "sleep=2",
+        "--task-soft-timeout",
+        "nosoft=1",
         app=JSON_APP,
     )
-    [event] = log_events(fleet, "unknown_task_timeout")
-    assert event["tasks"] == ["nosuch"] and event["level"] == "WARNING"
+    events = {e["option"]: e for e in log_events(fleet, "unknown_task_timeout")}
+    assert events.keys() == {"--task-timeout", "--task-soft-timeout"}
+    assert events["--task-timeout"]["tasks"] == ["nosuch"]
+    assert events["--task-soft-timeout"]["tasks"] == ["nosoft"]
+    assert {e["level"] for e in events.values()} == {"WARNING"}
     assert fleet.stop() == 0
