@@ -28,23 +28,26 @@ def test_a_turn_is_taken_once_per_interval(db_url):
         assert _claim(conn, 0.0)
 
 
+def _start(fleet_factory, name: str, interval: float, stalled_timeout: float):
+    """A one-child fleet that logs its sweep turns (a DEBUG event)."""
+    fleet = fleet_factory.new(name)
+    fleet.start(
+        "--concurrency",
+        "1",
+        "--hostname",
+        name,
+        "--heartbeat-interval",
+        str(interval),
+        "--stalled-timeout",
+        str(stalled_timeout),
+        "--log-level",
+        "debug",
+    )
+    return fleet
+
+
 def test_three_supervisors_sweep_about_once_per_interval(fleet_factory, db_url):
-    fleets = []
-    for name in ("a", "b", "c"):
-        fleet = fleet_factory.new(name)
-        fleet.start(
-            "--concurrency",
-            "1",
-            "--hostname",
-            name,
-            "--heartbeat-interval",
-            str(INTERVAL),
-            "--stalled-timeout",
-            "2",
-            "--log-level",
-            "debug",
-        )
-        fleets.append(fleet)
+    fleets = [_start(fleet_factory, name, INTERVAL, 2) for name in ("a", "b", "c")]
 
     def turns() -> int:
         return sum(len(f.events("sweep_turn")) for f in fleets)
@@ -63,26 +66,11 @@ def test_three_supervisors_sweep_about_once_per_interval(fleet_factory, db_url):
 def test_a_supervisor_takes_no_turn_before_it_could_judge(fleet_factory, db_url):
     """A young supervisor with a short heartbeat interval would otherwise
     claim every turn, and judge nobody with them (issue 14 review)."""
-    started = {}
+    judge = _start(fleet_factory, "judge", INTERVAL, 2)
     # the young one beats twice as often: without the rule it would claim
     # nearly every turn (a turn is free 0.9 of the claimer's interval after
     # the last)
-    for name, timeout, interval in (("judge", "2", "1"), ("young", "30", "0.5")):
-        fleet = fleet_factory.new(name)
-        fleet.start(
-            "--concurrency",
-            "1",
-            "--hostname",
-            name,
-            "--heartbeat-interval",
-            interval,
-            "--stalled-timeout",
-            timeout,
-            "--log-level",
-            "debug",
-        )
-        started[name] = fleet
-    judge, young = started["judge"], started["young"]
+    young = _start(fleet_factory, "young", INTERVAL / 2, 30)
     wait_for(lambda: len(judge.events("sweep_turn")) >= 3, message="three turns")
     time.sleep(3)
     assert len(judge.events("sweep_turn")) >= 4
