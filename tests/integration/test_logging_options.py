@@ -1,6 +1,6 @@
 """procrastinate's logging options on ``procrastinate-prefork worker``:
 --log-format, --log-format-style, --log-level, the deprecated -v, and their
-PROCRASTINATE_* variables; Django's LOGGING keeps precedence under manage.py."""
+PROCRASTINATE_* variables (under Django's LOGGING: test_django.py)."""
 
 from __future__ import annotations
 
