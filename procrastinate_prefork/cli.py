@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from . import __version__, arguments
 from . import config as config_module
@@ -24,10 +24,14 @@ from .parsing import ConfigError
 
 
 class CommandParser(argparse.ArgumentParser):
-    """The top-level parser; ``commands`` holds each command's parser, whose
-    usage an error about that command's arguments shows."""
+    """The top-level parser and each command's; ``commands`` holds each
+    command's parser, whose name an error about that command's arguments
+    shows."""
 
     commands: dict[str, argparse.ArgumentParser]
+
+    def error(self, message: str) -> NoReturn:
+        arguments.exit_on_error(self, message)
 
 
 def build_parser() -> CommandParser:
@@ -79,11 +83,7 @@ def main(
     args, extras = parser.parse_known_args(argv)
     if extras:
         command = parser.commands.get(args.command, parser)
-        command.error(
-            arguments.suggest_flags(
-                command, "unrecognized arguments: " + " ".join(extras)
-            )
-        )
+        command.error("unrecognized arguments: " + " ".join(extras))
     if args.command is None:
         parser.print_usage(sys.stderr)
         print(
