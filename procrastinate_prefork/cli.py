@@ -146,8 +146,23 @@ def _status(bootstrap: Bootstrap, args: argparse.Namespace) -> int:
 def _apply_schema(bootstrap: Bootstrap) -> int:
     from . import db, errors, redact, schema
 
+    def fail(what: str, exc: Exception, hint: str = "") -> int:
+        first_line = redact.without_secrets(
+            errors.one_line(exc), bootstrap.connection_args()
+        )
+        print(
+            f"procrastinate-prefork: error: {what}: {first_line}{hint}",
+            file=sys.stderr,
+        )
+        return EXIT_STARTUP
+
     try:
-        with db.connect(bootstrap.connection_args(), "prefork:schema") as conn:
+        conn = db.connect(bootstrap.connection_args(), "prefork:schema")
+    except Exception as exc:  # psycopg errors: one line for the user
+        hint = "; " + bootstrap.connection_hint()
+        return fail("cannot connect to the database", exc, hint)
+    try:
+        with conn:
             if any(
                 not name.startswith("procrastinate_prefork")
                 for name in schema.missing_tables(conn)
@@ -160,14 +175,7 @@ def _apply_schema(bootstrap: Bootstrap) -> int:
                 return EXIT_STARTUP
             schema.apply(conn)
     except Exception as exc:  # psycopg errors: one line for the user
-        first_line = redact.without_secrets(
-            errors.one_line(exc), bootstrap.connection_args()
-        )
-        print(
-            f"procrastinate-prefork: error: cannot apply the schema: {first_line}",
-            file=sys.stderr,
-        )
-        return EXIT_STARTUP
+        return fail("cannot apply the schema", exc)
     print("procrastinate-prefork tables created (or already present)")
     return 0
 

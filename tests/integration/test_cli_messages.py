@@ -104,6 +104,20 @@ def test_bad_flag_is_one_line(db_url, args):
     assert args[-1] in line
 
 
+UNREACHABLE = "postgresql://nobody@127.0.0.1:1/x"
+
+
+@pytest.mark.parametrize(
+    "command", [("worker", "--concurrency", "1"), ("schema", "--apply")]
+)
+def test_unreachable_database_names_the_apps_connector(command):
+    result = cli(UNREACHABLE, *command)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    line = result.stderr.splitlines()[-1]  # the worker's banner comes first
+    assert APP in line  # where the connection settings come from
+
+
 def test_worker_help_shows_defaults_variables_and_choices(db_url):
     text = " ".join(cli(db_url, "worker", "--help", app=None).stdout.split())
     assert (
@@ -122,6 +136,14 @@ def test_django_worker_errors_are_command_errors(empty_db_url):
     [line] = [line for line in result.stderr.splitlines() if "rror" in line]
     assert line.startswith("CommandError: ") and "`manage.py migrate`" in line
     assert "schema --apply" not in result.stderr
+
+
+def test_django_unreachable_database_names_the_setting():
+    result = manage(UNREACHABLE, "prefork_worker", "--concurrency", "1")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if "rror" in line]
+    assert "DATABASES['default']" in line
 
 
 def test_django_status_before_migrate_and_mistyped_flag(empty_db_url):
