@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from .option import Option
 from .options import OPTIONS
@@ -98,6 +98,16 @@ def suggest_flags(parser: argparse.ArgumentParser, message: str) -> str:
             if close:
                 hints.append(f"{flag}: did you mean {close[0]}?")
     return f"{message} ({'; '.join(hints)})" if hints else message
+
+
+def exit_on_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+    """argparse's error without its usage first: the worker's usage is 30
+    lines, and the one that matters (with the flag meant) came last. One
+    line, exit 2."""
+    message = suggest_flags(parser, message)
+    if "did you mean" not in message:
+        message += f" (see {parser.prog} --help)"
+    parser.exit(2, f"{parser.prog}: error: {message}\n")
 
 
 def cli_values_from_namespace(

@@ -127,6 +127,14 @@ class Bootstrap:
         )
         return f"run `{program} --app {app} schema --apply`"
 
+    def connection_hint(self) -> str:
+        """Where the database connection comes from, in this kind of project:
+        what to check when it cannot be opened."""
+        return (
+            "check the app's connector (its conninfo or kwargs) and the PG* "
+            "environment variables"
+        )
+
     def before_fork(self) -> None:
         """In the supervisor: release anything a child must not inherit."""
         _release_asgiref_executor()
@@ -189,6 +197,12 @@ class PlainBootstrap(AppBootstrap):
             if str(exc).startswith("--app"):
                 raise
             raise BootstrapError(f"--app {app_path}: {exc}") from None
+
+    def connection_hint(self) -> str:
+        return (
+            f"check the connector of {self.app_path} (its conninfo or kwargs) "
+            "and the PG* environment variables"
+        )
 
 
 def load_app(app_path: str) -> procrastinate.App:

@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from . import __version__, arguments
 from . import config as config_module
@@ -24,10 +24,14 @@ from .parsing import ConfigError
 
 
 class CommandParser(argparse.ArgumentParser):
-    """The top-level parser; ``commands`` holds each command's parser, whose
-    usage an error about that command's arguments shows."""
+    """The top-level parser and each command's; ``commands`` holds each
+    command's parser, whose name an error about that command's arguments
+    shows."""
 
     commands: dict[str, argparse.ArgumentParser]
+
+    def error(self, message: str) -> NoReturn:
+        arguments.exit_on_error(self, message)
 
 
 def build_parser() -> CommandParser:
@@ -79,11 +83,7 @@ def main(
     args, extras = parser.parse_known_args(argv)
     if extras:
         command = parser.commands.get(args.command, parser)
-        command.error(
-            arguments.suggest_flags(
-                command, "unrecognized arguments: " + " ".join(extras)
-            )
-        )
+        command.error("unrecognized arguments: " + " ".join(extras))
     if args.command is None:
         parser.print_usage(sys.stderr)
         print(
@@ -146,8 +146,23 @@ def _status(bootstrap: Bootstrap, args: argparse.Namespace) -> int:
 def _apply_schema(bootstrap: Bootstrap) -> int:
     from . import db, errors, redact, schema
 
+    def fail(what: str, exc: Exception, hint: str = "") -> int:
+        first_line = redact.without_secrets(
+            errors.one_line(exc), bootstrap.connection_args()
+        )
+        print(
+            f"procrastinate-prefork: error: {what}: {first_line}{hint}",
+            file=sys.stderr,
+        )
+        return EXIT_STARTUP
+
     try:
-        with db.connect(bootstrap.connection_args(), "prefork:schema") as conn:
+        conn = db.connect(bootstrap.connection_args(), "prefork:schema")
+    except Exception as exc:  # psycopg errors: one line for the user
+        hint = "; " + bootstrap.connection_hint()
+        return fail("cannot connect to the database", exc, hint)
+    try:
+        with conn:
             if any(
                 not name.startswith("procrastinate_prefork")
                 for name in schema.missing_tables(conn)
@@ -160,14 +175,7 @@ def _apply_schema(bootstrap: Bootstrap) -> int:
                 return EXIT_STARTUP
             schema.apply(conn)
     except Exception as exc:  # psycopg errors: one line for the user
-        first_line = redact.without_secrets(
-            errors.one_line(exc), bootstrap.connection_args()
-        )
-        print(
-            f"procrastinate-prefork: error: cannot apply the schema: {first_line}",
-            file=sys.stderr,
-        )
-        return EXIT_STARTUP
+        return fail("cannot apply the schema", exc)
     print("procrastinate-prefork tables created (or already present)")
     return 0
 

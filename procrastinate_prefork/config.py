@@ -60,6 +60,11 @@ class PreforkConfig:
     log_format: str
     log_format_style: Literal["%", "{", "$"]  # checked by the option's _choice
     verbose: int
+    #: the options given by a source other than their default (command line,
+    #: environment, settings): what the user asked for explicitly
+    given: frozenset[str] = dataclasses.field(
+        default=frozenset(), repr=False, compare=False
+    )
 
     @property
     def effective_log_level(self) -> str | None:
@@ -146,11 +151,13 @@ def build_config(
             f"setting PROCRASTINATE_PREFORK: unknown key {unknown[0]!r} ({hint})"
         )
     values: dict[str, Any] = {}
+    given = set()
     for option in OPTIONS:
         raw, source = _pick(option, cli_values, environ, settings)
         if source is None:
             values[option.name] = option.default_value()
             continue
+        given.add(option.name)
         try:
             values[option.name] = (
                 parse_setting(option, raw)
@@ -159,7 +166,7 @@ def build_config(
             )
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
-    config = PreforkConfig(**values)
+    config = PreforkConfig(**values, given=frozenset(given))
     if config.heartbeat_interval * 2 > config.stalled_timeout:
         raise ConfigError(
             f"--heartbeat-interval ({config.heartbeat_interval:g}) must be at most "

@@ -35,9 +35,12 @@ def log_formatter(config: PreforkConfig) -> logging.Formatter:
 
 
 def setup_logging(config: PreforkConfig) -> None:
-    """procrastinate's logging options, on a process whose logging nobody set
-    up; when it is set up already (Django's LOGGING), its handlers, formats
-    and levels stay, except for an explicit --log-level (or -v)."""
+    """procrastinate's logging options. On a process whose logging nobody set
+    up, a stderr handler with them. When it is set up already (Django's
+    LOGGING), only what the user gave explicitly (command line, environment
+    or settings) applies: a --log-format replaces the formatter of the fleet's
+    handlers, a --log-level (or -v) sets the fleet's loggers' levels; the
+    rest of LOGGING stays."""
     formatter = log_formatter(config)
     level = config.effective_log_level
     root = logging.getLogger()
@@ -46,7 +49,35 @@ def setup_logging(config: PreforkConfig) -> None:
         handler.setFormatter(formatter)
         root.addHandler(handler)
         root.setLevel((level or "info").upper())
+    else:
+        if "log_format" in config.given:
+            for fleet_handler in _fleet_handlers():
+                fleet_handler.setFormatter(formatter)
+        if level:
+            # as without LOGGING, where the level is the root logger's; the
+            # loggers LOGGING names below these keep their own levels
+            for name in ("", "procrastinate"):
+                logging.getLogger(name).setLevel(level.upper())
     _package_level(config)
+
+
+#: the loggers whose records make the fleet's output, besides the root's
+FLEET_LOGGERS = ("procrastinate", "procrastinate_prefork")
+
+
+def _fleet_handlers() -> list[logging.Handler]:
+    """The handlers of the root logger and of procrastinate's and ours (and
+    of their descendants): every handler the fleet's records reach."""
+    loggers = [logging.getLogger()] + [
+        item
+        for name, item in logging.Logger.manager.loggerDict.items()
+        if isinstance(item, logging.Logger) and name.split(".")[0] in FLEET_LOGGERS
+    ]
+    handlers: dict[int, logging.Handler] = {}
+    for item in loggers:
+        for handler in item.handlers:
+            handlers[id(handler)] = handler
+    return list(handlers.values())
 
 
 def _package_level(config: PreforkConfig) -> None:

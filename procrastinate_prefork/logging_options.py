@@ -15,8 +15,9 @@ LOGGING_OPTIONS: tuple[Option, ...] = (
         ("--log-level",),
         optional(choice(*LOG_LEVELS)),
         None,
-        "Log level of the supervisor and children (procrastinate's --log-level). "
-        "Under manage.py with LOGGING configured, unset leaves Django's levels. "
+        "Log level of the supervisor and children (procrastinate's --log-level): "
+        "of the root, procrastinate and procrastinate_prefork loggers, also "
+        "under Django's LOGGING (unset, LOGGING's levels stay). "
         "run_worker() sets only the procrastinate_prefork logger's level.",
         env=("PROCRASTINATE_LOG_LEVEL",),
         default_doc="`info`, or Django's `LOGGING`",
@@ -29,8 +30,9 @@ LOGGING_OPTIONS: tuple[Option, ...] = (
         non_empty_str,
         DEFAULT_LOG_FORMAT,
         "Format of the log lines (Python logging's LogRecord attributes), or "
-        "json: one JSON object per line. Applies when logging is not configured "
-        "already (Django's LOGGING wins under manage.py). "
+        "json: one JSON object per line. Under Django's LOGGING, given (not "
+        "left to its default), it replaces the formatter of the root logger's "
+        "handlers and of procrastinate's loggers' handlers. "
         "Not used by run_worker(), which leaves logging to its caller.",
         env=("PROCRASTINATE_LOG_FORMAT",),
         metavar="FORMAT",

@@ -69,7 +69,8 @@ class Startup:
                 errors.one_line(exc), self.bootstrap.connection_args()
             )
             raise StartupError(
-                f"cannot connect to the database: {first_line}"
+                f"cannot connect to the database: {first_line}; "
+                + self.bootstrap.connection_hint()
             ) from None
         with conn, db.bounded(conn, self.db_timeouts):
             missing = schema.missing_tables(conn)

@@ -6,7 +6,8 @@
 #   scripts/pg.sh restart   pg_ctl restart -m fast (data kept); prints the URL
 #   scripts/pg.sh url       prints the URL
 #   scripts/pg.sh status    exit 0 if running, 1 if not
-#   scripts/pg.sh psql ...  psql connected to it
+#   scripts/pg.sh psql ...  psql connected to it (database postgres unless the
+#                           arguments name one: -d shop, or shop; -c, -f... as psql)
 #   scripts/pg.sh ctl ...   pg_ctl -D <datadir> ... as the right user,
 #                           e.g. scripts/pg.sh ctl restart -m fast -w
 #   scripts/pg.sh bindir    prints the server binaries' directory (exit 1: none)
@@ -245,11 +246,17 @@ cmd_psql() {
     bindir
     local psql="$BIN/psql"
     [[ -x "$psql" ]] || psql="psql"
-    exec "$psql" "$URL" "$@"
+    # The server through libpq's variables, not a URL argument: psql would
+    # take a URL before -d as the user name, and its arguments stay the
+    # caller's (-d, -U, -c... override these). Variables of the caller's that
+    # would point elsewhere go.
+    exec env -u PGHOSTADDR -u PGSERVICE -u PGSERVICEFILE \
+        PGHOST=127.0.0.1 PGPORT="$PORT" PGUSER=postgres PGDATABASE=postgres \
+        "$psql" "$@"
 }
 
 usage() {
-    sed -n '2,12s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+    sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
     exit 2
 }
 

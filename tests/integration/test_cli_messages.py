@@ -89,8 +89,33 @@ def test_app_after_the_command_is_accepted(db_url):
 def test_mistyped_flag_gets_a_suggestion(db_url, typo, meant):
     result = cli(db_url, "worker", typo, "2")
     assert result.returncode == 2
-    [line] = [line for line in result.stderr.splitlines() if "error:" in line]
+    # one line, not the usage of every option with the suggestion last
+    [line] = result.stderr.splitlines()
     assert f"did you mean {meant}?" in line
+
+
+@pytest.mark.parametrize(
+    "args", [("worker", "--concurrency"), ("worker", "--bogus"), ("status", "--jsn")]
+)
+def test_bad_flag_is_one_line(db_url, args):
+    result = cli(db_url, *args)
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert args[-1] in line
+
+
+UNREACHABLE = "postgresql://nobody@127.0.0.1:1/x"
+
+
+@pytest.mark.parametrize(
+    "command", [("worker", "--concurrency", "1"), ("schema", "--apply")]
+)
+def test_unreachable_database_names_the_apps_connector(command):
+    result = cli(UNREACHABLE, *command)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    line = result.stderr.splitlines()[-1]  # the worker's banner comes first
+    assert APP in line  # where the connection settings come from
 
 
 def test_worker_help_shows_defaults_variables_and_choices(db_url):
@@ -113,8 +138,18 @@ def test_django_worker_errors_are_command_errors(empty_db_url):
     assert "schema --apply" not in result.stderr
 
 
+def test_django_unreachable_database_names_the_setting():
+    result = manage(UNREACHABLE, "prefork_worker", "--concurrency", "1")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if "rror" in line]
+    assert "DATABASES['default']" in line
+
+
 def test_django_status_before_migrate_and_mistyped_flag(empty_db_url):
     status = manage(empty_db_url, "prefork_status")
     assert status.returncode == 1 and "`manage.py migrate`" in status.stderr
     typo = manage(empty_db_url, "prefork_worker", "--concurency", "2")
-    assert typo.returncode == 2 and "did you mean --concurrency?" in typo.stderr
+    assert typo.returncode == 2
+    [line] = typo.stderr.splitlines()  # without the usage of every option
+    assert "did you mean --concurrency?" in line

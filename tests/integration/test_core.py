@@ -155,8 +155,8 @@ def test_bad_concurrency_exits_2(fleet, value):
 
 def test_unknown_option_exits_2(fleet):
     assert fleet.run_to_exit("--no-such-option", timeout=30) == 2
-    # argparse's usage line, then the error naming the option
-    assert "--no-such-option" in fleet.log().splitlines()[-1]
+    # one line, naming the option (not argparse's usage first)
+    assert "--no-such-option" in error_line(fleet)
 
 
 def test_app_that_does_not_import_exits_2(fleet):

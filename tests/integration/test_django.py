@@ -10,6 +10,7 @@ migrations, as in a real project.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -460,33 +461,65 @@ def test_manage_py_check_exits_1_with_the_ids(django_db_url, env, check_id):
     assert f"(procrastinate_prefork.{check_id})" in result.stderr
 
 
-def test_django_logging_keeps_precedence(dj_fleet, django_db_url):
-    """LOGGING's handlers, format and levels stay; an explicit level still
-    applies to our loggers."""
+# the demo's LOGGING format: "<asctime> <levelname> <name> <message>"
+LOGGING_LINE = re.compile(
+    r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?P<level>[A-Z]+) (?P<logger>\S+) "
+)
+
+
+def test_without_logging_options_logging_keeps_its_format(dj_fleet, django_db_url):
+    ids = defer(django_db_url, "demo_app.tasks.sleeping", 2, ms=10)
+    code = run_worker(dj_fleet, "--concurrency", "1", "--one-shot")
+    assert code == 0, dj_fleet.log()
+    assert {r["status"] for r in jobs(django_db_url, ids)} == {"succeeded"}
+    lines = [LOGGING_LINE.match(line) for line in dj_fleet.log().splitlines()]
+    loggers = {(m["level"], m["logger"]) for m in lines if m}
+    assert ("INFO", "procrastinate_prefork.supervisor") in loggers, dj_fleet.log()
+    assert any(name.startswith("procrastinate.worker") for _, name in loggers)
+
+
+def _records(fleet: Fleet) -> list[dict[str, Any]]:
+    """Every line of the output, as JSON: fails on a line that is not."""
+    return [json.loads(line) for line in fleet.log().splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("source", ["command line", "setting"])
+def test_log_format_json_applies_under_logging(dj_fleet, django_db_url, source):
+    """--log-format json (or the setting) under the demo's LOGGING: every line
+    of the supervisor's and the children's output is one JSON object."""
+    ids = defer(django_db_url, "demo_app.tasks.sleeping", 2, ms=10)
+    args, env = ["--concurrency", "1", "--one-shot"], {}
+    if source == "command line":
+        args += ["--log-format", "json"]
+    else:
+        env["PREFORK_TEST_PREFORK_SETTINGS"] = '{"log_format": "json"}'
+    assert run_worker(dj_fleet, *args, **env) == 0, dj_fleet.log()
+    assert {r["status"] for r in jobs(django_db_url, ids)} == {"succeeded"}
+    records = _records(dj_fleet)
+    roles = {(r["role"], r["logger"].split(".")[0]) for r in records}
+    assert {("supervisor", "procrastinate_prefork"), ("child", "procrastinate")} <= (
+        roles
+    ), records
+    assert [r for r in records if r.get("action") == "banner"]
+
+
+@pytest.mark.parametrize(
+    ("level", "seen", "unseen"),
+    [("warning", set(), {"DEBUG", "INFO"}), ("debug", {"DEBUG", "INFO"}, set())],
+)
+def test_log_level_applies_under_logging(dj_fleet, django_db_url, level, seen, unseen):
+    """--log-level sets the level of the fleet's loggers, procrastinate's
+    included, over LOGGING's root level (INFO); LOGGING's format stays."""
     ids = defer(django_db_url, "demo_app.tasks.sleeping", 2, ms=10)
     code = run_worker(
-        dj_fleet,
-        "--concurrency",
-        "1",
-        "--one-shot",
-        "--log-format",
-        "CUSTOM %(message)s",
-        "--log-level",
-        "warning",
-        PROCRASTINATE_LOG_FORMAT="ENV %(message)s",
+        dj_fleet, "--concurrency", "1", "--one-shot", "--log-level", level
     )
     assert code == 0, dj_fleet.log()
     assert {r["status"] for r in jobs(django_db_url, ids)} == {"succeeded"}
-    lines = dj_fleet.log().splitlines()
-    assert not [line for line in lines if line.startswith(("CUSTOM", "ENV"))]
-    # the demo's LOGGING format, "<asctime> <levelname> <name> <message>", and
-    # its root level (INFO) for procrastinate's loggers; ours at WARNING
-    assert [line for line in lines if " INFO procrastinate.worker" in line]
-    assert not [line for line in lines if " INFO procrastinate_prefork." in line]
-    code = run_worker(dj_fleet, "--concurrency", "1", "--one-shot")
-    assert code == 0, dj_fleet.log()
-    assert [
-        line
-        for line in dj_fleet.log().splitlines()
-        if " INFO procrastinate_prefork.supervisor " in line
-    ]
+    lines = [LOGGING_LINE.match(line) for line in dj_fleet.log().splitlines()]
+    levels = {
+        line["level"]
+        for line in lines
+        if line and line["logger"].startswith("procrastinate.")
+    }
+    assert seen <= levels and not unseen & levels, levels

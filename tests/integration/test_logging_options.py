@@ -1,6 +1,7 @@
 """procrastinate's logging options on ``procrastinate-prefork worker``:
 --log-format, --log-format-style, --log-level, the deprecated -v, and their
-PROCRASTINATE_* variables; Django's LOGGING keeps precedence under manage.py."""
+PROCRASTINATE_* variables, also over logging the app set up itself (under
+Django's LOGGING: test_django.py)."""
 
 from __future__ import annotations
 
@@ -100,3 +101,25 @@ def test_bad_logging_options_exit_2(fleet, args, expected):
     assert fleet.run_to_exit(*args, timeout=30) == 2
     assert expected in error_line(fleet)
     assert fleet.events("child_started") == []
+
+
+def test_log_format_applies_over_an_apps_own_logging(fleet, db_url):
+    """tests.apps.json_log_app configures logging when it is imported (JSON
+    lines): a --log-format given replaces its formatter, as over Django's
+    LOGGING (test_django.py)."""
+    ids = defer(db_url, "cpu", count=2, ms=1)
+    code = fleet.run_to_exit(
+        "--concurrency",
+        "1",
+        "--one-shot",
+        "--log-format",
+        "{levelname}|{name}|{message}",
+        "--log-format-style",
+        "{",
+        app="tests.apps.json_log_app.app",
+    )
+    assert code == 0, fleet.log()
+    assert {r["status"] for r in jobs(db_url, ids)} == {"succeeded"}
+    assert _lines(fleet, r"INFO\|procrastinate_prefork\.supervisor\|")
+    assert _lines(fleet, r"INFO\|procrastinate\.worker")
+    assert not _lines(fleet, r"\{")  # none of the app's JSON lines

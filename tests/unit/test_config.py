@@ -29,6 +29,19 @@ def test_defaults():
     assert cfg.shutdown_graceful_timeout == 30
 
 
+def test_given_is_what_any_source_set_even_to_the_default():
+    """What setup_logging applies over Django's LOGGING: a value the user
+    gave, whatever its source, not one left to its default."""
+    default_format = options.OPTIONS_BY_NAME["log_format"].default
+    cfg = parse(
+        ["--log-format", default_format],
+        {"PROCRASTINATE_LOG_LEVEL": "debug"},
+        {"concurrency": 2},
+    )
+    assert cfg.given == {"log_format", "log_level", "concurrency"}
+    assert parse([]).given == frozenset()
+
+
 def test_precedence_cli_env_settings_default():
     settings = {"concurrency": 2, "queues": ["a"], "child_concurrency": 5}
     environ = {

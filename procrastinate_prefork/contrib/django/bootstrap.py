@@ -28,6 +28,9 @@ class DjangoBootstrap(bootstrap.Bootstrap):
     def schema_hint(self, tables: str) -> str:
         return "run `manage.py migrate`"
 
+    def connection_hint(self) -> str:
+        return f"check DATABASES[{self.alias!r}] in the Django settings"
+
     def connection_args(self) -> dict[str, Any]:
         from procrastinate.contrib.django.utils import connector_params
 

@@ -29,7 +29,13 @@ class Command(BaseCommand):
     def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> Any:
         parser = super().create_parser(prog_name, subcommand, **kwargs)
         error = parser.error
-        parser.error = lambda message: error(arguments.suggest_flags(parser, message))
+
+        def one_line_error(message: str) -> None:
+            if parser.called_from_command_line:
+                arguments.exit_on_error(parser, message)
+            error(arguments.suggest_flags(parser, message))  # CommandError
+
+        parser.error = one_line_error
         return parser
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
