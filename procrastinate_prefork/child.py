@@ -167,6 +167,7 @@ async def _serve(spec: ChildSpec) -> int:
         compat.finish_only_owned_jobs(app)
         compat.restore_deleted_worker_row(app)
         compat.survive_database_outages(app, keep_fetching=config.wait)
+        compat.on_job_ended(app, tracker.ended)
         options = config.worker_options(spec.slot)
         redact.install(options["name"])  # no job arguments in INFO logs
         user_middleware = list(app.worker_defaults.get("worker_middleware") or [])
@@ -219,6 +220,8 @@ class _JobTracker:
         self.soft: softlimit.SoftLimits | None = None
         self.running = 0
         self.jobs_done = 0
+        #: jobs the middleware has counted and procrastinate not yet recorded
+        self.counted: set[int] = set()
         self.draining = False
         self.recycling = False
         self._process = psutil.Process()
@@ -306,13 +309,8 @@ class _JobTracker:
             outcome = _outcome(exc, context, worker)
             raise
         finally:
-            if self.ring is not None:
-                self.ring.append(
-                    self.writer.slot,
-                    Finished(
-                        job.queue, job.task_name, outcome, time.monotonic() - started
-                    ),
-                )
+            self.counted.add(job.id)
+            self._record(job, outcome, time.monotonic() - started)
             if self.soft is not None:
                 self.soft.job_ended(job.id)
             self.running -= 1
@@ -323,6 +321,22 @@ class _JobTracker:
             )
             if not self.running and not self.draining:
                 self._title("idle")
+
+    def ended(self, job: Any, outcome: str) -> None:
+        """procrastinate records a job's end: count it if the middleware did
+        not, because procrastinate failed it before its middlewares ran."""
+        if job.id in self.counted:
+            self.counted.discard(job.id)
+        else:  # never raise: it would keep procrastinate from recording it
+            self._record(job, Outcome.__members__.get(outcome.upper(), Outcome.FAILED))
+
+    def _record(
+        self, job: Any, outcome: Outcome, duration: float | None = None
+    ) -> None:
+        if self.ring is not None:
+            self.ring.append(
+                self.writer.slot, Finished(job.queue, job.task_name, outcome, duration)
+            )
 
     def _maybe_recycle(self) -> None:
         if self.draining:

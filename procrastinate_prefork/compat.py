@@ -125,6 +125,31 @@ def finish_only_owned_jobs(app: procrastinate.App) -> None:
     manager.retry_job = retry_job  # type: ignore[method-assign]
 
 
+def on_job_ended(app: procrastinate.App, callback: Callable[[Any, str], None]) -> None:
+    """Call ``callback(job, outcome)`` each time the worker records a job's
+    end, before writing it: ``outcome`` is the status written (``succeeded``,
+    ``failed``, ``aborted``) or ``retried``. This is the one place every
+    fetched job passes, those procrastinate fails before any middleware runs
+    (a task the app does not know) too. Wrap this after the other wrappers
+    of ``finish_job``/``retry_job``: a write repeated through a database
+    outage is still one call here."""
+    manager = app.job_manager
+    finish = manager.finish_job
+    retry = manager.retry_job
+
+    async def finish_job(job: Any, status: Any, delete_job: bool) -> None:
+        callback(job, str(status.value))
+        await finish(job=job, status=status, delete_job=delete_job)
+
+    async def retry_job(job: Any, *args: Any, **kwargs: Any) -> None:
+        callback(job, "retried")
+        await retry(job, *args, **kwargs)
+
+    # ignore: we replace methods of this app's JobManager on purpose
+    manager.finish_job = finish_job  # type: ignore[method-assign]
+    manager.retry_job = retry_job  # type: ignore[method-assign]
+
+
 def restore_deleted_worker_row(app: procrastinate.App) -> None:
     """A fetch that fails because this worker's row was deleted under it (a
     stock worker's start-up prune, a manual clean-up) puts the row back and

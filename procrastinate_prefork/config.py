@@ -48,6 +48,7 @@ class PreforkConfig:
     hostname: str
     health_port: int | None
     health_host: str
+    metrics_label_limit: int
     restart_backoff_max: float
     max_jobs_per_child: int | None
     max_jobs_jitter: int

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import mmap
 import struct
 
@@ -36,7 +37,9 @@ class Finished:
     queue: str
     task: str
     outcome: Outcome
-    duration: float
+    #: None: the job never ran (procrastinate failed it before its task, e.g.
+    #: a task the app does not know)
+    duration: float | None
 
 
 def _text(raw: bytes) -> str:
@@ -73,7 +76,7 @@ class JobRing:
             offset + (seq - 1) % RING * _RECORD.size,
             seq,
             int(record.outcome),
-            record.duration,
+            math.nan if record.duration is None else record.duration,
             _raw(record.queue),
             _raw(record.task),
         )
@@ -97,6 +100,11 @@ class JobRing:
                 lost += 1
                 continue
             records.append(
-                Finished(_text(queue), _text(task), Outcome(outcome), duration)
+                Finished(
+                    _text(queue),
+                    _text(task),
+                    Outcome(outcome),
+                    None if math.isnan(duration) else duration,
+                )
             )
         return records, count, lost

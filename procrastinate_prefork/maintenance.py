@@ -93,7 +93,7 @@ class Maintenance:
                 lambda conn: conn.execute(queries.get("queue_jobs")).fetchall()
             )
             if rows is not None:
-                self.totals.queue_jobs = metrics.queue_counts(rows)
+                self.totals.read_queue_depth(rows)
         healthy_for = self.heartbeats.healthy_for(ended)
         if not policy.may_take_sweep_turn(
             healthy_for, self.config.stalled_timeout, self.config.stock_worker_timeout

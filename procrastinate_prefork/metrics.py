@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from . import policy
 from .jobring import Finished, JobRing
 from .snapshot import FleetSnapshot
+
+logger = logging.getLogger("procrastinate_prefork.metrics")
 
 HINT = "metrics need prometheus-client: pip install 'procrastinate-prefork[metrics]'"
 PREFIX = "procrastinate_prefork"
@@ -40,6 +43,10 @@ BUCKETS = (
     900.0,
     3600.0,
 )
+#: the label value of everything past the label limit (queue and task alike)
+OTHER = "__other__"
+#: --metrics-label-limit's default
+LABEL_LIMIT = 200
 CHILD_STATES = ("starting", "idle", "busy", "retiring")
 #: a snapshot's child state -> the metric's
 _STATE_OF = {"draining": "retiring", "stopped": "retiring"}
@@ -96,8 +103,15 @@ class Histogram:
 
 @dataclasses.dataclass
 class Totals:
-    """Everything the supervisor counts; the slots' read positions too."""
+    """Everything the supervisor counts; the slots' read positions too.
 
+    Whoever defers a job chooses its queue name, and its task name if the
+    app does not know the task: series are kept for at most ``label_limit``
+    (queue, task) pairs, the first seen; later pairs are counted under
+    (``OTHER``, ``OTHER``), so that neither the scrape nor the supervisor's
+    memory grows with the names deferred."""
+
+    label_limit: int = LABEL_LIMIT
     jobs: dict[tuple[str, str, str], int] = dataclasses.field(default_factory=dict)
     durations: dict[tuple[str, str], Histogram] = dataclasses.field(
         default_factory=dict
@@ -107,18 +121,57 @@ class Totals:
     #: (queue, status) -> jobs, as last read from the database (None: never)
     queue_jobs: dict[tuple[str, str], int] | None = None
     seen: dict[int, int] = dataclasses.field(default_factory=dict)
+    #: the (queue, task) pairs that have series of their own
+    pairs: set[tuple[str, str]] = dataclasses.field(default_factory=set)
+    #: metrics whose label limit was reached (logged once each)
+    capped: set[str] = dataclasses.field(default_factory=set)
+
+    def _labels(self, queue: str, task: str) -> tuple[str, str]:
+        pair = (queue, task)
+        if pair in self.pairs:
+            return pair
+        if len(self.pairs) < self.label_limit and pair != (OTHER, OTHER):
+            self.pairs.add(pair)
+            return pair
+        self._capped(f"{PREFIX}_jobs_total")
+        return (OTHER, OTHER)
+
+    def _capped(self, metric: str) -> None:
+        if metric in self.capped:
+            return
+        self.capped.add(metric)
+        logger.warning(
+            "Metric %s reached --metrics-label-limit %s: further label values "
+            "are counted under %s",
+            metric,
+            self.label_limit,
+            OTHER,
+            extra={
+                "action": "metrics_label_limit",
+                "metric": metric,
+                "limit": self.label_limit,
+            },
+        )
 
     def job(self, queue: str, task: str, outcome: str) -> None:
-        key = (queue, task, outcome)
+        key = (*self._labels(queue, task), outcome)
         self.jobs[key] = self.jobs.get(key, 0) + 1
 
     def finished(self, record: Finished) -> None:
         self.job(record.queue, record.task, record.outcome.name.lower())
-        key = (record.queue, record.task)
-        self.durations.setdefault(key, Histogram()).observe(record.duration)
+        if record.duration is not None:  # None: the job never ran
+            key = self._labels(record.queue, record.task)
+            self.durations.setdefault(key, Histogram()).observe(record.duration)
 
     def exited(self, cause: str) -> None:
         self.exits[cause] = self.exits.get(cause, 0) + 1
+
+    def read_queue_depth(self, rows: Iterable[tuple[str, str, int]]) -> None:
+        """Keep the ``queue_jobs`` rows just read, capped like the jobs."""
+        counts, capped = queue_counts(rows, self.label_limit)
+        if capped:
+            self._capped(f"{PREFIX}_queue_jobs")
+        self.queue_jobs = counts
 
 
 def _families(snapshot: FleetSnapshot, totals: Totals) -> Iterator[Any]:
@@ -222,13 +275,23 @@ def drain(ring: JobRing, slot: int, totals: Totals) -> None:
         totals.finished(record)
 
 
-def queue_counts(rows: Iterable[tuple[str, str, int]]) -> dict[tuple[str, str], int]:
+def queue_counts(
+    rows: Iterable[tuple[str, str, int]], limit: int = LABEL_LIMIT
+) -> tuple[dict[tuple[str, str], int], bool]:
     """``(queue, status, count)`` rows -> ``{(queue, status): count}``, with
-    a zero for each status a queue seen has no job in."""
-    counts: dict[tuple[str, str], int] = {}
+    a zero for each status a queue seen has no job in, and whether some
+    queues were merged: the ``limit`` queues with the most jobs keep their
+    name (the value is read afresh each time: no name is kept for good), the
+    others are summed under ``OTHER``."""
+    by_queue: dict[str, dict[str, int]] = {}
     for queue, status, count in rows:
-        counts[(queue, status)] = int(count)
-    for queue in {q for q, _ in counts}:
-        for status in ("todo", "doing"):
-            counts.setdefault((queue, status), 0)
-    return counts
+        by_queue.setdefault(queue, {})[status] = int(count)
+    ranked = sorted(by_queue, key=lambda q: (-sum(by_queue[q].values()), q))
+    named = set(ranked[:limit]) - {OTHER}
+    counts: dict[tuple[str, str], int] = {}
+    for queue, statuses in by_queue.items():
+        label = queue if queue in named else OTHER
+        for status in dict.fromkeys(("todo", "doing", *statuses)):
+            key = (label, status)
+            counts[key] = counts.get(key, 0) + statuses.get(status, 0)
+    return counts, any(q not in named and q != OTHER for q in by_queue)

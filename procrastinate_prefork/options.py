@@ -13,6 +13,7 @@ import os
 import socket
 
 from .logging_options import LOGGING_OPTIONS
+from .metrics import LABEL_LIMIT
 from .option import Option
 from .parsing import (
     MAX_CHILDREN,
@@ -277,6 +278,17 @@ OPTIONS: tuple[Option, ...] = (
         "127.0.0.1",
         "Address the probe port listens on (0.0.0.0 for a Kubernetes probe).",
         metavar="HOST",
+    ),
+    Option(
+        "metrics_label_limit",
+        ("--metrics-label-limit",),
+        int_between(1, 100_000),
+        LABEL_LIMIT,
+        "Most (queue, task) pairs with series of their own in /metrics, and "
+        "most queues in its queue depth; the others are counted under the "
+        "label value __other__ (queue and task names are chosen by whoever "
+        "defers jobs).",
+        metavar="N",
     ),
     Option(
         "restart_backoff_max",

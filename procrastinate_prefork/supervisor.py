@@ -94,7 +94,7 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
         self._recorded_worker_ids: frozenset[int] = frozenset()
         self.ready_logged: bool = False
         self.probe: probe.ProbeServer | None = None  # --health-port
-        self.totals: metrics.Totals = metrics.Totals()
+        self.totals = metrics.Totals(label_limit=config.metrics_label_limit)
         self.db_timeouts: db.Timeouts = db.Timeouts.for_heartbeat(
             config.heartbeat_interval
         )

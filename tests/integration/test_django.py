@@ -442,6 +442,23 @@ def test_system_check_unknown_key_suggests(settings):
 
 
 @pytest.mark.parametrize(
+    ("token", "ids"),
+    [
+        (b"bytes-SECRET-1", ["procrastinate_prefork.E006"]),
+        (["list-SECRET-2"], ["procrastinate_prefork.E006"]),
+        ("", []),
+        ("str-token", []),
+    ],
+)
+def test_system_check_health_token(settings, token, ids):
+    from django.core import checks
+
+    settings.PROCRASTINATE_PREFORK_HEALTH_TOKEN = token
+    assert check_ids() == ids
+    assert not any("SECRET" in str(m) for m in checks.run_checks())
+
+
+@pytest.mark.parametrize(
     ("env", "check_id"),
     [
         ({"PREFORK_TEST_PREFORK_SETTINGS": '{"concurrency": "4"}'}, "E003"),

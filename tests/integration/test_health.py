@@ -8,6 +8,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -29,6 +30,8 @@ MANAGE = REPO / "demo_project" / "manage.py"
 DJANGO_SETTINGS = "tests.django_project.settings"
 SECRET_PASSWORD = "pw-SECRET-7781"
 SECRET_ARG = "arg-SECRET-4402"
+#: the health view's token in these tests (PROCRASTINATE_PREFORK_HEALTH_TOKEN)
+VIEW_TOKEN = "view-token-5531-c0ffee"
 
 
 # ------------------------------------------------------------------ helpers
@@ -119,7 +122,10 @@ def django_env(db_url: str) -> dict[str, str]:
 class DjangoView:
     """pytest-django's ``client`` and the health check, in this process, on
     the database of a test (the fleet's, not pytest-django's own test
-    database: the fleet under test writes there)."""
+    database: the fleet under test writes there). The client presents the
+    view's token unless told otherwise: no user of that database can log in."""
+
+    BEARER = f"Bearer {VIEW_TOKEN}"
 
     def __init__(self, blocker: Any, client: Any):
         self.blocker = blocker
@@ -149,19 +155,30 @@ class DjangoView:
                 connection.settings_dict.update(saved)
 
     def get(
-        self, db_url: str, *paths: str, method: str = "GET"
+        self,
+        db_url: str,
+        *paths: str,
+        method: str = "GET",
+        authorization: str | None = BEARER,
     ) -> list[tuple[int, Any]]:
+        """Status and JSON body of each path; ``authorization``: the header
+        sent (None: none, an anonymous caller)."""
+        headers = {"Authorization": authorization} if authorization else {}
         out = []
         with self.on(db_url):
             for path in paths:
-                response = getattr(self.client, method.lower())(path)
+                response = getattr(self.client, method.lower())(path, headers=headers)
                 body = json.loads(response.content) if response.content else None
                 out.append((response.status_code, body))
         return out
 
     def responses(self, db_url: str, path: str, methods: list[str]) -> list[Any]:
+        headers = {"Authorization": self.BEARER}
         with self.on(db_url):
-            return [getattr(self.client, method.lower())(path) for method in methods]
+            return [
+                getattr(self.client, method.lower())(path, headers=headers)
+                for method in methods
+            ]
 
     def health_check(self, db_url: str, **kwargs: Any) -> str | None:
         """The django-health-check check's error, or None."""
@@ -183,6 +200,8 @@ class DjangoView:
 @pytest.fixture
 def django_view(request: pytest.FixtureRequest) -> DjangoView:
     pytest.importorskip("django")
+    settings = request.getfixturevalue("settings")
+    settings.PROCRASTINATE_PREFORK_HEALTH_TOKEN = VIEW_TOKEN
     return DjangoView(
         request.getfixturevalue("django_db_blocker"), request.getfixturevalue("client")
     )
@@ -733,6 +752,99 @@ def test_django_view_without_the_table(empty_db_url, django_view):
     [(status, body)] = django_view.get(empty_db_url, "/prefork/")
     assert status == 503
     assert body["problems"] == ["cannot read the fleet table: ProgrammingError"]
+    [(status, body)] = django_view.get(empty_db_url, "/prefork/", authorization=None)
+    assert (status, body) == (503, {"status": "unhealthy"})
+
+
+def _keys(document: Any) -> set[str]:
+    if isinstance(document, list):
+        return set().union(*map(_keys, document)) if document else set()
+    if isinstance(document, dict):
+        return set(document).union(*map(_keys, document.values()))
+    return set()
+
+
+#: keys that tell a stranger about the fleet
+FLEET_DETAILS = {
+    "host",
+    "pid",
+    "rss_bytes",
+    "task_name",
+    "job_id",
+    "supervisors",
+    "children",
+    "problems",
+    "warnings",
+}
+
+
+def test_django_view_tells_strangers_the_status_only(db_url, django_view, settings):
+    """Probes need no login: without staff or the token they get the code, the
+    word and the counts; a wrong token is no token."""
+    sup = insert_supervisor(db_url, host="host-HIDDEN-1", pid=100)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE procrastinate_prefork_processes SET state = 'busy', job_id = 9,"
+            " task_name = 'task-HIDDEN' WHERE supervisor_id = %s AND slot = 1",
+            [sup],
+        )
+    paths = ("/prefork/", "/prefork/?min_children=3")
+    strangers = {
+        "anonymous": None,
+        "wrong token": "Bearer view-token-5531-c0ffeX",
+        "token's prefix": DjangoView.BEARER[:-1],
+        "token and more": DjangoView.BEARER + "0",
+        "another scheme": f"Basic {VIEW_TOKEN}",
+        "no scheme": VIEW_TOKEN,
+    }
+    for name, authorization in strangers.items():
+        got = django_view.get(db_url, *paths, authorization=authorization)
+        assert got == [
+            (200, {"status": "healthy", "fresh_supervisors": 1, "fresh_children": 2}),
+            (503, {"status": "unhealthy", "fresh_supervisors": 1, "fresh_children": 2}),
+        ], name
+        assert not _keys([body for _, body in got]) & FLEET_DETAILS, name
+        assert "HIDDEN" not in json.dumps(got), name
+    bad = django_view.get(
+        db_url, "/prefork/?min_children=two", "/prefork/?verbose=1", authorization=None
+    )
+    assert [code for code, _ in bad] == [400, 400]
+    assert all(body["status"] == "error" for _, body in bad)
+
+    (ok, body), (few, few_body) = django_view.get(db_url, *paths)  # the token
+    assert (ok, few) == (200, 503)
+    assert body["supervisors"][0]["host"] == "host-HIDDEN-1"
+    assert "task-HIDDEN" in json.dumps(body)
+    assert few_body["problems"] == ["2 fresh child(ren), fewer than min_children=3"]
+
+    # no token configured: no bearer gets the details, not even an empty one
+    for token, authorization in [("", "Bearer "), ("", "Bearer"), (None, None)]:
+        settings.PROCRASTINATE_PREFORK_HEALTH_TOKEN = token
+        [(_, body)] = django_view.get(db_url, "/prefork/", authorization=authorization)
+        assert not _keys(body) & FLEET_DETAILS, (token, authorization)
+    del settings.PROCRASTINATE_PREFORK_HEALTH_TOKEN
+    [(_, body)] = django_view.get(db_url, "/prefork/")
+    assert not _keys(body) & FLEET_DETAILS
+
+
+@pytest.mark.django_db
+def test_django_view_details_are_for_staff(client, admin_client, django_user_model):
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        insert_supervisor(cursor, host="staff-host", pid=4321)
+    staff = admin_client.get("/prefork/")
+    assert staff.status_code == 200
+    [sup] = staff.json()["supervisors"]
+    assert (sup["host"], sup["pid"]) == ("staff-host", 4321)
+    client.force_login(django_user_model.objects.create_user("plain", password="pw"))
+    plain = client.get("/prefork/")
+    assert plain.status_code == 200
+    assert plain.json() == {
+        "status": "healthy",
+        "fresh_supervisors": 1,
+        "fresh_children": 2,
+    }
 
 
 def test_django_health_check_backend(db_url, django_view):
@@ -791,6 +903,8 @@ _CLOCK_FIELDS = {
 def _unclocked(document: Any) -> Any:
     if isinstance(document, list):
         return [_unclocked(item) for item in document]
+    if isinstance(document, str):  # an age in a warning's text
+        return re.sub(r"for \d+ s\b", "for <clock> s", document)
     if not isinstance(document, dict):
         return document
     out = {}
@@ -826,6 +940,13 @@ def test_status_json_and_view_are_pinned_on_real_rows(db_url, django_view):
     assert code == 200  # b's crash loop is stale: a warning
     raw = json.loads(cli.stdout)
     assert 7200 <= raw["supervisors"][0]["children"][1]["job_age"] < 7200 + 60
+    [stale] = raw["warnings"]
+    assert 3600 <= int(re.findall(r"for (\d+) s", stale)[0]) < 3600 + 60
     document = _unclocked(raw)
     assert json.dumps(_unclocked(view)) == json.dumps(document)
     assert json.dumps(document, indent=1) == PINNED_DOCUMENT.read_text().strip()
+    from procrastinate_prefork.contrib.django.views import PUBLIC_KEYS
+
+    [(code, public)] = django_view.get(db_url, "/prefork/", authorization=None)
+    assert code == 200  # a stranger: the same verdict, none of the details
+    assert public == {key: raw[key] for key in PUBLIC_KEYS}

@@ -11,7 +11,10 @@ import socket
 import sys
 from collections.abc import Callable
 
+import psycopg
 from prometheus_client.parser import text_string_to_metric_families
+
+from procrastinate_prefork import metrics
 
 from ..fleet_helper import Fleet, defer, jobs, status_counts, wait_for
 
@@ -163,3 +166,90 @@ def test_time_limit_counted_by_the_supervisor(fleet: Fleet, db_url: str) -> None
     assert samples[cause] == 1
     assert not jobs_total(samples, "sleep", "recovered")
     assert jobs(db_url, [job_id])[0]["status"] == "failed"
+
+
+def defer_to_queues(db_url: str, task: str, queues: list[str], later: bool) -> None:
+    """One job of ``task`` per queue, as procrastinate's defer does; ``later``:
+    scheduled in an hour (waiting ``todo``, never fetched meanwhile)."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "SELECT procrastinate_defer_jobs_v1(array_agg(ROW("
+            "  q, %s, 0, NULL, NULL, '{}'::jsonb,"
+            "  CASE WHEN %s THEN now() + interval '1 hour' END"
+            ")::procrastinate_job_to_defer_v1)) FROM unnest(%s::text[]) AS q",
+            [task, later, queues],
+        )
+
+
+def series(samples: Samples, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    return {labels: v for (n, labels), v in samples.items() if n == name}
+
+
+def test_series_stay_within_the_label_limit(fleet: Fleet, db_url: str) -> None:
+    """Queue names are the deferrer's choice: past --metrics-label-limit they
+    are counted under one label value, logged once, for the jobs counted and
+    the queue depth alike."""
+    port = free_port()
+    fleet.start(
+        "--concurrency", "1", "--health-port", str(port), "--heartbeat-interval",
+        "0.5", "--metrics-label-limit", "3",
+    )  # fmt: skip
+    defer_to_queues(db_url, "noop", [f"run{i}" for i in range(8)], later=False)
+    defer_to_queues(db_url, "noop", [f"wait{i}" for i in range(6)], later=True)
+    wait_for(lambda: status_counts(db_url) == {"succeeded": 8, "todo": 6})
+    p = "procrastinate_prefork_"
+
+    def counted(jobs_ended: int, waiting: int) -> Callable[[Samples], bool]:
+        return lambda s: (
+            sum(series(s, p + "jobs_total").values()) == jobs_ended
+            and sum(series(s, p + "queue_jobs").values()) == waiting
+        )
+
+    got = scrape_until(port, counted(8, 6), "the jobs and the queue depth")
+    other = (
+        ("outcome", "succeeded"),
+        ("queue", metrics.OTHER),
+        ("task", metrics.OTHER),
+    )
+    jobs_series = series(got, p + "jobs_total")
+    assert len(jobs_series) == 3 + 1 and jobs_series[other] == 5
+    assert len(series(got, p + "job_duration_seconds_count")) == 3 + 1
+    depth = series(got, p + "queue_jobs")
+    assert len(depth) == (3 + 1) * 2  # todo and doing per queue
+    assert depth[(("queue", metrics.OTHER), ("status", "todo"))] == 3
+
+    # more names past the limit: the same series, counted, no new log event
+    defer_to_queues(db_url, "noop", ["run8", "run9"], later=False)
+    defer_to_queues(db_url, "noop", ["wait6"], later=True)
+    got = scrape_until(port, counted(10, 7), "the later jobs")
+    assert len(series(got, p + "jobs_total")) == 3 + 1
+    assert series(got, p + "jobs_total")[other] == 7
+    assert len(series(got, p + "queue_jobs")) == (3 + 1) * 2
+    events = fleet.events("metrics_label_limit")
+    assert sorted(e["metric"] for e in events) == [
+        p + "jobs_total",
+        p + "queue_jobs",
+    ], events
+    assert all(e["limit"] == 3 for e in events)
+
+
+def test_jobs_of_an_unknown_task_are_counted_failed_once(
+    fleet: Fleet, db_url: str
+) -> None:
+    """procrastinate fails them before any middleware runs: counted when it
+    records their end, not in the duration histogram (they never ran)."""
+    port = free_port()
+    fleet.start("--concurrency", "1", "--health-port", str(port))
+    [unknown] = defer(db_url, "no_such_task")
+    wait_for(lambda: jobs(db_url, [unknown])[0]["status"] == "failed")
+    defer(db_url, "noop")  # run after it: its count proves the ring was read
+    got = scrape_until(
+        port,
+        lambda s: jobs_total(s, "noop", "succeeded") == 1,
+        "the job run after the unknown task's",
+    )
+    assert jobs_total(got, "no_such_task", "failed") == 1
+    ended = series(got, "procrastinate_prefork_jobs_total")
+    assert sum(ended.values()) == 2
+    durations = series(got, "procrastinate_prefork_job_duration_seconds_count")
+    assert list(durations) == [(("queue", "default"), ("task", "noop"))]

@@ -38,6 +38,14 @@ def test_ring_counts_each_record_once():
     assert ring.written(0) == 0  # other slots untouched
 
 
+def test_ring_keeps_a_job_that_never_ran_apart():
+    ring = JobRing(1)
+    ring.append(0, Finished("q", "unknown", Outcome.FAILED, None))
+    ring.append(0, Finished("q", "t", Outcome.FAILED, 0.0))
+    records, _, _ = ring.read_since(0, 0)
+    assert [r.duration for r in records] == [None, 0.0]
+
+
 def test_ring_overrun_is_counted_as_lost():
     ring = JobRing(1)
     for i in range(jobring.RING + 5):
@@ -97,12 +105,64 @@ def test_exit_cause(args, cause):
 
 
 def test_queue_counts_fill_missing_statuses():
-    assert metrics.queue_counts([("a", "todo", 3), ("b", "doing", 1)]) == {
-        ("a", "todo"): 3,
-        ("a", "doing"): 0,
-        ("b", "todo"): 0,
-        ("b", "doing"): 1,
+    assert metrics.queue_counts([("a", "todo", 3), ("b", "doing", 1)]) == (
+        {
+            ("a", "todo"): 3,
+            ("a", "doing"): 0,
+            ("b", "todo"): 0,
+            ("b", "doing"): 1,
+        },
+        False,
+    )
+
+
+def test_queue_counts_keep_the_biggest_queues_and_sum_the_others():
+    rows = [("a", "todo", 1), ("b", "todo", 5), ("c", "doing", 2), ("d", "todo", 2)]
+    other = metrics.OTHER
+    assert metrics.queue_counts(rows, limit=2) == (
+        {
+            ("b", "todo"): 5,
+            ("b", "doing"): 0,
+            ("c", "todo"): 0,  # c and d tie: the name decides
+            ("c", "doing"): 2,
+            (other, "todo"): 3,
+            (other, "doing"): 0,
+        },
+        True,
+    )
+    # a queue really named like the overflow is summed with it, not "capped"
+    assert metrics.queue_counts([(other, "todo", 1), ("a", "todo", 1)], limit=2) == (
+        {(other, "todo"): 1, (other, "doing"): 0, ("a", "todo"): 1, ("a", "doing"): 0},
+        False,
+    )
+
+
+def test_totals_keep_at_most_the_label_limit_pairs(caplog):
+    totals = metrics.Totals(label_limit=2)
+    for i in range(5):
+        totals.finished(Finished(f"q{i}", "t", Outcome.SUCCEEDED, 0.1))
+    totals.finished(Finished("q9", "t", Outcome.FAILED, None))  # never ran
+    totals.job("q0", "t", "recovered")  # an admitted pair keeps its series
+    totals.job("q8", "t", "recovered")
+    totals.read_queue_depth([(f"q{i}", "todo", i) for i in range(4)])
+    other = metrics.OTHER
+    assert totals.jobs == {
+        ("q0", "t", "succeeded"): 1,
+        ("q1", "t", "succeeded"): 1,
+        (other, other, "succeeded"): 3,
+        (other, other, "failed"): 1,
+        ("q0", "t", "recovered"): 1,
+        (other, other, "recovered"): 1,
     }
+    assert set(totals.durations) == {("q0", "t"), ("q1", "t"), (other, other)}
+    assert totals.durations[(other, other)].count == 3  # the job that never ran: no
+    assert totals.queue_jobs is not None
+    assert {q for q, _ in totals.queue_jobs} == {"q3", "q2", other}
+    events = [r for r in caplog.records if r.__dict__.get("action")]
+    assert [(r.action, r.metric) for r in events] == [  # type: ignore[attr-defined]
+        ("metrics_label_limit", "procrastinate_prefork_jobs_total"),
+        ("metrics_label_limit", "procrastinate_prefork_queue_jobs"),
+    ]
 
 
 def fleet(**changes) -> FleetSnapshot:

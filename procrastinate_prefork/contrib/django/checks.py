@@ -13,6 +13,7 @@ from django.conf import settings as django_settings
 from django.core import checks
 
 from ... import config
+from .settings import HEALTH_TOKEN
 
 PROCRASTINATE_APP = "procrastinate.contrib.django"
 OUR_APP = "procrastinate_prefork.contrib.django"
@@ -26,6 +27,7 @@ IDS = {
     "inconsistent": "procrastinate_prefork.E004",
 }
 APP_ORDER_ID = "procrastinate_prefork.E005"
+HEALTH_VIEW_SETTING_ID = "procrastinate_prefork.E006"
 
 
 @checks.register()
@@ -57,3 +59,20 @@ def check_app_order(
             )
         ]
     return []
+
+
+@checks.register()
+def check_health_token(
+    app_configs: Any = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    value = getattr(django_settings, HEALTH_TOKEN, None)
+    if value is None or isinstance(value, str):
+        return []  # "" is no token, as unset
+    return [
+        checks.Error(  # the value itself is a secret: never in the message
+            f"{HEALTH_TOKEN} must be a string, got {type(value).__name__}",
+            hint="the health view shows its details to no token until it is one",
+            obj=HEALTH_TOKEN,
+            id=HEALTH_VIEW_SETTING_ID,
+        )
+    ]

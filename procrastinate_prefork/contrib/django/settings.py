@@ -1,5 +1,6 @@
 """The ``PROCRASTINATE_PREFORK`` Django setting: a dict of option names
-(see ``procrastinate_prefork.config.OPTIONS``) to values."""
+(see ``procrastinate_prefork.config.OPTIONS``) to values; and the health
+view's token, a setting of its own (it is no option of the worker)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ from typing import Any
 from django.conf import settings as django_settings
 
 from ...parsing import ConfigError
+
+#: the setting whose value, sent as a bearer token, shows the health view's
+#: details
+HEALTH_TOKEN = "PROCRASTINATE_PREFORK_HEALTH_TOKEN"  # noqa: S105 - its name
 
 
 def prefork_settings() -> Mapping[str, Any]:

@@ -2,19 +2,29 @@
 
     GET <prefix>/?host=H&queue=Q&min_children=N
 
-Reads the table through the Django connection procrastinate uses
-(``PROCRASTINATE_DATABASE_ALIAS``). It shows no job arguments, DSN or
+Reachable without a login, since probes and uptime checkers call it, so an
+anonymous caller gets what a probe needs only: the status code, the status
+word and the counts of fresh supervisors and children. The whole document
+(host names, pids, memory, task names, job ids, problems) goes to active
+staff users and to a caller presenting the
+``PROCRASTINATE_PREFORK_HEALTH_TOKEN`` setting as ``Authorization: Bearer
+<token>``. Reads the table through the Django connection procrastinate uses
+(``PROCRASTINATE_DATABASE_ALIAS``). It never shows job arguments, DSN or
 password: the table holds none, and only whitelisted columns are shown.
-Protect it like any monitoring endpoint (it lists host names and task names).
 """
 
 from __future__ import annotations
 
+import hmac
+
+from django.conf import settings as django_settings
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.debug import sensitive_variables
 
 from ... import health, snapshot
+from .settings import HEALTH_TOKEN
 from .status import fetch_rows_django
 
 
@@ -26,6 +36,30 @@ def fleet_report(query: health.FleetQuery) -> health.FleetHealth:
     alias = procrastinate_settings.settings.DATABASE_ALIAS
     rows = fetch_rows_django(connections[alias])
     return health.fleet_health(snapshot.from_rows(rows), query)
+
+
+#: what an anonymous caller sees of the document
+PUBLIC_KEYS = ("status", "fresh_supervisors", "fresh_children")
+
+
+@sensitive_variables("expected", "given")
+def _token_matches(request: HttpRequest) -> bool:
+    expected = getattr(django_settings, HEALTH_TOKEN, None)
+    if not isinstance(expected, str) or not expected:
+        return False  # no token set (or a bad one: the system check says so)
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        return False
+    # constant time: the comparison must not tell how much of a guess is right
+    return hmac.compare_digest(given.strip().encode(), expected.encode())
+
+
+def shows_details(request: HttpRequest) -> bool:
+    """Staff (active) or the token's bearer: the whole document."""
+    user = getattr(request, "user", None)  # None without the auth middleware
+    if user is not None and user.is_active and user.is_staff:
+        return True
+    return bool(_token_matches(request))  # the decorator loses the type
 
 
 @csrf_exempt  # so that every other method gets 405, not a CSRF 403
@@ -44,16 +78,19 @@ def fleet_health(request: HttpRequest) -> JsonResponse:
         return JsonResponse({"status": "error", "error": str(exc)}, status=400)
     try:
         result = fleet_report(query)
+        document, code = result.as_dict(), 200 if result.healthy else 503
     except Exception as exc:  # the database is down or the table is missing
         from django.db import DatabaseError
 
         if not isinstance(exc, DatabaseError):
             raise
-        return JsonResponse(
+        document, code = (
             {
                 "status": health.UNHEALTHY,
                 "problems": [f"cannot read the fleet table: {type(exc).__name__}"],
             },
-            status=503,
+            503,
         )
-    return JsonResponse(result.as_dict(), status=200 if result.healthy else 503)
+    if not shows_details(request):
+        document = {key: document[key] for key in PUBLIC_KEYS if key in document}
+    return JsonResponse(document, status=code)
