@@ -1,8 +1,9 @@
 """What runs in a child after the fork: reset, bootstrap, run one worker.
 
-A child never returns into the supervisor's code: ``run_child`` ends with
-``os._exit`` so that nothing the parent registered (atexit hooks, finalizers of
-inherited objects) runs in it.
+A child never returns into the supervisor's code: ``child_main`` ends every
+path out of it, exceptions included, in ``os._exit``, so that nothing the
+parent registered (atexit hooks, finalizers of inherited objects) runs in it
+and the supervisor's loop never runs in a child.
 """
 
 from __future__ import annotations
@@ -83,24 +84,55 @@ class PipeWakeConnector(psycopg_connector.PsycopgConnector):
             await on_notification(channel=channel, payload=payload)
 
 
-def run_child(spec: ChildSpec) -> NoReturn:
-    code = 0
+def child_main(make_spec: Callable[[], ChildSpec], parent_fd: int) -> NoReturn:
+    """All a forked child does, from the moment ``fork()`` returned 0.
+
+    Whatever happens here (an exception while building its spec or closing the
+    supervisor's end of its pipe, a crash, a failing log handler, a flush that
+    raises ``BrokenPipeError`` or ``ENOSPC``, ``SystemExit``), it ends in
+    ``os._exit``: returning into ``fork_child`` would run the supervisor's
+    loop in the child, with a stale copy of the fleet."""
+    code = 1
+    try:
+        os.close(parent_fd)
+        code = run_child(make_spec())
+    except BaseException:
+        with contextlib.suppress(BaseException):
+            logger.exception("A new child failed before it could start")
+    finally:
+        exit_now(code)
+
+
+def run_child(spec: ChildSpec) -> int:
+    """Run one worker in this (forked) process; its exit code."""
     try:
         _reset_process(spec)
-        code = asyncio.run(_serve(spec))
+        return asyncio.run(_serve(spec))
     except bootstrap_module.BootstrapError as exc:
-        logger.error("Child %s cannot start: %s", spec.slot, exc)
-        code = EXIT_BOOT_ERROR
+        with contextlib.suppress(BaseException):
+            logger.error("Child %s cannot start: %s", spec.slot, exc)
+        return EXIT_BOOT_ERROR
     except BaseException:  # report anything, then die
-        logger.exception("Child %s crashed", spec.slot)
-        code = 1
-    finally:
-        for handler in logging.getLogger().handlers:
-            with contextlib.suppress(Exception):  # a broken handler must not stop exit
+        with contextlib.suppress(BaseException):
+            logger.exception("Child %s crashed", spec.slot)
+        return 1
+
+
+def exit_now(code: int) -> NoReturn:
+    """Flush what can be flushed and end the process with ``code``.
+
+    A flush fails when stdout is a pipe whose reader went away or a file on a
+    full disk: the output is lost, not the exit. ``os._exit`` skips what the
+    parent registered (atexit hooks, finalizers of inherited objects)."""
+    try:
+        for handler in list(logging.getLogger().handlers):
+            with contextlib.suppress(BaseException):
                 handler.flush()
-        sys.stdout.flush()
-        sys.stderr.flush()
-    os._exit(code)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(BaseException):
+                stream.flush()
+    finally:
+        os._exit(code)
 
 
 def _reset_process(spec: ChildSpec) -> None:
@@ -167,6 +199,8 @@ async def _serve(spec: ChildSpec) -> int:
         compat.finish_only_owned_jobs(app)
         compat.restore_deleted_worker_row(app)
         compat.survive_database_outages(app, keep_fetching=config.wait)
+        if not config.wait:  # one-shot: tell "queues empty" from other stops
+            compat.on_fetch(app, tracker.fetched)
         options = config.worker_options(spec.slot)
         redact.install(options["name"])  # no job arguments in INFO logs
         user_middleware = list(app.worker_defaults.get("worker_middleware") or [])
@@ -193,7 +227,7 @@ async def _serve(spec: ChildSpec) -> int:
         finally:
             beat.cancel()
             writer.set_state(State.STOPPED)
-    return policy.EXIT_RECYCLE if tracker.recycling else 0
+    return tracker.exit_code()
 
 
 def _reopen_logs(slot: int) -> None:
@@ -221,6 +255,8 @@ class _JobTracker:
         self.jobs_done = 0
         self.draining = False
         self.recycling = False
+        #: the worker's last fetch found no job (tracked in one-shot mode only)
+        self.found_empty = False
         self._process = psutil.Process()
         self.recycle_after = policy.recycle_limit(
             config.max_jobs_per_child,
@@ -273,6 +309,19 @@ class _JobTracker:
                 "worker_id": worker_id,
             },
         )
+
+    def fetched(self, found: bool) -> None:
+        self.found_empty = not found
+
+    def exit_code(self) -> int:
+        """0 for a stop asked from outside (SIGTERM: a drain, a retirement, a
+        time limit), unless the child recycled itself or, in one-shot mode,
+        its worker stopped because a fetch found nothing to run."""
+        if self.recycling:
+            return policy.EXIT_RECYCLE
+        if self.found_empty and not self.draining:
+            return policy.EXIT_QUEUES_EMPTY
+        return 0
 
     def stop(self) -> None:
         if not self.draining:

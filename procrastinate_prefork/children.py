@@ -9,7 +9,7 @@ import logging
 import os
 from collections.abc import Callable
 
-from .child import ChildSpec, run_child
+from .child import ChildSpec, child_main
 from .scoreboard import Scoreboard
 from .system import System
 
@@ -83,9 +83,8 @@ def fork_child(
         os.close(wake_r)
         os.close(wake_w)
         raise
-    if pid == 0:  # in the child: never returns
-        os.close(wake_w)
-        run_child(spec(wake_r))
+    if pid == 0:  # in the child: never returns, whatever it meets
+        child_main(lambda: spec(wake_r), wake_w)
     os.close(wake_r)
     os.set_blocking(wake_w, False)
     scoreboard.set_pid(slot, pid)

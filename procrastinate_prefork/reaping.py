@@ -44,9 +44,11 @@ class Reaping:
         cause = child.kill.reason or text
         if child.retiring and child.kill.reason is None:
             text += " (retired)"
-        clean = code in (0, policy.EXIT_RECYCLE)
+        clean = code in (0, policy.EXIT_RECYCLE, policy.EXIT_QUEUES_EMPTY)
         if code == policy.EXIT_RECYCLE:
             text = "recycled itself"
+        elif code == policy.EXIT_QUEUES_EMPTY:
+            text = "found its queues empty"
         log = logger.info if clean else logger.warning
         log(
             "Child %s (pid %s) %s%s after %.1f s, %d job(s) done",

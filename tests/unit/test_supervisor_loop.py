@@ -347,13 +347,33 @@ def test_a_failed_fork_is_retried_a_second_later(caplog_info):
     close_all(sup)
 
 
-def test_one_shot_children_are_not_replaced(caplog_info):
+def test_one_shot_children_that_found_the_queues_empty_are_not_replaced(
+    caplog_info,
+):
     sup, system = make(concurrency=2, wait=False)
     turn(sup)
     for pid in list(sup.children):
-        system.die(pid, exited(0))
+        system.die(pid, exited(policy.EXIT_QUEUES_EMPTY))
     turn(sup)
     assert not sup.children and not sup.respawn_at and sup._finished()
+
+
+def test_one_shot_child_stopped_for_another_reason_is_replaced(caplog_info):
+    """Exit 0 in one-shot mode (a time limit's SIGTERM, one sent by hand) says
+    nothing of the queues: the slot gets a new child, the run goes on."""
+    sup, system = make(concurrency=2, wait=False)
+    turn(sup)
+    first, second = sorted(sup.children)
+    system.die(first, exited(0))
+    system.die(second, exited(policy.EXIT_QUEUES_EMPTY))
+    turn(sup)
+    turn(sup)
+    assert len(sup.children) == 1 and first not in sup.children
+    assert not sup._finished()
+    (replacement,) = sup.children
+    system.die(replacement, exited(policy.EXIT_QUEUES_EMPTY))
+    turn(sup)
+    assert not sup.children and sup._finished()
 
 
 def test_a_wedged_child_is_sigkilled(caplog_info):
