@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import enum
 import logging
 import os
+import sys
 from collections.abc import Callable
 
 from .child import ChildSpec, child_main
@@ -77,6 +79,10 @@ def fork_child(
     read end of its wake-up pipe (in the child, which never returns)."""
     wake_r, wake_w = os.pipe()
     scoreboard.reset(slot)
+    # What our buffers hold would be written again by the child when it exits.
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
     try:
         pid = system.fork()
     except OSError:

@@ -235,3 +235,18 @@ def test_a_child_exits_with_its_code_when_its_output_is_on_a_full_disk(
     code, signum, came_back = fork_with_fault(fault)
     assert came_back == ""
     assert (code, signum) == (policy.EXIT_RECYCLE, None)
+
+
+def test_a_child_does_not_write_again_what_the_supervisor_printed(monkeypatch):
+    """Output the supervisor's block-buffered stdout still holds at the fork
+    (an app that prints at import time) is written once, not once more by
+    every child when it exits."""
+    read_end, write_end = os.pipe()
+    stdout = io.TextIOWrapper(open(write_end, "wb", buffering=8192))
+    monkeypatch.setattr(sys, "stdout", stdout)
+    stdout.write("printed by the supervisor;")
+    code, signum, came_back = fork_with_fault(_serve_returning(0))
+    assert (code, signum, came_back) == (0, None, "")
+    stdout.close()
+    with open(read_end, "rb") as pipe:
+        assert pipe.read() == b"printed by the supervisor;"
