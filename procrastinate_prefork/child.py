@@ -1,9 +1,7 @@
 """What runs in a child after the fork: reset, bootstrap, run one worker.
 
-A child never returns into the supervisor's code: ``child_main`` ends every
-path out of it, exceptions included, in ``os._exit``, so that nothing the
-parent registered (atexit hooks, finalizers of inherited objects) runs in it
-and the supervisor's loop never runs in a child.
+``run_child`` returns the child's exit code to ``forked.child_main``, which
+ends the process.
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, NoReturn
+from typing import Any
 
 import psutil
 import setproctitle
@@ -84,25 +82,6 @@ class PipeWakeConnector(psycopg_connector.PsycopgConnector):
             await on_notification(channel=channel, payload=payload)
 
 
-def child_main(make_spec: Callable[[], ChildSpec], parent_fd: int) -> NoReturn:
-    """All a forked child does, from the moment ``fork()`` returned 0.
-
-    Whatever happens here (an exception while building its spec or closing the
-    supervisor's end of its pipe, a crash, a failing log handler, a flush that
-    raises ``BrokenPipeError`` or ``ENOSPC``, ``SystemExit``), it ends in
-    ``os._exit``: returning into ``fork_child`` would run the supervisor's
-    loop in the child, with a stale copy of the fleet."""
-    code = 1
-    try:
-        os.close(parent_fd)
-        code = run_child(make_spec())
-    except BaseException:
-        with contextlib.suppress(BaseException):
-            logger.exception("A new child failed before it could start")
-    finally:
-        exit_now(code)
-
-
 def run_child(spec: ChildSpec) -> int:
     """Run one worker in this (forked) process; its exit code."""
     try:
@@ -116,23 +95,6 @@ def run_child(spec: ChildSpec) -> int:
         with contextlib.suppress(BaseException):
             logger.exception("Child %s crashed", spec.slot)
         return 1
-
-
-def exit_now(code: int) -> NoReturn:
-    """Flush what can be flushed and end the process with ``code``.
-
-    A flush fails when stdout is a pipe whose reader went away or a file on a
-    full disk: the output is lost, not the exit. ``os._exit`` skips what the
-    parent registered (atexit hooks, finalizers of inherited objects)."""
-    try:
-        for handler in list(logging.getLogger().handlers):
-            with contextlib.suppress(BaseException):
-                handler.flush()
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(BaseException):
-                stream.flush()
-    finally:
-        os._exit(code)
 
 
 def _reset_process(spec: ChildSpec) -> None:

@@ -11,7 +11,8 @@ import os
 import sys
 from collections.abc import Callable
 
-from .child import ChildSpec, child_main
+from .child import ChildSpec
+from .forked import child_main
 from .scoreboard import Scoreboard
 from .system import System
 

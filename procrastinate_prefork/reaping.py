@@ -97,7 +97,12 @@ class Reaping:
             code, self.config.wait, self.phase is not Phase.RUNNING
         ):
             return
-        if child.retiring or child.generation != self.generation:
+        if child.retiring:
+            return
+        # An older generation hands over to the current one, which the plan
+        # forks, except in one-shot mode: there it forks none, and the child
+        # left early, so its slot needs one here.
+        if self.config.wait and child.generation != self.generation:
             return
         if self._planned() >= self.concurrency:
             return  # scaled down meanwhile

@@ -27,7 +27,7 @@ from procrastinate_prefork import children, policy
 from procrastinate_prefork.bootstrap import BootstrapError, PlainBootstrap
 from procrastinate_prefork.child import EXIT_BOOT_ERROR, ChildSpec
 from procrastinate_prefork.config import build_config
-from procrastinate_prefork.scoreboard import Scoreboard
+from procrastinate_prefork.scoreboard import Scoreboard, SlotWriter
 from procrastinate_prefork.system import System
 
 CAME_BACK = 97  # the exit code of a child that ran the code after the fork
@@ -250,3 +250,28 @@ def test_a_child_does_not_write_again_what_the_supervisor_printed(monkeypatch):
     stdout.close()
     with open(read_end, "rb") as pipe:
         assert pipe.read() == b"printed by the supervisor;"
+
+
+@pytest.mark.parametrize(
+    ("fetches", "draining", "recycling", "expected"),
+    [
+        ([True, False], False, False, policy.EXIT_QUEUES_EMPTY),
+        ([False, True], False, False, 0),  # stopped after a job: not "empty"
+        ([], False, False, 0),  # stopped before any fetch
+        ([True, False], True, False, 0),  # asked to stop as well (SIGTERM)
+        ([True, False], False, True, policy.EXIT_RECYCLE),
+    ],
+)
+def test_a_child_says_queues_empty_only_after_an_empty_fetch(
+    fetches, draining, recycling, expected
+):
+    board = Scoreboard(1, 1)
+    try:
+        config = build_config({"concurrency": 1, "wait": False}, {})
+        tracker = child_module._JobTracker(SlotWriter(board, 0), config)
+        for found in fetches:
+            tracker.fetched(found)
+        tracker.draining, tracker.recycling = draining, recycling
+        assert tracker.exit_code() == expected
+    finally:
+        board.close()

@@ -376,6 +376,26 @@ def test_one_shot_child_stopped_for_another_reason_is_replaced(caplog_info):
     assert not sup.children and sup._finished()
 
 
+def test_one_shot_child_of_an_older_generation_stopped_early_is_replaced(
+    caplog_info,
+):
+    """After a SIGHUP, a one-shot fleet forks no new generation: its children
+    go on. One of them stopped for another reason than empty queues must
+    still get a replacement, or its slot's jobs wait for nobody."""
+    sup, system = make(concurrency=1, wait=False)
+    turn(sup)
+    mark_ready(sup)
+    sup._queue_signal(signal.SIGHUP, None)
+    turn(sup)
+    (old,) = sup.children
+    system.die(old, exited(0))
+    turn(sup)
+    turn(sup)
+    assert len(sup.children) == 1 and old not in sup.children
+    assert not sup._finished()
+    close_all(sup)
+
+
 def test_a_wedged_child_is_sigkilled(caplog_info):
     sup, system = make(concurrency=1, child_timeout=30)
     turn(sup)
