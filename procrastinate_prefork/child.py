@@ -1,8 +1,7 @@
 """What runs in a child after the fork: reset, bootstrap, run one worker.
 
-A child never returns into the supervisor's code: ``run_child`` ends with
-``os._exit`` so that nothing the parent registered (atexit hooks, finalizers of
-inherited objects) runs in it.
+``run_child`` returns the child's exit code to ``forked.child_main``, which
+ends the process.
 """
 
 from __future__ import annotations
@@ -13,31 +12,25 @@ import ctypes
 import dataclasses
 import logging
 import os
-import random
 import signal
 import sys
-import time
 from collections.abc import Callable, Iterable
-from typing import Any, NoReturn
+from typing import Any
 
-import psutil
 import setproctitle
 from procrastinate import connector as connector_module
-from procrastinate import exceptions as procrastinate_exceptions
-from procrastinate import job_context, psycopg_connector
+from procrastinate import psycopg_connector
 
 from . import bootstrap as bootstrap_module
-from . import compat, db, jsonlog, logfiles, policy, redact, softlimit, wakepipe
+from . import compat, db, jsonlog, logfiles, redact, softlimit, wakepipe
 from .config import PreforkConfig
-from .jobring import Finished, JobRing, Outcome
+from .jobtracker import JobTracker
 from .scoreboard import Scoreboard, SlotWriter, State
 
 logger = logging.getLogger("procrastinate_prefork.child")
 
 #: exit code of a child that could not bootstrap (the supervisor backs off)
 EXIT_BOOT_ERROR = 3
-#: how often the event loop proves it is alive to the supervisor
-BEAT_INTERVAL = 0.25
 PR_SET_PDEATHSIG = 1
 
 _RESET_SIGNALS = (
@@ -83,24 +76,19 @@ class PipeWakeConnector(psycopg_connector.PsycopgConnector):
             await on_notification(channel=channel, payload=payload)
 
 
-def run_child(spec: ChildSpec) -> NoReturn:
-    code = 0
+def run_child(spec: ChildSpec) -> int:
+    """Run one worker in this (forked) process; its exit code."""
     try:
         _reset_process(spec)
-        code = asyncio.run(_serve(spec))
+        return asyncio.run(_serve(spec))
     except bootstrap_module.BootstrapError as exc:
-        logger.error("Child %s cannot start: %s", spec.slot, exc)
-        code = EXIT_BOOT_ERROR
+        with contextlib.suppress(BaseException):
+            logger.error("Child %s cannot start: %s", spec.slot, exc)
+        return EXIT_BOOT_ERROR
     except BaseException:  # report anything, then die
-        logger.exception("Child %s crashed", spec.slot)
-        code = 1
-    finally:
-        for handler in logging.getLogger().handlers:
-            with contextlib.suppress(Exception):  # a broken handler must not stop exit
-                handler.flush()
-        sys.stdout.flush()
-        sys.stderr.flush()
-    os._exit(code)
+        with contextlib.suppress(BaseException):
+            logger.exception("Child %s crashed", spec.slot)
+        return 1
 
 
 def _reset_process(spec: ChildSpec) -> None:
@@ -160,7 +148,7 @@ async def _serve(spec: ChildSpec) -> int:
         pool_factory=compat.PromptReconnectPool,
     )
     connector = PipeWakeConnector(spec.wake_fd, **args)
-    tracker = _JobTracker(writer, config, spec.scoreboard.finished)
+    tracker = JobTracker(writer, config, spec.scoreboard.finished)
 
     with spec.bootstrap.worker_app(connector) as app:
         compat.on_worker_registered(app, tracker.registered)
@@ -168,6 +156,8 @@ async def _serve(spec: ChildSpec) -> int:
         compat.restore_deleted_worker_row(app)
         compat.survive_database_outages(app, keep_fetching=config.wait)
         compat.on_job_ended(app, tracker.ended)
+        if not config.wait:  # one-shot: tell "queues empty" from other stops
+            compat.on_fetch(app, tracker.fetched)
         options = config.worker_options(spec.slot)
         redact.install(options["name"])  # no job arguments in INFO logs
         user_middleware = list(app.worker_defaults.get("worker_middleware") or [])
@@ -194,7 +184,7 @@ async def _serve(spec: ChildSpec) -> int:
         finally:
             beat.cancel()
             writer.set_state(State.STOPPED)
-    return policy.EXIT_RECYCLE if tracker.recycling else 0
+    return tracker.exit_code()
 
 
 def _reopen_logs(slot: int) -> None:
@@ -205,196 +195,3 @@ def _reopen_logs(slot: int) -> None:
         count,
         extra={"action": "reopen_logs", "files": count},
     )
-
-
-class _JobTracker:
-    """Keeps the child's scoreboard slot up to date."""
-
-    def __init__(
-        self, writer: SlotWriter, config: PreforkConfig, ring: JobRing | None = None
-    ):
-        self.writer = writer
-        self.ring = ring
-        self.config = config
-        self.worker: Any = None
-        self.soft: softlimit.SoftLimits | None = None
-        self.running = 0
-        self.jobs_done = 0
-        #: jobs the middleware has counted and procrastinate not yet recorded
-        self.counted: set[int] = set()
-        self.draining = False
-        self.recycling = False
-        self._process = psutil.Process()
-        self.recycle_after = policy.recycle_limit(
-            config.max_jobs_per_child,
-            config.max_jobs_jitter,
-            random.randint(0, config.max_jobs_jitter),  # noqa: S311 - jitter, no secret
-        )
-        self.baseline_mb = self._rss_mb()
-
-    def _rss_mb(self) -> float:
-        try:
-            return self._process.memory_info().rss / 2**20
-        except psutil.Error:
-            return 0.0
-
-    def _title(self, state: str) -> None:
-        setproctitle.setproctitle(
-            f"procrastinate-prefork child {self.writer.slot} [{state}] "
-            f"({self.config.hostname})"
-        )
-
-    def registered(self, worker_id: int) -> None:
-        if self.draining and self.worker is not None:
-            # asked to stop while starting: Worker.run() has just cleared its
-            # stop event, so ask again once it is running
-            asyncio.get_running_loop().call_soon(self.worker.stop)
-        self.baseline_mb = self._rss_mb()
-        if (
-            self.config.max_memory_per_child is not None
-            and self.baseline_mb > self.config.max_memory_per_child
-        ):
-            logger.error(
-                "Child %s starts at %.0f MiB, above --max-memory-per-child %s: "
-                "memory recycling is off for it (a replacement would start as big)",
-                self.writer.slot,
-                self.baseline_mb,
-                self.config.max_memory_per_child,
-                extra={"action": "memory_limit_below_baseline"},
-            )
-        self.writer.set_worker_id(worker_id)
-        self.writer.set_state(State.IDLE)
-        self._title("idle")
-        logger.info(
-            "Child %s (pid %s) ready, procrastinate worker id %s",
-            self.writer.slot,
-            os.getpid(),
-            worker_id,
-            extra={
-                "action": "child_ready",
-                "slot": self.writer.slot,
-                "worker_id": worker_id,
-            },
-        )
-
-    def stop(self) -> None:
-        if not self.draining:
-            self.draining = True
-            self.writer.set_state(State.DRAINING)
-            self._title("draining")
-        if self.worker is not None:
-            self.worker.stop()
-
-    async def middleware(self, call_next: Any, context: Any, worker: Any) -> Any:
-        job = context.job
-        self.running += 1
-        if not self.writer.job_started(job.id, job.task_name, self.running):
-            logger.error(
-                "Child %s runs more jobs at once than its slot holds: job %s has "
-                "no time limit",
-                self.writer.slot,
-                job.id,
-                extra={"action": "job_untracked", "job_id": job.id},
-            )
-        self._title(f"busy job {job.id} {job.task_name}")
-        if self.soft is not None:
-            self.soft.job_started(job.id, job.task_name)
-        started = time.monotonic()
-        outcome = Outcome.FAILED
-        try:
-            result = await call_next()
-            outcome = Outcome.SUCCEEDED
-            return result
-        except BaseException as exc:
-            outcome = _outcome(exc, context, worker)
-            raise
-        finally:
-            self.counted.add(job.id)
-            self._record(job, outcome, time.monotonic() - started)
-            if self.soft is not None:
-                self.soft.job_ended(job.id)
-            self.running -= 1
-            self.jobs_done += 1
-            self._maybe_recycle()
-            self.writer.job_finished(
-                job.id, self.running, self.jobs_done, self.draining
-            )
-            if not self.running and not self.draining:
-                self._title("idle")
-
-    def ended(self, job: Any, outcome: str) -> None:
-        """procrastinate records a job's end: count it if the middleware did
-        not, because procrastinate failed it before its middlewares ran."""
-        if job.id in self.counted:
-            self.counted.discard(job.id)
-        else:  # never raise: it would keep procrastinate from recording it
-            self._record(job, Outcome.__members__.get(outcome.upper(), Outcome.FAILED))
-
-    def _record(
-        self, job: Any, outcome: Outcome, duration: float | None = None
-    ) -> None:
-        if self.ring is not None:
-            self.ring.append(
-                self.writer.slot, Finished(job.queue, job.task_name, outcome, duration)
-            )
-
-    def _maybe_recycle(self) -> None:
-        if self.draining:
-            return
-        reason = None
-        if self.recycle_after is not None and self.jobs_done >= self.recycle_after:
-            reason = f"{self.jobs_done} jobs done (limit {self.recycle_after})"
-        elif self.config.max_memory_per_child is not None:
-            rss_mb = self._rss_mb()
-            if policy.should_recycle_for_memory(
-                rss_mb, self.config.max_memory_per_child, self.baseline_mb
-            ):
-                reason = (
-                    f"{rss_mb:.0f} MiB resident "
-                    f"(limit {self.config.max_memory_per_child} MiB)"
-                )
-        if reason:
-            self.recycling = True
-            logger.info(
-                "Child %s (pid %s) recycling: %s",
-                self.writer.slot,
-                os.getpid(),
-                reason,
-                extra={"action": "child_recycle", "slot": self.writer.slot},
-            )
-            self.stop()
-
-    async def beat_forever(self, supervisor_pid: int) -> None:
-        ticks = 0
-        while True:
-            if os.getppid() != supervisor_pid:
-                os._exit(1)  # orphaned and PDEATHSIG unavailable
-            rss = None
-            if ticks % 20 == 0:
-                try:
-                    rss = self._process.memory_info().rss
-                except psutil.Error:
-                    rss = None
-            self.writer.beat(rss)
-            ticks += 1
-            await asyncio.sleep(BEAT_INTERVAL)
-
-
-def _outcome(exc: BaseException, context: Any, worker: Any) -> Outcome:
-    """How procrastinate's worker ends a job that raised ``exc``: retried by
-    the task's strategy (an abort only when the worker shuts down), else
-    aborted or failed."""
-    aborted = isinstance(
-        exc, (procrastinate_exceptions.JobAborted, asyncio.CancelledError)
-    )
-    task = worker.app.tasks.get(context.job.task_name)
-    if (
-        task is not None
-        and (
-            not isinstance(exc, procrastinate_exceptions.JobAborted)
-            or context.abort_reason() == job_context.AbortReason.SHUTDOWN
-        )
-        and task.get_retry_exception(exception=exc, job=context.job)
-    ):
-        return Outcome.RETRIED
-    return Outcome.ABORTED if aborted else Outcome.FAILED

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import enum
 import logging
 import os
+import sys
 from collections.abc import Callable
 
-from .child import ChildSpec, run_child
+from .child import ChildSpec
+from .forked import child_main
 from .scoreboard import Scoreboard
 from .system import System
 
@@ -77,15 +80,18 @@ def fork_child(
     read end of its wake-up pipe (in the child, which never returns)."""
     wake_r, wake_w = os.pipe()
     scoreboard.reset(slot)
+    # What our buffers hold would be written again by the child when it exits.
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
     try:
         pid = system.fork()
     except OSError:
         os.close(wake_r)
         os.close(wake_w)
         raise
-    if pid == 0:  # in the child: never returns
-        os.close(wake_w)
-        run_child(spec(wake_r))
+    if pid == 0:  # in the child: never returns, whatever it meets
+        child_main(lambda: spec(wake_r), wake_w)
     os.close(wake_r)
     os.set_blocking(wake_w, False)
     scoreboard.set_pid(slot, pid)

@@ -291,6 +291,22 @@ def survive_database_outages(app: procrastinate.App, *, keep_fetching: bool) -> 
         )
 
 
+def on_fetch(app: procrastinate.App, callback: Callable[[bool], None]) -> None:
+    """Call ``callback(found)`` after each fetch of the app's worker: whether
+    it got a job. A one-shot worker (``wait=False``) stops after a fetch that
+    finds none, but ``Worker.run`` returns the same way after a ``stop()``:
+    only the fetch tells the two apart."""
+    manager = app.job_manager
+    fetch = manager.fetch_job
+
+    async def watched(*args: Any, **kwargs: Any) -> Any:
+        job = await fetch(*args, **kwargs)
+        callback(job is not None)
+        return job
+
+    manager.fetch_job = watched  # type: ignore[method-assign]
+
+
 async def _still_ours(manager: Any, job: Any) -> bool:
     row = await manager.connector.execute_query_one_async(
         queries.get("job_still_owned"),

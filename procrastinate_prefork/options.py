@@ -88,8 +88,10 @@ OPTIONS: tuple[Option, ...] = (
         ("-w", "--wait"),
         boolean,
         True,
-        "Keep waiting for new jobs; with --one-shot, each child exits once the "
-        "queues are empty and the supervisor exits when all children have.",
+        "Keep waiting for new jobs; with --one-shot, a child exits once its "
+        "worker finds the queues empty and is not replaced (a child stopped "
+        "for any other reason is), and the supervisor exits 0 when every "
+        "child has.",
         group="worker",
         env=("PROCRASTINATE_WORKER_WAIT",),
         negative_flag="--one-shot",

@@ -19,6 +19,11 @@ BACKOFF_BASE = 1.0
 #: Exit code of a child that recycled itself (max jobs or memory): always
 #: replaced, even in one-shot mode, and never a crash.
 EXIT_RECYCLE = 75
+#: Exit code of a one-shot child whose worker found its queues empty and
+#: stopped for that alone: the only exit that ends a one-shot slot. A plain 0
+#: says nothing of the queues (a stop asked by SIGTERM, a time limit's, a task
+#: calling ``os._exit(0)``); 79 is outside the sysexits range (64-78).
+EXIT_QUEUES_EMPTY = 79
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +43,7 @@ def record_death(
 ) -> SlotHistory:
     """The slot's history after its child died ``uptime`` seconds after start.
 
-    A clean exit (recycling, one-shot) never counts as an early death, nor does
+    A clean exit (recycling, one-shot done) never counts as an early death, nor does
     a death under a job: that job is recovered and capped by the poison-pill
     rule, and backing off would starve the other jobs for the fault of one."""
     early = not clean_exit and not had_job and uptime < min_uptime
@@ -133,14 +138,12 @@ def is_over_time_limit(job_age: float | None, limit: float | None) -> bool:
 def should_replace(exit_code: int | None, wait: bool, stopping: bool) -> bool:
     """Whether a dead child's slot gets a new child.
 
-    With ``wait=False`` (one-shot) a child that exits 0 has finished its work."""
+    With ``wait=False`` (one-shot) only a child that said it found its queues
+    empty has finished its work; one that stopped for any other reason (exit
+    0 after a SIGTERM, a recycling, a crash) is replaced as in normal mode."""
     if stopping:
         return False
-    if exit_code == EXIT_RECYCLE:
-        return True
-    if not wait and exit_code == 0:
-        return False
-    return True
+    return wait or exit_code != EXIT_QUEUES_EMPTY
 
 
 def describe_exit(status: int) -> tuple[int | None, int | None, str]:

@@ -44,9 +44,11 @@ class Reaping:
         cause = child.kill.reason or text
         if child.retiring and child.kill.reason is None:
             text += " (retired)"
-        clean = code in (0, policy.EXIT_RECYCLE)
+        clean = code in (0, policy.EXIT_RECYCLE, policy.EXIT_QUEUES_EMPTY)
         if code == policy.EXIT_RECYCLE:
             text = "recycled itself"
+        elif code == policy.EXIT_QUEUES_EMPTY:
+            text = "found its queues empty"
         log = logger.info if clean else logger.warning
         log(
             "Child %s (pid %s) %s%s after %.1f s, %d job(s) done",
@@ -95,7 +97,12 @@ class Reaping:
             code, self.config.wait, self.phase is not Phase.RUNNING
         ):
             return
-        if child.retiring or child.generation != self.generation:
+        if child.retiring:
+            return
+        # An older generation hands over to the current one, which the plan
+        # forks, except in one-shot mode: there it forks none, and the child
+        # left early, so its slot needs one here.
+        if self.config.wait and child.generation != self.generation:
             return
         if self._planned() >= self.concurrency:
             return  # scaled down meanwhile

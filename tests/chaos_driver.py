@@ -41,6 +41,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from .apps.chaos_app import EXPECTED_STATUS
+from .chaos_log_pipe import PIPE_ENV, LogPipe, stray_supervisor_records
 from .fleet_helper import REPO, Fleet
 
 CHAOS_APP = "tests.apps.chaos_app.app"
@@ -145,6 +146,7 @@ ATTACKS = (
     "time_limits",
     "stock_worker",
     "fleet_lock",
+    "log_pipe",
 )
 
 
@@ -200,6 +202,9 @@ class ChaosConfig:
     #: ACCESS EXCLUSIVE lock on the fleet table held for twice the longest
     #: stalled timeout (plus a second)
     fleet_lock: bool = True
+    #: the SIGHUP host's stdout is a pipe (tests/chaos_log_pipe.py) whose
+    #: reader is killed while children retire (SIGTTOU, SIGHUP), then replaced
+    log_pipe: bool = True
     stalled_timeout: float = 6.0
     heartbeat_interval: float = 1.0
     child_timeout: float = 3.0
@@ -241,6 +246,8 @@ class ChaosConfig:
             roles["sighup"] = 1 % n
         if self.time_limits:
             roles["timed"] = 2 % n
+        if self.log_pipe:  # spared by the supervisor kills, as the SIGHUP host
+            roles["log-pipe"] = 1 % n
         return roles
 
     def host(self, index: int) -> HostPlan:
@@ -460,6 +467,8 @@ class ChaosReport:
     stock_worker_exits: dict[str, int] = dataclasses.field(default_factory=dict)
     fleet_locks: int = 0
     fleet_lock_seconds: float = 0.0
+    log_pipe_breaks: int = 0
+    log_pipe_retired: int = 0  # children that exited while it had no reader
     seconds: float = 0.0
     throughput: float = 0.0
     problems: list[str] = dataclasses.field(default_factory=list)
@@ -492,6 +501,8 @@ class ChaosReport:
             f"{self.stock_worker_terms} SIGTERMed mid-job, exits "
             f"{self.stock_worker_exits})",
             f"fleet-table locks: {self.fleet_locks} ({self.fleet_lock_seconds:.1f} s)",
+            f"log pipe broken: {self.log_pipe_breaks} time(s), "
+            f"{self.log_pipe_retired} children exited while it had no reader",
         ]
         if self.problems:
             lines.append(f"PROBLEMS ({len(self.problems)}):")
@@ -543,6 +554,7 @@ class ChaosRun:
         self._db_calm_at = 0.0  # monotonic time the database was last back + 10 s
         self._outage_hosts: set[str] = set()  # in a start loop right now
         self._stopping = False
+        self.log_pipe = LogPipe(workdir) if config.log_pipe else None
 
     # --- fleet
 
@@ -556,12 +568,22 @@ class ChaosRun:
     def start_supervisor(self, hostname: str, wait_ready: bool = False) -> Fleet:
         index = self.hostnames().index(hostname)
         fleet = Fleet(self.db_url, self.workdir, f"{hostname}-{len(self.fleets)}")
-        fleet.start(
-            *self.config.fleet_args(hostname, index),
-            app=CHAOS_APP,
-            wait_ready=wait_ready,
-            env={"PREFORK_TEST_RESULTS": str(self.results)},
-        )
+        env = {"PREFORK_TEST_RESULTS": str(self.results)}
+        stdout = None
+        if self.log_pipe is not None and hostname == self.host_with("log-pipe"):
+            env.update(PIPE_ENV)
+            stdout = self.log_pipe.writer()
+        try:
+            fleet.start(
+                *self.config.fleet_args(hostname, index),
+                app=CHAOS_APP,
+                wait_ready=wait_ready,
+                env=env,
+                stdout=stdout,
+            )
+        finally:
+            if stdout is not None:
+                os.close(stdout)
         self.fleets.append(fleet)
         self.current[hostname] = fleet
         return fleet
@@ -735,7 +757,11 @@ class ChaosRun:
     def killable_hosts(self) -> list[str]:
         """Hosts the supervisor kills may hit: not the one whose children the
         SIGHUP check counts, nor one in an outage's start loop."""
-        spared = {self.host_with("sighup"), *self._outage_hosts}
+        spared = {
+            self.host_with("sighup"),
+            self.host_with("log-pipe"),
+            *self._outage_hosts,
+        }
         return [h for h in self.hostnames() if h not in spared] or self.hostnames()
 
     def kill_supervisor(self, hostname: str) -> None:
@@ -1002,6 +1028,57 @@ class ChaosRun:
         self.report.fleet_lock_seconds += time.monotonic() - start
         self.say("fleet table unlocked")
 
+    def _children_of(self, fleet: Fleet) -> set[int]:
+        return set(self.observe().get(fleet.pid, []))
+
+    def _settle(self, fleet: Fleet, target: int, why: str) -> Iterator[None]:
+        steady = Steady(target, 1.0)
+        deadline = time.monotonic() + self.config.converge_timeout
+        while not steady.update(len(self._children_of(fleet)), time.monotonic()):
+            if time.monotonic() > deadline:
+                self.report.problems.append(
+                    f"log pipe: supervisor {fleet.pid} not at {target} children "
+                    f"{self.config.converge_timeout:g} s after {why}"
+                )
+                return
+            yield
+
+    def broken_log_pipe(self, hostname: str) -> Iterator[None]:
+        """Once no SIGHUP burst runs: kill the reader of ``hostname``'s stdout,
+        retire a child (SIGTTOU) and roll every other one over (SIGHUP) while
+        nobody reads, then start a new reader and SIGTTIN back. The children
+        that exit meanwhile fail to flush their stdout; none may run the
+        supervisor's code (``stray_supervisor_records``) nor its jobs twice."""
+        pipe = self.log_pipe
+        assert pipe is not None
+        while any(t.__name__ == "sighup_burst" for t in self._tasks):
+            yield
+        fleet = self.current[hostname]
+        pipe.kill_reader()
+        self.report.log_pipe_breaks += 1
+        self.say(f"log pipe of supervisor {fleet.pid}: reader killed")
+        before = self._children_of(fleet)
+        fleet.signal(signal.SIGTTOU)
+        yield from self._settle(fleet, self.config.children - 1, "SIGTTOU")
+        old = self._children_of(fleet)
+        fleet.signal(signal.SIGHUP)
+        deadline = time.monotonic() + self.config.converge_timeout
+        while old & self._children_of(fleet) and time.monotonic() < deadline:
+            yield
+        gone = (before | old) - self._children_of(fleet)
+        pipe.start_reader()
+        self.report.log_pipe_retired += sum(
+            1
+            for e in self.events()
+            if e["action"] == "child_exited"
+            and e["process"] == fleet.pid
+            and e["pid"] in gone
+            and e["signal"] is None
+        )
+        self.say(f"log pipe: new reader; {len(gone)} children gone meanwhile")
+        fleet.signal(signal.SIGTTIN)
+        yield from self._settle(fleet, self.config.children, "SIGTTIN")
+
     def step_attacks(self) -> None:
         for task in list(self._tasks):
             try:
@@ -1042,6 +1119,8 @@ class ChaosRun:
             cycle.append((0.27, "stop_long"))  # past --child-timeout: killed as wedged
         if config.fleet_lock:
             cycle.append((0.38, "fleet_lock"))  # after stop_long
+        if config.log_pipe:
+            cycle.append((0.45, "log_pipe"))  # after the SIGHUP burst's
         if config.stop_children:
             cycle.append((0.62, "stop_short"))  # resumed before --child-timeout
         if config.restart_db:
@@ -1081,6 +1160,10 @@ class ChaosRun:
             self._tasks.append(self.stock_term())
         elif action == "fleet_lock":
             self._tasks.append(self.fleet_lock())
+        elif action == "log_pipe":
+            hostname = self.host_with("log-pipe")
+            assert hostname is not None
+            self._tasks.append(self.broken_log_pipe(hostname))
 
     def _db_busy(self) -> bool:
         return self._db_down or not self._db_restart_done()
@@ -1261,6 +1344,8 @@ class ChaosRun:
             task.close()  # a fleet lock's connection closes with it
         if self._db_down:
             pg_ctl("start", "-w")
+        if self.log_pipe is not None:
+            self.log_pipe.close()
         for fleet in [*self.fleets, *self.stock]:
             if fleet.proc is not None and fleet.proc.poll() is None:
                 fleet.kill_all()
@@ -1314,6 +1399,9 @@ class ChaosRun:
         for row in rows:
             self.check_job(row, runs_by_job.get(row["id"], []))
         self._check_locks(runs_by_job)
+        report.problems.extend(
+            stray_supervisor_records(self.events(), {f.pid for f in self.fleets})
+        )
         self._count_processes()
         self._count_attacks(rows)
         report.seconds = max(

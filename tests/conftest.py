@@ -4,12 +4,15 @@ holds procrastinate's schema and ours), and a handle on a running fleet."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import importlib.util
 import os
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -132,3 +135,28 @@ def fleet_factory(request, db_url: str, tmp_path) -> Iterator[FleetFactory]:
 def fleet(fleet_factory: FleetFactory) -> Fleet:
     """Not started: call ``fleet.start(...)``."""
     return fleet_factory.new()
+
+
+@pytest.fixture
+def full_disk(tmp_path) -> Iterator[Path]:
+    """A directory on a 64 KiB tmpfs that is already full: writing there fails
+    with ENOSPC (skipped only where mounting is impossible)."""
+    mount = tmp_path / "small-tmpfs"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        with open(mount / "filler", "wb", buffering=0) as filler:
+            try:
+                while True:
+                    filler.write(b"\0" * 4096)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -99,7 +99,10 @@ class Fleet:
         app: str = APP,
         wait_ready: bool = True,
         command: Sequence[str] | None = None,
+        stdout: Any = None,
     ) -> Fleet:
+        """``stdout``: where the fleet's stdout goes (a pipe, a file) if not
+        with its stderr into the log."""
         full_env = {
             **os.environ,
             "DATABASE_URL": self.db_url,
@@ -131,8 +134,8 @@ class Fleet:
                 cmd,
                 cwd=REPO,
                 env=full_env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+                stdout=log if stdout is None else stdout,
+                stderr=log if stdout is not None else subprocess.STDOUT,
             )
         if wait_ready:
             self.wait_ready()

@@ -5,7 +5,8 @@ children (one past --child-timeout, one not) and restarts PostgreSQL; and the
 attacks of the delivery-guarantees issues: queueing-lock jobs, hosts with
 different stalled timeouts, a database outage with a supervisor started in a
 loop across it, a SIGHUP burst, time limits at --child-concurrency 2, a stock
-procrastinate worker SIGTERMed mid-job, and a lock on the fleet table.
+procrastinate worker SIGTERMed mid-job, a lock on the fleet table, and a
+supervisor whose stdout pipe loses its reader while its children retire.
 
 The short CI version: CHAOS_JOBS (1000) jobs over CHAOS_SECONDS (60) seconds.
 CHAOS_OFF="fleet_lock,db_outage" leaves attacks out (names: ATTACKS in the
@@ -69,3 +70,7 @@ def test_nothing_lost_under_chaos(db_url, tmp_path, capsys):
     if config.fleet_lock:
         assert report.fleet_locks == 1
         assert report.fleet_lock_seconds > 2 * config.longest_stalled_timeout()
+    if config.log_pipe:
+        # one retired by SIGTTOU, the others rolled over by SIGHUP
+        assert report.log_pipe_breaks == 1
+        assert report.log_pipe_retired >= config.children - 1

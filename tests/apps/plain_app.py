@@ -91,6 +91,15 @@ def first_run_fails(
     _mark(context, "end")
 
 
+@app.task(name="say", pass_context=True)
+def say(context: procrastinate.JobContext, text: str = "said") -> None:
+    """Prints without a newline: under a block-buffered stdout (a pipe, a
+    file) the text waits in the child's buffer until it exits."""
+    _mark(context, "start")
+    print(text, end="")
+    _mark(context, "end")
+
+
 @app.task(name="noop")
 def noop() -> None:
     return None

@@ -123,6 +123,7 @@ def test_schedule_once_or_per_cycle(tmp_path):
         "kill_supervisor",
         "stop_long",
         "fleet_lock",
+        "log_pipe",
         "stop_short",
         "restart_db",
         "db_outage",
@@ -131,7 +132,7 @@ def test_schedule_once_or_per_cycle(tmp_path):
     cycles = ChaosRun(
         "", tmp_path, ChaosConfig(seconds=100, repeat_every=40)
     ).schedule()
-    assert len(cycles) == 16 and cycles[10] == (48.0, "kill_supervisor")
+    assert len(cycles) == 18 and cycles[11] == (48.0, "kill_supervisor")
 
 
 def test_each_attack_can_be_left_out(tmp_path, monkeypatch):
@@ -166,7 +167,12 @@ def test_hosts_get_their_roles():
     assert _opt(args[2], "--task-timeout") == "chaos_overrun=2"
     queues = [_opt(a, "--queues") for a in args]
     assert queues == ["default", "default", "default,timed"]
-    assert config.roles() == {"short-timeout": 0, "sighup": 1, "timed": 2}
+    assert config.roles() == {
+        "short-timeout": 0,
+        "sighup": 1,
+        "timed": 2,
+        "log-pipe": 1,
+    }
     assert config.longest_stalled_timeout() == 6.0
     # all off: every host alike, as before these attacks
     plain = _all_off()
@@ -282,3 +288,16 @@ def test_supervisor_kills_spare_the_hosts_under_watch(tmp_path):
     assert run.killable_hosts() == [hosts[0], hosts[2]]
     run._outage_hosts.add(hosts[2])
     assert run.killable_hosts() == [hosts[0]]
+
+
+def test_records_only_a_supervisor_logs_are_caught_from_other_processes():
+    from ..chaos_log_pipe import stray_supervisor_records
+
+    events = [
+        {"action": "child_exited", "process": 10, "pid": 11},  # the supervisor
+        {"action": "child_ready", "process": 11, "pid": 11},  # a child's own
+        {"action": "fork_failed", "process": 12, "slot": 0},  # a child as one
+        {"action": "supervisor_crashed", "process": 12},
+    ]
+    problems = stray_supervisor_records(events, {10})
+    assert len(problems) == 2 and all("process 12" in p for p in problems)

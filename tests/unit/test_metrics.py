@@ -236,7 +236,7 @@ def test_child_outcome_follows_procrastinate():
     import procrastinate
     from procrastinate import exceptions, job_context, testing
 
-    from procrastinate_prefork.child import _outcome
+    from procrastinate_prefork.jobtracker import outcome_of as _outcome
 
     app = procrastinate.App(connector=testing.InMemoryConnector())
 

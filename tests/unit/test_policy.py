@@ -75,7 +75,11 @@ def test_wedged_and_time_limit_rules():
         (0, True, False, True),  # a worker should not exit by itself: replace
         (1, True, False, True),
         (None, True, False, True),  # killed by a signal
-        (0, False, False, False),  # one-shot: done
+        (policy.EXIT_QUEUES_EMPTY, False, False, False),  # one-shot: done
+        # one-shot, stopped by a SIGTERM (time limit, by hand) or os._exit(0)
+        # in a task: the queues may hold jobs, the slot needs a worker
+        (0, False, False, True),
+        (policy.EXIT_QUEUES_EMPTY, False, True, False),
         (1, False, False, True),  # one-shot crash: its jobs need a worker
         (1, True, True, False),  # never while stopping
         (policy.EXIT_RECYCLE, False, False, True),  # recycled, even one-shot

@@ -347,13 +347,53 @@ def test_a_failed_fork_is_retried_a_second_later(caplog_info):
     close_all(sup)
 
 
-def test_one_shot_children_are_not_replaced(caplog_info):
+def test_one_shot_children_that_found_the_queues_empty_are_not_replaced(
+    caplog_info,
+):
     sup, system = make(concurrency=2, wait=False)
     turn(sup)
     for pid in list(sup.children):
-        system.die(pid, exited(0))
+        system.die(pid, exited(policy.EXIT_QUEUES_EMPTY))
     turn(sup)
     assert not sup.children and not sup.respawn_at and sup._finished()
+
+
+def test_one_shot_child_stopped_for_another_reason_is_replaced(caplog_info):
+    """Exit 0 in one-shot mode (a time limit's SIGTERM, one sent by hand) says
+    nothing of the queues: the slot gets a new child, the run goes on."""
+    sup, system = make(concurrency=2, wait=False)
+    turn(sup)
+    first, second = sorted(sup.children)
+    system.die(first, exited(0))
+    system.die(second, exited(policy.EXIT_QUEUES_EMPTY))
+    turn(sup)
+    turn(sup)
+    assert len(sup.children) == 1 and first not in sup.children
+    assert not sup._finished()
+    (replacement,) = sup.children
+    system.die(replacement, exited(policy.EXIT_QUEUES_EMPTY))
+    turn(sup)
+    assert not sup.children and sup._finished()
+
+
+def test_one_shot_child_of_an_older_generation_stopped_early_is_replaced(
+    caplog_info,
+):
+    """After a SIGHUP, a one-shot fleet forks no new generation: its children
+    go on. One of them stopped for another reason than empty queues must
+    still get a replacement, or its slot's jobs wait for nobody."""
+    sup, system = make(concurrency=1, wait=False)
+    turn(sup)
+    mark_ready(sup)
+    sup._queue_signal(signal.SIGHUP, None)
+    turn(sup)
+    (old,) = sup.children
+    system.die(old, exited(0))
+    turn(sup)
+    turn(sup)
+    assert len(sup.children) == 1 and old not in sup.children
+    assert not sup._finished()
+    close_all(sup)
 
 
 def test_a_wedged_child_is_sigkilled(caplog_info):
