@@ -74,10 +74,15 @@ def register_supervisor(
 
 
 def heartbeat(
-    conn: psycopg.Connection, *, supervisor_id: int, snapshot: FleetSnapshot
+    conn: psycopg.Connection,
+    *,
+    supervisor_id: int,
+    snapshot: FleetSnapshot,
+    per_minute: Mapping[int, int] | None = None,
 ) -> None:
     """Write ``snapshot``: the supervisor's row, its children's rows, and the
-    heartbeats of its children's procrastinate workers that are not wedged."""
+    heartbeats of its children's procrastinate workers that are not wedged;
+    with ``per_minute``, the jobs finished in each of the last minutes."""
     children = snapshot.children
     payload = []
     for child in children:
@@ -102,6 +107,36 @@ def heartbeat(
             "children": json.dumps(payload),
             "host": snapshot.host,
             "live_slots": [child.slot for child in children],
+            "finished_per_minute": json.dumps(
+                {str(minute): n for minute, n in sorted((per_minute or {}).items())}
+            ),
+        },
+    )
+
+
+#: what a write of the running jobs (``write_jobs``) sets of each child
+JOB_ROW_FIELDS = ("slot", "pid", "state", "job_id", "task_name", "jobs_done", "job_age")
+
+
+def write_jobs(
+    conn: psycopg.Connection, *, supervisor_id: int, snapshot: FleetSnapshot
+) -> None:
+    """Write the children's running jobs as ``snapshot`` has them, between
+    heartbeats: the rows that changed, and the rows of slots with no child
+    left, stopped. Neither the heartbeat times nor procrastinate's worker
+    heartbeats: those prove that processes live, and only the heartbeat
+    writes them."""
+    payload = []
+    for child in snapshot.children:
+        row = {name: getattr(child, name) for name in JOB_ROW_FIELDS}
+        row["job_ids"] = list(child.job_ids)
+        payload.append(row)
+    conn.execute(
+        queries.get("write_jobs"),
+        {
+            "supervisor_id": supervisor_id,
+            "children": json.dumps(payload),
+            "live_slots": [child.slot for child in snapshot.children],
         },
     )
 

@@ -68,18 +68,35 @@ class Maintenance:
         # A new child's worker id goes to the fleet table at once: a successor
         # supervisor finds its jobs there if this whole process tree dies.
         worker_ids = frozenset(c.worker_id for c in snapshot.children if c.worker_id)
+        assert self.supervisor_row is not None  # noqa: S101 - set by start()
+        supervisor_row = self.supervisor_row
+        jobs = snapshot.running_jobs()
         if now < self._next_heartbeat and worker_ids <= self._recorded_worker_ids:
+            # Between heartbeats, the running jobs only (a job that ended is
+            # gone from the table within about a second, not a heartbeat).
+            if policy.jobs_write_due(self.jobs_written, jobs, now):
+                self.db.run(
+                    lambda conn: fleet.write_jobs(
+                        conn, supervisor_id=supervisor_row, snapshot=snapshot
+                    )
+                )
+                # written or not (an outage): the gap holds either way
+                self.jobs_written = policy.JobsWritten(jobs, now)
             return
         self._recorded_worker_ids = worker_ids
         self._next_heartbeat = now + self.config.heartbeat_interval
-        assert self.supervisor_row is not None  # noqa: S101 - set by start()
-        supervisor_row = self.supervisor_row
 
         def beat(conn: Any) -> bool:
-            fleet.heartbeat(conn, supervisor_id=supervisor_row, snapshot=snapshot)
+            fleet.heartbeat(
+                conn,
+                supervisor_id=supervisor_row,
+                snapshot=snapshot,
+                per_minute=self.totals.per_minute,
+            )
             return True
 
         ok = bool(self.db.run(beat))
+        self.jobs_written = policy.JobsWritten(jobs, now)
         ended = self.system.monotonic()
         self.heartbeats = policy.record_heartbeat(
             self.heartbeats, ok, ended, self.config.heartbeat_interval

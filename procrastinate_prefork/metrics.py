@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from . import policy
@@ -40,6 +41,8 @@ BUCKETS = (
     900.0,
     3600.0,
 )
+#: minutes of finished-job counts kept (and charted by the live page)
+MINUTES_KEPT = 15
 CHILD_STATES = ("starting", "idle", "busy", "retiring")
 #: a snapshot's child state -> the metric's
 _STATE_OF = {"draining": "retiring", "stopped": "retiring"}
@@ -107,6 +110,11 @@ class Totals:
     #: (queue, status) -> jobs, as last read from the database (None: never)
     queue_jobs: dict[tuple[str, str], int] | None = None
     seen: dict[int, int] = dataclasses.field(default_factory=dict)
+    #: jobs finished by minute (unix time // 60), the last MINUTES_KEPT only:
+    #: the live page's chart, written with each heartbeat
+    per_minute: dict[int, int] = dataclasses.field(default_factory=dict)
+    #: the wall clock (the minutes of several hosts are summed)
+    wall: Callable[[], float] = time.time
 
     def job(self, queue: str, task: str, outcome: str) -> None:
         key = (queue, task, outcome)
@@ -114,6 +122,10 @@ class Totals:
 
     def finished(self, record: Finished) -> None:
         self.job(record.queue, record.task, record.outcome.name.lower())
+        minute = int(self.wall() // 60)
+        self.per_minute[minute] = self.per_minute.get(minute, 0) + 1
+        for old in [m for m in self.per_minute if m <= minute - MINUTES_KEPT]:
+            del self.per_minute[old]
         key = (record.queue, record.task)
         self.durations.setdefault(key, Histogram()).observe(record.duration)
 

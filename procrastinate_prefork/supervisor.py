@@ -92,6 +92,7 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
         self.heartbeats: policy.HeartbeatSeries = policy.HeartbeatSeries()
         self._wake_pending = False
         self._recorded_worker_ids: frozenset[int] = frozenset()
+        self.jobs_written: policy.JobsWritten = policy.JobsWritten()
         self.ready_logged: bool = False
         self.probe: probe.ProbeServer | None = None  # --health-port
         self.totals: metrics.Totals = metrics.Totals()

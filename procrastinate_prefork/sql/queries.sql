@@ -64,7 +64,7 @@ RETURNING id
 -- A stopping supervisor and its children: stopped, no job (worker_id stays)
 UPDATE procrastinate_prefork_processes
 SET state = 'stopped', job_id = NULL, task_name = NULL,
-job_started_at = NULL, job_ids = '{}', last_heartbeat = now()
+job_started_at = NULL, job_ids = '{}', last_heartbeat = now(), written_at = now()
 WHERE id = %s OR supervisor_id = %s
 
 -- delete_silent_supervisors --
@@ -119,7 +119,8 @@ WITH workers AS (
 ), supervisor AS (
     UPDATE procrastinate_prefork_processes
     SET last_heartbeat = now(), state = %(state)s, crash_loop = %(crash_loop)s,
-        concurrency = %(concurrency)s, rss_bytes = %(rss)s
+        concurrency = %(concurrency)s, rss_bytes = %(rss)s, written_at = now(),
+        finished_per_minute = %(finished_per_minute)s::jsonb
     WHERE id = %(supervisor_id)s
     RETURNING id
 ), children AS (
@@ -145,7 +146,7 @@ WITH workers AS (
         job_started_at = EXCLUDED.job_started_at, job_ids = EXCLUDED.job_ids,
         jobs_done = EXCLUDED.jobs_done, restarts = EXCLUDED.restarts,
         rss_bytes = EXCLUDED.rss_bytes, started_at = EXCLUDED.started_at,
-        last_heartbeat = EXCLUDED.last_heartbeat
+        last_heartbeat = EXCLUDED.last_heartbeat, written_at = now()
     RETURNING slot
 ), reattached AS (
     -- a job whose worker row was deleted under its live child gets its
@@ -159,7 +160,34 @@ WITH workers AS (
 )
 UPDATE procrastinate_prefork_processes
 SET state = 'stopped', job_id = NULL, task_name = NULL, job_started_at = NULL,
-    worker_id = NULL, job_ids = '{}'
+    worker_id = NULL, job_ids = '{}', written_at = now()
+WHERE supervisor_id = %(supervisor_id)s AND kind = 'child'
+  AND state <> 'stopped' AND NOT (slot = ANY(%(live_slots)s))
+
+-- write_jobs --
+-- Write the running jobs of a supervisor's children between heartbeats
+-- Only the rows that changed; no heartbeat time (last_heartbeat proves that a
+-- process lives: the sweep and the health rules judge by it), no worker id.
+WITH children AS (
+    SELECT * FROM jsonb_to_recordset(%(children)s::jsonb) AS c(
+        slot integer, pid integer, state text, job_id bigint, task_name text,
+        jobs_done bigint, job_age float8, job_ids bigint[])
+), changed AS (
+    UPDATE procrastinate_prefork_processes AS p
+    SET pid = c.pid, state = c.state, job_id = c.job_id, task_name = c.task_name,
+        job_started_at = now() - make_interval(secs => c.job_age),
+        job_ids = COALESCE(c.job_ids, '{}'), jobs_done = c.jobs_done,
+        written_at = now()
+    FROM children AS c
+    WHERE p.supervisor_id = %(supervisor_id)s AND p.kind = 'child'
+      AND p.slot = c.slot
+      AND (p.pid, p.state, p.job_ids, p.jobs_done)
+          IS DISTINCT FROM (c.pid, c.state, COALESCE(c.job_ids, '{}'), c.jobs_done)
+    RETURNING p.id
+)
+UPDATE procrastinate_prefork_processes
+SET state = 'stopped', job_id = NULL, task_name = NULL, job_started_at = NULL,
+    job_ids = '{}', written_at = now()
 WHERE supervisor_id = %(supervisor_id)s AND kind = 'child'
   AND state <> 'stopped' AND NOT (slot = ANY(%(live_slots)s))
 
@@ -214,7 +242,9 @@ SELECT p.id, p.kind, p.host, p.pid, p.supervisor_id, p.slot, p.worker_id, p.stat
        p.started_at, p.last_heartbeat,
        EXTRACT(EPOCH FROM now() - p.last_heartbeat)::float8 AS heartbeat_age,
        EXTRACT(EPOCH FROM now() - p.started_at)::float8 AS uptime,
-       EXTRACT(EPOCH FROM now() - p.job_started_at)::float8 AS job_age
+       EXTRACT(EPOCH FROM now() - p.job_started_at)::float8 AS job_age,
+       EXTRACT(EPOCH FROM now() - p.written_at)::float8 AS as_of_age,
+       p.finished_per_minute
 FROM procrastinate_prefork_processes AS p
 LEFT JOIN procrastinate_prefork_processes AS s ON s.id = p.supervisor_id
 WHERE NOT %(live_only)s

@@ -785,6 +785,7 @@ _CLOCK_FIELDS = {
     "heartbeat_age": float,
     "uptime": float,
     "job_age": float,  # or None: no job
+    "as_of_age": float,
 }
 
 
