@@ -17,7 +17,7 @@ import psutil
 import psycopg
 from psycopg.rows import dict_row
 
-from . import queries
+from . import events, queries
 from .identity import ProcessIdentity
 from .snapshot import FleetSnapshot
 
@@ -155,7 +155,8 @@ def prune(
 ) -> int:
     """Mark the supervisors judged gone (see ``recovery.Judgement``, whose
     parameters ``judgement`` holds) stopped with their children, and delete the
-    rows of those silent for longer than ``retention``. Leaderless: one pruner
+    rows of those silent for longer than ``retention``, and the oldest
+    events past ``events.EVENTS_KEPT``. Leaderless: one pruner
     at a time, others skip."""
     with conn.transaction():
         locked = conn.execute(
@@ -168,6 +169,7 @@ def prune(
             queries.get("delete_silent_supervisors"),
             [retention],
         )
+        events.trim(conn)
         return deleted.rowcount
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from procrastinate import jobs as jobs_module
 
-from . import fleet, metrics, policy, queries, recovery
+from . import events, fleet, metrics, policy, queries, recovery
 from .children import Phase
 from .scoreboard import State
 from .snapshot import take as take_snapshot
@@ -60,6 +60,7 @@ class Maintenance:
 
     def _periodic(self: Supervisor) -> None:
         self._recover_pending()
+        self._write_events()
         for child in self.children.values():
             metrics.drain(self.scoreboard.finished, child.slot, self.totals)
         now = self.system.monotonic()
@@ -206,6 +207,38 @@ class Maintenance:
             if result.action is recovery.Action.RETRIED:
                 outcome = "recovered"
             self.totals.job(result.queue, result.task_name, outcome)
+        self.events_pending = events.keep(
+            self.events_pending,
+            [
+                events.Event(
+                    kind="recovered",
+                    job_id=r.job_id,
+                    task_name=r.task_name,
+                    queue_name=r.queue,
+                    cause=r.cause[:255],
+                    outcome=f"{r.action.value}: {r.reason}"[:255],
+                )
+                for r in done
+            ],
+        )
+
+    def _write_events(self: Supervisor) -> None:
+        """Deaths and recoveries for the live page: one statement for those
+        of a turn; kept for a later turn while the database is down."""
+        if not self.events_pending:
+            return
+        pending = self.events_pending
+        written = self.db.run(
+            lambda conn: events.write(
+                conn,
+                host=self.config.hostname,
+                supervisor_id=self.supervisor_row,
+                queues=self.config.queues,
+                events=pending,
+            )
+        )
+        if written or self.db.is_up:  # an error other than an outage: dropped
+            self.events_pending = []
 
     def _timeout_retry(
         self: Supervisor, row: dict[str, Any]

@@ -387,3 +387,76 @@ FROM owned
 SELECT count(*) AS n FROM procrastinate_jobs
 WHERE id = %(job_id)s AND status = 'doing' AND attempts = %(attempts)s
   AND (worker_id = %(worker_id)s OR worker_id IS NULL)
+
+-- insert_events --
+-- Record child deaths, time limits and job recoveries for the live page
+INSERT INTO procrastinate_prefork_events
+(kind, host, supervisor_id, queues, slot, pid, job_id, task_name, queue_name,
+ cause, outcome, exit_code, signal, rss_bytes)
+SELECT e.kind, %(host)s, %(supervisor_id)s, %(queues)s, e.slot, e.pid, e.job_id,
+       e.task_name, e.queue_name, e.cause, e.outcome, e.exit_code, e.signal,
+       e.rss_bytes
+FROM jsonb_to_recordset(%(events)s::jsonb) AS e(
+    kind text, slot integer, pid integer, job_id bigint, task_name text,
+    queue_name text, cause text, outcome text, exit_code integer, signal integer,
+    rss_bytes bigint)
+
+-- trim_events --
+-- Keep only the latest rows of the events table (a walk of the primary key)
+DELETE FROM procrastinate_prefork_events
+WHERE id <= (SELECT id FROM procrastinate_prefork_events
+             ORDER BY id DESC OFFSET %(kept)s LIMIT 1)
+
+-- live_all_queues --
+-- The queues that have waiting or running jobs (for a fleet that serves all), up to a limit
+-- A loose index scan: one probe of the todo index per queue name, never a
+-- walk of the todo jobs; the running jobs are few (as many as run now).
+WITH RECURSIVE todo(name) AS (
+    SELECT min(queue_name::text || '') FROM procrastinate_jobs
+    WHERE status = 'todo'
+    UNION ALL
+    SELECT (SELECT min(j.queue_name::text || '') FROM procrastinate_jobs AS j
+            WHERE j.status = 'todo' AND (j.queue_name::text || '') > todo.name)
+    FROM todo WHERE todo.name IS NOT NULL
+)
+SELECT name FROM (
+    SELECT name FROM todo WHERE name IS NOT NULL
+    UNION
+    SELECT queue_name FROM procrastinate_jobs WHERE status = 'doing'
+) AS q ORDER BY name LIMIT %(limit)s
+
+-- live_queue --
+-- Waiting jobs (counted up to a cap), running jobs and the oldest waiting job's age, of one queue
+-- Walks of the index of todo jobs by queue and id (on its expression, whose
+-- statistics tell the planner how many todo jobs the queue has; see
+-- sql/schema.sql): the oldest runnable job is the first, the count stops at
+-- the cap. The running jobs are as many as run now (the index of doing
+-- jobs). A job waits since it was deferred, or since its schedule.
+SELECT (SELECT count(*) FROM (
+            SELECT 1 FROM procrastinate_jobs AS j
+            WHERE j.status = 'todo' AND (j.queue_name::text || '') = %(queue)s
+              AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())
+            ORDER BY (j.queue_name::text || ''), j.id LIMIT %(cap)s) AS w)
+         AS waiting,
+       (SELECT count(*) FROM procrastinate_jobs AS r
+        WHERE r.status = 'doing' AND r.queue_name = %(queue)s) AS running,
+       (SELECT EXTRACT(EPOCH FROM now() - COALESCE(o.scheduled_at,
+                (SELECT min(e.at) FROM procrastinate_events AS e
+                 WHERE e.job_id = o.id AND e.type = 'deferred')))::float8
+        FROM procrastinate_jobs AS o
+        WHERE o.status = 'todo' AND (o.queue_name::text || '') = %(queue)s
+          AND (o.scheduled_at IS NULL OR o.scheduled_at <= now())
+        ORDER BY (o.queue_name::text || ''), o.id LIMIT 1) AS oldest_age
+
+-- live_events --
+-- The latest events of a host and a queue (either may be NULL: all), newest first
+-- A walk of the primary key backwards; the table holds the latest rows only.
+SELECT e.id, e.kind, e.host, e.slot, e.pid, e.job_id, e.task_name, e.queue_name,
+       e.cause, e.outcome, e.exit_code, e.signal, e.rss_bytes,
+       EXTRACT(EPOCH FROM now() - e.at)::float8 AS age
+FROM procrastinate_prefork_events AS e
+WHERE (%(host)s::text IS NULL OR e.host = %(host)s::text)
+  AND (%(queue)s::text IS NULL OR e.queue_name = %(queue)s::text
+       OR (e.queue_name IS NULL
+           AND (e.queues IS NULL OR %(queue)s::text = ANY(e.queues))))
+ORDER BY e.id DESC LIMIT %(limit)s

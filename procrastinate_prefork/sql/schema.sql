@@ -84,11 +84,8 @@ CREATE INDEX IF NOT EXISTS procrastinate_prefork_jobs_doing_idx
 -- of every todo job of every queue. The statistics tell the planner how
 -- queues and statuses go together (a queue with a million finished jobs and
 -- no todo job is not one to walk in priority order).
--- In id order within a queue: the live page finds a queue's oldest waiting
--- job by walking it (an earlier version's index by queue alone is dropped).
-CREATE INDEX IF NOT EXISTS procrastinate_prefork_jobs_todo_queue_id_idx
-    ON procrastinate_jobs (queue_name, id) WHERE status = 'todo';
-DROP INDEX IF EXISTS procrastinate_prefork_jobs_todo_queue_idx;
+CREATE INDEX IF NOT EXISTS procrastinate_prefork_jobs_todo_queue_idx
+    ON procrastinate_jobs (queue_name) WHERE status = 'todo';
 CREATE STATISTICS IF NOT EXISTS procrastinate_prefork_jobs_queue_status
     (mcv) ON queue_name, status FROM procrastinate_jobs;
 
@@ -122,3 +119,13 @@ CREATE TABLE IF NOT EXISTS procrastinate_prefork_events (
     signal integer,
     rss_bytes bigint
 );
+
+-- The live page's walks of one queue's todo jobs in id order (its oldest
+-- waiting job, its waiting jobs up to a cap). On an expression, not the
+-- column: ANALYZE then keeps statistics of the expression over the todo
+-- jobs alone, and the planner knows which queues have many todo jobs and
+-- which none (the column's statistics cover every job: a queue of a million
+-- finished jobs and no todo job looks like a long walk, and the planner reads
+-- every todo job of every queue instead).
+CREATE INDEX IF NOT EXISTS procrastinate_prefork_jobs_todo_queue_id_idx
+    ON procrastinate_jobs ((queue_name::text || ''), id) WHERE status = 'todo';

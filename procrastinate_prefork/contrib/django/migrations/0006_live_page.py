@@ -30,13 +30,10 @@ CREATE TABLE IF NOT EXISTS procrastinate_prefork_events (
     rss_bytes bigint
 );
 CREATE INDEX IF NOT EXISTS procrastinate_prefork_jobs_todo_queue_id_idx
-    ON procrastinate_jobs (queue_name, id) WHERE status = 'todo';
-DROP INDEX IF EXISTS procrastinate_prefork_jobs_todo_queue_idx;
+    ON procrastinate_jobs ((queue_name::text || ''), id) WHERE status = 'todo';
 """
 
 REVERSE = """
-CREATE INDEX IF NOT EXISTS procrastinate_prefork_jobs_todo_queue_idx
-    ON procrastinate_jobs (queue_name) WHERE status = 'todo';
 DROP INDEX IF EXISTS procrastinate_prefork_jobs_todo_queue_id_idx;
 DROP TABLE IF EXISTS procrastinate_prefork_events;
 ALTER TABLE procrastinate_prefork_processes
