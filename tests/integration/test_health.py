@@ -8,6 +8,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -491,15 +492,17 @@ def test_status_command(fleet, db_url):
     text = status_cli(db_url)
     assert text.returncode == 0, text.stderr
     header, *lines = text.stdout.splitlines()
-    assert header.split() == [
+    assert re.split(r"\s{2,}", header) == [
         "HOST",
         "PID",
         "SLOT",
         "STATE",
+        "QUEUES",
         "JOB",
-        "AGE",
-        "JOBS",
-        "DONE",
+        "UPTIME",
+        "HEARTBEAT",
+        "AS OF",
+        "JOBS DONE",
         "MEMORY",
     ]
     assert str(fleet.pid) in lines[0] and "running" in lines[0]
