@@ -32,9 +32,9 @@ def connection() -> Any:
     return connections[procrastinate_settings.settings.DATABASE_ALIAS]
 
 
-def _rows(connection: Any, name: str, params: Mapping[str, Any]) -> list[dict]:
+def _rows(connection: Any, sql: str, params: Mapping[str, Any]) -> list[dict]:
     with connection.cursor() as cursor:
-        cursor.execute(queries.get(name), params)
+        cursor.execute(sql, params)
         names = [column[0] for column in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
@@ -48,7 +48,7 @@ def served_queues(
         return [query.queue]
     named = {q for s in supervisors for q in (s.queues or ())}
     if any(not s.queues for s in supervisors):
-        rows = _rows(connection, "live_all_queues", {"limit": MAX_QUEUES})
+        rows = _rows(connection, queries.get("live_all_queues"), {"limit": MAX_QUEUES})
         named.update(row["name"] for row in rows)
     return sorted(named)[:MAX_QUEUES]
 
@@ -58,7 +58,9 @@ def queue_panel(connection: Any, queues: Sequence[str]) -> list[dict[str, Any]]:
     Django's cursor does not prepare)."""
     panel = []
     for queue in queues:
-        (row,) = _rows(connection, "live_queue", {"queue": queue, "cap": WAITING_CAP})
+        (row,) = _rows(
+            connection, queries.get("live_queue"), {"queue": queue, "cap": WAITING_CAP}
+        )
         age = row["oldest_age"]
         panel.append(
             {
@@ -95,7 +97,7 @@ def finished_per_minute(
 def latest_events(connection: Any, query: health.FleetQuery) -> list[dict[str, Any]]:
     rows = _rows(
         connection,
-        "live_events",
+        queries.get("live_events"),
         {"host": query.host, "queue": query.queue, "limit": EVENTS_SHOWN},
     )
     for row in rows:
