@@ -142,6 +142,32 @@ def one_run(
     return {"busy": busy, "lifetime_s": round(lifetime, 2), **counters, **per_s}
 
 
+def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Medians of each code's busy and idle runs: rates, and the counts of one
+    run (a busy run's extra commits are the fleet table's extra writes: the
+    jobs are the same)."""
+    keys = (
+        "fleet_updates_per_s",
+        "fleet_inserts_per_s",
+        "commits_per_s",
+        "fleet_updates",
+        "commits",
+        "lifetime_s",
+    )
+    return {
+        name: {
+            phase: {
+                key: round(
+                    statistics.median(r[key] for r in rs if r["busy"] == busy), 3
+                )
+                for key in keys
+            }
+            for phase, busy in (("busy", True), ("idle", False))
+        }
+        for name, rs in runs.items()
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", type=Path, default=None)
@@ -170,17 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                 run = one_run(admin_url, code, busy, args.jobs, args.ms, args.idle)
                 print(f"rep {rep} {name} {'busy' if busy else 'idle'}: {run}")
                 runs[name].append(run)
-    keys = ("fleet_updates_per_s", "fleet_inserts_per_s", "commits_per_s")
-    summary = {
-        name: {
-            phase: {
-                key: statistics.median(r[key] for r in rs if r["busy"] == busy)
-                for key in (*keys, "lifetime_s")
-            }
-            for phase, busy in (("busy", True), ("idle", False))
-        }
-        for name, rs in runs.items()
-    }
+    summary = summarize(runs)
     data = {
         "command": os.environ.get("BENCH_COMMAND")
         or "benchmarks/fleetwrites.py " + " ".join(argv or sys.argv[1:]),

@@ -1165,14 +1165,15 @@ def fleetwrites_section(d: dict[str, Any]) -> list[str]:
               {codes}."""),
         "",
         "| code | phase | fleet rows updated/s | fleet rows inserted/s |"
-        " commits/s (all) | lifetime s |",
-        "|---|---|---:|---:|---:|---:|",
+        " commits/s (all) | fleet rows updated | commits (all) | lifetime s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, phases in d["summary"].items():
         for phase, v in phases.items():
             lines.append(
                 f"| {name} | {phase} | {v['fleet_updates_per_s']:.2f} |"
                 f" {v['fleet_inserts_per_s']:.2f} | {v['commits_per_s']:.1f} |"
+                f" {v['fleet_updates']:g} | {v['commits']:g} |"
                 f" {v['lifetime_s']:.1f} |"
             )
     lines.append("")
