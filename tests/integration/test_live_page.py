@@ -4,7 +4,8 @@ The view tests run in this process with pytest-django; the browser test
 drives Debian's chromium through Playwright against pytest-django's live
 server while a real fleet runs on the same database. The docs' screenshots
 come from it: ``PREFORK_SCREENSHOTS=1 scripts/test.sh
-tests/integration/test_live_page.py -k browser`` rewrites docs/img/fleet-live*.png.
+tests/integration/test_live_page.py -k browser_shows`` rewrites
+docs/img/fleet-live.png, fleet-live-phone.png and fleet-list.png.
 """
 
 from __future__ import annotations
