@@ -10,9 +10,11 @@ docs/img/fleet-live.png, fleet-live-phone.png and fleet-list.png.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -100,6 +102,60 @@ def test_json_shape_and_marks(staff_client):
     for key in ("pid", "rss_bytes", "jobs_done", "restarts", "uptime"):
         assert key in idle
     assert data["status"] == "unhealthy"  # the crash loop
+
+
+@pytest.mark.django_db
+def test_json_queues_chart_and_events_come_from_the_database(staff_client, monkeypatch):
+    """The queues a supervisor names (waiting counted up to the cap, running,
+    the oldest waiting job's age), its per-minute counts summed into the
+    chart, and an event of the events table with its job's admin URL."""
+    from django.db import connection
+
+    from procrastinate_prefork.contrib.django import dashboard
+
+    monkeypatch.setattr(dashboard, "WAITING_CAP", 3)
+    with connection.cursor() as cursor:
+        sup_id = insert_supervisor(cursor, host="q-host", queues=["mail", "idle"])
+        minute = int(time.time() // 60)
+        cursor.execute(
+            "UPDATE procrastinate_prefork_processes SET finished_per_minute = %s"
+            " WHERE id = %s",
+            [json.dumps({str(minute - 1): 5, str(minute - 40): 9}), sup_id],
+        )
+        cursor.execute(
+            "SELECT procrastinate_defer_jobs_v1(array_agg(ROW('mail', 't', 0, NULL,"
+            " NULL, '{}'::jsonb, NULL)::procrastinate_job_to_defer_v1))"
+            " FROM generate_series(1, 4)"
+        )
+        cursor.execute(
+            "INSERT INTO procrastinate_jobs (queue_name, task_name, args, status)"
+            " VALUES ('mail', 't', '{}', 'doing') RETURNING id"
+        )
+        (running,) = cursor.fetchone()
+        cursor.execute(
+            "INSERT INTO procrastinate_prefork_events (kind, host, supervisor_id,"
+            " queues, slot, pid, job_id, task_name, cause, signal, rss_bytes)"
+            " VALUES ('crash', 'q-host', %s, '{mail}', 0, 77, %s, 't', 'killed',"
+            " 9, 1048576)",
+            [sup_id, running],
+        )
+    data = staff_client.get(JSON).json()
+    queues = {q["queue"]: q for q in data["queues"]}
+    assert set(queues) == {"idle", "mail"}
+    mail = queues["mail"]
+    assert (mail["waiting"], mail["waiting_capped"], mail["running"]) == (3, True, 1)
+    assert mail["oldest_waiting_age"] is not None and mail["oldest_waiting_age"] >= 0
+    assert queues["idle"]["waiting"] == 0
+    assert queues["idle"]["oldest_waiting_age"] is None
+    chart = data["finished_per_minute"]
+    assert len(chart) == 15 and chart[-1]["partial"]
+    assert sum(m["finished"] for m in chart) == 5  # 40 minutes ago: left out
+    (event,) = data["events"]
+    assert (event["kind"], event["job_id"], event["signal"]) == ("crash", running, 9)
+    assert (
+        event["job_url"] == f"/admin/procrastinate/procrastinatejob/{running}/change/"
+    )
+    assert staff_client.get(JSON + "?queue=other").json()["events"] == []
 
 
 @pytest.mark.django_db
