@@ -1148,10 +1148,43 @@ def profile_section(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+def fleetwrites_section(d: dict[str, Any]) -> list[str]:
+    codes = ", ".join(
+        f"{name} = {c['commit'] or c['path']}" for name, c in d["codes"].items()
+    )
+    lines = [
+        "## What the fleet table costs the database",
+        "",
+        _para(f"""A fleet of {d["children"]} children (default heartbeat interval)
+              draining {d["jobs"]} sleep jobs of {d["ms"]:g} ms ("busy"), and the
+              same fleet idle for {d["idle_s"]:g} s; each run in a database of its
+              own, its counters read after every process of the run exited,
+              divided by the fleet's lifetime (medians of the runs). Rows written
+              to the fleet table, and every transaction of the database (the jobs'
+              own included). Command: `{d["command"]}`; {d["started_at"]};
+              {codes}."""),
+        "",
+        "| code | phase | fleet rows updated/s | fleet rows inserted/s |"
+        " commits/s (all) | fleet rows updated | commits (all) | lifetime s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, phases in d["summary"].items():
+        for phase, v in phases.items():
+            lines.append(
+                f"| {name} | {phase} | {v['fleet_updates_per_s']:.2f} |"
+                f" {v['fleet_inserts_per_s']:.2f} | {v['commits_per_s']:.1f} |"
+                f" {v['fleet_updates']:g} | {v['commits']:g} |"
+                f" {v['lifetime_s']:.1f} |"
+            )
+    lines.append("")
+    return lines
+
+
 SIDE_FILES = (
     ("benchmarks-bigtables.json", bigtables_section),
     ("benchmarks-pgbouncer.json", pgbouncer_section),
     ("benchmarks-profile.json", profile_section),
+    ("benchmarks-fleetwrites.json", fleetwrites_section),
 )
 
 

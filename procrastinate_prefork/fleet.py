@@ -17,7 +17,7 @@ import psutil
 import psycopg
 from psycopg.rows import dict_row
 
-from . import queries
+from . import events, queries
 from .identity import ProcessIdentity
 from .snapshot import FleetSnapshot
 
@@ -74,10 +74,15 @@ def register_supervisor(
 
 
 def heartbeat(
-    conn: psycopg.Connection, *, supervisor_id: int, snapshot: FleetSnapshot
+    conn: psycopg.Connection,
+    *,
+    supervisor_id: int,
+    snapshot: FleetSnapshot,
+    per_minute: Mapping[int, int] | None = None,
 ) -> None:
     """Write ``snapshot``: the supervisor's row, its children's rows, and the
-    heartbeats of its children's procrastinate workers that are not wedged."""
+    heartbeats of its children's procrastinate workers that are not wedged;
+    with ``per_minute``, the jobs finished in each of the last minutes."""
     children = snapshot.children
     payload = []
     for child in children:
@@ -102,6 +107,36 @@ def heartbeat(
             "children": json.dumps(payload),
             "host": snapshot.host,
             "live_slots": [child.slot for child in children],
+            "finished_per_minute": json.dumps(
+                {str(minute): n for minute, n in sorted((per_minute or {}).items())}
+            ),
+        },
+    )
+
+
+#: what a write of the running jobs (``write_jobs``) sets of each child
+JOB_ROW_FIELDS = ("slot", "pid", "state", "job_id", "task_name", "jobs_done", "job_age")
+
+
+def write_jobs(
+    conn: psycopg.Connection, *, supervisor_id: int, snapshot: FleetSnapshot
+) -> None:
+    """Write the children's running jobs as ``snapshot`` has them, between
+    heartbeats: the rows that changed, and the rows of slots with no child
+    left, stopped. Neither the heartbeat times nor procrastinate's worker
+    heartbeats: those prove that processes live, and only the heartbeat
+    writes them."""
+    payload = []
+    for child in snapshot.children:
+        row = {name: getattr(child, name) for name in JOB_ROW_FIELDS}
+        row["job_ids"] = list(child.job_ids)
+        payload.append(row)
+    conn.execute(
+        queries.get("write_jobs"),
+        {
+            "supervisor_id": supervisor_id,
+            "children": json.dumps(payload),
+            "live_slots": [child.slot for child in snapshot.children],
         },
     )
 
@@ -120,7 +155,8 @@ def prune(
 ) -> int:
     """Mark the supervisors judged gone (see ``recovery.Judgement``, whose
     parameters ``judgement`` holds) stopped with their children, and delete the
-    rows of those silent for longer than ``retention``. Leaderless: one pruner
+    rows of those silent for longer than ``retention``, and the oldest
+    events past ``events.EVENTS_KEPT``. Leaderless: one pruner
     at a time, others skip."""
     with conn.transaction():
         locked = conn.execute(
@@ -133,6 +169,7 @@ def prune(
             queries.get("delete_silent_supervisors"),
             [retention],
         )
+        events.trim(conn)
         return deleted.rowcount
 
 

@@ -168,6 +168,7 @@ _SUPERVISOR_FIELDS = (
     "last_heartbeat",
     "heartbeat_age",
     "uptime",
+    "as_of_age",
 )
 #: the snapshot attribute behind a field of the document, where its name differs
 _SUPERVISOR_ATTRIBUTES = {"state": "phase", "crash_loop": "crash_looping"}
@@ -186,8 +187,9 @@ _CHILD_FIELDS = (
     "last_heartbeat",
     "heartbeat_age",
     "uptime",
+    "as_of_age",
 )
-_AGE_FIELDS = frozenset({"heartbeat_age", "uptime", "job_age"})
+_AGE_FIELDS = frozenset({"heartbeat_age", "uptime", "job_age", "as_of_age"})
 
 
 def shown_age(seconds: float) -> float:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from procrastinate import jobs as jobs_module
 
-from . import fleet, metrics, policy, queries, recovery
+from . import events, fleet, metrics, policy, queries, recovery
 from .children import Phase
 from .scoreboard import State
 from .snapshot import take as take_snapshot
@@ -60,6 +60,7 @@ class Maintenance:
 
     def _periodic(self: Supervisor) -> None:
         self._recover_pending()
+        self._write_events()
         for child in self.children.values():
             metrics.drain(self.scoreboard.finished, child.slot, self.totals)
         now = self.system.monotonic()
@@ -68,18 +69,35 @@ class Maintenance:
         # A new child's worker id goes to the fleet table at once: a successor
         # supervisor finds its jobs there if this whole process tree dies.
         worker_ids = frozenset(c.worker_id for c in snapshot.children if c.worker_id)
+        assert self.supervisor_row is not None  # noqa: S101 - set by start()
+        supervisor_row = self.supervisor_row
+        jobs = snapshot.running_jobs()
         if now < self._next_heartbeat and worker_ids <= self._recorded_worker_ids:
+            # Between heartbeats, the running jobs only (a job that ended is
+            # gone from the table within about a second, not a heartbeat).
+            if policy.jobs_write_due(self.jobs_written, jobs, now):
+                self.db.run(
+                    lambda conn: fleet.write_jobs(
+                        conn, supervisor_id=supervisor_row, snapshot=snapshot
+                    )
+                )
+                # written or not (an outage): the gap holds either way
+                self.jobs_written = policy.JobsWritten(jobs, now)
             return
         self._recorded_worker_ids = worker_ids
         self._next_heartbeat = now + self.config.heartbeat_interval
-        assert self.supervisor_row is not None  # noqa: S101 - set by start()
-        supervisor_row = self.supervisor_row
 
         def beat(conn: Any) -> bool:
-            fleet.heartbeat(conn, supervisor_id=supervisor_row, snapshot=snapshot)
+            fleet.heartbeat(
+                conn,
+                supervisor_id=supervisor_row,
+                snapshot=snapshot,
+                per_minute=self.totals.per_minute,
+            )
             return True
 
         ok = bool(self.db.run(beat))
+        self.jobs_written = policy.JobsWritten(jobs, now)
         ended = self.system.monotonic()
         self.heartbeats = policy.record_heartbeat(
             self.heartbeats, ok, ended, self.config.heartbeat_interval
@@ -189,6 +207,38 @@ class Maintenance:
             if result.action is recovery.Action.RETRIED:
                 outcome = "recovered"
             self.totals.job(result.queue, result.task_name, outcome)
+        self.events_pending = events.keep(
+            self.events_pending,
+            [
+                events.Event(
+                    kind="recovered",
+                    job_id=r.job_id,
+                    task_name=r.task_name,
+                    queue_name=r.queue,
+                    cause=r.cause[:255],
+                    outcome=f"{r.action.value}: {r.reason}"[:255],
+                )
+                for r in done
+            ],
+        )
+
+    def _write_events(self: Supervisor) -> None:
+        """Deaths and recoveries for the live page: one statement for those
+        of a turn; kept for a later turn while the database is down."""
+        if not self.events_pending:
+            return
+        pending = self.events_pending
+        written = self.db.run(
+            lambda conn: events.write(
+                conn,
+                host=self.config.hostname,
+                supervisor_id=self.supervisor_row,
+                queues=self.config.queues,
+                events=pending,
+            )
+        )
+        if written or self.db.is_up:  # an error other than an outage: dropped
+            self.events_pending = []
 
     def _timeout_retry(
         self: Supervisor, row: dict[str, Any]

@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from . import policy
@@ -47,6 +48,8 @@ BUCKETS = (
 OTHER = "__other__"
 #: --metrics-label-limit's default
 LABEL_LIMIT = 200
+#: minutes of finished-job counts kept (and charted by the live page)
+MINUTES_KEPT = 15
 CHILD_STATES = ("starting", "idle", "busy", "retiring")
 #: a snapshot's child state -> the metric's
 _STATE_OF = {"draining": "retiring", "stopped": "retiring"}
@@ -153,12 +156,22 @@ class Totals:
             },
         )
 
+    #: jobs finished by minute (unix time // 60), the last MINUTES_KEPT only:
+    #: the live page's chart, written with each heartbeat
+    per_minute: dict[int, int] = dataclasses.field(default_factory=dict)
+    #: the wall clock (the minutes of several hosts are summed)
+    wall: Callable[[], float] = time.time
+
     def job(self, queue: str, task: str, outcome: str) -> None:
         key = (*self._labels(queue, task), outcome)
         self.jobs[key] = self.jobs.get(key, 0) + 1
 
     def finished(self, record: Finished) -> None:
         self.job(record.queue, record.task, record.outcome.name.lower())
+        minute = int(self.wall() // 60)
+        self.per_minute[minute] = self.per_minute.get(minute, 0) + 1
+        for old in [m for m in self.per_minute if m <= minute - MINUTES_KEPT]:
+            del self.per_minute[old]
         if record.duration is not None:  # None: the job never ran
             key = self._labels(record.queue, record.task)
             self.durations.setdefault(key, Histogram()).observe(record.duration)

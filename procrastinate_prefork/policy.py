@@ -203,3 +203,27 @@ def should_recycle_for_memory(
     if limit_mb is None:
         return False
     return rss_mb > limit_mb and baseline_mb <= limit_mb
+
+
+#: shortest gap between two writes of the children's running jobs, per host
+JOBS_WRITE_GAP = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class JobsWritten:
+    """What the fleet table shows of the children's running jobs, and when
+    the supervisor last wrote them (its monotonic clock)."""
+
+    jobs: object = None
+    at: float = float("-inf")
+
+
+def jobs_write_due(
+    written: JobsWritten, jobs: object, now: float, gap: float = JOBS_WRITE_GAP
+) -> bool:
+    """Whether to write the children's running jobs (``jobs``) now, between
+    heartbeats: only when they differ from what the table shows, and at most
+    once per ``gap`` (a busy fleet's jobs change many times a second; a
+    change within the gap waits for its end, and is then written whatever
+    came after it)."""
+    return jobs != written.jobs and now - written.at >= gap

@@ -11,7 +11,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from . import metrics, policy
+from . import events, metrics, policy
 from .children import Child, Phase
 from .maintenance import PendingRecovery
 
@@ -81,16 +81,28 @@ class Reaping:
         metrics.drain(self.scoreboard.finished, child.slot, self.totals)
         self.totals.seen[child.slot] = 0
         self.scoreboard.finished.clear(child.slot)
-        self.totals.exited(
-            metrics.exit_cause(
-                code,
-                signum,
-                timed_out=bool(child.timed_out_jobs),
-                wedged=child.kill.wedged,
-                killed=child.kill.reason is not None,
-                retiring=child.retiring,
-            )
+        label = metrics.exit_cause(
+            code,
+            signum,
+            timed_out=bool(child.timed_out_jobs),
+            wedged=child.kill.wedged,
+            killed=child.kill.reason is not None,
+            retiring=child.retiring,
         )
+        self.totals.exited(label)
+        event = events.death_event(
+            label,
+            code,
+            slot=child.slot,
+            pid=child.pid,
+            cause=cause,
+            signal=signum,
+            job_id=view.job_id,
+            task_name=view.task_name,
+            rss_bytes=view.rss_bytes or None,
+        )
+        if event is not None:
+            self.events_pending = events.keep(self.events_pending, [event])
         self.scoreboard.clear(child.slot)
         self._call_exit_hook(child, code, signum)
         if not policy.should_replace(

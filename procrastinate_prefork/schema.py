@@ -12,6 +12,7 @@ REQUIRED_TABLES = (
     "procrastinate_prefork_processes",
     "procrastinate_prefork_job_crashes",
     "procrastinate_prefork_sweep",
+    "procrastinate_prefork_events",
 )
 
 

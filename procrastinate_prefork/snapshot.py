@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,9 @@ class ChildSnapshot:
     uptime: float = 0.0
     #: the child's last sign of life by the database's clock (fleet table only)
     last_heartbeat: datetime.datetime | None = None
+    #: seconds since its supervisor last wrote its row (fleet table only): the
+    #: age of what the row shows
+    as_of_age: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +77,18 @@ class FleetSnapshot:
     last_heartbeat: datetime.datetime | None = None
     #: seconds since its last heartbeat, by the database's clock
     heartbeat_age: float = 0.0
+    #: seconds since it last wrote its row (its last heartbeat)
+    as_of_age: float = 0.0
+    #: jobs its children finished by minute (unix time // 60), recent ones
+    finished_per_minute: Mapping[int, int] = dataclasses.field(default_factory=dict)
+
+    def running_jobs(self) -> tuple[tuple[Any, ...], ...]:
+        """What the fleet table shows of the children between heartbeats
+        (``fleet.write_jobs``): compared, never written, by the supervisor."""
+        return tuple(
+            (c.slot, c.pid, c.state, tuple(c.job_ids), c.jobs_done)
+            for c in self.children
+        )
 
     def fresh_worker_ids(self) -> list[int]:
         """Worker ids of the children that are not wedged: their heartbeat
@@ -167,7 +183,24 @@ def _supervisor(
         started_at=row.get("started_at"),
         last_heartbeat=row.get("last_heartbeat"),
         heartbeat_age=float(row["heartbeat_age"]),
+        as_of_age=_as_of(row),
+        finished_per_minute={
+            int(minute): int(n)
+            for minute, n in _json(row.get("finished_per_minute")).items()
+        },
     )
+
+
+def _as_of(row: Mapping[str, Any]) -> float:
+    value = row.get("as_of_age")
+    return float(row["heartbeat_age"]) if value is None else float(value)
+
+
+def _json(value: Any) -> dict[str, Any]:
+    """A jsonb value: decoded by psycopg, a string through Django's cursor."""
+    if isinstance(value, str):
+        value = json.loads(value)
+    return value if isinstance(value, dict) else {}
 
 
 def _child(row: Mapping[str, Any]) -> ChildSnapshot:
@@ -187,6 +220,7 @@ def _child(row: Mapping[str, Any]) -> ChildSnapshot:
         started_at=row.get("started_at"),
         uptime=float(row["uptime"]),
         last_heartbeat=row.get("last_heartbeat"),
+        as_of_age=_as_of(row),
     )
 
 

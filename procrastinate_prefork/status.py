@@ -18,7 +18,25 @@ from . import errors, fleet, health, snapshot
 EXIT_HEALTHY = 0
 EXIT_UNHEALTHY = 1
 
-COLUMNS = ("HOST", "PID", "SLOT", "STATE", "JOB", "AGE", "JOBS DONE", "MEMORY")
+#: One meaning per column, for supervisors and children alike (and as the
+#: JSON document and the live page name them): UPTIME since the process
+#: started, HEARTBEAT since it was last heard from, AS OF since its row was
+#: last written (the age of what the row shows), JOBS DONE by the process
+#: itself (a supervisor runs none: "-"). A child's QUEUES are its
+#: supervisor's (left blank, like its HOST).
+COLUMNS = (
+    "HOST",
+    "PID",
+    "SLOT",
+    "STATE",
+    "QUEUES",
+    "JOB",
+    "UPTIME",
+    "HEARTBEAT",
+    "AS OF",
+    "JOBS DONE",
+    "MEMORY",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,16 +129,18 @@ def render_table(result: health.FleetHealth) -> str:
         state = sup.phase + (" crash-loop" if sup.crash_looping else "")
         if not health.is_fresh(sup):
             state += " STALE"
-        queues = ",".join(sup.queues or []) or "all queues"
         lines.append(
             (
                 sup.host,
                 str(sup.pid),
                 "-",
                 state,
-                f"({queues})",
+                ",".join(sup.queues or []) or "(all)",
+                "-",
+                _age(sup.uptime),
                 _age(sup.heartbeat_age),
-                str(sum(c.jobs_done for c in sup.children)),
+                _age(sup.as_of_age),
+                "-",
                 _memory(sup.rss_bytes),
             )
         )
@@ -137,8 +157,11 @@ def render_table(result: health.FleetHealth) -> str:
                     str(child.pid),
                     str(child.slot),
                     child.state + ("" if fresh else " STALE"),
+                    "",
                     job,
+                    _age(child.uptime),
                     _age(child.heartbeat_age),
+                    _age(child.as_of_age),
                     str(child.jobs_done),
                     _memory(child.rss_bytes),
                 )

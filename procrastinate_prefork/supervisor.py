@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 import setproctitle
 
-from . import db, errors, fleet, metrics, policy, probe, wakepipe
+from . import db, errors, events, fleet, metrics, policy, probe, wakepipe
 from .bootstrap import Bootstrap
 from .child import ChildSpec
 from .children import Child, Phase, fork_child
@@ -92,6 +92,8 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
         self.heartbeats: policy.HeartbeatSeries = policy.HeartbeatSeries()
         self._wake_pending = False
         self._recorded_worker_ids: frozenset[int] = frozenset()
+        self.jobs_written: policy.JobsWritten = policy.JobsWritten()
+        self.events_pending: list[events.Event] = []  # for the live page
         self.ready_logged: bool = False
         self.probe: probe.ProbeServer | None = None  # --health-port
         self.totals = metrics.Totals(label_limit=config.metrics_label_limit)
@@ -262,6 +264,7 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
         for pending in self.unrecovered:
             pending.next_attempt = 0.0  # a last attempt for each, backoff or not
         self._recover_pending()
+        self._write_events()
         if self.supervisor_row is not None:
             row = self.supervisor_row
             self.db.run(lambda conn: fleet.mark_stopped(conn, row))

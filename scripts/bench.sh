@@ -15,7 +15,10 @@
 #
 # Run only when named: --only bigtables (the fleet's queries on 1M finished
 # jobs, about 6 minutes), --only pgbouncer (needs pgbouncer installed, about 2
-# minutes), --only profile (py-spy; root or ptrace allowed, 1 minute). Each
+# minutes), --only profile (py-spy; root or ptrace allowed, 1 minute),
+# --only fleetwrites (the fleet table's writes per second, busy and idle, about
+# 5 minutes; run benchmarks/fleetwrites.py --before DIR to compare with another
+# checkout). Each
 # writes docs/benchmarks-<name>.json; its section in docs/benchmarks.md comes
 # with the next rendering (--render-only, or a full run).
 set -euo pipefail

@@ -64,7 +64,7 @@ RETURNING id
 -- A stopping supervisor and its children: stopped, no job (worker_id stays)
 UPDATE procrastinate_prefork_processes
 SET state = 'stopped', job_id = NULL, task_name = NULL,
-job_started_at = NULL, job_ids = '{}', last_heartbeat = now()
+job_started_at = NULL, job_ids = '{}', last_heartbeat = now(), written_at = now()
 WHERE id = %s OR supervisor_id = %s
 
 -- delete_silent_supervisors --
@@ -119,7 +119,8 @@ WITH workers AS (
 ), supervisor AS (
     UPDATE procrastinate_prefork_processes
     SET last_heartbeat = now(), state = %(state)s, crash_loop = %(crash_loop)s,
-        concurrency = %(concurrency)s, rss_bytes = %(rss)s
+        concurrency = %(concurrency)s, rss_bytes = %(rss)s, written_at = now(),
+        finished_per_minute = %(finished_per_minute)s::jsonb
     WHERE id = %(supervisor_id)s
     RETURNING id
 ), children AS (
@@ -145,7 +146,7 @@ WITH workers AS (
         job_started_at = EXCLUDED.job_started_at, job_ids = EXCLUDED.job_ids,
         jobs_done = EXCLUDED.jobs_done, restarts = EXCLUDED.restarts,
         rss_bytes = EXCLUDED.rss_bytes, started_at = EXCLUDED.started_at,
-        last_heartbeat = EXCLUDED.last_heartbeat
+        last_heartbeat = EXCLUDED.last_heartbeat, written_at = now()
     RETURNING slot
 ), reattached AS (
     -- a job whose worker row was deleted under its live child gets its
@@ -159,7 +160,34 @@ WITH workers AS (
 )
 UPDATE procrastinate_prefork_processes
 SET state = 'stopped', job_id = NULL, task_name = NULL, job_started_at = NULL,
-    worker_id = NULL, job_ids = '{}'
+    worker_id = NULL, job_ids = '{}', written_at = now()
+WHERE supervisor_id = %(supervisor_id)s AND kind = 'child'
+  AND state <> 'stopped' AND NOT (slot = ANY(%(live_slots)s))
+
+-- write_jobs --
+-- Write the running jobs of a supervisor's children between heartbeats
+-- Only the rows that changed; no heartbeat time (last_heartbeat proves that a
+-- process lives: the sweep and the health rules judge by it), no worker id.
+WITH children AS (
+    SELECT * FROM jsonb_to_recordset(%(children)s::jsonb) AS c(
+        slot integer, pid integer, state text, job_id bigint, task_name text,
+        jobs_done bigint, job_age float8, job_ids bigint[])
+), changed AS (
+    UPDATE procrastinate_prefork_processes AS p
+    SET pid = c.pid, state = c.state, job_id = c.job_id, task_name = c.task_name,
+        job_started_at = now() - make_interval(secs => c.job_age),
+        job_ids = COALESCE(c.job_ids, '{}'), jobs_done = c.jobs_done,
+        written_at = now()
+    FROM children AS c
+    WHERE p.supervisor_id = %(supervisor_id)s AND p.kind = 'child'
+      AND p.slot = c.slot
+      AND (p.pid, p.state, p.job_ids, p.jobs_done)
+          IS DISTINCT FROM (c.pid, c.state, COALESCE(c.job_ids, '{}'), c.jobs_done)
+    RETURNING p.id
+)
+UPDATE procrastinate_prefork_processes
+SET state = 'stopped', job_id = NULL, task_name = NULL, job_started_at = NULL,
+    job_ids = '{}', written_at = now()
 WHERE supervisor_id = %(supervisor_id)s AND kind = 'child'
   AND state <> 'stopped' AND NOT (slot = ANY(%(live_slots)s))
 
@@ -214,7 +242,9 @@ SELECT p.id, p.kind, p.host, p.pid, p.supervisor_id, p.slot, p.worker_id, p.stat
        p.started_at, p.last_heartbeat,
        EXTRACT(EPOCH FROM now() - p.last_heartbeat)::float8 AS heartbeat_age,
        EXTRACT(EPOCH FROM now() - p.started_at)::float8 AS uptime,
-       EXTRACT(EPOCH FROM now() - p.job_started_at)::float8 AS job_age
+       EXTRACT(EPOCH FROM now() - p.job_started_at)::float8 AS job_age,
+       EXTRACT(EPOCH FROM now() - p.written_at)::float8 AS as_of_age,
+       p.finished_per_minute
 FROM procrastinate_prefork_processes AS p
 LEFT JOIN procrastinate_prefork_processes AS s ON s.id = p.supervisor_id
 WHERE NOT %(live_only)s
@@ -357,3 +387,76 @@ FROM owned
 SELECT count(*) AS n FROM procrastinate_jobs
 WHERE id = %(job_id)s AND status = 'doing' AND attempts = %(attempts)s
   AND (worker_id = %(worker_id)s OR worker_id IS NULL)
+
+-- insert_events --
+-- Record child deaths, time limits and job recoveries for the live page
+INSERT INTO procrastinate_prefork_events
+(kind, host, supervisor_id, queues, slot, pid, job_id, task_name, queue_name,
+ cause, outcome, exit_code, signal, rss_bytes)
+SELECT e.kind, %(host)s, %(supervisor_id)s, %(queues)s, e.slot, e.pid, e.job_id,
+       e.task_name, e.queue_name, e.cause, e.outcome, e.exit_code, e.signal,
+       e.rss_bytes
+FROM jsonb_to_recordset(%(events)s::jsonb) AS e(
+    kind text, slot integer, pid integer, job_id bigint, task_name text,
+    queue_name text, cause text, outcome text, exit_code integer, signal integer,
+    rss_bytes bigint)
+
+-- trim_events --
+-- Keep only the latest rows of the events table (a walk of the primary key)
+DELETE FROM procrastinate_prefork_events
+WHERE id <= (SELECT id FROM procrastinate_prefork_events
+             ORDER BY id DESC OFFSET %(kept)s LIMIT 1)
+
+-- live_all_queues --
+-- The queues that have waiting or running jobs (for a fleet that serves all), up to a limit
+-- A loose index scan: one probe of the todo index per queue name, never a
+-- walk of the todo jobs; the running jobs are few (as many as run now).
+WITH RECURSIVE todo(name) AS (
+    SELECT min(queue_name::text || '') FROM procrastinate_jobs
+    WHERE status = 'todo'
+    UNION ALL
+    SELECT (SELECT min(j.queue_name::text || '') FROM procrastinate_jobs AS j
+            WHERE j.status = 'todo' AND (j.queue_name::text || '') > todo.name)
+    FROM todo WHERE todo.name IS NOT NULL
+)
+SELECT name FROM (
+    SELECT name FROM todo WHERE name IS NOT NULL
+    UNION
+    SELECT queue_name FROM procrastinate_jobs WHERE status = 'doing'
+) AS q ORDER BY name LIMIT %(limit)s
+
+-- live_queue --
+-- Waiting jobs (counted up to a cap), running jobs and the oldest waiting job's age, of one queue
+-- Walks of the index of todo jobs by queue and id (on its expression, whose
+-- statistics tell the planner how many todo jobs the queue has; see
+-- sql/schema.sql): the oldest runnable job is the first, the count stops at
+-- the cap. The running jobs are as many as run now (the index of doing
+-- jobs). A job waits since it was deferred, or since its schedule.
+SELECT (SELECT count(*) FROM (
+            SELECT 1 FROM procrastinate_jobs AS j
+            WHERE j.status = 'todo' AND (j.queue_name::text || '') = %(queue)s
+              AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())
+            ORDER BY (j.queue_name::text || ''), j.id LIMIT %(cap)s) AS w)
+         AS waiting,
+       (SELECT count(*) FROM procrastinate_jobs AS r
+        WHERE r.status = 'doing' AND r.queue_name = %(queue)s) AS running,
+       (SELECT EXTRACT(EPOCH FROM now() - COALESCE(o.scheduled_at,
+                (SELECT min(e.at) FROM procrastinate_events AS e
+                 WHERE e.job_id = o.id AND e.type = 'deferred')))::float8
+        FROM procrastinate_jobs AS o
+        WHERE o.status = 'todo' AND (o.queue_name::text || '') = %(queue)s
+          AND (o.scheduled_at IS NULL OR o.scheduled_at <= now())
+        ORDER BY (o.queue_name::text || ''), o.id LIMIT 1) AS oldest_age
+
+-- live_events --
+-- The latest events of a host and a queue (either may be NULL: all), newest first
+-- A walk of the primary key backwards; the table holds the latest rows only.
+SELECT e.id, e.kind, e.host, e.slot, e.pid, e.job_id, e.task_name, e.queue_name,
+       e.cause, e.outcome, e.exit_code, e.signal, e.rss_bytes,
+       EXTRACT(EPOCH FROM now() - e.at)::float8 AS age
+FROM procrastinate_prefork_events AS e
+WHERE (%(host)s::text IS NULL OR e.host = %(host)s::text)
+  AND (%(queue)s::text IS NULL OR e.queue_name = %(queue)s::text
+       OR (e.queue_name IS NULL
+           AND (e.queues IS NULL OR %(queue)s::text = ANY(e.queues))))
+ORDER BY e.id DESC LIMIT %(limit)s

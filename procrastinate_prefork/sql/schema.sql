@@ -88,3 +88,44 @@ CREATE INDEX IF NOT EXISTS procrastinate_prefork_jobs_todo_queue_idx
     ON procrastinate_jobs (queue_name) WHERE status = 'todo';
 CREATE STATISTICS IF NOT EXISTS procrastinate_prefork_jobs_queue_status
     (mcv) ON queue_name, status FROM procrastinate_jobs;
+
+-- When the supervisor last wrote the row (a heartbeat, or for a child row a
+-- change of its running jobs, which is written within about a second): the
+-- age of what the row shows. Not last_heartbeat: that one proves liveness.
+-- supervisor rows: jobs its children finished in each of the last minutes
+-- ({"<unix minute>": count}), written with its heartbeat (the live page's chart).
+ALTER TABLE procrastinate_prefork_processes
+    ADD COLUMN IF NOT EXISTS written_at timestamptz NOT NULL DEFAULT now(),
+    ADD COLUMN IF NOT EXISTS finished_per_minute jsonb;
+
+-- The latest child deaths, time limits and job recoveries, with their cause,
+-- for the live page (the logs hold them too, but no page can read a log). The
+-- supervisors write a row per event and keep the latest EVENTS_KEPT rows.
+CREATE TABLE IF NOT EXISTS procrastinate_prefork_events (
+    id bigserial PRIMARY KEY,
+    at timestamptz NOT NULL DEFAULT now(),
+    kind varchar(16) NOT NULL,
+    host varchar(255) NOT NULL,
+    supervisor_id bigint,
+    queues varchar(255)[],
+    slot integer,
+    pid integer,
+    job_id bigint,
+    task_name varchar(255),
+    queue_name varchar(255),
+    cause varchar(255),
+    outcome varchar(255),
+    exit_code integer,
+    signal integer,
+    rss_bytes bigint
+);
+
+-- The live page's walks of one queue's todo jobs in id order (its oldest
+-- waiting job, its waiting jobs up to a cap). On an expression, not the
+-- column: ANALYZE then keeps statistics of the expression over the todo
+-- jobs alone, and the planner knows which queues have many todo jobs and
+-- which none (the column's statistics cover every job: a queue of a million
+-- finished jobs and no todo job looks like a long walk, and the planner reads
+-- every todo job of every queue instead).
+CREATE INDEX IF NOT EXISTS procrastinate_prefork_jobs_todo_queue_id_idx
+    ON procrastinate_jobs ((queue_name::text || ''), id) WHERE status = 'todo';

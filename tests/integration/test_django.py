@@ -377,6 +377,16 @@ def test_migration_0005_adds_and_drops_the_sweep_table_and_queue_counts(
     _migrating_back_and_forth(django_db_url, "0004", present, SWEEP_AND_COUNTS)
 
 
+def test_migration_0006_adds_and_drops_the_live_page_tables(django_db_url):
+    from .test_schema_upgrade import LIVE_PAGE, _live_page
+
+    def present() -> set[str]:
+        with psycopg.connect(django_db_url, autocommit=True) as conn:
+            return _live_page(conn)
+
+    _migrating_back_and_forth(django_db_url, "0005", present, LIVE_PAGE)
+
+
 @pytest.mark.skipif(
     sys.version_info < (3, 12),
     reason="Python warns about fork() with threads from 3.12",

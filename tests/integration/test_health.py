@@ -510,15 +510,17 @@ def test_status_command(fleet, db_url):
     text = status_cli(db_url)
     assert text.returncode == 0, text.stderr
     header, *lines = text.stdout.splitlines()
-    assert header.split() == [
+    assert re.split(r"\s{2,}", header) == [
         "HOST",
         "PID",
         "SLOT",
         "STATE",
+        "QUEUES",
         "JOB",
-        "AGE",
-        "JOBS",
-        "DONE",
+        "UPTIME",
+        "HEARTBEAT",
+        "AS OF",
+        "JOBS DONE",
         "MEMORY",
     ]
     assert str(fleet.pid) in lines[0] and "running" in lines[0]
@@ -897,6 +899,7 @@ _CLOCK_FIELDS = {
     "heartbeat_age": float,
     "uptime": float,
     "job_age": float,  # or None: no job
+    "as_of_age": float,
 }
 
 

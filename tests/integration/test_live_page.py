@@ -4,14 +4,17 @@ The view tests run in this process with pytest-django; the browser test
 drives Debian's chromium through Playwright against pytest-django's live
 server while a real fleet runs on the same database. The docs' screenshots
 come from it: ``PREFORK_SCREENSHOTS=1 scripts/test.sh
-tests/integration/test_live_page.py -k browser`` rewrites docs/img/fleet-live*.png.
+tests/integration/test_live_page.py -k browser_shows`` rewrites
+docs/img/fleet-live.png, fleet-live-phone.png and fleet-list.png.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -102,6 +105,60 @@ def test_json_shape_and_marks(staff_client):
 
 
 @pytest.mark.django_db
+def test_json_queues_chart_and_events_come_from_the_database(staff_client, monkeypatch):
+    """The queues a supervisor names (waiting counted up to the cap, running,
+    the oldest waiting job's age), its per-minute counts summed into the
+    chart, and an event of the events table with its job's admin URL."""
+    from django.db import connection
+
+    from procrastinate_prefork.contrib.django import dashboard
+
+    monkeypatch.setattr(dashboard, "WAITING_CAP", 3)
+    with connection.cursor() as cursor:
+        sup_id = insert_supervisor(cursor, host="q-host", queues=["mail", "idle"])
+        minute = int(time.time() // 60)
+        cursor.execute(
+            "UPDATE procrastinate_prefork_processes SET finished_per_minute = %s"
+            " WHERE id = %s",
+            [json.dumps({str(minute - 1): 5, str(minute - 40): 9}), sup_id],
+        )
+        cursor.execute(
+            "SELECT procrastinate_defer_jobs_v1(array_agg(ROW('mail', 't', 0, NULL,"
+            " NULL, '{}'::jsonb, NULL)::procrastinate_job_to_defer_v1))"
+            " FROM generate_series(1, 4)"
+        )
+        cursor.execute(
+            "INSERT INTO procrastinate_jobs (queue_name, task_name, args, status)"
+            " VALUES ('mail', 't', '{}', 'doing') RETURNING id"
+        )
+        (running,) = cursor.fetchone()
+        cursor.execute(
+            "INSERT INTO procrastinate_prefork_events (kind, host, supervisor_id,"
+            " queues, slot, pid, job_id, task_name, cause, signal, rss_bytes)"
+            " VALUES ('crash', 'q-host', %s, '{mail}', 0, 77, %s, 't', 'killed',"
+            " 9, 1048576)",
+            [sup_id, running],
+        )
+    data = staff_client.get(JSON).json()
+    queues = {q["queue"]: q for q in data["queues"]}
+    assert set(queues) == {"idle", "mail"}
+    mail = queues["mail"]
+    assert (mail["waiting"], mail["waiting_capped"], mail["running"]) == (3, True, 1)
+    assert mail["oldest_waiting_age"] is not None and mail["oldest_waiting_age"] >= 0
+    assert queues["idle"]["waiting"] == 0
+    assert queues["idle"]["oldest_waiting_age"] is None
+    chart = data["finished_per_minute"]
+    assert len(chart) == 15 and chart[-1]["partial"]
+    assert sum(m["finished"] for m in chart) == 5  # 40 minutes ago: left out
+    (event,) = data["events"]
+    assert (event["kind"], event["job_id"], event["signal"]) == ("crash", running, 9)
+    assert (
+        event["job_url"] == f"/admin/procrastinate/procrastinatejob/{running}/change/"
+    )
+    assert staff_client.get(JSON + "?queue=other").json()["events"] == []
+
+
+@pytest.mark.django_db
 def test_job_link_falls_back_to_text_without_the_job_admin(staff_client, monkeypatch):
     from procrastinate_prefork.contrib.django import live
 
@@ -187,7 +244,7 @@ def browser_page() -> Iterator[object]:
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 700})
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
             yield page
         finally:
             browser.close()
@@ -200,6 +257,15 @@ def test_db_fleet(pg_url: str, live_server, tmp_path: Path) -> Iterator[Fleet]:
 
     parts = urlsplit(pg_url)
     url = urlunsplit(parts._replace(path="/" + connection.settings_dict["NAME"]))
+    import psycopg
+
+    # The tables are not Django's (unmanaged): an earlier test's fleet left
+    # its rows and jobs, which this fleet would take over.
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "TRUNCATE procrastinate_jobs, procrastinate_workers,"
+            " procrastinate_prefork_processes, procrastinate_prefork_events CASCADE"
+        )
     factory = FleetFactory(url, tmp_path)
     yield factory.new()
     factory.cleanup()
@@ -218,11 +284,7 @@ def test_browser_sees_a_killed_child_replaced_without_reload(
     fleet = test_db_fleet.start("--concurrency", "2", "--heartbeat-interval", "1")
     old = set(fleet.wait_children(2))
     page = browser_page
-    page.goto(live_server.url + "/admin/login/?next=" + PAGE)
-    page.fill("#id_username", "admin")
-    page.fill("#id_password", "password")
-    page.click("input[type=submit]")
-    page.wait_for_url("**" + PAGE)
+    _log_in(page, live_server)
     wait_for(lambda: _children_pids(page) == old, 30, message="the children shown")
     # A marker that a reload would wipe out.
     page.evaluate("window.__noReload = 1")
@@ -242,19 +304,157 @@ def test_browser_sees_a_killed_child_replaced_without_reload(
     new = wait_for(replaced, 40, message="the replacement shown")
     assert new - old and set(fleet.child_pids()) == new
     assert page.evaluate("window.__noReload") == 1
-    if os.environ.get("PREFORK_SCREENSHOTS"):
-        SCREENSHOT.parent.mkdir(exist_ok=True)
-        page.screenshot(path=str(SCREENSHOT), full_page=True)
-        page.set_viewport_size({"width": 390, "height": 800})
-        page.screenshot(
-            path=str(SCREENSHOT.with_name("fleet-live-phone.png")), full_page=True
-        )
-    # At 1400 px and on a phone (390 px) nothing scrolls sideways.
-    for width in (1400, 390):
+    _no_sideways_scrolling(page)
+    fleet.kill_all()  # the sleeping job would hold a drain up for minutes
+
+
+def _no_sideways_scrolling(page: Any) -> None:
+    """At 1280x800 and on a phone (390 px) nothing scrolls sideways."""
+    for width in (1280, 390):
         page.set_viewport_size({"width": width, "height": 800})
         overflow = page.evaluate(
             "document.documentElement.scrollWidth"
             " - document.documentElement.clientWidth"
         )
         assert overflow <= 0, width
-    fleet.kill_all()  # the sleeping job would hold a drain up for minutes
+    page.set_viewport_size({"width": 1280, "height": 800})
+
+
+def _log_in(page: Any, live_server: Any) -> None:
+    page.goto(live_server.url + "/admin/login/?next=" + PAGE)
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", "password")
+    page.click("input[type=submit]")
+    page.wait_for_url("**" + PAGE)
+
+
+def _queue_cells(page: Any, queue: str) -> dict[str, str]:
+    return page.evaluate(
+        """queue => {
+            const tr = document.querySelector(
+                `#fleet-queues tr[data-queue="${queue}"]`);
+            if (!tr) { return {}; }
+            const out = {};
+            for (const td of tr.cells) { out[td.dataset.label] = td.textContent; }
+            return out;
+        }""",
+        queue,
+    )
+
+
+def _queue_in_db(db_url: str, queue: str) -> dict[str, str]:
+    import psycopg
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FILTER (WHERE status = 'todo'),"
+            " count(*) FILTER (WHERE status = 'doing')"
+            " FROM procrastinate_jobs WHERE queue_name = %s",
+            [queue],
+        ).fetchone()
+    assert row is not None
+    return {"waiting": str(row[0]), "running": str(row[1])}
+
+
+def test_browser_shows_queues_throughput_and_a_crash_with_its_cause(
+    live_server, admin_user, test_db_fleet, browser_page
+):
+    """The operator's three questions: the queue panel's numbers are the
+    database's, the chart counts the jobs done, and a child killed with
+    SIGKILL shows up with its signal and a link to its job's admin page."""
+    fleet = test_db_fleet.start("--concurrency", "2", "--heartbeat-interval", "1")
+    fleet.wait_children(2)
+    done = defer(fleet.db_url, "noop", count=12)
+    wait_for(
+        lambda: not jobs_left(fleet.db_url, done), 30, message="the quick jobs done"
+    )
+    sleepers = defer(fleet.db_url, "sleep", count=2, seconds=600)
+    for job_id in sleepers:
+        fleet.running_child(job_id)
+    defer(fleet.db_url, "noop", count=3)  # both children busy: these wait
+    page = browser_page
+    page.set_viewport_size({"width": 1280, "height": 800})
+    _log_in(page, live_server)
+
+    def panel_matches() -> bool:
+        cells = _queue_cells(page, "default")
+        wanted = _queue_in_db(fleet.db_url, "default")
+        return all(cells.get(k) == v for k, v in wanted.items()) and bool(cells)
+
+    wait_for(panel_matches, 30, message="the queue panel's numbers")
+    assert _queue_cells(page, "default")["waiting"] == "3"
+    assert _queue_cells(page, "default")["running"] == "2"
+    assert _queue_cells(page, "default")["oldest waiting"] != "-"
+    bars = wait_for(
+        lambda: (
+            (
+                b := page.eval_on_selector_all(
+                    "#fleet-chart rect.bar", "rs => rs.map(r => +r.dataset.finished)"
+                )
+            )
+            and sum(b) >= len(done)
+            and b
+        ),
+        30,
+        message="the chart's bars",
+    )
+    assert len(bars) == 15
+    victim_job = sleepers[0]
+    os.kill(fleet.running_child(victim_job), signal.SIGKILL)
+    link = page.wait_for_selector(
+        f'#fleet-events tr[data-kind="crash"][data-job="{victim_job}"]'
+        f' a[href$="/procrastinatejob/{victim_job}/change/"]',
+        timeout=30_000,
+    )
+    assert link is not None
+    page.wait_for_selector(
+        f'#fleet-events tr[data-kind="recovered"][data-job="{victim_job}"]',
+        timeout=30_000,
+    )
+    data = page.evaluate(
+        "url => fetch(url, {credentials: 'same-origin'}).then(r => r.json())",
+        JSON,
+    )
+    crash = next(
+        e for e in data["events"] if e["kind"] == "crash" and e["job_id"] == victim_job
+    )
+    assert crash["signal"] == signal.SIGKILL and crash["task_name"] == "sleep"
+    assert crash["pid"] and crash["slot"] in (0, 1)
+    recovered = next(
+        e
+        for e in data["events"]
+        if e["kind"] == "recovered" and e["job_id"] == victim_job
+    )
+    assert recovered["outcome"].startswith("retried")
+    if os.environ.get("PREFORK_SCREENSHOTS"):
+        wait_for(lambda: len(_children_pids(page)) == 2, 30, message="the replacement")
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        page.set_viewport_size({"width": 390, "height": 800})
+        page.screenshot(
+            path=str(SCREENSHOT.with_name("fleet-live-phone.png")), full_page=True
+        )
+    _no_sideways_scrolling(page)
+    # The admin's list of the fleet fits 1280 px, filters and navigation too.
+    page.goto(live_server.url + BASE)
+    page.wait_for_selector("#result_list")
+    cut = page.evaluate(
+        "() => { const r = document.querySelector('#changelist .results');"
+        " return r.scrollWidth - r.clientWidth; }"
+    )
+    if os.environ.get("PREFORK_SCREENSHOTS"):
+        page.screenshot(path=str(SCREENSHOT.with_name("fleet-list.png")))
+    assert cut <= 0
+    fleet.kill_all()  # the sleeping jobs would hold a drain up for minutes
+
+
+def jobs_left(db_url: str, ids: list[int]) -> bool:
+    import psycopg
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM procrastinate_jobs"
+            " WHERE id = ANY(%s) AND status <> 'succeeded'",
+            [ids],
+        ).fetchone()
+    return bool(row and row[0])

@@ -83,3 +83,38 @@ def test_apply_adds_the_sweep_table_and_the_queue_counts_of_a_later_version(db):
     schema.apply(db)
     schema.apply(db)  # idempotent
     assert _sweep_and_counts(db) == SWEEP_AND_COUNTS
+
+
+#: what 0006 (and schema --apply) add: the events table, the fleet table's
+#: written_at and finished_per_minute, the index of todo jobs by queue and id
+LIVE_PAGE = {
+    "procrastinate_prefork_events",
+    "procrastinate_prefork_jobs_todo_queue_id_idx",
+    "written_at",
+    "finished_per_minute",
+}
+
+
+def _live_page(db) -> set[str]:
+    row = db.execute(
+        "SELECT array_remove(ARRAY["
+        "  to_regclass('procrastinate_prefork_events')::text,"
+        "  to_regclass('procrastinate_prefork_jobs_todo_queue_id_idx')::text"
+        "] || ARRAY(SELECT column_name::text FROM information_schema.columns"
+        "  WHERE table_name = 'procrastinate_prefork_processes'"
+        "  AND column_name IN ('written_at', 'finished_per_minute')), NULL)"
+    ).fetchone()
+    return set(row[0])
+
+
+def test_apply_adds_the_live_page_tables_of_a_later_version(db):
+    db.execute(
+        "DROP TABLE procrastinate_prefork_events; "
+        "DROP INDEX procrastinate_prefork_jobs_todo_queue_id_idx; "
+        "ALTER TABLE procrastinate_prefork_processes "
+        "DROP COLUMN written_at, DROP COLUMN finished_per_minute"
+    )
+    assert _live_page(db) == set()
+    schema.apply(db)
+    schema.apply(db)  # idempotent
+    assert _live_page(db) == LIVE_PAGE

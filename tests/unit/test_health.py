@@ -232,18 +232,7 @@ PIN_ROWS = [
     child(sup_id=3, slot=0),
 ]
 GOLDEN = Path(__file__).with_name("fleet_document.json")
-PIN_TABLE = """\
-HOST  PID   SLOT  STATE                     JOB           AGE   JOBS DONE  MEMORY
-h1    101   -     running                   (a,b)         0.2s  9          117.7MiB
-      1000  0     idle                      -             0.0s  3          1.0MiB
-      1001  1     busy                      7 t (1.0m)    0.5s  3          -
-      1003  3     starting STALE            -             0.1s  3          1.0MiB
-h2    102   -     running crash-loop STALE  (all queues)  1.7m  0          -
-      2000  0     idle STALE                -             1.7m  0          1.0MiB
-
-HEALTHY: 1 fresh supervisor(s), 2 fresh child(ren) (min_children=1)
-  - supervisor pid 102 on h2 has sent no heartbeat for 101 s
-"""
+PIN_TABLE = Path(__file__).with_name("fleet_table.txt").read_text()
 
 
 def test_document_table_and_line_are_pinned():
@@ -260,7 +249,8 @@ def test_document_table_and_line_are_pinned():
     )
     empty = status.render_table(fleet_health([]))
     assert empty.splitlines()[:2] == [
-        "HOST  PID  SLOT  STATE  JOB  AGE  JOBS DONE  MEMORY",
+        "HOST  PID  SLOT  STATE  QUEUES  JOB  UPTIME  HEARTBEAT  AS OF  JOBS DONE"
+        "  MEMORY",
         "(no supervisor in the fleet table)",
     ]
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 
@@ -176,3 +177,34 @@ def test_a_sweep_turn_waits_until_the_supervisor_could_judge_its_own_kind():
     assert policy.may_take_sweep_turn(30.0, stalled_timeout=30, stock_timeout=3600)
     # stock workers judged sooner than our own children
     assert policy.may_take_sweep_turn(5.0, stalled_timeout=30, stock_timeout=5)
+
+
+# ------------------------------------------- writes of the running jobs
+
+
+def test_jobs_write_waits_for_a_change():
+    written = policy.JobsWritten(jobs=((0, 1, "idle", (), 0),), at=0.0)
+    assert not policy.jobs_write_due(written, ((0, 1, "idle", (), 0),), now=100.0)
+    assert policy.jobs_write_due(written, ((0, 1, "busy", (7,), 0),), now=100.0)
+
+
+def test_jobs_writes_are_at_least_a_gap_apart_while_jobs_change():
+    """A busy fleet's jobs change at every turn of the loop: written once
+    when the gap since the last write has passed, then not within the gap."""
+    written = policy.JobsWritten()
+    writes = []
+    for tick in range(40):  # the loop's turns, 0.25 s apart: 10 s
+        now = tick * 0.25
+        jobs = ((0, 1, "busy", (tick,), tick),)
+        if policy.jobs_write_due(written, jobs, now, gap=1.0):
+            writes.append(now)
+            written = policy.JobsWritten(jobs, now)
+    assert writes[0] == 0.0  # the first change is written at once
+    assert all(b - a >= 1.0 for a, b in itertools.pairwise(writes))
+    assert len(writes) == 10
+
+
+def test_a_change_within_the_gap_is_written_when_the_gap_ends():
+    written = policy.JobsWritten(jobs="before", at=10.0)
+    assert not policy.jobs_write_due(written, "after", now=10.5, gap=1.0)
+    assert policy.jobs_write_due(written, "after", now=11.0, gap=1.0)

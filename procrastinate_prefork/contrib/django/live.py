@@ -3,7 +3,9 @@
 Staff only. The JSON holds the whitelisted fields of
 ``health.fleet_health`` (no job arguments, DSN or password: the fleet table
 holds none) plus, per row, its stale mark and, per child, the admin URL of
-its current job when procrastinate's own job admin is installed.
+its current job when procrastinate's own job admin is installed; and the
+``dashboard``'s queues, jobs finished per minute and latest events (each
+with its job's admin URL).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 
 from ... import health
+from . import dashboard
 from .views import fleet_report
 
 JOB_ADMIN_URL = "admin:procrastinate_procrastinatejob_change"
@@ -41,12 +44,27 @@ def live_data(query: health.FleetQuery) -> dict[str, Any]:
         children = []
         for child, shown in zip(supervisor.children, entry["children"], strict=True):
             stale = not health.is_fresh(supervisor, child)
-            url = job_admin_url(child.job_id) if child.job_id is not None else None
+            url = _job_url(child.job_id)
             children.append({**shown, "stale": stale, "job_url": url})
         supervisors.append({**entry, "stale": not entry["fresh"], "children": children})
     data["supervisors"] = supervisors
-    data["generated_at"] = timezone.now().isoformat()
+    now = timezone.now()
+    data["generated_at"] = now.isoformat()
+    conn = dashboard.connection()
+    queues = dashboard.served_queues(conn, report.supervisors, query)
+    data["queues"] = dashboard.queue_panel(conn, queues)
+    data["finished_per_minute"] = dashboard.finished_per_minute(
+        report.supervisors, now.timestamp()
+    )
+    data["events"] = [
+        {**event, "job_url": _job_url(event["job_id"])}
+        for event in dashboard.latest_events(conn, query)
+    ]
     return data
+
+
+def _job_url(job_id: int | None) -> str | None:
+    return None if job_id is None else job_admin_url(job_id)
 
 
 def _query(request: HttpRequest) -> health.FleetQuery:
