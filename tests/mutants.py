@@ -104,8 +104,7 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         id="predecessor-identity",
-        promise="a predecessor is judged by its pid only in our boot and PID "
-        "namespace",
+        promise="a predecessor is judged by its pid only in our boot and PID namespace",
         path="procrastinate_prefork/identity.py",
         old="    if (recorded.boot_id, recorded.pid_namespace) != "
         "(own.boot_id, own.pid_namespace):\n        return False\n",
@@ -117,8 +116,7 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         id="client-deadline",
-        promise="every database call of the supervisor is bounded by its own "
-        "deadline",
+        promise="every database call of the supervisor is bounded by its own deadline",
         path="procrastinate_prefork/db.py",
         old="    signal.setitimer(signal.ITIMER_REAL, seconds, 0.5)\n",
         new="    signal.setitimer(signal.ITIMER_REAL, 0)\n",
@@ -147,7 +145,8 @@ MUTANTS: list[Mutant] = [
         path="procrastinate_prefork/policing.py",
         old="                        self._time_limit(child, job, now)\n",
         new="                        self._time_limit(\n"
-        "                            child, min(view.jobs, key=lambda j: j.age(now)), now\n"
+        "                            child, "
+        "min(view.jobs, key=lambda j: j.age(now)), now\n"
         "                        )\n",
         tests=(
             "tests/integration/test_time_limits_concurrency.py"

@@ -238,15 +238,15 @@ def test_deleted_worker_rows_under_live_children(fleet_factory, db_url):
     assert fleet.stop(timeout=10) == 0
 
 
-def test_late_outcome_of_an_earlier_run_is_not_written(fleet_factory, db_url):
-    """Issue 16 item 4: once a job was put back and runs again, the first
-    run's outcome (here a failure) must not overwrite the later run's."""
+def _running_twice(fleet_factory, db_url, task):
+    """A fleet of two children running a job of ``task`` twice at once: what
+    a wrong recovery would do to a running job (with the wake-up it sends).
+    The first run fails after 3 s, the second succeeds after 8 s."""
     fleet = fleet_factory.new("a")
     fleet.start("--concurrency", "2", "--hostname", "a")
-    [job_id] = defer(db_url, "first_run_fails", first=3, later=8)
+    [job_id] = defer(db_url, task, first=3, later=8)
     fleet.running_child(job_id)
     with psycopg.connect(db_url, autocommit=True) as conn:
-        # what a wrong recovery would do, with the wake-up it sends
         conn.execute(
             "SELECT procrastinate_retry_job_v2(%s, NULL, NULL, NULL, NULL)", [job_id]
         )
@@ -255,17 +255,28 @@ def test_late_outcome_of_an_earlier_run_is_not_written(fleet_factory, db_url):
             '\'{"type": "job_inserted"}\')'
         )
     fleet.running_child(job_id, attempt=1)
+    return fleet, job_id
+
+
+def _final_row(db_url, job_id, timeout):
+    wait_for(
+        lambda: jobs(db_url, [job_id])[0]["status"] not in ("doing", "todo"),
+        timeout=timeout,
+        message="the job to end",
+    )
+    return jobs(db_url, [job_id])[0]
+
+
+def test_late_outcome_of_an_earlier_run_is_not_written(fleet_factory, db_url):
+    """Issue 16 item 4: once a job was put back and runs again, the first
+    run's outcome (here a failure) must not overwrite the later run's."""
+    fleet, job_id = _running_twice(fleet_factory, db_url, "first_run_fails")
     wait_for(
         lambda: (job_id, 1) in {(j, a) for j, a, _ in fleet.marks("end")},
         timeout=30,
         message="the second run to end",
     )
-    wait_for(
-        lambda: jobs(db_url, [job_id])[0]["status"] not in ("doing", "todo"),
-        timeout=10,
-        message="the job to end",
-    )
-    [row] = jobs(db_url, [job_id])
+    row = _final_row(db_url, job_id, timeout=10)
     assert row["status"] == "succeeded", row
     with psycopg.connect(db_url, autocommit=True) as conn:
         events = [
@@ -277,6 +288,22 @@ def test_late_outcome_of_an_earlier_run_is_not_written(fleet_factory, db_url):
             ).fetchall()
         ]
     assert "failed" not in events, events
+    assert fleet.stop(timeout=10) == 0
+
+
+def test_late_retry_of_an_earlier_run_is_not_written(fleet_factory, db_url):
+    """Issue 26: as above, but the first run's failure asks for a retry (its
+    task's retry strategy): that late retry must not put the job back in the
+    queue under the later run."""
+    fleet, job_id = _running_twice(fleet_factory, db_url, "first_run_retries")
+    wait_for(
+        lambda: job_id in [e["job_id"] for e in fleet.events("outcome_dropped")],
+        timeout=20,
+        message="the first run's late retry to be dropped",
+    )
+    row = _final_row(db_url, job_id, timeout=30)
+    assert row["status"] == "succeeded", row
+    assert [a for a, _ in _starts(fleet, job_id=job_id)] == [0, 1]
     assert fleet.stop(timeout=10) == 0
 
 
