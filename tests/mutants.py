@@ -15,6 +15,7 @@ from .mutation import Mutant
 JUDGEMENT = "tests/integration/test_sweep_judgement.py"
 LOOP = "tests/integration/test_loop.py"
 RECOVERY = "tests/integration/test_recovery.py"
+ISOLATION = "tests/integration/test_recovery_isolation.py"
 
 MUTANTS: list[Mutant] = [
     Mutant(
@@ -34,8 +35,8 @@ MUTANTS: list[Mutant] = [
         new="        try:\n            if True:\n"
         "                recoveries.append(\n                    _recover_row(",
         tests=(
-            "tests/integration/test_recovery_isolation.py"
-            "::test_failing_recovery_does_not_hold_back_the_next",
+            f"{ISOLATION}::test_queueing_lock_conflict_after_child_death",
+            f"{ISOLATION}::test_queueing_lock_conflict_in_a_sweep",
         ),
     ),
     Mutant(
