@@ -23,8 +23,9 @@ def test_a_mutant_replaces_its_one_occurrence():
 
 @pytest.mark.parametrize("text", ["a = 1\n", "b = 2\nb = 2\n"])
 def test_a_mutant_not_found_exactly_once_is_stale(text):
-    with pytest.raises(Stale, match="^m: "):
+    with pytest.raises(Stale) as caught:
         mutate(_mutant("b = 2"), text)
+    assert str(caught.value).startswith("m:")  # names the mutant
 
 
 def test_a_mutant_that_changes_nothing_is_stale():
