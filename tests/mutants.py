@@ -136,9 +136,12 @@ MUTANTS: list[Mutant] = [
         id="slot-convergence",
         promise="signals in any number and order converge to the fleet's size",
         path="procrastinate_prefork/slots.py",
-        old="    fork = max(0, target - planned) if refill else 0\n",
-        new="    fork = max(0, target - len(current)) if refill else 0\n",
-        tests=(f"{LOOP}::test_sighup_burst_converges_to_the_target",),
+        old="    kept = {c.pid for c in keep[:serving]}\n",
+        new="    kept = {c.pid for c in keep}\n",
+        tests=(
+            f"{LOOP}::test_sighup_burst_converges_to_the_target",
+            f"{LOOP}::test_sighup_then_sigttou_converges_to_the_smaller_target",
+        ),
     ),
     Mutant(
         id="per-job-time-limit",
