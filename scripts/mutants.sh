@@ -8,8 +8,8 @@
 # that no longer applies to the code (stale). See tests/mutation.py.
 #
 # Bootstraps .venv and, when DATABASE_URL is unset, runs against a throwaway
-# PostgreSQL (scripts/pg.sh), as scripts/test.sh does. About 10 minutes on a
-# 2-core machine.
+# PostgreSQL (scripts/pg.sh), as scripts/test.sh does. About 9 minutes on a
+# 2-core machine (15 mutants, 17 tests, in 507 s on a shared one).
 set -euo pipefail
 
 REPO="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)"
