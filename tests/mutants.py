@@ -16,6 +16,14 @@ JUDGEMENT = "tests/integration/test_sweep_judgement.py"
 LOOP = "tests/integration/test_loop.py"
 RECOVERY = "tests/integration/test_recovery.py"
 ISOLATION = "tests/integration/test_recovery_isolation.py"
+# the end of compat.finish_only_owned_jobs (other wrappers of finish_job and
+# retry_job end with the same two lines)
+OWNED_TAIL = (
+    "            new_lock=lock,\n        )\n\n"
+    "    # ignore: we replace methods of this app's JobManager on purpose\n"
+)
+OWNED_FINISH = "    manager.finish_job = finish_job  # type: ignore[method-assign]\n"
+OWNED_RETRY = "    manager.retry_job = retry_job  # type: ignore[method-assign]\n"
 
 MUTANTS: list[Mutant] = [
     Mutant(
@@ -91,16 +99,16 @@ MUTANTS: list[Mutant] = [
         id="late-finish",
         promise="a late run's outcome (finish) does not overwrite a later run's",
         path="procrastinate_prefork/compat.py",
-        old="    manager.finish_job = finish_job  # type: ignore[method-assign]\n",
-        new="",
+        old=f"{OWNED_TAIL}{OWNED_FINISH}{OWNED_RETRY}",
+        new=f"{OWNED_TAIL}{OWNED_RETRY}",
         tests=(f"{JUDGEMENT}::test_late_outcome_of_an_earlier_run_is_not_written",),
     ),
     Mutant(
         id="late-retry",
         promise="a late run's outcome (retry) does not overwrite a later run's",
         path="procrastinate_prefork/compat.py",
-        old="    manager.retry_job = retry_job  # type: ignore[method-assign]\n",
-        new="",
+        old=f"{OWNED_TAIL}{OWNED_FINISH}{OWNED_RETRY}",
+        new=f"{OWNED_TAIL}{OWNED_FINISH}",
         tests=(f"{JUDGEMENT}::test_late_retry_of_an_earlier_run_is_not_written",),
     ),
     Mutant(

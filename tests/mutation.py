@@ -15,7 +15,8 @@ file. A mutant is:
 * survived: one of its tests passed, or was skipped, with the defect in;
 * stale: its ``old`` text no longer occurs exactly once in today's code, so
   it no longer puts its defect back: update it with the code;
-* broken: anything else (pytest could not collect or run the tests).
+* broken: anything else (pytest could not collect or run the tests, or a
+  fixture failed: an unreachable database kills nothing).
 
 The check exits 1 naming every mutant that is not killed.
 """
@@ -46,7 +47,7 @@ class Mutant:
     path: str  # relative to the repository's root
     old: str  # must occur exactly once in the file
     new: str
-    tests: tuple[str, ...]  # pytest node ids, at least one of which must fail
+    tests: tuple[str, ...]  # pytest node ids, each of which must fail
 
 
 class Stale(Exception):
@@ -123,13 +124,17 @@ def _check_imports_from(scratch: Path) -> None:
 
 
 def _outcomes(junit_xml: Path) -> dict[str, str]:
-    """Test name -> passed, failed or skipped, from pytest's JUnit XML."""
+    """Test name -> passed, failed, error or skipped, from pytest's JUnit XML.
+    An error is one in a fixture (the database unreachable, say): the test
+    itself never ran, so it proves nothing."""
     outcomes = {}
     # our own pytest's output, not untrusted input
     for case in ElementTree.parse(junit_xml).iter("testcase"):  # noqa: S314
         tags = {child.tag for child in case}
         name = f"{case.get('classname', '')}.{case.get('name', '')}"
-        if tags & {"failure", "error"}:
+        if "error" in tags:
+            outcomes[name] = "error"
+        elif "failure" in tags:
             outcomes[name] = "failed"
         elif "skipped" in tags:
             outcomes[name] = "skipped"
@@ -175,9 +180,14 @@ def run_one(mutant: Mutant, scratch: Path) -> tuple[str, str]:
     if proc.returncode not in (0, 1) or not junit.exists():
         return "broken", f"pytest exited with {proc.returncode}:\n{proc.stdout[-3000:]}"
     outcomes = _outcomes(junit)
-    escaped = sorted(name for name, outcome in outcomes.items() if outcome != "failed")
     if len(outcomes) < len(mutant.tests):
         return "broken", f"{len(outcomes)} tests ran, {len(mutant.tests)} named"
+    errors = sorted(name for name, outcome in outcomes.items() if outcome == "error")
+    if errors:
+        return "broken", f"error outside the test in {', '.join(errors)}:\n" + (
+            proc.stdout[-3000:]
+        )
+    escaped = sorted(name for name, outcome in outcomes.items() if outcome != "failed")
     if escaped:
         return "survived", "passed or skipped with the defect in: " + ", ".join(
             f"{name} ({outcomes[name]})" for name in escaped

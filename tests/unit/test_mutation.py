@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from ..mutants import MUTANTS
-from ..mutation import REPO, Mutant, Stale, check_definitions, mutate
+from ..mutation import REPO, Mutant, Stale, _outcomes, check_definitions, mutate
 
 
 def _mutant(old: str, new: str = "X") -> Mutant:
@@ -42,3 +42,22 @@ def test_every_curated_mutant_applies_to_todays_code():
 def test_a_mutant_naming_a_missing_test_file_is_refused():
     [problem] = check_definitions([_mutant("x")])
     assert problem.startswith("m: no such test file")
+
+
+def test_a_fixture_error_is_not_a_failure(tmp_path):
+    """An unreachable database errors in the fixture: that kills no mutant."""
+    junit = tmp_path / "results.xml"
+    junit.write_text(
+        '<testsuites><testsuite name="pytest">'
+        '<testcase classname="t" name="failed"><failure message="x"/></testcase>'
+        '<testcase classname="t" name="error"><error message="x"/></testcase>'
+        '<testcase classname="t" name="skipped"><skipped message="x"/></testcase>'
+        '<testcase classname="t" name="passed"/>'
+        "</testsuite></testsuites>"
+    )
+    assert _outcomes(junit) == {
+        "t.failed": "failed",
+        "t.error": "error",
+        "t.skipped": "skipped",
+        "t.passed": "passed",
+    }
