@@ -78,7 +78,9 @@ def die_once(context: procrastinate.JobContext) -> None:
     _mark(context, "end")
 
 
-def _first_run_fails(context: procrastinate.JobContext, first: float, later: float):
+def _first_run_fails(
+    context: procrastinate.JobContext, first: float, later: float
+) -> None:
     _mark(context, "start")
     time.sleep(first if context.job.attempts == 0 else later)
     if context.job.attempts == 0:
