@@ -3,13 +3,14 @@ jobs, read the database and the processes, wait for conditions."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -200,6 +201,24 @@ class Fleet:
             self.proc.wait(timeout=10)
 
     # --- processes
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """The whole fleet SIGSTOPped (a host frozen: a VM paused, swapping,
+        a GC pause), the supervisor first so that it sees no child stop; all
+        resumed at the end, children first."""
+        os.kill(self.pid, signal.SIGSTOP)
+        children = self.child_pids()
+        for pid in children:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for pid in [*children, self.pid]:
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
 
     def child_pids(self) -> list[int]:
         try:

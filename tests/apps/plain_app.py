@@ -78,17 +78,36 @@ def die_once(context: procrastinate.JobContext) -> None:
     _mark(context, "end")
 
 
+def _first_run_fails(
+    context: procrastinate.JobContext, first: float, later: float
+) -> None:
+    _mark(context, "start")
+    time.sleep(first if context.job.attempts == 0 else later)
+    if context.job.attempts == 0:
+        raise RuntimeError("the first run fails")
+    _mark(context, "end")
+
+
 @app.task(name="first_run_fails", pass_context=True)
 def first_run_fails(
     context: procrastinate.JobContext, first: float = 4, later: float = 1
 ) -> None:
     """The first run fails after ``first`` seconds, a later one succeeds: which
     outcome the job row ends with tells which run wrote it."""
-    _mark(context, "start")
-    time.sleep(first if context.job.attempts == 0 else later)
-    if context.job.attempts == 0:
-        raise RuntimeError("the first run fails")
-    _mark(context, "end")
+    _first_run_fails(context, first, later)
+
+
+@app.task(
+    name="first_run_retries",
+    pass_context=True,
+    retry=procrastinate.RetryStrategy(max_attempts=5, wait=0),
+)
+def first_run_retries(
+    context: procrastinate.JobContext, first: float = 4, later: float = 1
+) -> None:
+    """As ``first_run_fails``, but the failure asks for a retry: the outcome
+    written is a retry (procrastinate's ``retry_job``), not a finish."""
+    _first_run_fails(context, first, later)
 
 
 @app.task(name="say", pass_context=True)

@@ -271,6 +271,47 @@ def test_locked_fleet_table_does_not_freeze_the_loop(fleet, db_url):
     assert fleet.stop() == 0
 
 
+def test_locked_fleet_table_leaves_no_waiting_sessions(fleet, db_url):
+    """A lock on the fleet table: each call of the supervisor waits on it for
+    the server's lock timeout, then gives up on the server too. Given up on
+    only by the supervisor's own deadline, the call's backend would go on
+    waiting after the supervisor dropped its session, one more with each
+    reconnection, each holding a connection slot and a place in the lock's
+    queue until the lock goes."""
+    fleet.start("--concurrency", "1", "--hostname", HOST, *FAST)
+    pattern = f"prefork:{HOST}:sup:%"
+    with psycopg.connect(db_url, autocommit=True) as watcher:
+
+        def waiting() -> int:
+            row = watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name "
+                "LIKE %s AND wait_event_type = 'Lock'",
+                [pattern],
+            ).fetchone()
+            assert row is not None
+            return row[0]
+
+        with psycopg.connect(db_url) as locker:
+            locker.execute(
+                "LOCK TABLE procrastinate_prefork_processes IN ACCESS EXCLUSIVE MODE"
+            )
+            try:
+                wait_for(
+                    lambda: fleet.events("db_timeout"),
+                    timeout=20,
+                    message="a database call to time out",
+                )
+                most = 0
+                until = time.monotonic() + 10  # several calls and reconnections
+                while time.monotonic() < until:
+                    most = max(most, waiting())
+                    time.sleep(0.1)
+            finally:
+                locker.rollback()
+    assert most <= 1, most
+    assert fleet.stop() == 0
+
+
 # ------------------------------------------------------------ signal bursts
 
 

@@ -59,14 +59,16 @@ def test_only_the_late_job_of_a_child_is_interrupted(fleet, db_url):
         "1",
         "--child-concurrency",
         "2",
-        "--soft-job-timeout",
-        "3",
+        "--task-soft-timeout",
+        "soft_loop=3",
         "--job-timeout",
         str(HARD),
     )
     [late] = defer(db_url, "soft_loop", seconds=60)
     pid = fleet.running_child(late)
-    [bystander] = defer(db_url, "cpu", ms=2500)
+    # a sync job in a thread of its own, without a soft limit, still running
+    # when the late job's fires
+    [bystander] = defer(db_url, "sleep", seconds=6)
     assert fleet.running_child(bystander) == pid
     wait_for(
         lambda: _ended(db_url, late) and _ended(db_url, bystander),
@@ -77,6 +79,8 @@ def test_only_the_late_job_of_a_child_is_interrupted(fleet, db_url):
     assert _status(db_url, bystander) == "succeeded"
     assert [e["job_id"] for e in fleet.events("soft_time_limit")] == [late]
     assert [j for j, _, _ in fleet.marks("soft")] == [late]
+    # the two jobs overlapped when the limit fired
+    assert fleet.mark_times("end")[(bystander, 0)] > fleet.mark_times("soft")[(late, 0)]
     assert fleet.child_pids() == [pid]
     assert fleet.stop(timeout=60) == 0
 

@@ -41,10 +41,28 @@ def _workers(db_url):
         return {r[0] for r in conn.execute("SELECT id FROM procrastinate_workers")}
 
 
+def _supervisor_silence(db_url, host):
+    """Seconds since the supervisor of ``host`` last wrote its heartbeat, by
+    the database's clock."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT extract(epoch FROM now() - last_heartbeat)::float "
+            "FROM procrastinate_prefork_processes "
+            "WHERE kind = 'supervisor' AND host = %s",
+            [host],
+        ).fetchone()
+    assert row is not None
+    return row[0]
+
+
 def test_short_timeout_host_does_not_take_a_long_timeout_hosts_job(
     fleet_factory, db_url
 ):
-    """Issue 11 B: each worker is judged by its own supervisor's timeout."""
+    """Issue 11 B: each worker is judged by its own supervisor's timeout. The
+    slow host (timeout 30 s) freezes for longer than the fast host would
+    judge its own kind by, even with the slack (1 s interval + 5 s), but less
+    than its own timeout: its job stays its own (issue 26: the freeze makes
+    the difference of timeouts matter)."""
     slow = fleet_factory.new("slow")
     slow.start(
         "--concurrency",
@@ -56,10 +74,23 @@ def test_short_timeout_host_does_not_take_a_long_timeout_hosts_job(
         "--heartbeat-interval",
         "5",
     )
-    [job_id] = defer(db_url, "sleep", seconds=12)
+    [job_id] = defer(db_url, "sleep", seconds=20)
     wait_for(lambda: slow.marks("start"), message="the job to start on the slow host")
     fast = fleet_factory.new("fast")
-    fast.start("--concurrency", "1", "--hostname", "fast", *SHORT)
+    fast.start(
+        "--concurrency", "1", "--hostname", "fast", *SHORT, "--log-level", "debug"
+    )
+    wait_for(
+        lambda: fast.events("sweep_turn"), message="the fast host's first sweep turn"
+    )
+    with slow.paused():
+        time.sleep(12)
+        turns = len(fast.events("sweep_turn"))
+        # the fast host swept while the slow one was silent for more than
+        # the fast host's own timeout plus its slack
+        assert _supervisor_silence(db_url, "slow") > 2 + 1 + 5
+        time.sleep(2)
+        assert len(fast.events("sweep_turn")) > turns
     wait_for(
         lambda: jobs(db_url, [job_id])[0]["status"] != "doing",
         timeout=40,
@@ -71,6 +102,60 @@ def test_short_timeout_host_does_not_take_a_long_timeout_hosts_job(
     _no_recovery(slow, fast)
     fast.stop(timeout=10)
     slow.stop(timeout=10)
+
+
+def test_newcomer_does_not_judge_a_host_before_it_watched_for_its_timeout(
+    fleet_factory, db_url
+):
+    """Issue 26: a supervisor judges a host dead only once its own heartbeats
+    have run for that host's timeout. A host with a 10 s timeout freezes; a
+    newcomer with a 2 s timeout starts during the freeze and takes sweep
+    turns (it may: it has been healthy for its own timeout) while the frozen
+    host has been silent for more than 10 s. The host comes back before the
+    newcomer has watched for 10 s: its job stays its own."""
+    old = fleet_factory.new("old")
+    old.start(
+        "--concurrency",
+        "1",
+        "--hostname",
+        "old",
+        "--stalled-timeout",
+        "10",
+        "--heartbeat-interval",
+        "1",
+    )
+    [job_id] = defer(db_url, "sleep", seconds=25)
+    old.running_child(job_id)
+    new = fleet_factory.new("new")
+    with old.paused():
+        time.sleep(8)
+        new.start(
+            "--concurrency", "1", "--hostname", "new", *SHORT, "--log-level", "debug"
+        )
+        wait_for(
+            lambda: len(new.events("sweep_turn")) >= 2,
+            timeout=15,
+            message="two sweep turns of the newcomer",
+        )
+        assert _supervisor_silence(db_url, "old") > 10
+        turns = len(new.events("sweep_turn"))
+        wait_for(
+            lambda: len(new.events("sweep_turn")) > turns,
+            timeout=5,
+            message="a turn of the newcomer while the host is silent for longer "
+            "than its timeout",
+        )
+    wait_for(
+        lambda: jobs(db_url, [job_id])[0]["status"] != "doing",
+        timeout=40,
+        interval=0.2,
+        message="the job to end",
+    )
+    assert jobs(db_url, [job_id])[0]["status"] == "succeeded"
+    assert [a for a, _ in _starts(old, new, job_id=job_id)] == [0]
+    _no_recovery(old, new)
+    new.stop(timeout=10)
+    old.stop(timeout=10)
 
 
 def test_stock_worker_draining_keeps_its_job(fleet_factory, db_url):
@@ -153,15 +238,15 @@ def test_deleted_worker_rows_under_live_children(fleet_factory, db_url):
     assert fleet.stop(timeout=10) == 0
 
 
-def test_late_outcome_of_an_earlier_run_is_not_written(fleet_factory, db_url):
-    """Issue 16 item 4: once a job was put back and runs again, the first
-    run's outcome (here a failure) must not overwrite the later run's."""
+def _running_twice(fleet_factory, db_url, task):
+    """A fleet of two children running a job of ``task`` twice at once: what
+    a wrong recovery would do to a running job (with the wake-up it sends).
+    The first run fails after 3 s, the second succeeds after 8 s."""
     fleet = fleet_factory.new("a")
     fleet.start("--concurrency", "2", "--hostname", "a")
-    [job_id] = defer(db_url, "first_run_fails", first=3, later=8)
+    [job_id] = defer(db_url, task, first=3, later=8)
     fleet.running_child(job_id)
     with psycopg.connect(db_url, autocommit=True) as conn:
-        # what a wrong recovery would do, with the wake-up it sends
         conn.execute(
             "SELECT procrastinate_retry_job_v2(%s, NULL, NULL, NULL, NULL)", [job_id]
         )
@@ -170,17 +255,28 @@ def test_late_outcome_of_an_earlier_run_is_not_written(fleet_factory, db_url):
             '\'{"type": "job_inserted"}\')'
         )
     fleet.running_child(job_id, attempt=1)
+    return fleet, job_id
+
+
+def _final_row(db_url, job_id, timeout):
+    wait_for(
+        lambda: jobs(db_url, [job_id])[0]["status"] not in ("doing", "todo"),
+        timeout=timeout,
+        message="the job to end",
+    )
+    return jobs(db_url, [job_id])[0]
+
+
+def test_late_outcome_of_an_earlier_run_is_not_written(fleet_factory, db_url):
+    """Issue 16 item 4: once a job was put back and runs again, the first
+    run's outcome (here a failure) must not overwrite the later run's."""
+    fleet, job_id = _running_twice(fleet_factory, db_url, "first_run_fails")
     wait_for(
         lambda: (job_id, 1) in {(j, a) for j, a, _ in fleet.marks("end")},
         timeout=30,
         message="the second run to end",
     )
-    wait_for(
-        lambda: jobs(db_url, [job_id])[0]["status"] not in ("doing", "todo"),
-        timeout=10,
-        message="the job to end",
-    )
-    [row] = jobs(db_url, [job_id])
+    row = _final_row(db_url, job_id, timeout=10)
     assert row["status"] == "succeeded", row
     with psycopg.connect(db_url, autocommit=True) as conn:
         events = [
@@ -192,6 +288,22 @@ def test_late_outcome_of_an_earlier_run_is_not_written(fleet_factory, db_url):
             ).fetchall()
         ]
     assert "failed" not in events, events
+    assert fleet.stop(timeout=10) == 0
+
+
+def test_late_retry_of_an_earlier_run_is_not_written(fleet_factory, db_url):
+    """Issue 26: as above, but the first run's failure asks for a retry (its
+    task's retry strategy): that late retry must not put the job back in the
+    queue under the later run."""
+    fleet, job_id = _running_twice(fleet_factory, db_url, "first_run_retries")
+    wait_for(
+        lambda: job_id in [e["job_id"] for e in fleet.events("outcome_dropped")],
+        timeout=20,
+        message="the first run's late retry to be dropped",
+    )
+    row = _final_row(db_url, job_id, timeout=30)
+    assert row["status"] == "succeeded", row
+    assert [a for a, _ in _starts(fleet, job_id=job_id)] == [0, 1]
     assert fleet.stop(timeout=10) == 0
 
 

@@ -15,19 +15,37 @@ def _status(db_url, job_id):
 
 
 def test_the_job_over_its_limit_is_blamed_not_the_newest(fleet, db_url):
-    fleet.start("--concurrency", "1", "--child-concurrency", "2", "--job-timeout", "4")
+    fleet.start(
+        "--concurrency",
+        "1",
+        "--child-concurrency",
+        "2",
+        "--job-timeout",
+        "4",
+        "--task-timeout",
+        "async_sleep=60",
+    )
     [long] = defer(db_url, "sleep", seconds=12)
     fleet.running_child(long)
-    [short] = defer(db_url, "sleep", seconds=1)
+    # newer, within its own limit, and still running when the long one passes
+    # its limit (4 s) and when their child is killed 2 s later
+    [newer] = defer(db_url, "async_sleep", seconds=9)
+    fleet.running_child(newer)
     wait_for(
         lambda: _status(db_url, long) == "failed",
         timeout=30,
         message="the long job to fail on its time limit",
     )
-    assert _status(db_url, short) == "succeeded"
     assert [e["job_id"] for e in fleet.events("time_limit")] == [long]
+    wait_for(
+        lambda: _status(db_url, newer) == "succeeded",
+        timeout=30,
+        message="the newer job to run again and succeed",
+    )
+    # the newer job was interrupted (not blamed) and ran again: the long one
+    # did not
     starts = [(j, a) for j, a, _ in fleet.marks("start")]
-    assert sorted(starts) == [(long, 0), (short, 0)]  # nothing ran twice
+    assert sorted(starts) == [(long, 0), (newer, 0), (newer, 1)]
     assert fleet.stop(timeout=60) is not None
 
 

@@ -1,0 +1,206 @@
+"""The curated mutants: one per promise of
+docs/discussions/delivery-guarantees.md, each the smallest change that puts
+its defect back, with the tests that claim to guard against it (every one of
+them must fail). Run with ``scripts/mutants.sh``; see ``tests/mutation.py``.
+
+Written against today's code: when a refactoring moves or rewrites the text
+a mutant replaces, the check fails naming it as stale; update its ``old`` and
+``new`` with the code (the defect stays the same).
+"""
+
+from __future__ import annotations
+
+from .mutation import Mutant
+
+JUDGEMENT = "tests/integration/test_sweep_judgement.py"
+LOOP = "tests/integration/test_loop.py"
+RECOVERY = "tests/integration/test_recovery.py"
+ISOLATION = "tests/integration/test_recovery_isolation.py"
+# the end of compat.finish_only_owned_jobs (other wrappers of finish_job and
+# retry_job end with the same two lines)
+OWNED_TAIL = (
+    "            new_lock=lock,\n        )\n\n"
+    "    # ignore: we replace methods of this app's JobManager on purpose\n"
+)
+OWNED_FINISH = "    manager.finish_job = finish_job  # type: ignore[method-assign]\n"
+OWNED_RETRY = "    manager.retry_job = retry_job  # type: ignore[method-assign]\n"
+
+MUTANTS: list[Mutant] = [
+    Mutant(
+        id="immediate-recovery",
+        promise="a dead child's jobs are recovered at once, not by the sweep",
+        path="procrastinate_prefork/reaping.py",
+        old="        if view.worker_id is not None:\n            timed_out =",
+        new="        if False:\n            timed_out =",
+        tests=(f"{RECOVERY}::test_sigkill_mid_job_runs_again_on_another_child",),
+    ),
+    Mutant(
+        id="savepoints",
+        promise="each job is recovered in a savepoint of its own",
+        path="procrastinate_prefork/recovery.py",
+        old="        try:\n            with conn.transaction():\n"
+        "                recoveries.append(\n                    _recover_row(",
+        new="        try:\n            if True:\n"
+        "                recoveries.append(\n                    _recover_row(",
+        tests=(
+            f"{ISOLATION}::test_queueing_lock_conflict_after_child_death",
+            f"{ISOLATION}::test_queueing_lock_conflict_in_a_sweep",
+        ),
+    ),
+    Mutant(
+        id="poison-cap",
+        promise="a job is put back at most --max-crash-retries times",
+        path="procrastinate_prefork/recovery.py",
+        old="    if crashes > max_crash_retries:\n",
+        new="    if False:\n",
+        tests=(f"{RECOVERY}::test_poison_pill_fails_after_cap_while_others_flow",),
+    ),
+    Mutant(
+        id="declared-timeout",
+        promise="the sweep judges each host by its own declared timeout",
+        path="procrastinate_prefork/sql/queries.sql",
+        old="-- supervisor, or as stock workers by stock_timeout).\n"
+        "WITH sup AS (\n"
+        "    SELECT s.id, t.timeout,\n"
+        "           s.state = 'stopped'\n"
+        "           OR (s.last_heartbeat < now() - make_interval(secs => t.timeout)\n"
+        "               AND t.timeout <= %(healthy_for)s) AS dead\n"
+        "    FROM procrastinate_prefork_processes AS s,\n"
+        "    LATERAL (SELECT GREATEST(COALESCE(s.stalled_timeout, %(own_timeout)s),\n"
+        "             COALESCE(s.heartbeat_interval, %(own_interval)s) + %(slack)s)",
+        new="-- supervisor, or as stock workers by stock_timeout).\n"
+        "WITH sup AS (\n"
+        "    SELECT s.id, t.timeout,\n"
+        "           s.state = 'stopped'\n"
+        "           OR (s.last_heartbeat < now() - make_interval(secs => t.timeout)\n"
+        "               AND t.timeout <= %(healthy_for)s) AS dead\n"
+        "    FROM procrastinate_prefork_processes AS s,\n"
+        "    LATERAL (SELECT GREATEST(%(own_timeout)s,\n"
+        "             %(own_interval)s + %(slack)s)",
+        tests=(
+            f"{JUDGEMENT}::test_short_timeout_host_does_not_take_a_long_timeout_hosts_job",
+            "tests/integration/test_sweep_rules.py"
+            "::test_each_host_is_judged_by_its_own_declared_timeout",
+        ),
+    ),
+    Mutant(
+        id="heartbeat-series",
+        promise="the sweeper judges nobody before its own heartbeats ran for "
+        "that one's timeout",
+        path="procrastinate_prefork/maintenance.py",
+        old="            healthy_for=healthy_for,\n",
+        new="            healthy_for=1e9,\n",
+        tests=(
+            f"{JUDGEMENT}"
+            "::test_newcomer_does_not_judge_a_host_before_it_watched_for_its_timeout",
+        ),
+    ),
+    Mutant(
+        id="late-finish",
+        promise="a late run's outcome (finish) does not overwrite a later run's",
+        path="procrastinate_prefork/compat.py",
+        old=f"{OWNED_TAIL}{OWNED_FINISH}{OWNED_RETRY}",
+        new=f"{OWNED_TAIL}{OWNED_RETRY}",
+        tests=(f"{JUDGEMENT}::test_late_outcome_of_an_earlier_run_is_not_written",),
+    ),
+    Mutant(
+        id="late-retry",
+        promise="a late run's outcome (retry) does not overwrite a later run's",
+        path="procrastinate_prefork/compat.py",
+        old=f"{OWNED_TAIL}{OWNED_FINISH}{OWNED_RETRY}",
+        new=f"{OWNED_TAIL}{OWNED_FINISH}",
+        tests=(f"{JUDGEMENT}::test_late_retry_of_an_earlier_run_is_not_written",),
+    ),
+    Mutant(
+        id="predecessor-identity",
+        promise="a predecessor is judged by its pid only in our boot and PID namespace",
+        path="procrastinate_prefork/identity.py",
+        old="    if (recorded.boot_id, recorded.pid_namespace) != "
+        "(own.boot_id, own.pid_namespace):\n        return False\n",
+        new="",
+        tests=(
+            "tests/integration/test_predecessor.py"
+            "::test_other_identity_is_judged_by_its_heartbeat_only",
+        ),
+    ),
+    Mutant(
+        id="client-deadline",
+        promise="every database call of the supervisor is bounded by its own deadline",
+        path="procrastinate_prefork/db.py",
+        old="    signal.setitimer(signal.ITIMER_REAL, seconds, 0.5)\n",
+        new="    signal.setitimer(signal.ITIMER_REAL, 0)\n",
+        tests=(f"{LOOP}::test_stopped_backend_does_not_freeze_the_loop",),
+    ),
+    Mutant(
+        id="server-timeouts",
+        promise="every database call of the supervisor sets the server's "
+        "statement and lock timeouts",
+        path="procrastinate_prefork/db.py",
+        old='            queries.get("set_local_timeouts"),\n',
+        new='            "SELECT %s::text, %s::text",\n',
+        tests=(f"{LOOP}::test_locked_fleet_table_leaves_no_waiting_sessions",),
+    ),
+    Mutant(
+        id="slot-convergence",
+        promise="signals in any number and order converge to the fleet's size",
+        path="procrastinate_prefork/slots.py",
+        old="    kept = {c.pid for c in keep[:serving]}\n",
+        new="    kept = {c.pid for c in keep}\n",
+        tests=(
+            f"{LOOP}::test_sighup_burst_converges_to_the_target",
+            f"{LOOP}::test_sighup_then_sigttou_converges_to_the_smaller_target",
+        ),
+    ),
+    Mutant(
+        id="per-job-time-limit",
+        promise="with several jobs per child, the job over its limit is blamed",
+        path="procrastinate_prefork/policing.py",
+        old="                        self._time_limit(child, job, now)\n",
+        new="                        self._time_limit(\n"
+        "                            child, "
+        "min(view.jobs, key=lambda j: j.age(now)), now\n"
+        "                        )\n",
+        tests=(
+            "tests/integration/test_time_limits_concurrency.py"
+            "::test_the_job_over_its_limit_is_blamed_not_the_newest",
+        ),
+    ),
+    Mutant(
+        id="sweep-turn",
+        promise="the fleet sweeps once per heartbeat interval, however many hosts",
+        path="procrastinate_prefork/sql/queries.sql",
+        old="ON CONFLICT (id) DO UPDATE SET swept_at = now()\n"
+        "WHERE procrastinate_prefork_sweep.swept_at\n"
+        "    < now() - make_interval(secs => %(interval)s)\n",
+        new="ON CONFLICT (id) DO UPDATE SET swept_at = now()\n",
+        tests=(
+            "tests/integration/test_sweep_turn.py"
+            "::test_three_supervisors_sweep_about_once_per_interval",
+        ),
+    ),
+    Mutant(
+        id="sweep-gate",
+        promise="a supervisor claims no sweep turn before it could judge its own kind",
+        path="procrastinate_prefork/policy.py",
+        old="    return healthy_for >= min(stalled_timeout, stock_timeout)\n",
+        new="    return True\n",
+        tests=(
+            "tests/integration/test_sweep_turn.py"
+            "::test_a_supervisor_takes_no_turn_before_it_could_judge",
+        ),
+    ),
+    Mutant(
+        id="soft-limit-thread",
+        promise="the soft time limit is raised in the late job's own thread",
+        path="procrastinate_prefork/softlimit.py",
+        old="            ident = self._threads.get(job_id)\n",
+        new="            ident = next(\n"
+        "                (t for j, t in self._threads.items() if j != job_id),\n"
+        "                self._threads.get(job_id),\n"
+        "            )\n",
+        tests=(
+            "tests/integration/test_soft_time_limits.py"
+            "::test_only_the_late_job_of_a_child_is_interrupted",
+        ),
+    ),
+]
