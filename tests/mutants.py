@@ -203,4 +203,27 @@ MUTANTS: list[Mutant] = [
             "::test_only_the_late_job_of_a_child_is_interrupted",
         ),
     ),
+    Mutant(
+        id="child-never-returns",
+        promise="a forked child never returns into the supervisor's code",
+        path="procrastinate_prefork/forked.py",
+        # the defect as it was: a flush that raises climbs out of the child's
+        # exit into fork_child, and the child runs the supervisor's loop
+        old="            with contextlib.suppress(BaseException):\n"
+        "                stream.flush()\n"
+        "    finally:\n"
+        "        os._exit(code)\n",
+        new="            stream.flush()\n"
+        "    except ZeroDivisionError:\n"
+        "        pass\n"
+        "    os._exit(code)\n",
+        tests=(
+            "tests/integration/test_child_exit.py::"
+            "test_retired_child_with_a_broken_stdout_pipe_never_runs_the_supervisor",
+            "tests/integration/test_child_exit.py::"
+            "test_retired_child_with_stdout_on_a_full_disk_never_runs_the_supervisor",
+            "tests/unit/test_child_exit.py::"
+            "test_a_child_exits_with_its_code_when_its_output_is_on_a_full_disk",
+        ),
+    ),
 ]
