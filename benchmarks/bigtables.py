@@ -35,8 +35,9 @@ if str(REPO) not in sys.path:
 import psycopg
 
 from benchmarks import harness
-from procrastinate_prefork import fleet, identity, queries, recovery, snapshot, status
-from procrastinate_prefork import health as fleet_health
+from procrastinate_prefork.fleet import health as fleet_health
+from procrastinate_prefork.fleet import identity, queries, recovery, snapshot, status
+from procrastinate_prefork.fleet import table as fleet
 
 FINISHED = 1_000_000
 TODO = 100_000

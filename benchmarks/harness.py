@@ -84,7 +84,7 @@ class Databases:
     def create_template(self) -> None:
         from procrastinate import schema as procrastinate_schema
 
-        from procrastinate_prefork import schema as prefork_schema
+        from procrastinate_prefork.fleet import schema as prefork_schema
 
         with connect(self.admin_url) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {self.template} WITH (FORCE)")

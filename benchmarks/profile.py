@@ -51,10 +51,10 @@ INNERMOST: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "prefork child (scoreboard, middleware, compat wrappers)",
         (
-            "procrastinate_prefork/child.py",
+            "procrastinate_prefork/child/runner.py",
             "procrastinate_prefork/compat.py",
-            "procrastinate_prefork/scoreboard.py",
-            "procrastinate_prefork/db.py",
+            "procrastinate_prefork/child/scoreboard.py",
+            "procrastinate_prefork/supervisor/db.py",
         ),
     ),
     ("prefork supervisor", ("procrastinate_prefork/",)),

@@ -43,7 +43,7 @@ from procrastinate import schema as procrastinate_schema
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from procrastinate_prefork import schema as prefork_schema  # noqa: E402
+from procrastinate_prefork.fleet import schema as prefork_schema  # noqa: E402
 from tests.chaos_driver import (  # noqa: E402
     ATTACKS,
     ChaosConfig,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .softlimit import SoftTimeLimitExceeded
+from .child.softlimit import SoftTimeLimitExceeded
 
 if TYPE_CHECKING:  # procrastinate is imported when run_worker is called
     import procrastinate

@@ -14,7 +14,7 @@ from typing import Any
 
 import procrastinate
 
-from .bootstrap import AppBootstrap
+from .child.bootstrap import AppBootstrap
 from .config import build_config
 
 

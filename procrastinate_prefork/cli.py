@@ -15,12 +15,13 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
-from . import __version__, arguments
+from . import __version__
 from . import config as config_module
-from .bootstrap import Bootstrap, BootstrapError, PlainBootstrap
+from .child.bootstrap import Bootstrap, BootstrapError, PlainBootstrap
+from .config import arguments
+from .config.parsing import ConfigError
 from .errors import EXIT_STARTUP, EXIT_USAGE
 from .launcher import run_fleet
-from .parsing import ConfigError
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -70,7 +71,7 @@ def build_parser() -> CommandParser:
     action.add_argument(
         "--print", action="store_true", dest="print_sql", help="Print the SQL."
     )
-    from . import status as status_module
+    from .fleet import status as status_module
 
     status_module.add_arguments(status)
     return parser
@@ -92,7 +93,7 @@ def main(
         )
         return EXIT_USAGE
     if args.command == "schema" and args.print_sql:
-        from . import schema
+        from .fleet import schema
 
         sys.stdout.write(schema.schema_sql())
         return 0
@@ -120,7 +121,8 @@ def main(
 
 
 def _status(bootstrap: Bootstrap, args: argparse.Namespace) -> int:
-    from . import db, health, status
+    from .fleet import health, status
+    from .supervisor import db
 
     try:
         query = status.query_from_args(args)
@@ -144,7 +146,10 @@ def _status(bootstrap: Bootstrap, args: argparse.Namespace) -> int:
 
 
 def _apply_schema(bootstrap: Bootstrap) -> int:
-    from . import db, errors, redact, schema
+    from . import errors
+    from .fleet import schema
+    from .observability import redact
+    from .supervisor import db
 
     def fail(what: str, exc: Exception, hint: str = "") -> int:
         first_line = redact.without_secrets(

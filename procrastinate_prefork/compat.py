@@ -21,7 +21,7 @@ from procrastinate import exceptions as procrastinate_exceptions
 from procrastinate import psycopg_connector
 from procrastinate import worker as worker_module
 
-from . import queries
+from .fleet import queries
 
 logger = logging.getLogger("procrastinate_prefork.child")
 

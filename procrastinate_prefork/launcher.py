@@ -13,11 +13,12 @@ import os
 import sys
 from collections.abc import Callable
 
-from . import __version__, jsonlog, metrics
-from .bootstrap import Bootstrap, register_fork_hooks
+from . import __version__
+from .child.bootstrap import Bootstrap, register_fork_hooks
 from .config import PreforkConfig
+from .config.parsing import ConfigError, resolve_hook
 from .errors import EXIT_STARTUP, EXIT_USAGE
-from .parsing import ConfigError, resolve_hook
+from .observability import jsonlog, metrics
 
 logger = logging.getLogger("procrastinate_prefork")
 
@@ -107,7 +108,7 @@ def run_fleet(
     command raises its CommandError there). Without ``configure_logging`` (the
     Python API) the root logger is left to the caller: only an explicit
     log level is applied, to the ``procrastinate_prefork`` logger."""
-    from .supervisor import StartupError, Supervisor
+    from .supervisor.arbiter import StartupError, Supervisor
 
     register_fork_hooks()
     try:

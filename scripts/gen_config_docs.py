@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Write docs/reference/configuration.md from ``procrastinate_prefork.options.OPTIONS``.
+"""Write docs/reference/configuration.md from the option table
+(``procrastinate_prefork.config.table.OPTIONS``).
 
     .venv/bin/python scripts/gen_config_docs.py           # (re)write the page
     .venv/bin/python scripts/gen_config_docs.py --check   # exit 1 if it is stale
@@ -26,8 +27,8 @@ OUTPUT = REPO / "docs" / "reference" / "configuration.md"
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
-from procrastinate_prefork import option as option_module
-from procrastinate_prefork import options as option_table
+from procrastinate_prefork.config import declaration as option_module
+from procrastinate_prefork.config import table as option_table
 
 
 class Kind:

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from procrastinate import schema as procrastinate_schema
 
-from procrastinate_prefork import schema as prefork_schema
+from procrastinate_prefork.fleet import schema as prefork_schema
 
 from .fleet_helper import REPO, Fleet, FleetFactory
 

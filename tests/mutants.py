@@ -29,7 +29,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         id="immediate-recovery",
         promise="a dead child's jobs are recovered at once, not by the sweep",
-        path="procrastinate_prefork/reaping.py",
+        path="procrastinate_prefork/supervisor/reaping.py",
         old="        if view.worker_id is not None:\n            timed_out =",
         new="        if False:\n            timed_out =",
         tests=(f"{RECOVERY}::test_sigkill_mid_job_runs_again_on_another_child",),
@@ -37,7 +37,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         id="savepoints",
         promise="each job is recovered in a savepoint of its own",
-        path="procrastinate_prefork/recovery.py",
+        path="procrastinate_prefork/fleet/recovery.py",
         old="        try:\n            with conn.transaction():\n"
         "                recoveries.append(\n                    _recover_row(",
         new="        try:\n            if True:\n"
@@ -50,7 +50,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         id="poison-cap",
         promise="a job is put back at most --max-crash-retries times",
-        path="procrastinate_prefork/recovery.py",
+        path="procrastinate_prefork/fleet/recovery.py",
         old="    if crashes > max_crash_retries:\n",
         new="    if False:\n",
         tests=(f"{RECOVERY}::test_poison_pill_fails_after_cap_while_others_flow",),
@@ -87,7 +87,7 @@ MUTANTS: list[Mutant] = [
         id="heartbeat-series",
         promise="the sweeper judges nobody before its own heartbeats ran for "
         "that one's timeout",
-        path="procrastinate_prefork/maintenance.py",
+        path="procrastinate_prefork/supervisor/maintenance.py",
         old="            healthy_for=healthy_for,\n",
         new="            healthy_for=1e9,\n",
         tests=(
@@ -114,7 +114,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         id="predecessor-identity",
         promise="a predecessor is judged by its pid only in our boot and PID namespace",
-        path="procrastinate_prefork/identity.py",
+        path="procrastinate_prefork/fleet/identity.py",
         old="    if (recorded.boot_id, recorded.pid_namespace) != "
         "(own.boot_id, own.pid_namespace):\n        return False\n",
         new="",
@@ -126,7 +126,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         id="client-deadline",
         promise="every database call of the supervisor is bounded by its own deadline",
-        path="procrastinate_prefork/db.py",
+        path="procrastinate_prefork/supervisor/db.py",
         old="    signal.setitimer(signal.ITIMER_REAL, seconds, 0.5)\n",
         new="    signal.setitimer(signal.ITIMER_REAL, 0)\n",
         tests=(f"{LOOP}::test_stopped_backend_does_not_freeze_the_loop",),
@@ -135,7 +135,7 @@ MUTANTS: list[Mutant] = [
         id="server-timeouts",
         promise="every database call of the supervisor sets the server's "
         "statement and lock timeouts",
-        path="procrastinate_prefork/db.py",
+        path="procrastinate_prefork/supervisor/db.py",
         old='            queries.get("set_local_timeouts"),\n',
         new='            "SELECT %s::text, %s::text",\n',
         tests=(f"{LOOP}::test_locked_fleet_table_leaves_no_waiting_sessions",),
@@ -143,7 +143,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         id="slot-convergence",
         promise="signals in any number and order converge to the fleet's size",
-        path="procrastinate_prefork/slots.py",
+        path="procrastinate_prefork/supervisor/slots.py",
         old="    kept = {c.pid for c in keep[:serving]}\n",
         new="    kept = {c.pid for c in keep}\n",
         tests=(
@@ -154,7 +154,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         id="per-job-time-limit",
         promise="with several jobs per child, the job over its limit is blamed",
-        path="procrastinate_prefork/policing.py",
+        path="procrastinate_prefork/supervisor/deadlines.py",
         old="                        self._time_limit(child, job, now)\n",
         new="                        self._time_limit(\n"
         "                            child, "
@@ -181,7 +181,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         id="sweep-gate",
         promise="a supervisor claims no sweep turn before it could judge its own kind",
-        path="procrastinate_prefork/policy.py",
+        path="procrastinate_prefork/supervisor/policy.py",
         old="    return healthy_for >= min(stalled_timeout, stock_timeout)\n",
         new="    return True\n",
         tests=(
@@ -192,7 +192,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         id="soft-limit-thread",
         promise="the soft time limit is raised in the late job's own thread",
-        path="procrastinate_prefork/softlimit.py",
+        path="procrastinate_prefork/child/softlimit.py",
         old="            ident = self._threads.get(job_id)\n",
         new="            ident = next(\n"
         "                (t for j, t in self._threads.items() if j != job_id),\n"
@@ -206,7 +206,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         id="child-never-returns",
         promise="a forked child never returns into the supervisor's code",
-        path="procrastinate_prefork/forked.py",
+        path="procrastinate_prefork/child/forked.py",
         # the defect as it was: a flush that raises climbs out of the child's
         # exit into fork_child, and the child runs the supervisor's loop
         old="            with contextlib.suppress(BaseException):\n"

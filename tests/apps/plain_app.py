@@ -144,7 +144,7 @@ def flaky(context: procrastinate.JobContext, fail_times: int = 1) -> None:
         wait=0,
         retry_exceptions={
             __import__(
-                "procrastinate_prefork.recovery", fromlist=["x"]
+                "procrastinate_prefork.fleet.recovery", fromlist=["x"]
             ).JobTimeLimitExceeded
         },
     ),

@@ -17,7 +17,7 @@ import signal
 import psycopg
 import pytest
 
-from procrastinate_prefork import schema
+from procrastinate_prefork.fleet import schema
 
 from ..fleet_helper import defer, jobs, status_counts, wait_for
 

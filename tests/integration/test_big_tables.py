@@ -10,7 +10,8 @@ import re
 import psycopg
 import pytest
 
-from procrastinate_prefork import fleet, recovery
+from procrastinate_prefork.fleet import recovery
+from procrastinate_prefork.fleet import table as fleet
 
 ROWS = 30_000
 

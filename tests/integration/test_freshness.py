@@ -12,8 +12,8 @@ from typing import Any
 
 import psycopg
 
-from procrastinate_prefork import fleet as fleet_module
-from procrastinate_prefork import health, status
+from procrastinate_prefork.fleet import health, status
+from procrastinate_prefork.fleet import table as fleet_module
 
 from ..fleet_helper import defer, jobs, wait_for
 

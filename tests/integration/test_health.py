@@ -452,7 +452,7 @@ def test_probe_port_in_use_exits_1_before_forking(fleet, db_url):
 def test_table_reads_back_the_snapshot_the_probe_serves(fleet, db_url):
     """What the heartbeat writes and the status views read back is the
     snapshot the probe serves: one type, the same facts."""
-    from procrastinate_prefork import snapshot, status
+    from procrastinate_prefork.fleet import snapshot, status
 
     port = free_port()
     fleet.start(

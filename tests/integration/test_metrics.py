@@ -14,7 +14,7 @@ from collections.abc import Callable
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
-from procrastinate_prefork import metrics
+from procrastinate_prefork.observability import metrics
 
 from ..fleet_helper import Fleet, defer, jobs, status_counts, wait_for
 

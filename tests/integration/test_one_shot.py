@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import signal
 
-from procrastinate_prefork import policy
+from procrastinate_prefork.supervisor import policy
 
 from ..fleet_helper import defer, status_counts
 

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from procrastinate_prefork import db as prefork_db
+from procrastinate_prefork.supervisor import db as prefork_db
 
 from ..apps.logged_app import events
 from ..fleet_helper import FleetFactory, defer, jobs, wait_for

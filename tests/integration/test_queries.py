@@ -7,7 +7,7 @@ import re
 import psycopg
 import pytest
 
-from procrastinate_prefork import queries
+from procrastinate_prefork.fleet import queries
 
 
 @pytest.mark.parametrize("name", sorted(queries.QUERIES))

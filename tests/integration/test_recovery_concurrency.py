@@ -7,7 +7,7 @@ import threading
 
 import psycopg
 
-from procrastinate_prefork import recovery
+from procrastinate_prefork.fleet import recovery
 
 from ..fleet_helper import defer
 

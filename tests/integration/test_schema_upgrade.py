@@ -3,7 +3,7 @@ run any number of times."""
 
 from __future__ import annotations
 
-from procrastinate_prefork import schema
+from procrastinate_prefork.fleet import schema
 
 NEW_COLUMNS = {"job_ids", "boot_id", "pid_namespace", "process_start"}
 

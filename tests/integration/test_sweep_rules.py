@@ -7,7 +7,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from procrastinate_prefork import recovery
+from procrastinate_prefork.fleet import recovery
 
 from ..fleet_helper import defer
 

@@ -14,7 +14,7 @@ INTERVAL = 1.0
 
 
 def _claim(conn: psycopg.Connection, interval: float) -> bool:
-    from procrastinate_prefork import queries
+    from procrastinate_prefork.fleet import queries
 
     row = conn.execute(queries.get("claim_sweep"), {"interval": interval}).fetchone()
     return row is not None

@@ -22,14 +22,14 @@ from typing import Any
 
 import pytest
 
-from procrastinate_prefork import child as child_module
-from procrastinate_prefork import children, policy
-from procrastinate_prefork.bootstrap import BootstrapError, PlainBootstrap
-from procrastinate_prefork.child import EXIT_BOOT_ERROR, ChildSpec
+from procrastinate_prefork.child import runner as child_module
+from procrastinate_prefork.child.bootstrap import BootstrapError, PlainBootstrap
+from procrastinate_prefork.child.jobtracker import JobTracker
+from procrastinate_prefork.child.runner import EXIT_BOOT_ERROR, ChildSpec
+from procrastinate_prefork.child.scoreboard import Scoreboard, SlotWriter
 from procrastinate_prefork.config import build_config
-from procrastinate_prefork.jobtracker import JobTracker
-from procrastinate_prefork.scoreboard import Scoreboard, SlotWriter
-from procrastinate_prefork.system import System
+from procrastinate_prefork.supervisor import children, policy
+from procrastinate_prefork.supervisor.system import System
 
 CAME_BACK = 97  # the exit code of a child that ran the code after the fork
 #: a fault injected in the child: it runs there, before the spec is returned

@@ -4,9 +4,10 @@ import argparse
 
 import pytest
 
-from procrastinate_prefork import arguments, config, options, parsing
-from procrastinate_prefork.config import build_config
-from procrastinate_prefork.parsing import ConfigError
+from procrastinate_prefork import config
+from procrastinate_prefork.config import arguments, build_config, parsing
+from procrastinate_prefork.config import table as options
+from procrastinate_prefork.config.parsing import ConfigError
 
 
 def parse(argv, environ=None, settings=None):

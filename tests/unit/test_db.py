@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from procrastinate_prefork.db import Timeouts
+from procrastinate_prefork.supervisor.db import Timeouts
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from procrastinate_prefork import cli, options, signals
+from procrastinate_prefork import cli
+from procrastinate_prefork.config import table as options
+from procrastinate_prefork.supervisor import signals
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"

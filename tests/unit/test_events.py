@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from procrastinate_prefork import events
+from procrastinate_prefork.fleet import events
 
 
 def _death(label: str, code: int | None, signum: int | None = None):

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from procrastinate_prefork.identity import (
+from procrastinate_prefork.fleet.identity import (
     ProcessIdentity,
     parse_start_ticks,
     predecessor_is_dead,

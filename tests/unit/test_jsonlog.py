@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from procrastinate_prefork import jsonlog
+from procrastinate_prefork.observability import jsonlog
 
 
 @pytest.fixture(autouse=True)

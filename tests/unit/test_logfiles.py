@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from procrastinate_prefork import logfiles
+from procrastinate_prefork.observability import logfiles
 
 
 def test_reopen_writes_to_the_path_again_after_a_rename(tmp_path):

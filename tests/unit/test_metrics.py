@@ -1,5 +1,5 @@
 """Metrics' pure parts: the finished-job ring, the totals, the exposition
-(procrastinate_prefork.jobring, procrastinate_prefork.metrics)."""
+(procrastinate_prefork.child.jobring, procrastinate_prefork.observability.metrics)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from procrastinate_prefork import jobring, metrics, policy, probe
-from procrastinate_prefork.jobring import Finished, JobRing, Outcome
-from procrastinate_prefork.snapshot import ChildSnapshot, FleetSnapshot
+from procrastinate_prefork.child import jobring
+from procrastinate_prefork.child.jobring import Finished, JobRing, Outcome
+from procrastinate_prefork.fleet.snapshot import ChildSnapshot, FleetSnapshot
+from procrastinate_prefork.observability import metrics, probe
+from procrastinate_prefork.supervisor import policy
 
 
 def record(i: int, outcome: Outcome = Outcome.SUCCEEDED) -> Finished:
@@ -236,7 +238,7 @@ def test_child_outcome_follows_procrastinate():
     import procrastinate
     from procrastinate import exceptions, job_context, testing
 
-    from procrastinate_prefork.jobtracker import outcome_of as _outcome
+    from procrastinate_prefork.child.jobtracker import outcome_of as _outcome
 
     app = procrastinate.App(connector=testing.InMemoryConnector())
 

@@ -6,8 +6,8 @@ import signal
 
 import pytest
 
-from procrastinate_prefork import policy
-from procrastinate_prefork.policy import SlotHistory
+from procrastinate_prefork.supervisor import policy
+from procrastinate_prefork.supervisor.policy import SlotHistory
 
 
 def test_child_that_lived_is_restarted_at_once():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import procrastinate
 
-from procrastinate_prefork.bootstrap import AppBootstrap
+from procrastinate_prefork.child.bootstrap import AppBootstrap
 
 
 def bootstrap(**kwargs):

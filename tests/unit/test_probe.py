@@ -1,5 +1,5 @@
 """The probe server's HTTP handling, driven by hand the way the supervisor's
-select loop drives it (procrastinate_prefork.probe)."""
+select loop drives it (procrastinate_prefork.observability.probe)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from procrastinate_prefork import probe
-from procrastinate_prefork.snapshot import FleetSnapshot
+from procrastinate_prefork.fleet.snapshot import FleetSnapshot
+from procrastinate_prefork.observability import probe
 
 
 def respond(path: str):

@@ -3,9 +3,10 @@ import re
 
 import pytest
 
-from procrastinate_prefork import queries
+import procrastinate_prefork
+from procrastinate_prefork.fleet import queries
 
-PACKAGE = pathlib.Path(queries.__file__).parent
+PACKAGE = pathlib.Path(procrastinate_prefork.__file__).parent
 
 
 def _package_source() -> str:

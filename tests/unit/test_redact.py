@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from procrastinate_prefork import redact
+from procrastinate_prefork.observability import redact
 
 JOB = {
     "id": 7,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from procrastinate_prefork.scoreboard import Scoreboard, SlotWriter, State
+from procrastinate_prefork.child.scoreboard import Scoreboard, SlotWriter, State
 
 
 def test_every_running_job_is_kept_and_a_finished_one_cleared():

@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from procrastinate_prefork.slots import Member, Plan, plan
+from procrastinate_prefork.supervisor.slots import Member, Plan, plan
 
 
 def ready(pid: int, generation: int, slot: int | None = None, **kw) -> Member:
@@ -155,7 +155,7 @@ def test_any_burst_converges_to_the_target(events, gap):
 
 
 def test_free_slot_is_the_lowest_unused():
-    from procrastinate_prefork.slots import free_slot
+    from procrastinate_prefork.supervisor.slots import free_slot
 
     assert free_slot(set(), limit=4) == 0
     assert free_slot({0, 1, 3}, limit=4) == 2

@@ -9,7 +9,8 @@ import types
 
 import pytest
 
-from procrastinate_prefork import SoftTimeLimitExceeded, softlimit
+from procrastinate_prefork import SoftTimeLimitExceeded
+from procrastinate_prefork.child import softlimit
 
 
 def _context(job_id: int) -> types.SimpleNamespace:

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from procrastinate_prefork import policy, signals
-from procrastinate_prefork.children import Phase
+from procrastinate_prefork.child.scoreboard import SlotWriter, State
 from procrastinate_prefork.config import build_config
-from procrastinate_prefork.scoreboard import SlotWriter, State
-from procrastinate_prefork.supervisor import Supervisor
-from procrastinate_prefork.system import System
+from procrastinate_prefork.supervisor import policy, signals
+from procrastinate_prefork.supervisor.arbiter import Supervisor
+from procrastinate_prefork.supervisor.children import Phase
+from procrastinate_prefork.supervisor.system import System
 
 
 def exited(code: int) -> int:
@@ -418,7 +418,7 @@ def test_every_handled_signal_has_a_handler():
 
 
 def test_a_failing_recovery_backs_off_exponentially_up_to_a_cap():
-    from procrastinate_prefork import maintenance
+    from procrastinate_prefork.supervisor import maintenance
 
     delays = [maintenance.retry_delay(n) for n in range(1, 10)]
     assert delays[:3] == [1.0, 2.0, 4.0]
@@ -426,7 +426,7 @@ def test_a_failing_recovery_backs_off_exponentially_up_to_a_cap():
 
 
 def test_a_scheduled_kill_blames_the_deadline_only_without_a_reason():
-    from procrastinate_prefork.children import PendingKill
+    from procrastinate_prefork.supervisor.children import PendingKill
 
     deadline = PendingKill().schedule(10.0, "deadline").fire()
     assert (deadline.reason, deadline.at, deadline.deadline_kill) == (

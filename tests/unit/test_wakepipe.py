@@ -1,7 +1,7 @@
 import asyncio
 import os
 
-from procrastinate_prefork import wakepipe
+from procrastinate_prefork.child import wakepipe
 
 
 async def _read_all(fd):

@@ -6,7 +6,7 @@ from typing import Any
 
 import procrastinate
 
-from ... import bootstrap
+from ...child import bootstrap
 
 
 class DjangoBootstrap(bootstrap.Bootstrap):

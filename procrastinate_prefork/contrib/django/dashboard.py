@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ... import health, queries
-from ...metrics import MINUTES_KEPT
-from ...snapshot import FleetSnapshot
+from ...fleet import health, queries
+from ...fleet.snapshot import FleetSnapshot
+from ...observability.metrics import MINUTES_KEPT
 
 #: waiting jobs are counted up to this many per queue ("10000+")
 WAITING_CAP = 10_000

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ... import health
+from ...fleet import health
 
 try:  # django-health-check 4.x
     from health_check.base import HealthCheck as _Base4

@@ -20,7 +20,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 
-from ... import health
+from ...fleet import health
 from . import dashboard
 from .views import fleet_report
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from django.conf import settings as django_settings
 
-from ...parsing import ConfigError
+from ...config.parsing import ConfigError
 
 #: the setting whose value, sent as a bearer token, shows the health view's
 #: details

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ... import queries
+from ...fleet import queries
 
 
 def fetch_rows_django(connection: Any) -> list[dict[str, Any]]:

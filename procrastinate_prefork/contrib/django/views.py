@@ -23,7 +23,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_variables
 
-from ... import health, snapshot
+from ...fleet import health, snapshot
 from .settings import HEALTH_TOKEN
 from .status import fetch_rows_django
 

@@ -150,7 +150,7 @@ class Command(BaseCommand):
     def start_fleet(
         self, concurrency: int, health_port: int
     ) -> tuple[subprocess.Popen[bytes], Path, float, int | None]:
-        from procrastinate_prefork import options as prefork_options
+        from procrastinate_prefork.config import table as prefork_options
 
         manage_py = Path(settings.BASE_DIR) / "manage.py"
         command = [

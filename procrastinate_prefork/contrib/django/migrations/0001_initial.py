@@ -3,7 +3,7 @@ from __future__ import annotations
 import django.contrib.postgres.fields
 from django.db import migrations, models
 
-from procrastinate_prefork import schema
+from procrastinate_prefork.fleet import schema
 
 
 class Migration(migrations.Migration):

@@ -8,7 +8,8 @@ from typing import Any, ClassVar
 
 from django.core.management.base import BaseCommand, CommandError
 
-from ..... import errors, health, status
+from ..... import errors
+from .....fleet import health, status
 from ...status import fetch_rows_django
 
 

@@ -8,10 +8,10 @@ from typing import Any, ClassVar
 
 from django.core.management.base import BaseCommand, CommandError
 
-from ..... import arguments
 from ..... import config as config_module
+from .....config import arguments
+from .....config.parsing import ConfigError
 from .....launcher import run_fleet
-from .....parsing import ConfigError
 from ...bootstrap import DjangoBootstrap
 from ...settings import prefork_settings
 

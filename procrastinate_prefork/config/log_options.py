@@ -3,7 +3,7 @@ log level, line format and procrastinate's deprecated -v."""
 
 from __future__ import annotations
 
-from .option import Option
+from .declaration import Option
 from .parsing import choice, int_between, non_empty_str, optional
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")

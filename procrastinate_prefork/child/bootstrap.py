@@ -20,7 +20,7 @@ from typing import Any
 
 import procrastinate
 
-from . import compat
+from .. import compat
 
 logger = logging.getLogger("procrastinate_prefork.bootstrap")
 

@@ -11,12 +11,14 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from . import events, metrics, policy
+from ..fleet import events
+from ..observability import metrics
+from . import policy
 from .children import Child, Phase
 from .maintenance import PendingRecovery
 
 if TYPE_CHECKING:
-    from .supervisor import Supervisor
+    from .arbiter import Supervisor
 
 logger = logging.getLogger("procrastinate_prefork.supervisor")
 

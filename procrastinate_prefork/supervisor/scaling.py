@@ -14,14 +14,15 @@ from typing import TYPE_CHECKING
 
 import setproctitle
 
-from . import fleet, policy, slots
+from ..child.scoreboard import State
+from ..config.parsing import MAX_CHILDREN
+from ..fleet import table as fleet
+from . import policy, slots
 from .children import Child, Phase
-from .parsing import MAX_CHILDREN
-from .scoreboard import State
 from .signals import KILL_MARGIN
 
 if TYPE_CHECKING:
-    from .supervisor import Supervisor
+    from .arbiter import Supervisor
 
 logger = logging.getLogger("procrastinate_prefork.supervisor")
 

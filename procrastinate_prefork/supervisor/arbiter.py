@@ -23,20 +23,25 @@ from typing import Any
 import psycopg
 import setproctitle
 
-from . import db, errors, events, fleet, metrics, policy, probe, wakepipe
-from .bootstrap import Bootstrap
-from .child import ChildSpec
+from .. import errors
+from ..child import wakepipe
+from ..child.bootstrap import Bootstrap
+from ..child.runner import ChildSpec
+from ..child.scoreboard import Scoreboard
+from ..config import PreforkConfig
+from ..config.parsing import MAX_CHILDREN
+from ..fleet import events
+from ..fleet import table as fleet
+from ..fleet.snapshot import FleetSnapshot
+from ..fleet.snapshot import take as take_snapshot
+from ..observability import metrics, probe
+from . import db, policy
 from .children import Child, Phase, fork_child
-from .config import PreforkConfig
+from .deadlines import Policing
 from .maintenance import Maintenance, PendingRecovery
-from .parsing import MAX_CHILDREN
-from .policing import Policing
 from .reaping import Reaping
 from .scaling import Scaling
-from .scoreboard import Scoreboard
 from .signals import SignalHandling
-from .snapshot import FleetSnapshot
-from .snapshot import take as take_snapshot
 from .startup import Startup, StartupError
 from .system import System
 

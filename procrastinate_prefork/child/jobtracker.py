@@ -16,8 +16,9 @@ import setproctitle
 from procrastinate import exceptions as procrastinate_exceptions
 from procrastinate import job_context
 
-from . import policy, softlimit
-from .config import PreforkConfig
+from ..config import PreforkConfig
+from ..supervisor import policy
+from . import softlimit
 from .jobring import Finished, JobRing, Outcome
 from .scoreboard import SlotWriter, State
 

@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from . import policy
-from .jobring import Finished, JobRing
-from .snapshot import FleetSnapshot
+from ..child.jobring import Finished, JobRing
+from ..fleet.snapshot import FleetSnapshot
+from ..supervisor import policy
 
 logger = logging.getLogger("procrastinate_prefork.metrics")
 

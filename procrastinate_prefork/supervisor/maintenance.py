@@ -16,13 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 from procrastinate import jobs as jobs_module
 
-from . import events, fleet, metrics, policy, queries, recovery
+from ..child.scoreboard import State
+from ..fleet import events, queries, recovery
+from ..fleet import table as fleet
+from ..fleet.snapshot import take as take_snapshot
+from ..observability import metrics
+from . import policy
 from .children import Phase
-from .scoreboard import State
-from .snapshot import take as take_snapshot
 
 if TYPE_CHECKING:
-    from .supervisor import Supervisor
+    from .arbiter import Supervisor
 
 logger = logging.getLogger("procrastinate_prefork.supervisor")
 

@@ -11,9 +11,9 @@ import os
 import sys
 from collections.abc import Callable
 
-from .child import ChildSpec
-from .forked import child_main
-from .scoreboard import Scoreboard
+from ..child.forked import child_main
+from ..child.runner import ChildSpec
+from ..child.scoreboard import Scoreboard
 from .system import System
 
 logger = logging.getLogger("procrastinate_prefork.supervisor")

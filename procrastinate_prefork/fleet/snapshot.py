@@ -15,10 +15,10 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import policy
+from ..supervisor import policy
 
 if TYPE_CHECKING:
-    from .supervisor import Supervisor
+    from ..supervisor.arbiter import Supervisor
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,9 +21,12 @@ import setproctitle
 from procrastinate import connector as connector_module
 from procrastinate import psycopg_connector
 
+from .. import compat
+from ..config import PreforkConfig
+from ..observability import jsonlog, logfiles, redact
+from ..supervisor import db
 from . import bootstrap as bootstrap_module
-from . import compat, db, jsonlog, logfiles, redact, softlimit, wakepipe
-from .config import PreforkConfig
+from . import softlimit, wakepipe
 from .jobtracker import JobTracker
 from .scoreboard import Scoreboard, SlotWriter, State
 

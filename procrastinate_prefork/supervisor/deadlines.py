@@ -11,12 +11,12 @@ import logging
 import signal
 from typing import TYPE_CHECKING
 
+from ..child.scoreboard import RunningJob
 from . import policy
 from .children import Child
-from .scoreboard import RunningJob
 
 if TYPE_CHECKING:
-    from .supervisor import Supervisor
+    from .arbiter import Supervisor
 
 logger = logging.getLogger("procrastinate_prefork.supervisor")
 

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-from .child import ChildSpec, run_child
+from .runner import ChildSpec, run_child
 
 logger = logging.getLogger("procrastinate_prefork.child")
 

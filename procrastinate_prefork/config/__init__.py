@@ -12,12 +12,12 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from .option import Option
+from .declaration import Option
+from .parsing import ConfigError
 
 # docs/ name procrastinate_prefork.config.ConfigError and .OPTIONS: both stay
 # importable from here.
-from .options import OPTIONS, OPTIONS_BY_NAME
-from .parsing import ConfigError
+from .table import OPTIONS, OPTIONS_BY_NAME
 
 #: worker rows procrastinate's own start-up prune may delete: a day old
 PROCRASTINATE_PRUNE_AFTER = 86400.0

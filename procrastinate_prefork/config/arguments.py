@@ -8,8 +8,8 @@ import argparse
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
-from .option import Option
-from .options import OPTIONS
+from .declaration import Option
+from .table import OPTIONS
 
 
 def help_text(option: Option) -> str:

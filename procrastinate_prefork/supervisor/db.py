@@ -28,7 +28,9 @@ import psycopg
 from procrastinate import manager as manager_module
 from psycopg import sql
 
-from . import errors, queries, redact
+from .. import errors
+from ..fleet import queries
+from ..observability import redact
 
 logger = logging.getLogger("procrastinate_prefork.db")
 

@@ -13,7 +13,9 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TextIO
 
-from . import errors, fleet, health, snapshot
+from .. import errors
+from . import health, snapshot
+from . import table as fleet
 
 EXIT_HEALTHY = 0
 EXIT_UNHEALTHY = 1

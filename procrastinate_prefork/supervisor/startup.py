@@ -10,11 +10,15 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from . import db, errors, fleet, probe, recovery, redact, schema
-from .identity import dead_predecessors, process_identity
+from .. import errors
+from ..fleet import recovery, schema
+from ..fleet import table as fleet
+from ..fleet.identity import dead_predecessors, process_identity
+from ..observability import probe, redact
+from . import db
 
 if TYPE_CHECKING:
-    from .supervisor import Supervisor
+    from .arbiter import Supervisor
 
 logger = logging.getLogger("procrastinate_prefork.supervisor")
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 import socket
 
-from .logging_options import LOGGING_OPTIONS
-from .metrics import LABEL_LIMIT
-from .option import Option
+from ..observability.metrics import LABEL_LIMIT
+from ..supervisor.policy import STALLED_TIMEOUT
+from .declaration import Option
+from .log_options import LOGGING_OPTIONS
 from .parsing import (
     MAX_CHILDREN,
     autoscale,
@@ -30,7 +31,6 @@ from .parsing import (
     task_soft_timeouts,
     task_timeouts,
 )
-from .policy import STALLED_TIMEOUT
 
 
 def default_concurrency() -> int:

@@ -33,7 +33,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from . import errors, queries
+from .. import errors
+from . import queries
 
 logger = logging.getLogger("procrastinate_prefork.recovery")
 

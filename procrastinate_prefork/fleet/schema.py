@@ -17,11 +17,19 @@ REQUIRED_TABLES = (
 
 
 def schema_sql() -> str:
-    return importlib.resources.files(__package__).joinpath("sql/schema.sql").read_text()
+    return (
+        importlib.resources.files("procrastinate_prefork")
+        .joinpath("sql/schema.sql")
+        .read_text()
+    )
 
 
 def drop_sql() -> str:
-    return importlib.resources.files(__package__).joinpath("sql/drop.sql").read_text()
+    return (
+        importlib.resources.files("procrastinate_prefork")
+        .joinpath("sql/drop.sql")
+        .read_text()
+    )
 
 
 def apply(conn: psycopg.Connection) -> None:

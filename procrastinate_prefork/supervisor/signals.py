@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import setproctitle
 
-from . import logfiles
+from ..observability import logfiles
 from .children import Child, Phase
 
 if TYPE_CHECKING:
-    from .supervisor import Supervisor
+    from .arbiter import Supervisor
 
 logger = logging.getLogger("procrastinate_prefork.supervisor")
 

@@ -30,8 +30,9 @@ import time
 from collections.abc import Callable, Collection
 from typing import Any
 
-from . import health, metrics
-from .snapshot import FleetSnapshot
+from ..fleet import health
+from ..fleet.snapshot import FleetSnapshot
+from . import metrics
 
 CLIENT_TIMEOUT = 2.0  # to send a complete request
 WRITE_BUDGET = 0.05  # longest the loop waits for a client to take the answer

@@ -43,7 +43,7 @@ def parse(text: str) -> dict[str, str]:
 
 
 def _load() -> dict[str, str]:
-    files = importlib.resources.files(__package__)
+    files = importlib.resources.files("procrastinate_prefork")
     return parse(files.joinpath("sql/queries.sql").read_text())
 
 

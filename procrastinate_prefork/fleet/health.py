@@ -20,7 +20,7 @@ import datetime
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .policy import STALLED_TIMEOUT, is_wedged
+from ..supervisor.policy import STALLED_TIMEOUT, is_wedged
 
 if TYPE_CHECKING:
     from .snapshot import ChildSnapshot, FleetSnapshot
