@@ -14,7 +14,7 @@ from collections.abc import Callable
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
-from procrastinate_prefork import metrics
+from procrastinate_prefork import jobring, metrics
 
 from ..fleet_helper import Fleet, defer, jobs, status_counts, wait_for
 
@@ -125,6 +125,50 @@ def test_metrics_count_jobs_recoveries_and_survive_replacement(
     scrape_until(
         port, lambda s: s.get(doing) == 1, "the queue depth read by the supervisor"
     )
+
+
+def succeeded(db_url: str) -> int:
+    return status_counts(db_url).get("succeeded", 0)
+
+
+def test_burst_past_the_ring_while_the_supervisor_is_stopped_loses_no_job(
+    fleet: Fleet, db_url: str
+) -> None:
+    """A child finishes many more jobs than its ring holds while its
+    supervisor cannot read (SIGSTOPped): each job is still counted once."""
+    port = free_port()
+    fleet.start("--concurrency", "1", "--health-port", str(port))
+    burst = 3000
+    defer(db_url, "noop", count=burst)
+    wait_for(lambda: succeeded(db_url) >= 200, timeout=60, message="the burst on")
+    os.kill(fleet.pid, signal.SIGSTOP)
+    try:
+        stopped_at = succeeded(db_url)
+        # stopped until the child has run well past what its ring holds
+        wait_for(
+            lambda: succeeded(db_url) >= stopped_at + 3 * jobring.RING,
+            timeout=60,
+            message="the child to overrun its ring",
+        )
+    finally:
+        os.kill(fleet.pid, signal.SIGCONT)
+    wait_for(lambda: succeeded(db_url) == burst, timeout=120, message="the burst done")
+    lost = ("procrastinate_prefork_job_records_lost_total", ())
+
+    def ended(samples: Samples) -> float:
+        return sum(series(samples, "procrastinate_prefork_jobs_total").values())
+
+    # every job accounted for, counted or lost, then: none lost
+    samples = scrape_until(
+        port,
+        lambda s: ended(s) + s[lost] >= burst,
+        "the burst's records read by the supervisor",
+    )
+    assert (ended(samples), samples[lost]) == (burst, 0)
+    assert jobs_total(samples, "noop", "succeeded") == burst
+    labels = (("queue", "default"), ("task", "noop"))
+    count = ("procrastinate_prefork_job_duration_seconds_count", labels)
+    assert samples[count] == burst
 
 
 def test_metrics_404_without_prometheus_client(fleet: Fleet) -> None:
