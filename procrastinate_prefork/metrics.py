@@ -247,7 +247,7 @@ def _families(snapshot: FleetSnapshot, totals: Totals) -> Iterator[Any]:
     yield durations
     lost = CounterMetricFamily(
         f"{PREFIX}_job_records_lost",
-        "Finished-job records a child overwrote before the supervisor read them",
+        "Finished jobs a child held, not yet handed to its supervisor, when it died",
         value=totals.lost_records,
     )
     yield lost
