@@ -11,6 +11,7 @@ import socket
 import sys
 from collections.abc import Callable
 
+import psutil
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -131,6 +132,22 @@ def succeeded(db_url: str) -> int:
     return status_counts(db_url).get("succeeded", 0)
 
 
+LOST = ("procrastinate_prefork_job_records_lost_total", ())
+
+
+def ended(samples: Samples) -> float:
+    return sum(series(samples, "procrastinate_prefork_jobs_total").values())
+
+
+def accounted_for(port: int, jobs: int) -> Samples:
+    """The metrics once each of ``jobs`` is counted, or counted lost."""
+    return scrape_until(
+        port,
+        lambda s: ended(s) + s[LOST] >= jobs,
+        f"{jobs} jobs' records read by the supervisor",
+    )
+
+
 def test_burst_past_the_ring_while_the_supervisor_is_stopped_loses_no_job(
     fleet: Fleet, db_url: str
 ) -> None:
@@ -158,22 +175,59 @@ def test_burst_past_the_ring_while_the_supervisor_is_stopped_loses_no_job(
     stopped_until(succeeded(db_url) + 3 * jobring.RING)
     wait_for(lambda: succeeded(db_url) >= burst // 2, timeout=120)
     stopped_until(burst)
-    lost = ("procrastinate_prefork_job_records_lost_total", ())
-
-    def ended(samples: Samples) -> float:
-        return sum(series(samples, "procrastinate_prefork_jobs_total").values())
-
-    # every job accounted for, counted or lost, then: none lost
-    samples = scrape_until(
-        port,
-        lambda s: ended(s) + s[lost] >= burst,
-        "the burst's records read by the supervisor",
-    )
-    assert (ended(samples), samples[lost]) == (burst, 0)
+    samples = accounted_for(port, burst)
+    assert (ended(samples), samples[LOST]) == (burst, 0)
     assert jobs_total(samples, "noop", "succeeded") == burst
     labels = (("queue", "default"), ("task", "noop"))
     count = ("procrastinate_prefork_job_duration_seconds_count", labels)
     assert samples[count] == burst
+
+
+def recycle_while_stopped(
+    fleet: Fleet, db_url: str, port: int, exited: bool
+) -> Samples:
+    """A child recycles (after 500 jobs) while its supervisor is stopped and
+    its ring full; the supervisor resumes as soon as the child's last job is
+    done, or only once the child has ``exited``."""
+    fleet.start(
+        "--concurrency", "1", "--health-port", str(port),
+        "--max-jobs-per-child", "500", "--max-jobs-jitter", "0",
+    )  # fmt: skip
+    defer(db_url, "noop", count=1000)
+    wait_for(lambda: succeeded(db_url) >= 100, timeout=60, message="jobs done")
+    [child] = fleet.child_pids()
+    os.kill(fleet.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: succeeded(db_url) >= 500, timeout=60, message="500 done")
+        if exited:
+            wait_for(
+                lambda: psutil.Process(child).status() == psutil.STATUS_ZOMBIE,
+                message="the recycled child's exit",
+            )
+    finally:
+        os.kill(fleet.pid, signal.SIGCONT)
+    wait_for(lambda: succeeded(db_url) == 1000, timeout=120, message="1000 done")
+    return accounted_for(port, 1000)
+
+
+def test_recycled_child_hands_its_held_jobs_over_before_exiting(
+    fleet: Fleet, db_url: str
+) -> None:
+    samples = recycle_while_stopped(fleet, db_url, free_port(), exited=False)
+    assert (ended(samples), samples[LOST]) == (1000, 0)
+    assert not fleet.events("job_records_lost")
+
+
+def test_child_exited_holding_jobs_has_them_counted_lost(
+    fleet: Fleet, db_url: str
+) -> None:
+    """Its supervisor stopped past the child's wait: what the child held is
+    gone with it, and counted as lost, never silently missing."""
+    samples = recycle_while_stopped(fleet, db_url, free_port(), exited=True)
+    lost = samples[LOST]
+    assert lost > 0
+    assert ended(samples) + lost == 1000
+    assert sum(e["jobs"] for e in fleet.events("job_records_lost")) == lost
 
 
 def test_metrics_404_without_prometheus_client(fleet: Fleet) -> None:
