@@ -161,22 +161,22 @@ class JobRing:
 class Outbox:
     """A child's side of its ring: records that find the ring full wait here,
     merged by (queue, task, outcome, histogram bucket), so that it holds at
-    most ``OUTBOX_KEYS`` records however long the supervisor does not read
-    (past that, new labels merge under ``OTHER``: the jobs are still
-    counted)."""
+    most ``OUTBOX_KEYS`` records, plus one per outcome and bucket under
+    ``OTHER`` for new labels past that, however long the supervisor does not
+    read: the jobs are all counted, some under merged labels."""
 
     def __init__(self, ring: JobRing, slot: int, bounds: Sequence[float]):
         self.ring = ring
         self.slot = slot
         self.bounds = bounds
         self.waiting: dict[tuple[str, str, Outcome, int], Finished] = {}
-
-    def held(self) -> int:
-        return sum(r.count for r in self.waiting.values())
+        #: jobs in ``waiting``, as published in the ring's header
+        self.held = 0
 
     def add(self, record: Finished) -> None:
-        if self.waiting or not self.ring.append(self.slot, record):
-            self._hold(record)
+        if not self.waiting and self.ring.append(self.slot, record):
+            return
+        self._hold(record)
         self.flush()
 
     def _hold(self, record: Finished) -> None:
@@ -188,19 +188,29 @@ class Outbox:
             key = (OTHER, OTHER, record.outcome, bucket)
             record = dataclasses.replace(record, queue=OTHER, task=OTHER)
         old = self.waiting.get(key)
-        if old is not None:
+        if old is not None:  # same bucket: both ran, or neither did
             record = dataclasses.replace(
                 old,
                 count=old.count + record.count,
-                total=None if old.total is None else old.total + (record.total or 0.0),
+                total=None
+                if old.total is None or record.total is None
+                else old.total + record.total,
             )
         self.waiting[key] = record
+        self._publish(self.held + record.count - (old.count if old else 0))
 
     def flush(self) -> None:
         """Move what the ring has room for into it (oldest labels first)."""
         while self.waiting:
             key = next(iter(self.waiting))
-            if not self.ring.append(self.slot, self.waiting[key]):
-                break
+            record = self.waiting[key]
+            if not self.ring.append(self.slot, record):
+                return
             del self.waiting[key]
-        self.ring.hold(self.slot, self.held())
+            # a kill between the two writes counts these jobs twice (counted
+            # and lost), never not at all
+            self._publish(self.held - record.count)
+
+    def _publish(self, held: int) -> None:
+        self.held = held
+        self.ring.hold(self.slot, held)

@@ -33,7 +33,7 @@ def test_outbox_holds_what_a_full_ring_cannot_take_and_loses_nothing():
     # the supervisor has read nothing: the ring is full, the rest waits merged
     assert ring.written(1) == jobring.RING
     held = len(sent) - jobring.RING
-    assert (outbox.held(), ring.held(1)) == (held, held)
+    assert (outbox.held, ring.held(1)) == (held, held)
     assert len(outbox.waiting) < held
 
     totals = metrics.Totals()
