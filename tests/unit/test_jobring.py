@@ -44,6 +44,7 @@ def test_outbox_holds_what_a_full_ring_cannot_take_and_loses_nothing():
 
     expected = observed_one_by_one(sent)
     assert totals.jobs == expected.jobs
+    assert sum(totals.per_minute.values()) == len(sent)  # the live page's too
     assert totals.lost_records == 0
     assert ring.held(1) == 0
     for key, hist in expected.durations.items():
