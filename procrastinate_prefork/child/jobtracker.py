@@ -17,15 +17,19 @@ from procrastinate import exceptions as procrastinate_exceptions
 from procrastinate import job_context
 
 from ..config import PreforkConfig
+from ..observability import metrics
 from ..supervisor import policy
 from . import softlimit
-from .jobring import Finished, JobRing, Outcome
+from .jobring import Finished, JobRing, Outbox, Outcome
 from .scoreboard import SlotWriter, State
 
 logger = logging.getLogger("procrastinate_prefork.child")
 
 #: how often the event loop proves it is alive to the supervisor
 BEAT_INTERVAL = 0.25
+#: seconds an exiting child waits for its supervisor to read the finished
+#: jobs its ring had no room for: a few turns of the supervisor's loop
+HAND_OVER_WAIT = 2.0
 
 
 class JobTracker:
@@ -35,7 +39,9 @@ class JobTracker:
         self, writer: SlotWriter, config: PreforkConfig, ring: JobRing | None = None
     ):
         self.writer = writer
-        self.ring = ring
+        self.outbox = (
+            None if ring is None else Outbox(ring, writer.slot, metrics.BUCKETS)
+        )
         self.config = config
         self.worker: Any = None
         self.soft: softlimit.SoftLimits | None = None
@@ -169,10 +175,22 @@ class JobTracker:
     def _record(
         self, job: Any, outcome: Outcome, duration: float | None = None
     ) -> None:
-        if self.ring is not None:
-            self.ring.append(
-                self.writer.slot, Finished(job.queue, job.task_name, outcome, duration)
-            )
+        if self.outbox is not None:
+            self.outbox.add(Finished(job.queue, job.task_name, outcome, duration))
+
+    async def hand_over(self, supervisor_pid: int) -> None:
+        """Before the child exits: wait a little for the supervisor to read
+        what the ring had no room for (what is left it counts as lost)."""
+        deadline = time.monotonic() + HAND_OVER_WAIT
+        while self.outbox is not None and self.outbox.waiting:
+            self.outbox.flush()
+            if (
+                not self.outbox.waiting
+                or time.monotonic() > deadline
+                or os.getppid() != supervisor_pid
+            ):
+                return
+            await asyncio.sleep(0.05)
 
     def _maybe_recycle(self) -> None:
         if self.draining:
@@ -212,6 +230,8 @@ class JobTracker:
                 except psutil.Error:
                     rss = None
             self.writer.beat(rss)
+            if self.outbox is not None:
+                self.outbox.flush()
             ticks += 1
             await asyncio.sleep(BEAT_INTERVAL)
 

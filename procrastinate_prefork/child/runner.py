@@ -185,6 +185,7 @@ async def _serve(spec: ChildSpec) -> int:
             async with app.open_async():
                 await worker.run()
         finally:
+            await tracker.hand_over(spec.supervisor_pid)
             beat.cancel()
             writer.set_state(State.STOPPED)
     return tracker.exit_code()

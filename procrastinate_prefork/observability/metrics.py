@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from ..child.jobring import Finished, JobRing
+from ..child.jobring import OTHER, Finished, JobRing
 from ..fleet.snapshot import FleetSnapshot
 from ..supervisor import policy
 
@@ -44,8 +44,6 @@ BUCKETS = (
     900.0,
     3600.0,
 )
-#: the label value of everything past the label limit (queue and task alike)
-OTHER = "__other__"
 #: --metrics-label-limit's default
 LABEL_LIMIT = 200
 #: minutes of finished-job counts kept (and charted by the live page)
@@ -96,17 +94,18 @@ class Histogram:
     count: int = 0
     total: float = 0.0
 
-    def observe(self, value: float) -> None:
-        self.count += 1
-        self.total += value
+    def observe(self, value: float, count: int = 1, total: float | None = None) -> None:
+        """``count`` observations in ``value``'s bucket, ``total`` in all."""
+        self.count += count
+        self.total += value * count if total is None else total
         for i, bound in enumerate(BUCKETS):
             if value <= bound:
-                self.buckets[i] += 1
+                self.buckets[i] += count
 
 
 @dataclasses.dataclass
 class Totals:
-    """Everything the supervisor counts; the slots' read positions too.
+    """Everything the supervisor counts.
 
     Whoever defers a job chooses its queue name, and its task name if the
     app does not know the task: series are kept for at most ``label_limit``
@@ -123,7 +122,6 @@ class Totals:
     lost_records: int = 0
     #: (queue, status) -> jobs, as last read from the database (None: never)
     queue_jobs: dict[tuple[str, str], int] | None = None
-    seen: dict[int, int] = dataclasses.field(default_factory=dict)
     #: the (queue, task) pairs that have series of their own
     pairs: set[tuple[str, str]] = dataclasses.field(default_factory=set)
     #: metrics whose label limit was reached (logged once each)
@@ -162,19 +160,21 @@ class Totals:
     #: the wall clock (the minutes of several hosts are summed)
     wall: Callable[[], float] = time.time
 
-    def job(self, queue: str, task: str, outcome: str) -> None:
+    def job(self, queue: str, task: str, outcome: str, count: int = 1) -> None:
         key = (*self._labels(queue, task), outcome)
-        self.jobs[key] = self.jobs.get(key, 0) + 1
+        self.jobs[key] = self.jobs.get(key, 0) + count
 
     def finished(self, record: Finished) -> None:
-        self.job(record.queue, record.task, record.outcome.name.lower())
+        self.job(record.queue, record.task, record.outcome.name.lower(), record.count)
         minute = int(self.wall() // 60)
-        self.per_minute[minute] = self.per_minute.get(minute, 0) + 1
+        self.per_minute[minute] = self.per_minute.get(minute, 0) + record.count
         for old in [m for m in self.per_minute if m <= minute - MINUTES_KEPT]:
             del self.per_minute[old]
-        if record.duration is not None:  # None: the job never ran
+        if record.duration is not None:  # None: the jobs never ran
             key = self._labels(record.queue, record.task)
-            self.durations.setdefault(key, Histogram()).observe(record.duration)
+            self.durations.setdefault(key, Histogram()).observe(
+                record.duration, record.count, record.total
+            )
 
     def exited(self, cause: str) -> None:
         self.exits[cause] = self.exits.get(cause, 0) + 1
@@ -247,7 +247,7 @@ def _families(snapshot: FleetSnapshot, totals: Totals) -> Iterator[Any]:
     yield durations
     lost = CounterMetricFamily(
         f"{PREFIX}_job_records_lost",
-        "Finished-job records a child overwrote before the supervisor read them",
+        "Finished jobs a child held, not yet handed to its supervisor, when it died",
         value=totals.lost_records,
     )
     yield lost
@@ -282,10 +282,29 @@ def render(snapshot: FleetSnapshot, totals: Totals) -> str:
 
 def drain(ring: JobRing, slot: int, totals: Totals) -> None:
     """Count the jobs ``slot``'s child finished since the last call."""
-    records, totals.seen[slot], lost = ring.read_since(slot, totals.seen.get(slot, 0))
+    records, lost = ring.read(slot)
     totals.lost_records += lost
     for record in records:
         totals.finished(record)
+
+
+def drain_dead(ring: JobRing, slot: int, totals: Totals) -> None:
+    """Count the last jobs of ``slot``'s child, which has exited, and those
+    it still held outside its ring (lost: it died before it could hand them
+    over); then ready the slot's ring for the next child."""
+    drain(ring, slot, totals)
+    held = ring.held(slot)
+    if held:
+        totals.lost_records += held
+        logger.warning(
+            "Child in slot %s exited holding %d finished job(s) its supervisor "
+            "had no room for yet: not in jobs_total, counted in "
+            "job_records_lost_total",
+            slot,
+            held,
+            extra={"action": "job_records_lost", "slot": slot, "jobs": held},
+        )
+    ring.clear(slot)
 
 
 def queue_counts(

@@ -80,9 +80,7 @@ class Reaping:
                 )
             )
             self._recover_pending()
-        metrics.drain(self.scoreboard.finished, child.slot, self.totals)
-        self.totals.seen[child.slot] = 0
-        self.scoreboard.finished.clear(child.slot)
+        metrics.drain_dead(self.scoreboard.finished, child.slot, self.totals)
         label = metrics.exit_cause(
             code,
             signum,

@@ -11,9 +11,11 @@ import socket
 import sys
 from collections.abc import Callable
 
+import psutil
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
+from procrastinate_prefork.child import jobring
 from procrastinate_prefork.observability import metrics
 
 from ..fleet_helper import Fleet, defer, jobs, status_counts, wait_for
@@ -125,6 +127,108 @@ def test_metrics_count_jobs_recoveries_and_survive_replacement(
     scrape_until(
         port, lambda s: s.get(doing) == 1, "the queue depth read by the supervisor"
     )
+
+
+def succeeded(db_url: str) -> int:
+    return status_counts(db_url).get("succeeded", 0)
+
+
+LOST = ("procrastinate_prefork_job_records_lost_total", ())
+
+
+def ended(samples: Samples) -> float:
+    return sum(series(samples, "procrastinate_prefork_jobs_total").values())
+
+
+def accounted_for(port: int, jobs: int) -> Samples:
+    """The metrics once each of ``jobs`` is counted, or counted lost."""
+    return scrape_until(
+        port,
+        lambda s: ended(s) + s[LOST] >= jobs,
+        f"{jobs} jobs' records read by the supervisor",
+    )
+
+
+def test_burst_past_the_ring_while_the_supervisor_is_stopped_loses_no_job(
+    fleet: Fleet, db_url: str
+) -> None:
+    """A child finishes many more jobs than its ring holds while its
+    supervisor cannot read (SIGSTOPped), once in the middle of a burst and
+    once until the burst's end (its last jobs then reach the supervisor with
+    no job ending after them): each job is still counted once."""
+    port = free_port()
+    fleet.start("--concurrency", "1", "--health-port", str(port))
+    burst = 3000
+    defer(db_url, "noop", count=burst)
+
+    def stopped_until(enough: int) -> None:
+        os.kill(fleet.pid, signal.SIGSTOP)
+        try:
+            wait_for(
+                lambda: succeeded(db_url) >= enough,
+                timeout=120,
+                message=f"{enough} jobs done, the supervisor stopped",
+            )
+        finally:
+            os.kill(fleet.pid, signal.SIGCONT)
+
+    wait_for(lambda: succeeded(db_url) >= 200, timeout=60, message="the burst on")
+    stopped_until(succeeded(db_url) + 3 * jobring.RING)
+    wait_for(lambda: succeeded(db_url) >= burst // 2, timeout=120)
+    stopped_until(burst)
+    samples = accounted_for(port, burst)
+    assert (ended(samples), samples[LOST]) == (burst, 0)
+    assert jobs_total(samples, "noop", "succeeded") == burst
+    labels = (("queue", "default"), ("task", "noop"))
+    count = ("procrastinate_prefork_job_duration_seconds_count", labels)
+    assert samples[count] == burst
+
+
+def recycle_while_stopped(
+    fleet: Fleet, db_url: str, port: int, exited: bool
+) -> Samples:
+    """A child recycles (after 500 jobs) while its supervisor is stopped and
+    its ring full; the supervisor resumes as soon as the child's last job is
+    done, or only once the child has ``exited``."""
+    fleet.start(
+        "--concurrency", "1", "--health-port", str(port),
+        "--max-jobs-per-child", "500", "--max-jobs-jitter", "0",
+    )  # fmt: skip
+    defer(db_url, "noop", count=1000)
+    wait_for(lambda: succeeded(db_url) >= 100, timeout=60, message="jobs done")
+    [child] = fleet.child_pids()
+    os.kill(fleet.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: succeeded(db_url) >= 500, timeout=60, message="500 done")
+        if exited:
+            wait_for(
+                lambda: psutil.Process(child).status() == psutil.STATUS_ZOMBIE,
+                message="the recycled child's exit",
+            )
+    finally:
+        os.kill(fleet.pid, signal.SIGCONT)
+    wait_for(lambda: succeeded(db_url) == 1000, timeout=120, message="1000 done")
+    return accounted_for(port, 1000)
+
+
+def test_recycled_child_hands_its_held_jobs_over_before_exiting(
+    fleet: Fleet, db_url: str
+) -> None:
+    samples = recycle_while_stopped(fleet, db_url, free_port(), exited=False)
+    assert (ended(samples), samples[LOST]) == (1000, 0)
+    assert not fleet.events("job_records_lost")
+
+
+def test_child_exited_holding_jobs_has_them_counted_lost(
+    fleet: Fleet, db_url: str
+) -> None:
+    """Its supervisor stopped past the child's wait: what the child held is
+    gone with it, and counted as lost, never silently missing."""
+    samples = recycle_while_stopped(fleet, db_url, free_port(), exited=True)
+    lost = samples[LOST]
+    assert lost > 0
+    assert ended(samples) + lost == 1000
+    assert sum(e["jobs"] for e in fleet.events("job_records_lost")) == lost
 
 
 def test_metrics_404_without_prometheus_client(fleet: Fleet) -> None:
