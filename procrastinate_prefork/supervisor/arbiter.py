@@ -88,7 +88,7 @@ class Supervisor:
         self.autoscaler = Autoscaler(config, self.db, self.scoreboard, self.started)
         outbox, wake, totals = Outbox(), self._request_wake, self.totals
         self.recovery = Recovery(
-            config, self.db, system, bootstrap.app.tasks, totals, outbox, wake
+            config, self.db, system, bootstrap.app, totals, outbox, wake
         )
         self.reaper = Reaper(
             system, self.scoreboard, self.recovery, totals, outbox, on_child_exit

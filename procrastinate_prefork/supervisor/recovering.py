@@ -2,8 +2,8 @@
 backoff when the database errs.
 
 It owns the queue of deaths whose jobs are still to recover. It is given
-the database session, the clock, the app's tasks (a job past its time limit
-is retried by its task's strategy), the totals it counts into, the outbox
+the database session, the clock, the app (a job past its time limit is
+retried by its task's strategy), the totals it counts into, the outbox
 of the live page and ``wake`` (children look for the jobs put back)."""
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import dataclasses
 import datetime
 import functools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
+import procrastinate
 from procrastinate import jobs as jobs_module
 
 from ..config import PreforkConfig
@@ -66,7 +67,7 @@ class Recovery:
         config: PreforkConfig,
         db: db_module.SupervisorDB,
         system: System,
-        tasks: Mapping[str, Any],
+        app: procrastinate.App,
         totals: metrics.Totals,
         outbox: Outbox,
         wake: Callable[[], None],
@@ -74,7 +75,7 @@ class Recovery:
         self.config = config
         self.db = db
         self.system = system
-        self.tasks = tasks
+        self.app = app
         self.totals = totals
         self.outbox = outbox
         self.wake = wake
@@ -153,7 +154,7 @@ class Recovery:
     def _timeout_retry(
         self, row: dict[str, Any]
     ) -> tuple[bool, datetime.datetime | None]:
-        task = self.tasks.get(row["task_name"])
+        task = self.app.tasks.get(row["task_name"])
         if task is None:
             return False, None
         limit = self.config.time_limit_for(row["task_name"])

@@ -88,3 +88,8 @@ class DownDB:
 
     def notifications(self) -> list[tuple[str, str]]:
         return []
+
+
+class FakeApp:
+    def __init__(self) -> None:
+        self.tasks: dict[str, Any] = {}

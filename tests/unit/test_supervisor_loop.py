@@ -20,12 +20,7 @@ from procrastinate_prefork.supervisor.arbiter import Supervisor
 from procrastinate_prefork.supervisor.children import Phase
 from procrastinate_prefork.supervisor.lifecycle import Lifecycle
 
-from .supervisor_fakes import DownDB, FakeSystem, exited
-
-
-class FakeApp:
-    def __init__(self) -> None:
-        self.tasks: dict[str, Any] = {}
+from .supervisor_fakes import DownDB, FakeApp, FakeSystem, exited
 
 
 class FakeBootstrap:

@@ -33,7 +33,7 @@ from procrastinate_prefork.supervisor.recovering import (
 )
 from procrastinate_prefork.supervisor.scaling import Autoscaler
 
-from .supervisor_fakes import DownDB, FakeSystem, exited, killed
+from .supervisor_fakes import DownDB, FakeApp, FakeSystem, exited, killed
 
 
 @pytest.fixture(autouse=True)
@@ -278,7 +278,7 @@ def recovery_of(p: Parts, db: Any, wakes: list[int] | None = None) -> Recovery:
         p.config,
         db,
         p.system,
-        {},
+        FakeApp(),  # type: ignore[arg-type]
         metrics.Totals(),
         Outbox(),
         lambda: wakes.append(1),
