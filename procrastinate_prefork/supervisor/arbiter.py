@@ -27,14 +27,13 @@ import psycopg
 from .. import errors
 from ..child import wakepipe
 from ..child.bootstrap import Bootstrap
-from ..child.runner import ChildSpec
 from ..child.scoreboard import Scoreboard
 from ..config import PreforkConfig
 from ..config.parsing import MAX_CHILDREN
 from ..fleet import snapshot as fleet_snapshot
 from ..observability import metrics, probe
 from . import db, startup
-from .children import Child, Phase, fork_child
+from .children import Forker, Phase
 from .deadlines import Police
 from .lifecycle import Lifecycle
 from .maintenance import Maintenance
@@ -69,7 +68,6 @@ class Supervisor:
         self.system = system = system or System()
         self.pid: int = os.getpid()
         self.started: float = system.monotonic()
-        self.on_child_start = on_child_start
         self._wake_pending = False
         self.probe: probe.ProbeServer | None = None  # --health-port
         self.totals = metrics.Totals(label_limit=config.metrics_label_limit)
@@ -82,7 +80,16 @@ class Supervisor:
         )
         self.db.on_connect = self._request_wake
         self.signals = Signals()
-        self.pool = Pool(config, system, self.scoreboard, self._fork)
+        forker = Forker(
+            system,
+            config,
+            bootstrap,
+            self.scoreboard,
+            self.pid,
+            self._own_fds,
+            on_start=on_child_start,
+        )
+        self.pool = Pool(config, system, self.scoreboard, forker)
         self.lifecycle = Lifecycle(config, system, self.pool)
         self.police = Police(config, self.scoreboard, self.pool.kill)
         self.autoscaler = Autoscaler(config, self.db, self.scoreboard, self.started)
@@ -193,27 +200,6 @@ class Supervisor:
             self.lifecycle.stop_now("fork failed")
             raise StartupError(f"cannot fork child {failed.slot}: {failed}") from None
         self.db.ensure()  # LISTEN again at once: wake-ups must not wait
-
-    def _fork(self, slot: int, generation: int) -> Child:
-        def spec(wake_r: int) -> ChildSpec:
-            return ChildSpec(
-                slot=slot,
-                config=self.config,
-                bootstrap=self.bootstrap,
-                scoreboard=self.scoreboard,
-                wake_fd=wake_r if self.config.listen_notify else None,
-                supervisor_pid=self.pid,
-                inherited_fds=self._own_fds(),
-                on_start=self.on_child_start,
-            )
-
-        return fork_child(
-            self.system,
-            slot,
-            scoreboard=self.scoreboard,
-            generation=generation,
-            spec=spec,
-        )
 
     def _own_fds(self) -> list[int]:
         probe_fds = self.probe.filenos() if self.probe is not None else []
