@@ -15,9 +15,11 @@
 #
 # Run only when named: --only bigtables (the fleet's queries on 1M finished
 # jobs, about 6 minutes), --only pgbouncer (needs pgbouncer installed, about 2
-# minutes), --only profile (py-spy; root or ptrace allowed, 1 minute). Each
-# writes docs/benchmarks-<name>.json; its section in docs/benchmarks.md comes
-# with the next rendering (--render-only, or a full run).
+# minutes), --only profile (py-spy; root or ptrace allowed, 1 minute),
+# --only dbcost (transactions and statements per job; starts its own
+# throwaway server with log_statement = 'all' on port 54393, under a minute).
+# Each writes docs/benchmarks-<name>.json; its section in docs/benchmarks.md
+# comes with the next rendering (--render-only, or a full run).
 set -euo pipefail
 
 REPO="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)"
