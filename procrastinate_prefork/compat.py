@@ -88,11 +88,10 @@ def finish_only_owned_jobs(
     outcome. Here the outcome of a run that no longer owns its job is dropped,
     with a log line. Same SQL functions as procrastinate's, behind a check.
 
-    With ``fetch_next`` (a worker that fetches as soon as a job ends: one job
-    at a time), the same statement also fetches the next job, with
-    procrastinate's fetch function, for the worker's next ``fetch_job``: one
-    round trip and one transaction per job instead of two. ``fetch_next()``
-    gives the worker's (queues, worker id), or None when it will not fetch."""
+    With ``fetch_next`` (a worker that fetches as soon as a job ends), the same
+    statement fetches the next job, with procrastinate's function, for the
+    worker's next ``fetch_job``: one round trip per job instead of two.
+    ``fetch_next()``: the worker's (queues, worker id), None if it will not."""
     manager = app.job_manager
     fetch = manager.fetch_job
     unregister = manager.unregister_worker
@@ -122,15 +121,14 @@ def finish_only_owned_jobs(
             row = await manager.connector.execute_query_one_async(
                 queries.get("end_owned_job_and_fetch"),
                 **{**_NO_END_PARAMS, **params},
-                retry="retry_at" in params,
+                retry="retry_at" in params,  # only retry_owned_job's have it
                 queues=list(queues) if queues is not None else None,
                 fetcher_id=fetcher_id,
             )
         except procrastinate_exceptions.ConnectorException as exc:
             if _is_disconnection(exc):
                 raise  # committed or not: survive_database_outages decides
-            # the whole statement was rolled back: the end alone, then the
-            # worker's own fetch
+            # all rolled back: the end alone, then the worker's own fetch
             logger.warning(
                 "Ending job %s and fetching the next in one statement failed "
                 "(%s): its end is recorded alone",
@@ -175,8 +173,7 @@ def finish_only_owned_jobs(
         return await fetch(queues, worker_id)
 
     async def unregister_worker(worker_id: int) -> None:
-        # the worker stopped between an end that fetched a job and its next
-        # fetch: give the job back, no attempt spent (it never started)
+        # stopped after an end that fetched a job: give back the unstarted job
         while fetched:
             job = fetched.pop()
             try:
@@ -188,8 +185,13 @@ def finish_only_owned_jobs(
                     payload=json.dumps({"type": "job_inserted", "job_id": job.id}),
                 )
             except procrastinate_exceptions.ConnectorException as exc:
-                # still doing under this worker: recovered with its row
-                logger.warning("Job %s not given back: %s", job.id, exc.__cause__)
+                # still doing under this worker: recovered as the dead child's
+                logger.warning(
+                    "Job %s fetched but not started, not given back: %s",
+                    job.id,
+                    exc.__cause__,
+                    extra={"action": "fetched_job_kept", "job_id": job.id},
+                )
                 continue
             logger.info(
                 "Job %s fetched but not started: back to todo",
