@@ -114,7 +114,18 @@ def test_a_job_costs_one_transaction_of_the_child(fleet, db_url):
         timeout=60,
         message="the jobs to succeed",
     )
-    assert fleet.stop() == 0  # its sessions end: their counters are flushed
+    assert fleet.stop() == 0
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        # a session's counters are flushed when it ends
+        wait_for(
+            lambda: (
+                not conn.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid()"
+                ).fetchone()
+            ),
+            message="the fleet's sessions to end",
+        )
     spent = commits() - before
     # the fleet's start, heartbeats and the test's own reads are in there too
     assert spent < 1.5 * count, spent
