@@ -79,11 +79,12 @@ def _ended_while_idle(conn: psycopg.AsyncConnection[Any]) -> bool:
         return True
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         return False  # a call of another coroutine is in flight on it
+    poller = select.poll()  # not select(): no limit on the descriptor's number
     try:
-        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+        poller.register(conn.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
     except (OSError, ValueError):
         return True
-    return bool(readable)
 
 
 class SessionConnector(PipeWake, connector_module.BaseAsyncConnector):
