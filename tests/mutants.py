@@ -19,7 +19,7 @@ ISOLATION = "tests/integration/test_recovery_isolation.py"
 # the end of compat.finish_only_owned_jobs (other wrappers of finish_job and
 # retry_job end with the same two lines)
 OWNED_TAIL = (
-    "            new_lock=lock,\n        )\n\n"
+    "        await unregister(worker_id)\n\n"
     "    # ignore: we replace methods of this app's JobManager on purpose\n"
 )
 OWNED_FINISH = "    manager.finish_job = finish_job  # type: ignore[method-assign]\n"
@@ -224,6 +224,22 @@ MUTANTS: list[Mutant] = [
             "test_retired_child_with_stdout_on_a_full_disk_never_runs_the_supervisor",
             "tests/unit/test_child_exit.py::"
             "test_a_child_exits_with_its_code_when_its_output_is_on_a_full_disk",
+        ),
+    ),
+    Mutant(
+        id="late-end-and-fetch",
+        promise="a late outcome of an earlier run is not written when a job's "
+        "end and the next fetch are one statement (--child-concurrency 1)",
+        path="procrastinate_prefork/sql/queries.sql",
+        old="    WHERE id = %(job_id)s AND status = 'doing' AND attempts = %(attempts)s\n"
+        "      AND (worker_id = %(worker_id)s OR worker_id IS NULL)\n"
+        "    FOR UPDATE\n",
+        new="    WHERE id = %(job_id)s AND status = 'doing'\n"
+        "      AND (worker_id = %(worker_id)s OR worker_id IS NULL)\n"
+        "    FOR UPDATE\n",
+        tests=(
+            "tests/integration/test_child_session.py::"
+            "test_late_outcome_refused_and_the_next_job_fetched_in_one_statement",
         ),
     ),
 ]
