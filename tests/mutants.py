@@ -25,6 +25,14 @@ OWNED_TAIL = (
 OWNED_FINISH = "    manager.finish_job = finish_job  # type: ignore[method-assign]\n"
 OWNED_RETRY = "    manager.retry_job = retry_job  # type: ignore[method-assign]\n"
 
+# the owned-job rule where end_owned_job_and_fetch writes it
+END_AND_FETCH = "-- caller then records the end alone).\nWITH owned AS MATERIALIZED (\n"
+OWNED_ROW = (
+    "    SELECT id FROM procrastinate_jobs\n"
+    "    WHERE id = %(job_id)s AND status = 'doing' AND attempts = %(attempts)s\n"
+)
+OWNED_RULE = " AND status = 'doing' AND attempts = %(attempts)s"
+
 MUTANTS: list[Mutant] = [
     Mutant(
         id="immediate-recovery",
@@ -231,12 +239,8 @@ MUTANTS: list[Mutant] = [
         promise="a late outcome of an earlier run is not written when a job's "
         "end and the next fetch are one statement (--child-concurrency 1)",
         path="procrastinate_prefork/sql/queries.sql",
-        old="    WHERE id = %(job_id)s AND status = 'doing' AND attempts = %(attempts)s\n"
-        "      AND (worker_id = %(worker_id)s OR worker_id IS NULL)\n"
-        "    FOR UPDATE\n",
-        new="    WHERE id = %(job_id)s AND status = 'doing'\n"
-        "      AND (worker_id = %(worker_id)s OR worker_id IS NULL)\n"
-        "    FOR UPDATE\n",
+        old=f"{END_AND_FETCH}{OWNED_ROW}",
+        new=f"{END_AND_FETCH}{OWNED_ROW.replace(OWNED_RULE, '')}",
         tests=(
             "tests/integration/test_child_session.py::"
             "test_late_outcome_refused_and_the_next_job_fetched_in_one_statement",
