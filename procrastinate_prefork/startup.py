@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from . import db, errors, fleet, probe, recovery, redact, schema
+from . import db, errors, fleet, liveprobe, probe, recovery, redact, schema
 from .identity import dead_predecessors, process_identity
 
 if TYPE_CHECKING:
@@ -31,6 +31,14 @@ class Startup:
             self.probe = probe.open_for(self.config, self.snapshot, self.metrics_text)
         except probe.ProbeBindError as exc:
             raise StartupError(str(exc)) from None
+        if self.probe is not None:  # before any session: the helper has none
+            bound = liveprobe.stall_bound(self.db_timeouts.call)
+            live = self.live_probe = liveprobe.LiveProbe(self.probe, bound)
+            try:
+                live.start()
+            except OSError as exc:
+                raise StartupError(f"cannot fork the probe process: {exc}") from None
+            self.db.on_call = live.beacon.touch
         try:
             self.app.perform_import_paths()  # children inherit the imported tasks
         except Exception as exc:  # the user's task modules

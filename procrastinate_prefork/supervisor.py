@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 import setproctitle
 
-from . import db, errors, fleet, metrics, policy, probe, wakepipe
+from . import db, errors, fleet, liveprobe, metrics, policy, probe, wakepipe
 from .bootstrap import Bootstrap
 from .child import ChildSpec
 from .children import Child, Phase, fork_child
@@ -94,6 +94,7 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
         self._recorded_worker_ids: frozenset[int] = frozenset()
         self.ready_logged: bool = False
         self.probe: probe.ProbeServer | None = None  # --health-port
+        self.live_probe: liveprobe.LiveProbe | None = None  # its /live
         self.totals: metrics.Totals = metrics.Totals()
         self.db_timeouts: db.Timeouts = db.Timeouts.for_heartbeat(
             config.heartbeat_interval
@@ -211,7 +212,7 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
         self.children[child.pid] = child
 
     def _own_fds(self) -> list[int]:
-        probe_fds = self.probe.filenos() if self.probe is not None else []
+        probe_fds = self.probe.own_fds() if self.probe is not None else []
         return [
             self._sig_r,
             self._sig_w,
@@ -243,10 +244,11 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
         db_fd = self.db.fileno()
         if db_fd is not None:
             fds.append(db_fd)
+        writers = [db_fd] if db_fd is not None and self.db.wants_write() else []
         if self.probe is not None:
             fds.extend(self.probe.filenos())
         try:
-            readable, _, _ = select.select(fds, [], [], timeout)
+            readable, _, _ = select.select(fds, writers, [], timeout)
         except InterruptedError:
             return
         if self.probe is not None:
@@ -272,6 +274,8 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
                 len(self.unrecovered),
                 extra={"action": "recovery_deferred"},
             )
+        if self.live_probe is not None:
+            self.live_probe.stop()
         if self.probe is not None:
             self.probe.close()
         self.db.close()

@@ -22,6 +22,14 @@ APP = "tests.apps.plain_app.app"
 T = TypeVar("T")
 
 
+def is_probe_process(process: psutil.Process) -> bool:
+    """The helper that serves /live (``liveprobe``): not a worker child."""
+    try:
+        return " ".join(process.cmdline()).startswith("procrastinate-prefork probe")
+    except psutil.Error:
+        return False
+
+
 def wait_for(
     condition: Callable[[], T],
     timeout: float = 20.0,
@@ -199,10 +207,27 @@ class Fleet:
     # --- processes
 
     def child_pids(self) -> list[int]:
+        """The supervisor's worker children (not its probe process)."""
         try:
-            return sorted(p.pid for p in psutil.Process(self.pid).children())
+            return sorted(
+                p.pid
+                for p in psutil.Process(self.pid).children()
+                if not is_probe_process(p)
+            )
         except psutil.NoSuchProcess:
             return []
+
+    def probe_pid(self) -> int | None:
+        """The supervisor's probe process (``--health-port``), if any."""
+        try:
+            found = [
+                p.pid
+                for p in psutil.Process(self.pid).children()
+                if is_probe_process(p)
+            ]
+        except psutil.NoSuchProcess:
+            return None
+        return found[0] if found else None
 
     def wait_children(
         self, count: int, timeout: float = 20, exclude: Sequence[int] = ()
