@@ -32,7 +32,11 @@ class BlackHole:
             self.sockets.append(client)
             if self.swallowing.is_set():
                 continue  # accepted by the kernel, never answered
-            server = socket.create_connection(self.upstream)
+            try:
+                server = socket.create_connection(self.upstream)
+            except OSError:  # PostgreSQL down (restarted): refused, as direct
+                client.close()
+                continue
             self.sockets.append(server)
             threading.Thread(
                 target=self._relay, args=(client, server), daemon=True

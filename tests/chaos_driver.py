@@ -41,7 +41,8 @@ import psycopg
 from psycopg.rows import dict_row
 
 from .apps.chaos_app import EXPECTED_STATUS
-from .fleet_helper import REPO, Fleet
+from .blackhole import BlackHole
+from .fleet_helper import REPO, Fleet, free_port, http_status, is_probe_process
 
 CHAOS_APP = "tests.apps.chaos_app.app"
 #: task name -> share of the jobs
@@ -145,6 +146,7 @@ ATTACKS = (
     "time_limits",
     "stock_worker",
     "fleet_lock",
+    "black_hole",
 )
 
 
@@ -200,6 +202,15 @@ class ChaosConfig:
     #: ACCESS EXCLUSIVE lock on the fleet table held for twice the longest
     #: stalled timeout (plus a second)
     fleet_lock: bool = True
+    #: one host (the ``timed`` one) reaches PostgreSQL through a relay
+    #: (tests/blackhole.py) that black-holes its connections, old and new,
+    #: for ``hole_seconds``: its supervisor's /live must answer every poll
+    #: within a second meanwhile. It declares ``hole_stalled_timeout``, so
+    #: that no host judges it dead during the hole (a longer partition is
+    #: node loss, where a job may run twice by design)
+    black_hole: bool = True
+    hole_seconds: float = 10.0
+    hole_stalled_timeout: float = 20.0
     stalled_timeout: float = 6.0
     heartbeat_interval: float = 1.0
     child_timeout: float = 3.0
@@ -241,6 +252,8 @@ class ChaosConfig:
             roles["sighup"] = 1 % n
         if self.time_limits:
             roles["timed"] = 2 % n
+        if self.black_hole:
+            roles["black-hole"] = 2 % n
         return roles
 
     def host(self, index: int) -> HostPlan:
@@ -248,6 +261,8 @@ class ChaosConfig:
         stalled, heartbeat = self.stalled_timeout, self.heartbeat_interval
         if "short-timeout" in roles:
             stalled, heartbeat = self.short_stalled_timeout, 1.0
+        elif "black-hole" in roles:
+            stalled, heartbeat = self.hole_stalled_timeout, 1.0
         elif self.mixed_timeouts:
             heartbeat = stalled / 2  # the longest interval allowed
         concurrency, task_timeouts = self.child_concurrency, ()
@@ -263,7 +278,11 @@ class ChaosConfig:
         return HostPlan(stalled, heartbeat, concurrency, queues, task_timeouts, roles)
 
     def longest_stalled_timeout(self) -> float:
-        return max(self.host(i).stalled_timeout for i in range(self.supervisors))
+        """Of the hosts the fleet-table lock is meant to outlast (the
+        black-holed host's long timeout would make it last the whole run)."""
+        plans = [self.host(i) for i in range(self.supervisors)]
+        timeouts = [p.stalled_timeout for p in plans if "black-hole" not in p.roles]
+        return max(timeouts, default=self.stalled_timeout)
 
     def fleet_args(self, hostname: str, index: int = 0) -> list[str]:
         plan = self.host(index)
@@ -386,7 +405,7 @@ class ProcessWatch:
                 children = [
                     c.pid
                     for c in process.children()
-                    if c.status() != psutil.STATUS_ZOMBIE
+                    if c.status() != psutil.STATUS_ZOMBIE and not is_probe_process(c)
                 ]
                 if process.status() == psutil.STATUS_ZOMBIE:
                     continue
@@ -460,6 +479,10 @@ class ChaosReport:
     stock_worker_exits: dict[str, int] = dataclasses.field(default_factory=dict)
     fleet_locks: int = 0
     fleet_lock_seconds: float = 0.0
+    black_holes: int = 0
+    hole_live_polls: int = 0
+    hole_live_failed: int = 0  # answered, but not 200
+    hole_loop_turns: int = 0  # the hole host's loop answered /status
     seconds: float = 0.0
     throughput: float = 0.0
     problems: list[str] = dataclasses.field(default_factory=list)
@@ -492,6 +515,9 @@ class ChaosReport:
             f"{self.stock_worker_terms} SIGTERMed mid-job, exits "
             f"{self.stock_worker_exits})",
             f"fleet-table locks: {self.fleet_locks} ({self.fleet_lock_seconds:.1f} s)",
+            f"black holes: {self.black_holes} (/live polls {self.hole_live_polls}, "
+            f"{self.hole_live_failed} answered not 200; /status answered by the "
+            f"loop {self.hole_loop_turns} times)",
         ]
         if self.problems:
             lines.append(f"PROBLEMS ({len(self.problems)}):")
@@ -542,6 +568,9 @@ class ChaosRun:
         self._db_down = False  # stopped by the outage attack
         self._db_calm_at = 0.0  # monotonic time the database was last back + 10 s
         self._outage_hosts: set[str] = set()  # in a start loop right now
+        #: the black-holed host's relay and probe port (black_hole)
+        self._hole: BlackHole | None = None
+        self._hole_port = 0
         self._stopping = False
 
     # --- fleet
@@ -558,9 +587,10 @@ class ChaosRun:
         fleet = Fleet(self.db_url, self.workdir, f"{hostname}-{len(self.fleets)}")
         fleet.start(
             *self.config.fleet_args(hostname, index),
+            *self._hole_args(hostname),
             app=CHAOS_APP,
             wait_ready=wait_ready,
-            env={"PREFORK_TEST_RESULTS": str(self.results)},
+            env={"PREFORK_TEST_RESULTS": str(self.results), **self._hole_env(hostname)},
         )
         self.fleets.append(fleet)
         self.current[hostname] = fleet
@@ -1002,6 +1032,51 @@ class ChaosRun:
         self.report.fleet_lock_seconds += time.monotonic() - start
         self.say("fleet table unlocked")
 
+    def _hole_args(self, hostname: str) -> list[str]:
+        if hostname != self.host_with("black-hole"):
+            return []
+        if not self._hole_port:
+            self._hole_port = free_port()
+        return ["--health-port", str(self._hole_port)]
+
+    def _hole_env(self, hostname: str) -> dict[str, str]:
+        if hostname != self.host_with("black-hole"):
+            return {}
+        if self._hole is None:
+            self._hole = BlackHole.to(self.db_url)
+        return {"DATABASE_URL": self._hole.url(self.db_url)}
+
+    def black_hole(self, hostname: str) -> Iterator[None]:
+        """Black-hole every connection of ``hostname`` (supervisor and
+        children, old connections and new) for ``hole_seconds``; meanwhile
+        its /live, polled with a 1 s timeout, must answer every time, and
+        its loop keeps answering /status. Its supervisor is spared the kills
+        (a new one could not start through the hole)."""
+        assert self._hole is not None
+        self._outage_hosts.add(hostname)
+        self._hole.swallowing.set()
+        self.report.black_holes += 1
+        self.say(f"black hole on {hostname} for {self.config.hole_seconds:g} s")
+        end = time.monotonic() + self.config.hole_seconds
+        try:
+            while time.monotonic() < end:
+                live = http_status(self._hole_port, "/live", timeout=1.0)
+                self.report.hole_live_polls += 1
+                if not isinstance(live, int):
+                    self.report.problems.append(
+                        f"black hole: /live of {hostname} unanswered within 1 s "
+                        f"({live})"
+                    )
+                elif live != 200:
+                    self.report.hole_live_failed += 1
+                if http_status(self._hole_port, "/status", timeout=1.0) == 200:
+                    self.report.hole_loop_turns += 1
+                yield
+        finally:
+            self._hole.swallowing.clear()
+            self._outage_hosts.discard(hostname)
+        self.say(f"{hostname}'s database path is back")
+
     def step_attacks(self) -> None:
         for task in list(self._tasks):
             try:
@@ -1036,6 +1111,8 @@ class ChaosRun:
             cycle.append((0.05, "sighup_burst"))
         if config.stock_worker:
             cycle.append((0.08, "stock_term"))
+        if config.black_hole:
+            cycle.append((0.10, "black_hole"))  # over before the fleet lock
         if config.kill_supervisor:
             cycle.append((0.20, "kill_supervisor"))
         if config.stop_children:
@@ -1081,6 +1158,10 @@ class ChaosRun:
             self._tasks.append(self.stock_term())
         elif action == "fleet_lock":
             self._tasks.append(self.fleet_lock())
+        elif action == "black_hole":
+            hostname = self.host_with("black-hole")
+            assert hostname is not None
+            self._tasks.append(self.black_hole(hostname))
 
     def _db_busy(self) -> bool:
         return self._db_down or not self._db_restart_done()
@@ -1259,6 +1340,8 @@ class ChaosRun:
             self._pg.wait(timeout=120)
         for task in self._tasks:
             task.close()  # a fleet lock's connection closes with it
+        if self._hole is not None:
+            self._hole.close()
         if self._db_down:
             pg_ctl("start", "-w")
         for fleet in [*self.fleets, *self.stock]:

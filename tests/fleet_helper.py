@@ -3,9 +3,11 @@ jobs, read the database and the processes, wait for conditions."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +22,27 @@ from psycopg.rows import dict_row
 REPO = Path(__file__).resolve().parent.parent
 APP = "tests.apps.plain_app.app"
 T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_status(port: int, path: str, timeout: float) -> int | str:
+    """The status of GET ``path`` on the probe port, or why no complete
+    answer came within ``timeout`` (the exception's name)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    except OSError as exc:
+        return type(exc).__name__
+    finally:
+        conn.close()
 
 
 def is_probe_process(process: psutil.Process) -> bool:

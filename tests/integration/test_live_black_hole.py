@@ -7,35 +7,19 @@ itself stops turning."""
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
 import signal
 import time
 
 from ..blackhole import BlackHole
-from ..fleet_helper import defer, jobs, log_events, wait_for
-from .test_health import fleet_rows, free_port, try_probe
+from ..fleet_helper import defer, free_port, http_status, jobs, log_events, wait_for
+from .test_health import fleet_rows, try_probe
 
 JSON_APP = "tests.apps.json_log_app.app"
 HOST = "live-hole"
 #: heartbeat 1 s: database calls bounded at 2 s, /live's stall bound 7 s
 FAST = ("--heartbeat-interval", "1", "--stalled-timeout", "10")
 POLLS = 60
-
-
-def answer_within(port: int, seconds: float, path: str = "/live") -> int | str:
-    """The status of ``path``, or why no answer came within ``seconds``."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=seconds)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        json.loads(response.read())
-        return response.status
-    except OSError as exc:
-        return type(exc).__name__
-    finally:
-        conn.close()
 
 
 def test_live_answers_while_the_database_black_holes_connections(fleet, db_url):
@@ -64,9 +48,9 @@ def test_live_answers_while_the_database_black_holes_connections(fleet, db_url):
         statuses: list[int | str] = []
         victim = None
         for _ in range(POLLS):
-            answers.append(answer_within(port, 1.0))
+            answers.append(http_status(port, "/live", 1.0))
             if victim is not None:
-                statuses.append(answer_within(port, 1.0, "/status"))
+                statuses.append(http_status(port, "/status", 1.0))
             elif log_events(fleet, "db_unreachable"):
                 victim = next(p for p in fleet.child_pids() if p != runner)
                 os.kill(victim, signal.SIGKILL)
@@ -117,7 +101,7 @@ def test_live_fails_when_the_loop_stops_turning(fleet):
     dead once the loop has been silent longer than its bound."""
     port = free_port()
     fleet.start("--concurrency", "1", "--health-port", str(port), *FAST, app=JSON_APP)
-    assert answer_within(port, 1.0) == 200
+    assert http_status(port, "/live", 1.0) == 200
     os.kill(fleet.pid, signal.SIGSTOP)
     try:
         failed = wait_for(
