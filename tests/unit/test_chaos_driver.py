@@ -132,7 +132,7 @@ def test_schedule_once_or_per_cycle(tmp_path):
     cycles = ChaosRun(
         "", tmp_path, ChaosConfig(seconds=100, repeat_every=40)
     ).schedule()
-    assert len(cycles) == 18 and cycles[11] == (48.0, "kill_supervisor")
+    assert len(cycles) == 18 and cycles[12] == (48.0, "kill_supervisor")
 
 
 def test_each_attack_can_be_left_out(tmp_path, monkeypatch):
