@@ -101,7 +101,8 @@ class _Forwarding(probe.ProbeServer):
 
     def _serve(self, fd: int) -> None:
         head = self._clients[fd].data.split(b"\n", 1)[0].split(b" ")
-        if len(head) == 3 and head[0] in (b"GET", b"HEAD") and head[1] == b"/live":
+        path = head[1].split(b"?", 1)[0] if len(head) == 3 else b""
+        if head[0] in (b"GET", b"HEAD") and path == b"/live":
             super()._serve(fd)
             return
         client = self._clients.pop(fd)
@@ -167,6 +168,7 @@ class LiveProbe:
             os.closerange(low + 1, high)  # sessions, pipes, children's fds
         setproctitle.setproctitle(f"procrastinate-prefork probe (of {parent})")
         server = _Forwarding(None, 0, self._respond, sock=self.server.sock)
+        outbox.setblocking(False)  # a supervisor far behind must not stop /live
         server.outbox = outbox
         while os.getppid() == parent:
             fds = [*server.filenos(), outbox.fileno()]

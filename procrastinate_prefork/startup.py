@@ -40,6 +40,14 @@ class Startup:
                 raise StartupError(f"cannot fork the probe process: {exc}") from None
             self.db.on_call = live.beacon.touch
         try:
+            self._checks()
+        except BaseException:
+            if self.live_probe is not None:  # not left behind by a failed start
+                self.live_probe.stop()
+            raise
+
+    def _checks(self: Supervisor) -> None:
+        try:
             self.app.perform_import_paths()  # children inherit the imported tasks
         except Exception as exc:  # the user's task modules
             raise StartupError(

@@ -44,19 +44,24 @@ class BlackHole:
 
     def _relay(self, a: socket.socket, b: socket.socket) -> None:
         peer = {a: b, b: a}
-        while not self.closed.is_set():
-            if self.swallowing.is_set():
-                time.sleep(0.1)  # keep both ends open, move nothing
-                continue
-            readable, _, _ = select.select([a, b], [], [], 0.1)
-            for sock in readable:
-                try:
+        try:
+            while not self.closed.is_set():
+                if self.swallowing.is_set():
+                    time.sleep(0.1)  # keep both ends open, move nothing
+                    continue
+                readable, _, _ = select.select([a, b], [], [], 0.1)
+                for sock in readable:
                     data = sock.recv(65536)
                     if not data:
                         return
                     peer[sock].sendall(data)
-                except OSError:
-                    return
+        except OSError:
+            return
+        finally:
+            # one end closed (PostgreSQL restarted, the client left): the
+            # other must see it, as it would on a direct connection
+            a.close()
+            b.close()
 
     def close(self) -> None:
         self.closed.set()

@@ -119,3 +119,27 @@ def test_live_fails_when_the_loop_stops_turning(fleet):
         message="/live to answer 200 again",
     )
     assert fleet.stop() == 0
+
+
+def test_a_killed_probe_process_is_replaced(fleet):
+    port = free_port()
+    fleet.start("--concurrency", "1", "--health-port", str(port), app=JSON_APP)
+    first = fleet.probe_pid()
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    wait_for(
+        lambda: log_events(fleet, "probe_restarted"),
+        timeout=10,
+        message="the probe process to be replaced",
+    )
+    wait_for(
+        lambda: (
+            http_status(port, "/live", 1.0) == 200
+            and http_status(port, "/status", 1.0) == 200
+        ),
+        timeout=10,
+        message="the probe port to answer again",
+    )
+    assert fleet.probe_pid() not in (None, first)
+    assert fleet.stop() == 0
+    assert http_status(port, "/live", 1.0) == "ConnectionRefusedError"
