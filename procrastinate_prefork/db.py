@@ -350,9 +350,11 @@ class SupervisorDB:
             return None
 
     def notifications(self) -> list[tuple[str, str]]:
-        """Notifications received so far, without blocking. Moves a pending
-        connection attempt on (called on every turn of the loop)."""
-        if self._connecting is not None:
+        """Notifications received so far, without blocking. Called on every
+        turn of the loop: it also starts and moves on connection attempts, so
+        that the session is back within ``RETRY_MAX`` of the database, not at
+        the next call that needs it."""
+        if self.conn is None or self.conn.closed:
             self.ensure()
         if self.conn is None or self.conn.closed or not self.channels:
             return []
