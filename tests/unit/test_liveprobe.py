@@ -65,6 +65,16 @@ def test_the_beacon_is_shared_with_a_forked_reader():
     assert os.waitstatus_to_exitcode(status) == 0
 
 
+def test_a_writer_stopped_mid_write_does_not_hang_the_reader():
+    """The supervisor SIGSTOPped while it publishes: the page stays odd."""
+    beacon = liveprobe.Beacon()
+    stopped_at = time.monotonic()
+    liveprobe._HEAD.pack_into(beacon._mem, 0, 7, stopped_at, True, False, 0)
+    assert beacon.read() == (stopped_at, True, True, [])
+    assert liveprobe.verdict(beacon, BOUND, stopped_at + 1)[0] == 200
+    assert liveprobe.verdict(beacon, BOUND, stopped_at + BOUND + 1)[0] == 503
+
+
 def test_the_stall_bound_covers_the_longest_database_call():
     assert liveprobe.stall_bound(6.0) > 6.0
 
