@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import select
 import time
+from typing import Any
 
 import psycopg
 from psycopg.waiting import Ready, Wait
@@ -17,6 +18,11 @@ from psycopg.waiting import Ready, Wait
 #: seconds before an attempt is given up (libpq's own ``connect_timeout`` is
 #: not applied to a non-blocking attempt: this is)
 CONNECT_TIMEOUT = 3
+#: keyword arguments of ``psycopg.connect`` that are the Connection's, not
+#: libpq's (``make_conninfo`` would drop or refuse them)
+CONNECTION_OPTIONS = frozenset(
+    {"autocommit", "prepare_threshold", "row_factory", "cursor_factory"}
+)
 
 
 class Connecting:
@@ -25,8 +31,14 @@ class Connecting:
     resolved by libpq when the attempt starts: that part blocks (an address,
     or a local resolver, keeps a black-holed network from holding it)."""
 
-    def __init__(self, conninfo: str, timeout: float = CONNECT_TIMEOUT):
+    def __init__(
+        self,
+        conninfo: str,
+        timeout: float = CONNECT_TIMEOUT,
+        options: dict[str, Any] | None = None,
+    ):
         self.deadline = time.monotonic() + timeout
+        self._options = options or {}  # CONNECTION_OPTIONS, set once connected
         self._gen = psycopg.Connection._connect_gen(conninfo)
         self._done: psycopg.Connection | None = None
         try:
@@ -58,6 +70,8 @@ class Connecting:
                 self.fileno, self._wait = self._gen.send(ready)
             except StopIteration as finished:
                 self._done = finished.value
+                for name, value in self._options.items():
+                    setattr(self._done, name, value)
         return self._done
 
     def abandon(self) -> None:

@@ -174,9 +174,11 @@ def connect_nowait(
     kwargs = dict(connection_args.get("kwargs") or {})
     if timeouts is not None:
         kwargs.update(timeouts.connection_params())
-    kwargs.update(application_name=app_name)
+    kwargs.update(application_name=app_name, autocommit=True)
+    options = {k: kwargs.pop(k) for k in connecting.CONNECTION_OPTIONS & set(kwargs)}
     return connecting.Connecting(
-        psycopg.conninfo.make_conninfo(connection_args.get("conninfo", ""), **kwargs)
+        psycopg.conninfo.make_conninfo(connection_args.get("conninfo", ""), **kwargs),
+        options=options,
     )
 
 
@@ -289,7 +291,6 @@ class SupervisorDB:
             return None
         self._connecting = None
         try:
-            conn.autocommit = True
             self.on_call()
             with bounded(conn, self.timeouts):
                 for channel in self.channels:

@@ -10,7 +10,7 @@ import time
 import psycopg
 import pytest
 
-from procrastinate_prefork import connecting, liveprobe
+from procrastinate_prefork import connecting, db, liveprobe
 
 BOUND = 7.0
 
@@ -100,3 +100,16 @@ def test_a_silent_server_does_not_hold_the_attempt():
         with pytest.raises(psycopg.errors.ConnectionTimeout):
             while attempt.advance(wait=0.2) is None:
                 pass
+
+
+def test_connection_options_reach_the_connection_not_libpq(db_url):
+    """prepare_threshold=None (a transaction pooler) must survive the
+    non-blocking path: libpq would never see it."""
+    attempt = db.connect_nowait(
+        {"conninfo": db_url, "kwargs": {"prepare_threshold": None}}, "t", None
+    )
+    conn = None
+    while conn is None:
+        conn = attempt.advance(wait=1.0)
+    with conn:
+        assert conn.prepare_threshold is None and conn.autocommit
