@@ -34,7 +34,7 @@ from ..fleet import events
 from ..fleet import table as fleet
 from ..fleet.snapshot import FleetSnapshot
 from ..fleet.snapshot import take as take_snapshot
-from ..observability import metrics, probe
+from ..observability import liveprobe, metrics, probe
 from . import db, policy
 from .children import Child, Phase, fork_child
 from .deadlines import Policing
@@ -85,9 +85,7 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
         self.deadline: float | None = None
         self.crash_looping: bool = False
         self.supervisor_row: int | None = None
-        self.scoreboard: Scoreboard = Scoreboard(
-            2 * MAX_CHILDREN, config.child_concurrency
-        )
+        self.scoreboard = Scoreboard(2 * MAX_CHILDREN, config.child_concurrency)
         self._signals: list[int] = []
         self._sig_r: int = -1
         self._sig_w: int = -1
@@ -101,6 +99,7 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
         self.events_pending: list[events.Event] = []  # for the live page
         self.ready_logged: bool = False
         self.probe: probe.ProbeServer | None = None  # --health-port
+        self.live_probe: liveprobe.LiveProbe | None = None  # its /live
         self.totals = metrics.Totals(label_limit=config.metrics_label_limit)
         self.db_timeouts: db.Timeouts = db.Timeouts.for_heartbeat(
             config.heartbeat_interval
@@ -218,7 +217,7 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
         self.children[child.pid] = child
 
     def _own_fds(self) -> list[int]:
-        probe_fds = self.probe.filenos() if self.probe is not None else []
+        probe_fds = self.probe.own_fds() if self.probe is not None else []
         return [
             self._sig_r,
             self._sig_w,
@@ -250,10 +249,11 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
         db_fd = self.db.fileno()
         if db_fd is not None:
             fds.append(db_fd)
+        writers = [db_fd] if db_fd is not None and self.db.wants_write() else []
         if self.probe is not None:
             fds.extend(self.probe.filenos())
         try:
-            readable, _, _ = select.select(fds, [], [], timeout)
+            readable, _, _ = select.select(fds, writers, [], timeout)
         except InterruptedError:
             return
         if self.probe is not None:
@@ -280,6 +280,8 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
                 len(self.unrecovered),
                 extra={"action": "recovery_deferred"},
             )
+        if self.live_probe is not None:
+            self.live_probe.stop()
         if self.probe is not None:
             self.probe.close()
         self.db.close()

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from procrastinate import jobs as jobs_module
 
 from ..child.scoreboard import State
-from ..fleet import events, queries, recovery
+from ..fleet import events, health, queries, recovery
 from ..fleet import table as fleet
 from ..fleet.snapshot import take as take_snapshot
 from ..observability import metrics
@@ -69,6 +69,9 @@ class Maintenance:
         now = self.system.monotonic()
         self._log_ready()
         snapshot = take_snapshot(self, now)
+        if self.live_probe is not None:  # a turn: the helper's /live
+            verdict = health.liveness(snapshot)
+            self.live_probe.beacon.publish(verdict.ok, list(verdict.reasons))
         # A new child's worker id goes to the fleet table at once: a successor
         # supervisor finds its jobs there if this whole process tree dies.
         worker_ids = frozenset(c.worker_id for c in snapshot.children if c.worker_id)

@@ -37,6 +37,21 @@ class Reaping:
             child = self.children.pop(pid, None)
             if child is not None:
                 self._child_exited(child, status)
+            elif self.live_probe is not None and pid == self.live_probe.pid:
+                self._probe_exited(status)
+
+    def _probe_exited(self: Supervisor, status: int) -> None:
+        assert self.live_probe is not None  # noqa: S101 - its pid matched
+        _, _, text = policy.describe_exit(status)
+        logger.error(
+            "The probe process %s; starting another",
+            text,
+            extra={"action": "probe_restarted"},
+        )
+        try:
+            self.live_probe.start()
+        except OSError:  # the supervisor answers /live itself meanwhile
+            self.live_probe.pid = None
 
     def _child_exited(self: Supervisor, child: Child, status: int) -> None:
         now = self.system.monotonic()

@@ -14,7 +14,7 @@ from .. import errors
 from ..fleet import recovery, schema
 from ..fleet import table as fleet
 from ..fleet.identity import dead_predecessors, process_identity
-from ..observability import probe, redact
+from ..observability import liveprobe, probe, redact
 from . import db
 
 if TYPE_CHECKING:
@@ -35,6 +35,22 @@ class Startup:
             self.probe = probe.open_for(self.config, self.snapshot, self.metrics_text)
         except probe.ProbeBindError as exc:
             raise StartupError(str(exc)) from None
+        if self.probe is not None:  # before any session: the helper has none
+            bound = liveprobe.stall_bound(self.db_timeouts.call)
+            live = self.live_probe = liveprobe.LiveProbe(self.probe, bound)
+            try:
+                live.start()
+            except OSError as exc:
+                raise StartupError(f"cannot fork the probe process: {exc}") from None
+            self.db.on_call = live.beacon.touch
+        try:
+            self._checks()
+        except BaseException:
+            if self.live_probe is not None:  # not left behind by a failed start
+                self.live_probe.stop()
+            raise
+
+    def _checks(self: Supervisor) -> None:
         try:
             self.app.perform_import_paths()  # children inherit the imported tasks
         except Exception as exc:  # the user's task modules
