@@ -11,6 +11,7 @@ import os
 import time
 
 import procrastinate
+import psycopg
 
 from .work import cpu_task
 
@@ -47,3 +48,23 @@ def hold(context: procrastinate.JobContext, seconds: float = 30) -> None:
     (and gets SIGKILLed meanwhile) and returns at once when retried."""
     if context.job.attempts == 0:
         time.sleep(seconds)
+
+
+#: the task's own session, one per process (opened at its first job): the
+#: database-cost benchmark counts its statements apart, by this name
+TASK_APPNAME = "bench-task"
+_own: list[psycopg.Connection] = []
+
+
+@app.task(name="insert_one")
+def insert_one(n: int = 0) -> None:
+    """One insert of the task's own, as a job that writes something does."""
+    if not _own or _own[0].closed:
+        _own[:] = [
+            psycopg.connect(
+                os.environ.get("DATABASE_URL", ""),
+                autocommit=True,
+                application_name=TASK_APPNAME,
+            )
+        ]
+    _own[0].execute("INSERT INTO bench_rows (n) VALUES (%s)", [n])

@@ -999,8 +999,8 @@ def render(data: dict[str, Any], out_dir: Path) -> list[Path]:
 
 
 # ------------------------------------------- side files of the standalone runs
-# benchmarks/bigtables.py, pgbouncer.py and profile.py write one JSON file each
-# next to benchmarks.json; their sections come from there.
+# benchmarks/bigtables.py, pgbouncer.py, profile.py and dbcost.py write one JSON
+# file each next to benchmarks.json; their sections come from there.
 
 
 def _ms(x: float) -> str:
@@ -1180,11 +1180,54 @@ def fleetwrites_section(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+def dbcost_section(d: dict[str, Any]) -> list[str]:
+    s = d["summary"]
+    lines = [
+        "## What a job costs the database",
+        "",
+        _para(f"""{d["jobs"]} jobs of a task that makes one insert on its own
+              session, drained by prefork with {d["n"]} children and by
+              {d["n"]} stock `procrastinate worker --concurrency 1` processes,
+              on a throwaway PostgreSQL {d["postgresql"]} with `log_statement =
+              'all'`. Command: `{d["command"]}`; {d["started_at"]};
+              {len(d["runs"]) // 2} repetitions, interleaved; medians.
+              Transactions: `xact_commit + xact_rollback` of the database in
+              `pg_stat_database`, read once every session of the run has ended
+              (so its counters are flushed), less the harness's own statements.
+              Statements: the server's log lines, by `application_name`: the
+              workers' (prefork's supervisor included) and the task's. Both
+              include starting and stopping the workers."""),
+        "",
+        (
+            "| setup | transactions/job | workers' statements/job | "
+            'of which BEGIN/COMMIT | of which pool checks `""` | '
+            "task's own statements/job |"
+        ),
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    names = {"stock_procs": f"{d['n']} stock processes", "prefork": "prefork"}
+    for setup, name in names.items():
+        e = s[setup]
+        lines.append(
+            f"| {name} | {e['transactions_per_job']:.2f} | {e['workers_per_job']:.2f} "
+            f"| {e['workers_begin_commit_per_job']:.2f} "
+            f"| {e['workers_checks_per_job']:.2f} | {e['task_per_job']:.2f} |"
+        )
+    prefork, stock = s["prefork"], s["stock_procs"]
+    ratio = prefork["transactions_per_job"] / stock["transactions_per_job"]
+    lines.append(
+        f"\nprefork spends {ratio:.2f}x the transactions per job of stock "
+        "procrastinate, in the same run."
+    )
+    return [*lines, ""]
+
+
 SIDE_FILES = (
     ("benchmarks-bigtables.json", bigtables_section),
     ("benchmarks-pgbouncer.json", pgbouncer_section),
     ("benchmarks-profile.json", profile_section),
     ("benchmarks-fleetwrites.json", fleetwrites_section),
+    ("benchmarks-dbcost.json", dbcost_section),
 )
 
 

@@ -41,8 +41,9 @@ import psycopg
 from psycopg.rows import dict_row
 
 from .apps.chaos_app import EXPECTED_STATUS
+from .blackhole import BlackHole
 from .chaos_log_pipe import PIPE_ENV, LogPipe, stray_supervisor_records
-from .fleet_helper import REPO, Fleet
+from .fleet_helper import REPO, Fleet, free_port, http_status, is_probe_process
 
 CHAOS_APP = "tests.apps.chaos_app.app"
 #: task name -> share of the jobs
@@ -147,6 +148,7 @@ ATTACKS = (
     "stock_worker",
     "fleet_lock",
     "log_pipe",
+    "black_hole",
 )
 
 
@@ -205,6 +207,15 @@ class ChaosConfig:
     #: the SIGHUP host's stdout is a pipe (tests/chaos_log_pipe.py) whose
     #: reader is killed while children retire (SIGTTOU, SIGHUP), then replaced
     log_pipe: bool = True
+    #: one host (the ``timed`` one) reaches PostgreSQL through a relay
+    #: (tests/blackhole.py) that black-holes its connections, old and new,
+    #: for ``hole_seconds``: its supervisor's /live must answer every poll
+    #: within a second meanwhile. It declares ``hole_stalled_timeout``, so
+    #: that no host judges it dead during the hole (a longer partition is
+    #: node loss, where a job may run twice by design)
+    black_hole: bool = True
+    hole_seconds: float = 10.0
+    hole_stalled_timeout: float = 20.0
     stalled_timeout: float = 6.0
     heartbeat_interval: float = 1.0
     child_timeout: float = 3.0
@@ -248,6 +259,8 @@ class ChaosConfig:
             roles["timed"] = 2 % n
         if self.log_pipe:  # spared by the supervisor kills, as the SIGHUP host
             roles["log-pipe"] = 1 % n
+        if self.black_hole:
+            roles["black-hole"] = 2 % n
         return roles
 
     def host(self, index: int) -> HostPlan:
@@ -255,6 +268,8 @@ class ChaosConfig:
         stalled, heartbeat = self.stalled_timeout, self.heartbeat_interval
         if "short-timeout" in roles:
             stalled, heartbeat = self.short_stalled_timeout, 1.0
+        elif "black-hole" in roles:
+            stalled, heartbeat = self.hole_stalled_timeout, 1.0
         elif self.mixed_timeouts:
             heartbeat = stalled / 2  # the longest interval allowed
         concurrency, task_timeouts = self.child_concurrency, ()
@@ -270,7 +285,11 @@ class ChaosConfig:
         return HostPlan(stalled, heartbeat, concurrency, queues, task_timeouts, roles)
 
     def longest_stalled_timeout(self) -> float:
-        return max(self.host(i).stalled_timeout for i in range(self.supervisors))
+        """Of the hosts the fleet-table lock is meant to outlast (the
+        black-holed host's long timeout would make it last the whole run)."""
+        plans = [self.host(i) for i in range(self.supervisors)]
+        timeouts = [p.stalled_timeout for p in plans if "black-hole" not in p.roles]
+        return max(timeouts, default=self.stalled_timeout)
 
     def fleet_args(self, hostname: str, index: int = 0) -> list[str]:
         plan = self.host(index)
@@ -393,7 +412,7 @@ class ProcessWatch:
                 children = [
                     c.pid
                     for c in process.children()
-                    if c.status() != psutil.STATUS_ZOMBIE
+                    if c.status() != psutil.STATUS_ZOMBIE and not is_probe_process(c)
                 ]
                 if process.status() == psutil.STATUS_ZOMBIE:
                     continue
@@ -469,6 +488,10 @@ class ChaosReport:
     fleet_lock_seconds: float = 0.0
     log_pipe_breaks: int = 0
     log_pipe_retired: int = 0  # children that exited while it had no reader
+    black_holes: int = 0
+    hole_live_polls: int = 0
+    hole_live_failed: int = 0  # answered, but not 200
+    hole_loop_turns: int = 0  # the hole host's loop answered /status
     seconds: float = 0.0
     throughput: float = 0.0
     problems: list[str] = dataclasses.field(default_factory=list)
@@ -503,6 +526,9 @@ class ChaosReport:
             f"fleet-table locks: {self.fleet_locks} ({self.fleet_lock_seconds:.1f} s)",
             f"log pipe broken: {self.log_pipe_breaks} time(s), "
             f"{self.log_pipe_retired} children exited while it had no reader",
+            f"black holes: {self.black_holes} (/live polls {self.hole_live_polls}, "
+            f"{self.hole_live_failed} answered not 200; /status answered by the "
+            f"loop {self.hole_loop_turns} times)",
         ]
         if self.problems:
             lines.append(f"PROBLEMS ({len(self.problems)}):")
@@ -553,6 +579,9 @@ class ChaosRun:
         self._db_down = False  # stopped by the outage attack
         self._db_calm_at = 0.0  # monotonic time the database was last back + 10 s
         self._outage_hosts: set[str] = set()  # in a start loop right now
+        #: the black-holed host's relay and probe port (black_hole)
+        self._hole: BlackHole | None = None
+        self._hole_port = 0
         self._stopping = False
         self.log_pipe = LogPipe(workdir) if config.log_pipe else None
 
@@ -568,7 +597,7 @@ class ChaosRun:
     def start_supervisor(self, hostname: str, wait_ready: bool = False) -> Fleet:
         index = self.hostnames().index(hostname)
         fleet = Fleet(self.db_url, self.workdir, f"{hostname}-{len(self.fleets)}")
-        env = {"PREFORK_TEST_RESULTS": str(self.results)}
+        env = {"PREFORK_TEST_RESULTS": str(self.results), **self._hole_env(hostname)}
         stdout = None
         if self.log_pipe is not None and hostname == self.host_with("log-pipe"):
             env.update(PIPE_ENV)
@@ -576,6 +605,7 @@ class ChaosRun:
         try:
             fleet.start(
                 *self.config.fleet_args(hostname, index),
+                *self._hole_args(hostname),
                 app=CHAOS_APP,
                 wait_ready=wait_ready,
                 env=env,
@@ -1079,6 +1109,51 @@ class ChaosRun:
         fleet.signal(signal.SIGTTIN)
         yield from self._settle(fleet, self.config.children, "SIGTTIN")
 
+    def _hole_args(self, hostname: str) -> list[str]:
+        if hostname != self.host_with("black-hole"):
+            return []
+        if not self._hole_port:
+            self._hole_port = free_port()
+        return ["--health-port", str(self._hole_port)]
+
+    def _hole_env(self, hostname: str) -> dict[str, str]:
+        if hostname != self.host_with("black-hole"):
+            return {}
+        if self._hole is None:
+            self._hole = BlackHole.to(self.db_url)
+        return {"DATABASE_URL": self._hole.url(self.db_url)}
+
+    def black_hole(self, hostname: str) -> Iterator[None]:
+        """Black-hole every connection of ``hostname`` (supervisor and
+        children, old connections and new) for ``hole_seconds``; meanwhile
+        its /live, polled with a 1 s timeout, must answer every time, and
+        its loop keeps answering /status. Its supervisor is spared the kills
+        (a new one could not start through the hole)."""
+        assert self._hole is not None
+        self._outage_hosts.add(hostname)
+        self._hole.swallowing.set()
+        self.report.black_holes += 1
+        self.say(f"black hole on {hostname} for {self.config.hole_seconds:g} s")
+        end = time.monotonic() + self.config.hole_seconds
+        try:
+            while time.monotonic() < end:
+                live = http_status(self._hole_port, "/live", timeout=1.0)
+                self.report.hole_live_polls += 1
+                if not isinstance(live, int):
+                    self.report.problems.append(
+                        f"black hole: /live of {hostname} unanswered within 1 s "
+                        f"({live})"
+                    )
+                elif live != 200:
+                    self.report.hole_live_failed += 1
+                if http_status(self._hole_port, "/status", timeout=1.0) == 200:
+                    self.report.hole_loop_turns += 1
+                yield
+        finally:
+            self._hole.swallowing.clear()
+            self._outage_hosts.discard(hostname)
+        self.say(f"{hostname}'s database path is back")
+
     def step_attacks(self) -> None:
         for task in list(self._tasks):
             try:
@@ -1113,6 +1188,8 @@ class ChaosRun:
             cycle.append((0.05, "sighup_burst"))
         if config.stock_worker:
             cycle.append((0.08, "stock_term"))
+        if config.black_hole:
+            cycle.append((0.10, "black_hole"))  # over before the fleet lock
         if config.kill_supervisor:
             cycle.append((0.20, "kill_supervisor"))
         if config.stop_children:
@@ -1164,6 +1241,10 @@ class ChaosRun:
             hostname = self.host_with("log-pipe")
             assert hostname is not None
             self._tasks.append(self.broken_log_pipe(hostname))
+        elif action == "black_hole":
+            hostname = self.host_with("black-hole")
+            assert hostname is not None
+            self._tasks.append(self.black_hole(hostname))
 
     def _db_busy(self) -> bool:
         return self._db_down or not self._db_restart_done()
@@ -1342,6 +1423,8 @@ class ChaosRun:
             self._pg.wait(timeout=120)
         for task in self._tasks:
             task.close()  # a fleet lock's connection closes with it
+        if self._hole is not None:
+            self._hole.close()
         if self._db_down:
             pg_ctl("start", "-w")
         if self.log_pipe is not None:

@@ -4,9 +4,11 @@ jobs, read the database and the processes, wait for conditions."""
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,6 +23,35 @@ from psycopg.rows import dict_row
 REPO = Path(__file__).resolve().parent.parent
 APP = "tests.apps.plain_app.app"
 T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_status(port: int, path: str, timeout: float) -> int | str:
+    """The status of GET ``path`` on the probe port, or why no complete
+    answer came within ``timeout`` (the exception's name)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    except OSError as exc:
+        return type(exc).__name__
+    finally:
+        conn.close()
+
+
+def is_probe_process(process: psutil.Process) -> bool:
+    """The helper that serves /live (``liveprobe``): not a worker child."""
+    try:
+        return " ".join(process.cmdline()).startswith("procrastinate-prefork probe")
+    except psutil.Error:
+        return False
 
 
 def wait_for(
@@ -221,10 +252,27 @@ class Fleet:
                     pass
 
     def child_pids(self) -> list[int]:
+        """The supervisor's worker children (not its probe process)."""
         try:
-            return sorted(p.pid for p in psutil.Process(self.pid).children())
+            return sorted(
+                p.pid
+                for p in psutil.Process(self.pid).children()
+                if not is_probe_process(p)
+            )
         except psutil.NoSuchProcess:
             return []
+
+    def probe_pid(self) -> int | None:
+        """The supervisor's probe process (``--health-port``), if any."""
+        try:
+            found = [
+                p.pid
+                for p in psutil.Process(self.pid).children()
+                if is_probe_process(p)
+            ]
+        except psutil.NoSuchProcess:
+            return None
+        return found[0] if found else None
 
     def wait_children(
         self, count: int, timeout: float = 20, exclude: Sequence[int] = ()

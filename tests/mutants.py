@@ -19,11 +19,19 @@ ISOLATION = "tests/integration/test_recovery_isolation.py"
 # the end of compat.finish_only_owned_jobs (other wrappers of finish_job and
 # retry_job end with the same two lines)
 OWNED_TAIL = (
-    "            new_lock=lock,\n        )\n\n"
+    "        await unregister(worker_id)\n\n"
     "    # ignore: we replace methods of this app's JobManager on purpose\n"
 )
 OWNED_FINISH = "    manager.finish_job = finish_job  # type: ignore[method-assign]\n"
 OWNED_RETRY = "    manager.retry_job = retry_job  # type: ignore[method-assign]\n"
+
+# the owned-job rule where end_owned_job_and_fetch writes it
+END_AND_FETCH = "-- caller then records the end alone).\nWITH owned AS MATERIALIZED (\n"
+OWNED_ROW = (
+    "    SELECT id FROM procrastinate_jobs\n"
+    "    WHERE id = %(job_id)s AND status = 'doing' AND attempts = %(attempts)s\n"
+)
+OWNED_RULE = " AND status = 'doing' AND attempts = %(attempts)s"
 
 MUTANTS: list[Mutant] = [
     Mutant(
@@ -224,6 +232,18 @@ MUTANTS: list[Mutant] = [
             "test_retired_child_with_stdout_on_a_full_disk_never_runs_the_supervisor",
             "tests/unit/test_child_exit.py::"
             "test_a_child_exits_with_its_code_when_its_output_is_on_a_full_disk",
+        ),
+    ),
+    Mutant(
+        id="late-end-and-fetch",
+        promise="a late outcome of an earlier run is not written when a job's "
+        "end and the next fetch are one statement (--child-concurrency 1)",
+        path="procrastinate_prefork/sql/queries.sql",
+        old=f"{END_AND_FETCH}{OWNED_ROW}",
+        new=f"{END_AND_FETCH}{OWNED_ROW.replace(OWNED_RULE, '')}",
+        tests=(
+            "tests/integration/test_child_session.py::"
+            "test_late_outcome_refused_and_the_next_job_fetched_in_one_statement",
         ),
     ),
 ]

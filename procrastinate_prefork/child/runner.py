@@ -18,15 +18,13 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import setproctitle
-from procrastinate import connector as connector_module
-from procrastinate import psycopg_connector
 
 from .. import compat
 from ..config import PreforkConfig
 from ..observability import jsonlog, logfiles, redact
 from ..supervisor import db
 from . import bootstrap as bootstrap_module
-from . import softlimit, wakepipe
+from . import session, softlimit
 from .jobtracker import JobTracker
 from .scoreboard import Scoreboard, SlotWriter, State
 
@@ -58,25 +56,6 @@ class ChildSpec:
     supervisor_pid: int
     inherited_fds: Iterable[int] = ()  # the supervisor's own fds, to close
     on_start: Callable[..., Any] | None = None
-
-
-class PipeWakeConnector(psycopg_connector.PsycopgConnector):
-    """procrastinate's psycopg connector, except that LISTEN/NOTIFY is replaced
-    by the supervisor's pipe: one LISTEN session per host instead of one per
-    child, and the supervisor can wake a child after a recovery."""
-
-    def __init__(self, wake_fd: int | None, **kwargs: Any):
-        super().__init__(**kwargs)
-        self._wake_fd = wake_fd
-
-    async def listen_notify(
-        self, on_notification: connector_module.Notify, channels: Iterable[str]
-    ) -> None:
-        if self._wake_fd is None:
-            return
-        fd, self._wake_fd = self._wake_fd, None
-        async for channel, payload in wakepipe.read_wakes(fd):
-            await on_notification(channel=channel, payload=payload)
 
 
 def run_child(spec: ChildSpec) -> int:
@@ -141,21 +120,27 @@ async def _serve(spec: ChildSpec) -> int:
     kwargs["application_name"] = db.application_name(
         config.hostname, str(spec.slot), pid
     )
-    args.update(
-        kwargs=kwargs,
-        # One session per job that can run at once: psycopg_pool's default of 4
-        # per process would multiply the fleet's sessions for nothing.
-        min_size=1,
-        max_size=config.child_concurrency,
-        # back within seconds of the end of a database outage, not minutes
-        pool_factory=compat.PromptReconnectPool,
-    )
-    connector = PipeWakeConnector(spec.wake_fd, **args)
+    args["kwargs"] = kwargs
+    if config.child_concurrency == 1:
+        connector: Any = session.SessionConnector(spec.wake_fd, **args)
+    else:
+        args.update(
+            # One session per job that can run at once: psycopg_pool's default
+            # of 4 per process would multiply the fleet's sessions for nothing.
+            min_size=1,
+            max_size=config.child_concurrency,
+            # back within seconds of the end of a database outage, not minutes
+            pool_factory=compat.PromptReconnectPool,
+        )
+        connector = session.PipeWakeConnector(spec.wake_fd, **args)
     tracker = JobTracker(writer, config, spec.scoreboard.finished)
 
     with spec.bootstrap.worker_app(connector) as app:
         compat.on_worker_registered(app, tracker.registered)
-        compat.finish_only_owned_jobs(app)
+        compat.finish_only_owned_jobs(
+            app,
+            fetch_next=_fetch_next(tracker) if config.child_concurrency == 1 else None,
+        )
         compat.restore_deleted_worker_row(app)
         compat.survive_database_outages(app, keep_fetching=config.wait)
         compat.on_job_ended(app, tracker.ended)
@@ -189,6 +174,20 @@ async def _serve(spec: ChildSpec) -> int:
             beat.cancel()
             writer.set_state(State.STOPPED)
     return tracker.exit_code()
+
+
+def _fetch_next(tracker: JobTracker) -> Callable[[], tuple[Any, int] | None]:
+    """Where the worker fetches its next job right after recording one's end
+    (its queues and worker id), or None if it will not: it is stopping. With
+    one job at a time, procrastinate's worker fetches as soon as a job ends."""
+
+    def where() -> tuple[Any, int] | None:
+        worker = tracker.worker
+        if tracker.draining or worker is None or worker.worker_id is None:
+            return None
+        return worker.queues, worker.worker_id
+
+    return where
 
 
 def _reopen_logs(slot: int) -> None:

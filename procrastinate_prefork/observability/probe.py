@@ -68,9 +68,21 @@ class ProbeServer:
     """Listen on ``host:port``; ``respond(path)`` returns (status, JSON body)
     for a known path, None for an unknown one."""
 
-    def __init__(self, host: str, port: int, respond: Responder):
+    def __init__(
+        self,
+        host: str | None,
+        port: int,
+        respond: Responder,
+        sock: socket.socket | None = None,
+    ):
         self.respond = respond
         self._clients: dict[int, _Client] = {}
+        #: where clients come from while a helper holds the port (liveprobe)
+        self._inbox: socket.socket | None = None
+        if sock is not None:  # already listening
+            self.sock, self.address = sock, sock.getsockname()[:2]
+            return
+        assert host is not None  # noqa: S101 - one or the other
         try:
             infos = socket.getaddrinfo(
                 host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -108,14 +120,29 @@ class ProbeServer:
         return self.sock.fileno()
 
     def filenos(self) -> list[int]:
-        """Every descriptor to watch for reading: the listening socket and the
-        clients whose request is not complete yet."""
-        return [self.sock.fileno(), *self._clients]
+        """Every descriptor to watch for reading: the listening socket (or
+        the helper's socket pair) and the clients whose request is not
+        complete yet."""
+        source = self._inbox if self._inbox is not None else self.sock
+        return [source.fileno(), *self._clients]
+
+    def own_fds(self) -> list[int]:
+        """Every descriptor of the probe, for a fork to close."""
+        inbox = [self._inbox.fileno()] if self._inbox is not None else []
+        return [self.sock.fileno(), *inbox, *self._clients]
+
+    def take_clients_from(self, inbox: socket.socket | None) -> None:
+        """Serve the clients a helper passes on ``inbox`` (None: accept
+        them again on the port)."""
+        if self._inbox is not None:
+            self._inbox.close()
+        self._inbox = inbox
 
     def close(self) -> None:
         for client in self._clients.values():
             client.sock.close()
         self._clients.clear()
+        self.take_clients_from(None)
         self.sock.close()
 
     # ----------------------------------------------------------------- loop
@@ -124,7 +151,9 @@ class ProbeServer:
         """Accept, read and answer what is ready; drop clients past their
         deadline. Call on every turn of the loop (it never blocks long)."""
         now = time.monotonic() if now is None else now
-        if self.sock.fileno() in readable:
+        if self._inbox is not None and self._inbox.fileno() in readable:
+            self._receive(now)
+        if self._inbox is None and self.sock.fileno() in readable:
             self._accept(now)
         for fd in [fd for fd in self._clients if fd in readable]:
             self._read(fd)
@@ -145,6 +174,21 @@ class ProbeServer:
                 oldest = min(self._clients, key=lambda fd: self._clients[fd].deadline)
                 self._drop(oldest)
             self._clients[sock.fileno()] = _Client(sock, now + CLIENT_TIMEOUT)
+
+    def _receive(self, now: float) -> None:
+        """Clients the helper read a request from: answer them now."""
+        assert self._inbox is not None  # noqa: S101 - called when set
+        for _ in range(ACCEPT_BATCH):
+            try:
+                data, fds, _, _ = socket.recv_fds(self._inbox, MAX_REQUEST + 1, 1)
+            except OSError:  # nothing more now (or the helper is gone)
+                return
+            if not fds:
+                return  # the helper is gone: reaped and replaced this turn
+            sock = socket.socket(fileno=fds[0])
+            sock.setblocking(False)
+            self._clients[sock.fileno()] = _Client(sock, now + CLIENT_TIMEOUT, data)
+            self._serve(sock.fileno())
 
     def _read(self, fd: int) -> None:
         client = self._clients[fd]

@@ -16,7 +16,9 @@
 -- * the job columns the recovery reads: worker_jobs and stalled_jobs;
 -- * a job is a run's own while it is 'doing' in the attempt it fetched (a
 --   recovery adds one) under its worker, or under none (its worker row was
---   deleted under it): finish_owned_job, retry_owned_job, job_still_owned.
+--   deleted under it): finish_owned_job, retry_owned_job, job_still_owned,
+--   end_owned_job_and_fetch (whose fetched columns are those of
+--   procrastinate's own fetch_job query).
 
 -- count_runnable --
 -- Runnable todo jobs in every queue, capped at 1000
@@ -381,6 +383,49 @@ WITH owned AS MATERIALIZED (
 SELECT procrastinate_retry_job_v2(id, %(retry_at)s, %(new_priority)s,
     %(new_queue_name)s, %(new_lock)s)::text
 FROM owned
+
+-- end_owned_job_and_fetch --
+-- finish_owned_job or retry_owned_job, then procrastinate's fetch of the next job
+-- "retry" picks the end (the other one's parameters are NULL). "recorded" is
+-- 1 if the outcome was written, 0 if the job is no longer this run's; then
+-- the fetched job's columns (all NULL when none is waiting). The fetch takes
+-- its worker id from "ended": it runs once the end is recorded, so it sees the
+-- ended job's lock released (and can fetch a job retried for now). One
+-- statement, one transaction: if the fetch fails, nothing is written (the
+-- caller then records the end alone).
+WITH owned AS MATERIALIZED (
+    SELECT id FROM procrastinate_jobs
+    WHERE id = %(job_id)s AND status = 'doing' AND attempts = %(attempts)s
+      AND (worker_id = %(worker_id)s OR worker_id IS NULL)
+    FOR UPDATE
+), ended AS MATERIALIZED (
+    SELECT count(CASE WHEN %(retry)s
+                 THEN procrastinate_retry_job_v2(id, %(retry_at)s,
+                      %(new_priority)s, %(new_queue_name)s, %(new_lock)s)::text
+                 ELSE procrastinate_finish_job_v1(id, %(status)s,
+                      %(delete_job)s)::text END) AS recorded,
+           %(fetcher_id)s::bigint AS fetcher_id
+    FROM owned
+)
+SELECT ended.recorded, next.id, next.status, next.task_name, next.priority,
+       next.lock, next.queueing_lock, next.args, next.scheduled_at,
+       next.queue_name, next.attempts, next.worker_id
+FROM ended, LATERAL procrastinate_fetch_job_v2(%(queues)s::varchar[],
+                                               ended.fetcher_id) AS next
+
+-- release_fetched_job --
+-- Give back a job fetched but never started: todo again, no attempt spent, workers woken
+-- The exact undo of procrastinate's fetch (status and worker); its event
+-- trigger records it as deferred_for_retry.
+WITH released AS (
+    UPDATE procrastinate_jobs SET status = 'todo', worker_id = NULL
+    WHERE id = %(job_id)s AND status = 'doing' AND worker_id = %(worker_id)s
+      AND attempts = %(attempts)s
+    RETURNING queue_name
+)
+SELECT pg_notify('procrastinate_queue_v1#' || queue_name, %(payload)s),
+       pg_notify('procrastinate_any_queue_v1', %(payload)s)
+FROM released
 
 -- job_still_owned --
 -- 1 if the job is still this run's, else 0

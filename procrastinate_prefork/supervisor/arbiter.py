@@ -22,17 +22,15 @@ import select
 from collections.abc import Callable
 from typing import Any
 
-import psycopg
-
-from .. import errors
 from ..child import wakepipe
 from ..child.bootstrap import Bootstrap
 from ..child.scoreboard import Scoreboard
 from ..config import PreforkConfig
 from ..config.parsing import MAX_CHILDREN
+from ..fleet import health
 from ..fleet import snapshot as fleet_snapshot
-from ..observability import metrics, probe
-from . import db, startup
+from ..observability import liveprobe, metrics, probe
+from . import db, reaping, startup
 from .children import Forker, Phase
 from .deadlines import Police
 from .lifecycle import Lifecycle
@@ -70,6 +68,7 @@ class Supervisor:
         self.started: float = system.monotonic()
         self._wake_pending = False
         self.probe: probe.ProbeServer | None = None  # --health-port
+        self.live_probe: liveprobe.LiveProbe | None = None  # its /live
         self.totals = metrics.Totals(label_limit=config.metrics_label_limit)
         self.scoreboard = Scoreboard(2 * MAX_CHILDREN, config.child_concurrency)
         self.db = session or db.SupervisorDB(
@@ -105,22 +104,18 @@ class Supervisor:
         )
 
     def run(self) -> int:
-        self.probe = startup.open_probe(self.config, self.snapshot, self.metrics_text)
+        self.probe, self.live_probe = startup.open_probes(
+            self.config, self.db, self.snapshot, self.metrics_text
+        )
         self.maintenance.queue_depth = self.probe is not None
-        try:
-            self.maintenance.supervisor_row = startup.preflight(
-                self.config,
-                self.bootstrap,
-                self.db,
-                pid=self.pid,
-                concurrency=self.pool.target,
-            )
-        except psycopg.OperationalError as exc:
-            if not db.is_timeout(exc):
-                raise
-            raise StartupError(
-                f"the database did not answer in time ({errors.one_line(exc)})"
-            ) from None
+        self.maintenance.supervisor_row = startup.preflight(
+            self.config,
+            self.bootstrap,
+            self.db,
+            pid=self.pid,
+            concurrency=self.pool.target,
+            live_probe=self.live_probe,
+        )
         self.signals.install()
         self.lifecycle.retitle()
         self.pool.start()
@@ -161,7 +156,10 @@ class Supervisor:
         return self.system.monotonic()
 
     def _reap(self) -> None:
-        self.reaper.reap([self.pool], running=self.lifecycle.running)
+        strays = self.reaper.reap([self.pool], running=self.lifecycle.running)
+        for pid, status in strays:
+            if self.live_probe is not None and pid == self.live_probe.pid:
+                reaping.probe_exited(self.live_probe, status)
 
     def _reap_all(self) -> None:
         while self.pool.children:
@@ -202,7 +200,7 @@ class Supervisor:
         self.db.ensure()  # LISTEN again at once: wake-ups must not wait
 
     def _own_fds(self) -> list[int]:
-        probe_fds = self.probe.filenos() if self.probe is not None else []
+        probe_fds = self.probe.own_fds() if self.probe is not None else []
         return [
             *self.signals.fds(),
             *probe_fds,
@@ -227,7 +225,11 @@ class Supervisor:
         if self.lifecycle.running:
             self.pool.log_ready()
         now = self._now()
-        self.maintenance.tick(self._snapshot(now), now)
+        snapshot = self._snapshot(now)
+        if self.live_probe is not None:  # a turn: the helper's /live
+            verdict = health.liveness(snapshot)
+            self.live_probe.beacon.publish(verdict.ok, list(verdict.reasons))
+        self.maintenance.tick(snapshot, now)
 
     def _sleep(self) -> None:
         timeout = TICK
@@ -240,10 +242,11 @@ class Supervisor:
         db_fd = self.db.fileno()
         if db_fd is not None:
             fds.append(db_fd)
+        writers = [db_fd] if db_fd is not None and self.db.wants_write() else []
         if self.probe is not None:
             fds.extend(self.probe.filenos())
         try:
-            readable, _, _ = select.select(fds, [], [], timeout)
+            readable, _, _ = select.select(fds, writers, [], timeout)
         except InterruptedError:
             return
         if self.probe is not None:
@@ -255,6 +258,8 @@ class Supervisor:
         self.maintenance.write_events()
         self.maintenance.mark_stopped()
         self.recovery.report_deferred()
+        if self.live_probe is not None:
+            self.live_probe.stop()
         if self.probe is not None:
             self.probe.close()
         self.db.close()

@@ -9,6 +9,11 @@ Every call is bounded (``Timeouts``): a lock held on a table, a backend that
 stopped answering (a failover without reset, a stopped process) or a
 black-holed connection cost the single-threaded loop at most a few seconds,
 then count as an outage (the session is dropped and reopened later).
+
+Reopening never holds the loop: a connection attempt is driven by the loop's
+own ``select`` (``connecting``, the one module that uses psycopg internals),
+so while new connections hang (a partition, a proxy that stops forwarding)
+the loop keeps reaping and policing.
 """
 
 from __future__ import annotations
@@ -31,15 +36,19 @@ from psycopg import sql
 from .. import errors
 from ..fleet import queries
 from ..observability import redact
+from . import connecting
 
 logger = logging.getLogger("procrastinate_prefork.db")
 
 T = TypeVar("T")
-CONNECT_TIMEOUT = 3
+CONNECT_TIMEOUT = connecting.CONNECT_TIMEOUT
 # Reconnection attempts: one connection per host, cheap even for a large fleet;
 # capped like the children's pools (compat.POOL_RECONNECT_MAX_DELAY) so that
 # the supervisor (its /ready, recoveries, heartbeats) is back as soon as they are.
 RETRY_MIN, RETRY_MAX = 0.5, 2.0
+#: longest a caller waits for a connection attempt it starts; a slower one
+#: goes on in the loop's later turns, up to CONNECT_TIMEOUT
+CONNECT_WAIT = 0.5
 
 
 class CallTimeout(psycopg.OperationalError):
@@ -162,6 +171,20 @@ def connect(
     return psycopg.connect(connection_args.get("conninfo", ""), **kwargs)
 
 
+def connect_nowait(
+    connection_args: dict[str, Any], app_name: str, timeouts: Timeouts | None
+) -> connecting.Connecting:
+    kwargs = dict(connection_args.get("kwargs") or {})
+    if timeouts is not None:
+        kwargs.update(timeouts.connection_params())
+    kwargs.update(application_name=app_name, autocommit=True)
+    options = {k: kwargs.pop(k) for k in connecting.CONNECTION_OPTIONS & set(kwargs)}
+    return connecting.Connecting(
+        psycopg.conninfo.make_conninfo(connection_args.get("conninfo", ""), **kwargs),
+        options=options,
+    )
+
+
 #: seconds a LISTEN check waits for its own notification: on a direct
 #: connection it arrives within milliseconds; generous for a loaded machine, paid
 #: in full only at the start of a pooled fleet
@@ -208,23 +231,36 @@ class SupervisorDB:
         self.app_name = app_name
         self.channels = list(channels)
         self.conn: psycopg.Connection | None = None
+        self._connecting: connecting.Connecting | None = None
         self.down_since: float | None = None
         self._next_attempt = 0.0
         self._delay = RETRY_MIN
         #: Called after each (re)connection, e.g. to wake children that may
         #: have missed notifications while the session was closed.
         self.on_connect: Callable[[], None] = lambda: None
+        #: Called before each bounded call: a sign of the loop's progress.
+        self.on_call: Callable[[], None] = lambda: None
 
     @property
     def is_up(self) -> bool:
-        return self.down_since is None
+        """Not down, and no connection attempt outlasting ``CONNECT_WAIT``."""
+        return self.down_since is None and self._connecting is None
 
     def fileno(self) -> int | None:
+        if self._connecting is not None:
+            return self._connecting.fileno
         if self.conn is None or self.conn.closed:
             return None
         return self.conn.fileno()
 
+    def wants_write(self) -> bool:
+        """Whether the loop's ``select`` should watch ``fileno`` for writing."""
+        return self._connecting is not None and self._connecting.wants_write
+
     def close(self) -> None:
+        if self._connecting is not None:
+            self._connecting.abandon()
+            self._connecting = None
         if self.conn is not None:
             # already broken: nothing to tell the server
             with contextlib.suppress(Exception):
@@ -232,16 +268,33 @@ class SupervisorDB:
             self.conn = None
 
     def ensure(self) -> psycopg.Connection | None:
+        """The session, or None while it is down or still connecting. While
+        the database is up (the session closed for a fork), the first call of
+        an attempt waits ``CONNECT_WAIT`` at most; otherwise a call only looks
+        (the loop's ``select`` wakes it when the socket is ready): during an
+        outage, attempts cost the loop nothing."""
         if self.conn is not None and not self.conn.closed:
             return self.conn
         now = time.monotonic()
-        if now < self._next_attempt:
-            return None
-        conn = None
+        wait = 0.0
         try:
-            conn = connect(
-                self.connection_args, self.app_name, self.timeouts, autocommit=True
-            )
+            if self._connecting is None:
+                if now < self._next_attempt:
+                    return None
+                self._connecting = connect_nowait(
+                    self.connection_args, self.app_name, self.timeouts
+                )
+                wait = CONNECT_WAIT if self.down_since is None else 0.0
+            conn = self._connecting.advance(wait)
+        except psycopg.Error as exc:
+            self._connecting = None
+            self._failed(exc)
+            return None
+        if conn is None:
+            return None
+        self._connecting = None
+        try:
+            self.on_call()
             with bounded(conn, self.timeouts):
                 for channel in self.channels:
                     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
@@ -287,6 +340,7 @@ class SupervisorDB:
         if conn is None:
             return None
         try:
+            self.on_call()
             with bounded(conn, self.timeouts):
                 return work(conn)
         except psycopg.OperationalError as exc:
@@ -300,7 +354,12 @@ class SupervisorDB:
             return None
 
     def notifications(self) -> list[tuple[str, str]]:
-        """Notifications received so far, without blocking."""
+        """Notifications received so far, without blocking. Called on every
+        turn of the loop: it also starts and moves on connection attempts, so
+        that the session is back within ``RETRY_MAX`` of the database, not at
+        the next call that needs it."""
+        if self.conn is None or self.conn.closed:
+            self.ensure()
         if self.conn is None or self.conn.closed or not self.channels:
             return []
         try:

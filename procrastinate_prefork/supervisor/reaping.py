@@ -15,7 +15,7 @@ from typing import Any
 
 from ..child.scoreboard import Scoreboard
 from ..fleet import events
-from ..observability import metrics
+from ..observability import liveprobe, metrics
 from . import policy
 from .children import Child
 from .pool import Pool
@@ -23,6 +23,20 @@ from .recovering import Outbox, PendingRecovery, Recovery
 from .system import System
 
 logger = logging.getLogger("procrastinate_prefork.supervisor")
+
+
+def probe_exited(live_probe: liveprobe.LiveProbe, status: int) -> None:
+    """The process answering /live died: another one takes over."""
+    _, _, text = policy.describe_exit(status)
+    logger.error(
+        "The probe process %s; starting another",
+        text,
+        extra={"action": "probe_restarted"},
+    )
+    try:
+        live_probe.start()
+    except OSError:  # the supervisor answers /live itself meanwhile
+        live_probe.pid = None
 
 
 class Reaper:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+import psycopg
+
 from .. import errors
 from ..child.bootstrap import Bootstrap
 from ..config import PreforkConfig
@@ -14,7 +16,7 @@ from ..fleet import recovery, schema
 from ..fleet import table as fleet
 from ..fleet.identity import dead_predecessors, process_identity
 from ..fleet.snapshot import FleetSnapshot
-from ..observability import probe, redact
+from ..observability import liveprobe, probe, redact
 from . import db
 
 logger = logging.getLogger("procrastinate_prefork.supervisor")
@@ -37,6 +39,27 @@ def open_probe(
         raise StartupError(str(exc)) from None
 
 
+def open_probes(
+    config: PreforkConfig,
+    session: db.SupervisorDB,
+    snapshot: Callable[[], FleetSnapshot],
+    metrics_text: Callable[[], str],
+) -> tuple[probe.ProbeServer | None, liveprobe.LiveProbe | None]:
+    """The --health-port server and the process that answers its /live,
+    started before any session (the probe process has none)."""
+    server = open_probe(config, snapshot, metrics_text)
+    if server is None:
+        return None, None
+    timeouts = session.timeouts or db.Timeouts.for_heartbeat(config.heartbeat_interval)
+    live = liveprobe.LiveProbe(server, liveprobe.stall_bound(timeouts.call))
+    try:
+        live.start()
+    except OSError as exc:
+        raise StartupError(f"cannot fork the probe process: {exc}") from None
+    session.on_call = live.beacon.touch
+    return server, live
+
+
 def preflight(
     config: PreforkConfig,
     bootstrap: Bootstrap,
@@ -44,9 +67,31 @@ def preflight(
     *,
     pid: int,
     concurrency: int,
+    live_probe: liveprobe.LiveProbe | None = None,
 ) -> int:
     """Check what the fleet needs, register the supervisor and recover a
-    dead predecessor's jobs; the supervisor's row in the fleet table."""
+    dead predecessor's jobs; the supervisor's row in the fleet table. On
+    failure, the probe process is not left behind."""
+    try:
+        return _checks(config, bootstrap, session, pid=pid, concurrency=concurrency)
+    except BaseException as exc:
+        if live_probe is not None:
+            live_probe.stop()
+        if isinstance(exc, psycopg.OperationalError) and db.is_timeout(exc):
+            raise StartupError(
+                f"the database did not answer in time ({errors.one_line(exc)})"
+            ) from None
+        raise
+
+
+def _checks(
+    config: PreforkConfig,
+    bootstrap: Bootstrap,
+    session: db.SupervisorDB,
+    *,
+    pid: int,
+    concurrency: int,
+) -> int:
     try:
         bootstrap.app.perform_import_paths()  # children inherit the imported tasks
     except Exception as exc:  # the user's task modules

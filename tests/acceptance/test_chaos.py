@@ -6,7 +6,9 @@ attacks of the delivery-guarantees issues: queueing-lock jobs, hosts with
 different stalled timeouts, a database outage with a supervisor started in a
 loop across it, a SIGHUP burst, time limits at --child-concurrency 2, a stock
 procrastinate worker SIGTERMed mid-job, a lock on the fleet table, and a
-supervisor whose stdout pipe loses its reader while its children retire.
+supervisor whose stdout pipe loses its reader while its children retire,
+and a host whose database connections are black-holed for 10 s (its /live
+must answer every poll within a second).
 
 The short CI version: CHAOS_JOBS (1000) jobs over CHAOS_SECONDS (60) seconds.
 CHAOS_OFF="fleet_lock,db_outage" leaves attacks out (names: ATTACKS in the
@@ -67,6 +69,9 @@ def test_nothing_lost_under_chaos(db_url, tmp_path, capsys):
         assert report.overrun_jobs == config.overrun_jobs and report.overrun_long >= 1
     if config.stock_worker:
         assert report.stock_worker_terms == 1 and report.stock_worker_runs >= 1
+    if config.black_hole:  # every /live poll answered: see the problems
+        assert report.black_holes == 1 and report.hole_live_polls >= 5
+        assert report.hole_loop_turns >= 5
     if config.fleet_lock:
         assert report.fleet_locks == 1
         assert report.fleet_lock_seconds > 2 * config.longest_stalled_timeout()

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from ..fleet_helper import REPO, defer, wait_for
+from ..fleet_helper import REPO, defer, free_port, wait_for
 
 HEALTH_APP = "tests.apps.health_app.app"
 FAST = ("--heartbeat-interval", "0.5", "--stalled-timeout", "2")
@@ -35,12 +35,6 @@ VIEW_TOKEN = "view-token-5531-c0ffee"
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def probe(port: int, path: str, method: str = "GET") -> tuple[int, Any]:

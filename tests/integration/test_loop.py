@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import signal
-import socket
-import threading
 import time
 from collections.abc import Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 import psycopg
@@ -138,108 +134,6 @@ def test_time_limits_hold_while_the_backend_is_stopped(fleet, db_url):
         message="the job to fail",
     )
     assert fleet.stop() == 0
-
-
-class BlackHole:
-    """A TCP relay to PostgreSQL that can stop relaying: from then on it
-    neither forwards nor answers, on old connections and new ones alike (a
-    lost network path, as far as the client can tell)."""
-
-    def __init__(self, host: str, port: int):
-        self.upstream = (host, port)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.swallowing = threading.Event()
-        self.closed = threading.Event()
-        self.sockets: list[socket.socket] = [self.listener]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.closed.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            self.sockets.append(client)
-            if self.swallowing.is_set():
-                continue  # accepted by the kernel, never answered
-            server = socket.create_connection(self.upstream)
-            self.sockets.append(server)
-            threading.Thread(
-                target=self._relay, args=(client, server), daemon=True
-            ).start()
-
-    def _relay(self, a: socket.socket, b: socket.socket) -> None:
-        peer = {a: b, b: a}
-        while not self.closed.is_set():
-            if self.swallowing.is_set():
-                time.sleep(0.1)  # keep both ends open, move nothing
-                continue
-            readable, _, _ = select.select([a, b], [], [], 0.1)
-            for sock in readable:
-                try:
-                    data = sock.recv(65536)
-                    if not data:
-                        return
-                    peer[sock].sendall(data)
-                except OSError:
-                    return
-
-    def close(self) -> None:
-        self.closed.set()
-        for sock in self.sockets:
-            sock.close()
-
-
-def test_black_holed_connection_does_not_freeze_the_loop(fleet, db_url):
-    parts = urlsplit(db_url)
-    hole = BlackHole(parts.hostname or "127.0.0.1", parts.port or 5432)
-    netloc = parts.netloc.rsplit(":", 1)[0] if parts.port else parts.netloc
-    via_hole = urlunsplit(parts._replace(netloc=f"{netloc}:{hole.port}"))
-    port = free_port()
-    try:
-        fleet.start(
-            "--concurrency",
-            "2",
-            "--hostname",
-            HOST,
-            "--health-port",
-            str(port),
-            *FAST,
-            app=JSON_APP,
-            env={"DATABASE_URL": via_hole},
-        )
-        hole.swallowing.set()
-        wait_for(
-            lambda: log_events(fleet, "db_timeout"),
-            timeout=20,
-            message="a database call to time out",
-        )
-        before = fleet.wait_children(2)
-        os.kill(before[0], signal.SIGKILL)
-        wait_for(
-            lambda: is_gone(before[0]), timeout=20, message="the killed child reaped"
-        )
-        wait_for(
-            lambda: len(fleet.child_pids()) == 2,
-            timeout=20,
-            message="a replacement child forked",
-        )
-        wait_for(
-            lambda: (r := try_probe(port, "/live")) is not None and r[0] == 200,
-            timeout=20,
-            message="/live to answer 200",
-        )
-        assert not fleet.exited()
-        hole.swallowing.clear()  # the path is back: so is the fleet
-        wait_for(
-            lambda: (r := try_probe(port, "/ready")) is not None and r[0] == 200,
-            timeout=60,
-            message="/ready to answer 200 again",
-        )
-        assert fleet.stop() == 0
-    finally:
-        hole.close()
 
 
 def test_locked_fleet_table_does_not_freeze_the_loop(fleet, db_url):

@@ -80,6 +80,9 @@ class DownDB:
     def fileno(self) -> None:
         return None
 
+    def wants_write(self) -> bool:
+        return False
+
     def close(self) -> None:
         pass
 

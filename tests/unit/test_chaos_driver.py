@@ -120,6 +120,7 @@ def test_schedule_once_or_per_cycle(tmp_path):
     assert [a for _, a in once] == [
         "sighup_burst",
         "stock_term",
+        "black_hole",
         "kill_supervisor",
         "stop_long",
         "fleet_lock",
@@ -128,11 +129,11 @@ def test_schedule_once_or_per_cycle(tmp_path):
         "restart_db",
         "db_outage",
     ]
-    assert once[2] == (20.0, "kill_supervisor")
+    assert once[3] == (20.0, "kill_supervisor")
     cycles = ChaosRun(
         "", tmp_path, ChaosConfig(seconds=100, repeat_every=40)
     ).schedule()
-    assert len(cycles) == 18 and cycles[11] == (48.0, "kill_supervisor")
+    assert len(cycles) == 20 and cycles[13] == (48.0, "kill_supervisor")
 
 
 def test_each_attack_can_be_left_out(tmp_path, monkeypatch):
@@ -160,7 +161,7 @@ def test_hosts_get_their_roles():
     # theirs, so that host 0 judging them by its own timeout would show
     assert [
         (_opt(a, "--stalled-timeout"), _opt(a, "--heartbeat-interval")) for a in args
-    ] == [("2.0", "1.0"), ("6.0", "3.0"), ("6.0", "3.0")]
+    ] == [("2.0", "1.0"), ("6.0", "3.0"), ("20.0", "1.0")]
     # host 2: two jobs per child under a time limit, alone on the timed queue;
     # nobody but the stock worker serves the stock queue
     assert _opt(args[2], "--child-concurrency") == "2"
@@ -172,7 +173,10 @@ def test_hosts_get_their_roles():
         "sighup": 1,
         "timed": 2,
         "log-pipe": 1,
+        "black-hole": 2,
     }
+    # host 2 is also black-holed: a timeout no host reaches during the hole,
+    # which the fleet-table lock is not made to outlast
     assert config.longest_stalled_timeout() == 6.0
     # all off: every host alike, as before these attacks
     plain = _all_off()
