@@ -19,6 +19,7 @@ import asyncio
 import inspect
 import logging
 import select
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -58,6 +59,12 @@ class PipeWakeConnector(PipeWake, psycopg_connector.PsycopgConnector):
     def __init__(self, wake_fd: int | None, **kwargs: Any):
         super().__init__(**kwargs)
         self._wake_fd = wake_fd
+
+
+#: how long a child's first session is tried for (psycopg_pool's open() waits
+#: as long for a pool), and the waits between attempts
+OPEN_TIMEOUT = 30.0
+OPEN_RETRY_MIN, OPEN_RETRY_MAX = 0.5, 2.0
 
 
 def _jsonb(value: Any) -> Any:
@@ -128,7 +135,20 @@ class SessionConnector(PipeWake, connector_module.BaseAsyncConnector):
         if pool is not None:
             raise ValueError("a child's dedicated session takes no pool")
         self._opened = True
-        await self._session()  # connection errors show at start, as with a pool
+        # As psycopg_pool's open(wait=True) does for a pooled child: a child
+        # forked during an outage waits for the database, within a bound,
+        # instead of crashing at once and crash-looping until it is back.
+        deadline = time.monotonic() + OPEN_TIMEOUT
+        delay = OPEN_RETRY_MIN
+        while True:
+            try:
+                await self._session()
+                return
+            except psycopg.OperationalError:
+                if time.monotonic() + delay > deadline:
+                    raise  # connection errors show at start, as with a pool
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, OPEN_RETRY_MAX)
 
     async def close_async(self) -> None:
         self._opened = False
