@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 from ..supervisor import policy
 
 if TYPE_CHECKING:
-    from ..supervisor.arbiter import Supervisor
+    from ..child.scoreboard import Scoreboard
+    from ..config import PreforkConfig
+    from ..supervisor.pool import Pool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,13 +102,23 @@ class FleetSnapshot:
         ]
 
 
-def take(supervisor: Supervisor, now: float) -> FleetSnapshot:
-    """What ``supervisor`` knows at ``now`` (its monotonic clock), from its
-    own state and its scoreboard: no I/O."""
+def take(
+    config: PreforkConfig,
+    pool: Pool,
+    scoreboard: Scoreboard,
+    *,
+    pid: int,
+    phase: str,
+    database_up: bool,
+    uptime: float,
+    now: float,
+) -> FleetSnapshot:
+    """What a supervisor knows at ``now`` (its monotonic clock) of itself and
+    its pool, from their state and the scoreboard: no I/O."""
     children = []
-    for child in supervisor.children.values():
-        view = supervisor.scoreboard.read(child.slot)
-        history = supervisor.history.get(child.slot, policy.SlotHistory())
+    for child in pool.children.values():
+        view = scoreboard.read(child.slot)
+        history = pool.history.get(child.slot, policy.SlotHistory())
         children.append(
             ChildSnapshot(
                 slot=child.slot,
@@ -125,18 +137,17 @@ def take(supervisor: Supervisor, now: float) -> FleetSnapshot:
                 uptime=now - child.started,
             )
         )
-    config = supervisor.config
     return FleetSnapshot(
         host=config.hostname,
-        pid=supervisor.pid,
-        phase=supervisor.phase.value,
-        concurrency=supervisor.concurrency,
-        crash_looping=supervisor.crash_looping,
-        database_up=supervisor.db.is_up,
+        pid=pid,
+        phase=phase,
+        concurrency=pool.target,
+        crash_looping=pool.crash_looping,
+        database_up=database_up,
         child_timeout=config.child_timeout,
         children=tuple(children),
         queues=config.queues,
-        uptime=now - supervisor.started,
+        uptime=uptime,
     )
 
 

@@ -5,11 +5,13 @@ Signals are only queued by their handlers and handled in the loop, which
 sleeps in ``select`` on a self-pipe (``signal.set_wakeup_fd``), the database
 session and the probe socket. Nothing here blocks on one child.
 
-The loop is here; each part it calls has a module of its own: ``startup``
-(checks, predecessors), ``signals`` (``handle_<signal>``), ``reaping``
-(deaths, backoff, crash loops), ``policing`` (deadlines, wedges, time limits),
-``scaling`` (sizes, generations, retirements) and ``maintenance`` (recovery,
-heartbeats, sweeps). ``system`` is what it asks of the OS and the clock.
+The loop is here; each part it calls is an object of its own, which owns the
+state it changes and is given what it reads: ``pool.Pool`` (children, slots,
+respawns, size), ``lifecycle.Lifecycle`` (phase, drain deadline, what each
+signal means), ``signals.Signals`` (queue, self-pipe), ``reaping.Reaper``,
+``deadlines.Police``, ``scaling.Autoscaler``, ``recovering.Recovery`` and
+``maintenance.Maintenance``; ``startup`` checks before the first fork.
+``system`` is what they ask of the OS and the clock.
 """
 
 from __future__ import annotations
@@ -20,29 +22,25 @@ import select
 from collections.abc import Callable
 from typing import Any
 
-import psycopg
-import setproctitle
-
-from .. import errors
 from ..child import wakepipe
 from ..child.bootstrap import Bootstrap
-from ..child.runner import ChildSpec
 from ..child.scoreboard import Scoreboard
 from ..config import PreforkConfig
 from ..config.parsing import MAX_CHILDREN
-from ..fleet import events
-from ..fleet import table as fleet
-from ..fleet.snapshot import FleetSnapshot
-from ..fleet.snapshot import take as take_snapshot
+from ..fleet import health
+from ..fleet import snapshot as fleet_snapshot
 from ..observability import liveprobe, metrics, probe
-from . import db, policy
-from .children import Child, Phase, fork_child
-from .deadlines import Policing
-from .maintenance import Maintenance, PendingRecovery
-from .reaping import Reaping
-from .scaling import Scaling
-from .signals import SignalHandling
-from .startup import Startup, StartupError
+from . import db, reaping, startup
+from .children import Forker, Phase
+from .deadlines import Police
+from .lifecycle import Lifecycle
+from .maintenance import Maintenance
+from .pool import ForkFailed, Pool
+from .reaping import Reaper
+from .recovering import Outbox, Recovery
+from .scaling import Autoscaler
+from .signals import Signals, handler_name
+from .startup import StartupError
 from .system import System
 
 __all__ = ["Phase", "StartupError", "Supervisor"]
@@ -52,7 +50,7 @@ logger = logging.getLogger("procrastinate_prefork.supervisor")
 TICK = 0.25  # longest sleep of the loop: wedge and deadline checks
 
 
-class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenance):
+class Supervisor:
     def __init__(
         self,
         config: PreforkConfig,
@@ -61,70 +59,66 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
         on_child_start: Callable[..., Any] | None = None,
         on_child_exit: Callable[..., Any] | None = None,
         system: System | None = None,
+        session: db.SupervisorDB | None = None,
     ):
         self.config = config
         self.bootstrap = bootstrap
-        self.app = bootstrap.app
-        self.system: System = system or System()
+        self.system = system = system or System()
         self.pid: int = os.getpid()
-        #: children wanted now: --concurrency, or autoscale's low end at first
-        self.concurrency: int = (
-            config.autoscale[0] if config.autoscale else config.concurrency
-        )
-        self.generation: int = 0
-        self.started: float = self.system.monotonic()
-        self._quiet_since: float = self.started
-        self._next_autoscale: float = 0.0
-        self.on_child_start = on_child_start
-        self.on_child_exit = on_child_exit
-        self.children: dict[int, Child] = {}
-        self.history: dict[int, policy.SlotHistory] = {}
-        self.respawn_at: dict[int, float] = {}
-        self.unrecovered: list[PendingRecovery] = []
-        self.phase: Phase = Phase.RUNNING
-        self.deadline: float | None = None
-        self.crash_looping: bool = False
-        self.supervisor_row: int | None = None
-        self.scoreboard = Scoreboard(2 * MAX_CHILDREN, config.child_concurrency)
-        self._signals: list[int] = []
-        self._sig_r: int = -1
-        self._sig_w: int = -1
-        self._next_heartbeat: float = 0.0
-        self._next_sweep: float = 0.0
-        #: our own heartbeats: what the sweep may conclude from others' silence
-        self.heartbeats: policy.HeartbeatSeries = policy.HeartbeatSeries()
+        self.started: float = system.monotonic()
         self._wake_pending = False
-        self._recorded_worker_ids: frozenset[int] = frozenset()
-        self.jobs_written: policy.JobsWritten = policy.JobsWritten()
-        self.events_pending: list[events.Event] = []  # for the live page
-        self.ready_logged: bool = False
         self.probe: probe.ProbeServer | None = None  # --health-port
         self.live_probe: liveprobe.LiveProbe | None = None  # its /live
         self.totals = metrics.Totals(label_limit=config.metrics_label_limit)
-        self.db_timeouts: db.Timeouts = db.Timeouts.for_heartbeat(
-            config.heartbeat_interval
-        )
-        self.db: db.SupervisorDB = db.SupervisorDB(
+        self.scoreboard = Scoreboard(2 * MAX_CHILDREN, config.child_concurrency)
+        self.db = session or db.SupervisorDB(
             bootstrap.connection_args(),
             db.application_name(config.hostname, "sup", self.pid),
             db.listen_channels(config.queues) if config.listen_notify else [],
-            timeouts=self.db_timeouts,
+            timeouts=db.Timeouts.for_heartbeat(config.heartbeat_interval),
         )
         self.db.on_connect = self._request_wake
+        self.signals = Signals()
+        forker = Forker(
+            system,
+            config,
+            bootstrap,
+            self.scoreboard,
+            self.pid,
+            self._own_fds,
+            on_start=on_child_start,
+        )
+        self.pool = Pool(config, system, self.scoreboard, forker)
+        self.lifecycle = Lifecycle(config, system, self.pool)
+        self.police = Police(config, self.scoreboard, self.pool.kill)
+        self.autoscaler = Autoscaler(config, self.db, self.scoreboard, self.started)
+        outbox, wake, totals = Outbox(), self._request_wake, self.totals
+        self.recovery = Recovery(
+            config, self.db, system, bootstrap.app, totals, outbox, wake
+        )
+        self.reaper = Reaper(
+            system, self.scoreboard, self.recovery, totals, outbox, on_child_exit
+        )
+        self.maintenance = Maintenance(
+            config, self.db, system, totals, outbox, self.recovery.counted, wake
+        )
 
     def run(self) -> int:
-        try:
-            self._preflight()
-        except psycopg.OperationalError as exc:
-            if not db.is_timeout(exc):
-                raise
-            raise StartupError(
-                f"the database did not answer in time ({errors.one_line(exc)})"
-            ) from None
-        self._install_signals()
-        setproctitle.setproctitle(self._title())
-        for slot in range(self.concurrency):
-            self.respawn_at[slot] = 0.0
+        self.probe, self.live_probe = startup.open_probes(
+            self.config, self.db, self.snapshot, self.metrics_text
+        )
+        self.maintenance.queue_depth = self.probe is not None
+        self.maintenance.supervisor_row = startup.preflight(
+            self.config,
+            self.bootstrap,
+            self.db,
+            pid=self.pid,
+            concurrency=self.pool.target,
+            live_probe=self.live_probe,
+        )
+        self.signals.install()
+        self.lifecycle.retitle()
+        self.pool.start()
         try:
             self._spawn_due(at_start=True)
         except StartupError:
@@ -133,96 +127,84 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
             raise
         try:
             while not self._finished():
-                self._handle_signals()
-                self._reap()
-                self._police()
-                self._scale()
-                self._spawn_due()
-                self._forward_wakeups()
-                self._periodic()
+                self._turn()
                 self._sleep()
         except Exception:
             logger.exception(
                 "Supervisor failed; stopping its children",
                 extra={"action": "supervisor_crashed"},
             )
-            self._stop_now("supervisor failure")
+            self.lifecycle.stop_now("supervisor failure")
             self._reap_all()
             self._finish()
             return 1
         self._finish()
         return 0
 
+    def _turn(self) -> None:
+        while (signum := self.signals.pop()) is not None:
+            getattr(self.lifecycle, handler_name(signum))()
+        self._reap()
+        self.police.patrol(self.pool.children.values(), self._now())
+        self._scale()
+        self._spawn_due()
+        self._forward_wakeups()
+        self._periodic()
+        self.lifecycle.retitle()
+
+    def _now(self) -> float:
+        return self.system.monotonic()
+
+    def _reap(self) -> None:
+        strays = self.reaper.reap([self.pool], running=self.lifecycle.running)
+        for pid, status in strays:
+            if self.live_probe is not None and pid == self.live_probe.pid:
+                reaping.probe_exited(self.live_probe, status)
+
     def _reap_all(self) -> None:
-        while self.children:
+        while self.pool.children:
             self._reap()
             self.system.sleep(0.05)
 
     def _finished(self) -> bool:
-        if self.children:
+        if self.pool.children:
             return False
-        if self.phase is not Phase.RUNNING:
+        if not self.lifecycle.running:
             return True
-        return not self.respawn_at  # one-shot: every child is done
+        return not self.pool.respawn_at  # one-shot: every child is done
+
+    def _scale(self) -> None:
+        """Converge to the target (hand-overs, sizes), then autoscale."""
+        if not self.lifecycle.running:
+            return
+        self.pool.converge()
+        self.autoscaler.look(self.pool, self._now())
+        self.pool.converge()
 
     def _spawn_due(self, at_start: bool = False) -> None:
-        if self.phase is not Phase.RUNNING:
+        if not self.lifecycle.running:
             return
-        now = self.system.monotonic()
-        due = sorted(slot for slot, when in self.respawn_at.items() if when <= now)
+        now = self._now()
+        due = self.pool.due(now)
         if not due:
             return
         # The session must not be inherited: close it, fork them all, reopen.
         self.db.close()
         self.bootstrap.before_fork()
         self.bootstrap.check_fork_safety()
-        for slot in due:
-            try:
-                self._spawn(slot)
-            except OSError as exc:
-                if at_start:
-                    self._stop_now("fork failed")
-                    raise StartupError(f"cannot fork child {slot}: {exc}") from None
-                logger.error(
-                    "Cannot fork child %s: %s; retrying",
-                    slot,
-                    exc,
-                    extra={"action": "fork_failed", "slot": slot},
-                )
-                self.respawn_at[slot] = now + 1.0
-                break
-            del self.respawn_at[slot]
+        try:
+            self.pool.spawn(due, now, at_start=at_start)
+        except ForkFailed as failed:  # at start only
+            self.lifecycle.stop_now("fork failed")
+            raise StartupError(f"cannot fork child {failed.slot}: {failed}") from None
         self.db.ensure()  # LISTEN again at once: wake-ups must not wait
-
-    def _spawn(self, slot: int) -> None:
-        def spec(wake_r: int) -> ChildSpec:
-            return ChildSpec(
-                slot=slot,
-                config=self.config,
-                bootstrap=self.bootstrap,
-                scoreboard=self.scoreboard,
-                wake_fd=wake_r if self.config.listen_notify else None,
-                supervisor_pid=self.pid,
-                inherited_fds=self._own_fds(),
-                on_start=self.on_child_start,
-            )
-
-        child = fork_child(
-            self.system,
-            slot,
-            scoreboard=self.scoreboard,
-            generation=self.generation,
-            spec=spec,
-        )
-        self.children[child.pid] = child
 
     def _own_fds(self) -> list[int]:
         probe_fds = self.probe.own_fds() if self.probe is not None else []
         return [
-            self._sig_r,
-            self._sig_w,
+            *self.signals.fds(),
             *probe_fds,
-            *(c.wake_fd for c in self.children.values()),
+            *(c.wake_fd for c in self.pool.children.values()),
         ]
 
     def _request_wake(self) -> None:
@@ -233,19 +215,30 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
         self._wake_pending = False
         if lines and self.config.listen_notify:
             data = wakepipe.encode(lines)
-            for child in self.children.values():
+            for child in self.pool.children.values():
                 wakepipe.send_wake(child.wake_fd, data)
+
+    def _periodic(self) -> None:
+        self.recovery.run()
+        self.maintenance.write_events()
+        self._drain_metrics()
+        if self.lifecycle.running:
+            self.pool.log_ready()
+        now = self._now()
+        snapshot = self._snapshot(now)
+        if self.live_probe is not None:  # a turn: the helper's /live
+            verdict = health.liveness(snapshot)
+            self.live_probe.beacon.publish(verdict.ok, list(verdict.reasons))
+        self.maintenance.tick(snapshot, now)
 
     def _sleep(self) -> None:
         timeout = TICK
-        if self.respawn_at and self.phase is Phase.RUNNING:
-            timeout = min(
-                timeout,
-                max(0.0, min(self.respawn_at.values()) - self.system.monotonic()),
-            )
-        if self._signals or self._wake_pending:
+        next_fork = self.pool.next_fork_in(self._now())
+        if next_fork is not None and self.lifecycle.running:
+            timeout = min(timeout, next_fork)
+        if self.signals.queued or self._wake_pending:
             timeout = 0
-        fds = [self._sig_r]
+        fds = [self.signals.read_fd]
         db_fd = self.db.fileno()
         if db_fd is not None:
             fds.append(db_fd)
@@ -258,28 +251,13 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
             return
         if self.probe is not None:
             self.probe.handle(readable)
-        if self._sig_r in readable:
-            try:
-                while os.read(self._sig_r, 512):
-                    pass
-            except BlockingIOError:
-                pass
+        self.signals.clear_pipe(readable)
 
     def _finish(self) -> None:
-        for pending in self.unrecovered:
-            pending.next_attempt = 0.0  # a last attempt for each, backoff or not
-        self._recover_pending()
-        self._write_events()
-        if self.supervisor_row is not None:
-            row = self.supervisor_row
-            self.db.run(lambda conn: fleet.mark_stopped(conn, row))
-        if self.unrecovered:
-            logger.error(
-                "%d dead child(ren)'s jobs could not be recovered (database down); "
-                "the stalled-job sweep of any supervisor will retry them",
-                len(self.unrecovered),
-                extra={"action": "recovery_deferred"},
-            )
+        self.recovery.last_attempt()
+        self.maintenance.write_events()
+        self.maintenance.mark_stopped()
+        self.recovery.report_deferred()
         if self.live_probe is not None:
             self.live_probe.stop()
         if self.probe is not None:
@@ -287,17 +265,25 @@ class Supervisor(Startup, SignalHandling, Reaping, Policing, Scaling, Maintenanc
         self.db.close()
         logger.info("Supervisor stopped", extra={"action": "supervisor_stopped"})
 
-    def snapshot(self) -> FleetSnapshot:
-        return take_snapshot(self, self.system.monotonic())
+    def _snapshot(self, now: float) -> fleet_snapshot.FleetSnapshot:
+        return fleet_snapshot.take(
+            self.config,
+            self.pool,
+            self.scoreboard,
+            pid=self.pid,
+            phase=self.lifecycle.phase.value,
+            database_up=self.db.is_up,
+            uptime=now - self.started,
+            now=now,
+        )
+
+    def snapshot(self) -> fleet_snapshot.FleetSnapshot:
+        return self._snapshot(self._now())
+
+    def _drain_metrics(self) -> None:
+        for child in self.pool.children.values():
+            metrics.drain(self.scoreboard.finished, child.slot, self.totals)
 
     def metrics_text(self) -> str:
-        for child in self.children.values():
-            metrics.drain(self.scoreboard.finished, child.slot, self.totals)
+        self._drain_metrics()
         return metrics.render(self.snapshot(), self.totals)
-
-    def _title(self) -> str:
-        queues = ",".join(self.config.queues) if self.config.queues else "all queues"
-        return (
-            f"procrastinate-prefork supervisor [{self.phase.value}] "
-            f"{self.concurrency} children, {queues} ({self.config.hostname})"
-        )

@@ -10,10 +10,13 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
+from ..child.bootstrap import Bootstrap
 from ..child.forked import child_main
 from ..child.runner import ChildSpec
 from ..child.scoreboard import Scoreboard
+from ..config import PreforkConfig
 from .system import System
 
 logger = logging.getLogger("procrastinate_prefork.supervisor")
@@ -109,3 +112,39 @@ def fork_child(
         wake_fd=wake_w,
         generation=generation,
     )
+
+
+@dataclasses.dataclass
+class Forker:
+    """Forks the child of a slot with what every child is given: called by
+    a pool as ``fork(slot, generation)``."""
+
+    system: System
+    config: PreforkConfig
+    bootstrap: Bootstrap
+    scoreboard: Scoreboard
+    supervisor_pid: int
+    #: the supervisor's descriptors a child closes (read in the child)
+    own_fds: Callable[[], list[int]]
+    on_start: Callable[..., Any] | None = None
+
+    def __call__(self, slot: int, generation: int) -> Child:
+        def spec(wake_r: int) -> ChildSpec:
+            return ChildSpec(
+                slot=slot,
+                config=self.config,
+                bootstrap=self.bootstrap,
+                scoreboard=self.scoreboard,
+                wake_fd=wake_r if self.config.listen_notify else None,
+                supervisor_pid=self.supervisor_pid,
+                inherited_fds=self.own_fds(),
+                on_start=self.on_start,
+            )
+
+        return fork_child(
+            self.system,
+            slot,
+            scoreboard=self.scoreboard,
+            generation=generation,
+            spec=spec,
+        )

@@ -1,34 +1,39 @@
-# A part of ``Supervisor``: its methods take ``self: Supervisor`` so that mypy
-# checks them against the whole class; mypy reports such self-types of a mixin
-# as "erased type of self" (misc), which is what it is meant to be here.
-# mypy: disable-error-code="misc"
-"""Policing: SIGKILL when a scheduled kill falls due, when a child is wedged,
-and SIGTERM then SIGKILL for a job past its time limit."""
+"""The police: SIGKILL when a scheduled kill falls due, when a child is
+wedged, and SIGTERM then SIGKILL for a job past its time limit.
+
+It owns nothing: it reads the scoreboard and changes only the kill plans
+(``Child.kill``, ``Child.timed_out_jobs``) of the children it is shown;
+``kill`` sends the signals."""
 
 from __future__ import annotations
 
 import logging
 import signal
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
 
-from ..child.scoreboard import RunningJob
+from ..child.scoreboard import RunningJob, Scoreboard
+from ..config import PreforkConfig
 from . import policy
 from .children import Child
-
-if TYPE_CHECKING:
-    from .arbiter import Supervisor
 
 logger = logging.getLogger("procrastinate_prefork.supervisor")
 
 TIME_LIMIT_GRACE = 2.0  # between SIGTERM and SIGKILL of a child past its time limit
 
 
-class Policing:
-    """Deadlines, wedges and time limits (a part of ``Supervisor``)."""
+class Police:
+    def __init__(
+        self,
+        config: PreforkConfig,
+        scoreboard: Scoreboard,
+        kill: Callable[[Child, int], None],
+    ):
+        self.config = config
+        self.scoreboard = scoreboard
+        self.kill = kill
 
-    def _police(self: Supervisor) -> None:
-        now = self.system.monotonic()
-        for child in list(self.children.values()):
+    def patrol(self, children: Iterable[Child], now: float) -> None:
+        for child in list(children):
             view = self.scoreboard.read(child.slot)
             age = view.heartbeat_age(now)
             if child.kill.due(now):
@@ -40,7 +45,7 @@ class Policing:
                     child.kill.reason,
                     extra={"action": "child_killed"},
                 )
-                self._kill(child, signal.SIGKILL)
+                self.kill(child, signal.SIGKILL)
             elif child.kill.reason is None and policy.is_wedged(
                 age, self.config.child_timeout
             ):
@@ -54,7 +59,7 @@ class Policing:
                     child.kill.reason,
                     extra={"action": "child_wedged"},
                 )
-                self._kill(child, signal.SIGKILL)
+                self.kill(child, signal.SIGKILL)
             else:
                 for job in view.jobs:
                     limit = self.config.time_limit_for(job.task_name)
@@ -63,9 +68,7 @@ class Policing:
                     ):
                         self._time_limit(child, job, now)
 
-    def _time_limit(
-        self: Supervisor, child: Child, job: RunningJob, now: float
-    ) -> None:
+    def _time_limit(self, child: Child, job: RunningJob, now: float) -> None:
         """Stop the child of a job past its time limit. Each job over its limit
         is blamed (logged, then failed or retried by its task's strategy); the
         child's other jobs are recovered without counting a crash."""
@@ -81,7 +84,7 @@ class Policing:
             extra={"action": "time_limit", "job_id": job.job_id},
         )
         if first:
-            self._kill(child, signal.SIGTERM)
+            self.kill(child, signal.SIGTERM)
             child.kill = child.kill.blame(reason).schedule(
                 now + TIME_LIMIT_GRACE, child.kill.why
             )

@@ -1,59 +1,83 @@
-# A part of ``Supervisor``: its methods take ``self: Supervisor`` so that mypy
-# checks them against the whole class; mypy reports such self-types of a mixin
-# as "erased type of self" (misc), which is what it is meant to be here.
-# mypy: disable-error-code="misc"
-"""Reaping: a dead child's exit is logged, its jobs queued for recovery, its
-slot re-forked with backoff (or not), and a crash loop told."""
+"""Reaping: a dead child's exit is logged and counted, its jobs queued for
+recovery, its death told to the live page and to the user's hook; its pool
+then decides whether the slot is re-forked.
+
+The reaper owns nothing: it is given ``waitpid`` (a ``System``), the
+scoreboard, the recovery queue, the totals, the outbox and the hook, and is
+shown the pools whose children it reaps."""
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import Any
 
+from ..child.scoreboard import Scoreboard
 from ..fleet import events
-from ..observability import metrics
+from ..observability import liveprobe, metrics
 from . import policy
-from .children import Child, Phase
-from .maintenance import PendingRecovery
-
-if TYPE_CHECKING:
-    from .arbiter import Supervisor
+from .children import Child
+from .pool import Pool
+from .recovering import Outbox, PendingRecovery, Recovery
+from .system import System
 
 logger = logging.getLogger("procrastinate_prefork.supervisor")
 
 
-class Reaping:
-    """What follows a child's death (a part of ``Supervisor``)."""
+def probe_exited(live_probe: liveprobe.LiveProbe, status: int) -> None:
+    """The process answering /live died: another one takes over."""
+    _, _, text = policy.describe_exit(status)
+    logger.error(
+        "The probe process %s; starting another",
+        text,
+        extra={"action": "probe_restarted"},
+    )
+    try:
+        live_probe.start()
+    except OSError:  # the supervisor answers /live itself meanwhile
+        live_probe.pid = None
 
-    def _reap(self: Supervisor) -> None:
+
+class Reaper:
+    def __init__(
+        self,
+        system: System,
+        scoreboard: Scoreboard,
+        recovery: Recovery,
+        totals: metrics.Totals,
+        outbox: Outbox,
+        on_child_exit: Callable[..., Any] | None = None,
+    ):
+        self.system = system
+        self.scoreboard = scoreboard
+        self.recovery = recovery
+        self.totals = totals
+        self.outbox = outbox
+        self.on_child_exit = on_child_exit
+
+    def reap(self, pools: Sequence[Pool], *, running: bool) -> list[tuple[int, int]]:
+        """Every dead child of the pools; the exits (pid, status) of other
+        processes of the supervisor's, which no pool owns."""
+        strays: list[tuple[int, int]] = []
         while True:
             try:
                 pid, status = self.system.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                return strays
             if pid == 0:
-                return
-            child = self.children.pop(pid, None)
-            if child is not None:
-                self._child_exited(child, status)
-            elif self.live_probe is not None and pid == self.live_probe.pid:
-                self._probe_exited(status)
+                return strays
+            for pool in pools:
+                child = pool.pop(pid)
+                if child is not None:
+                    self._child_exited(pool, child, status, running=running)
+                    break
+            else:
+                strays.append((pid, status))
 
-    def _probe_exited(self: Supervisor, status: int) -> None:
-        assert self.live_probe is not None  # noqa: S101 - its pid matched
-        _, _, text = policy.describe_exit(status)
-        logger.error(
-            "The probe process %s; starting another",
-            text,
-            extra={"action": "probe_restarted"},
-        )
-        try:
-            self.live_probe.start()
-        except OSError:  # the supervisor answers /live itself meanwhile
-            self.live_probe.pid = None
-
-    def _child_exited(self: Supervisor, child: Child, status: int) -> None:
+    def _child_exited(
+        self, pool: Pool, child: Child, status: int, *, running: bool
+    ) -> None:
         now = self.system.monotonic()
         code, signum, text = policy.describe_exit(status)
         view = self.scoreboard.read(child.slot)
@@ -89,12 +113,11 @@ class Reaping:
             # Jobs killed at the shutdown deadline are not the job's fault, nor
             # are those of a child stopped for another job's time limit.
             count = not child.kill.deadline_kill and not timed_out
-            self.unrecovered.append(
+            self.recovery.add(
                 PendingRecovery(
                     view.worker_id, cause, child.pid, timed_out, count_crash=count
                 )
             )
-            self._recover_pending()
         metrics.drain_dead(self.scoreboard.finished, child.slot, self.totals)
         label = metrics.exit_cause(
             code,
@@ -117,57 +140,13 @@ class Reaping:
             rss_bytes=view.rss_bytes or None,
         )
         if event is not None:
-            self.events_pending = events.keep(self.events_pending, [event])
+            self.outbox.add([event])
         self.scoreboard.clear(child.slot)
         self._call_exit_hook(child, code, signum)
-        if not policy.should_replace(
-            code, self.config.wait, self.phase is not Phase.RUNNING
-        ):
-            return
-        if child.retiring:
-            return
-        # An older generation hands over to the current one, which the plan
-        # forks, except in one-shot mode: there it forks none, and the child
-        # left early, so its slot needs one here.
-        if self.config.wait and child.generation != self.generation:
-            return
-        if self._planned() >= self.concurrency:
-            return  # scaled down meanwhile
-        history = policy.record_death(
-            self.history.get(child.slot, policy.SlotHistory()),
-            now - child.started,
-            clean,
-            had_job=view.job_id is not None,
-        )
-        self.history[child.slot] = history
-        delay = policy.restart_delay(history, cap=self.config.restart_backoff_max)
-        self.respawn_at[child.slot] = now + delay
-        if delay:
-            logger.info(
-                "Re-forking slot %s in %.1f s",
-                child.slot,
-                delay,
-                extra={"action": "respawn_backoff", "slot": child.slot},
-            )
-        self._update_crash_loop()
-
-    def _update_crash_loop(self: Supervisor) -> None:
-        looping = [s for s, h in self.history.items() if policy.is_crash_looping(h)]
-        if looping and not self.crash_looping:
-            logger.error(
-                "CRASH LOOP: slot(s) %s died within %g s of start %d times in a row; "
-                "re-forking with backoff (check the logs above for the cause)",
-                ", ".join(map(str, looping)),
-                policy.MIN_UPTIME,
-                policy.CRASH_LOOP_THRESHOLD,
-                extra={"action": "crash_loop"},
-            )
-        elif not looping and self.crash_looping:
-            logger.warning("Crash loop over", extra={"action": "crash_loop_over"})
-        self.crash_looping = bool(looping)
+        pool.replace(child, code, now, had_job=view.job_id is not None, running=running)
 
     def _call_exit_hook(
-        self: Supervisor, child: Child, code: int | None, signum: int | None
+        self, child: Child, code: int | None, signum: int | None
     ) -> None:
         if self.on_child_exit is None:
             return

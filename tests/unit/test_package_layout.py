@@ -26,9 +26,21 @@ def _runtime_imports(name: str, path: pathlib.Path) -> set[str]:
     """Modules of the package that ``name`` imports when it is imported: the
     top-level statements, not those under ``if TYPE_CHECKING`` or inside
     functions."""
+    return _imports(name, path, ast.parse(path.read_text()).body)
+
+
+def _all_imports(name: str, path: pathlib.Path) -> set[str]:
+    """Every module of the package that ``name`` names in an import, those
+    for the type checker and inside functions too."""
+    return _imports(name, path, list(ast.walk(ast.parse(path.read_text()))))
+
+
+def _imports(
+    name: str, path: pathlib.Path, nodes: list[ast.stmt] | list[ast.AST]
+) -> set[str]:
     package = name.rpartition(".")[0] if path.name != "__init__.py" else name
     found: set[str] = set()
-    for node in ast.parse(path.read_text()).body:
+    for node in nodes:
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".") if package else []
@@ -102,6 +114,37 @@ def test_no_import_cycle_at_run_time():
         if name not in state:
             visit(name, [name])
     assert cycles == []
+
+
+def test_no_part_of_the_supervisor_imports_the_supervisor():
+    """Issue 23: each part is given what it reads; none imports the loop's
+    class, not even for the type checker (the mixins' import circle)."""
+    importers = {
+        name
+        for name, path in _modules().items()
+        if name != "supervisor.arbiter"
+        and {"supervisor.arbiter", "supervisor.arbiter.Supervisor"}
+        & _all_imports(name, path)
+    }
+    # the launcher builds and runs it
+    assert importers == {"launcher"}
+
+
+def test_the_supervisor_parts_have_no_import_cycle_even_for_the_type_checker():
+    modules = {n: p for n, p in _modules().items() if n.startswith("supervisor.")}
+    graph = {
+        name: {m for m in _all_imports(name, path) if m in modules and m != name}
+        for name, path in modules.items()
+    }
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        for other in graph[start] - seen:
+            seen.add(other)
+            if other == goal or reaches(other, goal, seen):
+                return True
+        return False
+
+    assert [name for name in sorted(graph) if reaches(name, name, set())] == []
 
 
 def test_the_api_and_the_django_command_do_not_import_the_cli():

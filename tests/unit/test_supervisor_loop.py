@@ -9,104 +9,18 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import time
 from typing import Any
 
 import pytest
 
 from procrastinate_prefork.child.scoreboard import SlotWriter, State
 from procrastinate_prefork.config import build_config
-from procrastinate_prefork.supervisor import policy, signals
+from procrastinate_prefork.supervisor import policy, pool, signals
 from procrastinate_prefork.supervisor.arbiter import Supervisor
 from procrastinate_prefork.supervisor.children import Phase
-from procrastinate_prefork.supervisor.system import System
+from procrastinate_prefork.supervisor.lifecycle import Lifecycle
 
-
-def exited(code: int) -> int:
-    """A ``waitpid`` status for an exit with ``code``."""
-    return code << 8
-
-
-def killed(signum: int) -> int:
-    return signum
-
-
-class FakeSystem(System):
-    """Children that exist only as pids; a clock that moves when told."""
-
-    def __init__(self) -> None:
-        self.clock = time.monotonic()  # the scoreboard stamps with the real one
-        self.next_pid = 10_000
-        self.alive: set[int] = set()
-        self.exits: list[tuple[int, int]] = []
-        self.sent: list[tuple[int, int]] = []
-        self.fail_forks = 0
-
-    def fork(self) -> int:
-        if self.fail_forks:
-            self.fail_forks -= 1
-            raise OSError(11, "Resource temporarily unavailable")
-        self.next_pid += 1
-        self.alive.add(self.next_pid)
-        return self.next_pid
-
-    def waitpid(self, pid: int, options: int) -> tuple[int, int]:
-        if self.exits:
-            return self.exits.pop(0)
-        if not self.alive:
-            raise ChildProcessError
-        return 0, 0
-
-    def kill(self, pid: int, signum: int) -> None:
-        if pid not in self.alive:
-            raise ProcessLookupError
-        self.sent.append((pid, signum))
-        if signum == signal.SIGKILL:
-            self.die(pid, killed(signal.SIGKILL))
-
-    def die(self, pid: int, status: int) -> None:
-        self.alive.discard(pid)
-        self.exits.append((pid, status))
-
-    def monotonic(self) -> float:
-        return self.clock
-
-    def sleep(self, seconds: float) -> None:
-        self.clock += seconds
-
-
-class DownDB:
-    """A supervisor session whose database never answers."""
-
-    is_up = False
-    app_name = "test"
-
-    def __init__(self) -> None:
-        self.on_connect = lambda: None
-        self.channels: list[str] = []
-
-    def run(self, work: Any) -> None:
-        return None
-
-    def fileno(self) -> None:
-        return None
-
-    def wants_write(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
-
-    def ensure(self) -> None:
-        return None
-
-    def notifications(self) -> list[tuple[str, str]]:
-        return []
-
-
-class FakeApp:
-    def __init__(self) -> None:
-        self.tasks: dict[str, Any] = {}
+from .supervisor_fakes import DownDB, FakeApp, FakeSystem, exited
 
 
 class FakeBootstrap:
@@ -136,23 +50,20 @@ def make(**options: Any) -> tuple[Supervisor, FakeSystem]:
     system = FakeSystem()
     config = build_config(options, {})
     # duck-typed stand-ins for a Bootstrap and a SupervisorDB
-    sup = Supervisor(config, FakeBootstrap(), system=system)  # type: ignore[arg-type]
-    sup.db = DownDB()  # type: ignore[assignment]
-    sup.supervisor_row = 1
-    for slot in range(sup.concurrency):
-        sup.respawn_at[slot] = 0.0
+    sup = Supervisor(
+        config,
+        FakeBootstrap(),  # type: ignore[arg-type]
+        system=system,
+        session=DownDB(),  # type: ignore[arg-type]
+    )
+    sup.maintenance.supervisor_row = 1
+    sup.pool.start()
     return sup, system
 
 
 def turn(sup: Supervisor) -> None:
     """One turn of ``Supervisor.run``'s loop, without its sleep."""
-    sup._handle_signals()
-    sup._reap()
-    sup._police()
-    sup._scale()
-    sup._spawn_due()
-    sup._forward_wakeups()
-    sup._periodic()
+    sup._turn()
 
 
 def actions(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -160,14 +71,14 @@ def actions(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 def mark_ready(sup: Supervisor) -> None:
-    for child in sup.children.values():
+    for child in sup.pool.children.values():
         writer = SlotWriter(sup.scoreboard, child.slot)
         writer.set_worker_id(child.pid)
         writer.set_state(State.IDLE)
 
 
 def close_all(sup: Supervisor) -> None:
-    for child in sup.children.values():
+    for child in sup.pool.children.values():
         os.close(child.wake_fd)
 
 
@@ -180,8 +91,8 @@ def caplog_info(caplog):
 def test_spawns_every_slot_at_start(caplog_info):
     sup, system = make(concurrency=3)
     turn(sup)
-    assert sorted(c.slot for c in sup.children.values()) == [0, 1, 2]
-    assert set(sup.children) == system.alive
+    assert sorted(c.slot for c in sup.pool.children.values()) == [0, 1, 2]
+    assert set(sup.pool.children) == system.alive
     assert actions(caplog_info).count("child_started") == 3
     close_all(sup)
 
@@ -189,12 +100,12 @@ def test_spawns_every_slot_at_start(caplog_info):
 def test_a_dead_child_is_reaped_and_its_slot_reforked(caplog_info):
     sup, system = make(concurrency=2)
     turn(sup)
-    victim = next(c for c in sup.children.values() if c.slot == 1)
+    victim = next(c for c in sup.pool.children.values() if c.slot == 1)
     system.sleep(policy.MIN_UPTIME + 1)  # lived: no backoff
     system.die(victim.pid, exited(0))
     turn(sup)
-    assert victim.pid not in sup.children
-    assert sorted(c.slot for c in sup.children.values()) == [0, 1]
+    assert victim.pid not in sup.pool.children
+    assert sorted(c.slot for c in sup.pool.children.values()) == [0, 1]
     assert "child_exited" in actions(caplog_info)
     assert "respawn_backoff" not in actions(caplog_info)
     close_all(sup)
@@ -205,24 +116,24 @@ def test_early_deaths_back_off_then_report_a_crash_loop(caplog_info):
     turn(sup)
     delays = []
     for _ in range(policy.CRASH_LOOP_THRESHOLD):
-        (child,) = sup.children.values()
+        (child,) = sup.pool.children.values()
         system.die(child.pid, exited(1))
         turn(sup)
-        assert not sup.children  # not re-forked at once
-        delays.append(sup.respawn_at[0] - system.clock)
+        assert not sup.pool.children  # not re-forked at once
+        delays.append(sup.pool.respawn_at[0] - system.clock)
         system.sleep(delays[-1])
         turn(sup)
-        assert len(sup.children) == 1
+        assert len(sup.pool.children) == 1
     assert delays == sorted(delays) and delays[-1] > delays[0] > 0
-    assert sup.crash_looping
+    assert sup.pool.crash_looping
     assert actions(caplog_info).count("crash_loop") == 1
     assert actions(caplog_info).count("respawn_backoff") == policy.CRASH_LOOP_THRESHOLD
     # a child that lives ends the crash loop
     system.sleep(policy.MIN_UPTIME + 1)
-    (child,) = sup.children.values()
+    (child,) = sup.pool.children.values()
     system.die(child.pid, exited(0))
     turn(sup)
-    assert not sup.crash_looping
+    assert not sup.pool.crash_looping
     assert "crash_loop_over" in actions(caplog_info)
     close_all(sup)
 
@@ -230,20 +141,20 @@ def test_early_deaths_back_off_then_report_a_crash_loop(caplog_info):
 def test_drain_sigkills_children_still_running_at_the_deadline(caplog_info):
     sup, system = make(concurrency=2, shutdown_graceful_timeout=5)
     turn(sup)
-    stubborn, polite = sorted(sup.children)
-    sup._queue_signal(signal.SIGTERM, None)
+    stubborn, polite = sorted(sup.pool.children)
+    sup.signals.queue(signal.SIGTERM, None)
     turn(sup)
-    assert sup.phase is Phase.DRAINING
+    assert sup.lifecycle.phase is Phase.DRAINING
     assert {(stubborn, signal.SIGTERM), (polite, signal.SIGTERM)} <= set(system.sent)
     system.die(polite, exited(0))
     turn(sup)
-    assert list(sup.children) == [stubborn]
+    assert list(sup.pool.children) == [stubborn]
     assert (stubborn, signal.SIGKILL) not in system.sent
-    system.sleep(5 + signals.KILL_MARGIN + 0.1)
+    system.sleep(5 + pool.KILL_MARGIN + 0.1)
     turn(sup)  # the deadline passes: SIGKILL
     turn(sup)  # and it is reaped
     assert (stubborn, signal.SIGKILL) in system.sent
-    assert not sup.children and not sup.respawn_at and sup._finished()
+    assert not sup.pool.children and not sup.pool.respawn_at and sup._finished()
     killed_records = [
         r
         for r in caplog_info.records
@@ -256,12 +167,12 @@ def test_drain_sigkills_children_still_running_at_the_deadline(caplog_info):
 def test_second_stop_signal_during_a_drain_kills_at_once(caplog_info):
     sup, _ = make(concurrency=2)
     turn(sup)
-    sup._queue_signal(signal.SIGTERM, None)
-    sup._queue_signal(signal.SIGINT, None)
+    sup.signals.queue(signal.SIGTERM, None)
+    sup.signals.queue(signal.SIGINT, None)
     turn(sup)
     turn(sup)
-    assert sup.phase is Phase.STOPPING
-    assert not sup.children
+    assert sup.lifecycle.phase is Phase.STOPPING
+    assert not sup.pool.children
     assert {"drain", "stop_now"} <= set(actions(caplog_info))
 
 
@@ -269,17 +180,17 @@ def test_sigttou_retires_one_child_which_is_not_replaced(caplog_info):
     sup, system = make(concurrency=3, shutdown_graceful_timeout=5)
     turn(sup)
     mark_ready(sup)
-    sup._queue_signal(signal.SIGTTOU, None)
+    sup.signals.queue(signal.SIGTTOU, None)
     turn(sup)
-    assert sup.concurrency == 2
-    retiring = [c for c in sup.children.values() if c.retiring]
+    assert sup.pool.target == 2
+    retiring = [c for c in sup.pool.children.values() if c.retiring]
     assert len(retiring) == 1 and retiring[0].slot == 2  # the highest slot
     assert (retiring[0].pid, signal.SIGTERM) in system.sent
     system.die(retiring[0].pid, exited(0))
     turn(sup)
     turn(sup)
-    assert sorted(c.slot for c in sup.children.values()) == [0, 1]
-    assert not sup.respawn_at
+    assert sorted(c.slot for c in sup.pool.children.values()) == [0, 1]
+    assert not sup.pool.respawn_at
     assert "scale_down" in actions(caplog_info)
     close_all(sup)
 
@@ -288,28 +199,28 @@ def test_a_retiring_child_is_sigkilled_at_its_deadline(caplog_info):
     sup, system = make(concurrency=2, shutdown_graceful_timeout=5)
     turn(sup)
     mark_ready(sup)
-    sup._queue_signal(signal.SIGTTOU, None)
+    sup.signals.queue(signal.SIGTTOU, None)
     turn(sup)
-    (retiring,) = [c for c in sup.children.values() if c.retiring]
-    system.sleep(5 + signals.KILL_MARGIN + 0.1)
+    (retiring,) = [c for c in sup.pool.children.values() if c.retiring]
+    system.sleep(5 + pool.KILL_MARGIN + 0.1)
     turn(sup)
     turn(sup)
     assert (retiring.pid, signal.SIGKILL) in system.sent
-    assert retiring.pid not in sup.children
+    assert retiring.pid not in sup.pool.children
     assert retiring.kill.deadline_kill  # its jobs are not counted as a crash
-    assert len(sup.children) == 1
+    assert len(sup.pool.children) == 1
     close_all(sup)
 
 
 def test_sighup_forks_a_new_generation_before_retiring_the_old(caplog_info):
     sup, system = make(concurrency=2)
     turn(sup)
-    old = set(sup.children)
+    old = set(sup.pool.children)
     mark_ready(sup)
-    sup._queue_signal(signal.SIGHUP, None)
+    sup.signals.queue(signal.SIGHUP, None)
     turn(sup)
     assert "rolling_restart" in actions(caplog_info)
-    new = set(sup.children) - old
+    new = set(sup.pool.children) - old
     assert len(new) == 2  # new ones first...
     assert not any((pid, signal.SIGTERM) in system.sent for pid in old)
     mark_ready(sup)
@@ -318,18 +229,18 @@ def test_sighup_forks_a_new_generation_before_retiring_the_old(caplog_info):
     for pid in old:
         system.die(pid, exited(0))
     turn(sup)
-    assert set(sup.children) == new
-    assert not sup.respawn_at
+    assert set(sup.pool.children) == new
+    assert not sup.pool.respawn_at
     close_all(sup)
 
 
 def test_sigttin_grows_the_fleet(caplog_info):
     sup, _ = make(concurrency=1)
     turn(sup)
-    sup._queue_signal(signal.SIGTTIN, None)
+    sup.signals.queue(signal.SIGTTIN, None)
     turn(sup)
-    assert sup.concurrency == 2
-    assert sorted(c.slot for c in sup.children.values()) == [0, 1]
+    assert sup.pool.target == 2
+    assert sorted(c.slot for c in sup.pool.children.values()) == [0, 1]
     assert "scale_up" in actions(caplog_info)
     close_all(sup)
 
@@ -337,16 +248,16 @@ def test_sigttin_grows_the_fleet(caplog_info):
 def test_a_failed_fork_is_retried_a_second_later(caplog_info):
     sup, system = make(concurrency=1)
     turn(sup)
-    (child,) = sup.children.values()
+    (child,) = sup.pool.children.values()
     system.sleep(policy.MIN_UPTIME + 1)
     system.fail_forks = 1
     system.die(child.pid, exited(0))
     turn(sup)
-    assert not sup.children and sup.respawn_at[0] > system.clock
+    assert not sup.pool.children and sup.pool.respawn_at[0] > system.clock
     assert "fork_failed" in actions(caplog_info)
     system.sleep(1.0)
     turn(sup)
-    assert len(sup.children) == 1
+    assert len(sup.pool.children) == 1
     close_all(sup)
 
 
@@ -355,10 +266,10 @@ def test_one_shot_children_that_found_the_queues_empty_are_not_replaced(
 ):
     sup, system = make(concurrency=2, wait=False)
     turn(sup)
-    for pid in list(sup.children):
+    for pid in list(sup.pool.children):
         system.die(pid, exited(policy.EXIT_QUEUES_EMPTY))
     turn(sup)
-    assert not sup.children and not sup.respawn_at and sup._finished()
+    assert not sup.pool.children and not sup.pool.respawn_at and sup._finished()
 
 
 def test_one_shot_child_stopped_for_another_reason_is_replaced(caplog_info):
@@ -366,17 +277,17 @@ def test_one_shot_child_stopped_for_another_reason_is_replaced(caplog_info):
     nothing of the queues: the slot gets a new child, the run goes on."""
     sup, system = make(concurrency=2, wait=False)
     turn(sup)
-    first, second = sorted(sup.children)
+    first, second = sorted(sup.pool.children)
     system.die(first, exited(0))
     system.die(second, exited(policy.EXIT_QUEUES_EMPTY))
     turn(sup)
     turn(sup)
-    assert len(sup.children) == 1 and first not in sup.children
+    assert len(sup.pool.children) == 1 and first not in sup.pool.children
     assert not sup._finished()
-    (replacement,) = sup.children
+    (replacement,) = sup.pool.children
     system.die(replacement, exited(policy.EXIT_QUEUES_EMPTY))
     turn(sup)
-    assert not sup.children and sup._finished()
+    assert not sup.pool.children and sup._finished()
 
 
 def test_one_shot_child_of_an_older_generation_stopped_early_is_replaced(
@@ -388,13 +299,13 @@ def test_one_shot_child_of_an_older_generation_stopped_early_is_replaced(
     sup, system = make(concurrency=1, wait=False)
     turn(sup)
     mark_ready(sup)
-    sup._queue_signal(signal.SIGHUP, None)
+    sup.signals.queue(signal.SIGHUP, None)
     turn(sup)
-    (old,) = sup.children
+    (old,) = sup.pool.children
     system.die(old, exited(0))
     turn(sup)
     turn(sup)
-    assert len(sup.children) == 1 and old not in sup.children
+    assert len(sup.pool.children) == 1 and old not in sup.pool.children
     assert not sup._finished()
     close_all(sup)
 
@@ -402,7 +313,7 @@ def test_one_shot_child_of_an_older_generation_stopped_early_is_replaced(
 def test_a_wedged_child_is_sigkilled(caplog_info):
     sup, system = make(concurrency=1, child_timeout=30)
     turn(sup)
-    (child,) = sup.children.values()
+    (child,) = sup.pool.children.values()
     system.sleep(31)  # its scoreboard heartbeat stays at the fork
     turn(sup)
     turn(sup)
@@ -417,15 +328,15 @@ def test_a_wedged_child_is_sigkilled(caplog_info):
 
 def test_every_handled_signal_has_a_handler():
     for signum in signals.HANDLED:
-        assert callable(getattr(Supervisor, signals.handler_name(signum)))
+        assert callable(getattr(Lifecycle, signals.handler_name(signum)))
 
 
 def test_a_failing_recovery_backs_off_exponentially_up_to_a_cap():
-    from procrastinate_prefork.supervisor import maintenance
+    from procrastinate_prefork.supervisor import recovering
 
-    delays = [maintenance.retry_delay(n) for n in range(1, 10)]
+    delays = [recovering.retry_delay(n) for n in range(1, 10)]
     assert delays[:3] == [1.0, 2.0, 4.0]
-    assert delays[-1] == maintenance.RECOVERY_RETRY_MAX
+    assert delays[-1] == recovering.RECOVERY_RETRY_MAX
 
 
 def test_a_scheduled_kill_blames_the_deadline_only_without_a_reason():
@@ -452,7 +363,7 @@ def test_the_snapshot_is_what_the_supervisor_knows():
     assert sorted(c.slot for c in snap.children) == [0, 1]
     assert {c.state for c in snap.children} == {"idle"}
     assert [c.uptime for c in snap.children] == [pytest.approx(10)] * 2
-    assert sorted(snap.fresh_worker_ids()) == sorted(sup.children)
+    assert sorted(snap.fresh_worker_ids()) == sorted(sup.pool.children)
     system.sleep(30)  # no beat from either: both wedged, none fresh
     assert sup.snapshot().fresh_worker_ids() == []
     close_all(sup)
