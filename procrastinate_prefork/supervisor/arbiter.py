@@ -104,6 +104,8 @@ class Supervisor:
         )
 
     def run(self) -> int:
+        # the probe process is the first fork: no pool thread may run then
+        self.bootstrap.before_fork()
         self.probe, self.live_probe = startup.open_probes(
             self.config, self.db, self.snapshot, self.metrics_text
         )
