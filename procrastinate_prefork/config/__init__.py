@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from .declaration import Option
 from .parsing import ConfigError
+from .pools import PoolSpec
 
 # docs/ name procrastinate_prefork.config.ConfigError and .OPTIONS: both stay
 # importable from here.
@@ -61,6 +62,9 @@ class PreforkConfig:
     log_format: str
     log_format_style: Literal["%", "{", "$"]  # checked by the option's _choice
     verbose: int
+    #: several pools of children (``config.pools``); empty: one pool of the
+    #: top-level options
+    pools: tuple[PoolSpec, ...] = dataclasses.field(default=(), repr=False)
     #: the options given by a source other than their default (command line,
     #: environment, settings): what the user asked for explicitly
     given: frozenset[str] = dataclasses.field(
