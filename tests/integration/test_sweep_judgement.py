@@ -36,6 +36,22 @@ def _no_recovery(*fleets):
         assert fleet.events("job_recovered") == [], fleet.log()[-3000:]
 
 
+def _ran_once_unrecovered(db_url, job_id, *fleets, timeout):
+    """The job ends ``succeeded`` after one run on these fleets, none of
+    which recovered anything; then they stop."""
+    wait_for(
+        lambda: jobs(db_url, [job_id])[0]["status"] != "doing",
+        timeout=timeout,
+        interval=0.2,
+        message="the job to end",
+    )
+    assert jobs(db_url, [job_id])[0]["status"] == "succeeded"
+    assert [a for a, _ in _starts(*fleets, job_id=job_id)] == [0]
+    _no_recovery(*fleets)
+    for fleet in reversed(fleets):
+        fleet.stop(timeout=10)
+
+
 def _workers(db_url):
     with psycopg.connect(db_url, autocommit=True) as conn:
         return {r[0] for r in conn.execute("SELECT id FROM procrastinate_workers")}
@@ -91,17 +107,7 @@ def test_short_timeout_host_does_not_take_a_long_timeout_hosts_job(
         assert _supervisor_silence(db_url, "slow") > 2 + 1 + 5
         time.sleep(2)
         assert len(fast.events("sweep_turn")) > turns
-    wait_for(
-        lambda: jobs(db_url, [job_id])[0]["status"] != "doing",
-        timeout=40,
-        interval=0.2,
-        message="the job to end",
-    )
-    assert jobs(db_url, [job_id])[0]["status"] == "succeeded"
-    assert [a for a, _ in _starts(slow, fast, job_id=job_id)] == [0]
-    _no_recovery(slow, fast)
-    fast.stop(timeout=10)
-    slow.stop(timeout=10)
+    _ran_once_unrecovered(db_url, job_id, slow, fast, timeout=40)
 
 
 def test_newcomer_does_not_judge_a_host_before_it_watched_for_its_timeout(
@@ -145,17 +151,7 @@ def test_newcomer_does_not_judge_a_host_before_it_watched_for_its_timeout(
             message="a turn of the newcomer while the host is silent for longer "
             "than its timeout",
         )
-    wait_for(
-        lambda: jobs(db_url, [job_id])[0]["status"] != "doing",
-        timeout=40,
-        interval=0.2,
-        message="the job to end",
-    )
-    assert jobs(db_url, [job_id])[0]["status"] == "succeeded"
-    assert [a for a, _ in _starts(old, new, job_id=job_id)] == [0]
-    _no_recovery(old, new)
-    new.stop(timeout=10)
-    old.stop(timeout=10)
+    _ran_once_unrecovered(db_url, job_id, old, new, timeout=40)
 
 
 def test_stock_worker_draining_keeps_its_job(fleet_factory, db_url):
@@ -410,14 +406,4 @@ def test_supervisor_started_after_an_outage_does_not_take_live_work(
     finally:
         release.set()
         holder.join()
-    wait_for(
-        lambda: jobs(db_url, [job_id])[0]["status"] != "doing",
-        timeout=60,
-        interval=0.5,
-        message="the job to end",
-    )
-    assert jobs(db_url, [job_id])[0]["status"] == "succeeded"
-    assert [a for a, _ in _starts(old, new, job_id=job_id)] == [0]
-    _no_recovery(old, new)
-    new.stop(timeout=10)
-    old.stop(timeout=10)
+    _ran_once_unrecovered(db_url, job_id, old, new, timeout=60)
