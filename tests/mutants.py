@@ -246,4 +246,45 @@ MUTANTS: list[Mutant] = [
             "test_late_outcome_refused_and_the_next_job_fetched_in_one_statement",
         ),
     ),
+    Mutant(
+        id="one-shot-empty",
+        promise="--one-shot stops only once the queues are empty: a child that "
+        "stopped for another reason (a time limit, a SIGTERM) is replaced",
+        path="procrastinate_prefork/supervisor/policy.py",
+        old="    return wait or exit_code != EXIT_QUEUES_EMPTY\n",
+        new="    return wait\n",
+        tests=(
+            "tests/integration/test_one_shot.py::"
+            "test_one_shot_goes_on_after_a_time_limit_stop",
+            "tests/integration/test_one_shot.py::"
+            "test_one_shot_goes_on_after_a_child_is_sigtermed_by_hand",
+        ),
+    ),
+    Mutant(
+        id="metrics-label-limit",
+        promise="the metrics' series stay within --metrics-label-limit whatever "
+        "queue and task names the deferrers choose",
+        path="procrastinate_prefork/observability/metrics.py",
+        old="        if len(self.pairs) < self.label_limit"
+        " and pair != (OTHER, OTHER):\n",
+        new="        if pair != (OTHER, OTHER):\n",
+        tests=(
+            "tests/integration/test_metrics.py::"
+            "test_series_stay_within_the_label_limit",
+        ),
+    ),
+    Mutant(
+        id="health-strangers",
+        promise="the health URL tells a caller without staff or the token the "
+        "status and the counts only",
+        path="procrastinate_prefork/contrib/django/views.py",
+        # a check that takes a guess's start for the token
+        old="    return hmac.compare_digest("
+        "given.strip().encode(), expected.encode())\n",
+        new="    return expected.startswith(given.strip())\n",
+        tests=(
+            "tests/integration/test_health.py::"
+            "test_django_view_tells_strangers_the_status_only",
+        ),
+    ),
 ]
