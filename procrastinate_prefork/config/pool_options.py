@@ -145,8 +145,8 @@ def _parsed_options(
 def _not_per_pool(key: Any, table: Mapping[str, Any]) -> str:
     if key in table:
         return (
-            f"{key!r} is host-wide, not per pool: give it outside the pools "
-            "(per pool: see the configuration reference)"
+            f"{key!r} is host-wide, not per pool: give it at the top level, "
+            "outside the pools"
         )
     import difflib
 
