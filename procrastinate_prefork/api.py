@@ -2,6 +2,10 @@
 
     import procrastinate_prefork
     procrastinate_prefork.run_worker(app, concurrency=4, on_child_start=setup)
+    procrastinate_prefork.run_worker(app, pools={
+        "cpu": {"queues": ["reports"], "concurrency": 4},
+        "io": {"queues": ["emails"], "concurrency": 1, "child_concurrency": 50},
+    })
 
 Options are the names of ``config.OPTIONS`` (as in the Django
 ``PROCRASTINATE_PREFORK`` setting); they win over environment variables.

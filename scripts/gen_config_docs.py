@@ -28,6 +28,7 @@ if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
 from procrastinate_prefork.config import declaration as option_module
+from procrastinate_prefork.config import pools as pools_module
 from procrastinate_prefork.config import table as option_table
 
 
@@ -104,6 +105,16 @@ def kind_of(parse: Callable[..., Any]) -> Kind:
             "a dotted path to a callable: `pkg.module.func` or `pkg.module:func`",
             "a dotted path `str`, or the callable itself",
             "PATH",
+        )
+    if name == "declarations":
+        return Kind(
+            "`NAME=QUEUES:CONCURRENCY[:CHILD_CONCURRENCY]`, e.g. "
+            "`cpu=reports:4` or `io=emails,webhooks:1:50` (`*` for every "
+            "queue); repeat the flag for several pools; in the environment, "
+            "separated by `;` or spaces: `cpu=reports:4;io=emails:1:50`",
+            "`dict[str, dict]`: each pool's name and its options, e.g. "
+            '`{"cpu": {"queues": ["reports"], "concurrency": 4}}`',
+            "NAME=QUEUES:CONCURRENCY[:CHILD_CONCURRENCY]",
         )
     if name == "listen_dsn":
         return Kind(
@@ -185,6 +196,105 @@ WORKER_GROUP_INTRO = (
     "that `procrastinate worker` users may already set."
 )
 
+POOLS_INTRO = """
+Several pools of children under one supervisor (one LISTEN session, one
+recovery, one fleet table), each with its own queues and per-child options:
+a few processes for CPU-heavy jobs beside one process that runs fifty
+I/O-bound jobs at once, for example.
+
+```python
+# settings.py
+PROCRASTINATE_PREFORK = {
+    "job_timeout": 600,  # every pool's, unless a pool gives its own
+    "pools": {
+        "cpu": {"queues": ["reports"], "concurrency": 4},
+        "io": {
+            "queues": ["emails", "webhooks"],
+            "concurrency": 1,
+            "child_concurrency": 50,
+        },
+    },
+}
+```
+
+The same two pools on the command line are
+`--pool cpu=reports:4 --pool io=emails,webhooks:1:50`, and from Python
+`run_worker(app, pools={...})` with the dict above. The command line covers
+the common case (queues, children, jobs at once per child); the setting and
+the Python API take every per-pool option.
+"""
+
+POOLS_RULES = """
+- **Inherited.** A per-pool option a pool does not give is the top-level one,
+  from wherever it came (environment, setting, default): a top-level
+  `job_timeout` is every pool's default. A pool's size is taken whole: a pool
+  that gives `concurrency` does not inherit a top-level `autoscale`.
+- **Queues.** Every pool names its queues (`queues` is required in a pool's
+  dict; `--pool` always has them). `*` means every queue and is for a pool
+  alone: beside other pools it would run their queues' jobs too. A queue
+  belongs to one pool: two pools serving the same queue is an error, since
+  each of its jobs would run under the limits (time limits, memory, recycling)
+  of whichever pool's child fetched it first.
+- **Sources.** `pools` takes the precedence above as a whole: `--pool` (or
+  `run_worker(pools=...)`) replaces the setting's `pools`. A per-pool option on
+  the command line does not mix with pools: `--pool ... --concurrency 3` is an
+  error, and so is `--concurrency 3` while the setting or the environment
+  configures pools (replace them with `--pool`). A top-level `queues` beside
+  pools is an error when it comes from the same source or a higher one (the
+  environment's `PROCRASTINATE_WORKER_QUEUES` beside the setting's pools);
+  from a lower one, the pools win over it.
+- **Names.** 1 to 32 characters among `a-z`, `0-9`, `_` and `-`, starting with a
+  letter or a digit (they become metric labels and process titles); each name
+  once.
+- **Checks.** A pool's values are checked as the top-level ones are (in a dict,
+  numbers and booleans must be Python numbers and booleans); each pool's soft
+  time limits must be below its hard ones; the pools' children (each pool's
+  `concurrency`, or the MAX of its `autoscale`) add up to at most {max_children}.
+  A key a pool may not set is an error naming the pool and the key (and saying
+  when the option is host-wide). Django's system checks report a pool's
+  problems as `procrastinate_prefork.E007` and pools that do not go together
+  as `procrastinate_prefork.E008` ([Django checks](django-checks.md)).
+- **None.** Without `pools` (or with an empty one) the worker runs one pool
+  named `{default}` of the top-level options, as it always has.
+"""
+
+
+def pools_section() -> list[str]:
+    options = option_table.OPTIONS
+    per_pool = [o.name for o in options if o.name in pools_module.POOL_OPTIONS]
+    host_wide = [
+        o.name
+        for o in options
+        if o.name not in pools_module.POOL_OPTIONS and o.name != "pools"
+    ]
+
+    def links(names: list[str]) -> str:
+        return ", ".join(f"[`{name}`](#{name})" for name in names)
+
+    return [
+        "## Several pools",
+        "",
+        POOLS_INTRO.strip(),
+        "",
+        f"**Per pool** (the keys of a pool): {links(per_pool)}.",
+        "",
+        f"**Host-wide** (top level only): {links(host_wide)}.",
+        "",
+        POOLS_RULES.format(
+            max_children=option_table.MAX_CHILDREN,
+            default=pools_module.DEFAULT_POOL,
+        ).strip(),
+    ]
+
+
+def per_pool_row(option: option_module.Option) -> list[str]:
+    if option.name == "pools":
+        return ["| Rules | [several pools](#several-pools) |"]
+    if option.name in pools_module.POOL_OPTIONS:
+        return ["| Per pool | yes: a pool may give its own ([pools](#several-pools)) |"]
+    return ["| Per pool | no: host-wide |"]
+
+
 GROUPS = (
     (
         "prefork",
@@ -252,6 +362,7 @@ def render() -> str:
             f"| [`{option.name}`](#{anchor(option)}) | {flags} | {env} | "
             f"{default_text(option, kind)} |"
         )
+    lines += ["", *pools_section()]
     for group, title, intro in GROUPS:
         members = [o for o in options if o.group == group]
         if not members:
@@ -284,6 +395,7 @@ def render() -> str:
                 f"| Python API | `run_worker(app, {option.name}=...)` |",
                 f"| Value | {kind.text} |",
                 f"| Default | {default_text(option, kind)} |",
+                *per_pool_row(option),
             ]
     return "\n".join(lines) + "\n"
 

@@ -12,8 +12,9 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
+from . import pool_options
 from .declaration import Option
-from .parsing import ConfigError
+from .parsing import ConfigError, parse_setting
 from .pools import PoolSpec
 
 # docs/ name procrastinate_prefork.config.ConfigError and .OPTIONS: both stay
@@ -156,13 +157,13 @@ def build_config(
             f"setting PROCRASTINATE_PREFORK: unknown key {unknown[0]!r} ({hint})"
         )
     values: dict[str, Any] = {}
-    given = set()
+    sources: dict[str, str] = {}
     for option in OPTIONS:
         raw, source = _pick(option, cli_values, environ, settings)
         if source is None:
             values[option.name] = option.default_value()
             continue
-        given.add(option.name)
+        sources[option.name] = source
         try:
             values[option.name] = (
                 parse_setting(option, raw)
@@ -170,8 +171,10 @@ def build_config(
                 else option.parse(raw)
             )
         except ConfigError as exc:
-            raise ConfigError(f"{source}: {exc}") from None
-    config = PreforkConfig(**values, given=frozenset(given))
+            # the same class: Django's checks tell a pool's problems apart
+            raise type(exc)(f"{source}: {exc}") from None
+    declared = values.pop("pools")
+    config = PreforkConfig(**values, given=frozenset(sources))
     if config.heartbeat_interval * 2 > config.stalled_timeout:
         raise ConfigError(
             f"--heartbeat-interval ({config.heartbeat_interval:g}) must be at most "
@@ -180,25 +183,17 @@ def build_config(
     problem = config.soft_limit_problem()
     if problem:
         raise ConfigError(f"--soft-job-timeout/--task-soft-timeout: {problem}")
-    return config
-
-
-def parse_setting(option: Option, value: Any) -> Any:
-    """``option.parse`` for a value of the Django settings dict, where numbers
-    and booleans must be Python numbers and booleans: ``"4"`` is a string
-    there, a mistake the command line and the environment cannot make."""
-    parsed = option.parse(value)
-    if isinstance(value, str) and isinstance(parsed, (bool, int, float)):
-        kind = "a boolean" if isinstance(parsed, bool) else "a number"
-        raise ConfigError(f"expected {kind}, not the string {value!r}")
-    return parsed
+    ranks = {name: _rank(source) for name, source in sources.items()}
+    return pool_options.resolve(config, declared, sources, ranks)
 
 
 def settings_problems(settings: Any) -> list[tuple[str, str | None, str]]:
     """Every problem of a ``PROCRASTINATE_PREFORK`` settings dict, for Django's
     system checks: ``(kind, key, message)`` with kind ``not_a_dict``,
-    ``unknown``, ``invalid`` (type or range) or ``inconsistent`` (values that
-    do not go together). The messages are ``build_config``'s."""
+    ``unknown``, ``invalid`` (type or range), ``inconsistent`` (values that
+    do not go together), ``pool_invalid`` (a pool wrong on its own) or
+    ``pools_conflict`` (pools that do not go together, or with the top-level
+    options). The messages are ``build_config``'s."""
     if not isinstance(settings, Mapping):
         return [
             (
@@ -215,14 +210,28 @@ def settings_problems(settings: Any) -> list[tuple[str, str | None, str]]:
         except ConfigError as exc:
             if key not in OPTIONS_BY_NAME:
                 problems.append(("unknown", key, str(exc)))
+            elif isinstance(exc, _POOL_ERRORS):
+                problems.append((exc.kind, key, str(exc)))
             elif str(exc).startswith("setting "):
                 problems.append(("invalid", key, str(exc)))
     if not problems:
         try:
             build_config({}, environ={}, settings=settings)
+        except _POOL_ERRORS as exc:
+            problems.append((exc.kind, "pools", str(exc)))
         except ConfigError as exc:
             problems.append(("inconsistent", None, str(exc)))
     return problems
+
+
+_POOL_ERRORS = (pool_options.PoolError, pool_options.PoolConflict)
+
+
+def _rank(source: str) -> int:
+    """A source's precedence: 0 for the command line, which wins."""
+    if source.startswith("environment variable "):
+        return 1
+    return 2 if source.startswith("setting ") else 0
 
 
 def _pick(

@@ -9,7 +9,10 @@ ConfigError.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .declaration import Option
 
 MAX_CHILDREN = 512
 
@@ -37,6 +40,17 @@ MAX_QUEUE_NAME = 128
 
 class ConfigError(ValueError):
     """A bad option value. Its message is one line, meant for the user."""
+
+
+def parse_setting(option: Option, value: Any) -> Any:
+    """``option.parse`` for a value of the Django settings dict, where numbers
+    and booleans must be Python numbers and booleans: ``"4"`` is a string
+    there, a mistake the command line and the environment cannot make."""
+    parsed = option.parse(value)
+    if isinstance(value, str) and isinstance(parsed, (bool, int, float)):
+        kind = "a boolean" if isinstance(parsed, bool) else "a number"
+        raise ConfigError(f"expected {kind}, not the string {value!r}")
+    return parsed
 
 
 # --- value parsers: each takes a raw value (str from CLI/env, anything from

@@ -31,6 +31,7 @@ from .parsing import (
     task_soft_timeouts,
     task_timeouts,
 )
+from .pool_options import TEXT_FORM, declarations
 
 
 def default_concurrency() -> int:
@@ -72,6 +73,19 @@ OPTIONS: tuple[Option, ...] = (
         env=("PROCRASTINATE_WORKER_QUEUES",),
         metavar="QUEUES",
         default_doc="all queues",
+    ),
+    Option(
+        "pools",
+        ("--pool",),
+        declarations,
+        (),
+        "Several pools of children under one supervisor, each with its own "
+        "queues and per-child options: --pool cpu=reports:4 --pool "
+        "io=emails,webhooks:1:50 ('*': every queue, for a pool alone); no other "
+        "per-child option on the command line then.",
+        metavar=TEXT_FORM,
+        repeatable=True,
+        default_doc="one pool of the top-level options",
     ),
     Option(
         "name",

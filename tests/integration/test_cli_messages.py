@@ -118,6 +118,26 @@ def test_unreachable_database_names_the_apps_connector(command):
     assert APP in line  # where the connection settings come from
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--pool", "cpu=reports:4", "--concurrency", "3"),
+        ("--pool", "cpu=reports:4", "--pool", "cpu=emails:1"),
+        ("--pool", "all=*:1", "--pool", "io=emails:1"),
+    ],
+)
+def test_bad_pools_are_one_line_exit_2_in_both_front_ends(args):
+    # refused before any connection: the database is never reached
+    plain = cli(UNREACHABLE, "worker", *args)
+    assert plain.returncode == 2
+    [line] = plain.stderr.splitlines()
+    assert "--pool" in line
+    django = manage(UNREACHABLE, "prefork_worker", *args)
+    assert django.returncode == 2
+    [line] = [line for line in django.stderr.splitlines() if "rror" in line]
+    assert line.startswith("CommandError: ") and "--pool" in line
+
+
 def test_worker_help_shows_defaults_variables_and_choices(db_url):
     text = " ".join(cli(db_url, "worker", "--help", app=None).stdout.split())
     assert (

@@ -428,6 +428,29 @@ def check_ids() -> list[str]:
         ({"heartbeat_interval": 20}, ["procrastinate_prefork.E004"]),
         (["concurrency"], ["procrastinate_prefork.E001"]),
         (
+            {"pools": {"io": {"queues": ["emails"], "health_port": 8001}}},
+            ["procrastinate_prefork.E007"],
+        ),
+        ({"pools": {"IO": {"queues": ["emails"]}}}, ["procrastinate_prefork.E007"]),
+        (
+            {"pools": {"a": {"queues": ["x"]}, "b": {"queues": ["x", "y"]}}},
+            ["procrastinate_prefork.E008"],
+        ),
+        (
+            {"queues": ["x"], "pools": {"a": {"queues": ["x"]}}},
+            ["procrastinate_prefork.E008"],
+        ),
+        (
+            {
+                "job_timeout": 600,
+                "pools": {
+                    "cpu": {"queues": ["reports"], "concurrency": 4},
+                    "io": {"queues": ["emails"], "child_concurrency": 50},
+                },
+            },
+            [],
+        ),
+        (
             {
                 "concurrency": 4,
                 "queues": ["a", "b"],

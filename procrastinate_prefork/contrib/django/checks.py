@@ -25,6 +25,8 @@ IDS = {
     "unknown": "procrastinate_prefork.E002",
     "invalid": "procrastinate_prefork.E003",
     "inconsistent": "procrastinate_prefork.E004",
+    "pool_invalid": "procrastinate_prefork.E007",
+    "pools_conflict": "procrastinate_prefork.E008",
 }
 APP_ORDER_ID = "procrastinate_prefork.E005"
 HEALTH_VIEW_SETTING_ID = "procrastinate_prefork.E006"
