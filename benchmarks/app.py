@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
@@ -40,6 +41,12 @@ async def noop_async() -> None:
 @app.task(name="sleep")
 def sleep(ms: float = 50) -> None:
     time.sleep(ms / 1000)
+
+
+@app.task(name="sleep_async")
+async def sleep_async(ms: float = 200) -> None:
+    """An I/O-bound job: it waits, as a call to another service does."""
+    await asyncio.sleep(ms / 1000)
 
 
 @app.task(name="hold", pass_context=True)

@@ -1222,12 +1222,55 @@ def dbcost_section(d: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def mixed_section(d: dict[str, Any]) -> list[str]:
+    s, w = d["summary"], d["workload"]
+    io = w["io_concurrency"]
+    lines = [
+        "## A mixed workload: one fleet of two pools",
+        "",
+        _para(f"""{w["cpu_jobs"]} CPU jobs of {w["cpu_ms"]:g} ms on queue `cpu`
+              and {w["io_jobs"]} I/O jobs (an `asyncio.sleep` of {w["io_ms"]:g}
+              ms) on queue `io`, inserted before the workers start. *pools*:
+              one prefork fleet, `--pool cpu=cpu:2 --pool io=io:1:{io}`;
+              *two fleets*: `--queues cpu --concurrency 2` beside `--queues io
+              --concurrency 1 --child-concurrency {io}`; *stock*: two `procrastinate
+              worker --queues cpu --concurrency 1` and one `procrastinate worker
+              --queues io --concurrency {io}`. PostgreSQL {d["postgresql"]}.
+              Command: `{d["command"]}`; {d["started_at"]}; {len(d["runs"]) // 3}
+              repetitions, interleaved; medians. Drain: first start to last end
+              (`procrastinate_events`); sessions: the peak of the workers'
+              sessions in `pg_stat_activity`, sampled every 0.2 s; memory: the
+              PSS of every process of the setup, summed, half-way through."""),
+        "",
+        "| setup | drain (s) | start to last end (s) | peak sessions "
+        "| memory, PSS (MiB) | drain speed vs stock |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    names = {
+        "pools": "one fleet, two pools",
+        "two_fleets": "two fleets",
+        "stock": "stock",
+    }
+    for setup, name in names.items():
+        e = s.get(setup)
+        if not e:
+            continue
+        ratio = e.get("drain_speed_vs_stock")
+        lines.append(
+            f"| {name} | {e['drain_seconds']:.2f} | {e['start_to_end_seconds']:.2f} "
+            f"| {e['peak_sessions']:g} | {e['total_pss_mib']:.0f} "
+            f"| {f'{ratio:.2f}x' if ratio else '1'} |"
+        )
+    return [*lines, ""]
+
+
 SIDE_FILES = (
     ("benchmarks-bigtables.json", bigtables_section),
     ("benchmarks-pgbouncer.json", pgbouncer_section),
     ("benchmarks-profile.json", profile_section),
     ("benchmarks-fleetwrites.json", fleetwrites_section),
     ("benchmarks-dbcost.json", dbcost_section),
+    ("benchmarks-mixed.json", mixed_section),
 )
 
 

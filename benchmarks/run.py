@@ -43,7 +43,14 @@ from benchmarks.work import calibrate
 ALL = ("cpu50", "cpu20", "noop_sync", "noop_async", "sleep50", "lifecycle", "recovery")
 #: run only when named in --only; each writes docs/benchmarks-<name>.json, whose
 #: section benchmarks.md gets at its next rendering
-STANDALONE = ("bigtables", "pgbouncer", "profile", "fleetwrites", "dbcost")
+STANDALONE = (
+    "bigtables",
+    "pgbouncer",
+    "profile",
+    "fleetwrites",
+    "dbcost",
+    "mixed",
+)
 
 
 def _csv(kind: type) -> Any:

@@ -19,7 +19,9 @@
 # --only fleetwrites (the fleet table's writes per second, busy and idle, about
 # 5 minutes; run benchmarks/fleetwrites.py --before DIR to compare with another
 # checkout); --only dbcost (transactions and statements per job; starts its own
-# throwaway server with log_statement = 'all' on port 54393, under a minute).
+# throwaway server with log_statement = 'all' on port 54393, under a minute);
+# --only mixed (CPU and I/O queues: one fleet of two pools against two fleets
+# and stock procrastinate, about 3 minutes).
 # Each writes docs/benchmarks-<name>.json; its section in docs/benchmarks.md
 # comes with the next rendering (--render-only, or a full run).
 set -euo pipefail
