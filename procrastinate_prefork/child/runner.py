@@ -19,7 +19,7 @@ from typing import Any
 
 import setproctitle
 
-from .. import compat
+from .. import compat, compat_fetches
 from ..config import PreforkConfig
 from ..observability import jsonlog, logfiles, redact
 from ..supervisor import db
@@ -142,6 +142,7 @@ async def _serve(spec: ChildSpec) -> int:
             fetch_next=_fetch_next(tracker) if config.child_concurrency == 1 else None,
         )
         compat.restore_deleted_worker_row(app)
+        compat_fetches.give_back_lost_fetches(app)
         compat.survive_database_outages(app, keep_fetching=config.wait)
         compat.on_job_ended(app, tracker.ended)
         if not config.wait:  # one-shot: tell "queues empty" from other stops

@@ -1,0 +1,114 @@
+"""Jobs fetched for a child whose reply was lost (a second module of
+``compat.py``: procrastinate's ``JobManager`` methods replaced, as there).
+
+A fetch is an update that commits on the server. If the connection breaks
+after the commit and before the reply reaches the child (a PostgreSQL
+restart, a terminated session, a cut network path), the job is ``doing``
+under the child's worker while the child, which got an error, never runs it.
+The child lives and its supervisor keeps its worker row fresh, so no recovery
+takes the job either: it would stay ``doing`` until the child dies, and a job
+of its ``lock`` could not run meanwhile. The same holds for the fetch made
+with a job's end (``compat.finish_only_owned_jobs``).
+
+So after such a call failed on a lost connection, the worker's next fetch,
+once it has its job (or none), gives back to ``todo`` the jobs the database
+has ``doing`` under its worker that it does not hold (fetched and not yet
+ended), until that succeeds once (``lost_fetch_released``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import procrastinate
+from procrastinate import exceptions as procrastinate_exceptions
+
+from .compat import _is_disconnection
+from .fleet import queries
+
+logger = logging.getLogger("procrastinate_prefork.child")
+
+
+@dataclasses.dataclass
+class LostFetches:
+    #: a fetch may have committed without its reply since the last release
+    uncertain: bool = False
+    #: jobs the worker got from a fetch and has not ended yet
+    held: set[int] = dataclasses.field(default_factory=set)
+
+
+def give_back_lost_fetches(app: procrastinate.App) -> LostFetches:
+    """Install after ``compat.finish_only_owned_jobs`` and before
+    ``compat.survive_database_outages`` (whose repeats of an end and whose
+    skipped fetches pass through here each time)."""
+    manager = app.job_manager
+    state = LostFetches()
+    fetch = manager.fetch_job
+
+    async def fetch_job(queues: Any, worker_id: int) -> Any:
+        try:
+            job = await fetch(queues, worker_id)
+        except procrastinate_exceptions.ConnectorException as exc:
+            if _is_disconnection(exc):
+                state.uncertain = True
+            raise
+        if job is not None and job.id is not None:
+            state.held.add(job.id)
+        if state.uncertain:
+            await _release(manager, state, worker_id)
+        return job
+
+    def ending(
+        original: Callable[..., Awaitable[None]],
+    ) -> Callable[..., Coroutine[Any, Any, None]]:
+        async def end(job: Any, *args: Any, **kwargs: Any) -> None:
+            try:
+                await original(job, *args, **kwargs)
+            except procrastinate_exceptions.ConnectorException as exc:
+                if _is_disconnection(exc):  # its fetch may have committed
+                    state.uncertain = True
+                raise
+            state.held.discard(job.id)
+
+        return end
+
+    # ignore: we replace methods of this app's JobManager on purpose
+    manager.fetch_job = fetch_job  # type: ignore[method-assign]
+    manager.finish_job = ending(manager.finish_job)  # type: ignore[method-assign]
+    manager.retry_job = ending(manager.retry_job)  # type: ignore[method-assign]
+    return state
+
+
+async def _release(manager: Any, state: LostFetches, worker_id: int) -> None:
+    """Never raises: the job just fetched must reach the worker; a failed
+    release is tried again at the next fetch."""
+    try:
+        rows = await manager.connector.execute_query_all_async(
+            queries.get("release_lost_fetches"),
+            worker_id=worker_id,
+            held=sorted(state.held),
+        )
+    except procrastinate_exceptions.ConnectorException as exc:
+        logger.warning(
+            "Jobs possibly fetched without a reply not given back yet: %s",
+            exc.__cause__ or exc,
+            extra={"action": "lost_fetch_release_failed"},
+        )
+        return
+    state.uncertain = False
+    for row in rows:
+        if row["failed"]:
+            logger.error(
+                "Job %s was fetched without a reply and a job of its queueing lock "
+                "waits: failed, the waiting one does the work",
+                row["id"],
+                extra={"action": "lost_fetch_conflict", "job_id": row["id"]},
+            )
+        else:
+            logger.warning(
+                "Job %s was fetched without a reply (connection lost): back to todo",
+                row["id"],
+                extra={"action": "lost_fetch_released", "job_id": row["id"]},
+            )
