@@ -1109,6 +1109,8 @@ class ChaosRun:
         fleet = self.current[hostname]
         self._kill_spared.add(hostname)
         try:
+            # its children replaced after the last kills: all of them retire
+            yield from self._settle(fleet, self.config.children, "the last kills")
             pipe.kill_reader()
             self.report.log_pipe_breaks += 1
             self.say(f"log pipe of supervisor {fleet.pid}: reader killed")

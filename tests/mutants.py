@@ -38,7 +38,7 @@ MUTANTS: list[Mutant] = [
         id="immediate-recovery",
         promise="a dead child's jobs are recovered at once, not by the sweep",
         path="procrastinate_prefork/supervisor/reaping.py",
-        old="        if view.worker_id is not None:\n            timed_out =",
+        old="        if worker_id is not None:\n            timed_out =",
         new="        if False:\n            timed_out =",
         tests=(f"{RECOVERY}::test_sigkill_mid_job_runs_again_on_another_child",),
     ),

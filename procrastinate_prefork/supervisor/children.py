@@ -68,6 +68,9 @@ class Child:
     #: its jobs that ran past their time limit (the child was stopped for them)
     timed_out_jobs: set[int] = dataclasses.field(default_factory=set)
     generation: int = 0  # bumped by SIGHUP: older children are rolled over
+    #: its procrastinate worker id as last seen in its slot: what its jobs are
+    #: recovered by even if the slot no longer shows it when the child dies
+    worker_id: int | None = None
     retiring: bool = False  # asked to stop for good (scale down, rolling restart)
 
 
