@@ -1,5 +1,13 @@
-"""Jobs fetched for a child whose reply was lost (a second module of
+"""Jobs a child fetched that nobody would find (a second module of
 ``compat.py``: procrastinate's ``JobManager`` methods replaced, as there).
+
+A child records its worker id in its own fleet-table row as soon as its
+worker registers, before its first fetch (``record_worker_before_fetching``):
+the supervisor writes it at its next heartbeat, but if the supervisor is
+killed before that, its successor and the sweep would not know that worker
+is one of ours, and would judge it as a stock worker (``--stock-worker-timeout``).
+
+The rest is about fetches whose reply was lost.
 
 A fetch is an update that commits on the server. If the connection breaks
 after the commit and before the reply reaches the child (a PostgreSQL
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -112,3 +121,36 @@ async def _release(manager: Any, state: LostFetches, worker_id: int) -> None:
                 row["id"],
                 extra={"action": "lost_fetch_released", "job_id": row["id"]},
             )
+
+
+def record_worker_before_fetching(
+    app: procrastinate.App, *, host: str, supervisor_row: int, slot: int
+) -> None:
+    """Write the worker id in the child's fleet-table row once the worker
+    registers. A failure (the database unreachable) is logged and the worker
+    goes on: its supervisor writes the id at its next heartbeat."""
+    manager = app.job_manager
+    register = manager.register_worker
+
+    async def register_worker() -> int:
+        worker_id = await register()
+        try:
+            await manager.connector.execute_query_async(
+                queries.get("record_child_worker"),
+                host=host,
+                pid=os.getpid(),
+                supervisor_id=supervisor_row,
+                slot=slot,
+                worker_id=worker_id,
+            )
+        except procrastinate_exceptions.ConnectorException as exc:
+            logger.warning(
+                "Worker id %s not written to the fleet table by the child: %s",
+                worker_id,
+                exc.__cause__ or exc,
+                extra={"action": "worker_record_failed", "worker_id": worker_id},
+            )
+        return worker_id
+
+    # ignore: we replace methods of this app's JobManager on purpose
+    manager.register_worker = register_worker  # type: ignore[method-assign]

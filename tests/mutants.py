@@ -247,6 +247,18 @@ MUTANTS: list[Mutant] = [
         ),
     ),
     Mutant(
+        id="child-records-its-worker",
+        promise="a child's worker id is in the fleet table before its first "
+        "fetch: a successor recovers its job though the supervisor died first",
+        path="procrastinate_prefork/child/runner.py",
+        old="        if spec.supervisor_row is not None:\n",
+        new="        if False:\n",
+        tests=(
+            f"{RECOVERY}::"
+            "test_job_of_a_child_never_recorded_by_its_supervisor_is_recovered",
+        ),
+    ),
+    Mutant(
         id="lost-fetch",
         promise="a job fetched for a live child, the reply lost with the "
         "connection, goes back to todo instead of staying doing while it lives",

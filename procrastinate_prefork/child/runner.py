@@ -56,6 +56,8 @@ class ChildSpec:
     supervisor_pid: int
     inherited_fds: Iterable[int] = ()  # the supervisor's own fds, to close
     on_start: Callable[..., Any] | None = None
+    #: the supervisor's row in the fleet table (None: not registered)
+    supervisor_row: int | None = None
 
 
 def run_child(spec: ChildSpec) -> int:
@@ -143,6 +145,13 @@ async def _serve(spec: ChildSpec) -> int:
         )
         compat.restore_deleted_worker_row(app)
         compat_fetches.give_back_lost_fetches(app)
+        if spec.supervisor_row is not None:
+            compat_fetches.record_worker_before_fetching(
+                app,
+                host=config.hostname,
+                supervisor_row=spec.supervisor_row,
+                slot=spec.slot,
+            )
         compat.survive_database_outages(app, keep_fetching=config.wait)
         compat.on_job_ended(app, tracker.ended)
         if not config.wait:  # one-shot: tell "queues empty" from other stops

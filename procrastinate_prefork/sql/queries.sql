@@ -166,6 +166,21 @@ SET state = 'stopped', job_id = NULL, task_name = NULL, job_started_at = NULL,
 WHERE supervisor_id = %(supervisor_id)s AND kind = 'child'
   AND state <> 'stopped' AND NOT (slot = ANY(%(live_slots)s))
 
+-- record_child_worker --
+-- A child's own row gets its worker id as soon as the worker registers, before its first fetch
+-- The supervisor writes it too, at its next heartbeat; if the process tree
+-- dies before that (a SIGKILL of the supervisor), its successor and the
+-- sweep find the worker's jobs by this row. The identity columns only, as
+-- the heartbeat's upsert writes them; the next heartbeat writes the rest.
+INSERT INTO procrastinate_prefork_processes AS p
+    (kind, host, pid, supervisor_id, slot, worker_id, state)
+VALUES ('child', %(host)s, %(pid)s, %(supervisor_id)s, %(slot)s, %(worker_id)s,
+        'starting')
+ON CONFLICT (supervisor_id, slot) WHERE kind = 'child' DO UPDATE SET
+    pid = EXCLUDED.pid, worker_id = EXCLUDED.worker_id, state = EXCLUDED.state,
+    job_id = NULL, task_name = NULL, job_started_at = NULL, job_ids = '{}',
+    written_at = now()
+
 -- write_jobs --
 -- Write the running jobs of a supervisor's children between heartbeats
 -- Only the rows that changed; no heartbeat time (last_heartbeat proves that a

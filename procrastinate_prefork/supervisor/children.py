@@ -130,6 +130,8 @@ class Forker:
     #: the supervisor's descriptors a child closes (read in the child)
     own_fds: Callable[[], list[int]]
     on_start: Callable[..., Any] | None = None
+    #: the supervisor's row in the fleet table, once registered
+    supervisor_row: Callable[[], int | None] = lambda: None
 
     def __call__(self, slot: int, generation: int) -> Child:
         def spec(wake_r: int) -> ChildSpec:
@@ -142,6 +144,7 @@ class Forker:
                 supervisor_pid=self.supervisor_pid,
                 inherited_fds=self.own_fds(),
                 on_start=self.on_start,
+                supervisor_row=self.supervisor_row(),
             )
 
         return fork_child(
