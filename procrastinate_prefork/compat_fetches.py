@@ -56,7 +56,7 @@ def give_back_lost_fetches(app: procrastinate.App) -> LostFetches:
     state = LostFetches()
     fetch = manager.fetch_job
 
-    async def fetch_job(queues: Any, worker_id: int) -> Any:
+    async def fetch_one(queues: Any, worker_id: int) -> Any:
         try:
             job = await fetch(queues, worker_id)
         except procrastinate_exceptions.ConnectorException as exc:
@@ -65,8 +65,13 @@ def give_back_lost_fetches(app: procrastinate.App) -> LostFetches:
             raise
         if job is not None and job.id is not None:
             state.held.add(job.id)
-        if state.uncertain:
-            await _release(manager, state, worker_id)
+        return job
+
+    async def fetch_job(queues: Any, worker_id: int) -> Any:
+        job = await fetch_one(queues, worker_id)
+        if state.uncertain and await _release(manager, state, worker_id) and not job:
+            # what it gave back is this worker's to run too: no wake-up needed
+            job = await fetch_one(queues, worker_id)
         return job
 
     def ending(
@@ -90,9 +95,10 @@ def give_back_lost_fetches(app: procrastinate.App) -> LostFetches:
     return state
 
 
-async def _release(manager: Any, state: LostFetches, worker_id: int) -> None:
-    """Never raises: the job just fetched must reach the worker; a failed
-    release is tried again at the next fetch."""
+async def _release(manager: Any, state: LostFetches, worker_id: int) -> int:
+    """How many jobs went back to ``todo``. Never raises: the job just
+    fetched must reach the worker; a failed release is tried again at the
+    next fetch."""
     try:
         rows = await manager.connector.execute_query_all_async(
             queries.get("release_lost_fetches"),
@@ -105,7 +111,7 @@ async def _release(manager: Any, state: LostFetches, worker_id: int) -> None:
             exc.__cause__ or exc,
             extra={"action": "lost_fetch_release_failed"},
         )
-        return
+        return 0
     state.uncertain = False
     for row in rows:
         if row["failed"]:
@@ -121,6 +127,7 @@ async def _release(manager: Any, state: LostFetches, worker_id: int) -> None:
                 row["id"],
                 extra={"action": "lost_fetch_released", "job_id": row["id"]},
             )
+    return sum(1 for row in rows if not row["failed"])
 
 
 def record_worker_before_fetching(

@@ -51,6 +51,8 @@ class BlackHole:
                     time.sleep(0.1)  # keep both ends open, move nothing
                     continue
                 readable, _, _ = select.select([a, b], [], [], 0.1)
+                if self.swallowing.is_set():
+                    continue  # set while it waited: nothing more moves
                 for sock in readable:
                     data = sock.recv(65536)
                     if not data:

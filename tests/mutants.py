@@ -263,8 +263,8 @@ MUTANTS: list[Mutant] = [
         promise="a job fetched for a live child, the reply lost with the "
         "connection, goes back to todo instead of staying doing while it lives",
         path="procrastinate_prefork/compat_fetches.py",
-        old="        if state.uncertain:\n            await _release(",
-        new="        if False:\n            await _release(",
+        old="        if state.uncertain and await _release(",
+        new="        if False and await _release(",
         tests=(
             "tests/integration/test_child_session.py::"
             "test_job_fetched_without_a_reply_is_given_back_and_runs",

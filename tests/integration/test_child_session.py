@@ -252,7 +252,8 @@ def test_job_fetched_without_a_reply_is_given_back_and_runs(fleet, db_url):
     try:
         fleet.start("--concurrency", "1", env={"DATABASE_URL": hole.url(db_url)})
         [child] = fleet.wait_children(1)
-        [first] = defer(db_url, "sleep", seconds=1)
+        # long enough to be still running when the row lock is taken
+        [first] = defer(db_url, "sleep", seconds=3)
         fleet.running_child(first)
         [second] = defer(db_url, "cpu", ms=1)
         with psycopg.connect(db_url) as holder:
@@ -270,7 +271,7 @@ def test_job_fetched_without_a_reply_is_given_back_and_runs(fleet, db_url):
                     message="the child's end-and-fetch to wait on the row lock",
                 )
                 hole.swallowing.set()
-                time.sleep(0.3)  # each relay thread looks every 0.1 s
+                time.sleep(0.3)  # each relay thread looks at least every 0.1 s
                 holder.commit()
                 wait_for(
                     lambda: (
