@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import threading
@@ -50,18 +51,30 @@ class BlackHole:
                     time.sleep(0.1)  # keep both ends open, move nothing
                     continue
                 readable, _, _ = select.select([a, b], [], [], 0.1)
+                if self.swallowing.is_set():
+                    continue  # set while it waited: nothing more moves
                 for sock in readable:
                     data = sock.recv(65536)
                     if not data:
                         return
                     peer[sock].sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: closed by cut()
             return
         finally:
             # one end closed (PostgreSQL restarted, the client left): the
             # other must see it, as it would on a direct connection
             a.close()
             b.close()
+
+    def cut(self) -> None:
+        """End every connection relayed so far, both ends at once (the client
+        sees its connection closed, as when the path or the server goes away);
+        new connections are relayed as before."""
+        relayed, self.sockets[1:] = self.sockets[1:], []
+        for sock in relayed:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
 
     def close(self) -> None:
         self.closed.set()

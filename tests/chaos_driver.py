@@ -472,6 +472,8 @@ class ChaosReport:
     queueing_lock_jobs: int = 0
     queueing_lock_refused: int = 0  # defer refused: one was already todo
     queueing_lock_failed: int = 0
+    #: of them, failed by a recovery (its queueing lock taken) before any run
+    queueing_lock_failed_unrun: int = 0
     host_timeouts: dict[str, str] = dataclasses.field(default_factory=dict)
     db_outages: int = 0
     outage_start_attempts: int = 0  # supervisor starts during/after the outage
@@ -484,10 +486,17 @@ class ChaosReport:
     stock_worker_runs: int = 0
     stock_worker_terms: int = 0
     stock_worker_exits: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: jobs a stock worker left doing (its outcome write lost in a database
+    #: restart: procrastinate's own behaviour), and jobs of their locks that
+    #: could not run for it
+    stock_left_doing: int = 0
+    stock_blocked: int = 0
     fleet_locks: int = 0
     fleet_lock_seconds: float = 0.0
     log_pipe_breaks: int = 0
-    log_pipe_retired: int = 0  # children that exited while it had no reader
+    log_pipe_gone: int = 0  # children gone while it had no reader
+    log_pipe_retired: int = 0  # of them, exited (no signal)
+    log_pipe_killed: int = 0  # of them, killed by their supervisor
     black_holes: int = 0
     hole_live_polls: int = 0
     hole_live_failed: int = 0  # answered, but not 200
@@ -513,7 +522,8 @@ class ChaosReport:
             f"lost: {self.lost}; wrong final status: {self.wrong_status}",
             f"queueing-lock jobs: {self.queueing_lock_jobs} "
             f"({self.queueing_lock_refused} defers refused by the lock, "
-            f"{self.queueing_lock_failed} ended failed)",
+            f"{self.queueing_lock_failed} ended failed, "
+            f"{self.queueing_lock_failed_unrun} of them before any run)",
             f"hosts (stalled timeout/heartbeat): {self.host_timeouts}",
             f"database outages: {self.db_outages} ({self.outage_start_attempts} "
             f"supervisor starts across it)",
@@ -522,10 +532,13 @@ class ChaosReport:
             f"limit); time-limit kills logged: {self.time_limit_kills}",
             f"stock workers: {self.stock_workers} ({self.stock_worker_runs} runs, "
             f"{self.stock_worker_terms} SIGTERMed mid-job, exits "
-            f"{self.stock_worker_exits})",
+            f"{self.stock_worker_exits}; {self.stock_left_doing} job(s) left doing "
+            f"by them, {self.stock_blocked} blocked by their locks)",
             f"fleet-table locks: {self.fleet_locks} ({self.fleet_lock_seconds:.1f} s)",
             f"log pipe broken: {self.log_pipe_breaks} time(s), "
-            f"{self.log_pipe_retired} children exited while it had no reader",
+            f"{self.log_pipe_gone} children gone while it had no reader "
+            f"({self.log_pipe_retired} exited, {self.log_pipe_killed} killed by "
+            "their supervisor)",
             f"black holes: {self.black_holes} (/live polls {self.hole_live_polls}, "
             f"{self.hole_live_failed} answered not 200; /status answered by the "
             f"loop {self.hole_loop_turns} times)",
@@ -570,6 +583,7 @@ class ChaosRun:
         #: job id -> the final statuses its books accept (default: its task's)
         self.expected: dict[int, frozenset[str]] = {}
         self.queueing_jobs: set[int] = set()
+        self._stock_held: set[int] = set()  # see stock_held
         self.overrun_long: set[int] = set()
         self.overrun_short: set[int] = set()
         self.stock: list[Fleet] = []  # every stock worker started
@@ -579,6 +593,9 @@ class ChaosRun:
         self._db_down = False  # stopped by the outage attack
         self._db_calm_at = 0.0  # monotonic time the database was last back + 10 s
         self._outage_hosts: set[str] = set()  # in a start loop right now
+        #: hosts whose children the random SIGKILLs spare for now (an attack
+        #: that judges how they exit)
+        self._kill_spared: set[str] = set()
         #: the black-holed host's relay and probe port (black_hole)
         self._hole: BlackHole | None = None
         self._hole_port = 0
@@ -665,10 +682,13 @@ class ChaosRun:
         stock = [f.pid for f in self.stock if not f.exited()]
         return self.watch.observe(self.supervisor_pids(), stock)
 
-    def live_children(self) -> list[int]:
+    def live_children(self, spared: Sequence[str] = ()) -> list[int]:
+        """Children alive and not SIGSTOPped, but those of the ``spared`` hosts."""
+        spared_pids = {self.current[h].pid for h in spared if h in self.current}
         return [
             pid
-            for pids in self.observe().values()
+            for sup, pids in self.observe().items()
+            if sup not in spared_pids
             for pid in pids
             if pid not in self._stopped
         ]
@@ -758,7 +778,7 @@ class ChaosRun:
     # --- chaos actions
 
     def kill_random_child(self) -> int | None:
-        children = self.live_children()
+        children = self.live_children(sorted(self._kill_spared))
         if not children:
             return None
         victim = self.rng.choice(children)
@@ -1078,36 +1098,66 @@ class ChaosRun:
         retire a child (SIGTTOU) and roll every other one over (SIGHUP) while
         nobody reads, then start a new reader and SIGTTIN back. The children
         that exit meanwhile fail to flush their stdout; none may run the
-        supervisor's code (``stray_supervisor_records``) nor its jobs twice."""
+        supervisor's code (``stray_supervisor_records``) nor its jobs twice.
+        The random SIGKILLs spare that host's children meanwhile: each child
+        gone is one that exited through the broken pipe, unless its
+        supervisor killed it (counted apart)."""
         pipe = self.log_pipe
         assert pipe is not None
         while any(t.__name__ == "sighup_burst" for t in self._tasks):
             yield
         fleet = self.current[hostname]
-        pipe.kill_reader()
-        self.report.log_pipe_breaks += 1
-        self.say(f"log pipe of supervisor {fleet.pid}: reader killed")
-        before = self._children_of(fleet)
-        fleet.signal(signal.SIGTTOU)
-        yield from self._settle(fleet, self.config.children - 1, "SIGTTOU")
-        old = self._children_of(fleet)
-        fleet.signal(signal.SIGHUP)
-        deadline = time.monotonic() + self.config.converge_timeout
-        while old & self._children_of(fleet) and time.monotonic() < deadline:
-            yield
-        gone = (before | old) - self._children_of(fleet)
-        pipe.start_reader()
-        self.report.log_pipe_retired += sum(
-            1
+        self._kill_spared.add(hostname)
+        try:
+            # its children replaced after the last kills: all of them retire
+            yield from self._settle(fleet, self.config.children, "the last kills")
+            pipe.kill_reader()
+            self.report.log_pipe_breaks += 1
+            self.say(f"log pipe of supervisor {fleet.pid}: reader killed")
+            before = self._children_of(fleet)
+            fleet.signal(signal.SIGTTOU)
+            yield from self._settle(fleet, self.config.children - 1, "SIGTTOU")
+            old = self._children_of(fleet)
+            fleet.signal(signal.SIGHUP)
+            deadline = time.monotonic() + self.config.converge_timeout
+            while old & self._children_of(fleet) and time.monotonic() < deadline:
+                yield
+            gone = (before | old) - self._children_of(fleet)
+            pipe.start_reader()
+            self.say(f"log pipe: new reader; {len(gone)} children gone meanwhile")
+            fleet.signal(signal.SIGTTIN)
+            yield from self._settle(fleet, self.config.children, "SIGTTIN")
+        finally:
+            self._kill_spared.discard(hostname)
+        # counted once the supervisor has reaped them all (a child is gone
+        # for psutil as a zombie, before its supervisor logs its exit)
+        self._count_log_pipe_exits(fleet.pid, gone)
+
+    def _count_log_pipe_exits(self, supervisor: int, gone: set[int]) -> None:
+        exits = {
+            e["pid"]: e
             for e in self.events()
             if e["action"] == "child_exited"
-            and e["process"] == fleet.pid
+            and e["process"] == supervisor
             and e["pid"] in gone
-            and e["signal"] is None
-        )
-        self.say(f"log pipe: new reader; {len(gone)} children gone meanwhile")
-        fleet.signal(signal.SIGTTIN)
-        yield from self._settle(fleet, self.config.children, "SIGTTIN")
+        }
+        report = self.report
+        report.log_pipe_gone += len(gone)
+        for pid in sorted(gone):
+            if pid not in exits:
+                report.problems.append(
+                    f"log pipe: child {pid} of supervisor {supervisor} gone, its "
+                    "exit never logged"
+                )
+            elif exits[pid]["signal"] is None:
+                report.log_pipe_retired += 1
+            elif pid in self.watch.killed:
+                report.problems.append(
+                    f"log pipe: child {pid} was SIGKILLed by the driver, which "
+                    "spares that host meanwhile"
+                )
+            else:  # by its supervisor (a retirement past its deadline)
+                report.log_pipe_killed += 1
 
     def _hole_args(self, hostname: str) -> list[str]:
         if hostname != self.host_with("black-hole"):
@@ -1308,6 +1358,7 @@ class ChaosRun:
         deadline = time.monotonic() + self.config.drain_timeout
         pending: tuple[int, int] | None = None
         changed = time.monotonic()
+        stock_only_since: float | None = None
         while True:
             self.observe()
             self.markers.read()
@@ -1319,8 +1370,16 @@ class ChaosRun:
             if not counts.get("todo") and not counts.get("doing"):
                 return
             now = time.monotonic()
-            if (counts.get("todo"), counts.get("doing")) != pending:
-                pending, changed = (counts.get("todo", 0), counts.get("doing", 0)), now
+            if counts.get("todo") != -1 and self._only_stock_held():
+                if stock_only_since is None:
+                    stock_only_since = now
+                elif now - stock_only_since > 5:
+                    return  # judged in the books (stock_held)
+            else:
+                stock_only_since = None
+            now_pending = (counts.get("todo", 0), counts.get("doing", 0))
+            if now_pending != pending:
+                pending, changed = now_pending, now
             if now - changed > self.config.stuck_timeout:
                 self.report.problems.append(
                     f"jobs stuck: no change for {self.config.stuck_timeout:g} s "
@@ -1334,6 +1393,24 @@ class ChaosRun:
                 )
                 return
             time.sleep(0.5)
+
+    def _only_stock_held(self) -> bool:
+        """Whether every job left ``todo`` or ``doing`` is one a stock worker
+        left (see stock_held): no drain waits for those."""
+        try:
+            with (
+                psycopg.connect(
+                    self.db_url, autocommit=True, connect_timeout=5
+                ) as conn,
+                conn.cursor(row_factory=dict_row) as cur,
+            ):
+                rows = cur.execute(
+                    "SELECT id, status::text AS status, worker_id, lock "
+                    "FROM procrastinate_jobs WHERE status IN ('todo', 'doing')"
+                ).fetchall()
+        except psycopg.OperationalError:
+            return False
+        return {r["id"] for r in rows} <= self.stock_held(rows, self.markers.by_job())
 
     def check_fleet_table_live(self) -> None:
         """Every live supervisor's row is fresh and running."""
@@ -1458,8 +1535,8 @@ class ChaosRun:
             conn.cursor(row_factory=dict_row) as cur,
         ):
             rows = cur.execute(
-                "SELECT id, task_name, status::text AS status, attempts "
-                "FROM procrastinate_jobs ORDER BY id"
+                "SELECT id, task_name, status::text AS status, attempts, worker_id, "
+                "lock FROM procrastinate_jobs ORDER BY id"
             ).fetchall()
             fleet_rows = cur.execute(
                 "SELECT kind, pid, host, state FROM procrastinate_prefork_processes "
@@ -1479,6 +1556,7 @@ class ChaosRun:
             )
         runs_by_job = self.markers.by_job()
         report.runs = len(self.markers.runs)
+        self._stock_held = self.stock_held(rows, runs_by_job)
         for row in rows:
             self.check_job(row, runs_by_job.get(row["id"], []))
         self._check_locks(runs_by_job)
@@ -1498,6 +1576,13 @@ class ChaosRun:
         """One job's books: its final status, its runs, its reruns."""
         report = self.report
         expected = self.expected.get(row["id"]) or {EXPECTED_STATUS[row["task_name"]]}
+        if row["id"] in self._stock_held:
+            if row["status"] == "doing":
+                report.stock_left_doing += 1
+            else:
+                report.stock_blocked += 1
+            self._check_reruns(row["id"], runs)
+            return
         if row["status"] in ("todo", "doing"):
             report.lost += 1
             report.problems.append(
@@ -1509,6 +1594,9 @@ class ChaosRun:
                 f"job {row['id']} ({row['task_name']}) ended {row['status']}, "
                 f"expected {' or '.join(sorted(expected))}"
             )
+        if not runs and self._failed_by_conflict(row):
+            report.queueing_lock_failed_unrun += 1
+            return
         if not runs:
             report.lost += 1
             report.problems.append(f"job {row['id']} ({row['task_name']}) never ran")
@@ -1525,6 +1613,50 @@ class ChaosRun:
                 f"by the time limit (it ended {last.outcome})"
             )
         self._check_reruns(row["id"], runs)
+
+    def _fleet_worker_ids(self) -> set[int]:
+        """The procrastinate worker ids of our fleet's children."""
+        return {e["worker_id"] for e in self.events() if e["action"] == "child_ready"}
+
+    def stock_held(
+        self, rows: list[dict[str, Any]], runs_by_job: dict[int, list[Run]]
+    ) -> set[int]:
+        """Jobs a stock procrastinate worker left ``doing``, and the ``todo``
+        jobs of their locks. A stock worker that fails to write a job's outcome
+        (a database restart) logs it and leaves the job ``doing`` under its
+        worker, live and heartbeating: procrastinate's behaviour, not our
+        fleet's. Such a job's last run was on a stock worker's pid, and has
+        ended (or that pid is gone), and no child of ours holds it: a job of
+        our fleet is judged strictly."""
+        stock = {f.pid for f in self.stock}
+        ours = self._fleet_worker_ids()
+        left: set[int] = set()
+        for row in rows:
+            runs = runs_by_job.get(row["id"], [])
+            if row["status"] != "doing" or not runs or runs[-1].pid not in stock:
+                continue
+            last = runs[-1]
+            if last.outcome is None and pid_alive(last.pid):
+                continue  # still running there
+            if row["worker_id"] not in ours:
+                left.add(row["id"])
+        locks = {r["lock"] for r in rows if r["id"] in left and r["lock"]}
+        blocked = {
+            r["id"] for r in rows if r["status"] == "todo" and r["lock"] in locks
+        }
+        return left | blocked
+
+    def _failed_by_conflict(self, row: dict[str, Any]) -> bool:
+        """A queueing-lock job that a recovery (or its child, after a fetch
+        whose reply was lost) failed because a job of its queueing lock was
+        waiting: it may never have run, the waiting job does its work."""
+        if row["id"] not in self.queueing_jobs or row["status"] != "failed":
+            return False
+        return any(
+            e["action"] in ("job_recovery_conflict", "lost_fetch_conflict")
+            and e.get("job_id") == row["id"]
+            for e in self.events()
+        )
 
     def _check_reruns(self, job_id: int, runs: list[Run]) -> None:
         report = self.report

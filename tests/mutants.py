@@ -38,7 +38,7 @@ MUTANTS: list[Mutant] = [
         id="immediate-recovery",
         promise="a dead child's jobs are recovered at once, not by the sweep",
         path="procrastinate_prefork/supervisor/reaping.py",
-        old="        if view.worker_id is not None:\n            timed_out =",
+        old="        if worker_id is not None:\n            timed_out =",
         new="        if False:\n            timed_out =",
         tests=(f"{RECOVERY}::test_sigkill_mid_job_runs_again_on_another_child",),
     ),
@@ -285,6 +285,30 @@ MUTANTS: list[Mutant] = [
         tests=(
             "tests/integration/test_health.py::"
             "test_django_view_tells_strangers_the_status_only",
+        ),
+    ),
+    Mutant(
+        id="child-records-its-worker",
+        promise="a child's worker id is in the fleet table before its first "
+        "fetch: a successor recovers its job though the supervisor died first",
+        path="procrastinate_prefork/child/runner.py",
+        old="        if spec.supervisor_row is not None:\n",
+        new="        if False:\n",
+        tests=(
+            f"{RECOVERY}::"
+            "test_job_of_a_child_never_recorded_by_its_supervisor_is_recovered",
+        ),
+    ),
+    Mutant(
+        id="lost-fetch",
+        promise="a job fetched for a live child, the reply lost with the "
+        "connection, goes back to todo instead of staying doing while it lives",
+        path="procrastinate_prefork/compat_fetches.py",
+        old="        if state.uncertain and await _release(",
+        new="        if False and await _release(",
+        tests=(
+            "tests/integration/test_child_session.py::"
+            "test_job_fetched_without_a_reply_is_given_back_and_runs",
         ),
     ),
 ]

@@ -19,7 +19,7 @@ from typing import Any
 
 import setproctitle
 
-from .. import compat
+from .. import compat, compat_fetches
 from ..config import PreforkConfig
 from ..observability import jsonlog, logfiles, redact
 from ..supervisor import db
@@ -56,6 +56,8 @@ class ChildSpec:
     supervisor_pid: int
     inherited_fds: Iterable[int] = ()  # the supervisor's own fds, to close
     on_start: Callable[..., Any] | None = None
+    #: the supervisor's row in the fleet table (None: not registered)
+    supervisor_row: int | None = None
 
 
 def run_child(spec: ChildSpec) -> int:
@@ -142,6 +144,14 @@ async def _serve(spec: ChildSpec) -> int:
             fetch_next=_fetch_next(tracker) if config.child_concurrency == 1 else None,
         )
         compat.restore_deleted_worker_row(app)
+        compat_fetches.give_back_lost_fetches(app)
+        if spec.supervisor_row is not None:
+            compat_fetches.record_worker_before_fetching(
+                app,
+                host=config.hostname,
+                supervisor_row=spec.supervisor_row,
+                slot=spec.slot,
+            )
         compat.survive_database_outages(app, keep_fetching=config.wait)
         compat.on_job_ended(app, tracker.ended)
         if not config.wait:  # one-shot: tell "queues empty" from other stops

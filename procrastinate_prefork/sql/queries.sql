@@ -166,6 +166,21 @@ SET state = 'stopped', job_id = NULL, task_name = NULL, job_started_at = NULL,
 WHERE supervisor_id = %(supervisor_id)s AND kind = 'child'
   AND state <> 'stopped' AND NOT (slot = ANY(%(live_slots)s))
 
+-- record_child_worker --
+-- A child's own row gets its worker id as soon as the worker registers, before its first fetch
+-- The supervisor writes it too, at its next heartbeat; if the process tree
+-- dies before that (a SIGKILL of the supervisor), its successor and the
+-- sweep find the worker's jobs by this row. The identity columns only, as
+-- the heartbeat's upsert writes them; the next heartbeat writes the rest.
+INSERT INTO procrastinate_prefork_processes AS p
+    (kind, host, pid, supervisor_id, slot, worker_id, state)
+VALUES ('child', %(host)s, %(pid)s, %(supervisor_id)s, %(slot)s, %(worker_id)s,
+        'starting')
+ON CONFLICT (supervisor_id, slot) WHERE kind = 'child' DO UPDATE SET
+    pid = EXCLUDED.pid, worker_id = EXCLUDED.worker_id, state = EXCLUDED.state,
+    job_id = NULL, task_name = NULL, job_started_at = NULL, job_ids = '{}',
+    written_at = now()
+
 -- write_jobs --
 -- Write the running jobs of a supervisor's children between heartbeats
 -- Only the rows that changed; no heartbeat time (last_heartbeat proves that a
@@ -426,6 +441,41 @@ WITH released AS (
 SELECT pg_notify('procrastinate_queue_v1#' || queue_name, %(payload)s),
        pg_notify('procrastinate_any_queue_v1', %(payload)s)
 FROM released
+
+-- release_lost_fetches --
+-- Give back the jobs doing under a live worker that it does not hold: fetched, the reply lost
+-- Run after a fetch (or an end with the next fetch) whose connection broke:
+-- it may have committed, its job never reached the worker. As
+-- release_fetched_job: the exact undo of procrastinate's fetch (no attempt
+-- spent; the event trigger records deferred_for_retry), workers woken. A job
+-- whose queueing lock a waiting job holds cannot go back to todo: failed, as
+-- a recovery does (the waiting job does the work). "failed" says which.
+WITH lost AS MATERIALIZED (
+    SELECT j.id, j.queueing_lock IS NOT NULL AND EXISTS (
+               SELECT 1 FROM procrastinate_jobs AS w
+               WHERE w.queueing_lock = j.queueing_lock AND w.status = 'todo')
+           AS conflict
+    FROM procrastinate_jobs AS j
+    WHERE j.worker_id = %(worker_id)s AND j.status = 'doing'
+      AND NOT (j.id = ANY(%(held)s::bigint[]))
+    FOR UPDATE OF j
+), released AS (
+    UPDATE procrastinate_jobs AS j SET status = 'todo', worker_id = NULL
+    FROM lost WHERE j.id = lost.id AND NOT lost.conflict
+    RETURNING j.id, j.queue_name,
+              json_build_object('type', 'job_inserted', 'job_id', j.id)::text
+              AS payload
+), failed AS (
+    SELECT id, procrastinate_finish_job_v1(id, 'failed', false)::text AS done
+    FROM lost WHERE conflict
+)
+SELECT r.id, false AS failed,
+       pg_notify('procrastinate_queue_v1#' || r.queue_name, r.payload)::text
+         AS woken_queue,
+       pg_notify('procrastinate_any_queue_v1', r.payload)::text AS woken_all
+FROM released AS r
+UNION ALL
+SELECT f.id, true, f.done, f.done FROM failed AS f
 
 -- job_still_owned --
 -- 1 if the job is still this run's, else 0

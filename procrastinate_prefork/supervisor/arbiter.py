@@ -87,6 +87,7 @@ class Supervisor:
             self.pid,
             self._own_fds,
             on_start=on_child_start,
+            supervisor_row=lambda: self.maintenance.supervisor_row,
         )
         self.pool = Pool(config, system, self.scoreboard, forker)
         self.lifecycle = Lifecycle(config, system, self.pool)

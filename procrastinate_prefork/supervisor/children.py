@@ -68,6 +68,9 @@ class Child:
     #: its jobs that ran past their time limit (the child was stopped for them)
     timed_out_jobs: set[int] = dataclasses.field(default_factory=set)
     generation: int = 0  # bumped by SIGHUP: older children are rolled over
+    #: its procrastinate worker id as last seen in its slot: what its jobs are
+    #: recovered by even if the slot no longer shows it when the child dies
+    worker_id: int | None = None
     retiring: bool = False  # asked to stop for good (scale down, rolling restart)
 
 
@@ -127,6 +130,8 @@ class Forker:
     #: the supervisor's descriptors a child closes (read in the child)
     own_fds: Callable[[], list[int]]
     on_start: Callable[..., Any] | None = None
+    #: the supervisor's row in the fleet table, once registered
+    supervisor_row: Callable[[], int | None] = lambda: None
 
     def __call__(self, slot: int, generation: int) -> Child:
         def spec(wake_r: int) -> ChildSpec:
@@ -139,6 +144,7 @@ class Forker:
                 supervisor_pid=self.supervisor_pid,
                 inherited_fds=self.own_fds(),
                 on_start=self.on_start,
+                supervisor_row=self.supervisor_row(),
             )
 
         return fork_child(

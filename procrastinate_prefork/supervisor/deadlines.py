@@ -2,8 +2,9 @@
 wedged, and SIGTERM then SIGKILL for a job past its time limit.
 
 It owns nothing: it reads the scoreboard and changes only the kill plans
-(``Child.kill``, ``Child.timed_out_jobs``) of the children it is shown;
-``kill`` sends the signals."""
+(``Child.kill``, ``Child.timed_out_jobs``) of the children it is shown, and
+notes the worker id each one's slot shows (``Child.worker_id``, for the
+reaper); ``kill`` sends the signals."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ class Police:
     def patrol(self, children: Iterable[Child], now: float) -> None:
         for child in list(children):
             view = self.scoreboard.read(child.slot)
+            if view.worker_id is not None:
+                child.worker_id = view.worker_id
             age = view.heartbeat_age(now)
             if child.kill.due(now):
                 child.kill = child.kill.fire()

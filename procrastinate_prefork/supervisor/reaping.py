@@ -108,14 +108,17 @@ class Reaper:
                 "cause": cause,
             },
         )
-        if view.worker_id is not None:
+        # the slot's if it shows one; else the one last seen there: a slot
+        # found blank at the end must not leave the child's jobs doing
+        worker_id = view.worker_id if view.worker_id is not None else child.worker_id
+        if worker_id is not None:
             timed_out = set(child.timed_out_jobs)
             # Jobs killed at the shutdown deadline are not the job's fault, nor
             # are those of a child stopped for another job's time limit.
             count = not child.kill.deadline_kill and not timed_out
             self.recovery.add(
                 PendingRecovery(
-                    view.worker_id, cause, child.pid, timed_out, count_crash=count
+                    worker_id, cause, child.pid, timed_out, count_crash=count
                 )
             )
         metrics.drain_dead(self.scoreboard.finished, child.slot, self.totals)

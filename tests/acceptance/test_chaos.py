@@ -76,6 +76,10 @@ def test_nothing_lost_under_chaos(db_url, tmp_path, capsys):
         assert report.fleet_locks == 1
         assert report.fleet_lock_seconds > 2 * config.longest_stalled_timeout()
     if config.log_pipe:
-        # one retired by SIGTTOU, the others rolled over by SIGHUP
+        # one retired by SIGTTOU, the others rolled over by SIGHUP (the random
+        # kills spare that host meanwhile); each child gone exited through the
+        # broken pipe, or was killed by its supervisor past a deadline; the
+        # stray records and the reruns are judged with the problems
         assert report.log_pipe_breaks == 1
-        assert report.log_pipe_retired >= config.children - 1
+        assert report.log_pipe_gone >= config.children - 1
+        assert report.log_pipe_retired >= 1

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 
 import psycopg
 import pytest
 
+from tests.blackhole import BlackHole
 from tests.fleet_helper import defer, jobs, wait_for
 
 
@@ -237,3 +239,58 @@ def test_job_fetched_with_an_end_is_given_back_when_the_child_stops(fleet, db_ur
     assert second_row["worker_id"] is None
     assert [e["job_id"] for e in fleet.events("fetched_job_released")] == [second]
     assert (second, 0) not in _runs(fleet, "start")
+
+
+@pytest.mark.timeout(90)
+def test_job_fetched_without_a_reply_is_given_back_and_runs(fleet, db_url):
+    """The end-and-fetch statement commits, then the connection breaks before
+    its reply reaches the child (a relay swallows the reply, then cuts the
+    connection): the job it fetched is doing under the child's worker, which
+    never got it. The child, alive, gives it back after reconnecting and runs
+    it, once; without that it would stay doing while the child lives."""
+    hole = BlackHole.to(db_url)
+    try:
+        fleet.start("--concurrency", "1", env={"DATABASE_URL": hole.url(db_url)})
+        [child] = fleet.wait_children(1)
+        # long enough to be still running when the row lock is taken
+        [first] = defer(db_url, "sleep", seconds=3)
+        fleet.running_child(first)
+        [second] = defer(db_url, "cpu", ms=1)
+        with psycopg.connect(db_url) as holder:
+            # hold the first job's row: the child's end-and-fetch waits on it
+            holder.execute(
+                "SELECT 1 FROM procrastinate_jobs WHERE id = %s FOR UPDATE", [first]
+            )
+            with psycopg.connect(db_url, autocommit=True) as conn:
+                wait_for(
+                    lambda: conn.execute(
+                        "SELECT 1 FROM pg_stat_activity WHERE application_name "
+                        "LIKE %s AND wait_event_type = 'Lock'",
+                        [f"prefork:%:{child}"],
+                    ).fetchone(),
+                    message="the child's end-and-fetch to wait on the row lock",
+                )
+                hole.swallowing.set()
+                time.sleep(0.3)  # each relay thread looks at least every 0.1 s
+                holder.commit()
+                wait_for(
+                    lambda: (
+                        [r["status"] for r in jobs(db_url, [first, second])]
+                        == ["succeeded", "doing"]
+                    ),
+                    message="the statement to commit (its reply swallowed)",
+                )
+        hole.cut()
+        hole.swallowing.clear()
+        wait_for(
+            lambda: jobs(db_url, [second])[0]["status"] == "succeeded",
+            timeout=20,
+            message="the job fetched without a reply to run",
+        )
+        assert _runs(fleet, "start") == [(first, 0), (second, 0)]
+        assert {pid for _, _, pid in fleet.marks("start")} == {child}
+        assert fleet.child_pids() == [child]  # given back by the live child
+        assert [e["job_id"] for e in fleet.events("lost_fetch_released")] == [second]
+        assert fleet.stop() == 0
+    finally:
+        hole.close()

@@ -264,3 +264,34 @@ def test_clean_stop_leaves_no_live_looking_rows(fleet, db_url):
     assert states == [("stopped",)]
     assert workers == (0,)
     assert status_counts(db_url).get("doing", 0) == 0
+
+
+def test_job_of_a_child_never_recorded_by_its_supervisor_is_recovered(
+    fleet_factory, db_url
+):
+    """The supervisor is SIGKILLed, with its children, before any heartbeat
+    of its wrote a new child's worker id (here its heartbeats wait on a lock
+    on its row), while that child runs a job. The child wrote its worker id
+    in its row itself before its first fetch: the successor on the host
+    recovers the job at its start. Without that the worker would pass for a
+    stock worker, its job doing for --stock-worker-timeout."""
+    first = fleet_factory.new()
+    first.start("--concurrency", "1")
+    [old_child] = first.wait_children(1)
+    with psycopg.connect(db_url) as holder:
+        holder.execute(
+            "SELECT 1 FROM procrastinate_prefork_processes WHERE kind = "
+            "'supervisor' AND pid = %s FOR NO KEY UPDATE",
+            [first.pid],
+        )
+        os.kill(old_child, signal.SIGKILL)
+        first.wait_children(1, exclude=[old_child])
+        [job_id] = defer(db_url, "sleep", seconds=5)
+        first.running_child(job_id)
+        first.kill_all()
+    second = fleet_factory.new()
+    second.start("--concurrency", "1")
+    second.running_child(job_id, attempt=1, timeout=20)
+    [event] = second.events("predecessor_recovered")
+    assert event["jobs"] == 1
+    assert second.stop() == 0

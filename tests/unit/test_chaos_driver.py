@@ -305,3 +305,96 @@ def test_records_only_a_supervisor_logs_are_caught_from_other_processes():
     ]
     problems = stray_supervisor_records(events, {10})
     assert len(problems) == 2 and all("process 12" in p for p in problems)
+
+
+def _events(run: ChaosRun, events: list[dict]) -> None:
+    import json
+
+    with open(run.results / "events.jsonl", "a") as f:
+        f.writelines(json.dumps(e) + "\n" for e in events)
+
+
+class _StockWorker:
+    def __init__(self, pid: int):
+        self.pid = pid
+
+
+def _row(job_id, status, worker_id=None, lock=None, task="chaos_sleep") -> dict:
+    return {
+        "id": job_id,
+        "task_name": task,
+        "status": status,
+        "worker_id": worker_id,
+        "lock": lock,
+    }
+
+
+def test_jobs_a_stock_worker_left_doing_are_told_apart_from_ours(tmp_path):
+    run = _run(
+        tmp_path,
+        [
+            "start 1 0 900 10.0 L",  # on the stock worker, its write lost
+            "end 1 0 900 10.5 L",
+            "start 3 0 900 10.0 -",  # on the stock worker, but held by a child
+            "end 3 0 900 10.5 -",
+            "start 4 0 100 10.0 -",  # ours, left doing
+            "end 4 0 100 10.5 -",
+        ],
+    )
+    run.stock.append(_StockWorker(900))  # type: ignore[arg-type]
+    _events(run, [{"action": "child_ready", "worker_id": 7, "process": 100}])
+    rows = [
+        _row(1, "doing", worker_id=5, lock="L"),
+        _row(2, "todo", lock="L", task="chaos_locked"),  # blocked by job 1
+        _row(3, "doing", worker_id=7),  # a lost fetch of our child 100
+        _row(4, "doing", worker_id=7),
+        _row(5, "todo"),
+    ]
+    by_job = run.markers.by_job()
+    run._stock_held = run.stock_held(rows, by_job)
+    assert run._stock_held == {1, 2}
+    for row in rows:
+        run.check_job(row, by_job.get(row["id"], []))
+    assert run.report.problems == [
+        "job 3 (chaos_sleep) left doing",
+        "job 4 (chaos_sleep) left doing",
+        "job 5 (chaos_sleep) left todo",
+        "job 5 (chaos_sleep) never ran",
+    ]
+    assert (run.report.stock_left_doing, run.report.stock_blocked) == (1, 1)
+
+
+def test_a_queueing_lock_job_failed_by_a_recovery_before_any_run(tmp_path):
+    run = _run(tmp_path, [])
+    run.queueing_jobs.update({1, 2, 3})
+    for job_id in (1, 2, 3):
+        run.expected[job_id] = frozenset({"succeeded", "failed"})
+    _events(
+        run,
+        [
+            {"action": "job_recovery_conflict", "job_id": 1, "process": 10},
+            {"action": "lost_fetch_conflict", "job_id": 2, "process": 11},
+        ],
+    )
+    for job_id in (1, 2, 3):
+        run.check_job(_row(job_id, "failed", task="chaos_queued"), [])
+    # job 3 failed without a conflict on record: lost
+    assert run.report.problems == ["job 3 (chaos_queued) never ran"]
+    assert run.report.queueing_lock_failed_unrun == 2
+
+
+def test_the_children_gone_while_the_log_pipe_had_no_reader(tmp_path):
+    run = _run(tmp_path, [])
+    run.watch.killed[13] = "SIGKILL"
+
+    def exited(pid: int, sig: int | None) -> dict:
+        return {"action": "child_exited", "pid": pid, "signal": sig, "process": 50}
+
+    _events(run, [exited(11, None), exited(12, 9), exited(13, 9), exited(15, None)])
+    run._count_log_pipe_exits(50, {11, 12, 13, 14})
+    report = run.report
+    assert (report.log_pipe_gone, report.log_pipe_retired) == (4, 1)
+    assert report.log_pipe_killed == 1  # by its supervisor
+    driver_kill, unlogged = report.problems
+    assert "child 13 was SIGKILLed by the driver" in driver_kill
+    assert "child 14 of supervisor 50 gone, its exit never logged" in unlogged

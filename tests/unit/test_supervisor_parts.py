@@ -304,6 +304,23 @@ def test_reaper_queues_a_dead_childs_jobs_and_refills_its_slot(parts, caplog_inf
     assert totals.exits and "child_exited" in actions(caplog_info)
 
 
+def test_reaper_recovers_by_the_worker_id_last_seen_if_the_slot_lost_it(parts):
+    """The slot of a dead child shows no worker id (found blank): its jobs are
+    still recovered, by the worker id the police last saw there."""
+    p = parts(concurrency=1)
+    p.pool.start()
+    p.spawn_due()
+    (child,) = p.pool.children.values()
+    SlotWriter(p.board, child.slot).set_worker_id(77)
+    police_of(p).patrol(p.pool.children.values(), p.system.clock)
+    p.board.clear(child.slot)
+    recovery = recovery_of(p, DownDB())
+    reaper = Reaper(p.system, p.board, recovery, metrics.Totals(), Outbox(), None)
+    p.system.die(child.pid, killed(signal.SIGKILL))
+    reaper.reap([p.pool], running=True)
+    assert [r.worker_id for r in recovery.unrecovered] == [77]
+
+
 # --- Recovery -----------------------------------------------------------------
 
 
