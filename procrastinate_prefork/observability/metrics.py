@@ -15,11 +15,13 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..child.jobring import OTHER, Finished, JobRing
-from ..fleet.snapshot import FleetSnapshot
 from ..supervisor import policy
+
+if TYPE_CHECKING:
+    from ..fleet.snapshot import FleetSnapshot
 
 logger = logging.getLogger("procrastinate_prefork.metrics")
 

@@ -17,6 +17,7 @@ from ..child.forked import child_main
 from ..child.runner import ChildSpec
 from ..child.scoreboard import Scoreboard
 from ..config import PreforkConfig
+from ..config.pools import DEFAULT_POOL
 from .system import System
 
 logger = logging.getLogger("procrastinate_prefork.supervisor")
@@ -78,6 +79,7 @@ def fork_child(
     scoreboard: Scoreboard,
     generation: int,
     spec: Callable[[int], ChildSpec],
+    pool: str = DEFAULT_POOL,
 ) -> Child:
     """Fork the child of ``slot``; ``spec`` makes its ``ChildSpec`` from the
     read end of its wake-up pipe (in the child, which never returns)."""
@@ -99,10 +101,11 @@ def fork_child(
     os.set_blocking(wake_w, False)
     scoreboard.set_pid(slot, pid)
     logger.info(
-        "Child %s started (pid %s)",
+        "Child %s of pool %s started (pid %s)",
         slot,
+        pool,
         pid,
-        extra={"action": "child_started", "slot": slot, "pid": pid},
+        extra={"action": "child_started", "slot": slot, "pid": pid, "pool": pool},
     )
     return Child(
         slot=slot,
@@ -116,8 +119,9 @@ def fork_child(
 
 @dataclasses.dataclass
 class Forker:
-    """Forks the child of a slot with what every child is given: called by
-    a pool as ``fork(slot, generation)``."""
+    """Forks the child of a slot with what every child of a pool is given
+    (its pool's configuration and name): called by the pool as
+    ``fork(slot, generation)``."""
 
     system: System
     config: PreforkConfig
@@ -127,6 +131,7 @@ class Forker:
     #: the supervisor's descriptors a child closes (read in the child)
     own_fds: Callable[[], list[int]]
     on_start: Callable[..., Any] | None = None
+    pool: str = DEFAULT_POOL
 
     def __call__(self, slot: int, generation: int) -> Child:
         def spec(wake_r: int) -> ChildSpec:
@@ -139,6 +144,7 @@ class Forker:
                 supervisor_pid=self.supervisor_pid,
                 inherited_fds=self.own_fds(),
                 on_start=self.on_start,
+                pool=self.pool,
             )
 
         return fork_child(
@@ -147,4 +153,5 @@ class Forker:
             scoreboard=self.scoreboard,
             generation=generation,
             spec=spec,
+            pool=self.pool,
         )

@@ -5,7 +5,7 @@ and the database session they configure."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import psycopg
 
@@ -67,13 +67,22 @@ def preflight(
     *,
     pid: int,
     concurrency: int,
+    queues: Sequence[str] | None,
     live_probe: liveprobe.LiveProbe | None = None,
 ) -> int:
-    """Check what the fleet needs, register the supervisor and recover a
-    dead predecessor's jobs; the supervisor's row in the fleet table. On
+    """Check what the fleet needs, register the supervisor (its children's
+    number and the queues of all its pools) and recover a dead predecessor's
+    jobs; the supervisor's row in the fleet table. On
     failure, the probe process is not left behind."""
     try:
-        return _checks(config, bootstrap, session, pid=pid, concurrency=concurrency)
+        return _checks(
+            config,
+            bootstrap,
+            session,
+            pid=pid,
+            concurrency=concurrency,
+            queues=queues,
+        )
     except BaseException as exc:
         if live_probe is not None:
             live_probe.stop()
@@ -91,6 +100,7 @@ def _checks(
     *,
     pid: int,
     concurrency: int,
+    queues: Sequence[str] | None,
 ) -> int:
     try:
         bootstrap.app.perform_import_paths()  # children inherit the imported tasks
@@ -153,7 +163,7 @@ def _checks(
             host=config.hostname,
             pid=pid,
             concurrency=concurrency,
-            queues=config.queues,
+            queues=queues,
             heartbeat_interval=config.heartbeat_interval,
             stalled_timeout=config.stalled_timeout,
             identity=identity,
