@@ -411,16 +411,65 @@ def test_supervisor_report():
         "rss_bytes",
         "heartbeat_age",
         "uptime",
+        "pool",
     }
+    # a fleet without pools: one pool, named default, of all its children
+    [pool] = report["pools"]
+    assert (pool["name"], pool["queues"], pool["ready_children"]) == (
+        "default",
+        ["a", "b"],
+        2,
+    )
     json.dumps(report)
+
+
+def pooled(children, cpu_looping=False):
+    from procrastinate_prefork.fleet.snapshot import PoolSnapshot
+
+    return facts(
+        children,
+        concurrency=3,
+        crash_looping=cpu_looping,
+        pools=(
+            PoolSnapshot("cpu", ("cpu",), 2, crash_looping=cpu_looping),
+            PoolSnapshot("io", ("io",), 1),
+        ),
+    )
+
+
+def test_ready_when_every_pool_has_its_children():
+    cpu = [
+        ChildFacts(slot=s, pid=s, state="idle", heartbeat_age=0.1, pool="cpu")
+        for s in (0, 1)
+    ]
+    io = ChildFacts(slot=1024, pid=9, state="busy", heartbeat_age=0.1, pool="io")
+    assert readiness(pooled([*cpu, io])).ok
+    # three children ready, all of the cpu pool: io has none
+    extra = ChildFacts(slot=2, pid=2, state="idle", heartbeat_age=0.1, pool="cpu")
+    verdict = readiness(pooled([*cpu, extra]))
+    assert not verdict.ok and "pool io" in verdict.reasons[0]
+    report = supervisor_report(pooled([*cpu, io]))
+    assert [(p["name"], p["ready_children"]) for p in report["pools"]] == [
+        ("cpu", 2),
+        ("io", 1),
+    ]
+
+
+def test_crash_loop_names_its_pool():
+    verdict = liveness(pooled([], cpu_looping=True))
+    assert not verdict.ok and "pool cpu" in verdict.reasons[0]
 
 
 def test_module_is_pure():
     import ast
 
+    from procrastinate_prefork.fleet import verdicts
+
     imported = set()
-    with open(health.__file__) as source:
-        tree = ast.parse(source.read())
+    tree = ast.Module(body=[], type_ignores=[])
+    for module in (health, verdicts):
+        with open(module.__file__) as source:
+            tree.body.extend(ast.parse(source.read()).body)
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             imported.update(alias.name.split(".")[0] for alias in node.names)
@@ -436,4 +485,5 @@ def test_module_is_pure():
         "typing",
         "policy",
         "snapshot",
+        "verdicts",
     }  # the package's pure modules
