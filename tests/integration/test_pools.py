@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 
-from ..fleet_helper import REPO, APP, jobs, wait_for
+from ..fleet_helper import APP, REPO, jobs, wait_for
 
 POOLS = {
     "cpu": {"queues": ["cpu"], "concurrency": 2},
@@ -51,9 +51,9 @@ def pools_of_children(fleet) -> dict[str, set[int]]:
 
 
 def status_json(fleet) -> dict[str, Any]:
+    command = [sys.executable, "-m", "procrastinate_prefork.cli", "--app", APP]
     out = subprocess.run(
-        [sys.executable, "-m", "procrastinate_prefork.cli", "--app", APP]
-        + ["status", "--json"],
+        [*command, "status", "--json"],
         cwd=REPO,
         env={**os.environ, "DATABASE_URL": fleet.db_url, "PYTHONPATH": str(REPO)},
         capture_output=True,
@@ -92,3 +92,88 @@ def test_each_pool_runs_its_own_queues(fleet, db_url):
     children_pools = sorted(c["pool"] for c in supervisor["children"])
     assert children_pools == ["cpu", "cpu", "io"]
     assert fleet.stop() == 0
+
+
+def test_a_child_killed_in_either_pool_has_its_jobs_run_again(fleet, db_url):
+    start(fleet)
+    fleet.wait_children(3)
+    [cpu_job] = defer(db_url, "cpu", "sleep", seconds=30)
+    [io_job] = defer(db_url, "io", "async_sleep", seconds=30)
+    by_pool = pools_of_children(fleet)
+    for job_id, pool in ((cpu_job, "cpu"), (io_job, "io")):
+        victim = fleet.running_child(job_id)
+        assert victim in by_pool[pool]
+        os.kill(victim, signal.SIGKILL)
+        # run again at once (attempt 1), by a child of the same pool
+        again = fleet.running_child(job_id, attempt=1)
+        by_pool = pools_of_children(fleet)
+        assert again != victim and again in by_pool[pool], (again, by_pool)
+    recovered = {e["job_id"] for e in fleet.events("job_recovered")}
+    assert {cpu_job, io_job} <= recovered
+    fleet.stop()
+
+
+def test_a_pool_in_a_crash_loop_does_not_stop_the_others(fleet, db_url):
+    start(
+        fleet,
+        "--on-child-start",
+        "tests.apps.plain_app.crash_after_first_pool",
+        wait_ready=False,
+    )
+    wait_for(
+        lambda: any(e["pool"] == "io" for e in fleet.events("crash_loop")),
+        timeout=30,
+        message="the io pool's crash loop",
+    )
+    assert not fleet.exited(), fleet.log()
+    ids = defer(db_url, "cpu", "cpu", count=10, ms=10)
+    wait_for(
+        lambda: {r["status"] for r in jobs(db_url, ids)} == {"succeeded"},
+        timeout=30,
+        message="the cpu pool to run its jobs",
+    )
+    assert [e["pool"] for e in fleet.events("pool_ready")] == ["cpu"]
+    assert not fleet.events("fleet_ready")
+    assert {e["pool"] for e in fleet.events("crash_loop")} == {"io"}
+    fleet.stop()
+
+
+def test_a_notification_on_a_queue_wakes_only_its_pool(fleet, db_url):
+    start(fleet, "--log-level", "debug")
+    fleet.wait_children(3)
+    by_pool = pools_of_children(fleet)
+    # the wake-ups of the start (every pool, after the forks) are past
+    wait_for(
+        lambda: {e["pool"] for e in fleet.events("wake_forwarded")} >= {"cpu", "io"},
+        message="the wake-ups of the start",
+    )
+    seen = len(fleet.events("wake_forwarded"))
+    defer(db_url, "io", "async_sleep", seconds=0.1)
+    # polling every 30 s: the io child runs it only if its pipe woke it
+    wait_for(lambda: fleet.marks("end"), timeout=10, message="the io job to run")
+    woken = fleet.events("wake_forwarded")[seen:]
+    assert woken and {e["pool"] for e in woken} == {"io"}, woken
+    assert {pid for e in woken for pid in e["pids"]} == by_pool["io"]
+    [(_, _, ran_in)] = fleet.marks("end")
+    assert ran_in in by_pool["io"]
+    fleet.stop()
+
+
+def test_ttin_steps_every_pool_and_hup_rolls_every_pool(fleet, db_url):
+    start(fleet)
+    fleet.wait_children(3)
+    fleet.signal(signal.SIGTTIN)
+    before = set(fleet.wait_children(5))
+    ups = {e["pool"]: e["children"] for e in fleet.events("scale_up")}
+    assert ups == {"cpu": 3, "io": 2}
+    fleet.signal(signal.SIGHUP)
+    wait_for(
+        lambda: {e["pool"] for e in fleet.events("rolling_restart")} == {"cpu", "io"},
+        message="both pools to roll over",
+    )
+    wait_for(
+        lambda: len(fleet.child_pids()) == 5 and not set(fleet.child_pids()) & before,
+        timeout=40,
+        message="every child replaced",
+    )
+    fleet.stop()
