@@ -203,7 +203,8 @@ def _families(snapshot: FleetSnapshot, totals: Totals) -> Iterator[Any]:
     children = GaugeMetricFamily(
         f"{PREFIX}_children", "Children by state", labels=[*by_pool, "state"]
     )
-    for name in pools or [None]:
+    names: list[str | None] = [*pools] or [None]
+    for name in names:
         states = dict.fromkeys(CHILD_STATES, 0)
         for child in snapshot.children:
             if name is None or child.pool == name:
