@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
+from procrastinate_prefork import launcher
 from procrastinate_prefork.child import wakepipe
-from procrastinate_prefork.config import build_config
+from procrastinate_prefork.config import PreforkConfig, build_config
 from procrastinate_prefork.config.pools import PoolSpec
 from procrastinate_prefork.fleet.snapshot import union_queues
 from procrastinate_prefork.supervisor import db, policy, slots
@@ -91,10 +92,10 @@ def caplog_debug(caplog):
     return caplog
 
 
-def make_pools(**options: Any) -> tuple[Supervisor, FakeSystem]:
+def pools_config(**options: Any) -> PreforkConfig:
     options.setdefault("hostname", "test-host")
     config = build_config(options, {})
-    config = dataclasses.replace(
+    return dataclasses.replace(
         config,
         pools=(
             PoolSpec("cpu", dataclasses.replace(config, queues=CPU, concurrency=2)),
@@ -106,6 +107,10 @@ def make_pools(**options: Any) -> tuple[Supervisor, FakeSystem]:
             ),
         ),
     )
+
+
+def make_pools(**options: Any) -> tuple[Supervisor, FakeSystem]:
+    config = pools_config(**options)
     system = FakeSystem()
     sup = Supervisor(
         config,
@@ -211,3 +216,9 @@ def test_signals_act_on_every_pool_within_its_bounds(caplog_debug):
     sup._turn()
     assert [p.generation for p in sup.pools] == [g + 1 for g in generations]
     close_all(sup)
+
+
+def test_the_banner_lists_the_pools():
+    text = launcher.banner(pools_config(), FakeBootstrap())  # type: ignore[arg-type]
+    assert "pool cpu: 2 x 1 job(s) at once; queues: cpu" in text
+    assert "pool io: 1 x 10 job(s) at once; queues: io, mail" in text
