@@ -487,3 +487,28 @@ def test_module_is_pure():
         "snapshot",
         "verdicts",
     }  # the package's pure modules
+
+
+def test_rows_of_several_pools_are_shown_and_counted_by_pool():
+    pools = [
+        {"name": "cpu", "queues": ["cpu"], "concurrency": 1, "crash_loop": False},
+        {"name": "io", "queues": ["io", "mail"], "concurrency": 1, "crash_loop": False},
+    ]
+    rows = [
+        sup(queues=["cpu", "io", "mail"], pools=json.dumps(pools)),
+        child(slot=0, pool="cpu"),
+        child(slot=1024, state="starting", pool="io"),
+    ]
+    result = fleet_health(rows)
+    [entry] = result.as_dict()["supervisors"]
+    assert [c["pool"] for c in entry["children"]] == ["cpu", "io"]
+    assert [(p["name"], p["fresh_children"]) for p in entry["pools"]] == [
+        ("cpu", 1),
+        ("io", 0),
+    ]
+    table = status.render_table(result).splitlines()
+    assert "cpu: cpu" in table[2] and "io: io,mail" in table[3]
+    # rows written before pools: one pool, default, of the supervisor's own
+    [old] = fleet_health([sup(queues=["a"]), child()]).as_dict()["supervisors"]
+    assert old["children"][0]["pool"] == "default"
+    assert [(p["name"], p["queues"]) for p in old["pools"]] == [("default", ["a"])]
