@@ -28,15 +28,17 @@ class Verdict:
 
 def liveness(facts: FleetSnapshot) -> Verdict:
     """Should the pod be left alive? The loop that answers is running; it
-    fails on a crash loop, or when every child is wedged (no sign of life for
+    fails on a crash loop (of every pool), or when every child is wedged (no sign of life for
     ``child_timeout``, so not even the supervisor's SIGKILL got rid of them).
     One stuck child, which the supervisor is replacing, does not fail it, nor
     does a database outage (restarting the pod would not help)."""
     reasons = []
-    if facts.crash_looping:
-        looping = [p.name for p in facts.pools if p.crash_looping]
-        where = f" (pool {', '.join(looping)})" if len(facts.pools) > 1 else ""
-        reasons.append(f"crash loop{where}: children keep dying right after they start")
+    pools = facts.pool_list()
+    # One pool's crash loop leaves the others running: a restart would stop
+    # them too, so /live fails only when every pool is looping (/ready fails
+    # for the looping pool's missing children).
+    if all(pool.crash_looping for pool in pools):
+        reasons.append("crash loop: children keep dying right after they start")
     children = list(facts.children)
     if children and all(
         is_wedged(c.heartbeat_age, facts.child_timeout) for c in children
@@ -58,6 +60,8 @@ def readiness(facts: FleetSnapshot) -> Verdict:
         reasons.append("database unreachable")
     pools = facts.pool_list()
     for pool in pools:
+        if pool.crash_looping and len(pools) > 1:
+            reasons.append(f"crash loop in pool {pool.name}")
         ready = sum(
             1
             for c in facts.children

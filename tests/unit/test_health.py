@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 from pathlib import Path
@@ -455,9 +456,18 @@ def test_ready_when_every_pool_has_its_children():
     ]
 
 
-def test_crash_loop_names_its_pool():
-    verdict = liveness(pooled([], cpu_looping=True))
-    assert not verdict.ok and "pool cpu" in verdict.reasons[0]
+def test_one_pool_s_crash_loop_fails_readiness_not_liveness():
+    io = ChildFacts(slot=1024, pid=9, state="idle", heartbeat_age=0.1, pool="io")
+    facts_ = pooled([io], cpu_looping=True)
+    # a restart would stop the io pool too, which runs its jobs
+    assert liveness(facts_).ok
+    verdict = readiness(facts_)
+    assert not verdict.ok and "crash loop in pool cpu" in verdict.reasons
+    every = dataclasses.replace(
+        facts_,
+        pools=[dataclasses.replace(p, crash_looping=True) for p in facts_.pools],
+    )
+    assert not liveness(every).ok
 
 
 def test_module_is_pure():
