@@ -28,8 +28,9 @@ class Verdict:
 
 def liveness(facts: FleetSnapshot) -> Verdict:
     """Should the pod be left alive? The loop that answers is running; it
-    fails on a crash loop (of every pool), or when every child is wedged (no sign of life for
-    ``child_timeout``, so not even the supervisor's SIGKILL got rid of them).
+    fails on a crash loop (of every pool), or when every child is wedged (no
+    sign of life for ``child_timeout``, so not even the supervisor's SIGKILL
+    got rid of them).
     One stuck child, which the supervisor is replacing, does not fail it, nor
     does a database outage (restarting the pod would not help)."""
     reasons = []
