@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 
-from ..fleet_helper import APP, REPO, jobs, wait_for
+from ..fleet_helper import APP, REPO, free_port, http_status, jobs, wait_for
 
 POOLS = {
     "cpu": {"queues": ["cpu"], "concurrency": 2},
@@ -114,10 +114,13 @@ def test_a_child_killed_in_either_pool_has_its_jobs_run_again(fleet, db_url):
 
 
 def test_a_pool_in_a_crash_loop_does_not_stop_the_others(fleet, db_url):
+    port = free_port()
     start(
         fleet,
         "--on-child-start",
         "tests.apps.plain_app.crash_after_first_pool",
+        "--health-port",
+        str(port),
         wait_ready=False,
     )
     wait_for(
@@ -133,6 +136,10 @@ def test_a_pool_in_a_crash_loop_does_not_stop_the_others(fleet, db_url):
         message="the cpu pool to run its jobs",
     )
     assert [e["pool"] for e in fleet.events("pool_ready")] == ["cpu"]
+    # not ready (a pool lacks its children), but alive: a restart would stop
+    # the cpu pool too
+    assert http_status(port, "/ready", timeout=5) == 503
+    assert http_status(port, "/live", timeout=5) == 200
     assert not fleet.events("fleet_ready")
     assert {e["pool"] for e in fleet.events("crash_loop")} == {"io"}
     fleet.stop()
