@@ -184,3 +184,32 @@ def test_ttin_steps_every_pool_and_hup_rolls_every_pool(fleet, db_url):
         message="every child replaced",
     )
     fleet.stop()
+
+
+def test_each_pool_autoscales_on_its_own_queues(fleet, db_url):
+    pools = {
+        "cpu": {"queues": ["cpu"], "concurrency": 1, "autoscale": [1, 3]},
+        "io": {"queues": ["io"], "concurrency": 1, "child_concurrency": 2},
+    }
+    start(fleet, "--autoscale-cooldown", "1", pools=pools)
+    fleet.wait_children(2)
+    # a backlog on io (2 at once, 8 of 1 s: 4 s, autoscale looks every second)
+    # is not the cpu pool's: it does not grow, nor does the fixed io pool
+    io_ids = defer(db_url, "io", "async_sleep", count=8, seconds=1)
+    wait_for(
+        lambda: {r["status"] for r in jobs(db_url, io_ids)} == {"succeeded"},
+        timeout=60,
+        message="the io backlog to drain",
+    )
+    assert not fleet.events("scale_up")
+    cpu_ids = defer(db_url, "cpu", "sleep", count=12, seconds=0.5)
+    fleet.wait_children(4, timeout=20)
+    wait_for(
+        lambda: {r["status"] for r in jobs(db_url, cpu_ids)} == {"succeeded"},
+        timeout=60,
+        message="the cpu backlog to drain",
+    )
+    ups = fleet.events("scale_up")
+    assert {e["pool"] for e in ups} == {"cpu"}
+    assert max(e["children"] for e in ups) == 3
+    fleet.stop()
