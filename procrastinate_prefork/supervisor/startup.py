@@ -12,6 +12,7 @@ import psycopg
 from .. import errors
 from ..child.bootstrap import Bootstrap
 from ..config import PreforkConfig
+from ..config.pools import pools_of
 from ..fleet import recovery, schema
 from ..fleet import table as fleet
 from ..fleet.identity import dead_predecessors, process_identity
@@ -108,11 +109,15 @@ def _checks(
         raise StartupError(
             f"cannot import the task modules: {type(exc).__name__}: {exc}"
         ) from None
+    specs = pools_of(config)  # each pool may have limits of its own
     for option, limits in (
-        ("--task-timeout", config.task_timeouts),
-        ("--task-soft-timeout", config.task_soft_timeouts),
+        ("--task-timeout", {t for s in specs for t in s.config.task_timeouts}),
+        (
+            "--task-soft-timeout",
+            {t for s in specs for t in s.config.task_soft_timeouts},
+        ),
     ):
-        unknown = sorted(set(limits) - set(bootstrap.app.tasks))
+        unknown = sorted(limits - set(bootstrap.app.tasks))
         if unknown:  # a typo would leave the task without its limit, silently
             logger.warning(
                 "%s names no registered task: %s (their limits apply to nothing)",

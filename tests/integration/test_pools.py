@@ -213,3 +213,26 @@ def test_each_pool_autoscales_on_its_own_queues(fleet, db_url):
     assert {e["pool"] for e in ups} == {"cpu"}
     assert max(e["children"] for e in ups) == 3
     fleet.stop()
+
+
+def test_each_pool_has_its_own_time_limit(fleet, db_url):
+    pools = {
+        "cpu": {"queues": ["cpu"], "concurrency": 1, "job_timeout": 1.0},
+        "io": {"queues": ["io"], "concurrency": 1, "child_concurrency": 2},
+    }
+    start(fleet, pools=pools)
+    fleet.wait_children(2)
+    [slow_cpu] = defer(db_url, "cpu", "sleep", seconds=4)
+    [slow_io] = defer(db_url, "io", "async_sleep", seconds=4)
+    wait_for(
+        lambda: (
+            {r["status"] for r in jobs(db_url, [slow_cpu, slow_io])}
+            == {"failed", "succeeded"}
+        ),
+        timeout=30,
+        message="both jobs to end",
+    )
+    status = {r["id"]: r["status"] for r in jobs(db_url, [slow_cpu, slow_io])}
+    assert status == {slow_cpu: "failed", slow_io: "succeeded"}
+    assert [e["job_id"] for e in fleet.events("time_limit")] == [slow_cpu]
+    fleet.stop()
