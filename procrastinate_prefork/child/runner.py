@@ -93,7 +93,9 @@ def run_child(spec: ChildSpec) -> int:
 
 def _reset_process(spec: ChildSpec) -> None:
     signal.set_wakeup_fd(-1)
-    jsonlog.set_process("child", spec.slot)
+    jsonlog.set_process(
+        "child", spec.slot, None if spec.pool == DEFAULT_POOL else spec.pool
+    )
     for signum in _RESET_SIGNALS:
         signal.signal(signum, signal.SIG_DFL)
     # Ctrl-C reaches the whole process group; the supervisor turns it into one
