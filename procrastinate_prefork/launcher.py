@@ -183,6 +183,10 @@ def banner(config: PreforkConfig, bootstrap: Bootstrap) -> str:
             f"  children:      autoscale {config.autoscale[0]}..{config.autoscale[1]}"
             f" x {config.child_concurrency} job(s) at once"
         )
+    if config.pools:  # the children and queues of each pool instead
+        lines[2:4] = [
+            f"  pool {spec.name}: {_pool_line(spec.config)}" for spec in config.pools
+        ]
     if config.health_port:
         lines.append(
             f"  probe port:    {config.health_host}:{config.health_port} "
@@ -197,3 +201,14 @@ def banner(config: PreforkConfig, bootstrap: Bootstrap) -> str:
             )
         )
     return "\n".join(lines)
+
+
+def _pool_line(config: PreforkConfig) -> str:
+    """A pool's size and queues in the banner."""
+    queues = ", ".join(config.queues) if config.queues else "all queues"
+    size = (
+        f"autoscale {config.autoscale[0]}..{config.autoscale[1]}"
+        if config.autoscale
+        else str(config.concurrency)
+    )
+    return f"{size} x {config.child_concurrency} job(s) at once; queues: {queues}"

@@ -60,6 +60,8 @@ class JobTracker:
             random.randint(0, config.max_jobs_jitter),  # noqa: S311 - jitter, no secret
         )
         self.baseline_mb = self._rss_mb()
+        #: the child in its process title (its pool's name and its slot)
+        self.label = str(writer.slot)
 
     def _rss_mb(self) -> float:
         try:
@@ -69,7 +71,7 @@ class JobTracker:
 
     def _title(self, state: str) -> None:
         setproctitle.setproctitle(
-            f"procrastinate-prefork child {self.writer.slot} [{state}] "
+            f"procrastinate-prefork child {self.label} [{state}] "
             f"({self.config.hostname})"
         )
 

@@ -21,6 +21,7 @@ import setproctitle
 
 from .. import compat, compat_fetches
 from ..config import PreforkConfig
+from ..config.pools import DEFAULT_POOL
 from ..observability import jsonlog, logfiles, redact
 from ..supervisor import db
 from . import bootstrap as bootstrap_module
@@ -58,6 +59,23 @@ class ChildSpec:
     on_start: Callable[..., Any] | None = None
     #: the supervisor's row in the fleet table (None: not registered)
     supervisor_row: int | None = None
+    pool: str = DEFAULT_POOL
+
+    @property
+    def label(self) -> str:
+        """The child in its process title: its slot, and its pool's name
+        unless it is the one pool of a fleet without pools."""
+        return child_label(self.pool, self.slot)
+
+
+def child_label(pool: str, slot: int) -> str:
+    return str(slot) if pool == DEFAULT_POOL else f"{pool}/{slot}"
+
+
+def worker_name(name: str, pool: str, slot: int) -> str:
+    """procrastinate's worker name of a child: ``<name>-<slot>``, with the
+    pool's name between the two for a pool other than the default one."""
+    return f"{name}-{slot}" if pool == DEFAULT_POOL else f"{name}-{pool}-{slot}"
 
 
 def run_child(spec: ChildSpec) -> int:
@@ -77,7 +95,9 @@ def run_child(spec: ChildSpec) -> int:
 
 def _reset_process(spec: ChildSpec) -> None:
     signal.set_wakeup_fd(-1)
-    jsonlog.set_process("child", spec.slot)
+    jsonlog.set_process(
+        "child", spec.slot, None if spec.pool == DEFAULT_POOL else spec.pool
+    )
     for signum in _RESET_SIGNALS:
         signal.signal(signum, signal.SIG_DFL)
     # Ctrl-C reaches the whole process group; the supervisor turns it into one
@@ -95,7 +115,7 @@ def _reset_process(spec: ChildSpec) -> None:
             pass
     _die_with_parent(spec.supervisor_pid)
     setproctitle.setproctitle(
-        f"procrastinate-prefork child {spec.slot} [starting] ({spec.config.hostname})"
+        f"procrastinate-prefork child {spec.label} [starting] ({spec.config.hostname})"
     )
     spec.bootstrap.after_fork_in_child(
         db.application_name(spec.config.hostname, str(spec.slot), os.getpid())
@@ -136,6 +156,7 @@ async def _serve(spec: ChildSpec) -> int:
         )
         connector = session.PipeWakeConnector(spec.wake_fd, **args)
     tracker = JobTracker(writer, config, spec.scoreboard.finished)
+    tracker.label = spec.label
 
     with spec.bootstrap.worker_app(connector) as app:
         compat.on_worker_registered(app, tracker.registered)
@@ -157,6 +178,7 @@ async def _serve(spec: ChildSpec) -> int:
         if not config.wait:  # one-shot: tell "queues empty" from other stops
             compat.on_fetch(app, tracker.fetched)
         options = config.worker_options(spec.slot)
+        options["name"] = worker_name(config.name, spec.pool, spec.slot)
         redact.install(options["name"])  # no job arguments in INFO logs
         user_middleware = list(app.worker_defaults.get("worker_middleware") or [])
         options["worker_middleware"] = [tracker.middleware, *user_middleware]

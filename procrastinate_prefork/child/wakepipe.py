@@ -11,7 +11,7 @@ import asyncio
 import errno
 import json
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 #: What procrastinate's worker takes as "a job may be waiting in any queue".
 JOB_INSERTED = ("procrastinate_any_queue_v1", '{"type": "job_inserted"}')
@@ -37,6 +37,39 @@ def to_forward(
     if wake:
         lines.append(JOB_INSERTED)
     return lines
+
+
+#: procrastinate's channel prefix of one queue's notifications
+QUEUE_CHANNEL = "procrastinate_queue_v1#"
+ANY_QUEUE_CHANNEL = JOB_INSERTED[0]
+
+
+def route(
+    notifications: Iterable[tuple[str, str]],
+    queue_sets: Sequence[tuple[str, ...] | None],
+) -> list[list[tuple[str, str]]]:
+    """The notifications each pool's children get, for pools serving
+    ``queue_sets`` (``None``: every queue). One pool gets them all. Otherwise
+    a queue's channel goes to the pools that serve the queue but not to those
+    serving every queue: procrastinate notifies every job on the channel of
+    all queues too, and that one goes to them alone."""
+    notifications = list(notifications)
+    if len(queue_sets) == 1:
+        return [notifications]
+    routed: list[list[tuple[str, str]]] = [[] for _ in queue_sets]
+    for channel, payload in notifications:
+        for index, queues in enumerate(queue_sets):
+            if channel == ANY_QUEUE_CHANNEL:
+                wanted = queues is None
+            elif channel.startswith(QUEUE_CHANNEL):
+                wanted = queues is not None and (
+                    channel.removeprefix(QUEUE_CHANNEL) in queues
+                )
+            else:
+                wanted = False
+            if wanted:
+                routed[index].append((channel, payload))
+    return routed
 
 
 def encode(notifications: Iterable[tuple[str, str]]) -> bytes:

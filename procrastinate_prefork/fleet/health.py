@@ -20,13 +20,30 @@ import datetime
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..supervisor.policy import STALLED_TIMEOUT, is_wedged
+from ..supervisor.policy import STALLED_TIMEOUT
+from .verdicts import (
+    WORKING_STATES,
+    Verdict,
+    liveness,
+    readiness,
+    shown_age,
+    supervisor_report,
+)
 
 if TYPE_CHECKING:
     from .snapshot import ChildSnapshot, FleetSnapshot
 
-#: child states that count as able to run jobs
-WORKING_STATES = frozenset({"idle", "busy"})
+__all__ = [
+    "WORKING_STATES",
+    "FleetHealth",
+    "FleetQuery",
+    "QueryError",
+    "Verdict",
+    "fleet_health",
+    "liveness",
+    "readiness",
+    "supervisor_report",
+]
 #: heartbeat age after which a row is stale, for rows that do not record their
 #: supervisor's --stalled-timeout: that option's default
 DEFAULT_STALE_AFTER = STALLED_TIMEOUT
@@ -188,13 +205,9 @@ _CHILD_FIELDS = (
     "heartbeat_age",
     "uptime",
     "as_of_age",
+    "pool",
 )
 _AGE_FIELDS = frozenset({"heartbeat_age", "uptime", "job_age", "as_of_age"})
-
-
-def shown_age(seconds: float) -> float:
-    """An age as the fleet document shows it: never negative, to the ms."""
-    return round(max(0.0, seconds), 3)
 
 
 def _public(
@@ -223,6 +236,17 @@ def _supervisor_entry(supervisor: FleetSnapshot) -> dict[str, Any]:
     entry["children"] = [
         {**_public(child, _CHILD_FIELDS), "fresh": counts(supervisor, child)}
         for child in supervisor.children
+    ]
+    entry["pools"] = [
+        {
+            **pool.as_dict(),
+            "fresh_children": sum(
+                counts(supervisor, c)
+                for c in supervisor.children
+                if c.pool == pool.name
+            ),
+        }
+        for pool in supervisor.pool_list()
     ]
     return entry
 
@@ -318,80 +342,3 @@ def _scope(query: FleetQuery) -> str:
     if query.queue is not None:
         parts.append(f"queue={query.queue}")
     return f" ({', '.join(parts)})" if parts else ""
-
-
-# ---------------------------------------------------------- one supervisor
-
-
-@dataclasses.dataclass(frozen=True)
-class Verdict:
-    ok: bool
-    reasons: tuple[str, ...] = ()
-
-
-def liveness(facts: FleetSnapshot) -> Verdict:
-    """Should the pod be left alive? The loop that answers is running; it
-    fails on a crash loop, or when every child is wedged (no sign of life for
-    ``child_timeout``, so not even the supervisor's SIGKILL got rid of them).
-    One stuck child, which the supervisor is replacing, does not fail it, nor
-    does a database outage (restarting the pod would not help)."""
-    reasons = []
-    if facts.crash_looping:
-        reasons.append("crash loop: children keep dying right after they start")
-    children = list(facts.children)
-    if children and all(
-        is_wedged(c.heartbeat_age, facts.child_timeout) for c in children
-    ):
-        reasons.append(
-            f"all {len(children)} child(ren) wedged (no sign of life for more than "
-            f"{facts.child_timeout:g} s)"
-        )
-    return Verdict(not reasons, tuple(reasons))
-
-
-def readiness(facts: FleetSnapshot) -> Verdict:
-    """Is this supervisor running its full complement of children, each past
-    its bootstrap, with the database answering?"""
-    reasons = []
-    if facts.phase != "running":
-        reasons.append(f"supervisor is {facts.phase}")
-    if not facts.database_up:
-        reasons.append("database unreachable")
-    ready = sum(1 for c in facts.children if c.state in WORKING_STATES)
-    if ready < facts.concurrency:
-        reasons.append(f"{ready} of {facts.concurrency} child(ren) ready")
-    return Verdict(not reasons, tuple(reasons))
-
-
-def supervisor_report(facts: FleetSnapshot) -> dict[str, Any]:
-    """The ``/status`` document of one supervisor."""
-    live, ready = liveness(facts), readiness(facts)
-    return {
-        "host": facts.host,
-        "pid": facts.pid,
-        "phase": facts.phase,
-        "uptime": shown_age(facts.uptime),
-        "queues": list(facts.queues) if facts.queues else None,
-        "concurrency": facts.concurrency,
-        "crash_loop": facts.crash_looping,
-        "database": "up" if facts.database_up else "down",
-        "live": live.ok,
-        "ready": ready.ok,
-        "reasons": [*live.reasons, *ready.reasons],
-        "children": [
-            {
-                "slot": c.slot,
-                "pid": c.pid,
-                "state": c.state,
-                "job_id": c.job_id,
-                "task_name": c.task_name,
-                "job_age": None if c.job_age is None else round(c.job_age, 3),
-                "jobs_done": c.jobs_done,
-                "restarts": c.restarts,
-                "rss_bytes": c.rss_bytes,
-                "heartbeat_age": shown_age(c.heartbeat_age),
-                "uptime": shown_age(c.uptime),
-            }
-            for c in sorted(facts.children, key=lambda c: c.slot)
-        ],
-    }

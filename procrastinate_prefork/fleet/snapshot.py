@@ -15,6 +15,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..config.pools import DEFAULT_POOL
 from ..supervisor import policy
 
 if TYPE_CHECKING:
@@ -49,6 +50,36 @@ class ChildSnapshot:
     #: seconds since its supervisor last wrote its row (fleet table only): the
     #: age of what the row shows
     as_of_age: float = 0.0
+    #: the pool it belongs to (``default`` in a fleet without pools)
+    pool: str = DEFAULT_POOL
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolSnapshot:
+    """One pool of a supervisor: its name, queues and size."""
+
+    name: str
+    queues: Sequence[str] | None
+    concurrency: int  # children it means to run now
+    crash_looping: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "queues": list(self.queues) if self.queues is not None else None,
+            "concurrency": self.concurrency,
+            "crash_loop": self.crash_looping,
+        }
+
+    @classmethod
+    def from_dict(cls, entry: Mapping[str, Any]) -> PoolSnapshot:
+        queues = entry.get("queues")
+        return cls(
+            name=str(entry.get("name") or DEFAULT_POOL),
+            queues=tuple(queues) if queues is not None else None,
+            concurrency=int(entry.get("concurrency") or 0),
+            crash_looping=bool(entry.get("crash_loop")),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +114,17 @@ class FleetSnapshot:
     as_of_age: float = 0.0
     #: jobs its children finished by minute (unix time // 60), recent ones
     finished_per_minute: Mapping[int, int] = dataclasses.field(default_factory=dict)
+    #: its pools, in their configured order (none from a row written before
+    #: pools existed: one pool of the supervisor's queues and concurrency)
+    pools: Sequence[PoolSnapshot] = ()
+
+    def pool_list(self) -> Sequence[PoolSnapshot]:
+        """Its pools; the one pool of its queues and size if none is known."""
+        return self.pools or (
+            PoolSnapshot(
+                DEFAULT_POOL, self.queues, self.concurrency, self.crash_looping
+            ),
+        )
 
     def running_jobs(self) -> tuple[tuple[Any, ...], ...]:
         """What the fleet table shows of the children between heartbeats
@@ -102,9 +144,22 @@ class FleetSnapshot:
         ]
 
 
+def union_queues(
+    queue_sets: Iterable[Sequence[str] | None],
+) -> tuple[str, ...] | None:
+    """The queues served by pools of ``queue_sets``: None (every queue) if
+    one of them serves every queue."""
+    union: dict[str, None] = {}
+    for queues in queue_sets:
+        if queues is None:
+            return None
+        union.update(dict.fromkeys(queues))
+    return tuple(union)
+
+
 def take(
     config: PreforkConfig,
-    pool: Pool,
+    pools: Sequence[Pool],
     scoreboard: Scoreboard,
     *,
     pid: int,
@@ -114,9 +169,9 @@ def take(
     now: float,
 ) -> FleetSnapshot:
     """What a supervisor knows at ``now`` (its monotonic clock) of itself and
-    its pool, from their state and the scoreboard: no I/O."""
+    its pools, from their state and the scoreboard: no I/O."""
     children = []
-    for child in pool.children.values():
+    for pool, child in ((p, c) for p in pools for c in p.children.values()):
         view = scoreboard.read(child.slot)
         history = pool.history.get(child.slot, policy.SlotHistory())
         children.append(
@@ -135,19 +190,26 @@ def take(
                 restarts=history.restarts,
                 started_at=child.started_at,
                 uptime=now - child.started,
+                pool=pool.name,
             )
         )
     return FleetSnapshot(
         host=config.hostname,
         pid=pid,
         phase=phase,
-        concurrency=pool.target,
-        crash_looping=pool.crash_looping,
+        concurrency=sum(pool.target for pool in pools),
+        crash_looping=any(pool.crash_looping for pool in pools),
         database_up=database_up,
-        child_timeout=config.child_timeout,
+        # a child is wedged by its own pool's timeout; the supervisor's
+        # verdict on all of them (/live) by the longest
+        child_timeout=max(pool.config.child_timeout for pool in pools),
         children=tuple(children),
-        queues=config.queues,
+        queues=union_queues(pool.config.queues for pool in pools),
         uptime=uptime,
+        pools=tuple(
+            PoolSnapshot(pool.name, pool.config.queues, pool.target, pool.crash_looping)
+            for pool in pools
+        ),
     )
 
 
@@ -199,6 +261,7 @@ def _supervisor(
             int(minute): int(n)
             for minute, n in _json(row.get("finished_per_minute")).items()
         },
+        pools=tuple(PoolSnapshot.from_dict(p) for p in _json_list(row.get("pools"))),
     )
 
 
@@ -212,6 +275,12 @@ def _json(value: Any) -> dict[str, Any]:
     if isinstance(value, str):
         value = json.loads(value)
     return value if isinstance(value, dict) else {}
+
+
+def _json_list(value: Any) -> list[Any]:
+    if isinstance(value, str):
+        value = json.loads(value)
+    return value if isinstance(value, list) else []
 
 
 def _child(row: Mapping[str, Any]) -> ChildSnapshot:
@@ -232,6 +301,7 @@ def _child(row: Mapping[str, Any]) -> ChildSnapshot:
         uptime=float(row["uptime"]),
         last_heartbeat=row.get("last_heartbeat"),
         as_of_age=_as_of(row),
+        pool=row.get("pool") or DEFAULT_POOL,
     )
 
 

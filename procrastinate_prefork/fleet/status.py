@@ -25,7 +25,8 @@ EXIT_UNHEALTHY = 1
 #: started, HEARTBEAT since it was last heard from, AS OF since its row was
 #: last written (the age of what the row shows), JOBS DONE by the process
 #: itself (a supervisor runs none: "-"). A child's QUEUES are its
-#: supervisor's (left blank, like its HOST).
+#: supervisor's (left blank, like its HOST), or, of a supervisor with several
+#: pools, its pool's name and queues ("io: mail,hooks").
 COLUMNS = (
     "HOST",
     "PID",
@@ -128,6 +129,7 @@ def _undefined_table(exc: BaseException) -> bool:
 def render_table(result: health.FleetHealth) -> str:
     lines: list[tuple[str, ...]] = [COLUMNS]
     for sup in result.supervisors:
+        pools = {pool.name: pool for pool in sup.pool_list()}
         state = sup.phase + (" crash-loop" if sup.crash_looping else "")
         if not health.is_fresh(sup):
             state += " STALE"
@@ -159,7 +161,7 @@ def render_table(result: health.FleetHealth) -> str:
                     str(child.pid),
                     str(child.slot),
                     child.state + ("" if fresh else " STALE"),
-                    "",
+                    _pool_cell(pools, child.pool),
                     job,
                     _age(child.uptime),
                     _age(child.heartbeat_age),
@@ -184,6 +186,14 @@ def render_table(result: health.FleetHealth) -> str:
     if not result.supervisors:
         text += "\n(no supervisor in the fleet table)"
     return "\n".join([text, "", summary, *notes]) + "\n"
+
+
+def _pool_cell(pools: Mapping[str, snapshot.PoolSnapshot], name: str) -> str:
+    if len(pools) < 2:
+        return ""
+    pool = pools.get(name)
+    queues = pool.queues if pool is not None else None
+    return f"{name}: {','.join(queues or []) or '(all)'}"
 
 
 def one_line(result: health.FleetHealth) -> str:

@@ -41,6 +41,7 @@ CHILD_ROW_FIELDS = (
     "heartbeat_age",
     "job_age",
     "job_ids",
+    "pool",
 )
 
 
@@ -110,6 +111,7 @@ def heartbeat(
             "finished_per_minute": json.dumps(
                 {str(minute): n for minute, n in sorted((per_minute or {}).items())}
             ),
+            "pools": json.dumps([pool.as_dict() for pool in snapshot.pool_list()]),
         },
     )
 

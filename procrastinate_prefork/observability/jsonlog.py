@@ -28,9 +28,12 @@ _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskN
 _role: dict[str, Any] = {"role": "supervisor", "slot": None}
 
 
-def set_process(role: str, slot: int | None) -> None:
-    """Called by a child right after the fork."""
+def set_process(role: str, slot: int | None, pool: str | None = None) -> None:
+    """Called by a child right after the fork; ``pool`` when the child is
+    one of several pools' (its records then name it)."""
     _role.update(role=role, slot=slot)
+    if pool is not None:
+        _role["pool"] = pool
 
 
 class JsonFormatter(logging.Formatter):

@@ -15,11 +15,13 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..child.jobring import OTHER, Finished, JobRing
-from ..fleet.snapshot import FleetSnapshot
 from ..supervisor import policy
+
+if TYPE_CHECKING:
+    from ..fleet.snapshot import FleetSnapshot
 
 logger = logging.getLogger("procrastinate_prefork.metrics")
 
@@ -194,21 +196,33 @@ def _families(snapshot: FleetSnapshot, totals: Totals) -> Iterator[Any]:
         HistogramMetricFamily,
     )
 
-    states = dict.fromkeys(CHILD_STATES, 0)
-    for child in snapshot.children:
-        state = _STATE_OF.get(child.state, child.state)
-        states[state] = states.get(state, 0) + 1
+    # With several pools, the per-child series carry a ``pool`` label (a
+    # fleet without pools keeps the series it always had).
+    pools = [pool.name for pool in snapshot.pools] if len(snapshot.pools) > 1 else []
+    by_pool = ["pool"] if pools else []
     children = GaugeMetricFamily(
-        f"{PREFIX}_children", "Children by state", labels=["state"]
+        f"{PREFIX}_children", "Children by state", labels=[*by_pool, "state"]
     )
-    for state, count in states.items():
-        children.add_metric([state], count)
+    names: list[str | None] = [*pools] or [None]
+    for name in names:
+        states = dict.fromkeys(CHILD_STATES, 0)
+        for child in snapshot.children:
+            if name is None or child.pool == name:
+                state = _STATE_OF.get(child.state, child.state)
+                states[state] = states.get(state, 0) + 1
+        for state, count in states.items():
+            children.add_metric([*([name] if name else []), state], count)
     yield children
-    yield GaugeMetricFamily(
+    target = GaugeMetricFamily(
         f"{PREFIX}_children_target",
         "Children the supervisor means to run",
-        value=snapshot.concurrency,
+        labels=by_pool,
     )
+    for pool in snapshot.pools if pools else []:
+        target.add_metric([pool.name], pool.concurrency)
+    if not pools:
+        target.add_metric([], snapshot.concurrency)
+    yield target
     exits = CounterMetricFamily(
         f"{PREFIX}_child_exits", "Children's exits", labels=["cause"]
     )
@@ -216,11 +230,15 @@ def _families(snapshot: FleetSnapshot, totals: Totals) -> Iterator[Any]:
         exits.add_metric([cause], count)
     yield exits
     rss = GaugeMetricFamily(
-        f"{PREFIX}_child_rss_bytes", "Resident memory of each child", labels=["slot"]
+        f"{PREFIX}_child_rss_bytes",
+        "Resident memory of each child",
+        labels=[*by_pool, "slot"],
     )
     for child in snapshot.children:
         if child.rss_bytes:
-            rss.add_metric([str(child.slot)], child.rss_bytes)
+            rss.add_metric(
+                [*([child.pool] if pools else []), str(child.slot)], child.rss_bytes
+            )
     yield rss
     yield GaugeMetricFamily(
         f"{PREFIX}_database_up",

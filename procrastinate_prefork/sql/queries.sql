@@ -122,7 +122,8 @@ WITH workers AS (
     UPDATE procrastinate_prefork_processes
     SET last_heartbeat = now(), state = %(state)s, crash_loop = %(crash_loop)s,
         concurrency = %(concurrency)s, rss_bytes = %(rss)s, written_at = now(),
-        finished_per_minute = %(finished_per_minute)s::jsonb
+        finished_per_minute = %(finished_per_minute)s::jsonb,
+        pools = %(pools)s::jsonb
     WHERE id = %(supervisor_id)s
     RETURNING id
 ), children AS (
@@ -130,17 +131,17 @@ WITH workers AS (
         slot integer, pid integer, worker_id bigint, state text, job_id bigint,
         task_name text, jobs_done bigint, restarts integer, rss_bytes bigint,
         started_at timestamptz, heartbeat_age float8, job_age float8,
-        job_ids bigint[])
+        job_ids bigint[], pool text)
 ), upserted AS (
     INSERT INTO procrastinate_prefork_processes AS p
         (kind, host, pid, supervisor_id, slot, worker_id, state, job_id, task_name,
          job_started_at, jobs_done, restarts, rss_bytes, started_at, last_heartbeat,
-         job_ids)
+         job_ids, pool)
     SELECT 'child', %(host)s, c.pid, %(supervisor_id)s, c.slot, c.worker_id, c.state,
            c.job_id, c.task_name, now() - make_interval(secs => c.job_age),
            c.jobs_done, c.restarts, c.rss_bytes, c.started_at,
            now() - make_interval(secs => c.heartbeat_age),
-           COALESCE(c.job_ids, '{}')
+           COALESCE(c.job_ids, '{}'), c.pool
     FROM children AS c WHERE EXISTS (SELECT 1 FROM supervisor)
     ON CONFLICT (supervisor_id, slot) WHERE kind = 'child' DO UPDATE SET
         pid = EXCLUDED.pid, worker_id = EXCLUDED.worker_id, state = EXCLUDED.state,
@@ -148,7 +149,8 @@ WITH workers AS (
         job_started_at = EXCLUDED.job_started_at, job_ids = EXCLUDED.job_ids,
         jobs_done = EXCLUDED.jobs_done, restarts = EXCLUDED.restarts,
         rss_bytes = EXCLUDED.rss_bytes, started_at = EXCLUDED.started_at,
-        last_heartbeat = EXCLUDED.last_heartbeat, written_at = now()
+        last_heartbeat = EXCLUDED.last_heartbeat, written_at = now(),
+        pool = EXCLUDED.pool
     RETURNING slot
 ), reattached AS (
     -- a job whose worker row was deleted under its live child gets its
@@ -261,7 +263,7 @@ SELECT p.id, p.kind, p.host, p.pid, p.supervisor_id, p.slot, p.worker_id, p.stat
        EXTRACT(EPOCH FROM now() - p.started_at)::float8 AS uptime,
        EXTRACT(EPOCH FROM now() - p.job_started_at)::float8 AS job_age,
        EXTRACT(EPOCH FROM now() - p.written_at)::float8 AS as_of_age,
-       p.finished_per_minute
+       p.finished_per_minute, p.pool, p.pools
 FROM procrastinate_prefork_processes AS p
 LEFT JOIN procrastinate_prefork_processes AS s ON s.id = p.supervisor_id
 WHERE NOT %(live_only)s

@@ -97,6 +97,13 @@ CREATE STATISTICS IF NOT EXISTS procrastinate_prefork_jobs_queue_status
 ALTER TABLE procrastinate_prefork_processes
     ADD COLUMN IF NOT EXISTS written_at timestamptz NOT NULL DEFAULT now(),
     ADD COLUMN IF NOT EXISTS finished_per_minute jsonb;
+-- Several pools under one supervisor (issue 24). child rows: the name of the
+-- pool the child belongs to (NULL in rows of earlier versions: the one pool,
+-- 'default'); supervisor rows: its pools, in their configured order
+-- ([{"name", "queues", "concurrency", "crash_loop"}], NULL before pools).
+ALTER TABLE procrastinate_prefork_processes
+    ADD COLUMN IF NOT EXISTS pool varchar(255),
+    ADD COLUMN IF NOT EXISTS pools jsonb;
 
 -- The latest child deaths, time limits and job recoveries, with their cause,
 -- for the live page (the logs hold them too, but no page can read a log). The

@@ -7,9 +7,11 @@ session and the probe socket. Nothing here blocks on one child.
 
 The loop is here; each part it calls is an object of its own, which owns the
 state it changes and is given what it reads: ``pool.Pool`` (children, slots,
-respawns, size), ``lifecycle.Lifecycle`` (phase, drain deadline, what each
-signal means), ``signals.Signals`` (queue, self-pipe), ``reaping.Reaper``,
-``deadlines.Police``, ``scaling.Autoscaler``, ``recovering.Recovery`` and
+respawns, size: one per pool of ``config.pools``, built by ``pools``, each
+with its pool's configuration and its own slots), ``lifecycle.Lifecycle``
+(phase, drain deadline, what each signal means), ``signals.Signals``
+(queue, self-pipe), ``reaping.Reaper``, ``deadlines.Police`` and
+``scaling.Autoscaler`` (one of each per pool), ``recovering.Recovery`` and
 ``maintenance.Maintenance``; ``startup`` checks before the first fork.
 ``system`` is what they ask of the OS and the clock.
 """
@@ -22,16 +24,13 @@ import select
 from collections.abc import Callable
 from typing import Any
 
-from ..child import wakepipe
 from ..child.bootstrap import Bootstrap
-from ..child.scoreboard import Scoreboard
 from ..config import PreforkConfig
-from ..config.parsing import MAX_CHILDREN
 from ..fleet import health
 from ..fleet import snapshot as fleet_snapshot
 from ..observability import liveprobe, metrics, probe
-from . import db, reaping, startup
-from .children import Forker, Phase
+from . import db, pools, reaping, startup
+from .children import Child, Forker, Phase
 from .deadlines import Police
 from .lifecycle import Lifecycle
 from .maintenance import Maintenance
@@ -70,29 +69,27 @@ class Supervisor:
         self.probe: probe.ProbeServer | None = None  # --health-port
         self.live_probe: liveprobe.LiveProbe | None = None  # its /live
         self.totals = metrics.Totals(label_limit=config.metrics_label_limit)
-        self.scoreboard = Scoreboard(2 * MAX_CHILDREN, config.child_concurrency)
+        self.scoreboard = pools.scoreboard_for(config)
         self.db = session or db.SupervisorDB(
             bootstrap.connection_args(),
             db.application_name(config.hostname, "sup", self.pid),
-            db.listen_channels(config.queues) if config.listen_notify else [],
+            db.pool_channels(pools.listen_queues(config)),
             timeouts=db.Timeouts.for_heartbeat(config.heartbeat_interval),
         )
         self.db.on_connect = self._request_wake
         self.signals = Signals()
         forker = Forker(
-            system,
-            config,
-            bootstrap,
-            self.scoreboard,
-            self.pid,
-            self._own_fds,
+            *(system, config, bootstrap, self.scoreboard, self.pid, self._own_fds),
             on_start=on_child_start,
             supervisor_row=lambda: self.maintenance.supervisor_row,
         )
-        self.pool = Pool(config, system, self.scoreboard, forker)
-        self.lifecycle = Lifecycle(config, system, self.pool)
-        self.police = Police(config, self.scoreboard, self.pool.kill)
-        self.autoscaler = Autoscaler(config, self.db, self.scoreboard, self.started)
+        self.pools = pools.build(config, system, self.scoreboard, forker)
+        self.lifecycle = Lifecycle(config, system, self.pools)
+        self.police = [Police(p.config, self.scoreboard, p.kill) for p in self.pools]
+        board, start = self.scoreboard, self.started
+        self.autoscalers = [
+            Autoscaler(p.config, self.db, board, start) for p in self.pools
+        ]
         outbox, wake, totals = Outbox(), self._request_wake, self.totals
         self.recovery = Recovery(
             config, self.db, system, bootstrap.app, totals, outbox, wake
@@ -103,6 +100,7 @@ class Supervisor:
         self.maintenance = Maintenance(
             config, self.db, system, totals, outbox, self.recovery.counted, wake
         )
+        self.maintenance.queues = pools.queues(self.pools)
 
     def run(self) -> int:
         # the probe process is the first fork: no pool thread may run then
@@ -116,12 +114,13 @@ class Supervisor:
             self.bootstrap,
             self.db,
             pid=self.pid,
-            concurrency=self.pool.target,
+            concurrency=pools.concurrency(self.pools),
+            queues=self.maintenance.queues,
             live_probe=self.live_probe,
         )
         self.signals.install()
         self.lifecycle.retitle()
-        self.pool.start()
+        pools.start(self.pools)
         try:
             self._spawn_due(at_start=True)
         except StartupError:
@@ -148,7 +147,8 @@ class Supervisor:
         while (signum := self.signals.pop()) is not None:
             getattr(self.lifecycle, handler_name(signum))()
         self._reap()
-        self.police.patrol(self.pool.children.values(), self._now())
+        for pool, police in zip(self.pools, self.police, strict=True):
+            police.patrol(pool.children.values(), self._now())
         self._scale()
         self._spawn_due()
         self._forward_wakeups()
@@ -158,45 +158,55 @@ class Supervisor:
     def _now(self) -> float:
         return self.system.monotonic()
 
+    @property
+    def pool(self) -> Pool:  # the first: the only one of a fleet without pools
+        return self.pools[0]
+
+    def _children(self) -> list[Child]:
+        return pools.children(self.pools)
+
     def _reap(self) -> None:
-        strays = self.reaper.reap([self.pool], running=self.lifecycle.running)
+        strays = self.reaper.reap(self.pools, running=self.lifecycle.running)
         for pid, status in strays:
             if self.live_probe is not None and pid == self.live_probe.pid:
                 reaping.probe_exited(self.live_probe, status)
 
     def _reap_all(self) -> None:
-        while self.pool.children:
+        while self._children():
             self._reap()
             self.system.sleep(0.05)
 
     def _finished(self) -> bool:
-        if self.pool.children:
+        if self._children():
             return False
         if not self.lifecycle.running:
             return True
-        return not self.pool.respawn_at  # one-shot: every child is done
+        # one-shot: every child is done
+        return not any(pool.respawn_at for pool in self.pools)
 
     def _scale(self) -> None:
         """Converge to the target (hand-overs, sizes), then autoscale."""
         if not self.lifecycle.running:
             return
-        self.pool.converge()
-        self.autoscaler.look(self.pool, self._now())
-        self.pool.converge()
+        for pool, autoscaler in zip(self.pools, self.autoscalers, strict=True):
+            pool.converge()
+            autoscaler.look(pool, self._now())
+            pool.converge()
 
     def _spawn_due(self, at_start: bool = False) -> None:
         if not self.lifecycle.running:
             return
         now = self._now()
-        due = self.pool.due(now)
-        if not due:
+        due = [(pool, pool.due(now)) for pool in self.pools]
+        if not any(slots for _, slots in due):
             return
         # The session must not be inherited: close it, fork them all, reopen.
         self.db.close()
         self.bootstrap.before_fork()
         self.bootstrap.check_fork_safety()
         try:
-            self.pool.spawn(due, now, at_start=at_start)
+            for pool, slots_due in due:
+                pool.spawn(slots_due, now, at_start=at_start)
         except ForkFailed as failed:  # at start only
             self.lifecycle.stop_now("fork failed")
             raise StartupError(f"cannot fork child {failed.slot}: {failed}") from None
@@ -207,26 +217,22 @@ class Supervisor:
         return [
             *self.signals.fds(),
             *probe_fds,
-            *(c.wake_fd for c in self.pool.children.values()),
+            *(c.wake_fd for c in self._children()),
         ]
 
     def _request_wake(self) -> None:
         self._wake_pending = True
 
     def _forward_wakeups(self) -> None:
-        lines = wakepipe.to_forward(self.db.notifications(), self._wake_pending)
-        self._wake_pending = False
-        if lines and self.config.listen_notify:
-            data = wakepipe.encode(lines)
-            for child in self.pool.children.values():
-                wakepipe.send_wake(child.wake_fd, data)
+        wake, self._wake_pending = self._wake_pending, False
+        pools.forward(self.pools, self.db.notifications(), wake)
 
     def _periodic(self) -> None:
         self.recovery.run()
         self.maintenance.write_events()
         self._drain_metrics()
         if self.lifecycle.running:
-            self.pool.log_ready()
+            pools.log_ready(self.pools)
         now = self._now()
         snapshot = self._snapshot(now)
         if self.live_probe is not None:  # a turn: the helper's /live
@@ -236,7 +242,7 @@ class Supervisor:
 
     def _sleep(self) -> None:
         timeout = TICK
-        next_fork = self.pool.next_fork_in(self._now())
+        next_fork = pools.next_fork_in(self.pools, self._now())
         if next_fork is not None and self.lifecycle.running:
             timeout = min(timeout, next_fork)
         if self.signals.queued or self._wake_pending:
@@ -271,7 +277,7 @@ class Supervisor:
     def _snapshot(self, now: float) -> fleet_snapshot.FleetSnapshot:
         return fleet_snapshot.take(
             self.config,
-            self.pool,
+            self.pools,
             self.scoreboard,
             pid=self.pid,
             phase=self.lifecycle.phase.value,
@@ -284,7 +290,7 @@ class Supervisor:
         return self._snapshot(self._now())
 
     def _drain_metrics(self) -> None:
-        for child in self.pool.children.values():
+        for child in self._children():
             metrics.drain(self.scoreboard.finished, child.slot, self.totals)
 
     def metrics_text(self) -> str:

@@ -17,6 +17,7 @@ from ..child.forked import child_main
 from ..child.runner import ChildSpec
 from ..child.scoreboard import Scoreboard
 from ..config import PreforkConfig
+from ..config.pools import DEFAULT_POOL
 from .system import System
 
 logger = logging.getLogger("procrastinate_prefork.supervisor")
@@ -81,6 +82,7 @@ def fork_child(
     scoreboard: Scoreboard,
     generation: int,
     spec: Callable[[int], ChildSpec],
+    pool: str = DEFAULT_POOL,
 ) -> Child:
     """Fork the child of ``slot``; ``spec`` makes its ``ChildSpec`` from the
     read end of its wake-up pipe (in the child, which never returns)."""
@@ -102,10 +104,11 @@ def fork_child(
     os.set_blocking(wake_w, False)
     scoreboard.set_pid(slot, pid)
     logger.info(
-        "Child %s started (pid %s)",
+        "Child %s of pool %s started (pid %s)",
         slot,
+        pool,
         pid,
-        extra={"action": "child_started", "slot": slot, "pid": pid},
+        extra={"action": "child_started", "slot": slot, "pid": pid, "pool": pool},
     )
     return Child(
         slot=slot,
@@ -119,8 +122,9 @@ def fork_child(
 
 @dataclasses.dataclass
 class Forker:
-    """Forks the child of a slot with what every child is given: called by
-    a pool as ``fork(slot, generation)``."""
+    """Forks the child of a slot with what every child of a pool is given
+    (its pool's configuration and name): called by the pool as
+    ``fork(slot, generation)``."""
 
     system: System
     config: PreforkConfig
@@ -132,6 +136,7 @@ class Forker:
     on_start: Callable[..., Any] | None = None
     #: the supervisor's row in the fleet table, once registered
     supervisor_row: Callable[[], int | None] = lambda: None
+    pool: str = DEFAULT_POOL
 
     def __call__(self, slot: int, generation: int) -> Child:
         def spec(wake_r: int) -> ChildSpec:
@@ -145,6 +150,7 @@ class Forker:
                 inherited_fds=self.own_fds(),
                 on_start=self.on_start,
                 supervisor_row=self.supervisor_row(),
+                pool=self.pool,
             )
 
         return fork_child(
@@ -153,4 +159,5 @@ class Forker:
             scoreboard=self.scoreboard,
             generation=generation,
             spec=spec,
+            pool=self.pool,
         )

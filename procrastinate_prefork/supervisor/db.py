@@ -152,6 +152,16 @@ def listen_channels(queues: Iterable[str] | None) -> list[str]:
     return list(manager_module.get_channel_for_queues(queues))
 
 
+def pool_channels(queue_sets: Iterable[Iterable[str] | None]) -> list[str]:
+    """The channels of several pools' queues: each pool's, once each (a pool
+    of every queue adds the channel of all queues, the others keep theirs so
+    that a notification can be routed to the pools serving its queue)."""
+    channels: dict[str, None] = {}
+    for queues in queue_sets:
+        channels.update(dict.fromkeys(listen_channels(queues)))
+    return list(channels)
+
+
 def application_name(host: str, role: str, pid: int) -> str:
     """``prefork:<host>:<slot or sup>:<pid>``, within PostgreSQL's 63 bytes."""
     tail = f":{role}:{pid}"

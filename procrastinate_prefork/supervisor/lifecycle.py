@@ -1,13 +1,18 @@
 """The supervisor's phase (running, draining, stopping) with its drain
 deadline, and what each signal means: the loop calls ``handle_<signal>``.
 
-It owns the phase and the deadline; it is given the pool it acts on and
-the clock. Stopping and draining reach the children through the pool."""
+It owns the phase and the deadline; it is given the pools it acts on and
+the clock. Stopping and draining reach the children through the pools.
+
+A signal carries no pool's name: SIGHUP rolls every pool over, and SIGTTIN
+and SIGTTOU step every pool by one child, each within its own bounds (at
+least one child, at most ``MAX_CHILDREN``)."""
 
 from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import Sequence
 
 import setproctitle
 
@@ -21,21 +26,24 @@ logger = logging.getLogger("procrastinate_prefork.supervisor")
 
 
 class Lifecycle:
-    def __init__(self, config: PreforkConfig, system: System, pool: Pool):
+    def __init__(self, config: PreforkConfig, system: System, pools: Sequence[Pool]):
         self.config = config
         self.system = system
-        self.pool = pool
+        self.pools = list(pools)
         self.phase: Phase = Phase.RUNNING
         self.deadline: float | None = None  # of the drain
         self.title = ""
 
     def retitle(self) -> None:
-        """The process title: phase, size, queues."""
-        config = self.config
-        queues = ",".join(config.queues) if config.queues else "all queues"
+        """The process title: phase, size, queues (of each pool, if several)."""
+        parts = []
+        for pool in self.pools:
+            queues = pool.config.queues
+            text = f"{pool.target} children, {','.join(queues or ['all queues'])}"
+            parts.append(text if len(self.pools) == 1 else f"{pool.name}: {text}")
         title = (
             f"procrastinate-prefork supervisor [{self.phase.value}] "
-            f"{self.pool.target} children, {queues} ({config.hostname})"
+            f"{'; '.join(parts)} ({self.config.hostname})"
         )
         if title != self.title:
             setproctitle.setproctitle(title)
@@ -55,7 +63,8 @@ class Lifecycle:
             count,
             extra={"action": "reopen_logs", "files": count},
         )
-        self.pool.signal_all(signal.SIGUSR1)
+        for pool in self.pools:
+            pool.signal_all(signal.SIGUSR1)
 
     def _ignore(self, name: str) -> None:
         logger.info(
@@ -70,15 +79,22 @@ class Lifecycle:
 
     def handle_ttin(self) -> None:
         if self.running:
-            self.pool.grow()
+            for pool in self.pools:
+                pool.grow()
 
     def handle_ttou(self) -> None:
         if self.running:
-            self.pool.shrink()
+            for pool in self.pools:
+                pool.shrink()
 
     def handle_hup(self) -> None:
         if self.running:
-            self.pool.rolling_restart()
+            for pool in self.pools:
+                pool.rolling_restart()
+
+    @property
+    def children(self) -> int:
+        return sum(len(pool.children) for pool in self.pools)
 
     def handle_quit(self) -> None:
         self.stop_now("SIGQUIT")
@@ -103,18 +119,20 @@ class Lifecycle:
         logger.info(
             "%s: draining %d child(ren), %g s for running jobs",
             why,
-            len(self.pool.children),
+            self.children,
             timeout,
             extra={"action": "drain"},
         )
-        self.pool.drain(deadline)
+        for pool in self.pools:
+            pool.drain(deadline)
 
     def stop_now(self, why: str) -> None:
         self.phase = Phase.STOPPING
         logger.warning(
             "%s: stopping now, killing %d child(ren)",
             why,
-            len(self.pool.children),
+            self.children,
             extra={"action": "stop_now"},
         )
-        self.pool.stop_now()
+        for pool in self.pools:
+            pool.stop_now()

@@ -51,6 +51,8 @@ class Maintenance:
         self.on_recovered = on_recovered
         self.wake = wake
         self.supervisor_row: int | None = None  # registered by the start-up
+        #: the queues of all its pools (None: every queue), for the events
+        self.queues = config.queues
         self.queue_depth = False  # read the queues' depth for /metrics
         self.next_heartbeat: float = 0.0
         self.next_sweep: float = 0.0
@@ -164,7 +166,7 @@ class Maintenance:
                 conn,
                 host=self.config.hostname,
                 supervisor_id=self.supervisor_row,
-                queues=self.config.queues,
+                queues=self.queues,
                 events=pending,
             )
         )

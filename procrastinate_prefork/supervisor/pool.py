@@ -6,7 +6,8 @@ times, the generation (bumped by SIGHUP) and the target size. It is given
 the clock and ``kill`` (a ``System``), the scoreboard its children write and
 ``fork``, which makes one child of a slot and generation. A second ``Pool``
 of the same supervisor would be a second pool of children; nothing here
-knows of the supervisor.
+knows of the supervisor: each pool of a supervisor has its own
+configuration (``config.pools``), name and range of scoreboard slots.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import logging
 import signal
 from collections.abc import Callable
 
+from ..child import wakepipe
 from ..child.scoreboard import Scoreboard, State
 from ..config import PreforkConfig
 from ..config.parsing import MAX_CHILDREN
+from ..config.pools import DEFAULT_POOL
 from . import policy, slots
 from .children import Child
 from .system import System
@@ -25,6 +28,9 @@ from .system import System
 logger = logging.getLogger("procrastinate_prefork.supervisor")
 
 KILL_MARGIN = 1.0  # after a drain or retirement deadline, before SIGKILL
+#: scoreboard slots of each pool: its children, and as many again during a
+#: rolling restart's hand-over
+SLOTS_PER_POOL = 2 * MAX_CHILDREN
 
 
 class ForkFailed(Exception):
@@ -42,8 +48,13 @@ class Pool:
         system: System,
         scoreboard: Scoreboard,
         fork: Callable[[int, int], Child],
+        *,
+        name: str = DEFAULT_POOL,
+        slot_range: range = range(SLOTS_PER_POOL),
     ):
         self.config = config
+        self.name = name
+        self.slots = slot_range  # its own slots of the scoreboard
         self.system = system
         self.scoreboard = scoreboard
         self.fork = fork  # (slot, generation) -> the forked child
@@ -59,7 +70,7 @@ class Pool:
         self.ready_logged: bool = False
 
     def start(self) -> None:
-        for slot in range(self.target):
+        for slot in self.slots[: self.target]:
             self.respawn_at[slot] = 0.0
 
     # --- forks -------------------------------------------------------------
@@ -80,7 +91,7 @@ class Pool:
                     "Cannot fork child %s: %s; retrying",
                     slot,
                     exc,
-                    extra={"action": "fork_failed", "slot": slot},
+                    extra={"action": "fork_failed", "slot": slot, "pool": self.name},
                 )
                 self.respawn_at[slot] = now + 1.0
                 break
@@ -133,7 +144,11 @@ class Pool:
                 "Re-forking slot %s in %.1f s",
                 child.slot,
                 delay,
-                extra={"action": "respawn_backoff", "slot": child.slot},
+                extra={
+                    "action": "respawn_backoff",
+                    "slot": child.slot,
+                    "pool": self.name,
+                },
             )
         self._update_crash_loop()
 
@@ -141,15 +156,21 @@ class Pool:
         looping = [s for s, h in self.history.items() if policy.is_crash_looping(h)]
         if looping and not self.crash_looping:
             logger.error(
-                "CRASH LOOP: slot(s) %s died within %g s of start %d times in a row; "
-                "re-forking with backoff (check the logs above for the cause)",
+                "CRASH LOOP: slot(s) %s (pool %s) died within %g s of start %d "
+                "times in a row; re-forking with backoff (check the logs above "
+                "for the cause)",
                 ", ".join(map(str, looping)),
+                self.name,
                 policy.MIN_UPTIME,
                 policy.CRASH_LOOP_THRESHOLD,
-                extra={"action": "crash_loop"},
+                extra={"action": "crash_loop", "pool": self.name},
             )
         elif not looping and self.crash_looping:
-            logger.warning("Crash loop over", extra={"action": "crash_loop_over"})
+            logger.warning(
+                "Crash loop over (pool %s)",
+                self.name,
+                extra={"action": "crash_loop_over", "pool": self.name},
+            )
         self.crash_looping = bool(looping)
 
     # --- signals to children -----------------------------------------------
@@ -159,6 +180,21 @@ class Pool:
             self.system.kill(child.pid, signum)
         except ProcessLookupError:
             pass
+
+    def wake(self, data: bytes) -> None:
+        """Write ``data`` to every child's wake-up pipe."""
+        for child in self.children.values():
+            wakepipe.send_wake(child.wake_fd, data)
+        logger.debug(
+            "Woke the %d child(ren) of pool %s",
+            len(self.children),
+            self.name,
+            extra={
+                "action": "wake_forwarded",
+                "pool": self.name,
+                "pids": sorted(self.children),
+            },
+        )
 
     def signal_all(self, signum: int) -> None:
         for child in self.children.values():
@@ -192,7 +228,7 @@ class Pool:
 
     def _free_slot(self) -> int:
         used = {c.slot for c in self.children.values()} | set(self.respawn_at)
-        return slots.free_slot(used, limit=2 * MAX_CHILDREN)
+        return slots.free_slot(used, start=self.slots.start, limit=self.slots.stop)
 
     def grow(self, count: int = 1, why: str = "SIGTTIN") -> None:
         count = min(count, MAX_CHILDREN - self.target)
@@ -200,10 +236,11 @@ class Pool:
             self.target += 1
             self.respawn_at[self._free_slot()] = 0.0
         logger.info(
-            "%s: %d children now",
+            "%s: %d children now (pool %s)",
             why,
             self.target,
-            extra={"action": "scale_up", "children": self.target},
+            self.name,
+            extra={"action": "scale_up", "children": self.target, "pool": self.name},
         )
 
     def shrink(self, why: str = "SIGTTOU", only_idle: bool = False) -> None:
@@ -221,10 +258,11 @@ class Pool:
         # yet, else an idle one, the highest slot), whatever else is going on.
         self.target -= 1
         logger.info(
-            "%s: %d children now",
+            "%s: %d children now (pool %s)",
             why,
             self.target,
-            extra={"action": "scale_down", "children": self.target},
+            self.name,
+            extra={"action": "scale_down", "children": self.target, "pool": self.name},
         )
 
     def rolling_restart(self) -> None:
@@ -233,9 +271,14 @@ class Pool:
         # it rather than stacking another one.
         self.generation += 1
         logger.info(
-            "SIGHUP: rolling restart of %d children (new ones first)",
+            "SIGHUP: rolling restart of %d children of pool %s (new ones first)",
             self.target,
-            extra={"action": "rolling_restart", "generation": self.generation},
+            self.name,
+            extra={
+                "action": "rolling_restart",
+                "generation": self.generation,
+                "pool": self.name,
+            },
         )
 
     def _retire(self, child: Child, why: str) -> None:
@@ -282,16 +325,8 @@ class Pool:
                 else "scale down",
             )
 
-    def log_ready(self) -> None:
-        """Once, when every child of the target is ready."""
-        if self.ready_logged:
-            return
+    def ready(self) -> bool:
+        """Every child of the target is ready (idle or busy)."""
         states = [self.scoreboard.read(c.slot).state for c in self.children.values()]
         ready = all(s in (State.IDLE, State.BUSY) for s in states)
-        if len(states) == self.target and ready:
-            self.ready_logged = True
-            logger.info(
-                "All %d children ready",
-                self.target,
-                extra={"action": "fleet_ready"},
-            )
+        return len(states) == self.target and ready

@@ -118,7 +118,12 @@ class Reaper:
             count = not child.kill.deadline_kill and not timed_out
             self.recovery.add(
                 PendingRecovery(
-                    worker_id, cause, child.pid, timed_out, count_crash=count
+                    worker_id,
+                    cause,
+                    child.pid,
+                    timed_out,
+                    count_crash=count,
+                    time_limit_for=pool.config.time_limit_for,
                 )
             )
         metrics.drain_dead(self.scoreboard.finished, child.slot, self.totals)

@@ -43,6 +43,8 @@ class PendingRecovery:
     count_crash: bool
     failures: int = 0
     next_attempt: float = 0.0  # monotonic
+    #: the time limit of a task in the child's pool (the host's if None)
+    time_limit_for: Callable[[str | None], float | None] | None = None
 
 
 def retry_delay(failures: int) -> float:
@@ -114,7 +116,10 @@ class Recovery:
                     cause=pending.cause,
                     max_crash_retries=self.config.max_crash_retries,
                     timed_out_job_ids=pending.timed_out,
-                    timeout_retry=self._timeout_retry,
+                    timeout_retry=functools.partial(
+                        self._timeout_retry,
+                        pending.time_limit_for or self.config.time_limit_for,
+                    ),
                     child_pid=pending.pid,
                     count_crash=pending.count_crash,
                 )
@@ -152,12 +157,14 @@ class Recovery:
         )
 
     def _timeout_retry(
-        self, row: dict[str, Any]
+        self,
+        time_limit_for: Callable[[str | None], float | None],
+        row: dict[str, Any],
     ) -> tuple[bool, datetime.datetime | None]:
         task = self.app.tasks.get(row["task_name"])
         if task is None:
             return False, None
-        limit = self.config.time_limit_for(row["task_name"])
+        limit = time_limit_for(row["task_name"])
         job_retry = task.get_retry_exception(
             exception=recovery.JobTimeLimitExceeded(f"ran longer than {limit} s"),
             job=jobs_module.Job.from_row(row),

@@ -82,6 +82,15 @@ def plan(
     return Plan(fork=fork, cancel=cancel, retire=tuple(retire))
 
 
-def free_slot(used: Collection[int], *, limit: int) -> int:
-    """The lowest slot below ``limit`` that no child holds nor waits for."""
-    return next(slot for slot in range(limit) if slot not in used)
+def free_slot(used: Collection[int], *, limit: int, start: int = 0) -> int:
+    """The lowest slot from ``start`` and below ``limit`` that no child holds
+    nor waits for."""
+    return next(slot for slot in range(start, limit) if slot not in used)
+
+
+def pool_ranges(count: int, per_pool: int) -> list[range]:
+    """The scoreboard's slots of each of ``count`` pools: ranges of
+    ``per_pool`` slots one after the other, the first from 0 (a fleet of one
+    pool numbers its children as it always did). A slot is a child's identity
+    in the scoreboard and the fleet table, so no two pools share one."""
+    return [range(i * per_pool, (i + 1) * per_pool) for i in range(count)]

@@ -5,13 +5,14 @@ and the database session they configure."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import psycopg
 
 from .. import errors
 from ..child.bootstrap import Bootstrap
 from ..config import PreforkConfig
+from ..config.pools import pools_of
 from ..fleet import recovery, schema
 from ..fleet import table as fleet
 from ..fleet.identity import dead_predecessors, process_identity
@@ -67,13 +68,22 @@ def preflight(
     *,
     pid: int,
     concurrency: int,
+    queues: Sequence[str] | None,
     live_probe: liveprobe.LiveProbe | None = None,
 ) -> int:
-    """Check what the fleet needs, register the supervisor and recover a
-    dead predecessor's jobs; the supervisor's row in the fleet table. On
+    """Check what the fleet needs, register the supervisor (its children's
+    number and the queues of all its pools) and recover a dead predecessor's
+    jobs; the supervisor's row in the fleet table. On
     failure, the probe process is not left behind."""
     try:
-        return _checks(config, bootstrap, session, pid=pid, concurrency=concurrency)
+        return _checks(
+            config,
+            bootstrap,
+            session,
+            pid=pid,
+            concurrency=concurrency,
+            queues=queues,
+        )
     except BaseException as exc:
         if live_probe is not None:
             live_probe.stop()
@@ -91,6 +101,7 @@ def _checks(
     *,
     pid: int,
     concurrency: int,
+    queues: Sequence[str] | None,
 ) -> int:
     try:
         bootstrap.app.perform_import_paths()  # children inherit the imported tasks
@@ -98,11 +109,15 @@ def _checks(
         raise StartupError(
             f"cannot import the task modules: {type(exc).__name__}: {exc}"
         ) from None
+    specs = pools_of(config)  # each pool may have limits of its own
     for option, limits in (
-        ("--task-timeout", config.task_timeouts),
-        ("--task-soft-timeout", config.task_soft_timeouts),
+        ("--task-timeout", {t for s in specs for t in s.config.task_timeouts}),
+        (
+            "--task-soft-timeout",
+            {t for s in specs for t in s.config.task_soft_timeouts},
+        ),
     ):
-        unknown = sorted(set(limits) - set(bootstrap.app.tasks))
+        unknown = sorted(limits - set(bootstrap.app.tasks))
         if unknown:  # a typo would leave the task without its limit, silently
             logger.warning(
                 "%s names no registered task: %s (their limits apply to nothing)",
@@ -153,7 +168,7 @@ def _checks(
             host=config.hostname,
             pid=pid,
             concurrency=concurrency,
-            queues=config.queues,
+            queues=queues,
             heartbeat_interval=config.heartbeat_interval,
             stalled_timeout=config.stalled_timeout,
             identity=identity,

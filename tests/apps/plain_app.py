@@ -233,3 +233,12 @@ def soft_retry(context: procrastinate.JobContext, seconds: float = 30) -> None:
 def fails(context: procrastinate.JobContext) -> None:
     _mark(context, "start")
     raise RuntimeError("this task fails\nover two lines")
+
+
+def crash_after_first_pool(*, slot: int, pid: int) -> None:
+    """A child of any pool but the first dies as it starts (a crash loop of
+    that pool alone): the first pool's slots are those below 2 * MAX_CHILDREN."""
+    from procrastinate_prefork.supervisor.pool import SLOTS_PER_POOL
+
+    if slot >= SLOTS_PER_POOL:
+        raise RuntimeError("this pool's children cannot start")

@@ -105,6 +105,36 @@ def test_json_shape_and_marks(staff_client):
 
 
 @pytest.mark.django_db
+def test_json_shows_and_counts_by_pool(staff_client):
+    """A supervisor of two pools (issue 24): each child's pool, and each
+    pool's queues, size and fresh children."""
+    from django.db import connection
+
+    sup_id = _rows()
+    pools = [
+        {"name": "cpu", "queues": ["cpu"], "concurrency": 1, "crash_loop": False},
+        {"name": "io", "queues": ["io"], "concurrency": 1, "crash_loop": True},
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE procrastinate_prefork_processes SET pools = %s::jsonb"
+            " WHERE id = %s",
+            [json.dumps(pools), sup_id],
+        )
+        cursor.execute(
+            "UPDATE procrastinate_prefork_processes SET pool = CASE slot"
+            " WHEN 0 THEN 'cpu' ELSE 'io' END WHERE supervisor_id = %s",
+            [sup_id],
+        )
+    (supervisor,) = staff_client.get(JSON).json()["supervisors"]
+    assert {c["slot"]: c["pool"] for c in supervisor["children"]} == {0: "cpu", 1: "io"}
+    assert [
+        (p["name"], p["queues"], p["crash_loop"], p["fresh_children"])
+        for p in supervisor["pools"]
+    ] == [("cpu", ["cpu"], False, 1), ("io", ["io"], True, 1)]
+
+
+@pytest.mark.django_db
 def test_json_queues_chart_and_events_come_from_the_database(staff_client, monkeypatch):
     """The queues a supervisor names (waiting counted up to the cap, running,
     the oldest waiting job's age), its per-minute counts summed into the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 from pathlib import Path
@@ -411,16 +412,74 @@ def test_supervisor_report():
         "rss_bytes",
         "heartbeat_age",
         "uptime",
+        "pool",
     }
+    # a fleet without pools: one pool, named default, of all its children
+    [pool] = report["pools"]
+    assert (pool["name"], pool["queues"], pool["ready_children"]) == (
+        "default",
+        ["a", "b"],
+        2,
+    )
     json.dumps(report)
+
+
+def pooled(children, cpu_looping=False):
+    from procrastinate_prefork.fleet.snapshot import PoolSnapshot
+
+    return facts(
+        children,
+        concurrency=3,
+        crash_looping=cpu_looping,
+        pools=(
+            PoolSnapshot("cpu", ("cpu",), 2, crash_looping=cpu_looping),
+            PoolSnapshot("io", ("io",), 1),
+        ),
+    )
+
+
+def test_ready_when_every_pool_has_its_children():
+    cpu = [
+        ChildFacts(slot=s, pid=s, state="idle", heartbeat_age=0.1, pool="cpu")
+        for s in (0, 1)
+    ]
+    io = ChildFacts(slot=1024, pid=9, state="busy", heartbeat_age=0.1, pool="io")
+    assert readiness(pooled([*cpu, io])).ok
+    # three children ready, all of the cpu pool: io has none
+    extra = ChildFacts(slot=2, pid=2, state="idle", heartbeat_age=0.1, pool="cpu")
+    verdict = readiness(pooled([*cpu, extra]))
+    assert not verdict.ok and "pool io" in verdict.reasons[0]
+    report = supervisor_report(pooled([*cpu, io]))
+    assert [(p["name"], p["ready_children"]) for p in report["pools"]] == [
+        ("cpu", 2),
+        ("io", 1),
+    ]
+
+
+def test_one_pool_s_crash_loop_fails_readiness_not_liveness():
+    io = ChildFacts(slot=1024, pid=9, state="idle", heartbeat_age=0.1, pool="io")
+    facts_ = pooled([io], cpu_looping=True)
+    # a restart would stop the io pool too, which runs its jobs
+    assert liveness(facts_).ok
+    verdict = readiness(facts_)
+    assert not verdict.ok and "crash loop in pool cpu" in verdict.reasons
+    every = dataclasses.replace(
+        facts_,
+        pools=[dataclasses.replace(p, crash_looping=True) for p in facts_.pools],
+    )
+    assert not liveness(every).ok
 
 
 def test_module_is_pure():
     import ast
 
+    from procrastinate_prefork.fleet import verdicts
+
     imported = set()
-    with open(health.__file__) as source:
-        tree = ast.parse(source.read())
+    tree = ast.Module(body=[], type_ignores=[])
+    for module in (health, verdicts):
+        with open(module.__file__) as source:
+            tree.body.extend(ast.parse(source.read()).body)
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             imported.update(alias.name.split(".")[0] for alias in node.names)
@@ -436,4 +495,30 @@ def test_module_is_pure():
         "typing",
         "policy",
         "snapshot",
+        "verdicts",
     }  # the package's pure modules
+
+
+def test_rows_of_several_pools_are_shown_and_counted_by_pool():
+    pools = [
+        {"name": "cpu", "queues": ["cpu"], "concurrency": 1, "crash_loop": False},
+        {"name": "io", "queues": ["io", "mail"], "concurrency": 1, "crash_loop": False},
+    ]
+    rows = [
+        sup(queues=["cpu", "io", "mail"], pools=json.dumps(pools)),
+        child(slot=0, pool="cpu"),
+        child(slot=1024, state="starting", pool="io"),
+    ]
+    result = fleet_health(rows)
+    [entry] = result.as_dict()["supervisors"]
+    assert [c["pool"] for c in entry["children"]] == ["cpu", "io"]
+    assert [(p["name"], p["fresh_children"]) for p in entry["pools"]] == [
+        ("cpu", 1),
+        ("io", 0),
+    ]
+    table = status.render_table(result).splitlines()
+    assert "cpu: cpu" in table[2] and "io: io,mail" in table[3]
+    # rows written before pools: one pool, default, of the supervisor's own
+    [old] = fleet_health([sup(queues=["a"]), child()]).as_dict()["supervisors"]
+    assert old["children"][0]["pool"] == "default"
+    assert [(p["name"], p["queues"]) for p in old["pools"]] == [("default", ["a"])]

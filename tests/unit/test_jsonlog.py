@@ -48,6 +48,16 @@ def test_a_child_line_keeps_its_own_slot():
     assert (data["extra_slot"], data["extra_level"]) == (7, "custom")
 
 
+def test_a_child_of_one_of_several_pools_names_its_pool():
+    jsonlog.set_process("child", 1024, "io")
+    try:
+        data = _format(action="x")
+        assert (data["role"], data["slot"], data["pool"]) == ("child", 1024, "io")
+    finally:
+        jsonlog._role.pop("pool")
+        jsonlog.set_process("supervisor", None)
+
+
 def test_procrastinate_job_fields_and_exception_in_one_field():
     try:
         raise RuntimeError("boom")

@@ -194,6 +194,28 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
+def test_per_child_series_carry_the_pool_with_several_pools():
+    from procrastinate_prefork.fleet.snapshot import PoolSnapshot
+
+    children = [
+        ChildSnapshot(slot=0, pid=10, state="busy", heartbeat_age=0, pool="cpu"),
+        ChildSnapshot(
+            slot=1024, pid=11, state="idle", heartbeat_age=0, rss_bytes=7, pool="io"
+        ),
+    ]
+    pools = (PoolSnapshot("cpu", ("cpu",), 2), PoolSnapshot("io", ("io",), 1))
+    got = samples(
+        metrics.render(fleet(children=children, pools=pools), metrics.Totals())
+    )
+    p = "procrastinate_prefork_"
+    assert got[(p + "children", (("pool", "cpu"), ("state", "busy")))] == 1
+    assert got[(p + "children", (("pool", "cpu"), ("state", "idle")))] == 0
+    assert got[(p + "children", (("pool", "io"), ("state", "idle")))] == 1
+    assert got[(p + "children_target", (("pool", "cpu"),))] == 2
+    assert got[(p + "children_target", (("pool", "io"),))] == 1
+    assert got[(p + "child_rss_bytes", (("pool", "io"), ("slot", "1024")))] == 7
+
+
 def test_render_parses_back():
     totals = metrics.Totals()
     totals.finished(Finished("q", "slow", Outcome.SUCCEEDED, 2.0))

@@ -202,7 +202,7 @@ def test_lifecycle_drains_then_a_second_stop_kills_at_once(parts, caplog_info):
     p = parts(concurrency=2, shutdown_graceful_timeout=5)
     p.pool.start()
     p.spawn_due()
-    life = Lifecycle(p.config, p.system, p.pool)
+    life = Lifecycle(p.config, p.system, [p.pool])
     life.handle_term()
     assert life.phase is Phase.DRAINING and life.deadline == p.system.clock + 5
     assert {sig for _, sig in p.system.sent} == {signal.SIGTERM}

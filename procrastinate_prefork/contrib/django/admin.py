@@ -9,6 +9,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, path
 from django.utils import timezone
 
+from ...config.pools import DEFAULT_POOL
 from . import live
 from .models import FleetProcess
 
@@ -26,7 +27,7 @@ class FleetProcessAdmin(admin.ModelAdmin):
         "memory",
         "heartbeat_age",
     )
-    list_filter = ("kind", "state", "host", "crash_loop")
+    list_filter = ("kind", "state", "host", "pool", "crash_loop")
     search_fields = ("host", "=pid", "task_name", "=job_id")
     ordering = ("host", "id")
     list_per_page = 200
@@ -52,7 +53,9 @@ class FleetProcessAdmin(admin.ModelAdmin):
     def process(self, obj: FleetProcess) -> str:
         if obj.kind == "supervisor":
             return f"supervisor {obj.pid}" + (" (crash loop)" if obj.crash_loop else "")
-        return f"child {obj.slot} (pid {obj.pid})"
+        # a pool other than a fleet's only one is named (issue 24)
+        pool = f"{obj.pool}/" if obj.pool and obj.pool != DEFAULT_POOL else ""
+        return f"child {pool}{obj.slot} (pid {obj.pid})"
 
     @admin.display(description="job", ordering="job_id")
     def job(self, obj: FleetProcess) -> str:

@@ -94,6 +94,8 @@ class FleetProcess(models.Model):
     stalled_timeout = models.FloatField(null=True, blank=True)
     started_at = models.DateTimeField()
     last_heartbeat = models.DateTimeField()
+    #: a child's pool (empty in rows written before pools: ``default``)
+    pool = models.CharField(max_length=255, null=True, blank=True)
 
     objects = ReadOnlyQuerySet.as_manager()
 
@@ -107,7 +109,8 @@ class FleetProcess(models.Model):
     def __str__(self) -> str:
         if self.kind == "supervisor":
             return f"supervisor {self.pid} on {self.host}"
-        return f"child {self.slot} (pid {self.pid}) on {self.host}"
+        pool = f" of pool {self.pool}" if self.pool else ""
+        return f"child {self.slot}{pool} (pid {self.pid}) on {self.host}"
 
     def save(self, *args: Any, **kwargs: Any) -> NoReturn:
         _read_only()
