@@ -573,3 +573,42 @@ def test_log_level_applies_under_logging(dj_fleet, django_db_url, level, seen, u
         if line and line["logger"].startswith("procrastinate.")
     }
     assert seen <= levels and not unseen & levels, levels
+
+
+def test_pools_of_the_setting_route_their_queues(dj_fleet, django_db_url):
+    """Issue 24, under Django: the setting's cpu pool (2 children) runs the
+    queue ``cpu``, its io pool (1 child, 10 jobs at once) the queue ``io``,
+    at least 5 at once; ``prefork_status --json`` names both pools."""
+    from .test_pools import POOLS, overlap, pools_of_children
+    from .test_pools import defer as defer_to
+
+    settings = json.dumps({"pools": POOLS})
+    start_worker(dj_fleet, PREFORK_TEST_PREFORK_SETTINGS=settings)
+    dj_fleet.wait_children(3)
+    by_pool = pools_of_children(dj_fleet)
+    assert len(by_pool["cpu"]) == 2 and len(by_pool["io"]) == 1, by_pool
+    cpu_ids = defer_to(django_db_url, "cpu", "demo_app.tasks.cpu_bound", 10, ms=20)
+    io_ids = defer_to(django_db_url, "io", "demo_app.tasks.async_sleep", 10, ms=1500)
+    wait_for(
+        lambda: (
+            {r["status"] for r in jobs(django_db_url, cpu_ids + io_ids)}
+            == {"succeeded"}
+        ),
+        timeout=60,
+        message="every job to succeed",
+    )
+    ran_by = {job_id: pid for job_id, _, pid in dj_fleet.marks("end")}
+    assert {ran_by[i] for i in cpu_ids} <= by_pool["cpu"]
+    assert {ran_by[i] for i in io_ids} <= by_pool["io"]
+    assert overlap(dj_fleet, io_ids) >= 5
+    out = subprocess.run(
+        manage("prefork_status", "--json"),
+        env=django_env(django_db_url, PREFORK_TEST_PREFORK_SETTINGS=settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    [supervisor] = json.loads(out.stdout)["supervisors"]
+    assert [p["name"] for p in supervisor["pools"]] == ["cpu", "io"]
+    assert sorted(c["pool"] for c in supervisor["children"]) == ["cpu", "cpu", "io"]
+    assert dj_fleet.stop() == 0

@@ -1,6 +1,7 @@
 """Several pools under one supervisor (issue 24), with real processes.
 
-The pools are given by ``tests.pools_main`` (``$PREFORK_TEST_POOLS``): a cpu
+The pools are given as the Django setting gives them (``tests.pools_main``,
+``$PREFORK_TEST_POOLS``), or by ``--pool`` where the test says so: a cpu
 pool of 2 children for the queue ``cpu``, an io pool of 1 child running 10
 jobs at once for the queue ``io``."""
 
@@ -14,6 +15,7 @@ import sys
 from typing import Any
 
 import psycopg
+import pytest
 
 from ..fleet_helper import APP, REPO, free_port, http_status, jobs, wait_for
 
@@ -24,9 +26,14 @@ POOLS = {
 
 
 def start(fleet, *args: str, pools: dict[str, Any] = POOLS, **kwargs: Any):
+    # no polling to speak of: a job starts because a notification woke its pool
+    pools = {
+        name: {"fetch_job_polling_interval": 30, **options}
+        for name, options in pools.items()
+    }
     env = {"PREFORK_TEST_POOLS": json.dumps(pools), **kwargs.pop("env", {})}
     command = [sys.executable, "-m", "tests.pools_main", "--app", APP, "worker"]
-    command += ["--fetch-job-polling-interval", "30", *args]
+    command += args
     return fleet.start(command=command, env=env, **kwargs)
 
 
@@ -50,6 +57,14 @@ def pools_of_children(fleet) -> dict[str, set[int]]:
     return pools
 
 
+def overlap(fleet, job_ids: list[int]) -> int:
+    """The most of these jobs that ran at once (their first runs): a job
+    started before another ended."""
+    starts, ends = fleet.mark_times("start"), fleet.mark_times("end")
+    runs = [(starts[(i, 0)], ends[(i, 0)]) for i in job_ids]
+    return max(sum(1 for start, end in runs if start <= t < end) for t, _ in runs)
+
+
 def status_json(fleet) -> dict[str, Any]:
     command = [sys.executable, "-m", "procrastinate_prefork.cli", "--app", APP]
     out = subprocess.run(
@@ -63,8 +78,18 @@ def status_json(fleet) -> dict[str, Any]:
     return json.loads(out.stdout)
 
 
-def test_each_pool_runs_its_own_queues(fleet, db_url):
-    start(fleet)
+#: the pools of POOLS as command-line flags
+POOL_FLAGS = ("--pool", "cpu=cpu:2", "--pool", "io=io:1:10")
+
+
+@pytest.mark.parametrize("form", ["setting", "flag"])
+def test_each_pool_runs_its_own_queues(fleet, db_url, form):
+    if form == "setting":
+        start(fleet)
+    else:
+        command = [sys.executable, "-m", "procrastinate_prefork.cli", "--app", APP]
+        command += ["worker", *POOL_FLAGS]
+        fleet.start(command=command)
     fleet.wait_children(3)
     by_pool = pools_of_children(fleet)
     assert len(by_pool["cpu"]) == 2 and len(by_pool["io"]) == 1, by_pool
@@ -78,14 +103,7 @@ def test_each_pool_runs_its_own_queues(fleet, db_url):
     ran_by = {job_id: pid for job_id, _, pid in fleet.marks("end")}
     assert {ran_by[i] for i in cpu_ids} <= by_pool["cpu"]
     assert {ran_by[i] for i in io_ids} <= by_pool["io"]
-    # at least 5 io jobs ran at once in the one io child: ends and starts
-    # overlap (a job started before another ended)
-    starts, ends = fleet.mark_times("start"), fleet.mark_times("end")
-    io_runs = [(starts[(i, 0)], ends[(i, 0)]) for i in io_ids]
-    overlapping = max(
-        sum(1 for start_, end in io_runs if start_ <= t < end) for t, _ in io_runs
-    )
-    assert overlapping >= 5, io_runs
+    assert overlap(fleet, io_ids) >= 5
     document = status_json(fleet)
     [supervisor] = document["supervisors"]
     assert [p["name"] for p in supervisor["pools"]] == ["cpu", "io"]
@@ -188,10 +206,14 @@ def test_ttin_steps_every_pool_and_hup_rolls_every_pool(fleet, db_url):
 
 def test_each_pool_autoscales_on_its_own_queues(fleet, db_url):
     pools = {
-        "cpu": {"queues": ["cpu"], "concurrency": 1, "autoscale": [1, 3]},
+        "cpu": {
+            "queues": ["cpu"],
+            "autoscale": [1, 3],
+            "autoscale_cooldown": 1,
+        },
         "io": {"queues": ["io"], "concurrency": 1, "child_concurrency": 2},
     }
-    start(fleet, "--autoscale-cooldown", "1", pools=pools)
+    start(fleet, pools=pools)
     fleet.wait_children(2)
     # a backlog on io (2 at once, 8 of 1 s: 4 s, autoscale looks every second)
     # is not the cpu pool's: it does not grow, nor does the fixed io pool
