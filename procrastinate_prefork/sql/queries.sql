@@ -14,6 +14,10 @@
 --   healthy for: "since < now() - make_interval(secs => timeout) AND
 --   timeout <= healthy_for" in "sup", dead_worker and stalled_jobs;
 -- * the job columns the recovery reads: worker_jobs and stalled_jobs;
+-- * a supervisor the status views select (host, queues, not stopped): "sel"
+--   in fleet_rows and fleet_summary; when it and a child are fresh (health.py's
+--   is_fresh and counts): fleet_summary (tests/integration/test_status_sql.py
+--   compares it with the rules in Python);
 -- * a job is a run's own while it is 'doing' in the attempt it fetched (a
 --   recovery adds one) under its worker, or under none (its worker row was
 --   deleted under it): finish_owned_job, retry_owned_job, job_still_owned,
@@ -235,8 +239,28 @@ GROUP BY s.id
 -- The fleet table's rows as the status views show them, live ones only if asked
 -- Ages are in seconds by the database's clock (so the clocks of the hosts do
 -- not matter); a child's stalled_timeout is its supervisor's. live_only leaves
--- out processes that stopped cleanly or were marked so by a prune. Runs on
--- psycopg and on Django's cursor alike.
+-- out processes that stopped cleanly or were marked so by a prune, and reads
+-- the live supervisors selected by host and queue (both optional; live_only
+-- only) and their children through indexes, not the stopped rows, which pile
+-- up until a prune (the branches of "picked" that do not apply are planned
+-- away: their conditions are constants). Runs on psycopg and on Django's
+-- cursor alike.
+WITH sel AS (
+    SELECT id FROM procrastinate_prefork_processes
+    WHERE kind = 'supervisor' AND state <> 'stopped'
+      AND (%(host)s::text IS NULL OR host = %(host)s::text)
+      AND (%(queue)s::text IS NULL OR COALESCE(cardinality(queues), 0) = 0
+           OR %(queue)s::text = ANY(queues))
+), picked AS (
+    SELECT id FROM procrastinate_prefork_processes WHERE NOT %(live_only)s
+    UNION ALL
+    SELECT id FROM sel WHERE %(live_only)s
+    UNION ALL
+    SELECT c.id FROM sel
+    JOIN procrastinate_prefork_processes AS c
+      ON c.supervisor_id = sel.id AND c.kind = 'child'
+    WHERE %(live_only)s
+)
 SELECT p.id, p.kind, p.host, p.pid, p.supervisor_id, p.slot, p.worker_id, p.state,
        p.job_id, p.task_name, p.jobs_done, p.restarts, p.rss_bytes, p.crash_loop,
        p.concurrency, p.queues, p.heartbeat_interval,
@@ -247,11 +271,45 @@ SELECT p.id, p.kind, p.host, p.pid, p.supervisor_id, p.slot, p.worker_id, p.stat
        EXTRACT(EPOCH FROM now() - p.job_started_at)::float8 AS job_age,
        EXTRACT(EPOCH FROM now() - p.written_at)::float8 AS as_of_age,
        p.finished_per_minute
-FROM procrastinate_prefork_processes AS p
+FROM picked
+JOIN procrastinate_prefork_processes AS p ON p.id = picked.id
 LEFT JOIN procrastinate_prefork_processes AS s ON s.id = p.supervisor_id
 WHERE NOT %(live_only)s
    OR (p.state <> 'stopped' AND COALESCE(s.state, '') <> 'stopped')
 ORDER BY p.host, COALESCE(p.supervisor_id, p.id), p.kind DESC, p.slot, p.id
+
+-- fleet_summary --
+-- The fleet's verdict facts in one row, for probes: no process listed
+-- Over the supervisors the status views would list (not stopped, selected by
+-- host and queue): how many are fresh (heard from within their
+-- --stalled-timeout, default_stale_after when they declared none), how many
+-- of their children are fresh and in a working state, and the fresh
+-- supervisors in a crash loop and the stale ones, in the listing's order.
+WITH sel AS (
+    SELECT id, host, pid, crash_loop,
+           EXTRACT(EPOCH FROM now() - last_heartbeat)::float8 AS heartbeat_age,
+           COALESCE(NULLIF(stalled_timeout, 0), %(default_stale_after)s::float8)
+               AS stale_after
+    FROM procrastinate_prefork_processes
+    WHERE kind = 'supervisor' AND state <> 'stopped'
+      AND (%(host)s::text IS NULL OR host = %(host)s::text)
+      AND (%(queue)s::text IS NULL OR COALESCE(cardinality(queues), 0) = 0
+           OR %(queue)s::text = ANY(queues))
+), judged AS (
+    SELECT sel.*, heartbeat_age <= stale_after AS fresh FROM sel
+)
+SELECT (SELECT count(*) FROM judged WHERE fresh) AS fresh_supervisors,
+       (SELECT count(*) FROM judged AS j
+        JOIN procrastinate_prefork_processes AS c
+          ON c.supervisor_id = j.id AND c.kind = 'child'
+        WHERE j.fresh AND c.state = ANY(%(working_states)s::text[])
+          AND EXTRACT(EPOCH FROM now() - c.last_heartbeat)::float8 <= j.stale_after
+       ) AS fresh_children,
+       (SELECT COALESCE(jsonb_agg(jsonb_build_array(pid, host) ORDER BY host, id), '[]')
+        FROM judged WHERE fresh AND crash_loop) AS crash_loops,
+       (SELECT COALESCE(jsonb_agg(jsonb_build_array(pid, host, heartbeat_age)
+                                  ORDER BY host, id), '[]')
+        FROM judged WHERE NOT fresh) AS stale
 
 -- worker_jobs --
 -- Lock the doing jobs of workers known dead, with the args of the timed-out ones

@@ -129,3 +129,11 @@ CREATE TABLE IF NOT EXISTS procrastinate_prefork_events (
 -- every todo job of every queue instead).
 CREATE INDEX IF NOT EXISTS procrastinate_prefork_jobs_todo_queue_id_idx
     ON procrastinate_jobs ((queue_name::text || ''), id) WHERE status = 'todo';
+
+-- The supervisors the status views and probes read (not stopped), by host:
+-- stopped rows of old processes pile up until a prune, and a probe must not
+-- read them all (benchmarks/fleetstatus.py). Their children are found by the
+-- slot index (supervisor_id first).
+CREATE INDEX IF NOT EXISTS procrastinate_prefork_processes_live_idx
+    ON procrastinate_prefork_processes (host, id)
+    WHERE kind = 'supervisor' AND state <> 'stopped';

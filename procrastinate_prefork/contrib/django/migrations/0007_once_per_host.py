@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from django.db import migrations
+
+# The same DDL as in procrastinate_prefork/sql/schema.sql (which 0001 runs
+# whole, so on a new install it exists already: IF NOT EXISTS).
+FORWARD = """
+CREATE INDEX IF NOT EXISTS procrastinate_prefork_processes_live_idx
+    ON procrastinate_prefork_processes (host, id)
+    WHERE kind = 'supervisor' AND state <> 'stopped';
+"""
+
+REVERSE = """
+DROP INDEX IF EXISTS procrastinate_prefork_processes_live_idx;
+"""
+
+
+class Migration(migrations.Migration):
+    dependencies = [("procrastinate_prefork", "0006_live_page")]
+
+    operations = [migrations.RunSQL(sql=FORWARD, reverse_sql=REVERSE)]
