@@ -108,9 +108,36 @@ SELECT pg_notify('procrastinate_queue_v1#' || %s, %s),
 pg_notify('procrastinate_any_queue_v1', %s)
 
 -- queue_jobs --
--- Jobs waiting and running, by queue (the queue depth metric)
-SELECT queue_name, status::text, count(*) FROM procrastinate_jobs
-WHERE status IN ('todo', 'doing') GROUP BY queue_name, status
+-- The queue depth metric's counts: counted for the fleet if due, else as published
+-- Jobs waiting and running by queue, counted by one supervisor for the fleet
+-- (the first whose turn comes once the published counts are older than the
+-- given interval, in seconds) and published in the sweep table's row; the
+-- others get the published counts and their age. The count is the UPDATE's
+-- init plan, run only when the row is claimed. The row is seeded at the
+-- first call (the next one claims it).
+WITH seeded AS (
+    INSERT INTO procrastinate_prefork_sweep (id, swept_at)
+    SELECT 1, '-infinity' WHERE NOT EXISTS (SELECT FROM procrastinate_prefork_sweep)
+    ON CONFLICT (id) DO NOTHING
+), counted AS (
+    UPDATE procrastinate_prefork_sweep
+    SET queue_jobs = (
+            SELECT COALESCE(jsonb_agg(jsonb_build_array(queue_name, status, n)),
+                            '[]')
+            FROM (SELECT queue_name, status::text AS status, count(*) AS n
+                  FROM procrastinate_jobs WHERE status IN ('todo', 'doing')
+                  GROUP BY queue_name, status) AS by_queue
+        ),
+        queue_jobs_at = now(), queue_jobs_by = %(supervisor_id)s
+    WHERE id = 1 AND (queue_jobs_at IS NULL
+                      OR queue_jobs_at < now() - make_interval(secs => %(interval)s))
+    RETURNING queue_jobs
+)
+SELECT queue_jobs, 0.0::float8 AS age, true AS counted FROM counted
+UNION ALL
+SELECT queue_jobs, EXTRACT(EPOCH FROM now() - queue_jobs_at)::float8, false
+FROM procrastinate_prefork_sweep
+WHERE queue_jobs IS NOT NULL AND NOT EXISTS (SELECT FROM counted)
 
 -- heartbeat --
 -- Write a supervisor's row, its children's rows and their workers' heartbeats

@@ -137,3 +137,11 @@ CREATE INDEX IF NOT EXISTS procrastinate_prefork_jobs_todo_queue_id_idx
 CREATE INDEX IF NOT EXISTS procrastinate_prefork_processes_live_idx
     ON procrastinate_prefork_processes (host, id)
     WHERE kind = 'supervisor' AND state <> 'stopped';
+
+-- The queue depth metric's counts, counted by one supervisor for the fleet
+-- once per heartbeat interval (they read procrastinate's job table) and read
+-- from here by the others: which supervisor wrote them, and when.
+ALTER TABLE procrastinate_prefork_sweep
+    ADD COLUMN IF NOT EXISTS queue_jobs jsonb,
+    ADD COLUMN IF NOT EXISTS queue_jobs_at timestamptz,
+    ADD COLUMN IF NOT EXISTS queue_jobs_by bigint;
