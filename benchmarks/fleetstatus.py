@@ -5,22 +5,25 @@ children all alive (the fleet of benchmarks/bigtables.py), and ``stopped``,
 50 live supervisors x 16 children among 950 stopped ones and their children
 (many hosts' old rows, before a prune). Each way of reading the fleet is timed
 per call, client side, through the same functions the commands and the views
-call (median and max of ``--calls``, after one warm-up call).
+call (median of ``--calls``, after one warm-up call), in a process of its
+own for each code measured.
 
-Works on an older checkout too (``PYTHONPATH=<checkout> python
-benchmarks/fleetstatus.py``), which reads every row for every case: the
-figures before and after a change come from the same script.
+``--before DIR`` measures another checkout too (its package, its schema),
+interleaved with this one, ``--reps`` times: a checkout from before this
+benchmark existed reads every row for every case.
 
-    .venv/bin/python benchmarks/fleetstatus.py [--calls N] [--out FILE]
+    .venv/bin/python benchmarks/fleetstatus.py [--before DIR] [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import io
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -110,31 +113,92 @@ def time_calls(run: Callable[[], Any], calls: int) -> dict[str, float]:
     return {"median_ms": statistics.median(times), "max_ms": max(times)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=30)
-    parser.add_argument("--out", default=None, help="also write JSON here")
-    args = parser.parse_args(argv)
+def measure(calls: int) -> dict[str, dict[str, float]]:
+    """Every case on both fleet tables, with the code this process imports."""
     databases = harness.Databases(os.environ["DATABASE_URL"])
     databases.create_template()
-    results: dict[str, Any] = {"code": str(Path(status.__file__).parents[2])}
+    results: dict[str, dict[str, float]] = {}
     try:
         for shape, live in SHAPES.items():
             with databases.fresh() as url, harness.connect(url) as conn:
                 for statement in FILL.split(";\n"):
                     conn.execute(statement, {"live": live})  # type: ignore[arg-type]
                 for name, run in cases(conn).items():
-                    figures = time_calls(run, args.calls)
-                    results[f"{shape}: {name}"] = figures
-                    print(
-                        f"{shape:8} {name:46} {figures['median_ms']:8.2f} ms "
-                        f"(max {figures['max_ms']:.2f})",
-                        flush=True,
-                    )
+                    results[f"{shape}: {name}"] = time_calls(run, calls)
     finally:
         databases.drop_template()
+    return results
+
+
+def _git(path: Path, *args: str) -> str:
+    out = subprocess.run(
+        ["git", "-C", str(path), *args], capture_output=True, text=True, check=False
+    )
+    return out.stdout.strip() or "?"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=30)
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--before", type=Path, default=None)
+    parser.add_argument("--out", default=None, help="also write JSON here")
+    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.measure:  # one code, in this process: JSON on stdout
+        print(json.dumps(measure(args.calls)))
+        return 0
+    if not os.environ.get("DATABASE_URL"):
+        print("fleetstatus.py: set DATABASE_URL", file=sys.stderr)
+        return 2
+    codes = {"after": REPO}
+    if args.before is not None:
+        codes = {"before": args.before.resolve(), **codes}
+    started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(
+        timespec="seconds"
+    )
+    runs: dict[str, list[dict[str, dict[str, float]]]] = {n: [] for n in codes}
+    for rep in range(args.reps):
+        for name, code in codes.items():  # interleaved
+            out = subprocess.run(
+                [sys.executable, __file__, "--measure", "--calls", str(args.calls)],
+                cwd=code,
+                env={**os.environ, "PYTHONPATH": str(code)},
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            runs[name].append(json.loads(out.stdout))
+            print(f"rep {rep} {name}: done", file=sys.stderr, flush=True)
+    cases_ms = {
+        case: {
+            name: statistics.median(r[case]["median_ms"] for r in runs[name])
+            for name in codes
+        }
+        for case in runs["after"][0]
+    }
+    for case, figures in cases_ms.items():
+        shown = "  ".join(f"{n} {ms:8.2f} ms" for n, ms in figures.items())
+        print(f"{case:58} {shown}")
+    data = {
+        "command": os.environ.get("BENCH_COMMAND")
+        or "benchmarks/fleetstatus.py " + " ".join(argv or sys.argv[1:]),
+        "started_at": started_at,
+        "server": harness.Databases(os.environ["DATABASE_URL"]).server_version(),
+        "load_average": list(os.getloadavg()),
+        "calls": args.calls,
+        "reps": args.reps,
+        "codes": {
+            name: {
+                "path": str(code),
+                "commit": _git(code, "rev-parse", "--short", "HEAD"),
+            }
+            for name, code in codes.items()
+        },
+        "median_ms": cases_ms,
+    }
     if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        Path(args.out).write_text(json.dumps(data, indent=2) + "\n")
     return 0
 
 

@@ -9,8 +9,8 @@ docs/benchmarks.md and docs/benchmarks.png.
 
 Scenarios (``--only``): cpu50, cpu20, noop_sync, noop_async, sleep50,
 lifecycle (start-up, memory, sessions, shutdown at N = 1, 4, 8), recovery;
-and, only when named, bigtables, pgbouncer, profile and fleetwrites
-(benchmarks/<name>.py, each writing docs/benchmarks-<name>.json).
+and, only when named, bigtables, pgbouncer, profile, fleetwrites and
+fleetstatus (benchmarks/<name>.py, each writing docs/benchmarks-<name>.json).
 DATABASE_URL must point at a PostgreSQL the harness may create databases in
 (``scripts/bench.sh`` starts a throwaway one).
 """
@@ -43,7 +43,14 @@ from benchmarks.work import calibrate
 ALL = ("cpu50", "cpu20", "noop_sync", "noop_async", "sleep50", "lifecycle", "recovery")
 #: run only when named in --only; each writes docs/benchmarks-<name>.json, whose
 #: section benchmarks.md gets at its next rendering
-STANDALONE = ("bigtables", "pgbouncer", "profile", "fleetwrites", "dbcost")
+STANDALONE = (
+    "bigtables",
+    "pgbouncer",
+    "profile",
+    "fleetwrites",
+    "fleetstatus",
+    "dbcost",
+)
 
 
 def _csv(kind: type) -> Any:
