@@ -107,7 +107,10 @@ def judge(
     supervisor listed), from one row however big the fleet table is."""
     selected = {"host": query.host, "queue": query.queue}
     if listing:
-        rows = read(queries.get("fleet_rows"), {**selected, "live_only": True})
+        if query.host is None and query.queue is None:
+            rows = read(queries.get("fleet_rows"), {"live_only": True})
+        else:
+            rows = read(queries.get("fleet_rows_selected"), selected)
         return health.fleet_health(snapshot.from_rows(rows), query)
     [row] = read(
         queries.get("fleet_summary"),

@@ -179,8 +179,7 @@ def fetch_fleet(
     """The fleet table's rows (query ``fleet_rows``), all of them by default."""
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(
-            queries.get("fleet_rows"),
-            {"live_only": live_only, "host": None, "queue": None},
+            queries.get("fleet_rows"), {"live_only": live_only}
         ).fetchall()
 
 

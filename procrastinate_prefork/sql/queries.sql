@@ -14,8 +14,10 @@
 --   healthy for: "since < now() - make_interval(secs => timeout) AND
 --   timeout <= healthy_for" in "sup", dead_worker and stalled_jobs;
 -- * the job columns the recovery reads: worker_jobs and stalled_jobs;
+-- * the columns of fleet_rows and fleet_rows_selected (snapshot.from_rows
+--   reads them);
 -- * a supervisor the status views select (host, queues, not stopped): "sel"
---   in fleet_rows and fleet_summary; when it and a child are fresh (health.py's
+--   in fleet_rows_selected and fleet_summary; when it and a child are fresh (health.py's
 --   is_fresh and counts): fleet_summary (tests/integration/test_status_sql.py
 --   compares it with the rules in Python);
 -- * a job is a run's own while it is 'doing' in the attempt it fetched (a
@@ -266,12 +268,32 @@ GROUP BY s.id
 -- The fleet table's rows as the status views show them, live ones only if asked
 -- Ages are in seconds by the database's clock (so the clocks of the hosts do
 -- not matter); a child's stalled_timeout is its supervisor's. live_only leaves
--- out processes that stopped cleanly or were marked so by a prune, and reads
--- the live supervisors selected by host and queue (both optional; live_only
--- only) and their children through indexes, not the stopped rows, which pile
--- up until a prune (the branches of "picked" that do not apply are planned
--- away: their conditions are constants). Runs on psycopg and on Django's
--- cursor alike.
+-- out processes that stopped cleanly or were marked so by a prune. Runs on
+-- psycopg and on Django's cursor alike.
+SELECT p.id, p.kind, p.host, p.pid, p.supervisor_id, p.slot, p.worker_id, p.state,
+       p.job_id, p.task_name, p.jobs_done, p.restarts, p.rss_bytes, p.crash_loop,
+       p.concurrency, p.queues, p.heartbeat_interval,
+       COALESCE(p.stalled_timeout, s.stalled_timeout) AS stalled_timeout,
+       p.started_at, p.last_heartbeat,
+       EXTRACT(EPOCH FROM now() - p.last_heartbeat)::float8 AS heartbeat_age,
+       EXTRACT(EPOCH FROM now() - p.started_at)::float8 AS uptime,
+       EXTRACT(EPOCH FROM now() - p.job_started_at)::float8 AS job_age,
+       EXTRACT(EPOCH FROM now() - p.written_at)::float8 AS as_of_age,
+       p.finished_per_minute
+FROM procrastinate_prefork_processes AS p
+LEFT JOIN procrastinate_prefork_processes AS s ON s.id = p.supervisor_id
+WHERE NOT %(live_only)s
+   OR (p.state <> 'stopped' AND COALESCE(s.state, '') <> 'stopped')
+ORDER BY p.host, COALESCE(p.supervisor_id, p.id), p.kind DESC, p.slot, p.id
+
+-- fleet_rows_selected --
+-- The live rows of fleet_rows of the supervisors a host or a queue selects
+-- The same columns, in the same order, as fleet_rows with live_only (a
+-- statement of its own: inside fleet_rows, the condition "neither given, or
+-- selected" keeps PostgreSQL from planning the selection as a join, and it
+-- reads every row). The live supervisors selected, through the index of live
+-- supervisors, and their children, through the slot index: never the other
+-- rows, stopped ones included, which pile up until a prune.
 WITH sel AS (
     SELECT id FROM procrastinate_prefork_processes
     WHERE kind = 'supervisor' AND state <> 'stopped'
@@ -279,14 +301,12 @@ WITH sel AS (
       AND (%(queue)s::text IS NULL OR COALESCE(cardinality(queues), 0) = 0
            OR %(queue)s::text = ANY(queues))
 ), picked AS (
-    SELECT id FROM procrastinate_prefork_processes WHERE NOT %(live_only)s
-    UNION ALL
-    SELECT id FROM sel WHERE %(live_only)s
+    SELECT id FROM sel
     UNION ALL
     SELECT c.id FROM sel
     JOIN procrastinate_prefork_processes AS c
       ON c.supervisor_id = sel.id AND c.kind = 'child'
-    WHERE %(live_only)s
+    WHERE c.state <> 'stopped'
 )
 SELECT p.id, p.kind, p.host, p.pid, p.supervisor_id, p.slot, p.worker_id, p.state,
        p.job_id, p.task_name, p.jobs_done, p.restarts, p.rss_bytes, p.crash_loop,
@@ -301,8 +321,6 @@ SELECT p.id, p.kind, p.host, p.pid, p.supervisor_id, p.slot, p.worker_id, p.stat
 FROM picked
 JOIN procrastinate_prefork_processes AS p ON p.id = picked.id
 LEFT JOIN procrastinate_prefork_processes AS s ON s.id = p.supervisor_id
-WHERE NOT %(live_only)s
-   OR (p.state <> 'stopped' AND COALESCE(s.state, '') <> 'stopped')
 ORDER BY p.host, COALESCE(p.supervisor_id, p.id), p.kind DESC, p.slot, p.id
 
 -- fleet_summary --
