@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec="seconds"
     )
+    load_average = list(os.getloadavg())
     runs: dict[str, list[dict[str, dict[str, float]]]] = {n: [] for n in codes}
     for rep in range(args.reps):
         for name, code in codes.items():  # interleaved
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         or "benchmarks/fleetstatus.py " + " ".join(argv or sys.argv[1:]),
         "started_at": started_at,
         "server": harness.Databases(os.environ["DATABASE_URL"]).server_version(),
-        "load_average": list(os.getloadavg()),
+        "load_average": load_average,
         "calls": args.calls,
         "reps": args.reps,
         "codes": {
