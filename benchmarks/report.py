@@ -1180,6 +1180,37 @@ def fleetwrites_section(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+def fleetstatus_section(d: dict[str, Any]) -> list[str]:
+    codes = ", ".join(
+        f"{name} = {c['commit'] if c['commit'] != '?' else c['path']}"
+        for name, c in d["codes"].items()
+    )
+    load = " / ".join(f"{x:.2f}" for x in d["load_average"])
+    names = list(d["codes"])
+    lines = [
+        "## Status and the health view",
+        "",
+        _para(f"""`status` and the Django health view on a fleet table of
+              17,000 rows: "live", 1,000 supervisors x 16 children all alive;
+              "stopped", 50 live supervisors x 16 children among 950 stopped
+              ones and their children (old rows before a prune). Per call,
+              client side, through the functions the commands and the views
+              call: median of {d["calls"]} calls after one warm-up, median of
+              {d["reps"]} repetitions, the codes interleaved, each in a process
+              of its own. Command: `{d["command"]}`; {d["started_at"]};
+              PostgreSQL {d["server"]}; {codes}; load average at the start
+              {load} (a shared machine: compare within the run)."""),
+        "",
+        "| fleet table: case | " + " | ".join(f"{n} ms/call" for n in names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for case, figures in d["median_ms"].items():
+        cells = " | ".join(f"{figures[n]:.2f}" for n in names)
+        lines.append(f"| {case} | {cells} |")
+    lines.append("")
+    return lines
+
+
 def dbcost_section(d: dict[str, Any]) -> list[str]:
     s = d["summary"]
     lines = [
@@ -1269,6 +1300,7 @@ SIDE_FILES = (
     ("benchmarks-pgbouncer.json", pgbouncer_section),
     ("benchmarks-profile.json", profile_section),
     ("benchmarks-fleetwrites.json", fleetwrites_section),
+    ("benchmarks-fleetstatus.json", fleetstatus_section),
     ("benchmarks-dbcost.json", dbcost_section),
     ("benchmarks-mixed.json", mixed_section),
 )

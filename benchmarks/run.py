@@ -9,8 +9,8 @@ docs/benchmarks.md and docs/benchmarks.png.
 
 Scenarios (``--only``): cpu50, cpu20, noop_sync, noop_async, sleep50,
 lifecycle (start-up, memory, sessions, shutdown at N = 1, 4, 8), recovery;
-and, only when named, bigtables, pgbouncer, profile and fleetwrites
-(benchmarks/<name>.py, each writing docs/benchmarks-<name>.json).
+and, only when named, bigtables, pgbouncer, profile, fleetwrites and
+fleetstatus (benchmarks/<name>.py, each writing docs/benchmarks-<name>.json).
 DATABASE_URL must point at a PostgreSQL the harness may create databases in
 (``scripts/bench.sh`` starts a throwaway one).
 """
@@ -48,6 +48,7 @@ STANDALONE = (
     "pgbouncer",
     "profile",
     "fleetwrites",
+    "fleetstatus",
     "dbcost",
     "mixed",
 )

@@ -130,12 +130,12 @@ def _status(bootstrap: Bootstrap, args: argparse.Namespace) -> int:
         print(f"procrastinate-prefork: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
-    def fetch() -> list[dict[str, Any]]:
+    def read(statement: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         with db.connect(bootstrap.connection_args(), "prefork:status") as conn:
-            return status.fetch_rows_psycopg(conn)
+            return status.psycopg_reader(conn)(statement, params)
 
     return status.report(
-        fetch,
+        read,
         query,
         as_json=args.as_json,
         check=args.check,

@@ -2,8 +2,8 @@
 
 Supported: procrastinate 3.9 and later 3.x (3.9 added ``worker_middleware``,
 which the child uses to report its current job); tested against 3.9 and 3.10.
-If procrastinate changes one of these, this module is the only one to adapt, and
-``tests/unit/test_compat.py`` is the test that says so.
+If procrastinate changes one of these, this module (and ``compat_worker``, the
+Worker's own) is the only one to adapt; ``tests/unit/test_compat.py`` says so.
 """
 
 from __future__ import annotations

@@ -18,10 +18,12 @@
 # minutes), --only profile (py-spy; root or ptrace allowed, 1 minute),
 # --only fleetwrites (the fleet table's writes per second, busy and idle, about
 # 5 minutes; run benchmarks/fleetwrites.py --before DIR to compare with another
-# checkout); --only dbcost (transactions and statements per job; starts its own
-# throwaway server with log_statement = 'all' on port 54393, under a minute);
-# --only mixed (CPU and I/O queues: one fleet of two pools against two fleets
-# and stock procrastinate, about 3 minutes).
+# checkout); --only fleetstatus (status and the health view on a fleet table
+# of 17,000 rows, about 2 minutes; benchmarks/fleetstatus.py --before DIR
+# compares with another checkout); --only dbcost (transactions and statements
+# per job; starts its own throwaway server with log_statement = 'all' on port
+# 54393, under a minute); --only mixed (CPU and I/O queues: one fleet of two
+# pools against two fleets and stock procrastinate, about 3 minutes).
 # Each writes docs/benchmarks-<name>.json; its section in docs/benchmarks.md
 # comes with the next rendering (--render-only, or a full run).
 set -euo pipefail

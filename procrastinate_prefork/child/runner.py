@@ -19,7 +19,7 @@ from typing import Any
 
 import setproctitle
 
-from .. import compat, compat_fetches
+from .. import compat, compat_fetches, compat_worker
 from ..config import PreforkConfig
 from ..config.pools import DEFAULT_POOL
 from ..observability import jsonlog, logfiles, redact
@@ -190,6 +190,11 @@ async def _serve(spec: ChildSpec) -> int:
                 tracker.soft.async_middleware,
             ]
         worker = compat.make_worker(app, **options)
+        compat_worker.gate_periodic_deferrer(
+            worker,
+            lambda: spec.scoreboard.deferrer() == pid,
+            _deferrer_changed(spec.slot),
+        )
         tracker.worker = worker
         if spec.on_start is not None:
             spec.on_start(slot=spec.slot, pid=pid)
@@ -220,6 +225,24 @@ def _fetch_next(tracker: JobTracker) -> Callable[[], tuple[Any, int] | None]:
         return worker.queues, worker.worker_id
 
     return where
+
+
+def _deferrer_changed(slot: int) -> Callable[[bool], None]:
+    def changed(running: bool) -> None:
+        if running:
+            logger.info(
+                "Child %s runs the periodic deferrer",
+                slot,
+                extra={"action": "periodic_deferrer_started", "slot": slot},
+            )
+        else:
+            logger.info(
+                "Child %s no longer runs the periodic deferrer",
+                slot,
+                extra={"action": "periodic_deferrer_stopped", "slot": slot},
+            )
+
+    return changed
 
 
 def _reopen_logs(slot: int) -> None:

@@ -106,7 +106,9 @@ class Scoreboard:
         self.size = size
         self.jobs_per_slot = max(1, jobs_per_slot)
         self.stride = _HEADER.size + self.jobs_per_slot * _ENTRY.size
-        self._mem = mmap.mmap(-1, max(1, size) * self.stride)
+        # after the slots: the pid of the child that runs the periodic deferrer
+        self._deferrer_offset = max(1, size) * self.stride
+        self._mem = mmap.mmap(-1, self._deferrer_offset + 8)
         #: each slot's finished jobs, for the metrics
         self.finished = JobRing(size)
 
@@ -135,6 +137,14 @@ class Scoreboard:
             0,
             0,
         )
+
+    def set_deferrer(self, pid: int) -> None:
+        """Which child runs procrastinate's periodic deferrer (0: none). One
+        aligned 8-byte write: a child reads the old pid or the new one."""
+        struct.pack_into("<q", self._mem, self._deferrer_offset, pid)
+
+    def deferrer(self) -> int:
+        return int(struct.unpack_from("<q", self._mem, self._deferrer_offset)[0])
 
     def set_pid(self, slot: int, pid: int) -> None:
         struct.pack_into("<q", self._mem, slot * self.stride + 8, pid)

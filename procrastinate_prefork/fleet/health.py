@@ -1,16 +1,8 @@
 """Health rules, as pure functions of the facts: no I/O, no clock reads.
 
-Two audiences ask:
-
-- the **fleet** view (Django view, ``status`` command, django-health-check):
-  the fleet table read into snapshots (``snapshot.from_rows``), with ages
-  computed by the database, decides whether the fleet as a whole can run jobs;
-- the **probe port** of one supervisor (``/live``, ``/ready``, ``/status``):
-  what the supervisor knows of its own children, from its scoreboard.
-
-Everything returned here is meant to be shown: it holds no job arguments, no
-DSN, no password (the fleet table holds none; the supervisor facts are
-whitelisted fields).
+For the **fleet** (``status``, the Django views: the fleet table) and the
+**probe port** of one supervisor (its scoreboard). All of it is meant to be
+shown: no job arguments, DSN or password (whitelisted fields only).
 """
 
 from __future__ import annotations
@@ -292,9 +284,7 @@ def fleet_health(
     """
     query = query or FleetQuery()
     supervisors: list[FleetSnapshot] = []
-    fresh_supervisors = fresh_children = 0
-    crash_loops: list[str] = []
-    warnings: list[str] = []
+    fresh_children = 0
     for listed in fleet:
         if listed.phase == "stopped" or not query.matches(listed):
             continue
@@ -304,17 +294,22 @@ def fleet_health(
         )
         supervisors.append(supervisor)
         fresh_children += sum(counts(supervisor, c) for c in supervisor.children)
-        name = f"supervisor pid {supervisor.pid} on {supervisor.host}"
-        if not is_fresh(supervisor):
-            # Shown, not failed on by itself: its jobs go back to the queue
-            # through the others' sweeps, and min_children counts what is left.
-            warnings.append(
-                f"{name} has sent no heartbeat for {supervisor.heartbeat_age:.0f} s"
-            )
-        else:
-            fresh_supervisors += 1
-            if supervisor.crash_looping:
-                crash_loops.append(f"{name} is in a crash loop")
+    fresh = [s for s in supervisors if is_fresh(s)]
+    crashes = [(s.pid, s.host) for s in fresh if s.crash_looping]
+    stale = [(s.pid, s.host, s.heartbeat_age) for s in supervisors if not is_fresh(s)]
+    return verdict(query, len(fresh), fresh_children, crashes, stale, supervisors)
+
+
+def verdict(
+    query: FleetQuery,
+    fresh_supervisors: int,
+    fresh_children: int,
+    crash_loops: Iterable[tuple[int, str]],
+    stale: Iterable[tuple[int, str, float]],
+    supervisors: Sequence[FleetSnapshot] = (),
+) -> FleetHealth:
+    """The verdict from the counts, the (pid, host) of fresh supervisors in a
+    crash loop and the (pid, host, heartbeat age) of stale ones."""
     problems: list[str] = []
     if not fresh_supervisors:
         problems.append("no fresh supervisor" + _scope(query))
@@ -323,7 +318,15 @@ def fleet_health(
             f"{fresh_children} fresh child(ren), fewer than min_children="
             f"{query.min_children}"
         )
-    problems.extend(crash_loops)
+    problems.extend(
+        f"supervisor pid {p} on {h} is in a crash loop" for p, h in crash_loops
+    )
+    # Stale ones are shown, not failed on by themselves: their jobs go back to
+    # the queue through the others' sweeps, and min_children counts the rest.
+    warnings = [
+        f"supervisor pid {p} on {h} has sent no heartbeat for {age:.0f} s"
+        for p, h, age in stale
+    ]
     return FleetHealth(
         healthy=not problems,
         problems=tuple(problems),

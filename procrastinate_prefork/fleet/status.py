@@ -1,20 +1,23 @@
 """The fleet status, for people (a table) and machines (JSON, an exit code).
 
 Shared by ``procrastinate-prefork --app X status`` and ``manage.py
-prefork_status``; the rows come from the named query ``fleet_rows`` (through
-psycopg or Django's connection) and are read into snapshots
-(``snapshot.from_rows``), the verdict from ``health.fleet_health``.
+prefork_status`` (and the Django views, through ``judge``); the rows come from
+the named query ``fleet_rows`` (through psycopg or Django's connection),
+selected by host and queue in the database, and are read into snapshots
+(``snapshot.from_rows``), the verdict from ``health.fleet_health``. What lists
+no process (``--check``, an anonymous health view, django-health-check) reads
+the verdict's facts only, counted in the database (``fleet_summary``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 from .. import errors
-from . import health, snapshot
+from . import health, queries, snapshot
 from . import table as fleet
 
 EXIT_HEALTHY = 0
@@ -80,12 +83,60 @@ def query_from_args(args: argparse.Namespace | Mapping[str, Any]) -> health.Flee
     )
 
 
+#: runs a statement (a named query) with its parameters; its rows, as dicts
+Reader = Callable[[str, Mapping[str, Any]], list[dict[str, Any]]]
+
+
 def fetch_rows_psycopg(conn: Any) -> list[dict[str, Any]]:
     return fleet.fetch_fleet(conn, live_only=True)
 
 
+def psycopg_reader(conn: Any) -> Reader:
+    from psycopg.rows import dict_row
+
+    def read(statement: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        with conn.cursor(row_factory=dict_row) as cur:
+            return list(cur.execute(statement, params).fetchall())
+
+    return read
+
+
+def judge(
+    read: Reader, query: health.FleetQuery, *, listing: bool
+) -> health.FleetHealth:
+    """The fleet's health; without ``listing``, its verdict only (no
+    supervisor listed), from one row however big the fleet table is."""
+    selected = {"host": query.host, "queue": query.queue}
+    if listing:
+        if query.host is None and query.queue is None:
+            rows = read(queries.get("fleet_rows"), {"live_only": True})
+        else:
+            rows = read(queries.get("fleet_rows_selected"), selected)
+        return health.fleet_health(snapshot.from_rows(rows), query)
+    [row] = read(
+        queries.get("fleet_summary"),
+        {
+            **selected,
+            "default_stale_after": health.DEFAULT_STALE_AFTER,
+            "working_states": sorted(health.WORKING_STATES),
+        },
+    )
+    return health.verdict(
+        query,
+        int(row["fresh_supervisors"]),
+        int(row["fresh_children"]),
+        [(int(pid), host) for pid, host in _decoded(row["crash_loops"])],
+        [(int(pid), host, float(age)) for pid, host, age in _decoded(row["stale"])],
+    )
+
+
+def _decoded(value: Any) -> list[Any]:
+    """A jsonb array: decoded by psycopg, a string through Django's cursor."""
+    return list(json.loads(value) if isinstance(value, str) else value)
+
+
 def report(
-    fetch: Callable[[], Iterable[Mapping[str, Any]]],
+    read: Reader,
     query: health.FleetQuery,
     *,
     as_json: bool,
@@ -98,14 +149,13 @@ def report(
     error is one line on ``err`` (with ``schema_hint`` when the table does not
     exist) and counts as unhealthy."""
     try:
-        rows = list(fetch())
+        result = judge(read, query, listing=not check)
     except Exception as exc:  # psycopg or Django database errors
         first = errors.one_line(exc)
         if schema_hint and _undefined_table(exc):
             first += f" ({schema_hint})"
         err.write(f"error: cannot read the fleet table: {first}\n")
         return EXIT_UNHEALTHY
-    result = health.fleet_health(snapshot.from_rows(rows), query)
     if as_json:
         out.write(json.dumps(result.as_dict(), indent=2) + "\n")
     elif check:

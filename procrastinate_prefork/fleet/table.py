@@ -185,6 +185,25 @@ def fetch_fleet(
         ).fetchall()
 
 
+def queue_jobs(
+    conn: psycopg.Connection, *, supervisor_id: int, interval: float
+) -> tuple[list[tuple[str, str, int]], float, bool] | None:
+    """The queue depth metric's ``(queue, status, count)`` rows, their age in
+    seconds, and whether this call counted them (query ``queue_jobs``: one
+    supervisor counts for the fleet per ``interval``); None before any count."""
+    row = conn.execute(
+        queries.get("queue_jobs"),
+        {"supervisor_id": supervisor_id, "interval": interval},
+    ).fetchone()
+    if row is None:
+        return None
+    published, age, counted = row
+    if isinstance(published, str):
+        published = json.loads(published)
+    rows = [(str(q), str(s), int(n)) for q, s, n in published]
+    return rows, float(age), bool(counted)
+
+
 def count_runnable(conn: psycopg.Connection, queues: Sequence[str] | None) -> int:
     """Runnable ``todo`` jobs in our queues (capped: only "how many more")."""
     if queues:

@@ -124,6 +124,8 @@ class Totals:
     lost_records: int = 0
     #: (queue, status) -> jobs, as last read from the database (None: never)
     queue_jobs: dict[tuple[str, str], int] | None = None
+    #: when they were counted (``wall`` clock): one supervisor counts for all
+    queue_jobs_counted_at: float = 0.0
     #: the (queue, task) pairs that have series of their own
     pairs: set[tuple[str, str]] = dataclasses.field(default_factory=set)
     #: metrics whose label limit was reached (logged once each)
@@ -181,12 +183,16 @@ class Totals:
     def exited(self, cause: str) -> None:
         self.exits[cause] = self.exits.get(cause, 0) + 1
 
-    def read_queue_depth(self, rows: Iterable[tuple[str, str, int]]) -> None:
-        """Keep the ``queue_jobs`` rows just read, capped like the jobs."""
+    def read_queue_depth(
+        self, rows: Iterable[tuple[str, str, int]], age: float = 0.0
+    ) -> None:
+        """Keep the ``queue_jobs`` rows just read, counted ``age`` seconds
+        ago, capped like the jobs."""
         counts, capped = queue_counts(rows, self.label_limit)
         if capped:
             self._capped(f"{PREFIX}_queue_jobs")
         self.queue_jobs = counts
+        self.queue_jobs_counted_at = self.wall() - age
 
 
 def _families(snapshot: FleetSnapshot, totals: Totals) -> Iterator[Any]:
@@ -278,6 +284,11 @@ def _families(snapshot: FleetSnapshot, totals: Totals) -> Iterator[Any]:
         for (queue, status), count in sorted(totals.queue_jobs.items()):
             depth.add_metric([queue, status], count)
         yield depth
+        yield GaugeMetricFamily(
+            f"{PREFIX}_queue_jobs_age_seconds",
+            "Seconds since queue_jobs was counted (by one supervisor of the fleet)",
+            value=max(0.0, totals.wall() - totals.queue_jobs_counted_at),
+        )
 
 
 class _Collector:

@@ -14,6 +14,12 @@
 --   healthy for: "since < now() - make_interval(secs => timeout) AND
 --   timeout <= healthy_for" in "sup", dead_worker and stalled_jobs;
 -- * the job columns the recovery reads: worker_jobs and stalled_jobs;
+-- * the columns of fleet_rows and fleet_rows_selected (snapshot.from_rows
+--   reads them);
+-- * a supervisor the status views select (host, queues, not stopped): "sel"
+--   in fleet_rows_selected and fleet_summary; when it and a child are fresh (health.py's
+--   is_fresh and counts): fleet_summary (tests/integration/test_status_sql.py
+--   compares it with the rules in Python);
 -- * a job is a run's own while it is 'doing' in the attempt it fetched (a
 --   recovery adds one) under its worker, or under none (its worker row was
 --   deleted under it): finish_owned_job, retry_owned_job, job_still_owned,
@@ -104,9 +110,36 @@ SELECT pg_notify('procrastinate_queue_v1#' || %s, %s),
 pg_notify('procrastinate_any_queue_v1', %s)
 
 -- queue_jobs --
--- Jobs waiting and running, by queue (the queue depth metric)
-SELECT queue_name, status::text, count(*) FROM procrastinate_jobs
-WHERE status IN ('todo', 'doing') GROUP BY queue_name, status
+-- The queue depth metric's counts: counted for the fleet if due, else as published
+-- Jobs waiting and running by queue, counted by one supervisor for the fleet
+-- (the first whose turn comes once the published counts are older than the
+-- given interval, in seconds) and published in the sweep table's row; the
+-- others get the published counts and their age. The count is the UPDATE's
+-- init plan, run only when the row is claimed. The row is seeded at the
+-- first call (the next one claims it).
+WITH seeded AS (
+    INSERT INTO procrastinate_prefork_sweep (id, swept_at)
+    SELECT 1, '-infinity' WHERE NOT EXISTS (SELECT FROM procrastinate_prefork_sweep)
+    ON CONFLICT (id) DO NOTHING
+), counted AS (
+    UPDATE procrastinate_prefork_sweep
+    SET queue_jobs = (
+            SELECT COALESCE(jsonb_agg(jsonb_build_array(queue_name, status, n)),
+                            '[]')
+            FROM (SELECT queue_name, status::text AS status, count(*) AS n
+                  FROM procrastinate_jobs WHERE status IN ('todo', 'doing')
+                  GROUP BY queue_name, status) AS by_queue
+        ),
+        queue_jobs_at = now(), queue_jobs_by = %(supervisor_id)s
+    WHERE id = 1 AND (queue_jobs_at IS NULL
+                      OR queue_jobs_at < now() - make_interval(secs => %(interval)s))
+    RETURNING queue_jobs
+)
+SELECT queue_jobs, 0.0::float8 AS age, true AS counted FROM counted
+UNION ALL
+SELECT queue_jobs, EXTRACT(EPOCH FROM now() - queue_jobs_at)::float8, false
+FROM procrastinate_prefork_sweep
+WHERE queue_jobs IS NOT NULL AND NOT EXISTS (SELECT FROM counted)
 
 -- heartbeat --
 -- Write a supervisor's row, its children's rows and their workers' heartbeats
@@ -269,6 +302,76 @@ LEFT JOIN procrastinate_prefork_processes AS s ON s.id = p.supervisor_id
 WHERE NOT %(live_only)s
    OR (p.state <> 'stopped' AND COALESCE(s.state, '') <> 'stopped')
 ORDER BY p.host, COALESCE(p.supervisor_id, p.id), p.kind DESC, p.slot, p.id
+
+-- fleet_rows_selected --
+-- The live rows of fleet_rows of the supervisors a host or a queue selects
+-- The same columns, in the same order, as fleet_rows with live_only (a
+-- statement of its own: inside fleet_rows, the condition "neither given, or
+-- selected" keeps PostgreSQL from planning the selection as a join, and it
+-- reads every row). The live supervisors selected, through the index of live
+-- supervisors, and their children, through the slot index: never the other
+-- rows, stopped ones included, which pile up until a prune.
+WITH sel AS (
+    SELECT id FROM procrastinate_prefork_processes
+    WHERE kind = 'supervisor' AND state <> 'stopped'
+      AND (%(host)s::text IS NULL OR host = %(host)s::text)
+      AND (%(queue)s::text IS NULL OR COALESCE(cardinality(queues), 0) = 0
+           OR %(queue)s::text = ANY(queues))
+), picked AS (
+    SELECT id FROM sel
+    UNION ALL
+    SELECT c.id FROM sel
+    JOIN procrastinate_prefork_processes AS c
+      ON c.supervisor_id = sel.id AND c.kind = 'child'
+    WHERE c.state <> 'stopped'
+)
+SELECT p.id, p.kind, p.host, p.pid, p.supervisor_id, p.slot, p.worker_id, p.state,
+       p.job_id, p.task_name, p.jobs_done, p.restarts, p.rss_bytes, p.crash_loop,
+       p.concurrency, p.queues, p.heartbeat_interval,
+       COALESCE(p.stalled_timeout, s.stalled_timeout) AS stalled_timeout,
+       p.started_at, p.last_heartbeat,
+       EXTRACT(EPOCH FROM now() - p.last_heartbeat)::float8 AS heartbeat_age,
+       EXTRACT(EPOCH FROM now() - p.started_at)::float8 AS uptime,
+       EXTRACT(EPOCH FROM now() - p.job_started_at)::float8 AS job_age,
+       EXTRACT(EPOCH FROM now() - p.written_at)::float8 AS as_of_age,
+       p.finished_per_minute, p.pool, p.pools
+FROM picked
+JOIN procrastinate_prefork_processes AS p ON p.id = picked.id
+LEFT JOIN procrastinate_prefork_processes AS s ON s.id = p.supervisor_id
+ORDER BY p.host, COALESCE(p.supervisor_id, p.id), p.kind DESC, p.slot, p.id
+
+-- fleet_summary --
+-- The fleet's verdict facts in one row, for probes: no process listed
+-- Over the supervisors the status views would list (not stopped, selected by
+-- host and queue): how many are fresh (heard from within their
+-- --stalled-timeout, default_stale_after when they declared none), how many
+-- of their children are fresh and in a working state, and the fresh
+-- supervisors in a crash loop and the stale ones, in the listing's order.
+WITH sel AS (
+    SELECT id, host, pid, crash_loop,
+           EXTRACT(EPOCH FROM now() - last_heartbeat)::float8 AS heartbeat_age,
+           COALESCE(NULLIF(stalled_timeout, 0), %(default_stale_after)s::float8)
+               AS stale_after
+    FROM procrastinate_prefork_processes
+    WHERE kind = 'supervisor' AND state <> 'stopped'
+      AND (%(host)s::text IS NULL OR host = %(host)s::text)
+      AND (%(queue)s::text IS NULL OR COALESCE(cardinality(queues), 0) = 0
+           OR %(queue)s::text = ANY(queues))
+), judged AS (
+    SELECT sel.*, heartbeat_age <= stale_after AS fresh FROM sel
+)
+SELECT (SELECT count(*) FROM judged WHERE fresh) AS fresh_supervisors,
+       (SELECT count(*) FROM judged AS j
+        JOIN procrastinate_prefork_processes AS c
+          ON c.supervisor_id = j.id AND c.kind = 'child'
+        WHERE j.fresh AND c.state = ANY(%(working_states)s::text[])
+          AND EXTRACT(EPOCH FROM now() - c.last_heartbeat)::float8 <= j.stale_after
+       ) AS fresh_children,
+       (SELECT COALESCE(jsonb_agg(jsonb_build_array(pid, host) ORDER BY host, id), '[]')
+        FROM judged WHERE fresh AND crash_loop) AS crash_loops,
+       (SELECT COALESCE(jsonb_agg(jsonb_build_array(pid, host, heartbeat_age)
+                                  ORDER BY host, id), '[]')
+        FROM judged WHERE NOT fresh) AS stale
 
 -- worker_jobs --
 -- Lock the doing jobs of workers known dead, with the args of the timed-out ones

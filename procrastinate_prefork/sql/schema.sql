@@ -136,3 +136,19 @@ CREATE TABLE IF NOT EXISTS procrastinate_prefork_events (
 -- every todo job of every queue instead).
 CREATE INDEX IF NOT EXISTS procrastinate_prefork_jobs_todo_queue_id_idx
     ON procrastinate_jobs ((queue_name::text || ''), id) WHERE status = 'todo';
+
+-- The supervisors the status views and probes read (not stopped), by host:
+-- stopped rows of old processes pile up until a prune, and a probe must not
+-- read them all (benchmarks/fleetstatus.py). Their children are found by the
+-- slot index (supervisor_id first).
+CREATE INDEX IF NOT EXISTS procrastinate_prefork_processes_live_idx
+    ON procrastinate_prefork_processes (host, id)
+    WHERE kind = 'supervisor' AND state <> 'stopped';
+
+-- The queue depth metric's counts, counted by one supervisor for the fleet
+-- once per heartbeat interval (they read procrastinate's job table) and read
+-- from here by the others: which supervisor wrote them, and when.
+ALTER TABLE procrastinate_prefork_sweep
+    ADD COLUMN IF NOT EXISTS queue_jobs jsonb,
+    ADD COLUMN IF NOT EXISTS queue_jobs_at timestamptz,
+    ADD COLUMN IF NOT EXISTS queue_jobs_by bigint;

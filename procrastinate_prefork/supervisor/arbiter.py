@@ -151,6 +151,7 @@ class Supervisor:
             police.patrol(pool.children.values(), self._now())
         self._scale()
         self._spawn_due()
+        self.pool.designate_deferrer()
         self._forward_wakeups()
         self._periodic()
         self.lifecycle.retitle()

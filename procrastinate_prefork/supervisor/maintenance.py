@@ -102,13 +102,28 @@ class Maintenance:
             return
         self.next_sweep = now + self.config.heartbeat_interval
         if self.queue_depth and metrics.available():
-            # here, once per heartbeat interval: a scrape never queries
-            rows = self.db.run(
-                lambda conn: conn.execute(queries.get("queue_jobs")).fetchall()
-            )
-            if rows is not None:
-                self.totals.read_queue_depth(rows)
+            self._read_queue_depth(supervisor_row)
         self._sweep(ended)
+
+    def _read_queue_depth(self, supervisor_row: int) -> None:
+        """Here, once per heartbeat interval (a scrape never queries): the
+        counts one supervisor of the fleet counts per interval (they read
+        procrastinate's job table), counted here when it is our turn."""
+        interval = self.config.heartbeat_interval * SWEEP_TURN_SHARE
+        read = self.db.run(
+            lambda conn: fleet.queue_jobs(
+                conn, supervisor_id=supervisor_row, interval=interval
+            )
+        )
+        if read is None:
+            return  # none counted yet, or the database is down
+        rows, age, counted = read
+        if counted:
+            logger.debug(
+                "Counted the queues' jobs for the fleet",
+                extra={"action": "queue_depth_counted"},
+            )
+        self.totals.read_queue_depth(rows, age)
 
     def _sweep(self, ended: float) -> None:
         healthy_for = self.heartbeats.healthy_for(ended)

@@ -7,6 +7,7 @@ no clock reads) lets the unit tests pin every rule down.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 #: --stalled-timeout's default (health rules use it for rows without one)
 STALLED_TIMEOUT = 30.0
@@ -121,6 +122,16 @@ def may_take_sweep_turn(
     would be lost, and one with a short heartbeat interval that restarts in a
     loop would claim every turn."""
     return healthy_for >= min(stalled_timeout, stock_timeout)
+
+
+def pick_deferrer(current: int, candidates: Sequence[tuple[int, int]]) -> int:
+    """The pid of the child to run procrastinate's periodic deferrer, among
+    the ``(slot, pid)`` of the children able to (0 if none): the current one
+    as long as it is able to, so that it does not move back and forth; else
+    the lowest slot's."""
+    if current and any(pid == current for _, pid in candidates):
+        return current
+    return min(candidates)[1] if candidates else 0
 
 
 def judgement_slack(heartbeat_interval: float) -> float:

@@ -173,6 +173,35 @@ class Pool:
             )
         self.crash_looping = bool(looping)
 
+    # --- the periodic deferrer ---------------------------------------------
+
+    def designate_deferrer(self) -> None:
+        """One child per host runs procrastinate's periodic deferrer (each
+        would defer the same jobs, deduplicated by the database): the one
+        named in the scoreboard, which its children read. A child that dies,
+        drains or retires hands it on to the lowest slot of the others."""
+        able = (State.STARTING, State.IDLE, State.BUSY)
+        candidates = [
+            (c.slot, c.pid)
+            for c in self.children.values()
+            if not c.retiring and self.scoreboard.read(c.slot).state in able
+        ]
+        current = self.scoreboard.deferrer()
+        chosen = policy.pick_deferrer(current, candidates)
+        if chosen == current:
+            return
+        self.scoreboard.set_deferrer(chosen)
+        slot = next((s for s, pid in candidates if pid == chosen), None)
+        logger.debug(
+            "Child %s runs the periodic deferrer",
+            slot,
+            extra={
+                "action": "periodic_deferrer_designated",
+                "slot": slot,
+                "pid": chosen,
+            },
+        )
+
     # --- signals to children -----------------------------------------------
 
     def kill(self, child: Child, signum: int) -> None:

@@ -36,10 +36,11 @@ class _EventHandler(logging.Handler):
             os.close(fd)
 
 
-def install() -> None:
+def install(logger: logging.Logger | None = None) -> None:
+    """On ``procrastinate_prefork``'s logger, or the one given."""
     results = os.environ.get("PREFORK_TEST_RESULTS")
     if not results:
         return
-    logger = logging.getLogger("procrastinate_prefork")
+    logger = logger or logging.getLogger("procrastinate_prefork")
     if not any(isinstance(h, _EventHandler) for h in logger.handlers):
         logger.addHandler(_EventHandler(os.path.join(results, "events.jsonl")))

@@ -13,7 +13,6 @@ from typing import Any
 import psycopg
 
 from procrastinate_prefork.fleet import health, status
-from procrastinate_prefork.fleet import table as fleet_module
 
 from ..fleet_helper import defer, jobs, wait_for
 
@@ -26,7 +25,7 @@ def _status_json(db_url: str) -> dict[str, Any]:
     out = io.StringIO()
     with psycopg.connect(db_url, autocommit=True) as conn:
         status.report(
-            lambda: fleet_module.fetch_fleet(conn, live_only=True),
+            status.psycopg_reader(conn),
             health.FleetQuery(),
             as_json=True,
             check=False,

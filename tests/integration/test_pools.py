@@ -65,10 +65,10 @@ def overlap(fleet, job_ids: list[int]) -> int:
     return max(sum(1 for start, end in runs if start <= t < end) for t, _ in runs)
 
 
-def status_json(fleet) -> dict[str, Any]:
+def status_json(fleet, *args: str) -> dict[str, Any]:
     command = [sys.executable, "-m", "procrastinate_prefork.cli", "--app", APP]
     out = subprocess.run(
-        [*command, "status", "--json"],
+        [*command, "status", "--json", *args],
         cwd=REPO,
         env={**os.environ, "DATABASE_URL": fleet.db_url, "PYTHONPATH": str(REPO)},
         capture_output=True,
@@ -104,11 +104,12 @@ def test_each_pool_runs_its_own_queues(fleet, db_url, form):
     assert {ran_by[i] for i in cpu_ids} <= by_pool["cpu"]
     assert {ran_by[i] for i in io_ids} <= by_pool["io"]
     assert overlap(fleet, io_ids) >= 5
-    document = status_json(fleet)
-    [supervisor] = document["supervisors"]
-    assert [p["name"] for p in supervisor["pools"]] == ["cpu", "io"]
-    children_pools = sorted(c["pool"] for c in supervisor["children"])
-    assert children_pools == ["cpu", "cpu", "io"]
+    # the whole fleet, and a listing selected in the database (by queue)
+    for selection in ((), ("--queue", "io")):
+        [supervisor] = status_json(fleet, *selection)["supervisors"]
+        assert [p["name"] for p in supervisor["pools"]] == ["cpu", "io"], selection
+        children_pools = sorted(c["pool"] for c in supervisor["children"])
+        assert children_pools == ["cpu", "cpu", "io"], selection
     assert fleet.stop() == 0
 
 

@@ -207,3 +207,53 @@ def test_job_manager_methods_we_replace_keep_their_signatures():
     assert params("fetch_job") == ["self", "queues", "worker_id"]
     source = inspect.getsource(procrastinate.worker.Worker)
     assert "job_manager.finish_job(" in source and "job_manager.retry_job(" in source
+
+
+def test_the_periodic_deferrer_runs_only_while_designated():
+    """compat_worker.gate_periodic_deferrer wraps the worker's own deferrer
+    (started by procrastinate as a side task): it defers jobs only while
+    the child is the designated one, and stops when it no longer is."""
+    import asyncio
+    import inspect
+
+    from procrastinate import worker as worker_module
+
+    from procrastinate_prefork import compat_worker
+
+    source = inspect.getsource(worker_module.Worker._start_side_tasks)
+    assert "self._periodic_deferrer()" in source
+
+    app = procrastinate.App(connector=testing.InMemoryConnector())
+
+    @app.periodic(cron="* * * * * *", periodic_id="every_second")
+    @app.task(name="tick")
+    def tick(timestamp: int) -> None:
+        pass
+
+    worker = compat.make_worker(app)
+    designated = [False]
+    changes: list[bool] = []
+    compat_worker.gate_periodic_deferrer(
+        worker, lambda: designated[0], changes.append, poll=0.01
+    )
+
+    def deferred() -> int:
+        return len(app.connector.jobs)  # type: ignore[attr-defined]
+
+    async def scenario() -> None:
+        async with app.open_async():
+            side = asyncio.ensure_future(worker._periodic_deferrer())
+            await asyncio.sleep(0.1)
+            assert deferred() == 0 and changes == []
+            designated[0] = True
+            await asyncio.sleep(0.1)
+            assert deferred() == 1 and changes == [True]  # this second's tick
+            designated[0] = False
+            await asyncio.sleep(0.1)
+            assert changes == [True, False] and not side.done()
+            app.connector.jobs.clear()  # type: ignore[attr-defined]
+            await asyncio.sleep(1.1)  # a tick passes: nobody defers it here
+            assert deferred() == 0
+            side.cancel()
+
+    asyncio.run(scenario())

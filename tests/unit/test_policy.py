@@ -208,3 +208,12 @@ def test_a_change_within_the_gap_is_written_when_the_gap_ends():
     written = policy.JobsWritten(jobs="before", at=10.0)
     assert not policy.jobs_write_due(written, "after", now=10.5, gap=1.0)
     assert policy.jobs_write_due(written, "after", now=11.0, gap=1.0)
+
+
+def test_the_deferrer_stays_with_its_child_while_it_is_able():
+    able = [(2, 102), (0, 100), (1, 101)]
+    assert policy.pick_deferrer(0, able) == 100  # none yet: the lowest slot
+    assert policy.pick_deferrer(101, able) == 101  # not moved back to slot 0
+    # gone (dead, draining, retiring): the lowest slot of the others
+    assert policy.pick_deferrer(100, [(2, 102), (1, 101)]) == 101
+    assert policy.pick_deferrer(100, []) == 0

@@ -49,7 +49,7 @@ def check_fleet(
 
     query = health.FleetQuery.build(host=host, queue=queue, min_children=min_children)
     try:
-        result = fleet_report(query)
+        result = fleet_report(query, listing=False)
     except DatabaseError as exc:
         raise ServiceUnavailable(
             f"cannot read the fleet table: {type(exc).__name__}"

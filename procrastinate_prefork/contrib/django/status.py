@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from ...fleet import queries
+from ...fleet.status import Reader
 
 
-def fetch_rows_django(connection: Any) -> list[dict[str, Any]]:
-    """The rows ``status.fetch_rows_psycopg`` reads, through Django's connection."""
-    with connection.cursor() as cursor:
-        cursor.execute(queries.get("fleet_rows"), {"live_only": True})
-        names = [column[0] for column in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+def django_reader(connection: Any) -> Reader:
+    """``status.psycopg_reader``, through Django's connection."""
+
+    def read(statement: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        with connection.cursor() as cursor:
+            cursor.execute(statement, params)
+            names = [column[0] for column in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    return read

@@ -23,19 +23,21 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_variables
 
-from ...fleet import health, snapshot
+from ...fleet import health, status
 from .settings import HEALTH_TOKEN
-from .status import fetch_rows_django
+from .status import django_reader
 
 
-def fleet_report(query: health.FleetQuery) -> health.FleetHealth:
-    """The fleet's health from the database (may raise a database error)."""
+def fleet_report(
+    query: health.FleetQuery, *, listing: bool = True
+) -> health.FleetHealth:
+    """The fleet's health from the database (may raise a database error);
+    without ``listing``, the verdict only (``status.judge``)."""
     from django.db import connections
     from procrastinate.contrib.django import settings as procrastinate_settings
 
     alias = procrastinate_settings.settings.DATABASE_ALIAS
-    rows = fetch_rows_django(connections[alias])
-    return health.fleet_health(snapshot.from_rows(rows), query)
+    return status.judge(django_reader(connections[alias]), query, listing=listing)
 
 
 #: what an anonymous caller sees of the document
@@ -76,8 +78,9 @@ def fleet_health(request: HttpRequest) -> JsonResponse:
         query = health.FleetQuery.from_params(dict(request.GET.lists()))
     except health.QueryError as exc:
         return JsonResponse({"status": "error", "error": str(exc)}, status=400)
+    details = shows_details(request)
     try:
-        result = fleet_report(query)
+        result = fleet_report(query, listing=details)
         document, code = result.as_dict(), 200 if result.healthy else 503
     except Exception as exc:  # the database is down or the table is missing
         from django.db import DatabaseError
@@ -91,6 +94,6 @@ def fleet_health(request: HttpRequest) -> JsonResponse:
             },
             503,
         )
-    if not shows_details(request):
+    if not details:
         document = {key: document[key] for key in PUBLIC_KEYS if key in document}
     return JsonResponse(document, status=code)

@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from ..... import errors
 from .....fleet import health, status
-from ...status import fetch_rows_django
+from ...status import django_reader
 
 
 class Command(BaseCommand):
@@ -30,7 +30,7 @@ class Command(BaseCommand):
             raise CommandError(str(exc), returncode=errors.EXIT_USAGE) from None
         connection = connections[procrastinate_settings.settings.DATABASE_ALIAS]
         code = status.report(
-            lambda: fetch_rows_django(connection),
+            django_reader(connection),
             query,
             as_json=options["as_json"],
             check=options["check"],
