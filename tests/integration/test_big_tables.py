@@ -155,6 +155,7 @@ def test_the_supervisors_poll_stops_at_the_children_it_can_wake(big):
     assert poller.count_runnable(big, ["default"], 4) == 0
     assert poller.count_runnable(big, None, 4) == 0
     big.execute(
-        "UPDATE procrastinate_jobs SET status = 'succeeded' WHERE lock = 'L' AND status = 'doing'"
+        "UPDATE procrastinate_jobs SET status = 'succeeded' "
+        "WHERE lock = 'L' AND status = 'doing'"
     )
     assert poller.count_runnable(big, ["default"], 4) == 1
