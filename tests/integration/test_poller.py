@@ -14,6 +14,8 @@ add (two or four an interval over many intervals)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 
 import psycopg
@@ -138,3 +140,22 @@ def test_an_idle_fleet_does_not_poll_from_its_children(fleet, db_url):
     # opened after the forks; children polling on their own: 4 more an
     # interval (32)
     assert _fetch_calls(db_url) <= 2 * 4
+
+
+def test_with_the_supervisor_stopped_children_still_poll_on_their_own(fleet, db_url):
+    """The supervisor cannot poll nor forward notifications (SIGSTOPped, as
+    a supervisor whose session is down cannot): a child's own timer, every
+    12 intervals or at least every 60 s, still finds the job."""
+    _start(fleet, db_url, "--concurrency", "1")
+    os.kill(fleet.pid, signal.SIGSTOP)
+    try:
+        [job_id] = defer(db_url, "cpu", ms=1)
+        wait_for(
+            lambda: fleet.marks("end"),
+            timeout=75,
+            message="the job, found by the child's own poll",
+        )
+        assert fleet.marks("end")[0][0] == job_id
+    finally:
+        os.kill(fleet.pid, signal.SIGCONT)
+    assert fleet.stop() == 0
