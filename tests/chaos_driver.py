@@ -43,6 +43,16 @@ from psycopg.rows import dict_row
 from .apps.chaos_app import EXPECTED_STATUS
 from .blackhole import BlackHole
 from .chaos_log_pipe import PIPE_ENV, LogPipe, stray_supervisor_records
+from .chaos_pools import (
+    ASYNC_QUEUE,
+    POOL_ROLES,
+    PoolPlan,
+    child_pools,
+    host_pools,
+    misrouted,
+    runs_by_pool,
+    size_after_ttou,
+)
 from .fleet_helper import REPO, Fleet, free_port, http_status, is_probe_process
 
 CHAOS_APP = "tests.apps.chaos_app.app"
@@ -162,6 +172,8 @@ class HostPlan:
     queues: tuple[str, ...] = ()  # () = all queues
     task_timeouts: tuple[tuple[str, float], ...] = ()
     roles: tuple[str, ...] = ()
+    #: () = one pool of the fields above (tests/chaos_pools.py)
+    pools: tuple[PoolPlan, ...] = ()
 
 
 @dataclasses.dataclass
@@ -216,6 +228,9 @@ class ChaosConfig:
     black_hole: bool = True
     hole_seconds: float = 10.0
     hole_stalled_timeout: float = 20.0
+    #: the hosts of the SIGHUP/log-pipe and timed/black-hole roles run two
+    #: pools each (tests/chaos_pools.py); CHAOS_POOLS=0 leaves them one
+    pools: bool = True
     stalled_timeout: float = 6.0
     heartbeat_interval: float = 1.0
     child_timeout: float = 3.0
@@ -240,6 +255,7 @@ class ChaosConfig:
             "jobs": int(os.environ.get("CHAOS_JOBS", cls.jobs)),
             "seconds": float(os.environ.get("CHAOS_SECONDS", cls.seconds)),
             "seed": int(os.environ.get("CHAOS_SEED") or random.randrange(10**6)),
+            "pools": os.environ.get("CHAOS_POOLS", "1") not in ("0", ""),
         }
         for name in filter(None, os.environ.get("CHAOS_OFF", "").split(",")):
             if name.strip() not in ATTACKS:
@@ -282,7 +298,14 @@ class ChaosConfig:
             concurrency = max(2, concurrency)
             task_timeouts = (("chaos_overrun", self.time_limit),)
             queues = ("default", "timed")
-        return HostPlan(stalled, heartbeat, concurrency, queues, task_timeouts, roles)
+        pools: tuple[PoolPlan, ...] = ()
+        if self.pools and POOL_ROLES.intersection(roles):
+            pools = host_pools(self.children, queues, concurrency, task_timeouts)
+        if self.pools and queues:  # the async jobs' queue
+            queues = (*queues, ASYNC_QUEUE)
+        return HostPlan(
+            stalled, heartbeat, concurrency, queues, task_timeouts, roles, pools
+        )
 
     def longest_stalled_timeout(self) -> float:
         """Of the hosts the fleet-table lock is meant to outlast (the
@@ -291,23 +314,25 @@ class ChaosConfig:
         timeouts = [p.stalled_timeout for p in plans if "black-hole" not in p.roles]
         return max(timeouts, default=self.stalled_timeout)
 
+    def pools_setting(self, index: int) -> dict[str, dict[str, Any]]:
+        """The pools of a host, as ``$PREFORK_TEST_POOLS`` gives them ({}: one
+        pool, from the command line)."""
+        return {
+            pool.name: pool.setting(self.child_timeout, self.polling_interval)
+            for pool in self.host(index).pools
+        }
+
     def fleet_args(self, hostname: str, index: int = 0) -> list[str]:
+        """The command line of a host; a pools host's per-pool options are
+        in its pools (``pools_setting``): the two do not mix."""
         plan = self.host(index)
         args = [
-            "--concurrency",
-            str(self.children),
-            "--child-concurrency",
-            str(plan.child_concurrency),
             "--hostname",
             hostname,
             "--stalled-timeout",
             str(plan.stalled_timeout),
             "--heartbeat-interval",
             str(plan.heartbeat_interval),
-            "--child-timeout",
-            str(self.child_timeout),
-            "--fetch-job-polling-interval",
-            str(self.polling_interval),
             # the final state of every job must not depend on how often a
             # random kill hits it
             "--max-crash-retries",
@@ -315,11 +340,21 @@ class ChaosConfig:
             "--shutdown-graceful-timeout",
             "20",
         ]
+        if plan.pools:
+            return args
+        args += ["--concurrency", str(self.children)]
+        args += ["--child-concurrency", str(plan.child_concurrency)]
+        args += ["--child-timeout", str(self.child_timeout)]
+        args += ["--fetch-job-polling-interval", str(self.polling_interval)]
         if plan.queues:
             args += ["--queues", ",".join(plan.queues)]
         for task, seconds in plan.task_timeouts:
             args += ["--task-timeout", f"{task}={seconds:g}"]
         return args
+
+    def pool_sizes(self, index: int) -> list[int]:
+        """The children of each pool of a host."""
+        return [p.children for p in self.host(index).pools] or [self.children]
 
 
 # ------------------------------------------------------------------ markers
@@ -501,6 +536,10 @@ class ChaosReport:
     hole_live_polls: int = 0
     hole_live_failed: int = 0  # answered, but not 200
     hole_loop_turns: int = 0  # the hole host's loop answered /status
+    #: host (h1...) -> pool -> queues:children x jobs per child
+    pool_hosts: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    #: host -> pool -> runs made by its children (pools hosts only)
+    pool_runs: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
     throughput: float = 0.0
     problems: list[str] = dataclasses.field(default_factory=list)
@@ -542,6 +581,7 @@ class ChaosReport:
             f"black holes: {self.black_holes} (/live polls {self.hole_live_polls}, "
             f"{self.hole_live_failed} answered not 200; /status answered by the "
             f"loop {self.hole_loop_turns} times)",
+            f"pools hosts: {self.pool_hosts or 'none'}; runs by pool: {self.pool_runs}",
         ]
         if self.problems:
             lines.append(f"PROBLEMS ({len(self.problems)}):")
@@ -569,6 +609,7 @@ class ChaosRun:
         self.results = workdir / "markers"
         self.results.mkdir(parents=True, exist_ok=True)
         self.fleets: list[Fleet] = []  # every supervisor started, in order
+        self.host_of: dict[int, str] = {}  # supervisor pid -> its host
         self.current: dict[str, Fleet] = {}  # hostname -> its live supervisor
         self.markers = MarkerReader(self.results)
         self.watch = ProcessWatch()
@@ -615,23 +656,31 @@ class ChaosRun:
         index = self.hostnames().index(hostname)
         fleet = Fleet(self.db_url, self.workdir, f"{hostname}-{len(self.fleets)}")
         env = {"PREFORK_TEST_RESULTS": str(self.results), **self._hole_env(hostname)}
+        args = [*self.config.fleet_args(hostname, index), *self._hole_args(hostname)]
+        command = None
+        if pools := self.config.pools_setting(index):
+            # as the Django setting gives them (tests/pools_main.py)
+            env["PREFORK_TEST_POOLS"] = json.dumps(pools)
+            command = [sys.executable, "-m", "tests.pools_main", "--app", CHAOS_APP]
+            command += ["worker", *args]
         stdout = None
         if self.log_pipe is not None and hostname == self.host_with("log-pipe"):
             env.update(PIPE_ENV)
             stdout = self.log_pipe.writer()
         try:
             fleet.start(
-                *self.config.fleet_args(hostname, index),
-                *self._hole_args(hostname),
+                *args,
                 app=CHAOS_APP,
                 wait_ready=wait_ready,
                 env=env,
                 stdout=stdout,
+                command=command,
             )
         finally:
             if stdout is not None:
                 os.close(stdout)
         self.fleets.append(fleet)
+        self.host_of[fleet.pid] = hostname
         self.current[hostname] = fleet
         return fleet
 
@@ -737,7 +786,10 @@ class ChaosRun:
                 lock = f"{self.tag}-lock-{self.rng.randrange(LOCKS)}"
             else:
                 params = {"ms": self.rng.randint(1, 10)}
-            rows.append(("default", task, lock, None, json.dumps(params)))
+            queue = "default"
+            if task == "chaos_async" and self.config.pools:
+                queue = ASYNC_QUEUE  # the pools' io pools run it
+            rows.append((queue, task, lock, None, json.dumps(params)))
         return self._insert(rows)
 
     def defer_queueing_locked(self) -> None:
@@ -1116,7 +1168,10 @@ class ChaosRun:
             self.say(f"log pipe of supervisor {fleet.pid}: reader killed")
             before = self._children_of(fleet)
             fleet.signal(signal.SIGTTOU)
-            yield from self._settle(fleet, self.config.children - 1, "SIGTTOU")
+            # one child fewer in every pool of more than one
+            index = self.hostnames().index(hostname)
+            fewer = size_after_ttou(self.config.pool_sizes(index))
+            yield from self._settle(fleet, fewer, "SIGTTOU")
             old = self._children_of(fleet)
             fleet.signal(signal.SIGHUP)
             deadline = time.monotonic() + self.config.converge_timeout
@@ -1535,8 +1590,8 @@ class ChaosRun:
             conn.cursor(row_factory=dict_row) as cur,
         ):
             rows = cur.execute(
-                "SELECT id, task_name, status::text AS status, attempts, worker_id, "
-                "lock FROM procrastinate_jobs ORDER BY id"
+                "SELECT id, task_name, queue_name, status::text AS status, attempts, "
+                "worker_id, lock FROM procrastinate_jobs ORDER BY id"
             ).fetchall()
             fleet_rows = cur.execute(
                 "SELECT kind, pid, host, state FROM procrastinate_prefork_processes "
@@ -1565,6 +1620,7 @@ class ChaosRun:
         )
         self._count_processes()
         self._count_attacks(rows)
+        self._count_pools(rows)
         report.seconds = max(
             (r.finish or r.start for r in self.markers.runs.values()), default=0
         ) - min((r.start for r in self.markers.runs.values()), default=0)
@@ -1737,6 +1793,34 @@ class ChaosRun:
         stock_pids = {f.pid for f in self.stock}
         report.stock_worker_runs = sum(
             1 for r in self.markers.runs.values() if r.pid in stock_pids
+        )
+
+    def _count_pools(self, rows: list[dict[str, Any]]) -> None:
+        """The runs of each pool of the pools hosts; a job run by a pool
+        that does not serve its queue is a problem."""
+        plans = {
+            host.rsplit("-", 1)[1]: self.config.host(index).pools
+            for index, host in enumerate(self.hostnames())
+            if self.config.host(index).pools
+        }
+        self.report.pool_hosts = {
+            host: {p.name: p.label() for p in pools} for host, pools in plans.items()
+        }
+        short = {pid: host.rsplit("-", 1)[1] for pid, host in self.host_of.items()}
+        runs = list(self.markers.runs.values())
+        events = self.events()
+        self.report.pool_runs = {
+            host: ran
+            for host, ran in runs_by_pool(events, [r.pid for r in runs], short).items()
+            if host in plans
+        }
+        queue = {r["id"]: r["queue_name"] for r in rows}
+        self.report.problems.extend(
+            misrouted(
+                [(r.job_id, r.pid, queue.get(r.job_id, "?")) for r in runs],
+                child_pools(events, short),
+                plans,
+            )
         )
 
     def check_children_counts(self) -> None:

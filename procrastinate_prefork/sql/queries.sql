@@ -205,8 +205,12 @@ WHERE supervisor_id = %(supervisor_id)s AND kind = 'child'
 -- A child's own row gets its worker id as soon as the worker registers, before its first fetch
 -- The supervisor writes it too, at its next heartbeat; if the process tree
 -- dies before that (a SIGKILL of the supervisor), its successor and the
--- sweep find the worker's jobs by this row. The identity columns only, as
--- the heartbeat's upsert writes them; the next heartbeat writes the rest.
+-- sweep find the worker's jobs by this row. The identity columns, as the
+-- heartbeat's upsert writes them, and what a new process of the slot starts
+-- with: no job done, one restart more than its predecessor's row says (the
+-- supervisor counts every death of a slot's child; its next heartbeat writes
+-- its own count and the rest), so that no view shows the new process with
+-- its predecessor's figures.
 INSERT INTO procrastinate_prefork_processes AS p
     (kind, host, pid, supervisor_id, slot, worker_id, state)
 VALUES ('child', %(host)s, %(pid)s, %(supervisor_id)s, %(slot)s, %(worker_id)s,
@@ -214,6 +218,10 @@ VALUES ('child', %(host)s, %(pid)s, %(supervisor_id)s, %(slot)s, %(worker_id)s,
 ON CONFLICT (supervisor_id, slot) WHERE kind = 'child' DO UPDATE SET
     pid = EXCLUDED.pid, worker_id = EXCLUDED.worker_id, state = EXCLUDED.state,
     job_id = NULL, task_name = NULL, job_started_at = NULL, job_ids = '{}',
+    restarts = p.restarts + (p.pid <> EXCLUDED.pid)::int,
+    jobs_done = CASE WHEN p.pid <> EXCLUDED.pid THEN 0 ELSE p.jobs_done END,
+    rss_bytes = CASE WHEN p.pid <> EXCLUDED.pid THEN NULL ELSE p.rss_bytes END,
+    started_at = CASE WHEN p.pid <> EXCLUDED.pid THEN now() ELSE p.started_at END,
     written_at = now()
 
 -- write_jobs --

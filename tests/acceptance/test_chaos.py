@@ -8,7 +8,9 @@ loop across it, a SIGHUP burst, time limits at --child-concurrency 2, a stock
 procrastinate worker SIGTERMed mid-job, a lock on the fleet table, and a
 supervisor whose stdout pipe loses its reader while its children retire,
 and a host whose database connections are black-holed for 10 s (its /live
-must answer every poll within a second).
+must answer every poll within a second). Two of the hosts (the SIGHUP and
+log-pipe one, the timed and black-holed one) run two pools each
+(tests/chaos_pools.py; CHAOS_POOLS=0 for one pool everywhere).
 
 The short CI version: CHAOS_JOBS (1000) jobs over CHAOS_SECONDS (60) seconds.
 CHAOS_OFF="fleet_lock,db_outage" leaves attacks out (names: ATTACKS in the
@@ -83,3 +85,10 @@ def test_nothing_lost_under_chaos(db_url, tmp_path, capsys):
         assert report.log_pipe_breaks == 1
         assert report.log_pipe_gone >= config.children - 1
         assert report.log_pipe_retired >= 1
+    if config.pools:
+        # the pools hosts really ran jobs in each of their pools (a job run by
+        # a pool that does not serve its queue is one of the problems)
+        assert report.pool_hosts
+        for host, pools in report.pool_hosts.items():
+            ran = report.pool_runs.get(host, {})
+            assert all(ran.get(pool, 0) >= 1 for pool in pools), (host, ran)

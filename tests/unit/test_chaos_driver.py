@@ -155,7 +155,7 @@ def _opt(args: list[str], name: str) -> str | None:
 
 
 def test_hosts_get_their_roles():
-    config = ChaosConfig()
+    config = ChaosConfig(pools=False)  # the pools: tests/unit/test_chaos_pools.py
     args = [config.fleet_args(f"h{i}", i) for i in range(3)]
     # host 0: the short stalled timeout; the others heartbeat every half of
     # theirs, so that host 0 judging them by its own timeout would show
