@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 
 import psycopg
 
-from tests.fleet_helper import defer, jobs, wait_for
+from tests.fleet_helper import APP, defer, jobs, wait_for
 
 INTERVAL = 1.0
 
@@ -158,4 +159,35 @@ def test_with_the_supervisor_stopped_children_still_poll_on_their_own(fleet, db_
         assert fleet.marks("end")[0][0] == job_id
     finally:
         os.kill(fleet.pid, signal.SIGCONT)
+    assert fleet.stop() == 0
+
+
+def test_each_pool_is_polled_for_its_own_queues(fleet, db_url):
+    """Two pools, neither listening: a job of queue ``io`` wakes the io
+    pool's child, never the cpu pool's (whose poll, of queue ``cpu``, finds
+    nothing), each at its own pool's interval."""
+    pools = {
+        "cpu": {"queues": ["cpu"], "concurrency": 2, "listen_notify": False},
+        "io": {"queues": ["io"], "concurrency": 1, "listen_notify": False},
+    }
+    polling = {"fetch_job_polling_interval": INTERVAL}
+    env = {
+        "PREFORK_TEST_POOLS": json.dumps(
+            {name: {**options, **polling} for name, options in pools.items()}
+        )
+    }
+    command = [sys.executable, "-m", "tests.pools_main", "--app", APP, "worker"]
+    fleet.start(command=[*command, "--log-level", "debug"], env=env)
+    fleet.wait_children(3)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW("
+            "  'io', 'cpu', 0, NULL, NULL, '{\"ms\": 1}'::jsonb, NULL"
+            ")::procrastinate_job_to_defer_v1])"
+        )
+    wait_for(lambda: fleet.marks("end"), timeout=20, message="the io job")
+    [(_, _, runner)] = fleet.marks("end")
+    woke = fleet.events("poll_woke")
+    assert {e["pool"] for e in woke} == {"io"}
+    assert runner in _woken_pids(fleet)
     assert fleet.stop() == 0
