@@ -70,14 +70,16 @@ def wait_for(
         time.sleep(interval)
 
 
-def defer(db_url: str, task: str, count: int = 1, **kwargs: Any) -> list[int]:
+def defer(
+    db_url: str, task: str, count: int = 1, *, queue: str = "default", **kwargs: Any
+) -> list[int]:
     """Insert jobs the way procrastinate's defer does (the same SQL function)."""
     with psycopg.connect(db_url, autocommit=True) as conn:
         rows = conn.execute(
             "SELECT procrastinate_defer_jobs_v1(array_agg(ROW("
-            "  'default', %s, 0, NULL, NULL, %s::jsonb, NULL"
+            "  %s, %s, 0, NULL, NULL, %s::jsonb, NULL"
             ")::procrastinate_job_to_defer_v1)) FROM generate_series(1, %s)",
-            [task, json.dumps(kwargs), count],
+            [queue, task, json.dumps(kwargs), count],
         ).fetchone()
     assert rows is not None
     return list(rows[0])

@@ -4,9 +4,11 @@ the next one in one statement."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -200,20 +202,16 @@ def test_late_outcome_refused_and_the_next_job_fetched_in_one_statement(fleet, d
     assert fleet.stop() == 0
 
 
-@pytest.mark.timeout(60)
-def test_job_fetched_with_an_end_is_given_back_when_the_child_stops(fleet, db_url):
-    """A stop that comes while the end-and-fetch statement runs: the worker
-    does not start the job it fetched, so the job goes back to todo, with no
-    attempt spent, instead of staying doing under a worker gone."""
-    fleet.start("--concurrency", "1")
-    [child] = fleet.wait_children(1)
-    [first] = defer(db_url, "sleep", seconds=1)
-    fleet.running_child(first)
-    [second] = defer(db_url, "cpu", ms=1)
+@contextlib.contextmanager
+def _child_waiting_on_row(
+    db_url: str, job_id: int, child: int
+) -> Iterator[psycopg.Connection]:
+    """Hold the row of ``job_id`` (the child's running job) until the child's
+    end-and-fetch statement waits on it; yields the holder, whose commit lets
+    the statement go on."""
     with psycopg.connect(db_url) as holder:
-        # hold the first job's row: the child's end-and-fetch waits on it
         holder.execute(
-            "SELECT 1 FROM procrastinate_jobs WHERE id = %s FOR UPDATE", [first]
+            "SELECT 1 FROM procrastinate_jobs WHERE id = %s FOR UPDATE", [job_id]
         )
         with psycopg.connect(db_url, autocommit=True) as conn:
             wait_for(
@@ -224,6 +222,20 @@ def test_job_fetched_with_an_end_is_given_back_when_the_child_stops(fleet, db_ur
                 ).fetchone(),
                 message="the child's end-and-fetch to wait on the row lock",
             )
+        yield holder
+
+
+@pytest.mark.timeout(60)
+def test_job_fetched_with_an_end_is_given_back_when_the_child_stops(fleet, db_url):
+    """A stop that comes while the end-and-fetch statement runs: the worker
+    does not start the job it fetched, so the job goes back to todo, with no
+    attempt spent, instead of staying doing under a worker gone."""
+    fleet.start("--concurrency", "1")
+    [child] = fleet.wait_children(1)
+    [first] = defer(db_url, "sleep", seconds=1)
+    fleet.running_child(first)
+    [second] = defer(db_url, "cpu", ms=1)
+    with _child_waiting_on_row(db_url, first, child) as holder:
         fleet.signal(signal.SIGTERM)
         wait_for(
             lambda: fleet.child_states().get(child) == "draining",
@@ -256,30 +268,17 @@ def test_job_fetched_without_a_reply_is_given_back_and_runs(fleet, db_url):
         [first] = defer(db_url, "sleep", seconds=3)
         fleet.running_child(first)
         [second] = defer(db_url, "cpu", ms=1)
-        with psycopg.connect(db_url) as holder:
-            # hold the first job's row: the child's end-and-fetch waits on it
-            holder.execute(
-                "SELECT 1 FROM procrastinate_jobs WHERE id = %s FOR UPDATE", [first]
+        with _child_waiting_on_row(db_url, first, child) as holder:
+            hole.swallowing.set()
+            time.sleep(0.3)  # each relay thread looks at least every 0.1 s
+            holder.commit()
+            wait_for(
+                lambda: (
+                    [r["status"] for r in jobs(db_url, [first, second])]
+                    == ["succeeded", "doing"]
+                ),
+                message="the statement to commit (its reply swallowed)",
             )
-            with psycopg.connect(db_url, autocommit=True) as conn:
-                wait_for(
-                    lambda: conn.execute(
-                        "SELECT 1 FROM pg_stat_activity WHERE application_name "
-                        "LIKE %s AND wait_event_type = 'Lock'",
-                        [f"prefork:%:{child}"],
-                    ).fetchone(),
-                    message="the child's end-and-fetch to wait on the row lock",
-                )
-                hole.swallowing.set()
-                time.sleep(0.3)  # each relay thread looks at least every 0.1 s
-                holder.commit()
-                wait_for(
-                    lambda: (
-                        [r["status"] for r in jobs(db_url, [first, second])]
-                        == ["succeeded", "doing"]
-                    ),
-                    message="the statement to commit (its reply swallowed)",
-                )
         hole.cut()
         hole.swallowing.clear()
         wait_for(

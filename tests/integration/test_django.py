@@ -579,7 +579,7 @@ def test_pools_of_the_setting_route_their_queues(dj_fleet, django_db_url):
     """Issue 24, under Django: the setting's cpu pool (2 children) runs the
     queue ``cpu``, its io pool (1 child, 10 jobs at once) the queue ``io``,
     at least 5 at once; ``prefork_status --json`` names both pools."""
-    from .test_pools import POOLS, overlap, pools_of_children
+    from .test_pools import POOLS, assert_routed, pools_of_children
     from .test_pools import defer as defer_to
 
     settings = json.dumps({"pools": POOLS})
@@ -597,10 +597,7 @@ def test_pools_of_the_setting_route_their_queues(dj_fleet, django_db_url):
         timeout=60,
         message="every job to succeed",
     )
-    ran_by = {job_id: pid for job_id, _, pid in dj_fleet.marks("end")}
-    assert {ran_by[i] for i in cpu_ids} <= by_pool["cpu"]
-    assert {ran_by[i] for i in io_ids} <= by_pool["io"]
-    assert overlap(dj_fleet, io_ids) >= 5
+    assert_routed(dj_fleet, by_pool, cpu_ids, io_ids)
     out = subprocess.run(
         manage("prefork_status", "--json"),
         env=django_env(django_db_url, PREFORK_TEST_PREFORK_SETTINGS=settings),

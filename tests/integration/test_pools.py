@@ -14,9 +14,9 @@ import subprocess
 import sys
 from typing import Any
 
-import psycopg
 import pytest
 
+from .. import fleet_helper
 from ..fleet_helper import APP, REPO, free_port, http_status, jobs, wait_for
 
 POOLS = {
@@ -38,15 +38,7 @@ def start(fleet, *args: str, pools: dict[str, Any] = POOLS, **kwargs: Any):
 
 
 def defer(db_url: str, queue: str, task: str, count: int = 1, **kwargs: Any):
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT procrastinate_defer_jobs_v1(array_agg(ROW("
-            "  %s, %s, 0, NULL, NULL, %s::jsonb, NULL"
-            ")::procrastinate_job_to_defer_v1)) FROM generate_series(1, %s)",
-            [queue, task, json.dumps(kwargs), count],
-        ).fetchone()
-    assert row is not None
-    return list(row[0])
+    return fleet_helper.defer(db_url, task, count, queue=queue, **kwargs)
 
 
 def pools_of_children(fleet) -> dict[str, set[int]]:
@@ -55,6 +47,15 @@ def pools_of_children(fleet) -> dict[str, set[int]]:
     for event in fleet.events("child_started"):
         pools.setdefault(event["pool"], set()).add(event["pid"])
     return pools
+
+
+def assert_routed(fleet, by_pool, cpu_ids: list[int], io_ids: list[int]) -> None:
+    """The cpu jobs ran in the cpu pool's children only, the io jobs in the io
+    pool's, at least 5 of them at once."""
+    ran_by = {job_id: pid for job_id, _, pid in fleet.marks("end")}
+    assert {ran_by[i] for i in cpu_ids} <= by_pool["cpu"]
+    assert {ran_by[i] for i in io_ids} <= by_pool["io"]
+    assert overlap(fleet, io_ids) >= 5
 
 
 def overlap(fleet, job_ids: list[int]) -> int:
@@ -100,10 +101,7 @@ def test_each_pool_runs_its_own_queues(fleet, db_url, form):
         timeout=60,
         message="every job to succeed",
     )
-    ran_by = {job_id: pid for job_id, _, pid in fleet.marks("end")}
-    assert {ran_by[i] for i in cpu_ids} <= by_pool["cpu"]
-    assert {ran_by[i] for i in io_ids} <= by_pool["io"]
-    assert overlap(fleet, io_ids) >= 5
+    assert_routed(fleet, by_pool, cpu_ids, io_ids)
     # the whole fleet, and a listing selected in the database (by queue)
     for selection in ((), ("--queue", "io")):
         [supervisor] = status_json(fleet, *selection)["supervisors"]
