@@ -147,7 +147,9 @@ def banner(config: PreforkConfig, bootstrap: Bootstrap) -> str:
     if config.listen_notify:
         listen = "one LISTEN session, children woken by pipe"
     else:
-        listen = f"off (polling every {config.fetch_job_polling_interval:g} s)"
+        listen = (
+            f"off (the supervisor polls every {config.fetch_job_polling_interval:g} s)"
+        )
     lines = [
         (f"procrastinate-prefork {__version__} -- {bootstrap.description}"),
         f"  host:          {config.hostname} (supervisor pid {os.getpid()})",

@@ -23,6 +23,9 @@ from .table import OPTIONS, OPTIONS_BY_NAME
 
 #: worker rows procrastinate's own start-up prune may delete: a day old
 PROCRASTINATE_PRUNE_AFTER = 86400.0
+#: a child's own polling interval, in intervals of the supervisor's polls
+#: (at least a minute): the children's timers cost the database little
+CHILD_POLLING_FACTOR = 12
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +82,12 @@ class PreforkConfig:
             return self.log_level
         return "debug" if self.verbose > 0 else None
 
+    @property
+    def child_polling_interval(self) -> float:
+        """How often a child polls on its own: a fallback to the supervisor's
+        polls (its session down, the process stopped), much rarer."""
+        return max(self.fetch_job_polling_interval * CHILD_POLLING_FACTOR, 60.0)
+
     def worker_options(self, slot: int) -> dict[str, Any]:
         """Keyword arguments for procrastinate's ``App.run_worker_async``."""
         return {
@@ -86,12 +95,17 @@ class PreforkConfig:
             "name": f"{self.name}-{slot}",
             "concurrency": self.child_concurrency,
             "wait": self.wait,
-            "fetch_job_polling_interval": self.fetch_job_polling_interval,
+            # the supervisor polls for its children (supervisor/poller.py)
+            # and wakes them through their pipes: their own timer is only a
+            # fallback, for when it cannot
+            "fetch_job_polling_interval": self.child_polling_interval,
             "abort_job_polling_interval": self.abort_job_polling_interval,
             # The supervisor enforces the shared deadline with SIGKILL; the
             # worker's own timeout makes async jobs see a clean abort first.
             "shutdown_graceful_timeout": self.shutdown_graceful_timeout,
-            "listen_notify": self.listen_notify,
+            # the wake pipe, not a LISTEN: with --no-listen-notify it carries
+            # the supervisor's polls alone
+            "listen_notify": True,
             "delete_jobs": self.delete_jobs,
             # procrastinate's worker deletes, when it starts, the worker rows
             # older than this. Right after a database outage every row is old,

@@ -115,8 +115,11 @@ OPTIONS: tuple[Option, ...] = (
         ("--fetch-job-polling-interval",),
         seconds("fetch_job_polling_interval"),
         5.0,
-        "Seconds between polls for new jobs (a fallback to LISTEN/NOTIFY); "
-        "at most 3600 s.",
+        "Seconds between the supervisor's polls for runnable jobs, one query "
+        "per pool (a fallback to LISTEN/NOTIFY that also finds scheduled jobs "
+        "whose time has come); it wakes idle children through their pipes. "
+        "A child polls on its own only every 12 intervals (at least 60 s), "
+        "for when the supervisor cannot. At most 3600 s.",
         group="worker",
         env=("PROCRASTINATE_WORKER_FETCH_JOB_POLLING_INTERVAL",),
     ),
@@ -146,7 +149,8 @@ OPTIONS: tuple[Option, ...] = (
         ("--listen-notify",),
         boolean,
         True,
-        "Wake children on new jobs through the supervisor's single LISTEN session.",
+        "Wake children on new jobs through the supervisor's single LISTEN "
+        "session; without it, the supervisor's polls wake them.",
         group="worker",
         env=("PROCRASTINATE_WORKER_LISTEN_NOTIFY",),
         negative_flag="--no-listen-notify",

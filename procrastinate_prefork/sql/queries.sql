@@ -668,3 +668,24 @@ WHERE (%(host)s::text IS NULL OR e.host = %(host)s::text)
        OR (e.queue_name IS NULL
            AND (e.queues IS NULL OR %(queue)s::text = ANY(e.queues))))
 ORDER BY e.id DESC LIMIT %(limit)s
+
+-- poll_runnable --
+-- Runnable todo jobs of every queue, counted up to a limit (the supervisor's poll)
+-- A job whose lock a running job holds is not runnable (a probe of
+-- procrastinate's unique index of the doing jobs' locks).
+SELECT count(*) FROM (SELECT 1 FROM procrastinate_jobs AS j
+WHERE j.status = 'todo' AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())
+AND (j.lock IS NULL OR NOT EXISTS (
+    SELECT 1 FROM procrastinate_jobs AS d WHERE d.lock = j.lock AND d.status = 'doing'))
+LIMIT %(limit)s) AS runnable
+
+-- poll_runnable_in_queues --
+-- Runnable todo jobs of the given queues, counted up to a limit (the supervisor's poll)
+-- By the index of todo jobs by queue (not "queues IS NULL OR": see
+-- count_runnable_in_queues); locks as in poll_runnable.
+SELECT count(*) FROM (SELECT 1 FROM procrastinate_jobs AS j
+WHERE j.status = 'todo' AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())
+AND j.queue_name = ANY(%(queues)s)
+AND (j.lock IS NULL OR NOT EXISTS (
+    SELECT 1 FROM procrastinate_jobs AS d WHERE d.lock = j.lock AND d.status = 'doing'))
+LIMIT %(limit)s) AS runnable

@@ -10,9 +10,10 @@ state it changes and is given what it reads: ``pool.Pool`` (children, slots,
 respawns, size: one per pool of ``config.pools``, built by ``pools``, each
 with its pool's configuration and its own slots), ``lifecycle.Lifecycle``
 (phase, drain deadline, what each signal means), ``signals.Signals``
-(queue, self-pipe), ``reaping.Reaper``, ``deadlines.Police`` and
-``scaling.Autoscaler`` (one of each per pool), ``recovering.Recovery`` and
-``maintenance.Maintenance``; ``startup`` checks before the first fork.
+(queue, self-pipe), ``reaping.Reaper``, ``deadlines.Police``,
+``scaling.Autoscaler`` and ``poller.Poller`` (one of each per pool),
+``recovering.Recovery`` and ``maintenance.Maintenance``; ``startup`` checks
+before the first fork.
 ``system`` is what they ask of the OS and the clock.
 """
 
@@ -34,6 +35,7 @@ from .children import Child, Forker, Phase
 from .deadlines import Police
 from .lifecycle import Lifecycle
 from .maintenance import Maintenance
+from .poller import Poller
 from .pool import ForkFailed, Pool
 from .reaping import Reaper
 from .recovering import Outbox, Recovery
@@ -86,10 +88,9 @@ class Supervisor:
         self.pools = pools.build(config, system, self.scoreboard, forker)
         self.lifecycle = Lifecycle(config, system, self.pools)
         self.police = [Police(p.config, self.scoreboard, p.kill) for p in self.pools]
-        board, start = self.scoreboard, self.started
-        self.autoscalers = [
-            Autoscaler(p.config, self.db, board, start) for p in self.pools
-        ]
+        board, start, sdb = self.scoreboard, self.started, self.db
+        self.autoscalers = [Autoscaler(p.config, sdb, board, start) for p in self.pools]
+        self.pollers = [Poller.of(a, sdb, board) for a in self.autoscalers]
         outbox, wake, totals = Outbox(), self._request_wake, self.totals
         self.recovery = Recovery(
             config, self.db, system, bootstrap.app, totals, outbox, wake
@@ -227,6 +228,8 @@ class Supervisor:
     def _forward_wakeups(self) -> None:
         wake, self._wake_pending = self._wake_pending, False
         pools.forward(self.pools, self.db.notifications(), wake)
+        if self.lifecycle.running:
+            pools.poll(self.pools, self.pollers, self._now())
 
     def _periodic(self) -> None:
         self.recovery.run()

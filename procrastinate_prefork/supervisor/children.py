@@ -145,7 +145,7 @@ class Forker:
                 config=self.config,
                 bootstrap=self.bootstrap,
                 scoreboard=self.scoreboard,
-                wake_fd=wake_r if self.config.listen_notify else None,
+                wake_fd=wake_r,  # the supervisor's polls wake it too
                 supervisor_pid=self.supervisor_pid,
                 inherited_fds=self.own_fds(),
                 on_start=self.on_start,

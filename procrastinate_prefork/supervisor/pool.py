@@ -225,6 +225,29 @@ class Pool:
             },
         )
 
+    def idle_children(self) -> list[Child]:
+        """Children with room for a job (idle; with several jobs at once, a
+        free place), lowest slot first: those a poll wakes."""
+        room = []
+        for child in sorted(self.children.values(), key=lambda c: c.slot):
+            view = self.scoreboard.read(child.slot)
+            if child.retiring:
+                continue
+            if view.state is State.IDLE or (
+                view.state is State.BUSY
+                and view.running < self.config.child_concurrency
+                and self.config.child_concurrency > 1
+            ):
+                room.append(child)
+        return room
+
+    def wake_children(self, children: list[Child]) -> list[int]:
+        """A "job inserted" wake-up to these children only; their pids."""
+        data = wakepipe.encode([wakepipe.JOB_INSERTED])
+        for child in children:
+            wakepipe.send_wake(child.wake_fd, data)
+        return [child.pid for child in children]
+
     def signal_all(self, signum: int) -> None:
         for child in self.children.values():
             self.kill(child, signum)

@@ -1,7 +1,8 @@
 """The pools of one supervisor, taken together: how they are built (each
 with its configuration, its name and its own range of scoreboard slots), and
 what the loop asks of all of them at once (their children, their next fork,
-their queues, readiness, wake-ups routed to the pools serving a queue).
+their queues, readiness, wake-ups routed to the pools serving a queue,
+the polls).
 
 Nothing here knows of the supervisor; a fleet without pools has one pool,
 named ``default``, built from the top-level options."""
@@ -19,6 +20,7 @@ from ..config.pools import pools_of
 from ..fleet.snapshot import union_queues
 from . import slots
 from .children import Child, Forker
+from .poller import Poller
 from .pool import SLOTS_PER_POOL, Pool
 from .system import System
 
@@ -85,13 +87,22 @@ def next_fork_in(pools: Iterable[Pool], now: float) -> float | None:
 def forward(
     pools: Sequence[Pool], notifications: list[tuple[str, str]], wake: bool
 ) -> None:
-    """Each pool's children get the notifications of the queues it serves,
-    and a wake-up if ``wake`` (after a recovery, a reconnection)."""
+    """Each pool's children get the notifications of the queues it serves
+    (pools that listen), and a wake-up if ``wake`` (after a recovery, a
+    reconnection): every child has a wake pipe, the supervisor's polls
+    use it even without LISTEN."""
     routed = wakepipe.route(notifications, [p.config.queues for p in pools])
     for pool, received in zip(pools, routed, strict=True):
-        lines = wakepipe.to_forward(received, wake)
-        if lines and pool.config.listen_notify:
+        heard = received if pool.config.listen_notify else []
+        lines = wakepipe.to_forward(heard, wake)
+        if lines:
             pool.wake(wakepipe.encode(lines))
+
+
+def poll(pools: Sequence[Pool], pollers: Sequence[Poller], now: float) -> None:
+    """Each pool's poll, when due (``poller.Poller``)."""
+    for pool, poller in zip(pools, pollers, strict=True):
+        poller.poll(pool, now)
 
 
 def log_ready(pools: Sequence[Pool]) -> None:

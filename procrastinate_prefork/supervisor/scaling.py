@@ -14,6 +14,8 @@ from . import db as db_module
 from . import policy
 from .pool import Pool
 
+LOOK_EVERY = 1.0  # seconds between two looks
+
 
 class Autoscaler:
     def __init__(
@@ -28,19 +30,24 @@ class Autoscaler:
         self.scoreboard = scoreboard
         self.next_look: float = 0.0
         self.quiet_since: float = now
+        #: the last count of runnable jobs and when (the poller shares it)
+        self.backlog: int | None = None
+        self.counted_at: float | None = None
+        self.period = LOOK_EVERY
 
     def look(self, pool: Pool, now: float) -> None:
         if self.config.autoscale is None:
             return
         if now < self.next_look:
             return
-        self.next_look = now + 1.0
+        self.next_look = now + self.period
 
         backlog = self.db.run(
             lambda conn: fleet.count_runnable(conn, self.config.queues)
         )
         if backlog is None:
             return
+        self.backlog, self.counted_at = backlog, now
         views = [
             self.scoreboard.read(c.slot)
             for c in pool.children.values()

@@ -205,7 +205,7 @@ def check_pooling(
     Pooled: prepared statements go off on every connection of the fleet
     (``Bootstrap.pooler_safe``); the supervisor's session moves to
     ``--listen-dsn`` if that one receives notifications, else it stops
-    LISTENing and new jobs are found by the children's polling. Either way
+    LISTENing and new jobs are found by its polls (``poller``). Either way
     the supervisor still wakes children through their pipes after a
     recovery or a sweep."""
     bootstrap.transaction_pooled = not db.listen_works(
@@ -239,7 +239,8 @@ def check_pooling(
         session.channels = []  # a LISTEN there would receive nothing
         logger.warning(
             "LISTEN receives no notification on %s: new jobs are found by "
-            "polling every %g s (give --listen-dsn a direct connection)",
+            "the supervisor's polls every %g s (give --listen-dsn a direct "
+            "connection)",
             "the --listen-dsn connection"
             if config.listen_dsn
             else "the database connection",

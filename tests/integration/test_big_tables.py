@@ -12,6 +12,7 @@ import pytest
 
 from procrastinate_prefork.fleet import recovery
 from procrastinate_prefork.fleet import table as fleet
+from procrastinate_prefork.supervisor import poller
 
 ROWS = 30_000
 
@@ -125,3 +126,36 @@ def test_the_autoscalers_count_of_every_queue_is_capped(big):
     assert fleet.count_runnable(big, None) == 1000
     assert plans.texts
     assert plans.scans_of_jobs() == []
+
+
+@pytest.mark.parametrize("queues", [["default"], ["default", "other"]])
+def test_the_supervisors_poll_reads_its_queues_todo_jobs_only(big, queues):
+    """Issue 25: the host's one poll, once an interval, walks neither the
+    finished jobs nor the other queues' waiting ones."""
+    plans = Plans(big)
+    for _ in range(20):
+        assert poller.count_runnable(big, queues, 4) == 0
+    assert plans.walks(ROWS // 10) == []
+    assert plans.scans_of_jobs() == []
+
+
+def test_the_supervisors_poll_stops_at_the_children_it_can_wake(big):
+    """Of every queue: the count stops at its limit; a job whose lock a
+    running job holds is not runnable."""
+    plans = Plans(big)
+    assert poller.count_runnable(big, None, 4) == 4
+    assert plans.walks(ROWS // 10) == []
+    assert plans.scans_of_jobs() == []
+    big.execute("UPDATE procrastinate_jobs SET status = 'failed' WHERE status = 'todo'")
+    big.execute(
+        "INSERT INTO procrastinate_jobs (queue_name, task_name, args, status, lock) "
+        "VALUES ('default', 'held', '{}', 'doing', 'L'), "
+        "('default', 'blocked', '{}', 'todo', 'L')"
+    )
+    assert poller.count_runnable(big, ["default"], 4) == 0
+    assert poller.count_runnable(big, None, 4) == 0
+    big.execute(
+        "UPDATE procrastinate_jobs SET status = 'succeeded' "
+        "WHERE lock = 'L' AND status = 'doing'"
+    )
+    assert poller.count_runnable(big, ["default"], 4) == 1
