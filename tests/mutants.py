@@ -16,7 +16,7 @@ JUDGEMENT = "tests/integration/test_sweep_judgement.py"
 LOOP = "tests/integration/test_loop.py"
 RECOVERY = "tests/integration/test_recovery.py"
 ISOLATION = "tests/integration/test_recovery_isolation.py"
-# the end of compat.finish_only_owned_jobs (other wrappers of finish_job and
+# the end of compat.ends.finish_only_owned_jobs (other wrappers of finish_job and
 # retry_job end with the same two lines)
 OWNED_TAIL = (
     "        await unregister(worker_id)\n\n"
@@ -106,7 +106,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         id="late-finish",
         promise="a late run's outcome (finish) does not overwrite a later run's",
-        path="procrastinate_prefork/compat.py",
+        path="procrastinate_prefork/compat/ends.py",
         old=f"{OWNED_TAIL}{OWNED_FINISH}{OWNED_RETRY}",
         new=f"{OWNED_TAIL}{OWNED_RETRY}",
         tests=(f"{JUDGEMENT}::test_late_outcome_of_an_earlier_run_is_not_written",),
@@ -114,7 +114,7 @@ MUTANTS: list[Mutant] = [
     Mutant(
         id="late-retry",
         promise="a late run's outcome (retry) does not overwrite a later run's",
-        path="procrastinate_prefork/compat.py",
+        path="procrastinate_prefork/compat/ends.py",
         old=f"{OWNED_TAIL}{OWNED_FINISH}{OWNED_RETRY}",
         new=f"{OWNED_TAIL}{OWNED_FINISH}",
         tests=(f"{JUDGEMENT}::test_late_retry_of_an_earlier_run_is_not_written",),
@@ -303,7 +303,7 @@ MUTANTS: list[Mutant] = [
         id="lost-fetch",
         promise="a job fetched for a live child, the reply lost with the "
         "connection, goes back to todo instead of staying doing while it lives",
-        path="procrastinate_prefork/compat_fetches.py",
+        path="procrastinate_prefork/compat/fetches.py",
         old="        if state.uncertain and await _release(",
         new="        if False and await _release(",
         tests=(

@@ -19,7 +19,8 @@ from typing import Any
 
 import setproctitle
 
-from .. import compat, compat_fetches, compat_worker
+from .. import compat
+from ..compat import fetches, periodic
 from ..config import PreforkConfig
 from ..config.pools import DEFAULT_POOL
 from ..observability import jsonlog, logfiles, redact
@@ -165,9 +166,9 @@ async def _serve(spec: ChildSpec) -> int:
             fetch_next=_fetch_next(tracker) if config.child_concurrency == 1 else None,
         )
         compat.restore_deleted_worker_row(app)
-        compat_fetches.give_back_lost_fetches(app)
+        fetches.give_back_lost_fetches(app)
         if spec.supervisor_row is not None:
-            compat_fetches.record_worker_before_fetching(
+            fetches.record_worker_before_fetching(
                 app,
                 host=config.hostname,
                 supervisor_row=spec.supervisor_row,
@@ -190,7 +191,7 @@ async def _serve(spec: ChildSpec) -> int:
                 tracker.soft.async_middleware,
             ]
         worker = compat.make_worker(app, **options)
-        compat_worker.gate_periodic_deferrer(
+        periodic.gate_periodic_deferrer(
             worker,
             lambda: spec.scoreboard.deferrer() == pid,
             _deferrer_changed(spec.slot),

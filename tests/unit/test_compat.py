@@ -1,4 +1,4 @@
-"""The private corners of procrastinate we rely on (compat.py), checked
+"""The private corners of procrastinate we rely on (the compat package), checked
 against the installed version. If procrastinate changes one, this fails."""
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def _survive(monkeypatch, still_ours, keep_fetching, **methods):
     monkeypatch.setattr(
         app.connector, "execute_query_one_async", execute_query_one_async
     )
-    monkeypatch.setattr(compat, "PERSIST_RETRY_DELAY", 0.0)
+    monkeypatch.setattr(compat.outages, "PERSIST_RETRY_DELAY", 0.0)
     compat.survive_database_outages(app, keep_fetching=keep_fetching)
     return app.job_manager
 
@@ -210,7 +210,7 @@ def test_job_manager_methods_we_replace_keep_their_signatures():
 
 
 def test_the_periodic_deferrer_runs_only_while_designated():
-    """compat_worker.gate_periodic_deferrer wraps the worker's own deferrer
+    """compat.periodic.gate_periodic_deferrer wraps the worker's own deferrer
     (started by procrastinate as a side task): it defers jobs only while
     the child is the designated one, and stops when it no longer is."""
     import asyncio
@@ -218,7 +218,7 @@ def test_the_periodic_deferrer_runs_only_while_designated():
 
     from procrastinate import worker as worker_module
 
-    from procrastinate_prefork import compat_worker
+    from procrastinate_prefork.compat import periodic as compat_worker
 
     source = inspect.getsource(worker_module.Worker._start_side_tasks)
     assert "self._periodic_deferrer()" in source

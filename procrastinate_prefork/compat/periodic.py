@@ -1,7 +1,5 @@
-"""What we touch that is private in procrastinate's Worker itself (the rest,
-connector and job manager, is in ``compat``; the same rules apply: the only
-module to adapt when procrastinate changes, ``tests/unit/test_compat.py``
-says so)."""
+"""procrastinate's periodic deferrer, a side task of every Worker: run in
+one child per host, not in each (the Worker's own private method, gated)."""
 
 from __future__ import annotations
 

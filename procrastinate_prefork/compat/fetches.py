@@ -1,5 +1,5 @@
-"""Jobs a child fetched that nobody would find (a second module of
-``compat.py``: procrastinate's ``JobManager`` methods replaced, as there).
+"""Jobs a child fetched that nobody would find, and wake-ups that came while
+a fetch ran (procrastinate's ``JobManager`` methods replaced).
 
 A child records its worker id in its own fleet-table row as soon as its
 worker registers, before its first fetch (``record_worker_before_fetching``):
@@ -16,7 +16,7 @@ under the child's worker while the child, which got an error, never runs it.
 The child lives and its supervisor keeps its worker row fresh, so no recovery
 takes the job either: it would stay ``doing`` until the child dies, and a job
 of its ``lock`` could not run meanwhile. The same holds for the fetch made
-with a job's end (``compat.finish_only_owned_jobs``).
+with a job's end (``ends.finish_only_owned_jobs``).
 
 So after such a call failed on a lost connection, the worker's next fetch,
 once it has its job (or none), gives back to ``todo`` the jobs the database
@@ -34,8 +34,8 @@ from typing import Any
 import procrastinate
 from procrastinate import exceptions as procrastinate_exceptions
 
-from .compat import _is_disconnection
-from .fleet import queries
+from ..fleet import queries
+from .outages import is_disconnection
 
 logger = logging.getLogger("procrastinate_prefork.child")
 
@@ -49,8 +49,8 @@ class LostFetches:
 
 
 def give_back_lost_fetches(app: procrastinate.App) -> LostFetches:
-    """Install after ``compat.finish_only_owned_jobs`` and before
-    ``compat.survive_database_outages`` (whose repeats of an end and whose
+    """Install after ``ends.finish_only_owned_jobs`` and before
+    ``outages.survive_database_outages`` (whose repeats of an end and whose
     skipped fetches pass through here each time)."""
     manager = app.job_manager
     state = LostFetches()
@@ -60,7 +60,7 @@ def give_back_lost_fetches(app: procrastinate.App) -> LostFetches:
         try:
             job = await fetch(queues, worker_id)
         except procrastinate_exceptions.ConnectorException as exc:
-            if _is_disconnection(exc):
+            if is_disconnection(exc):
                 state.uncertain = True
             raise
         if job is not None and job.id is not None:
@@ -81,7 +81,7 @@ def give_back_lost_fetches(app: procrastinate.App) -> LostFetches:
             try:
                 await original(job, *args, **kwargs)
             except procrastinate_exceptions.ConnectorException as exc:
-                if _is_disconnection(exc):  # its fetch may have committed
+                if is_disconnection(exc):  # its fetch may have committed
                     state.uncertain = True
                 raise
             state.held.discard(job.id)
