@@ -300,6 +300,18 @@ MUTANTS: list[Mutant] = [
         ),
     ),
     Mutant(
+        id="wake-during-fetch",
+        promise="a wake-up that comes while a fetch finds nothing is not lost "
+        "(procrastinate's worker clears its event after each fetch)",
+        path="procrastinate_prefork/child/runner.py",
+        old="        fetches.fetch_again_when_woken(app, lambda: connector.wakes)\n",
+        new="        pass\n",
+        tests=(
+            "tests/integration/test_poller.py::"
+            "test_a_job_deferred_while_a_fetch_finds_nothing_starts_at_once",
+        ),
+    ),
+    Mutant(
         id="lost-fetch",
         promise="a job fetched for a live child, the reply lost with the "
         "connection, goes back to todo instead of staying doing while it lives",

@@ -178,6 +178,7 @@ async def _serve(spec: ChildSpec) -> int:
         compat.on_job_ended(app, tracker.ended)
         if not config.wait:  # one-shot: tell "queues empty" from other stops
             compat.on_fetch(app, tracker.fetched)
+        fetches.fetch_again_when_woken(app, lambda: connector.wakes)
         options = config.worker_options(spec.slot)
         options["name"] = worker_name(config.name, spec.pool, spec.slot)
         redact.install(options["name"])  # no job arguments in INFO logs

@@ -41,6 +41,9 @@ class PipeWake:
     recovery."""
 
     _wake_fd: int | None = None
+    #: "job inserted" wake-ups received so far (``compat.fetches`` compares
+    #: it before and after a fetch)
+    wakes: int = 0
 
     async def listen_notify(
         self, on_notification: connector_module.Notify, channels: Iterable[str]
@@ -49,6 +52,8 @@ class PipeWake:
             return
         fd, self._wake_fd = self._wake_fd, None
         async for channel, payload in wakepipe.read_wakes(fd):
+            if wakepipe.is_job_inserted(payload):
+                self.wakes += 1
             await on_notification(channel=channel, payload=payload)
 
 

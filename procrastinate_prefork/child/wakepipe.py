@@ -17,6 +17,14 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 JOB_INSERTED = ("procrastinate_any_queue_v1", '{"type": "job_inserted"}')
 
 
+def is_job_inserted(payload: str) -> bool:
+    """Whether a notification's payload says a job may be waiting."""
+    try:
+        return bool(json.loads(payload).get("type") == "job_inserted")
+    except (ValueError, AttributeError):
+        return False
+
+
 def to_forward(
     notifications: Iterable[tuple[str, str]], wake: bool
 ) -> list[tuple[str, str]]:

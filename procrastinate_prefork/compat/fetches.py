@@ -130,6 +130,33 @@ async def _release(manager: Any, state: LostFetches, worker_id: int) -> int:
     return sum(1 for row in rows if not row["failed"])
 
 
+def fetch_again_when_woken(app: procrastinate.App, wakes: Callable[[], int]) -> None:
+    """A fetch that finds nothing while a wake-up comes fetches again.
+
+    procrastinate's worker clears its "new job" event after each fetch: a
+    notification that arrives while a fetch runs, of a job the fetch did not
+    see (committed after the fetch's snapshot), is forgotten, and the job
+    waits for the next poll. The supervisor's polls would find it, but a
+    fetch that takes long (a loaded machine, a CPU-bound job in a thread of
+    the same child) makes that window wide. ``wakes()`` counts the wake-ups
+    received (``child.session.PipeWake``). Install last: the outermost
+    wrapper of ``fetch_job``, so that every wait of a fetch is inside."""
+    manager = app.job_manager
+    fetch = manager.fetch_job
+
+    async def fetch_job(queues: Any, worker_id: int) -> Any:
+        while True:
+            seen = wakes()
+            job = await fetch(queues, worker_id)
+            # each round answers wake-ups that came while the last one ran:
+            # as many rounds as notifications, as procrastinate would do
+            if job is not None or wakes() == seen:
+                return job
+
+    # ignore: we replace methods of this app's JobManager on purpose
+    manager.fetch_job = fetch_job  # type: ignore[method-assign]
+
+
 def record_worker_before_fetching(
     app: procrastinate.App, *, host: str, supervisor_row: int, slot: int
 ) -> None:

@@ -242,3 +242,31 @@ def crash_after_first_pool(*, slot: int, pid: int) -> None:
 
     if slot >= SLOTS_PER_POOL:
         raise RuntimeError("this pool's children cannot start")
+
+
+#: how long a slowed empty fetch keeps its answer (seconds)
+SLOW_FETCH = 3.0
+
+
+def slow_empty_fetches(*, slot: int, pid: int) -> None:
+    """The child's fetches that find nothing answer late, as on a loaded
+    machine: each leaves a file ``empty-fetch-<pid>-<time>`` when the database
+    has answered, then holds the answer ``SLOW_FETCH`` seconds. Patched on the
+    connector classes, below every wrapper of the job manager."""
+    from procrastinate import psycopg_connector
+
+    from procrastinate_prefork.child import session
+
+    results = os.environ["PREFORK_TEST_RESULTS"]
+    for cls in (psycopg_connector.PsycopgConnector, session.SessionConnector):
+        original = cls.execute_query_one_async
+
+        async def slowed(self, query, *, _original=original, **arguments):
+            row = await _original(self, query, **arguments)
+            if "procrastinate_fetch_job" in query and row.get("id") is None:
+                name = f"empty-fetch-{os.getpid()}-{time.time():.6f}"
+                open(os.path.join(results, name), "w").close()
+                await asyncio.sleep(SLOW_FETCH)
+            return row
+
+        cls.execute_query_one_async = slowed

@@ -21,6 +21,7 @@ import time
 
 import psycopg
 
+from tests.apps.plain_app import SLOW_FETCH
 from tests.fleet_helper import APP, defer, jobs, wait_for
 
 INTERVAL = 1.0
@@ -191,3 +192,43 @@ def test_each_pool_is_polled_for_its_own_queues(fleet, db_url):
     assert {e["pool"] for e in woke} == {"io"}
     assert runner in _woken_pids(fleet)
     assert fleet.stop() == 0
+
+
+def _empty_fetches_after(fleet, since: float) -> list[float]:
+    """When the child's slowed fetches that found nothing were answered."""
+    times = (float(p.name.rsplit("-", 1)[1]) for p in fleet.results.glob("empty-*"))
+    return sorted(t for t in times if t > since)
+
+
+def test_a_job_deferred_while_a_fetch_finds_nothing_starts_at_once(fleet, db_url):
+    """procrastinate's worker clears its wake-up after each fetch: the
+    notification of a job committed while a fetch runs (too late for it to
+    see) would be forgotten, and with the supervisor polling only every
+    60 s the job would wait that long. The child's fetches that find nothing
+    are slowed (tests.apps.plain_app.slow_empty_fetches), and the job is
+    deferred in that window, beside a running job: it starts while that job
+    still runs, because the child fetches again after a wake-up that came
+    during a fetch."""
+    fleet.start(
+        "--concurrency", "1",
+        "--child-concurrency", "2",
+        "--fetch-job-polling-interval", "60",
+        "--on-child-start", "tests.apps.plain_app.slow_empty_fetches",
+    )  # fmt: skip
+    [child] = fleet.wait_children(1)
+    # the child's first fetch finds nothing: let its held answer pass
+    wait_for(lambda: _empty_fetches_after(fleet, 0), message="the first fetch")
+    time.sleep(SLOW_FETCH + 0.5)
+    since = time.time()
+    [first] = defer(db_url, "sleep", seconds=10)
+    assert fleet.running_child(first) == child
+    # the fetch after the first job's finds nothing; its answer is held
+    wait_for(lambda: _empty_fetches_after(fleet, since), message="an empty fetch")
+    [second] = defer(db_url, "cpu", ms=1)
+    wait_for(
+        lambda: (second, 0) in fleet.mark_times("end"),
+        timeout=12,
+        message="the job deferred during the empty fetch to run",
+    )
+    assert (first, 0) not in fleet.mark_times("end")  # beside the first job
+    assert fleet.stop(timeout=60) == 0
