@@ -4,15 +4,17 @@
     scripts/pg.sh start   # or any PostgreSQL you may create databases in
     DATABASE_URL=... .venv/bin/python benchmarks/bigtables.py [--idle-seconds 60]
 
-Two databases (procrastinate's schema and ours): one empty, one holding
-1,000,000 finished jobs (3 events each), 100,000 ``todo`` jobs in a queue the
-fleet does not serve, and 1,000 other supervisors x 16 children (live, each
-with a worker row, half of them running a job). On each, every query of the
-fleet is timed per call (median of ``--calls``) and its plans are captured
-with ``auto_explain`` (EXPLAIN ANALYZE of every statement, nested ones too);
-then an idle 4-child fleet runs for ``--idle-seconds`` and the CPU of the
-database sessions serving it is read from ``/proc`` (so the server must run
-on this machine). Writes docs/benchmarks-bigtables.json (``--out``).
+Three databases (procrastinate's schema and ours): one empty; "bigjobs"
+holding 1,000,000 finished jobs (3 events each), 100,000 ``todo`` jobs in a
+queue the fleet does not serve and 10,000 of its own queue scheduled an hour
+ahead; "big" holding the same and 1,000 other supervisors x 16 children
+(live, each with a worker row, half of them running a job). On the empty and
+the big one, every query of the fleet is timed per call (median of
+``--calls``) and its plans are captured with ``auto_explain`` (EXPLAIN
+ANALYZE of every statement, nested ones too); then on each of the three an
+idle 4-child fleet runs for ``--idle-seconds`` and the CPU of the database
+sessions serving it is read from ``/proc`` (so the server must run on this
+machine). Writes docs/benchmarks-bigtables.json (``--out``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ from procrastinate_prefork.fleet import table as fleet
 
 FINISHED = 1_000_000
 TODO = 100_000
+#: jobs of the served queue scheduled an hour ahead (not runnable yet)
+SCHEDULED = 10_000
 SUPERVISORS = 1_000
 CHILDREN = 16
 HOST = "bench-bigtables"
@@ -65,6 +69,12 @@ CROSS JOIN (VALUES (0, 'deferred'), (1, 'started'), (2, 'succeeded')) AS t(n, ty
 INSERT INTO procrastinate_jobs (queue_name, task_name, args, status)
 SELECT 'backlog', 'noop_sync', '{}'::jsonb, 'todo'
 FROM generate_series(1, %(todo)s);
+INSERT INTO procrastinate_jobs (queue_name, task_name, args, status, scheduled_at)
+SELECT 'default', 'noop_sync', '{}'::jsonb, 'todo', now() + interval '1 hour'
+FROM generate_series(1, %(scheduled)s);
+SET session_replication_role = DEFAULT;
+-- the fleet table and its workers (the "big" database only) --
+SET session_replication_role = replica;
 INSERT INTO procrastinate_workers (last_heartbeat)
 SELECT now() FROM generate_series(1, %(supervisors)s * %(children)s);
 INSERT INTO procrastinate_prefork_processes
@@ -94,17 +104,23 @@ SET session_replication_role = DEFAULT;
 """
 
 
-def fill(url: str) -> float:
+FLEET_PART = "-- the fleet table and its workers"
+
+
+def fill(url: str, fleet: bool = True) -> float:
+    """The big jobs tables, and with ``fleet`` the big fleet table too."""
     start = time.monotonic()
+    sql = FILL_SQL if fleet else FILL_SQL.split(FLEET_PART)[0]
     with harness.connect(url) as conn:
         params = {
             "finished": FINISHED,
             "todo": TODO,
+            "scheduled": SCHEDULED,
             "supervisors": SUPERVISORS,
             "children": CHILDREN,
             "others_timeout": OTHERS_TIMEOUT,
         }
-        for statement in FILL_SQL.split(";\n"):
+        for statement in sql.split(";\n"):
             if statement.strip():
                 conn.execute(statement, params)  # type: ignore[arg-type]
         conn.execute("VACUUM ANALYZE")
@@ -381,8 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     if not db_url:
         print("bigtables.py: set DATABASE_URL", file=sys.stderr)
         return 2
-    global FINISHED, TODO, SUPERVISORS
+    global FINISHED, TODO, SCHEDULED, SUPERVISORS
     FINISHED, TODO = int(FINISHED * args.scale), int(TODO * args.scale)
+    SCHEDULED = int(SCHEDULED * args.scale)
     SUPERVISORS = max(1, int(SUPERVISORS * args.scale))
     log = harness_log()
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -399,24 +416,30 @@ def main(argv: list[str] | None = None) -> int:
         "sizes": {
             "finished": FINISHED,
             "todo": TODO,
+            "scheduled": SCHEDULED,
             "supervisors": SUPERVISORS,
             "children": CHILDREN,
         },
     }
     dbs.create_template()
     try:
-        with dbs.fresh() as empty, dbs.fresh() as big:
-            log("filling the big database")
+        with dbs.fresh() as empty, dbs.fresh() as bigjobs, dbs.fresh() as big:
+            log("filling the big databases")
             out["fill_s"] = round(fill(big), 1)
-            out["rows"] = {"empty": counts(empty), "big": counts(big)}
+            fill(bigjobs, fleet=False)
+            out["rows"] = {
+                "empty": counts(empty),
+                "bigjobs": counts(bigjobs),
+                "big": counts(big),
+            }
             log(f"  {out['fill_s']} s: {out['rows']['big']}")
             out["queries"] = {}
             for name, url in (("empty", empty), ("big", big)):
                 log(f"timing the fleet's queries on the {name} database")
                 out["queries"][name] = time_queries(url, args.calls)
-            out["idle"] = {"empty": [], "big": []}
+            out["idle"] = {"empty": [], "bigjobs": [], "big": []}
             for rep in range(args.idle_reps):
-                for name, url in (("empty", empty), ("big", big)):
+                for name, url in (("empty", empty), ("bigjobs", bigjobs), ("big", big)):
                     log(f"idle 4-child fleet on the {name} database, rep {rep + 1}")
                     busy = harness.background_busy(2.0)
                     run = idle_fleet_cpu(url, workdir, args.idle_seconds, args.settle)
