@@ -303,12 +303,38 @@ MUTANTS: list[Mutant] = [
         id="wake-during-fetch",
         promise="a wake-up that comes while a fetch finds nothing is not lost "
         "(procrastinate's worker clears its event after each fetch)",
-        path="procrastinate_prefork/child/runner.py",
-        old="        fetches.fetch_again_when_woken(app, lambda: connector.wakes)\n",
-        new="        pass\n",
+        path="procrastinate_prefork/compat/fetches.py",
+        old="            if job is not None or wakes() == seen:\n",
+        new="            if True:\n",
         tests=(
             "tests/integration/test_poller.py::"
             "test_a_job_deferred_while_a_fetch_finds_nothing_starts_at_once",
+        ),
+    ),
+    Mutant(
+        id="children-poll-anyway",
+        promise="an idle fleet's children leave the polling to the supervisor "
+        "(one query per pool an interval, not one per child)",
+        path="procrastinate_prefork/compat/fetches.py",
+        old="        if idle_since[0] == wakes() and supervisor_polls():\n",
+        new="        if False:\n",
+        tests=(
+            "tests/integration/test_poller.py::"
+            "test_an_idle_fleet_does_not_poll_from_its_children",
+        ),
+    ),
+    Mutant(
+        id="children-trust-a-stopped-supervisor",
+        promise="children poll on their own when the supervisor's polls are late",
+        path="procrastinate_prefork/child/runner.py",
+        old=(
+            "        return config.wait and "
+            "time.monotonic() - scoreboard.polled() < late_after\n"
+        ),
+        new="        return config.wait\n",
+        tests=(
+            "tests/integration/test_poller.py::"
+            "test_with_the_supervisor_stopped_children_still_poll_on_their_own",
         ),
     ),
     Mutant(

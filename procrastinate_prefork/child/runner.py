@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -123,6 +124,19 @@ def _reset_process(spec: ChildSpec) -> None:
     )
 
 
+def _supervisor_polls(
+    scoreboard: Scoreboard, config: PreforkConfig
+) -> Callable[[], bool]:
+    """Whether the supervisor's polls are on time (``compat.fetches``); never
+    in one-shot mode, where the worker's fetches are its own."""
+    late_after = config.polls_late_after
+
+    def on_time() -> bool:
+        return config.wait and time.monotonic() - scoreboard.polled() < late_after
+
+    return on_time
+
+
 def _die_with_parent(supervisor_pid: int) -> None:
     if sys.platform.startswith("linux"):
         try:
@@ -178,7 +192,9 @@ async def _serve(spec: ChildSpec) -> int:
         compat.on_job_ended(app, tracker.ended)
         if not config.wait:  # one-shot: tell "queues empty" from other stops
             compat.on_fetch(app, tracker.fetched)
-        fetches.fetch_again_when_woken(app, lambda: connector.wakes)
+        fetches.fetch_when_needed(
+            app, lambda: connector.wakes, _supervisor_polls(spec.scoreboard, config)
+        )
         options = config.worker_options(spec.slot)
         options["name"] = worker_name(config.name, spec.pool, spec.slot)
         redact.install(options["name"])  # no job arguments in INFO logs

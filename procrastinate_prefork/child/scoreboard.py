@@ -106,9 +106,11 @@ class Scoreboard:
         self.size = size
         self.jobs_per_slot = max(1, jobs_per_slot)
         self.stride = _HEADER.size + self.jobs_per_slot * _ENTRY.size
-        # after the slots: the pid of the child that runs the periodic deferrer
+        # after the slots: the pid of the child that runs the periodic
+        # deferrer, then when the supervisor last ran its polls
         self._deferrer_offset = max(1, size) * self.stride
-        self._mem = mmap.mmap(-1, self._deferrer_offset + 8)
+        self._polled_offset = self._deferrer_offset + 8
+        self._mem = mmap.mmap(-1, self._polled_offset + 8)
         #: each slot's finished jobs, for the metrics
         self.finished = JobRing(size)
 
@@ -145,6 +147,14 @@ class Scoreboard:
 
     def deferrer(self) -> int:
         return int(struct.unpack_from("<q", self._mem, self._deferrer_offset)[0])
+
+    def set_polled(self, at: float) -> None:
+        """When the supervisor last ran its polls for the host (monotonic
+        clock, the same in every process of the host); 0 until the first."""
+        struct.pack_into("<d", self._mem, self._polled_offset, at)
+
+    def polled(self) -> float:
+        return float(struct.unpack_from("<d", self._mem, self._polled_offset)[0])
 
     def set_pid(self, slot: int, pid: int) -> None:
         struct.pack_into("<q", self._mem, slot * self.stride + 8, pid)

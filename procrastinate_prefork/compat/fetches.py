@@ -130,27 +130,48 @@ async def _release(manager: Any, state: LostFetches, worker_id: int) -> int:
     return sum(1 for row in rows if not row["failed"])
 
 
-def fetch_again_when_woken(app: procrastinate.App, wakes: Callable[[], int]) -> None:
-    """A fetch that finds nothing while a wake-up comes fetches again.
+def fetch_when_needed(
+    app: procrastinate.App,
+    wakes: Callable[[], int],
+    supervisor_polls: Callable[[], bool],
+) -> None:
+    """Fetch when a job may be waiting, and then until the answer is sure.
 
-    procrastinate's worker clears its "new job" event after each fetch: a
-    notification that arrives while a fetch runs, of a job the fetch did not
-    see (committed after the fetch's snapshot), is forgotten, and the job
-    waits for the next poll. The supervisor's polls would find it, but a
-    fetch that takes long (a loaded machine, a CPU-bound job in a thread of
-    the same child) makes that window wide. ``wakes()`` counts the wake-ups
-    received (``child.session.PipeWake``). Install last: the outermost
-    wrapper of ``fetch_job``, so that every wait of a fetch is inside."""
+    * **A timer's fetch is skipped while the supervisor polls.** The
+      supervisor polls the host's runnable jobs once an interval
+      (``supervisor/poller.py``) and wakes idle children through their pipes;
+      the worker's own timer would add one fetch per child an interval, each
+      walking other queues' waiting jobs on big tables. A fetch with no
+      wake-up since the last one found nothing can only be the timer's: it
+      finds nothing without asking while ``supervisor_polls()`` (its polls on
+      time); when they are late (the supervisor stopped, its session down),
+      the child polls on its own again.
+    * **A wake-up that came during a fetch that found nothing fetches
+      again.** procrastinate's worker clears its "new job" event after each
+      fetch: a notification that arrives while a fetch runs, of a job
+      committed too late for it to see, would be forgotten until the next
+      poll. A slow fetch (a loaded machine, a CPU-bound job in a thread of
+      the same child) widens that window.
+
+    ``wakes()`` counts the wake-ups received (``child.session.PipeWake``).
+    Install last: the outermost wrapper of ``fetch_job``, so that every wait
+    of a fetch is inside."""
     manager = app.job_manager
     fetch = manager.fetch_job
+    #: the wake-ups counted when the last fetch found nothing (None: it found
+    #: a job, or none was made yet)
+    idle_since: list[int | None] = [None]
 
     async def fetch_job(queues: Any, worker_id: int) -> Any:
+        if idle_since[0] == wakes() and supervisor_polls():
+            return None
         while True:
             seen = wakes()
             job = await fetch(queues, worker_id)
             # each round answers wake-ups that came while the last one ran:
             # as many rounds as notifications, as procrastinate would do
             if job is not None or wakes() == seen:
+                idle_since[0] = None if job is not None else seen
                 return job
 
     # ignore: we replace methods of this app's JobManager on purpose

@@ -23,9 +23,9 @@ from .table import OPTIONS, OPTIONS_BY_NAME
 
 #: worker rows procrastinate's own start-up prune may delete: a day old
 PROCRASTINATE_PRUNE_AFTER = 86400.0
-#: a child's own polling interval, in intervals of the supervisor's polls
-#: (at least a minute): the children's timers cost the database little
-CHILD_POLLING_FACTOR = 12
+#: how many of its polling intervals the supervisor's polls may be late
+#: before the children poll on their own again (one second more for the turn)
+POLLS_LATE_AFTER = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,10 +83,10 @@ class PreforkConfig:
         return "debug" if self.verbose > 0 else None
 
     @property
-    def child_polling_interval(self) -> float:
-        """How often a child polls on its own: a fallback to the supervisor's
-        polls (its session down, the process stopped), much rarer."""
-        return max(self.fetch_job_polling_interval * CHILD_POLLING_FACTOR, 60.0)
+    def polls_late_after(self) -> float:
+        """Seconds since the supervisor's last polls after which a child's
+        timer fetches on its own (the supervisor stopped, its session down)."""
+        return self.fetch_job_polling_interval * POLLS_LATE_AFTER + 1.0
 
     def worker_options(self, slot: int) -> dict[str, Any]:
         """Keyword arguments for procrastinate's ``App.run_worker_async``."""
@@ -96,9 +96,10 @@ class PreforkConfig:
             "concurrency": self.child_concurrency,
             "wait": self.wait,
             # the supervisor polls for its children (supervisor/poller.py)
-            # and wakes them through their pipes: their own timer is only a
-            # fallback, for when it cannot
-            "fetch_job_polling_interval": self.child_polling_interval,
+            # and wakes them through their pipes: a fetch of the child's own
+            # timer is skipped while those polls are on time
+            # (compat.fetches.fetch_when_needed)
+            "fetch_job_polling_interval": self.fetch_job_polling_interval,
             "abort_job_polling_interval": self.abort_job_polling_interval,
             # The supervisor enforces the shared deadline with SIGKILL; the
             # worker's own timeout makes async jobs see a clean abort first.

@@ -229,7 +229,7 @@ class Supervisor:
         wake, self._wake_pending = self._wake_pending, False
         pools.forward(self.pools, self.db.notifications(), wake)
         if self.lifecycle.running:
-            pools.poll(self.pools, self.pollers, self._now())
+            pools.poll(self.pools, self.pollers, self._now(), self.scoreboard, self.db)
 
     def _periodic(self) -> None:
         self.recovery.run()

@@ -20,6 +20,7 @@ from ..config.pools import pools_of
 from ..fleet.snapshot import union_queues
 from . import slots
 from .children import Child, Forker
+from .db import SupervisorDB
 from .poller import Poller
 from .pool import SLOTS_PER_POOL, Pool
 from .system import System
@@ -99,10 +100,20 @@ def forward(
             pool.wake(wakepipe.encode(lines))
 
 
-def poll(pools: Sequence[Pool], pollers: Sequence[Poller], now: float) -> None:
-    """Each pool's poll, when due (``poller.Poller``)."""
+def poll(
+    pools: Sequence[Pool],
+    pollers: Sequence[Poller],
+    now: float,
+    scoreboard: Scoreboard,
+    db: SupervisorDB,
+) -> None:
+    """Each pool's poll, when due (``poller.Poller``); then, if the session
+    is up, the time of these polls on the scoreboard: while it is fresh the
+    children leave their own timer's fetches to the supervisor."""
     for pool, poller in zip(pools, pollers, strict=True):
         poller.poll(pool, now)
+    if db.is_up:  # after this turn's polls: one may have found it down
+        scoreboard.set_polled(now)
 
 
 def log_ready(pools: Sequence[Pool]) -> None:

@@ -1,7 +1,7 @@
 """Issue 25 item 3: one poller per host. The supervisor polls for runnable
 jobs once per ``--fetch-job-polling-interval`` (per pool) and wakes idle
-children through their pipes; the children's own timer is a fallback of a
-minute or more.
+children through their pipes; the children's own timers fetch only when
+those polls are late.
 
 The children's fetches are counted by PostgreSQL itself: with
 ``track_functions`` on for the test's database, ``pg_stat_user_functions``
@@ -87,8 +87,8 @@ def _start(fleet, db_url: str, *args: str) -> list[int]:
 def test_a_scheduled_job_is_found_by_the_supervisors_poll(fleet, db_url):
     """No NOTIFY says a scheduled job's time has come: the supervisor's poll
     finds it and wakes one idle child, within one interval of its time,
-    while the children themselves do not poll (a child's fallback timer is a
-    minute: the job would wait for it)."""
+    while the children themselves do not poll (their timers' fetches are
+    skipped while the supervisor's polls are on time)."""
     _start(fleet, db_url, "--concurrency", "2")
     job_id, scheduled_at = _defer_scheduled(db_url, "cpu", 3, ms=1)
     wait_for(lambda: fleet.marks("end"), timeout=20, message="the scheduled job")
@@ -146,15 +146,16 @@ def test_an_idle_fleet_does_not_poll_from_its_children(fleet, db_url):
 
 def test_with_the_supervisor_stopped_children_still_poll_on_their_own(fleet, db_url):
     """The supervisor cannot poll nor forward notifications (SIGSTOPped, as
-    a supervisor whose session is down cannot): a child's own timer, every
-    12 intervals or at least every 60 s, still finds the job."""
+    a supervisor whose session is down cannot): its last polls grow late,
+    and after two intervals a child's own timer fetches again and finds the
+    job (the test's interval is 1 s)."""
     _start(fleet, db_url, "--concurrency", "1")
     os.kill(fleet.pid, signal.SIGSTOP)
     try:
         [job_id] = defer(db_url, "cpu", ms=1)
         wait_for(
             lambda: fleet.marks("end"),
-            timeout=75,
+            timeout=20,
             message="the job, found by the child's own poll",
         )
         assert fleet.marks("end")[0][0] == job_id

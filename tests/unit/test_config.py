@@ -128,10 +128,11 @@ def test_worker_options_pass_through():
     assert options["concurrency"] == 3
     assert options["delete_jobs"] == "successful"
     assert options["name"] == "w-2"
-    # the supervisor polls every 2 s; the child's own timer is a fallback
-    assert options["fetch_job_polling_interval"] == 60
-    assert cfg.child_polling_interval == 60
-    assert parse(["--fetch-job-polling-interval", "10"]).child_polling_interval == 120
+    # the child's timer at the interval, its fetches skipped while the
+    # supervisor's polls are no more than two intervals (and a second) late
+    assert options["fetch_job_polling_interval"] == 2
+    assert cfg.polls_late_after == 5
+    assert parse(["--fetch-job-polling-interval", "0.5"]).polls_late_after == 2
     assert options["listen_notify"] is True  # the wake pipe, always
     assert options["abort_job_polling_interval"] == 3
     assert options["shutdown_graceful_timeout"] == 7

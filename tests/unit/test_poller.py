@@ -111,3 +111,18 @@ def test_one_shot_children_are_not_polled_for(parts):
     db = AnsweringDB(1)
     Poller(p.config, db, p.board).poll(p.pool, p.system.clock)  # type: ignore[arg-type]
     assert db.calls == 0
+
+
+def test_the_polls_are_stamped_for_the_children_while_the_session_is_up(parts):
+    """The children skip their own timer's fetches while this stamp is
+    fresh: it must stop moving when the supervisor cannot poll."""
+    from procrastinate_prefork.supervisor import pools
+
+    p = parts(concurrency=2, fetch_job_polling_interval=1)
+    started(p)
+    poller = Poller(p.config, AnsweringDB(0), p.board)  # type: ignore[arg-type]
+    now = p.system.clock
+    pools.poll([p.pool], [poller], now, p.board, AnsweringDB(0))  # type: ignore[arg-type]
+    assert p.board.polled() == now
+    pools.poll([p.pool], [poller], now + 3, p.board, DownDB())  # type: ignore[arg-type]
+    assert p.board.polled() == now
