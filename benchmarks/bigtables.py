@@ -40,6 +40,7 @@ from benchmarks import harness
 from procrastinate_prefork.fleet import health as fleet_health
 from procrastinate_prefork.fleet import identity, queries, recovery, snapshot, status
 from procrastinate_prefork.fleet import table as fleet
+from procrastinate_prefork.supervisor import poller
 
 FINISHED = 1_000_000
 TODO = 100_000
@@ -266,6 +267,13 @@ class Fixture:
             cur.execute(queries.get("fleet_rows"), {"live_only": True})
             cur.fetchall()
 
+    def procrastinate_fetch(self) -> None:
+        # the served queue has no runnable job: nothing is fetched
+        row = self.conn.execute(
+            "SELECT id FROM procrastinate_fetch_job_v2(ARRAY['default']::varchar[], NULL)"
+        ).fetchone()
+        assert row is None or row[0] is None, row
+
     def predecessors(self) -> None:
         identity.dead_predecessors(
             self.conn,
@@ -294,6 +302,13 @@ def time_queries(url: str, calls: int) -> dict[str, Any]:
                 lambda _: fleet.count_runnable(conn, ["default"]),
             ),
             "dead_predecessors": (None, lambda _: fx.predecessors()),
+            # the supervisor's poll of a pool of queue default, 4 idle children
+            "supervisor_poll": (
+                None,
+                lambda _: poller.count_runnable(conn, ["default"], 4),
+            ),
+            # procrastinate's own fetch, as a stock worker's timer sends it
+            "procrastinate_fetch": (None, lambda _: fx.procrastinate_fetch()),
         }
         for name, (prepare, call) in cases.items():
             times = []
