@@ -118,8 +118,8 @@ OPTIONS: tuple[Option, ...] = (
         "Seconds between the supervisor's polls for runnable jobs, one query "
         "per pool (a fallback to LISTEN/NOTIFY that also finds scheduled jobs "
         "whose time has come); it wakes idle children through their pipes. "
-        "A child polls on its own only every 12 intervals (at least 60 s), "
-        "for when the supervisor cannot. At most 3600 s.",
+        "A child polls on its own only when those polls are two intervals "
+        "late (the supervisor stopped, its session down). At most 3600 s.",
         group="worker",
         env=("PROCRASTINATE_WORKER_FETCH_JOB_POLLING_INTERVAL",),
     ),

@@ -11,9 +11,12 @@ pipes, as a NOTIFY does. It is what finds a scheduled job whose time has
 come (no NOTIFY announces it) and every job of a fleet without LISTEN
 (``--no-listen-notify``, or a transaction pooler without ``--listen-dsn``).
 
-The children's own timer stays, much longer (``config.child_polling_interval``),
-for when the supervisor cannot poll (its session down, the process
-stopped): then jobs still run, later.
+Each turn its session is up, the supervisor stamps its polls on the
+scoreboard; a child's own timer still fires every interval, but its fetch is
+skipped while that stamp is fresh (``compat.fetches.fetch_when_needed``).
+When the supervisor cannot poll (its session down, the process stopped) the
+stamp grows old and after ``config.polls_late_after`` the children poll on
+their own again.
 
 A pool that autoscales already counts its runnable jobs every second: the
 poller takes that count when it is fresh rather than asking again."""
