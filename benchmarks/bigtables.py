@@ -270,7 +270,8 @@ class Fixture:
     def procrastinate_fetch(self) -> None:
         # the served queue has no runnable job: nothing is fetched
         row = self.conn.execute(
-            "SELECT id FROM procrastinate_fetch_job_v2(ARRAY['default']::varchar[], NULL)"
+            "SELECT id FROM "
+            "procrastinate_fetch_job_v2(ARRAY['default']::varchar[], NULL)"
         ).fetchone()
         assert row is None or row[0] is None, row
 
