@@ -62,8 +62,9 @@ def test_status_lists_the_limit_problems_first_and_judges_all(fleet_of_six):
     everyone = json.loads(status_cli(fleet_of_six, "--json", "--limit", "0").stdout)
     assert [s["host"] for s in everyone["supervisors"]] == [h for h, *_ in FLEET]
     assert everyone["supervisors_listed"] == everyone["supervisors_total"] == 6
-    for name in ("status", "problems", "warnings", "fresh_children"):
+    for name in ("status", "problems", "fresh_supervisors", "fresh_children"):
         assert document[name] == everyone[name], name
+    assert len(document["warnings"]) == len(everyone["warnings"]) == 1  # z
 
     table = status_cli(fleet_of_six, "--limit", "2")
     assert table.returncode == 1, table.stderr
