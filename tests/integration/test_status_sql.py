@@ -21,7 +21,7 @@ SUPERVISORS = [
     ("h1", 11, "running", False, None, 30.0, 1),
     ("h1", 12, "running", True, ["a"], 30.0, 2),  # fresh, crash loop
     ("h1", 13, "running", True, ["a", "b"], 30.0, 100),  # stale, crash loop
-    ("h2", 21, "draining", False, [], None, 200),  # default stale_after: fresh
+    ("h2", 21, "draining", False, [], None, 200),  # default stale_after (30 s)
     ("h2", 22, "running", False, ["b"], None, 400),  # default: stale
     ("h2", 23, "stopped", False, ["a"], 30.0, 1),
     ("h3", 31, "running", False, ["c"], 0.0, 5),  # 0: the default
