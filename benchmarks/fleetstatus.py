@@ -10,7 +10,9 @@ own for each code measured.
 
 ``--before DIR`` measures another checkout too (its package, its schema),
 interleaved with this one, ``--reps`` times: a checkout from before this
-benchmark existed reads every row for every case.
+benchmark existed reads every row for every case. The cases "--limit 0" (the
+whole listing, as every listing was before the listing limit) are measured
+on a code that has the limit only.
 
     .venv/bin/python benchmarks/fleetstatus.py [--before DIR] [--out FILE]
 """
@@ -93,7 +95,7 @@ def cases(conn: psycopg.Connection) -> dict[str, Callable[[], Any]]:
 
         return run
 
-    return {
+    timed = {
         "status": command(query),
         "status --json": command(query, as_json=True),
         "status --check": command(query, check=True),
@@ -101,6 +103,11 @@ def cases(conn: psycopg.Connection) -> dict[str, Callable[[], Any]]:
         "health view, staff (whole document)": view(query, True),
         "health view, anonymous / django-health-check": view(query, False),
     }
+    if hasattr(query, "limit"):  # a code with a listing limit (default 50)
+        everyone = health.FleetQuery(limit=0)
+        timed["status --limit 0"] = command(everyone)
+        timed["health view, staff, ?limit=0"] = view(everyone, True)
+    return timed
 
 
 def time_calls(run: Callable[[], Any], calls: int) -> dict[str, float]:
@@ -175,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         case: {
             name: statistics.median(r[case]["median_ms"] for r in runs[name])
             for name in codes
+            if case in runs[name][0]  # a case the other code has not
         }
         for case in runs["after"][0]
     }

@@ -10,6 +10,7 @@ The Django command ``manage.py prefork_worker`` shares the option table
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -130,19 +131,27 @@ def _status(bootstrap: Bootstrap, args: argparse.Namespace) -> int:
         print(f"procrastinate-prefork: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
-    def read(statement: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-        with db.connect(bootstrap.connection_args(), "prefork:status") as conn:
-            return status.psycopg_reader(conn)(statement, params)
+    with contextlib.ExitStack() as stack:
+        readers: list[status.Reader] = []
 
-    return status.report(
-        read,
-        query,
-        as_json=args.as_json,
-        check=args.check,
-        out=sys.stdout,
-        err=sys.stderr,
-        schema_hint=bootstrap.schema_hint("prefork"),
-    )
+        def read(statement: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+            # connected at the first read (its failure is report's one line);
+            # one transaction for all of them: the verdict's now() and the
+            # listing's are the same
+            if not readers:
+                conn = db.connect(bootstrap.connection_args(), "prefork:status")
+                readers.append(status.psycopg_reader(stack.enter_context(conn)))
+            return readers[0](statement, params)
+
+        return status.report(
+            read,
+            query,
+            as_json=args.as_json,
+            check=args.check,
+            out=sys.stdout,
+            err=sys.stderr,
+            schema_hint=bootstrap.schema_hint("prefork"),
+        )
 
 
 def _apply_schema(bootstrap: Bootstrap) -> int:

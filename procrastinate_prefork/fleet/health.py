@@ -41,6 +41,9 @@ __all__ = [
 DEFAULT_STALE_AFTER = STALLED_TIMEOUT
 MAX_MIN_CHILDREN = 100_000
 MAX_NAME = 255
+#: supervisors listed by default (``--limit``, ``?limit=``); 0 lists all
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 10_000
 
 HEALTHY = "healthy"
 UNHEALTHY = "unhealthy"
@@ -55,17 +58,20 @@ class QueryError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class FleetQuery:
-    """Which supervisors to judge, and how many fresh children are enough."""
+    """Which supervisors to judge, how many fresh children are enough, and
+    how many of the supervisors judged to list (0: all)."""
 
     host: str | None = None
     queue: str | None = None
     min_children: int = 1
+    limit: int = DEFAULT_LIMIT
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> FleetQuery:
-        """From query parameters (``host``, ``queue``, ``min_children``), each
-        given at most once; a value may be a string or a list of strings (as
-        Django's ``QueryDict.lists()`` gives them). Unknown names are errors."""
+        """From query parameters (``host``, ``queue``, ``min_children``,
+        ``limit``), each given at most once; a value may be a string or a list
+        of strings (as Django's ``QueryDict.lists()`` gives them). Unknown
+        names are errors."""
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(params) - known)
         if unknown:
@@ -83,12 +89,17 @@ class FleetQuery:
 
     @classmethod
     def build(
-        cls, host: Any = None, queue: Any = None, min_children: Any = None
+        cls,
+        host: Any = None,
+        queue: Any = None,
+        min_children: Any = None,
+        limit: Any = None,
     ) -> FleetQuery:
         return cls(
             host=_name("host", host),
             queue=_name("queue", queue),
-            min_children=_min_children(min_children),
+            min_children=_count("min_children", min_children, 1, MAX_MIN_CHILDREN),
+            limit=_count("limit", limit, DEFAULT_LIMIT, MAX_LIMIT),
         )
 
     def matches(self, supervisor: FleetSnapshot) -> bool:
@@ -115,21 +126,20 @@ def _name(param: str, value: Any) -> str | None:
     return text
 
 
-def _min_children(value: Any) -> int:
+def _count(param: str, value: Any, default: int, maximum: int) -> int:
     if value is None:
-        return 1
+        return default
     if isinstance(value, bool):
-        raise QueryError(f"parameter 'min_children' must be an integer, got {value!r}")
+        raise QueryError(f"parameter {param!r} must be an integer, got {value!r}")
     try:
         number = value if isinstance(value, int) else int(str(value).strip())
     except ValueError:
         raise QueryError(
-            f"parameter 'min_children' must be an integer, got {str(value)[:40]!r}"
+            f"parameter {param!r} must be an integer, got {str(value)[:40]!r}"
         ) from None
-    if not 0 <= number <= MAX_MIN_CHILDREN:
+    if not 0 <= number <= maximum:
         raise QueryError(
-            f"parameter 'min_children' must be between 0 and {MAX_MIN_CHILDREN}, "
-            f"got {number}"
+            f"parameter {param!r} must be between 0 and {maximum}, got {number}"
         )
     return number
 
@@ -149,6 +159,26 @@ def is_fresh(supervisor: FleetSnapshot, child: ChildSnapshot | None = None) -> b
     else:
         state, age = child.state, child.heartbeat_age
     return state != "stopped" and age <= stale_after(supervisor)
+
+
+def has_problem(supervisor: FleetSnapshot) -> bool:
+    """Listed first: in a crash loop, or stale (as ``fleet_rows_selected``
+    orders them)."""
+    return supervisor.crash_looping or not is_fresh(supervisor)
+
+
+def pick_listed(
+    supervisors: Sequence[FleetSnapshot], limit: int
+) -> list[FleetSnapshot]:
+    """The ``limit`` supervisors to list (all with 0): those with a problem
+    first, then by host and pid; in the order given."""
+    if not limit or len(supervisors) <= limit:
+        return list(supervisors)
+    ranked = sorted(
+        supervisors, key=lambda s: (not has_problem(s), s.host, s.pid, s.id)
+    )
+    chosen = {s.id for s in ranked[:limit]}
+    return [s for s in supervisors if s.id in chosen]
 
 
 def counts(supervisor: FleetSnapshot, child: ChildSnapshot) -> bool:
@@ -249,11 +279,13 @@ class FleetHealth:
     problems: tuple[str, ...]  # why it is unhealthy
     warnings: tuple[str, ...]  # worth a look, not failing
     query: FleetQuery
-    #: the supervisors the query selects, none stopped, with their children
-    #: that are not stopped
+    #: the supervisors listed: of those the query selects (none stopped), up
+    #: to its limit, with their children that are not stopped
     supervisors: tuple[FleetSnapshot, ...]
     fresh_supervisors: int
     fresh_children: int
+    #: the supervisors the query selects, fresh or stale, listed or not
+    total_supervisors: int
 
     @property
     def status(self) -> str:
@@ -268,6 +300,9 @@ class FleetHealth:
             "min_children": self.query.min_children,
             "fresh_supervisors": self.fresh_supervisors,
             "fresh_children": self.fresh_children,
+            "supervisors_total": self.total_supervisors,
+            "supervisors_listed": len(self.supervisors),
+            "limit": self.query.limit,
             "supervisors": [_supervisor_entry(s) for s in self.supervisors],
         }
 
@@ -280,7 +315,8 @@ def fleet_health(
     Unhealthy when, among the supervisors the query selects: none is fresh;
     their fresh children (idle or busy, heartbeat within their supervisor's
     stalled timeout) are fewer than ``min_children``; or a fresh one is in a
-    crash loop. Stopped supervisors and children are left out of the listing.
+    crash loop. Stopped supervisors and children are left out of the listing,
+    and it holds up to ``query.limit`` supervisors (``pick_listed``).
     """
     query = query or FleetQuery()
     supervisors: list[FleetSnapshot] = []
@@ -297,7 +333,15 @@ def fleet_health(
     fresh = [s for s in supervisors if is_fresh(s)]
     crashes = [(s.pid, s.host) for s in fresh if s.crash_looping]
     stale = [(s.pid, s.host, s.heartbeat_age) for s in supervisors if not is_fresh(s)]
-    return verdict(query, len(fresh), fresh_children, crashes, stale, supervisors)
+    return verdict(
+        query,
+        len(fresh),
+        fresh_children,
+        crashes,
+        stale,
+        pick_listed(supervisors, query.limit),
+        total=len(supervisors),
+    )
 
 
 def verdict(
@@ -307,9 +351,12 @@ def verdict(
     crash_loops: Iterable[tuple[int, str]],
     stale: Iterable[tuple[int, str, float]],
     supervisors: Sequence[FleetSnapshot] = (),
+    *,
+    total: int,
 ) -> FleetHealth:
     """The verdict from the counts, the (pid, host) of fresh supervisors in a
-    crash loop and the (pid, host, heartbeat age) of stale ones."""
+    crash loop and the (pid, host, heartbeat age) of stale ones; ``total``
+    supervisors selected, of which ``supervisors`` are listed."""
     problems: list[str] = []
     if not fresh_supervisors:
         problems.append("no fresh supervisor" + _scope(query))
@@ -335,6 +382,7 @@ def verdict(
         supervisors=tuple(supervisors),
         fresh_supervisors=fresh_supervisors,
         fresh_children=fresh_children,
+        total_supervisors=total,
     )
 
 

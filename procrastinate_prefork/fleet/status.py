@@ -1,12 +1,14 @@
 """The fleet status, for people (a table) and machines (JSON, an exit code).
 
 Shared by ``procrastinate-prefork --app X status`` and ``manage.py
-prefork_status`` (and the Django views, through ``judge``); the rows come from
-the named query ``fleet_rows`` (through psycopg or Django's connection),
-selected by host and queue in the database, and are read into snapshots
-(``snapshot.from_rows``), the verdict from ``health.fleet_health``. What lists
-no process (``--check``, an anonymous health view, django-health-check) reads
-the verdict's facts only, counted in the database (``fleet_summary``).
+prefork_status`` (and the Django views, through ``judge``). The verdict is
+about every supervisor selected (by host and queue), counted in the database
+(``fleet_summary``, one row however big the fleet table); the listing holds
+up to ``--limit`` of them (those with a problem first), read with their
+children only (``fleet_rows_selected``, through psycopg or Django's
+connection) into snapshots (``snapshot.from_rows``). What lists no process
+(``--check``, an anonymous health view, django-health-check) reads the
+verdict's facts only.
 """
 
 from __future__ import annotations
@@ -71,6 +73,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="Fresh children needed to be healthy (default 1).",
     )
+    parser.add_argument(
+        "--limit",
+        default=None,
+        metavar="N",
+        help=f"Supervisors listed, those with a problem first (default "
+        f"{health.DEFAULT_LIMIT}; 0: all). The verdict is about all of them.",
+    )
 
 
 def query_from_args(args: argparse.Namespace | Mapping[str, Any]) -> health.FleetQuery:
@@ -80,6 +89,7 @@ def query_from_args(args: argparse.Namespace | Mapping[str, Any]) -> health.Flee
         host=data.get("host"),
         queue=data.get("queue"),
         min_children=data.get("min_children"),
+        limit=data.get("limit"),
     )
 
 
@@ -104,15 +114,12 @@ def psycopg_reader(conn: Any) -> Reader:
 def judge(
     read: Reader, query: health.FleetQuery, *, listing: bool
 ) -> health.FleetHealth:
-    """The fleet's health; without ``listing``, its verdict only (no
-    supervisor listed), from one row however big the fleet table is."""
+    """The fleet's health: the verdict about every supervisor the query
+    selects, from one row however big the fleet table is; with ``listing``,
+    up to ``query.limit`` of them listed (``health.pick_listed``'s rule, applied in
+    the database). Give it a reader whose reads share one transaction (one
+    ``now()``), so that the listing's ages agree with the verdict."""
     selected = {"host": query.host, "queue": query.queue}
-    if listing:
-        if query.host is None and query.queue is None:
-            rows = read(queries.get("fleet_rows"), {"live_only": True})
-        else:
-            rows = read(queries.get("fleet_rows_selected"), selected)
-        return health.fleet_health(snapshot.from_rows(rows), query)
     [row] = read(
         queries.get("fleet_summary"),
         {
@@ -121,12 +128,25 @@ def judge(
             "working_states": sorted(health.WORKING_STATES),
         },
     )
+    supervisors: list[snapshot.FleetSnapshot] = []
+    if listing:
+        rows = read(
+            queries.get("fleet_rows_selected"),
+            {
+                **selected,
+                "default_stale_after": health.DEFAULT_STALE_AFTER,
+                "limit": query.limit or None,  # LIMIT NULL: all
+            },
+        )
+        supervisors = snapshot.from_rows(rows)
     return health.verdict(
         query,
         int(row["fresh_supervisors"]),
         int(row["fresh_children"]),
         [(int(pid), host) for pid, host in _decoded(row["crash_loops"])],
         [(int(pid), host, float(age)) for pid, host, age in _decoded(row["stale"])],
+        supervisors,
+        total=int(row["supervisors"]),
     )
 
 
@@ -235,6 +255,13 @@ def render_table(result: health.FleetHealth) -> str:
     notes = [f"  - {p}" for p in (*result.problems, *result.warnings)]
     if not result.supervisors:
         text += "\n(no supervisor in the fleet table)"
+    unlisted = result.total_supervisors - len(result.supervisors)
+    if unlisted > 0:
+        text += (
+            f"\n({unlisted} of {result.total_supervisors} supervisor(s) not "
+            f"listed: --limit {result.query.limit} lists those with a problem "
+            "first; --limit 0 lists all, --host H or --queue Q selects)"
+        )
     return "\n".join([text, "", summary, *notes]) + "\n"
 
 

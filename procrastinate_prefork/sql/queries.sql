@@ -17,9 +17,11 @@
 -- * the columns of fleet_rows and fleet_rows_selected (snapshot.from_rows
 --   reads them);
 -- * a supervisor the status views select (host, queues, not stopped): "sel"
---   in fleet_rows_selected and fleet_summary; when it and a child are fresh (health.py's
---   is_fresh and counts): fleet_summary (tests/integration/test_status_sql.py
---   compares it with the rules in Python);
+--   in fleet_rows_selected and fleet_summary; when it is stale (health.py's
+--   is_fresh): the ORDER BY of "sel" in fleet_rows_selected and "judged" in
+--   fleet_summary; when it and a child are fresh (is_fresh and counts):
+--   fleet_summary (tests/integration/test_status_sql.py compares both
+--   statements with the rules in Python);
 -- * a job is a run's own while it is 'doing' in the attempt it fetched (a
 --   recovery adds one) under its worker, or under none (its worker row was
 --   deleted under it): finish_owned_job, retry_owned_job, job_still_owned,
@@ -312,26 +314,37 @@ WHERE NOT %(live_only)s
 ORDER BY p.host, COALESCE(p.supervisor_id, p.id), p.kind DESC, p.slot, p.id
 
 -- fleet_rows_selected --
--- The live rows of fleet_rows of the supervisors a host or a queue selects
+-- The live rows of fleet_rows of the listed supervisors (host, queue, a limit)
 -- The same columns, in the same order, as fleet_rows with live_only (a
 -- statement of its own: inside fleet_rows, the condition "neither given, or
 -- selected" keeps PostgreSQL from planning the selection as a join, and it
--- reads every row). The live supervisors selected, through the index of live
--- supervisors, and their children, through the slot index: never the other
--- rows, stopped ones included, which pile up until a prune.
+-- reads every row). Listed: up to the limit (NULL: all), those with a problem
+-- first (in a crash loop, or stale as fleet_summary judges it:
+-- health.has_problem), then by host and pid. The live supervisors selected
+-- are read through the index of live supervisors, the listed ones and their
+-- children by their ids (the primary key and the slot index): never the
+-- other rows, stopped ones included, which pile up until a prune. Ids in an
+-- array, not a join: joined, 50 supervisors looked many enough to PostgreSQL
+-- to read every child row and hash them.
 WITH sel AS (
-    SELECT id FROM procrastinate_prefork_processes
+    SELECT id, stalled_timeout FROM procrastinate_prefork_processes
     WHERE kind = 'supervisor' AND state <> 'stopped'
       AND (%(host)s::text IS NULL OR host = %(host)s::text)
       AND (%(queue)s::text IS NULL OR COALESCE(cardinality(queues), 0) = 0
            OR %(queue)s::text = ANY(queues))
-), picked AS (
-    SELECT id FROM sel
+    ORDER BY (crash_loop
+              OR EXTRACT(EPOCH FROM now() - last_heartbeat)::float8
+                 > COALESCE(NULLIF(stalled_timeout, 0),
+                            %(default_stale_after)s::float8)) DESC,
+             host, pid, id
+    LIMIT %(limit)s
+), p AS (
+    SELECT * FROM procrastinate_prefork_processes
+    WHERE id = ANY(ARRAY(SELECT id FROM sel))
     UNION ALL
-    SELECT c.id FROM sel
-    JOIN procrastinate_prefork_processes AS c
-      ON c.supervisor_id = sel.id AND c.kind = 'child'
-    WHERE c.state <> 'stopped'
+    SELECT * FROM procrastinate_prefork_processes
+    WHERE supervisor_id = ANY(ARRAY(SELECT id FROM sel))
+      AND kind = 'child' AND state <> 'stopped'
 )
 SELECT p.id, p.kind, p.host, p.pid, p.supervisor_id, p.slot, p.worker_id, p.state,
        p.job_id, p.task_name, p.jobs_done, p.restarts, p.rss_bytes, p.crash_loop,
@@ -343,9 +356,8 @@ SELECT p.id, p.kind, p.host, p.pid, p.supervisor_id, p.slot, p.worker_id, p.stat
        EXTRACT(EPOCH FROM now() - p.job_started_at)::float8 AS job_age,
        EXTRACT(EPOCH FROM now() - p.written_at)::float8 AS as_of_age,
        p.finished_per_minute, p.pool, p.pools
-FROM picked
-JOIN procrastinate_prefork_processes AS p ON p.id = picked.id
-LEFT JOIN procrastinate_prefork_processes AS s ON s.id = p.supervisor_id
+FROM p
+JOIN sel AS s ON s.id = COALESCE(p.supervisor_id, p.id)
 ORDER BY p.host, COALESCE(p.supervisor_id, p.id), p.kind DESC, p.slot, p.id
 
 -- fleet_summary --
@@ -354,7 +366,8 @@ ORDER BY p.host, COALESCE(p.supervisor_id, p.id), p.kind DESC, p.slot, p.id
 -- host and queue): how many are fresh (heard from within their
 -- --stalled-timeout, default_stale_after when they declared none), how many
 -- of their children are fresh and in a working state, and the fresh
--- supervisors in a crash loop and the stale ones, in the listing's order.
+-- supervisors in a crash loop and the stale ones, in the listing's order;
+-- and how many they are, fresh or stale.
 WITH sel AS (
     SELECT id, host, pid, crash_loop,
            EXTRACT(EPOCH FROM now() - last_heartbeat)::float8 AS heartbeat_age,
@@ -368,7 +381,8 @@ WITH sel AS (
 ), judged AS (
     SELECT sel.*, heartbeat_age <= stale_after AS fresh FROM sel
 )
-SELECT (SELECT count(*) FROM judged WHERE fresh) AS fresh_supervisors,
+SELECT (SELECT count(*) FROM judged) AS supervisors,
+       (SELECT count(*) FROM judged WHERE fresh) AS fresh_supervisors,
        (SELECT count(*) FROM judged AS j
         JOIN procrastinate_prefork_processes AS c
           ON c.supervisor_id = j.id AND c.kind = 'child'

@@ -244,6 +244,24 @@ def test_bad_parameters_are_4xx(staff_client, query):
 
 
 @pytest.mark.django_db
+def test_the_live_page_lists_every_supervisor(staff_client):
+    """Its queues and jobs per minute are those of the supervisors listed:
+    no limit (the status command's and the health view's) there."""
+    from django.db import connection
+
+    from procrastinate_prefork.fleet import health
+
+    count = health.DEFAULT_LIMIT + 2
+    with connection.cursor() as cursor:
+        for i in range(count):
+            insert_supervisor(cursor, host=f"h{i:03}", pid=1000 + 10 * i, children=1)
+    data = json.loads(staff_client.get(JSON).content)
+    assert len(data["supervisors"]) == data["supervisors_total"] == count
+    for path in (PAGE, JSON):
+        assert staff_client.get(f"{path}?limit=2").status_code == 400
+
+
+@pytest.mark.django_db
 def test_changelist_links_the_live_page_and_filters_pass_on(staff_client, admin_client):
     _rows()
     assert PAGE in admin_client.get(BASE).content.decode()

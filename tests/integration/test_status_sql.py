@@ -6,6 +6,8 @@ rows the table holds (plans PostgreSQL ran; nothing here is timed)."""
 
 from __future__ import annotations
 
+import re
+
 import psycopg
 import pytest
 
@@ -19,7 +21,7 @@ SUPERVISORS = [
     ("h1", 11, "running", False, None, 30.0, 1),
     ("h1", 12, "running", True, ["a"], 30.0, 2),  # fresh, crash loop
     ("h1", 13, "running", True, ["a", "b"], 30.0, 100),  # stale, crash loop
-    ("h2", 21, "draining", False, [], None, 200),  # default stale_after: fresh
+    ("h2", 21, "draining", False, [], None, 200),  # default stale_after (30 s)
     ("h2", 22, "running", False, ["b"], None, 400),  # default: stale
     ("h2", 23, "stopped", False, ["a"], 30.0, 1),
     ("h3", 31, "running", False, ["c"], 0.0, 5),  # 0: the default
@@ -45,6 +47,13 @@ QUERIES = [
     health.FleetQuery(queue="zz"),
     health.FleetQuery(host="h1", queue="b"),
     health.FleetQuery(min_children=50),
+    # fewer listed than selected: the problems (12, 13, 21, 22) first
+    health.FleetQuery(limit=1),
+    health.FleetQuery(limit=3),
+    health.FleetQuery(limit=4),
+    health.FleetQuery(queue="a", limit=1),
+    health.FleetQuery(host="h2", limit=1),
+    health.FleetQuery(limit=0),
 ]
 
 
@@ -85,10 +94,9 @@ def test_the_summary_counts_what_the_rules_count(filled, query):
     expected = _in_python(filled, query).as_dict()
     got = status.judge(status.psycopg_reader(filled), query, listing=False)
     assert got.supervisors == ()
-    assert {**got.as_dict(), "supervisors": None} == {
-        **expected,
-        "supervisors": None,
-    }
+    assert got.as_dict()["supervisors_listed"] == 0
+    unlisted = {"supervisors": None, "supervisors_listed": None}
+    assert {**got.as_dict(), **unlisted} == {**expected, **unlisted}
 
 
 @pytest.mark.parametrize("query", QUERIES, ids=repr)
@@ -96,6 +104,30 @@ def test_the_listing_selects_what_the_rules_select(filled, query):
     expected = _in_python(filled, query).as_dict()
     got = status.judge(status.psycopg_reader(filled), query, listing=True)
     assert got.as_dict() == expected
+
+
+@pytest.mark.parametrize(
+    ("limit", "pids"),
+    [
+        (1, [12]),
+        (3, [12, 13, 21]),
+        (5, [11, 12, 13, 21, 22]),
+        (0, [11, 12, 13, 21, 22, 31]),
+    ],
+)
+def test_the_listing_holds_the_limit_problems_first(filled, limit, pids):
+    read = status.psycopg_reader(filled)
+    got = status.judge(read, health.FleetQuery(limit=limit), listing=True)
+    assert [s.pid for s in got.supervisors] == pids
+    assert got.total_supervisors == 6  # the stopped one (23) left out
+    # the verdict is about all six, whatever the limit
+    whole = status.judge(read, health.FleetQuery(limit=0), listing=True)
+    assert (got.fresh_supervisors, got.fresh_children) == (
+        whole.fresh_supervisors,
+        whole.fresh_children,
+    )
+    assert (got.problems, got.warnings) == (whole.problems, whole.warnings)
+    assert got.warnings and got.problems
 
 
 def test_the_fixture_has_every_kind_of_verdict(filled):
@@ -145,3 +177,41 @@ def test_schema_apply_adds_the_index_of_live_supervisors(db):
     schema.apply(db)  # idempotent
     row = db.execute("SELECT to_regclass(%s)::text", [name]).fetchone()
     assert row == (name,)
+
+
+def test_a_limited_listing_reads_the_listed_children_only(db):
+    """1,000 live supervisors x 16 children: the listing reads the live
+    supervisors (through their index) to pick the problems, and the children
+    of the listed ones only (through the slot index)."""
+    db.execute(
+        "INSERT INTO procrastinate_prefork_processes (kind, host, pid, state, "
+        "stalled_timeout) SELECT 'supervisor', 'host-' || i, i, "
+        "CASE WHEN i % 7 = 0 THEN 'stopped' ELSE 'running' END, 86400 "
+        "FROM generate_series(1, 1000) AS i"
+    )
+    db.execute(
+        "INSERT INTO procrastinate_prefork_processes "
+        "(kind, host, pid, supervisor_id, slot, state) "
+        "SELECT 'child', host, pid * 100 + c, id, c, "
+        "CASE WHEN state = 'stopped' THEN 'stopped' ELSE 'idle' END "
+        "FROM procrastinate_prefork_processes, generate_series(0, 15) AS c"
+    )
+    db.execute("ANALYZE procrastinate_prefork_processes")
+    read = status.psycopg_reader(db)
+    plans = Plans(db)
+    result = status.judge(read, health.FleetQuery(limit=20), listing=True)
+    assert len(result.supervisors) == 20 and result.total_supervisors == 858
+    [listing] = [t for t in plans.texts if "Limit" in t and "slot_idx" in t]
+    assert "Seq Scan" not in listing
+    # rows read through the slot index: the listed supervisors' children
+    read_children = sum(
+        int(rows) * int(loops)
+        for rows, loops in re.findall(
+            r"Scan on procrastinate_prefork_processes_slot_idx\b.*"
+            r"actual rows=(\d+) loops=(\d+)",
+            listing,
+        )
+    )
+    assert read_children == 20 * 16
+    # nothing read only to be filtered out, the stopped rows above all
+    assert not re.findall(r"Rows Removed by Filter: \d{4,}", listing)

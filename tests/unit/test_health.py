@@ -289,6 +289,34 @@ def test_query_from_params():
     query = FleetQuery.from_params({"host": ["a"], "queue": "q", "min_children": "3"})
     assert query == FleetQuery(host="a", queue="q", min_children=3)
     assert FleetQuery.from_params({}) == FleetQuery()
+    assert FleetQuery().limit == health.DEFAULT_LIMIT
+    assert FleetQuery.from_params({"limit": ["0"]}).limit == 0
+    assert FleetQuery.build(limit=str(health.MAX_LIMIT)).limit == health.MAX_LIMIT
+
+
+def test_the_listing_holds_the_limit_problems_first():
+    rows = [
+        sup(id=1, host="a"),
+        child(sup_id=1),
+        sup(id=2, host="b", crash_loop=True),
+        child(sup_id=2),
+        sup(id=3, host="c"),
+        child(sup_id=3),
+        sup(id=4, host="d", age=31.0),  # stale
+        child(sup_id=4),
+    ]
+    result = fleet_health(rows, FleetQuery(limit=3))
+    assert [s.host for s in result.supervisors] == ["a", "b", "d"]
+    assert result.total_supervisors == 4
+    assert result.as_dict()["supervisors_listed"] == 3
+    assert (result.fresh_supervisors, result.fresh_children) == (3, 3)
+    table = status.render_table(result)
+    listed = table.split("\n\n")[0].splitlines()[1:]
+    assert [line.split()[0] for line in listed if line[:1] not in " ("] == list("abd")
+    assert table.count("\n(") == 1  # how many are not listed, and how to see them
+    whole = fleet_health(rows, FleetQuery(limit=0))
+    assert len(whole.supervisors) == 4
+    assert "\n(" not in status.render_table(whole)
 
 
 @pytest.mark.parametrize(
@@ -302,6 +330,10 @@ def test_query_from_params():
         {"queue": "a" * 300},
         {"host": "a\nb"},
         {"hots": "a"},
+        {"limit": "-1"},
+        {"limit": "x"},
+        {"limit": str(health.MAX_LIMIT + 1)},
+        {"limit": ["1", "2"]},
     ],
 )
 def test_bad_query(params):

@@ -10,6 +10,7 @@ with its job's admin URL).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -68,7 +69,12 @@ def _job_url(job_id: int | None) -> str | None:
 
 
 def _query(request: HttpRequest) -> health.FleetQuery:
-    return health.FleetQuery.from_params(dict(request.GET.lists()))
+    """Every supervisor selected is listed: the page's queues and jobs per
+    minute are the listed supervisors' (no ``limit`` parameter here)."""
+    params = dict(request.GET.lists())
+    if "limit" in params:
+        raise health.QueryError("parameter 'limit' is not known on the live page")
+    return dataclasses.replace(health.FleetQuery.from_params(params), limit=0)
 
 
 def staff_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:

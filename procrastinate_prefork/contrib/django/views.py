@@ -1,11 +1,12 @@
 """The fleet health view: JSON from the fleet table, 200 healthy / 503 not.
 
-    GET <prefix>/?host=H&queue=Q&min_children=N
+    GET <prefix>/?host=H&queue=Q&min_children=N&limit=N
 
 Reachable without a login, since probes and uptime checkers call it, so an
 anonymous caller gets what a probe needs only: the status code, the status
 word and the counts of fresh supervisors and children. The whole document
-(host names, pids, memory, task names, job ids, problems) goes to active
+(host names, pids, memory, task names, job ids, problems; up to ``limit``
+supervisors listed, 50 by default, 0 for all) goes to active
 staff users and to a caller presenting the
 ``PROCRASTINATE_PREFORK_HEALTH_TOKEN`` setting as ``Authorization: Bearer
 <token>``. Reads the table through the Django connection procrastinate uses
@@ -33,11 +34,12 @@ def fleet_report(
 ) -> health.FleetHealth:
     """The fleet's health from the database (may raise a database error);
     without ``listing``, the verdict only (``status.judge``)."""
-    from django.db import connections
+    from django.db import connections, transaction
     from procrastinate.contrib.django import settings as procrastinate_settings
 
     alias = procrastinate_settings.settings.DATABASE_ALIAS
-    return status.judge(django_reader(connections[alias]), query, listing=listing)
+    with transaction.atomic(using=alias):  # one now() for verdict and listing
+        return status.judge(django_reader(connections[alias]), query, listing=listing)
 
 
 #: what an anonymous caller sees of the document
