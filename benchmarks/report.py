@@ -1214,7 +1214,8 @@ def fleetstatus_section(d: dict[str, Any]) -> list[str]:
         "|---|" + "---:|" * len(names),
     ]
     for case, figures in d["median_ms"].items():
-        cells = " | ".join(f"{figures[n]:.2f}" for n in names)
+        # a case one code does not have (an option it lacks): "-"
+        cells = " | ".join(f"{figures[n]:.2f}" if n in figures else "-" for n in names)
         lines.append(f"| {case} | {cells} |")
     lines.append("")
     return lines
