@@ -145,6 +145,31 @@ def pg_ctl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     )
 
 
+def pg_start_trouble() -> str:
+    """Why PostgreSQL may not have started again: the last lines of its log,
+    and whoever holds its port (a socket of another program, or of a client
+    that got the port as its own while the server was down)."""
+    port = int(os.environ.get("PGPORT_THROWAWAY", "54329"))
+    base = (
+        Path(f"/tmp/procrastinate-prefork-pg-{port}")  # noqa: S108 (pg.sh as root)
+        if os.geteuid() == 0
+        else REPO / ".pgdata" / str(port)
+    )
+    try:
+        log = (base / "postgres.log").read_text(errors="replace").splitlines()[-5:]
+    except OSError as exc:
+        log = [f"(no log: {exc})"]
+    try:
+        holders = [
+            f"pid {c.pid} {c.status} {c.laddr} -> {c.raddr or '-'}"
+            for c in psutil.net_connections(kind="tcp")
+            if c.laddr and c.laddr.port == port
+        ]
+    except psutil.Error as exc:
+        holders = [f"(cannot list sockets: {exc})"]
+    return f"log: {' | '.join(log)}; port {port} held by: {holders or 'nobody'}"
+
+
 #: the switchable attacks of ChaosConfig (CHAOS_OFF="name,name" turns some off)
 ATTACKS = (
     "kill_supervisor",
@@ -964,7 +989,8 @@ class ChaosRun:
                     # ephemeral client port: try again
                     if now > give_up - 30:
                         raise RuntimeError(
-                            f"pg.sh ctl start failed: {starter.communicate()[0]}"
+                            f"pg.sh ctl start failed: {starter.communicate()[0]} "
+                            f"({pg_start_trouble()})"
                         )
                     starter = None
                     back_at = now + 1
@@ -1557,8 +1583,15 @@ class ChaosRun:
             task.close()  # a fleet lock's connection closes with it
         if self._hole is not None:
             self._hole.close()
+        failed_start: BaseException | None = None
         if self._db_down:
-            pg_ctl("start", "-w")
+            try:
+                pg_ctl("start", "-w")
+            except (subprocess.SubprocessError, OSError) as exc:
+                # the fleets must still be stopped below; say why after
+                failed_start = RuntimeError(
+                    f"PostgreSQL did not start again: {exc} ({pg_start_trouble()})"
+                )
         if self.log_pipe is not None:
             self.log_pipe.close()
         for fleet in [*self.fleets, *self.stock]:
@@ -1570,6 +1603,13 @@ class ChaosRun:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+        if failed_start is not None:
+            # once no process of the run holds a socket, the port may be free:
+            # the tests after this one need the server
+            try:
+                pg_ctl("start", "-w")
+            except (subprocess.SubprocessError, OSError):
+                raise failed_start from None
 
     # --- the books
 
