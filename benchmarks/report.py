@@ -214,6 +214,30 @@ def targets(res: Results) -> list[Target]:
             )
         )
         out.append(_ceiling_target(res, scenario, kind, 2, 0.85))
+    # issue 25 (the database's cost per job): what one round trip per job
+    # and a child's own session should buy
+    out.append(
+        _ratio_target(
+            res,
+            "25",
+            "noop_sync",
+            ("prefork", 2),
+            ("stock_procs", 2),
+            1.3,
+            "no-op sync: prefork N=2 >= 1.3x 2 stock processes",
+        )
+    )
+    out.append(
+        _ratio_target(
+            res,
+            "25",
+            "cpu20",
+            ("prefork", 4),
+            ("celery", 4),
+            0.97,
+            "20 ms CPU jobs: prefork N=4 >= 0.97x Celery prefork -c 4",
+        )
+    )
     rec = res.recovery.get(2) or (
         res.recovery[max(res.recovery)] if res.recovery else None
     )
