@@ -7,7 +7,7 @@
 # (one line of dots per test file: the progress); with arguments it gets `-ra`
 # followed by them. Exits with pytest's exit code.
 #
-# The whole suite takes about 20 minutes on a 2-core machine; some tests run
+# The whole suite takes about 25 minutes on a 2-core machine; some tests run
 # for 20 s or more without printing anything (they kill, stop and restart
 # real processes and PostgreSQL).
 #
@@ -73,7 +73,7 @@ ensure_database_url
 set -- -ra "$@"
 
 cd "$REPO"
-printf 'test.sh: %s, Django %s; the whole suite takes about 20 minutes\n' \
+printf 'test.sh: %s, Django %s; the whole suite takes about 25 minutes\n' \
     "$("$VENV/bin/python" --version)" \
     "$("$VENV/bin/python" -c 'import django; print(django.__version__)' 2>/dev/null \
         || echo 'not installed')" >&2
