@@ -12,17 +12,28 @@ import errno
 import json
 import os
 from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
 
 #: What procrastinate's worker takes as "a job may be waiting in any queue".
 JOB_INSERTED = ("procrastinate_any_queue_v1", '{"type": "job_inserted"}')
 
 
+#: what ``_kind`` answers for a payload that is not a JSON object
+_UNREADABLE = object()
+
+
+def _kind(payload: str) -> Any:
+    """The ``type`` of procrastinate's JSON payload (None if it has none),
+    ``_UNREADABLE`` if the payload is not a JSON object."""
+    try:
+        return json.loads(payload).get("type")
+    except (ValueError, AttributeError):
+        return _UNREADABLE
+
+
 def is_job_inserted(payload: str) -> bool:
     """Whether a notification's payload says a job may be waiting."""
-    try:
-        return bool(json.loads(payload).get("type") == "job_inserted")
-    except (ValueError, AttributeError):
-        return False
+    return bool(_kind(payload) == "job_inserted")
 
 
 def to_forward(
@@ -34,9 +45,8 @@ def to_forward(
     go as they came; unreadable payloads are dropped."""
     lines = []
     for channel, payload in notifications:
-        try:
-            kind = json.loads(payload).get("type")
-        except (ValueError, AttributeError):
+        kind = _kind(payload)
+        if kind is _UNREADABLE:
             continue
         if kind == "job_inserted":
             wake = True
